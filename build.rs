@@ -1,0 +1,2 @@
+//! Build script: with the `dpdk` feature, generates DPDK bindings (see `src/dpdk`).
+fn main() {}

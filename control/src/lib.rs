@@ -1,0 +1,1 @@
+//! rtchan's control plane.

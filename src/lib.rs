@@ -1,0 +1,7 @@
+//! rtchan: real-time channels over a kernel-bypass dataplane.
+//!
+//! This crate holds the edges around the deterministic core in `dataplane` and the control
+//! plane in `control`: port backends (DPDK behind the `dpdk` feature), the daemon and the CLI.
+
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
