@@ -1,2 +1,47 @@
-//! rtchan's dataplane core (work in progress; see module docs).
+//! rtchan's dataplane core: real-time channels on polling cores.
+//!
+//! Deterministic and free of I/O in its logic: every scheduling decision takes `now` as an
+//! argument, so the whole dataplane runs in virtual time in tests. I/O lives behind the
+//! [`port::Port`] trait (the in-memory link here; DPDK, AF_XDP and af_packet elsewhere).
+//!
+//! # Data flow (sending host)
+//! ```text
+//! application ── Sender::submit ──▶ submit ring (per channel, SPSC) ──doorbell──▶ polling core
+//!   core: handler takes the message, stamps ℓ (enforcement), CPU scheduler (EDF, 3 classes)
+//!         picks it, it writes ≤ k packets into port buffers ─▶ link scheduler (EDF per TX
+//!         queue, paced, in-flight bounded) ─▶ Port::tx_burst
+//! ```
+//! # Data flow (receiving host)
+//! ```text
+//! Port::rx_burst ─▶ parse ─▶ demultiplex by channel ─▶ reassemble ─▶ Receiver (per channel)
+//! ```
+//! # Modules
+//! - [`spec`]: channel specifications, validated once.
+//! - [`channel`]: the sender handle, submit ring, buffer pool and doorbell.
+//! - [`handler`]: per-channel state machine: enforcement and fragmentation.
+//! - [`sched`]: the per-core cooperative three-class EDF scheduler.
+//! - [`link`]: the per-TX-queue EDF link scheduler with pacing.
+//! - [`edf_queue`]: the bucketed EDF queue both schedulers use.
+//! - [`core`]: the polling core loop and its thread.
+//! - [`rx`]: the receive path.
+//! - [`wire`]: the frame format.
+//! - [`port`], [`memlink`]: the port trait and the in-memory link.
+//! - [`source`]: traffic sources; [`stats`]: counters and histograms; [`time`]: clocks.
+
+pub mod channel;
+pub mod core;
+pub mod edf_queue;
+pub mod handle;
+mod handler;
+pub mod link;
+pub mod memlink;
 pub mod port;
+pub mod rx;
+pub mod sched;
+pub mod source;
+pub mod spec;
+pub mod stats;
+pub mod time;
+pub mod wire;
+
+pub use handler::Enforcer;

@@ -1,0 +1,395 @@
+//! The application side of a channel: the sender handle, its submit ring and buffer pool, and
+//! the doorbell that wakes the channel's handler on its polling core.
+//!
+//! # Data flow
+//! The application calls [`Sender::submit`]: the message is copied into one of the channel's
+//! preallocated buffers (its buffer reservation: `messages + 1` buffers of `mmax` bytes) and the
+//! buffer is pushed onto the channel's submit ring (crossbeam `ArrayQueue`, used single-producer
+//! single-consumer). If the channel's handler was idle, the sender rings the core's doorbell
+//! with the handler's slot. The core pops the ring, fragments the message, and returns the
+//! buffer to the free list when its last packet is written. Nothing allocates after open.
+//!
+//! # Wake-up protocol (numbered invariants)
+//! 1. `armed == true` means the core will look at the submit ring again without another
+//!    doorbell: the slot is in the doorbell, or the handler is active (holds a message or is
+//!    queued in the scheduler).
+//! 2. The sender pushes the message, then a `SeqCst` fence, then `armed.swap(true)`; only the
+//!    swap that turns `false` into `true` pushes the doorbell, so a slot is in the doorbell at
+//!    most once and the doorbell (sized to the core's channel count) never overflows.
+//! 3. The core disarms only when the handler is idle: `armed.store(false)`, a `SeqCst` fence,
+//!    then it re-reads the ring; a message found there is taken by re-arming with a swap. The
+//!    two fences order each side's write before its read (a Dekker pair), so a message pushed
+//!    concurrently is seen by one side or the other: none is stranded.
+
+use crate::spec::{ChannelConfig, OverflowPolicy};
+use crate::stats::ChannelStats;
+use crate::time::{monotonic_now, Nanos};
+use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A message on its way from the sender to the handler.
+#[derive(Debug)]
+pub struct Submitted {
+    /// The buffer holding the message (capacity `mmax`).
+    pub buf: Box<[u8]>,
+    /// Message length.
+    pub len: u32,
+    /// Submit time (CLOCK_MONOTONIC ns).
+    pub submit_ts: Nanos,
+}
+
+/// A core's doorbell: slots of handlers that have new messages.
+pub type Doorbell = ArrayQueue<u32>;
+
+/// State shared between a channel's sender and its handler.
+#[derive(Debug)]
+pub struct ChannelShared {
+    /// The validated configuration.
+    pub config: ChannelConfig,
+    /// Handler slot on the core (the doorbell's payload).
+    pub slot: u32,
+    pub(crate) submit: ArrayQueue<Submitted>,
+    pub(crate) free: ArrayQueue<Box<[u8]>>,
+    armed: AtomicBool,
+    closed: AtomicBool,
+    doorbell: Arc<Doorbell>,
+    /// Counters and the delay histogram.
+    pub stats: ChannelStats,
+}
+
+/// Why a submit did not queue the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The message is longer than the channel's Mmax; it was not truncated, nothing was sent.
+    #[error("message of {len} bytes exceeds the channel's mmax of {mmax} bytes")]
+    TooLong {
+        /// The message length.
+        len: usize,
+        /// The channel's Mmax.
+        mmax: u32,
+    },
+    /// The channel buffer is full and the policy is `block`: try again later.
+    #[error("channel buffer full; try again")]
+    WouldBlock,
+    /// The channel is closed.
+    #[error("channel closed")]
+    Closed,
+}
+
+/// What a successful submit did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submit {
+    /// The message is queued.
+    Queued,
+    /// The buffer was full and the message was dropped (drop-newest), counted.
+    DroppedNewest,
+    /// The message is queued; the oldest queued one was dropped to make room, counted.
+    QueuedDroppedOldest,
+}
+
+impl ChannelShared {
+    /// Creates the shared state and preallocates the channel's buffers (control path).
+    pub fn new(config: ChannelConfig, slot: u32, doorbell: Arc<Doorbell>) -> Arc<Self> {
+        let messages = config.reservation.messages as usize;
+        let free = ArrayQueue::new(messages + 1);
+        for _ in 0..=messages {
+            let _ = free
+                .push(vec![0u8; config.reservation.bytes_per_message as usize].into_boxed_slice());
+        }
+        Arc::new(Self {
+            config,
+            slot,
+            submit: ArrayQueue::new(messages),
+            free,
+            armed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            doorbell,
+            stats: ChannelStats::default(),
+        })
+    }
+
+    /// The core takes the next submitted message, if any.
+    #[inline]
+    pub(crate) fn take(&self) -> Option<Submitted> {
+        self.submit.pop()
+    }
+
+    /// The core gives a buffer back once its message is fully written.
+    #[inline]
+    pub(crate) fn recycle(&self, buf: Box<[u8]>) {
+        // Cannot fail: there are exactly `messages + 1` buffers and the list holds that many.
+        let _ = self.free.push(buf);
+    }
+
+    /// The core found the handler idle: disarm, then take a message that raced in (invariant 3).
+    #[inline]
+    pub(crate) fn disarm_or_take(&self) -> Option<Submitted> {
+        self.armed.store(false, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.submit.is_empty() || self.armed.swap(true, Ordering::AcqRel) {
+            // Empty, or the sender re-armed and rang the doorbell itself.
+            return None;
+        }
+        match self.submit.pop() {
+            Some(m) => Some(m),
+            None => {
+                self.armed.store(false, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Marks the handler as active (used when the core starts it without a doorbell).
+    pub(crate) fn arm(&self) {
+        self.armed.store(true, Ordering::Relaxed);
+    }
+
+    /// Messages waiting in the submit ring.
+    pub fn queued(&self) -> usize {
+        self.submit.len()
+    }
+
+    /// Marks the channel closed: later submits fail with `Closed`.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The application's handle for submitting messages on a channel. One per channel (the submit
+/// ring is single-producer); it is `Send`, so it can move to the thread that produces.
+#[derive(Debug)]
+pub struct Sender {
+    shared: Arc<ChannelShared>,
+}
+
+impl Sender {
+    /// Wraps the shared state (the dataplane hands these out when a channel opens).
+    pub fn new(shared: Arc<ChannelShared>) -> Self {
+        Self { shared }
+    }
+
+    /// The channel's configuration.
+    pub fn config(&self) -> &ChannelConfig {
+        &self.shared.config
+    }
+
+    /// The channel's statistics.
+    pub fn stats(&self) -> &ChannelStats {
+        &self.shared.stats
+    }
+
+    /// The shared state, for the dataplane's own bookkeeping.
+    pub fn shared(&self) -> &Arc<ChannelShared> {
+        &self.shared
+    }
+
+    /// Submits `data`, stamped with the current CLOCK_MONOTONIC time.
+    pub fn submit(&mut self, data: &[u8]) -> Result<Submit, SubmitError> {
+        self.submit_at(data, monotonic_now())
+    }
+
+    /// Submits `data` stamped `now` (virtual-time tests and replay).
+    pub fn submit_at(&mut self, data: &[u8], now: Nanos) -> Result<Submit, SubmitError> {
+        let s = &*self.shared;
+        let mmax = s.config.mmax();
+        if data.len() > mmax as usize {
+            return Err(SubmitError::TooLong {
+                len: data.len(),
+                mmax,
+            });
+        }
+        if s.is_closed() {
+            return Err(SubmitError::Closed);
+        }
+        let policy = s.config.overflow;
+        // With messages + 1 buffers, the free list is empty only when the ring is full and the
+        // handler holds one: the buffer is full.
+        let mut outcome = Submit::Queued;
+        let mut buf = match s.free.pop() {
+            Some(b) => b,
+            None => match policy {
+                OverflowPolicy::Block => {
+                    s.stats.would_block.inc();
+                    return Err(SubmitError::WouldBlock);
+                }
+                OverflowPolicy::DropNewest => {
+                    s.stats.dropped_newest.inc();
+                    return Ok(Submit::DroppedNewest);
+                }
+                OverflowPolicy::DropOldest => match s.submit.pop() {
+                    Some(old) => {
+                        s.stats.dropped_oldest.inc();
+                        outcome = Submit::QueuedDroppedOldest;
+                        old.buf
+                    }
+                    // The core took the last one between our two pops.
+                    None => match s.free.pop() {
+                        Some(b) => b,
+                        None => {
+                            s.stats.would_block.inc();
+                            return Err(SubmitError::WouldBlock);
+                        }
+                    },
+                },
+            },
+        };
+        buf[..data.len()].copy_from_slice(data);
+        let msg = Submitted {
+            buf,
+            len: data.len() as u32,
+            submit_ts: now,
+        };
+        if let Err(msg) = s.submit.push(msg) {
+            // Ring full while one buffer was still free (the handler holds none right now).
+            match policy {
+                OverflowPolicy::Block => {
+                    s.recycle(msg.buf);
+                    s.stats.would_block.inc();
+                    return Err(SubmitError::WouldBlock);
+                }
+                OverflowPolicy::DropNewest => {
+                    s.recycle(msg.buf);
+                    s.stats.dropped_newest.inc();
+                    return Ok(Submit::DroppedNewest);
+                }
+                OverflowPolicy::DropOldest => {
+                    if let Some(old) = s.submit.force_push(msg) {
+                        s.recycle(old.buf);
+                        s.stats.dropped_oldest.inc();
+                        outcome = Submit::QueuedDroppedOldest;
+                    }
+                }
+            }
+        }
+        s.stats.submitted.inc();
+        // Invariant 2: publish the message before arming.
+        fence(Ordering::SeqCst);
+        if !s.armed.swap(true, Ordering::AcqRel) {
+            // Cannot fail: the doorbell holds every slot of the core at most once.
+            let _ = s.doorbell.push(s.slot);
+        }
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::ChannelSpec;
+
+    fn shared(policy: OverflowPolicy, bmax: u32) -> (Arc<ChannelShared>, Arc<Doorbell>) {
+        let spec = ChannelSpec {
+            mmax: 8,
+            imin: 1000,
+            bmax,
+            cpu_deadline: 100,
+            link_deadline: 200,
+            end_to_end_deadline: 300,
+        };
+        let mut c = ChannelConfig::real_time(5, spec);
+        c.overflow = policy;
+        let bell = Arc::new(Doorbell::new(4));
+        (ChannelShared::new(c, 3, bell.clone()), bell)
+    }
+
+    #[test]
+    fn too_long_is_rejected_not_truncated() {
+        let (s, bell) = shared(OverflowPolicy::Block, 2);
+        let mut tx = Sender::new(s.clone());
+        assert_eq!(
+            tx.submit_at(&[0; 9], 0),
+            Err(SubmitError::TooLong { len: 9, mmax: 8 })
+        );
+        assert!(s.submit.is_empty());
+        assert!(bell.is_empty());
+    }
+
+    #[test]
+    fn doorbell_rings_once_until_disarmed() {
+        let (s, bell) = shared(OverflowPolicy::Block, 4);
+        let mut tx = Sender::new(s.clone());
+        tx.submit_at(b"a", 0).unwrap();
+        tx.submit_at(b"b", 0).unwrap();
+        assert_eq!(bell.len(), 1);
+        assert_eq!(bell.pop(), Some(3));
+        // Core drains both, then disarms; the next submit rings again.
+        assert!(s.take().is_some());
+        assert!(s.take().is_some());
+        assert!(s.disarm_or_take().is_none());
+        tx.submit_at(b"c", 0).unwrap();
+        assert_eq!(bell.pop(), Some(3));
+    }
+
+    #[test]
+    fn disarm_takes_a_message_that_raced_in() {
+        let (s, bell) = shared(OverflowPolicy::Block, 4);
+        let mut tx = Sender::new(s.clone());
+        tx.submit_at(b"a", 0).unwrap();
+        bell.pop();
+        // The handler is active (armed) when the sender submits again: no doorbell.
+        tx.submit_at(b"b", 0).unwrap();
+        assert!(bell.is_empty());
+        assert!(s.take().is_some());
+        // The core now goes idle: it must find "b" instead of stranding it.
+        let m = s.disarm_or_take().expect("raced message is taken");
+        assert_eq!(&m.buf[..1], b"b");
+    }
+
+    #[test]
+    fn block_policy_answers_would_block_when_full() {
+        let (s, _bell) = shared(OverflowPolicy::Block, 2);
+        let mut tx = Sender::new(s.clone());
+        tx.submit_at(b"1", 0).unwrap();
+        tx.submit_at(b"2", 0).unwrap();
+        assert_eq!(tx.submit_at(b"3", 0), Err(SubmitError::WouldBlock));
+        // The handler takes one: the ring has room but the free list still has one buffer.
+        let m = s.take().unwrap();
+        tx.submit_at(b"3", 0).unwrap();
+        assert_eq!(tx.submit_at(b"4", 0), Err(SubmitError::WouldBlock));
+        s.recycle(m.buf);
+        assert_eq!(s.stats.would_block.get(), 2);
+        assert_eq!(s.stats.submitted.get(), 3);
+    }
+
+    #[test]
+    fn drop_newest_keeps_the_queue() {
+        let (s, _bell) = shared(OverflowPolicy::DropNewest, 2);
+        let mut tx = Sender::new(s.clone());
+        tx.submit_at(b"1", 0).unwrap();
+        tx.submit_at(b"2", 0).unwrap();
+        assert_eq!(tx.submit_at(b"3", 0), Ok(Submit::DroppedNewest));
+        assert_eq!(&s.take().unwrap().buf[..1], b"1");
+        assert_eq!(&s.take().unwrap().buf[..1], b"2");
+        assert_eq!(s.stats.dropped_newest.get(), 1);
+    }
+
+    #[test]
+    fn drop_oldest_replaces_the_head() {
+        let (s, _bell) = shared(OverflowPolicy::DropOldest, 2);
+        let mut tx = Sender::new(s.clone());
+        tx.submit_at(b"1", 0).unwrap();
+        tx.submit_at(b"2", 0).unwrap();
+        assert_eq!(tx.submit_at(b"3", 0), Ok(Submit::QueuedDroppedOldest));
+        let held = s.take().unwrap(); // handler holds "2"
+        assert_eq!(&held.buf[..1], b"2");
+        tx.submit_at(b"4", 0).unwrap();
+        assert_eq!(tx.submit_at(b"5", 0), Ok(Submit::QueuedDroppedOldest));
+        assert_eq!(&s.take().unwrap().buf[..1], b"4");
+        assert_eq!(&s.take().unwrap().buf[..1], b"5");
+        assert_eq!(s.stats.dropped_oldest.get(), 2);
+    }
+
+    #[test]
+    fn closed_channel_refuses() {
+        let (s, _bell) = shared(OverflowPolicy::Block, 2);
+        let mut tx = Sender::new(s.clone());
+        s.close();
+        assert_eq!(tx.submit_at(b"1", 0), Err(SubmitError::Closed));
+    }
+}

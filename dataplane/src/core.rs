@@ -1,0 +1,793 @@
+//! The polling core: one pinned thread's loop over RX, control, the scheduler, the link
+//! scheduler and TX.
+//!
+//! # One iteration ([`Core::poll`])
+//! 1. **RX**: up to [`RX_BURSTS_PER_ITERATION`] bursts from the port into the receive path.
+//! 2. **Control**: up to [`CONTROL_PER_ITERATION`] commands from the control thread's ring
+//!    (open, close, policy), each acknowledged once applied. Commands are only taken here, which
+//!    is a preemption point: a handler never sees its configuration change mid-run.
+//! 3. **Doorbell**: up to [`WAKEUPS_PER_ITERATION`] channels that received messages are woken:
+//!    each takes its head message, gets its logical arrival time and is queued by class.
+//! 4. **CPU**: up to [`RUNS_PER_ITERATION`] handler runs. The scheduler picks; the handler writes
+//!    packets into port buffers until the next preemption point (k packets, the end of its
+//!    message, or the cycle budget); each packet goes to the TX queue's link scheduler; the
+//!    handler is re-queued with its new key; the link scheduler releases what it may.
+//! 5. **TX**: the link scheduler releases packets in deadline order within the in-flight limit
+//!    and the core hands them to the port in one burst.
+//!
+//! Each bound keeps one iteration short so that control commands, wake-ups and received
+//! packets are never starved by a long backlog; its reason is beside the constant.
+//!
+//! The core is generic over the [`Port`] and takes its clock and cycle meter as arguments, so
+//! the whole loop runs in virtual time in tests.
+
+use crate::channel::{ChannelShared, Doorbell, Sender};
+use crate::handler::Handler;
+use crate::link::{LinkConfig, LinkConfigError, LinkScheduler, LinkStats, Released};
+use crate::port::{Batch, PacketBuf, Port, MAX_BURST};
+use crate::rx::{Receiver, RxPath, RxPathStats, RxShared, DEFAULT_REASSEMBLY_TIMEOUT};
+use crate::sched::{Class, CpuScheduler, PolicyError, SchedPolicy};
+use crate::spec::{ChannelConfig, ChannelId, SpecError};
+use crate::time::{Clock, CycleMeter, Nanos};
+use crate::wire::{FRAME_OVERHEAD, RTCHAN_UDP_PORT};
+use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// RX bursts per iteration: 4 × 32 packets. Enough to keep up with a line-rate burst between
+/// two iterations; bounded so a receive flood cannot hold the transmit side for long.
+pub const RX_BURSTS_PER_ITERATION: usize = 4;
+/// Control commands per iteration: configuration is rare; one bad burst of commands should not
+/// delay packet work by more than a few microseconds.
+pub const CONTROL_PER_ITERATION: usize = 8;
+/// Wake-ups per iteration: a wake-up is a ring pop and a queue insert (tens of ns); 256 bounds
+/// the step to a few microseconds while draining a mass wake-up in a few iterations.
+pub const WAKEUPS_PER_ITERATION: usize = 256;
+/// Handler runs per iteration: 64 runs of k packets keep RX and control latency within one
+/// iteration's worth of packet work (≈ 64 × k × per-packet cost).
+pub const RUNS_PER_ITERATION: usize = 64;
+/// Delay histograms published per iteration: merging one costs a few microseconds.
+pub const PUBLISH_PER_ITERATION: usize = 2;
+/// How often a dirty delay histogram is published, ns: readers see data at most this old.
+pub const PUBLISH_INTERVAL: Nanos = 10_000_000;
+/// Reassembly maintenance period, ns.
+pub const MAINTAIN_INTERVAL: Nanos = 1_000_000;
+
+/// How a core is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// Most channels (handlers) the core runs; sizes every table up front.
+    pub max_channels: u32,
+    /// The CPU scheduling policy.
+    pub sched: SchedPolicy,
+    /// The link scheduler of the core's TX queue.
+    pub link: LinkConfig,
+    /// The TX queue this core owns.
+    pub tx_queue: u16,
+    /// The RX queue this core polls.
+    pub rx_queue: u16,
+    /// UDP port of rtchan traffic.
+    pub udp_port: u16,
+    /// TSC cycles per microsecond (to turn run costs into time for the reserve); 1000 in
+    /// virtual time, where a cycle is a nanosecond.
+    pub cycles_per_us: u64,
+    /// How long incomplete messages wait for fragments.
+    pub reassembly_timeout: Nanos,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            max_channels: 1024,
+            sched: SchedPolicy::default(),
+            link: LinkConfig::default(),
+            tx_queue: 0,
+            rx_queue: 0,
+            udp_port: RTCHAN_UDP_PORT,
+            cycles_per_us: 1000,
+            reassembly_timeout: DEFAULT_REASSEMBLY_TIMEOUT,
+        }
+    }
+}
+
+/// A problem building a core or applying a command.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    /// The scheduling policy is invalid.
+    #[error("scheduling policy: {0}")]
+    Policy(#[from] PolicyError),
+    /// The link configuration is invalid.
+    #[error("link scheduler: {0}")]
+    Link(#[from] LinkConfigError),
+    /// The channel's configuration is invalid.
+    #[error("channel: {0}")]
+    Spec(#[from] SpecError),
+    /// Every handler slot is in use.
+    #[error("core is full: all {0} channel slots are in use")]
+    Full(u32),
+    /// The channel id is already open on this core.
+    #[error("channel {0} is already open")]
+    Duplicate(ChannelId),
+    /// No such channel.
+    #[error("channel {0} is not open")]
+    NoSuchChannel(ChannelId),
+    /// The port's TX queue does not exist.
+    #[error("TX queue {queue} does not exist (the port has {count})")]
+    NoSuchQueue {
+        /// Requested queue.
+        queue: u16,
+        /// Queues the port has.
+        count: u16,
+    },
+    /// The port's frames are too small to carry a header and one payload byte.
+    #[error("port frames of {0} bytes cannot carry rtchan's {FRAME_OVERHEAD}-byte headers")]
+    FrameTooSmall(usize),
+    /// The core stopped before applying the command.
+    #[error("the polling core is not running")]
+    NotRunning,
+}
+
+/// A change the control thread asks a core to make.
+#[derive(Debug)]
+pub enum Command {
+    /// Start a channel's handler in slot `shared.slot`.
+    Open(Arc<ChannelShared>),
+    /// Close a channel: finish what is queued (`drain`) or discard it.
+    Close {
+        /// The channel.
+        id: ChannelId,
+        /// Drain the queue first.
+        drain: bool,
+    },
+    /// Open the receive side of a channel.
+    OpenReceiver {
+        /// Shared receive state.
+        shared: Arc<RxShared>,
+        /// Reassembly slots.
+        reassembly: u32,
+    },
+    /// Close the receive side of a channel.
+    CloseReceiver(ChannelId),
+    /// Replace the scheduling policy.
+    SetPolicy(SchedPolicy),
+}
+
+/// The lock-free rings between the control thread and one core.
+#[derive(Debug)]
+pub struct ControlRing {
+    commands: ArrayQueue<(u64, Command)>,
+    acks: ArrayQueue<(u64, Result<(), CoreError>)>,
+    next_seq: AtomicU64,
+}
+
+impl ControlRing {
+    /// Rings of `depth` commands and acknowledgements.
+    pub fn new(depth: usize) -> Arc<Self> {
+        Arc::new(Self {
+            commands: ArrayQueue::new(depth),
+            acks: ArrayQueue::new(depth),
+            next_seq: AtomicU64::new(1),
+        })
+    }
+    /// Posts a command; returns its sequence number, or the command back if the ring is full.
+    pub fn post(&self, cmd: Command) -> Result<u64, Command> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.commands
+            .push((seq, cmd))
+            .map(|_| seq)
+            .map_err(|(_, c)| c)
+    }
+    /// Takes one acknowledgement.
+    pub fn take_ack(&self) -> Option<(u64, Result<(), CoreError>)> {
+        self.acks.pop()
+    }
+}
+
+/// Core-wide counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Loop iterations.
+    pub iterations: u64,
+    /// Handler runs.
+    pub runs: u64,
+    /// Runs of a different handler than the previous run (context switches).
+    pub switches: u64,
+    /// Packets written by handlers.
+    pub packets: u64,
+    /// Runs cut short because the port had no buffer.
+    pub alloc_failures: u64,
+    /// Runs not started because the link scheduler was full.
+    pub link_backpressure: u64,
+    /// Runs over the cycle budget.
+    pub budget_overruns: u64,
+    /// Port TX errors.
+    pub tx_errors: u64,
+    /// Port RX errors.
+    pub rx_errors: u64,
+    /// Packets handed to the port.
+    pub tx_packets: u64,
+}
+
+/// What one iteration did, for the runner's idle policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Packets received.
+    pub rx: usize,
+    /// Packets written by handlers.
+    pub written: usize,
+    /// Packets handed to the port.
+    pub tx: usize,
+    /// Commands applied.
+    pub commands: usize,
+}
+
+impl Progress {
+    /// True when the iteration did nothing.
+    pub fn is_idle(&self) -> bool {
+        self.rx == 0 && self.written == 0 && self.tx == 0 && self.commands == 0
+    }
+}
+
+/// One polling core.
+pub struct Core<P: Port> {
+    cfg: CoreConfig,
+    port: P,
+    payload_per_packet: u32,
+    sched: CpuScheduler,
+    link: LinkScheduler<P::Buf>,
+    handlers: Vec<Option<Handler>>,
+    generations: Vec<u32>,
+    by_id: std::collections::HashMap<ChannelId, u32>,
+    pending_close_ack: Vec<Option<u64>>,
+    doorbell: Arc<Doorbell>,
+    control: Arc<ControlRing>,
+    tx_batch: Batch<P::Buf>,
+    rx: RxPath,
+    dirty: Vec<u32>,
+    last_publish: Nanos,
+    last_maintain: Nanos,
+    last_slot: u32,
+    stats: CoreStats,
+}
+
+impl<P: Port> std::fmt::Debug for Core<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("cfg", &self.cfg)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl<P: Port> Core<P> {
+    /// Builds a core over `port` after validating the configuration against it.
+    pub fn new(cfg: CoreConfig, port: P) -> Result<Self, CoreError> {
+        cfg.sched.validate()?;
+        let caps = port.capabilities();
+        cfg.link.validate(caps.max_frame)?;
+        if cfg.tx_queue >= caps.tx_queues {
+            return Err(CoreError::NoSuchQueue {
+                queue: cfg.tx_queue,
+                count: caps.tx_queues,
+            });
+        }
+        if caps.max_frame <= FRAME_OVERHEAD {
+            return Err(CoreError::FrameTooSmall(caps.max_frame));
+        }
+        let n = cfg.max_channels as usize;
+        Ok(Self {
+            payload_per_packet: (caps.max_frame - FRAME_OVERHEAD) as u32,
+            sched: CpuScheduler::new(n, cfg.sched),
+            link: LinkScheduler::new(cfg.link),
+            handlers: (0..n).map(|_| None).collect(),
+            generations: vec![0; n],
+            by_id: std::collections::HashMap::with_capacity(n),
+            pending_close_ack: vec![None; n],
+            doorbell: Arc::new(Doorbell::new(n.max(1))),
+            control: ControlRing::new(256),
+            tx_batch: Batch::new(),
+            rx: RxPath::new(cfg.udp_port, cfg.reassembly_timeout),
+            dirty: Vec::with_capacity(n),
+            last_publish: 0,
+            last_maintain: 0,
+            last_slot: u32::MAX,
+            stats: CoreStats::default(),
+            cfg,
+            port,
+        })
+    }
+
+    /// Payload bytes one packet carries.
+    pub fn payload_per_packet(&self) -> u32 {
+        self.payload_per_packet
+    }
+
+    /// The doorbell senders ring.
+    pub fn doorbell(&self) -> &Arc<Doorbell> {
+        &self.doorbell
+    }
+
+    /// The control ring.
+    pub fn control(&self) -> &Arc<ControlRing> {
+        &self.control
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// Core-wide counters.
+    pub fn stats(&self) -> CoreStats {
+        self.stats
+    }
+
+    /// The link scheduler's counters.
+    pub fn link_stats(&self) -> LinkStats {
+        self.link.stats()
+    }
+
+    /// The receive path's counters.
+    pub fn rx_stats(&self) -> RxPathStats {
+        self.rx.stats()
+    }
+
+    /// The port.
+    pub fn port(&self) -> &P {
+        &self.port
+    }
+
+    /// Handlers queued per class: (current, best-effort, early).
+    pub fn queued(&self) -> (usize, usize, usize) {
+        self.sched.queued()
+    }
+
+    /// Packets held by the link scheduler and not yet handed to the port.
+    pub fn link_backlog(&self) -> usize {
+        self.link.len() + self.tx_batch.len()
+    }
+
+    /// A free handler slot (control side bookkeeping for direct use before the core runs).
+    fn free_slot(&self) -> Option<u32> {
+        self.handlers
+            .iter()
+            .position(Option::is_none)
+            .map(|i| i as u32)
+    }
+
+    /// Opens a channel directly (the core is not running yet, or in virtual-time tests):
+    /// validates, starts its handler, and returns the sender.
+    pub fn open(&mut self, config: ChannelConfig) -> Result<Sender, CoreError> {
+        let slot = self
+            .free_slot()
+            .ok_or(CoreError::Full(self.cfg.max_channels))?;
+        let shared = self.prepare(config, slot)?;
+        self.start_handler(shared.clone())?;
+        Ok(Sender::new(shared))
+    }
+
+    /// Validates a channel and builds its shared state for `slot` (control side; allocates).
+    pub fn prepare(
+        &self,
+        config: ChannelConfig,
+        slot: u32,
+    ) -> Result<Arc<ChannelShared>, CoreError> {
+        config.validate(self.payload_per_packet)?;
+        if config.txq != self.cfg.tx_queue {
+            return Err(CoreError::NoSuchQueue {
+                queue: config.txq,
+                count: self.port.capabilities().tx_queues,
+            });
+        }
+        Ok(ChannelShared::new(config, slot, self.doorbell.clone()))
+    }
+
+    /// Opens the receive side of a channel directly; returns the application's handle.
+    pub fn open_receiver(&mut self, id: ChannelId, mmax: u32, ring: u32) -> Receiver {
+        let reassembly = ring.clamp(1, 64);
+        let shared = RxShared::new(id, mmax, ring, reassembly);
+        self.rx.open(shared.clone(), reassembly);
+        Receiver::new(shared)
+    }
+
+    fn start_handler(&mut self, shared: Arc<ChannelShared>) -> Result<(), CoreError> {
+        let id = shared.config.id;
+        let slot = shared.slot;
+        if self.by_id.contains_key(&id) {
+            return Err(CoreError::Duplicate(id));
+        }
+        if slot as usize >= self.handlers.len() || self.handlers[slot as usize].is_some() {
+            return Err(CoreError::Full(self.cfg.max_channels));
+        }
+        let generation = self.generations[slot as usize].wrapping_add(1);
+        self.generations[slot as usize] = generation;
+        shared.arm();
+        let h = Handler::new(shared, generation, self.payload_per_packet);
+        self.handlers[slot as usize] = Some(h);
+        self.by_id.insert(id, slot);
+        // Messages may already wait (submitted before the open was applied).
+        let _ = self.doorbell.push(slot);
+        Ok(())
+    }
+
+    /// Closes a channel: returns `Ok(true)` when done now, `Ok(false)` when draining.
+    fn close(&mut self, id: ChannelId, drain: bool) -> Result<bool, CoreError> {
+        let slot = *self.by_id.get(&id).ok_or(CoreError::NoSuchChannel(id))?;
+        let h = self.handlers[slot as usize]
+            .as_mut()
+            .expect("indexed handler");
+        h.shared.close();
+        if drain && (h.current.is_some() || h.shared.queued() > 0) {
+            h.draining = true;
+            if h.current.is_none() && !self.sched.is_queued(slot) {
+                // Idle with messages racing in: wake it so the drain makes progress.
+                let _ = self.doorbell.push(slot);
+            }
+            return Ok(false);
+        }
+        self.finish_close(slot);
+        Ok(true)
+    }
+
+    fn finish_close(&mut self, slot: u32) {
+        self.sched.remove(slot);
+        if let Some(mut h) = self.handlers[slot as usize].take() {
+            let n = h.discard();
+            h.shared.stats.dropped_on_close.add(n);
+            // Control path: a final publish may wait for a reader.
+            while !h.shared.stats.try_publish_delay(&mut h.pending_delay) {
+                std::thread::yield_now();
+            }
+            self.by_id.remove(&h.shared.config.id);
+        }
+        // Packets still in the link scheduler go out; their stats go nowhere (generation).
+        self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
+        if let Some(seq) = self.pending_close_ack[slot as usize].take() {
+            let _ = self.control.acks.push((seq, Ok(())));
+        }
+    }
+
+    fn apply(&mut self, seq: u64, cmd: Command) {
+        let result = match cmd {
+            Command::Open(shared) => self.start_handler(shared),
+            Command::Close { id, drain } => match self.close(id, drain) {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    let slot = self.by_id[&id];
+                    self.pending_close_ack[slot as usize] = Some(seq);
+                    return; // acknowledged when drained
+                }
+                Err(e) => Err(e),
+            },
+            Command::OpenReceiver { shared, reassembly } => {
+                self.rx.open(shared, reassembly);
+                Ok(())
+            }
+            Command::CloseReceiver(id) => {
+                if self.rx.close(id) {
+                    Ok(())
+                } else {
+                    Err(CoreError::NoSuchChannel(id))
+                }
+            }
+            Command::SetPolicy(p) => match p.validate() {
+                Ok(()) => {
+                    self.sched.set_policy(p);
+                    self.cfg.sched = p;
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            },
+        };
+        let _ = self.control.acks.push((seq, result));
+    }
+
+    /// Queues a handler that has a message by its class and key.
+    #[inline]
+    fn enqueue(&mut self, slot: u32, now: Nanos) {
+        let h = self.handlers[slot as usize].as_ref().expect("live handler");
+        match (&h.spec, &h.current) {
+            (Some(_), Some(cur)) => {
+                self.sched
+                    .enqueue_real_time(slot, cur.logical, cur.cpu_deadline, now)
+            }
+            (None, Some(_)) => self.sched.enqueue_best_effort(slot),
+            (_, None) => {}
+        }
+    }
+
+    #[inline]
+    fn wake(&mut self, slot: u32, now: Nanos) {
+        let Some(h) = self
+            .handlers
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+        else {
+            return; // closed meanwhile
+        };
+        if h.current.is_some() {
+            return; // active: it fetches its next message when this one is done
+        }
+        if h.fetch() {
+            self.enqueue(slot, now);
+        } else if h.draining {
+            self.finish_close(slot);
+        }
+    }
+
+    /// One loop iteration at the clock's time. See the module docs for the steps.
+    pub fn poll(&mut self, clock: &dyn Clock, meter: &mut impl CycleMeter) -> Progress {
+        self.stats.iterations += 1;
+        let mut progress = Progress::default();
+        let now = clock.now();
+
+        // 1. RX.
+        for _ in 0..RX_BURSTS_PER_ITERATION {
+            let mut batch: Batch<P::Buf> = Batch::new();
+            match self.port.rx_burst(self.cfg.rx_queue, &mut batch) {
+                Ok(0) => break,
+                Ok(n) => {
+                    progress.rx += n;
+                    for b in batch.drain(..) {
+                        self.rx.handle(b.data(), now);
+                    }
+                    if n < MAX_BURST {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    self.stats.rx_errors += 1;
+                    break;
+                }
+            }
+        }
+        if now.saturating_sub(self.last_maintain) >= MAINTAIN_INTERVAL {
+            self.rx.maintain(now);
+            self.last_maintain = now;
+        }
+
+        // 2. Control.
+        for _ in 0..CONTROL_PER_ITERATION {
+            let Some((seq, cmd)) = self.control.commands.pop() else {
+                break;
+            };
+            self.apply(seq, cmd);
+            progress.commands += 1;
+        }
+
+        // 3. Doorbell.
+        for _ in 0..WAKEUPS_PER_ITERATION {
+            let Some(slot) = self.doorbell.pop() else {
+                break;
+            };
+            self.wake(slot, now);
+        }
+
+        // 4 + 5. CPU runs, each followed by link release and TX.
+        self.transmit(clock.now(), &mut progress);
+        for _ in 0..RUNS_PER_ITERATION {
+            if self.link.room() < self.cfg.sched.granularity as usize {
+                self.stats.link_backpressure += 1;
+                break;
+            }
+            let now = clock.now();
+            let Some((slot, class)) = self.sched.pick(now) else {
+                break;
+            };
+            progress.written += self.run(slot, class, now, clock, meter);
+            self.transmit(clock.now(), &mut progress);
+        }
+
+        // Publish delay histograms now and then.
+        if now.saturating_sub(self.last_publish) >= PUBLISH_INTERVAL {
+            self.last_publish = now;
+            for _ in 0..PUBLISH_PER_ITERATION {
+                let Some(slot) = self.dirty.pop() else { break };
+                if let Some(h) = self.handlers[slot as usize].as_mut() {
+                    if !h.shared.stats.try_publish_delay(&mut h.pending_delay) {
+                        self.dirty.push(slot); // a reader holds it: next time
+                        break;
+                    }
+                    h.delay_dirty = false;
+                }
+            }
+        }
+        progress
+    }
+
+    /// Runs one handler until its next preemption point; returns packets written.
+    #[inline]
+    fn run(
+        &mut self,
+        slot: u32,
+        class: Class,
+        now: Nanos,
+        clock: &dyn Clock,
+        meter: &mut impl CycleMeter,
+    ) -> usize {
+        let k = self.cfg.sched.granularity;
+        let budget = self.cfg.sched.run_budget_cycles;
+        let c0 = meter.cycles();
+        let mut written = 0u32;
+        let h = self.handlers[slot as usize]
+            .as_mut()
+            .expect("queued handler is live");
+        loop {
+            let Some(mut buf) = self.port.alloc_tx() else {
+                self.stats.alloc_failures += 1;
+                break;
+            };
+            if buf.capacity() < h.frame_room() {
+                // A port whose buffers are smaller than its frames is a backend bug.
+                self.stats.alloc_failures += 1;
+                break;
+            }
+            let w = h.write_packet(&mut buf);
+            meter.on_packet();
+            written += 1;
+            if let Err(_buf) = self.link.enqueue(buf, w.meta, now) {
+                // Cannot happen: a run starts only with room for k packets. Counted by the
+                // link scheduler as `full` if it ever does.
+            }
+            if w.message_done || written >= k || meter.cycles().wrapping_sub(c0) >= budget {
+                break;
+            }
+        }
+        let used = meter.cycles().wrapping_sub(c0);
+        h.shared.stats.handler_cycles.add(used);
+        if used > budget {
+            h.shared.stats.budget_overruns.inc();
+            h.shared.stats.overrun_cycles.add(used - budget);
+            self.stats.budget_overruns += 1;
+        }
+        self.sched
+            .account(class, used * 1000 / self.cfg.cycles_per_us.max(1));
+        self.stats.runs += 1;
+        self.stats.packets += written as u64;
+        if slot != self.last_slot {
+            self.stats.switches += 1;
+            self.last_slot = slot;
+        }
+        // Re-queue at the preemption point with the (possibly new) head message.
+        if h.fetch() {
+            self.enqueue(slot, clock.now());
+        } else if h.draining {
+            self.finish_close(slot);
+        }
+        written as usize
+    }
+
+    /// Releases what the link scheduler allows and hands it to the port.
+    #[inline]
+    fn transmit(&mut self, now: Nanos, progress: &mut Progress) {
+        let q = self.cfg.tx_queue;
+        if self.tx_batch.is_empty() {
+            let in_flight = self.port.tx_in_flight_bytes(q);
+            let handlers = &mut self.handlers;
+            let generations = &self.generations;
+            let dirty = &mut self.dirty;
+            self.link
+                .release(now, in_flight, &mut self.tx_batch, |r: Released| {
+                    let m = r.meta;
+                    if generations.get(m.slot as usize) != Some(&m.generation) {
+                        return;
+                    }
+                    let Some(h) = handlers[m.slot as usize].as_mut() else {
+                        return;
+                    };
+                    let st = &h.shared.stats;
+                    if r.late {
+                        st.late_packets.inc();
+                    }
+                    if r.dropped {
+                        st.late_dropped.inc();
+                        return;
+                    }
+                    st.packets.inc();
+                    st.bytes.add(m.frame_len as u64);
+                    if m.last_of_message {
+                        st.messages_sent.inc();
+                        h.record_delay(m.submit_ts, now);
+                        if !h.delay_dirty {
+                            h.delay_dirty = true;
+                            dirty.push(m.slot);
+                        }
+                    }
+                });
+        }
+        if self.tx_batch.is_empty() {
+            return;
+        }
+        match self.port.tx_burst(q, &mut self.tx_batch) {
+            Ok(n) => {
+                self.stats.tx_packets += n as u64;
+                progress.tx += n;
+            }
+            Err(_) => self.stats.tx_errors += 1,
+        }
+    }
+
+    /// When the core next has timed work (an early message becoming current), if any.
+    pub fn next_release(&mut self) -> Option<Nanos> {
+        self.sched.next_release()
+    }
+}
+
+/// What an idle polling loop does between iterations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdlePolicy {
+    /// Busy-poll (a dedicated, isolated core).
+    Spin,
+    /// Yield the CPU (shared machines, tests).
+    Yield,
+    /// Sleep this long (laptops, CI).
+    Sleep(Nanos),
+}
+
+/// A core running on its own thread.
+#[derive(Debug)]
+pub struct RunningCore<P: Port> {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Core<P>>>,
+}
+
+impl<P: Port + 'static> RunningCore<P> {
+    /// Starts `core` on a new thread, pinned to `cpu` when given (core_affinity), polling with
+    /// `clock` and the TSC.
+    pub fn spawn(
+        mut core: Core<P>,
+        cpu: Option<usize>,
+        clock: Arc<dyn Clock>,
+        idle: IdlePolicy,
+    ) -> std::io::Result<Self>
+    where
+        P::Buf: 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("rtchan-core{}", cpu.map_or(-1, |c| c as i64)))
+            .spawn(move || {
+                if let Some(id) = cpu {
+                    core_affinity::set_for_current(core_affinity::CoreId { id });
+                }
+                let mut tsc = crate::time::TscMeter;
+                while !stop2.load(Ordering::Relaxed) {
+                    let p = core.poll(&*clock, &mut tsc);
+                    if p.is_idle() {
+                        match idle {
+                            IdlePolicy::Spin => std::hint::spin_loop(),
+                            IdlePolicy::Yield => std::thread::yield_now(),
+                            IdlePolicy::Sleep(ns) => {
+                                std::thread::sleep(std::time::Duration::from_nanos(ns))
+                            }
+                        }
+                    }
+                }
+                core
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the loop and returns the core (for final statistics).
+    pub fn stop(mut self) -> Core<P> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("joined once")
+            .join()
+            .expect("polling core panicked")
+    }
+}
+
+impl<P: Port> Drop for RunningCore<P> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The handler of one channel: a state machine that turns submitted messages into packets.
+//!
+//! It takes the next message off the channel's submit ring, stamps it with its logical arrival
+//! time ℓ (traffic enforcement), and writes one frame per fragment straight into a port buffer:
+//! Ethernet/IPv4/UDP from the channel's template, then the rtchan header, then that slice of the
+//! message. The polling core decides when it runs; the handler only knows how to make progress.
+
+use crate::channel::{ChannelShared, Submitted};
+use crate::link::PacketMeta;
+use crate::port::PacketBuf;
+use crate::spec::{ChannelSpec, TrafficClass};
+use crate::stats::{new_histogram, record_clamped};
+use crate::time::Nanos;
+use crate::wire::{HeaderTemplate, RtHeader, FLAG_BEST_EFFORT, FRAME_OVERHEAD};
+use hdrhistogram::Histogram;
+use std::sync::Arc;
+
+/// Logical arrival times of one channel: ℓ(m0) = t0, ℓ(mk) = max(ℓ(mk−1) + Imin, tk).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Enforcer {
+    last: Option<Nanos>,
+}
+
+impl Enforcer {
+    /// The logical arrival time of a message submitted at `t`, with minimum interval `imin`.
+    #[inline]
+    pub fn logical_arrival(&mut self, t: Nanos, imin: Nanos) -> Nanos {
+        let l = match self.last {
+            Some(prev) => (prev + imin).max(t),
+            None => t,
+        };
+        self.last = Some(l);
+        l
+    }
+}
+
+/// The message a handler is working on.
+#[derive(Debug)]
+pub(crate) struct InProgress {
+    pub msg: Submitted,
+    pub seq: u32,
+    /// Logical arrival time ℓ.
+    pub logical: Nanos,
+    /// Absolute CPU deadline (the handler's EDF key while current).
+    pub cpu_deadline: Nanos,
+    /// Absolute link deadline of every packet.
+    pub link_deadline: Nanos,
+    /// Absolute end-to-end deadline (in the header).
+    pub e2e_deadline: Nanos,
+    pub next_frag: u16,
+    pub frag_count: u16,
+}
+
+/// Result of writing one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub meta: PacketMeta,
+    /// The message is now fully written (its buffer went back to the sender).
+    pub message_done: bool,
+}
+
+/// One channel's handler on a core.
+#[derive(Debug)]
+pub(crate) struct Handler {
+    pub shared: Arc<ChannelShared>,
+    pub spec: Option<ChannelSpec>,
+    pub generation: u32,
+    template: HeaderTemplate,
+    payload_per_packet: u32,
+    enforcer: Enforcer,
+    next_seq: u32,
+    ip_id: u16,
+    pub current: Option<InProgress>,
+    /// Delay samples not yet published to `shared.stats`.
+    pub pending_delay: Histogram<u64>,
+    pub delay_dirty: bool,
+    /// Closing: finish what is queued, then go.
+    pub draining: bool,
+}
+
+impl Handler {
+    pub fn new(shared: Arc<ChannelShared>, generation: u32, payload_per_packet: u32) -> Self {
+        let spec = match shared.config.class {
+            TrafficClass::RealTime(s) => Some(s),
+            TrafficClass::BestEffort { .. } => None,
+        };
+        Self {
+            template: HeaderTemplate::new(&shared.config.endpoint),
+            shared,
+            spec,
+            generation,
+            payload_per_packet,
+            enforcer: Enforcer::default(),
+            next_seq: 0,
+            ip_id: 0,
+            current: None,
+            pending_delay: new_histogram(),
+            delay_dirty: false,
+            draining: false,
+        }
+    }
+
+    /// Starts on `msg`: assigns its sequence number, logical arrival time and deadlines.
+    #[inline]
+    pub fn start(&mut self, msg: Submitted) {
+        let (logical, cpu, link, e2e) = match &self.spec {
+            Some(s) => {
+                let l = self.enforcer.logical_arrival(msg.submit_ts, s.imin);
+                (
+                    l,
+                    l + s.cpu_deadline,
+                    l + s.link_deadline,
+                    l + s.end_to_end_deadline,
+                )
+            }
+            None => (msg.submit_ts, 0, 0, 0),
+        };
+        let frag_count = (msg.len.div_ceil(self.payload_per_packet)).max(1) as u16;
+        self.current = Some(InProgress {
+            msg,
+            seq: self.next_seq,
+            logical,
+            cpu_deadline: cpu,
+            link_deadline: link,
+            e2e_deadline: e2e,
+            next_frag: 0,
+            frag_count,
+        });
+        self.next_seq = self.next_seq.wrapping_add(1);
+    }
+
+    /// Takes the next message from the ring if the handler has none. Returns whether it has
+    /// work; when it has none it disarms (see the wake-up protocol in [`crate::channel`]).
+    #[inline]
+    pub fn fetch(&mut self) -> bool {
+        if self.current.is_some() {
+            return true;
+        }
+        let next = self.shared.take().or_else(|| self.shared.disarm_or_take());
+        match next {
+            Some(m) => {
+                self.start(m);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes the next fragment of the current message into `buf`. The caller guarantees a
+    /// current message and a buffer of at least `FRAME_OVERHEAD + payload_per_packet` bytes.
+    #[inline]
+    pub fn write_packet<B: PacketBuf>(&mut self, buf: &mut B) -> Written {
+        let cur = self
+            .current
+            .as_mut()
+            .expect("write_packet without a message");
+        let off = cur.next_frag as u32 * self.payload_per_packet;
+        let end = (off + self.payload_per_packet).min(cur.msg.len);
+        let rt = RtHeader {
+            flags: if self.spec.is_none() {
+                FLAG_BEST_EFFORT
+            } else {
+                0
+            },
+            frag_index: cur.next_frag,
+            frag_count: cur.frag_count,
+            frag_len: (end - off) as u16,
+            channel: self.shared.config.id,
+            msg_seq: cur.seq,
+            msg_len: cur.msg.len,
+            frag_offset: off,
+            submit_ts: cur.msg.submit_ts,
+            deadline: cur.e2e_deadline,
+        };
+        let len = self.template.write_frame(
+            buf.buf_mut(),
+            self.ip_id,
+            &rt,
+            &cur.msg.buf[off as usize..end as usize],
+        );
+        buf.set_len(len);
+        self.ip_id = self.ip_id.wrapping_add(1);
+        cur.next_frag += 1;
+        let done = cur.next_frag == cur.frag_count;
+        let meta = PacketMeta {
+            slot: self.shared.slot,
+            generation: self.generation,
+            eligible: cur.logical,
+            deadline: cur.link_deadline,
+            submit_ts: cur.msg.submit_ts,
+            frame_len: len as u32,
+            last_of_message: done,
+            best_effort: self.spec.is_none(),
+        };
+        if done {
+            let finished = self.current.take().expect("checked above");
+            self.shared.recycle(finished.msg.buf);
+        }
+        Written {
+            meta,
+            message_done: done,
+        }
+    }
+
+    /// Discards everything queued (closing without drain); returns how many messages.
+    pub fn discard(&mut self) -> u64 {
+        let mut n = 0;
+        if let Some(cur) = self.current.take() {
+            self.shared.recycle(cur.msg.buf);
+            n += 1;
+        }
+        while let Some(m) = self.shared.take() {
+            self.shared.recycle(m.buf);
+            n += 1;
+        }
+        n
+    }
+
+    /// Records the delay of a message whose last packet was released at `now`.
+    #[inline]
+    pub fn record_delay(&mut self, submit_ts: Nanos, now: Nanos) {
+        record_clamped(&mut self.pending_delay, now.saturating_sub(submit_ts));
+        self.delay_dirty = true;
+    }
+
+    /// Smallest buffer a packet of this handler needs.
+    pub fn frame_room(&self) -> usize {
+        FRAME_OVERHEAD + self.payload_per_packet as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enforcement_pushes_bursts_into_the_future() {
+        let mut e = Enforcer::default();
+        // A burst of 4 at t = 100 with Imin = 10.
+        let ls: Vec<_> = (0..4).map(|_| e.logical_arrival(100, 10)).collect();
+        assert_eq!(ls, vec![100, 110, 120, 130]);
+        // A late message resets to its own submit time.
+        assert_eq!(e.logical_arrival(500, 10), 500);
+        // A violator at 3x its rate drifts further into the future with every message.
+        let mut e = Enforcer::default();
+        let ls: Vec<_> = (0..5).map(|k| e.logical_arrival(k * 10, 30)).collect();
+        assert_eq!(ls, vec![0, 30, 60, 90, 120]);
+    }
+}

@@ -1,0 +1,218 @@
+//! Per-channel statistics, written by one thread and read by any without locks on the hot path.
+//!
+//! Counters are atomics. Each has exactly one writer (the polling core, or the channel's single
+//! sender for the submit-side counters), so a plain load + store with `Relaxed` ordering is
+//! enough and avoids a locked instruction per packet; readers see a value at most one update
+//! old. Delay histograms are recorded by the core into a histogram it owns and published now and
+//! then into a shared copy with `try_lock`: the core never waits, a reader holding the lock only
+//! delays one publication.
+
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A counter with a single writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the counter's one writer may call this (see the module docs).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+    /// Subtracts `n`, stopping at zero. Single writer, like [`Counter::add`].
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).saturating_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// Current value.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Highest delay a histogram records, ns (60 s); larger values are clamped and counted.
+pub const HIST_MAX_NS: u64 = 60_000_000_000;
+/// Significant figures the histograms keep (1% resolution: enough for percentiles of delay).
+pub const HIST_SIGFIG: u8 = 2;
+
+/// A fresh delay histogram: 1 ns to [`HIST_MAX_NS`], [`HIST_SIGFIG`] significant figures.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_NS, HIST_SIGFIG).expect("static bounds are valid")
+}
+
+/// Records `v` into `h`, clamping into range (a clamp is still a recorded sample).
+#[inline]
+pub fn record_clamped(h: &mut Histogram<u64>, v: u64) {
+    h.saturating_record(v.clamp(1, HIST_MAX_NS));
+}
+
+/// Sender-side statistics of one channel.
+#[derive(Debug)]
+pub struct ChannelStats {
+    /// Messages accepted by submit.
+    pub submitted: Counter,
+    /// Submits refused with `WouldBlock` (block policy).
+    pub would_block: Counter,
+    /// New messages dropped because the buffer was full (drop-newest).
+    pub dropped_newest: Counter,
+    /// Queued messages dropped to make room (drop-oldest).
+    pub dropped_oldest: Counter,
+    /// Messages discarded when the channel closed without draining.
+    pub dropped_on_close: Counter,
+    /// Messages whose every packet was released to the port.
+    pub messages_sent: Counter,
+    /// Packets released to the port.
+    pub packets: Counter,
+    /// Frame bytes released to the port.
+    pub bytes: Counter,
+    /// Packets released after their link deadline.
+    pub late_packets: Counter,
+    /// Packets dropped at the link for being late (drop policy).
+    pub late_dropped: Counter,
+    /// Handler runs that exceeded the cycle budget.
+    pub budget_overruns: Counter,
+    /// Cycles beyond the budget, summed over overruns (charged to this channel).
+    pub overrun_cycles: Counter,
+    /// Cycles spent in this channel's handler runs.
+    pub handler_cycles: Counter,
+    /// Delay from submit to the release of the message's last packet, published copy.
+    delay: Mutex<Histogram<u64>>,
+}
+
+impl Default for ChannelStats {
+    fn default() -> Self {
+        Self {
+            submitted: Counter::default(),
+            would_block: Counter::default(),
+            dropped_newest: Counter::default(),
+            dropped_oldest: Counter::default(),
+            dropped_on_close: Counter::default(),
+            messages_sent: Counter::default(),
+            packets: Counter::default(),
+            bytes: Counter::default(),
+            late_packets: Counter::default(),
+            late_dropped: Counter::default(),
+            budget_overruns: Counter::default(),
+            overrun_cycles: Counter::default(),
+            handler_cycles: Counter::default(),
+            delay: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+impl ChannelStats {
+    /// Merges the core's unpublished samples into the shared histogram and clears them, unless
+    /// a reader holds it right now. Returns whether it published.
+    pub fn try_publish_delay(&self, pending: &mut Histogram<u64>) -> bool {
+        match self.delay.try_lock() {
+            Ok(mut h) => {
+                // Same bounds on both sides, so `add` never reallocates.
+                let _ = h.add(&*pending);
+                pending.reset();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A copy of the published delay histogram (control path: allocates).
+    pub fn delay_snapshot(&self) -> Histogram<u64> {
+        match self.delay.lock() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// A plain copy of every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            submitted: self.submitted.get(),
+            would_block: self.would_block.get(),
+            dropped_newest: self.dropped_newest.get(),
+            dropped_oldest: self.dropped_oldest.get(),
+            dropped_on_close: self.dropped_on_close.get(),
+            messages_sent: self.messages_sent.get(),
+            packets: self.packets.get(),
+            bytes: self.bytes.get(),
+            late_packets: self.late_packets.get(),
+            late_dropped: self.late_dropped.get(),
+            budget_overruns: self.budget_overruns.get(),
+            overrun_cycles: self.overrun_cycles.get(),
+            handler_cycles: self.handler_cycles.get(),
+        }
+    }
+}
+
+/// A point-in-time copy of a channel's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// See [`ChannelStats::submitted`].
+    pub submitted: u64,
+    /// See [`ChannelStats::would_block`].
+    pub would_block: u64,
+    /// See [`ChannelStats::dropped_newest`].
+    pub dropped_newest: u64,
+    /// See [`ChannelStats::dropped_oldest`].
+    pub dropped_oldest: u64,
+    /// See [`ChannelStats::dropped_on_close`].
+    pub dropped_on_close: u64,
+    /// See [`ChannelStats::messages_sent`].
+    pub messages_sent: u64,
+    /// See [`ChannelStats::packets`].
+    pub packets: u64,
+    /// See [`ChannelStats::bytes`].
+    pub bytes: u64,
+    /// See [`ChannelStats::late_packets`].
+    pub late_packets: u64,
+    /// See [`ChannelStats::late_dropped`].
+    pub late_dropped: u64,
+    /// See [`ChannelStats::budget_overruns`].
+    pub budget_overruns: u64,
+    /// See [`ChannelStats::overrun_cycles`].
+    pub overrun_cycles: u64,
+    /// See [`ChannelStats::handler_cycles`].
+    pub handler_cycles: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_moves_samples_and_skips_when_held() {
+        let s = ChannelStats::default();
+        let mut local = new_histogram();
+        record_clamped(&mut local, 1000);
+        record_clamped(&mut local, 0); // clamped to 1, still counted
+        {
+            let _held = s.delay.lock().unwrap();
+            assert!(!s.try_publish_delay(&mut local));
+        }
+        assert_eq!(local.len(), 2);
+        assert!(s.try_publish_delay(&mut local));
+        assert_eq!(local.len(), 0);
+        assert_eq!(s.delay_snapshot().len(), 2);
+    }
+
+    #[test]
+    fn counters_add() {
+        let c = Counter::default();
+        c.inc();
+        c.add(4);
+        assert_eq!(c.get(), 5);
+    }
+}
