@@ -228,8 +228,24 @@ impl Progress {
     }
 }
 
+/// One packet as a handler wrote it, for the optional trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEntry {
+    /// The channel.
+    pub channel: ChannelId,
+    /// Message sequence number.
+    pub seq: u32,
+    /// Fragment index.
+    pub frag: u16,
+    /// When the handler run that wrote it started.
+    pub run_start: Nanos,
+    /// The class the run was in.
+    pub class: Class,
+}
+
 /// One polling core.
 pub struct Core<P: Port> {
+    trace: Option<Vec<TraceEntry>>,
     cfg: CoreConfig,
     port: P,
     payload_per_packet: u32,
@@ -276,6 +292,7 @@ impl<P: Port> Core<P> {
         }
         let n = cfg.max_channels as usize;
         Ok(Self {
+            trace: None,
             payload_per_packet: (caps.max_frame - FRAME_OVERHEAD) as u32,
             sched: CpuScheduler::new(n, cfg.sched),
             link: LinkScheduler::new(cfg.link),
@@ -345,6 +362,17 @@ impl<P: Port> Core<P> {
     /// Packets held by the link scheduler and not yet handed to the port.
     pub fn link_backlog(&self) -> usize {
         self.link.len() + self.tx_batch.len()
+    }
+
+    /// Records the first `capacity` packets handlers write, in order (a debugging aid and
+    /// how tests observe scheduling order). Allocates the whole trace now.
+    pub fn enable_trace(&mut self, capacity: usize) {
+        self.trace = Some(Vec::with_capacity(capacity));
+    }
+
+    /// The trace recorded so far.
+    pub fn trace(&self) -> &[TraceEntry] {
+        self.trace.as_deref().unwrap_or(&[])
     }
 
     /// A free handler slot (control side bookkeeping for direct use before the core runs).
@@ -623,6 +651,15 @@ impl<P: Port> Core<P> {
                 break;
             }
             let w = h.write_packet(&mut buf);
+            if let Some(t) = self.trace.as_mut().filter(|t| t.len() < t.capacity()) {
+                t.push(TraceEntry {
+                    channel: h.shared.config.id,
+                    seq: w.seq,
+                    frag: w.frag_index,
+                    run_start: now,
+                    class,
+                });
+            }
             meter.on_packet();
             written += 1;
             if let Err(_buf) = self.link.enqueue(buf, w.meta, now) {

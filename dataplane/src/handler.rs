@@ -55,6 +55,8 @@ pub(crate) struct InProgress {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Written {
     pub meta: PacketMeta,
+    pub seq: u32,
+    pub frag_index: u16,
     /// The message is now fully written (its buffer went back to the sender).
     pub message_done: bool,
 }
@@ -198,6 +200,8 @@ impl Handler {
         }
         Written {
             meta,
+            seq: rt.msg_seq,
+            frag_index: rt.frag_index,
             message_done: done,
         }
     }
