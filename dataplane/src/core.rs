@@ -75,6 +75,15 @@ pub struct CoreConfig {
     pub reassembly_timeout: Nanos,
 }
 
+impl CoreConfig {
+    /// The same core with QoS off: FIFO scheduling on the CPU and the link, no enforcement.
+    pub fn fifo_baseline(mut self) -> Self {
+        self.sched.fifo = true;
+        self.link.fifo = true;
+        self
+    }
+}
+
 impl Default for CoreConfig {
     fn default() -> Self {
         Self {
@@ -430,7 +439,8 @@ impl<P: Port> Core<P> {
         let generation = self.generations[slot as usize].wrapping_add(1);
         self.generations[slot as usize] = generation;
         shared.arm();
-        let h = Handler::new(shared, generation, self.payload_per_packet);
+        let mut h = Handler::new(shared, generation, self.payload_per_packet);
+        h.enforce = !self.cfg.sched.fifo;
         self.handlers[slot as usize] = Some(h);
         self.by_id.insert(id, slot);
         // Messages may already wait (submitted before the open was applied).
@@ -498,7 +508,13 @@ impl<P: Port> Core<P> {
                     Err(CoreError::NoSuchChannel(id))
                 }
             }
-            Command::SetPolicy(p) => match p.validate() {
+            Command::SetPolicy(p) => match p.validate().and_then(|()| {
+                if p.fifo == self.cfg.sched.fifo {
+                    Ok(())
+                } else {
+                    Err(PolicyError::FifoChange)
+                }
+            }) {
                 Ok(()) => {
                     self.sched.set_policy(p);
                     self.cfg.sched = p;

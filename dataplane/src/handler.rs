@@ -67,6 +67,8 @@ pub(crate) struct Handler {
     pub shared: Arc<ChannelShared>,
     pub spec: Option<ChannelSpec>,
     pub generation: u32,
+    /// Traffic enforcement on (off only for the FIFO baseline).
+    pub enforce: bool,
     template: HeaderTemplate,
     payload_per_packet: u32,
     enforcer: Enforcer,
@@ -91,6 +93,7 @@ impl Handler {
             shared,
             spec,
             generation,
+            enforce: true,
             payload_per_packet,
             enforcer: Enforcer::default(),
             next_seq: 0,
@@ -106,6 +109,12 @@ impl Handler {
     #[inline]
     pub fn start(&mut self, msg: Submitted) {
         let (logical, cpu, link, e2e) = match &self.spec {
+            Some(s) if !self.enforce => (
+                msg.submit_ts,
+                msg.submit_ts + s.cpu_deadline,
+                msg.submit_ts + s.link_deadline,
+                msg.submit_ts + s.end_to_end_deadline,
+            ),
             Some(s) => {
                 let l = self.enforcer.logical_arrival(msg.submit_ts, s.imin);
                 (

@@ -51,6 +51,8 @@ pub struct LinkConfig {
     pub work_conserving: bool,
     /// Best-effort reserve of this queue's bytes, ppm.
     pub best_effort_reserve_ppm: u32,
+    /// QoS off: every packet in one FIFO, in the order handlers wrote them (the baseline).
+    pub fifo: bool,
 }
 
 impl Default for LinkConfig {
@@ -63,6 +65,7 @@ impl Default for LinkConfig {
             late: LatePolicy::Send,
             work_conserving: false,
             best_effort_reserve_ppm: 0,
+            fifo: false,
         }
     }
 }
@@ -265,7 +268,7 @@ impl<B> LinkScheduler<B> {
         };
         self.slots[i as usize] = Some(buf);
         self.meta[i as usize] = meta;
-        if meta.best_effort {
+        if meta.best_effort || self.cfg.fifo {
             self.be_next[i as usize] = NIL;
             if self.be_tail == NIL {
                 self.be_head = i;
@@ -314,6 +317,9 @@ impl<B> LinkScheduler<B> {
     /// The next packet to release, by class order, without taking it.
     #[inline]
     fn choose(&mut self, now: Nanos) -> Option<(u32, bool)> {
+        if self.cfg.fifo {
+            return (self.be_len > 0).then_some((self.be_head, false));
+        }
         while let Some((_, i)) = self.early.pop_if_at_most(now) {
             self.current.insert(i, self.meta[i as usize].deadline);
         }
@@ -359,7 +365,7 @@ impl<B> LinkScheduler<B> {
                 break;
             }
             // Take it out of its queue.
-            if meta.best_effort {
+            if meta.best_effort || self.cfg.fifo {
                 self.pop_be();
                 if reserved {
                     self.reserve.charge(wire);

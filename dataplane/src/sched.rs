@@ -40,6 +40,9 @@ pub struct SchedPolicy {
     /// Cycle budget of one handler run; a run stops at the first preemption point past it and
     /// a run that ends over it is counted as an overrun.
     pub run_budget_cycles: u64,
+    /// QoS off: one FIFO of handlers in arrival order, no enforcement (ℓ = submit time). The
+    /// baseline the benchmarks and the evaluation compare against.
+    pub fifo: bool,
 }
 
 impl Default for SchedPolicy {
@@ -49,6 +52,7 @@ impl Default for SchedPolicy {
             work_conserving: false,
             best_effort_reserve_ppm: 0,
             run_budget_cycles: 200_000,
+            fifo: false,
         }
     }
 }
@@ -62,6 +66,9 @@ pub enum PolicyError {
     /// The reserve is a share of the core: at most 1,000,000 ppm, and some must be left.
     #[error("best_effort_reserve_ppm {0} must be below 1000000")]
     ReserveTooLarge(u32),
+    /// The FIFO baseline is chosen when a core starts, not switched on a running one.
+    #[error("fifo mode cannot change on a running core")]
+    FifoChange,
     /// A zero budget would stop every run before its first packet.
     #[error("run_budget_cycles must be greater than zero")]
     ZeroBudget,
@@ -94,6 +101,8 @@ pub enum Class {
     BestEffortReserved,
     /// Early real-time work (work-conserving policy).
     Early,
+    /// Any work under the FIFO baseline (QoS off).
+    Fifo,
 }
 
 /// Credit for a reserved share of a resource. Units are the resource's (ns of CPU, bytes of
@@ -288,6 +297,10 @@ impl CpuScheduler {
     /// absolute CPU deadline `deadline`.
     #[inline]
     pub fn enqueue_real_time(&mut self, slot: u32, logical: Nanos, deadline: Nanos, now: Nanos) {
+        if self.policy.fifo {
+            self.best_effort.push(slot);
+            return;
+        }
         self.deadline[slot as usize] = deadline;
         if logical <= now {
             self.current.insert(slot, deadline);
@@ -330,6 +343,9 @@ impl CpuScheduler {
     /// Removes and returns the handler to run next, with the class it runs in.
     #[inline]
     pub fn pick(&mut self, now: Nanos) -> Option<(u32, Class)> {
+        if self.policy.fifo {
+            return self.best_effort.pop().map(|s| (s, Class::Fifo));
+        }
         self.promote(now);
         self.reserve.update(now);
         let be_waiting = self.best_effort.len > 0;

@@ -15,6 +15,7 @@ fn policy(k: u32, wc: bool) -> SchedPolicy {
         work_conserving: wc,
         best_effort_reserve_ppm: 0,
         run_budget_cycles: u64::MAX / 2,
+        fifo: false,
     }
 }
 

@@ -143,6 +143,7 @@ fn run_core(chans: &[ChanSpec], k: u32, wc: bool) -> Vec<Event> {
             work_conserving: wc,
             best_effort_reserve_ppm: 0,
             run_budget_cycles: u64::MAX / 2,
+            fifo: false,
         },
         chans.len() as u32,
     );
