@@ -1,0 +1,264 @@
+//! The cost model and the resource model: what one message costs on a core and on a
+//! TX queue, and what the host has to offer.
+//!
+//! Everything here is integer arithmetic in nanoseconds and bytes. The defaults are
+//! conservative placeholders for a 10 Gb/s port and a modern server core; a deployment
+//! replaces them with figures calibrated on its own machine (the dataplane's per-packet
+//! benchmark measures them) and loads them from its configuration file through serde.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A duration or an instant in nanoseconds.
+pub type Nanos = u64;
+
+/// The rtchan header carried in every UDP datagram of a channel.
+pub const RTCHAN_HEADER_LEN: u32 = 40;
+/// UDP header.
+pub const UDP_HEADER_LEN: u32 = 8;
+/// IPv4 header without options.
+pub const IPV4_HEADER_LEN: u32 = 20;
+/// Ethernet II header (no VLAN tag).
+pub const ETHERNET_HEADER_LEN: u32 = 14;
+/// Ethernet frame check sequence.
+pub const FCS_LEN: u32 = 4;
+/// Preamble and start-of-frame delimiter: occupy the wire but are not in the frame.
+pub const PREAMBLE_SFD_LEN: u32 = 8;
+/// Minimum inter-frame gap.
+pub const INTER_FRAME_GAP_LEN: u32 = 12;
+/// Smallest Ethernet frame without its FCS; shorter frames are padded.
+pub const MIN_FRAME_LEN: u32 = 60;
+
+/// The bytes an IP packet of the given MTU spends on headers before the rtchan payload.
+const IP_PAYLOAD_OVERHEAD: u32 = IPV4_HEADER_LEN + UDP_HEADER_LEN + RTCHAN_HEADER_LEN;
+
+/// Largest `ResourceModel::max_message` accepted, so that byte counts stay far from overflow.
+pub const MAX_MESSAGE_LIMIT: u32 = 1 << 30;
+
+/// What the dataplane's work costs, per core and on the wire.
+///
+/// CPU costs are worst-case execution times on one polling core; they must be upper bounds
+/// (the admission test is only as sound as they are).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CostModel {
+    /// CPU cost charged once per message (dequeue, logical arrival, bookkeeping).
+    pub per_message_ns: Nanos,
+    /// CPU cost per packet (fragment, headers, checksum, timestamp, enqueue at the link).
+    pub per_packet_ns: Nanos,
+    /// Longest non-preemptive run of best-effort work on a core.
+    pub best_effort_run_ns: Nanos,
+    /// Longest RX burst (poll, demultiplex, reassemble) on a core.
+    pub rx_burst_ns: Nanos,
+    /// Longest control-ring poll (apply a configuration change) on a core.
+    pub control_poll_ns: Nanos,
+    /// IP MTU of the port in bytes.
+    pub mtu: u32,
+    /// Line rate of the port in bits per second.
+    pub link_rate_bps: u64,
+}
+
+impl Default for CostModel {
+    fn default() -> Self {
+        Self {
+            per_message_ns: 400,
+            per_packet_ns: 150,
+            best_effort_run_ns: 2_000,
+            rx_burst_ns: 3_000,
+            control_poll_ns: 500,
+            mtu: 1500,
+            link_rate_bps: 10_000_000_000,
+        }
+    }
+}
+
+impl CostModel {
+    /// Message bytes carried by one packet: MTU less IPv4, UDP and rtchan headers.
+    pub fn payload_per_packet(&self) -> u32 {
+        self.mtu.saturating_sub(IP_PAYLOAD_OVERHEAD)
+    }
+
+    /// Packets needed for a message of `mmax` bytes (at least one).
+    pub fn packets(&self, mmax: u32) -> u32 {
+        mmax.div_ceil(self.payload_per_packet().max(1)).max(1)
+    }
+
+    /// Bytes a packet with `payload` message bytes occupies on the wire, including
+    /// preamble, inter-frame gap, FCS and padding to the minimum frame.
+    pub fn wire_bytes(&self, payload: u32) -> u64 {
+        let frame = (payload + IP_PAYLOAD_OVERHEAD + ETHERNET_HEADER_LEN).max(MIN_FRAME_LEN);
+        u64::from(frame + FCS_LEN + PREAMBLE_SFD_LEN + INTER_FRAME_GAP_LEN)
+    }
+
+    /// Wire bytes of a maximum-size packet.
+    pub fn max_packet_wire_bytes(&self) -> u64 {
+        self.wire_bytes(self.payload_per_packet())
+    }
+
+    /// Wire bytes of packets `first..last` (0-based, exclusive) of a `mmax`-byte message.
+    pub fn wire_bytes_of(&self, mmax: u32, first: u32, last: u32) -> u64 {
+        let ppp = self.payload_per_packet().max(1);
+        (first..last)
+            .map(|i| {
+                let sent = u64::from(i) * u64::from(ppp);
+                let left = u64::from(mmax).saturating_sub(sent);
+                self.wire_bytes(left.min(u64::from(ppp)) as u32)
+            })
+            .sum()
+    }
+
+    /// CPU cost of a whole message of `packets` packets.
+    pub fn cpu_cost(&self, packets: u32) -> Nanos {
+        self.per_message_ns + u64::from(packets) * self.per_packet_ns
+    }
+
+    /// Longest non-preemptive handler run for a message of `packets` packets at
+    /// granularity `k`: the per-message cost is conservatively put in the same run.
+    pub fn handler_chunk(&self, packets: u32, k: u32) -> Nanos {
+        self.per_message_ns + u64::from(packets.min(k)) * self.per_packet_ns
+    }
+
+    /// Longest chunk of non-real-time work on a core (best-effort run, RX burst, control
+    /// poll): these have no deadline, so they can block any real-time handler.
+    pub fn background_chunk(&self) -> Nanos {
+        self.best_effort_run_ns
+            .max(self.rx_burst_ns)
+            .max(self.control_poll_ns)
+    }
+
+    /// Time to send `bytes` wire bytes at `share_ppm` millionths of the line rate,
+    /// rounded up to the nanosecond.
+    pub fn link_ns(&self, bytes: u64, share_ppm: u32) -> Nanos {
+        let num = u128::from(bytes) * 8 * 1_000_000_000 * 1_000_000;
+        let den = u128::from(self.link_rate_bps) * u128::from(share_ppm);
+        u64::try_from(num.div_ceil(den.max(1))).unwrap_or(Nanos::MAX)
+    }
+}
+
+/// What the host offers: cores, TX queues and the admission policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourceModel {
+    /// Calibrated costs.
+    pub cost: CostModel,
+    /// Number of polling cores that run handlers (indices `0..cores`).
+    pub cores: u16,
+    /// One entry per NIC TX queue: the share of the line rate, in millionths, at which
+    /// the link scheduler paces that queue. The sum must not exceed 1,000,000.
+    pub tx_queue_share_ppm: Vec<u32>,
+    /// Share of every core and every queue, in millionths, that real-time channels may
+    /// never claim, so best-effort traffic is not starved.
+    pub best_effort_reserve_ppm: u32,
+    /// Preemption granularity: packets a handler processes between preemption points.
+    pub granularity: u32,
+    /// Largest `mmax` a channel may ask for, in bytes.
+    pub max_message: u32,
+    /// Whether early real-time messages are processed ahead of time when the core is
+    /// otherwise idle. If so, any handler's chunk may block any deadline.
+    pub work_conserving: bool,
+}
+
+impl Default for ResourceModel {
+    fn default() -> Self {
+        Self {
+            cost: CostModel::default(),
+            cores: 1,
+            tx_queue_share_ppm: vec![1_000_000],
+            best_effort_reserve_ppm: 50_000,
+            granularity: 4,
+            max_message: 65_536,
+            work_conserving: false,
+        }
+    }
+}
+
+/// A resource model that cannot describe a host.
+#[derive(Clone, Debug, PartialEq, Eq, Error, Serialize)]
+pub enum ModelError {
+    /// `cores` is 0.
+    #[error("cores: at least one core is needed")]
+    NoCores,
+    /// `tx_queue_share_ppm` is empty or longer than `u16::MAX`.
+    #[error("tx_queue_share_ppm: between 1 and 65535 TX queues are needed, got {0}")]
+    TxQueueCount(usize),
+    /// A TX queue has no share of the link.
+    #[error("tx_queue_share_ppm[{0}]: a queue's share must be greater than 0")]
+    ZeroShare(u16),
+    /// The shares add up to more than the link.
+    #[error("tx_queue_share_ppm: shares add up to {0} ppm, more than the link (1000000)")]
+    SharesExceedLink(u64),
+    /// The reserve is the whole resource or more.
+    #[error(
+        "best_effort_reserve_ppm: {0} leaves nothing for real-time channels (must be < 1000000)"
+    )]
+    ReserveTooLarge(u32),
+    /// `granularity` is 0.
+    #[error("granularity: must be at least one packet")]
+    ZeroGranularity,
+    /// `cost.link_rate_bps` is 0.
+    #[error("cost.link_rate_bps: must be greater than 0")]
+    ZeroLinkRate,
+    /// The MTU leaves no room for message bytes.
+    #[error(
+        "cost.mtu: {mtu} leaves no payload after {overhead} bytes of IPv4, UDP and rtchan headers"
+    )]
+    MtuTooSmall {
+        /// The configured MTU.
+        mtu: u32,
+        /// Header bytes inside the MTU.
+        overhead: u32,
+    },
+    /// `max_message` is 0 or absurdly large.
+    #[error("max_message: must be between 1 and {MAX_MESSAGE_LIMIT}, got {0}")]
+    MaxMessage(u32),
+}
+
+impl ResourceModel {
+    /// Checks that the model describes a usable host.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.cores == 0 {
+            return Err(ModelError::NoCores);
+        }
+        let queues = self.tx_queue_share_ppm.len();
+        if queues == 0 || queues > usize::from(u16::MAX) {
+            return Err(ModelError::TxQueueCount(queues));
+        }
+        if let Some(q) = self.tx_queue_share_ppm.iter().position(|&s| s == 0) {
+            return Err(ModelError::ZeroShare(q as u16));
+        }
+        let total: u64 = self.tx_queue_share_ppm.iter().map(|&s| u64::from(s)).sum();
+        if total > 1_000_000 {
+            return Err(ModelError::SharesExceedLink(total));
+        }
+        if self.best_effort_reserve_ppm >= 1_000_000 {
+            return Err(ModelError::ReserveTooLarge(self.best_effort_reserve_ppm));
+        }
+        if self.granularity == 0 {
+            return Err(ModelError::ZeroGranularity);
+        }
+        if self.cost.link_rate_bps == 0 {
+            return Err(ModelError::ZeroLinkRate);
+        }
+        if self.cost.payload_per_packet() == 0 {
+            return Err(ModelError::MtuTooSmall {
+                mtu: self.cost.mtu,
+                overhead: IP_PAYLOAD_OVERHEAD,
+            });
+        }
+        if self.max_message == 0 || self.max_message > MAX_MESSAGE_LIMIT {
+            return Err(ModelError::MaxMessage(self.max_message));
+        }
+        Ok(())
+    }
+
+    /// Number of TX queues.
+    pub fn tx_queues(&self) -> u16 {
+        self.tx_queue_share_ppm.len() as u16
+    }
+
+    /// Wire time of one maximum-size packet on TX queue `txq`: the link's blocking.
+    pub fn link_blocking(&self, txq: u16) -> Nanos {
+        let share = self.tx_queue_share_ppm[usize::from(txq)];
+        self.cost.link_ns(self.cost.max_packet_wire_bytes(), share)
+    }
+}
