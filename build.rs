@@ -14,11 +14,12 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    if std::env::var_os("CARGO_FEATURE_DPDK").is_none() {
-        return;
-    }
+    // The feature's cfg is what compiles the generator in; the variable is checked too so a
+    // build script compiled once serves both configurations correctly.
     #[cfg(feature = "dpdk")]
-    dpdk::generate();
+    if std::env::var_os("CARGO_FEATURE_DPDK").is_some() {
+        dpdk::generate();
+    }
 }
 
 #[cfg(feature = "dpdk")]

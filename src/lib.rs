@@ -1,7 +1,10 @@
 //! rtchan: real-time channels over a kernel-bypass dataplane.
 //!
 //! This crate holds the edges around the deterministic core in `dataplane` and the control
-//! plane in `control`: port backends (DPDK behind the `dpdk` feature), the daemon and the CLI.
+//! plane in `control`: port backends (DPDK behind the `dpdk` feature), the daemon, the demo
+//! and the binaries `rtchand` and `rtchanctl`.
 
+pub mod daemon;
+pub mod demo;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;

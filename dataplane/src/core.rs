@@ -6,8 +6,9 @@
 //! 2. **Control**: up to [`CONTROL_PER_ITERATION`] commands from the control thread's ring
 //!    (open, close, policy), each acknowledged once applied. Commands are only taken here, which
 //!    is a preemption point: a handler never sees its configuration change mid-run.
-//! 3. **Doorbell**: up to [`WAKEUPS_PER_ITERATION`] channels that received messages are woken:
-//!    each takes its head message, gets its logical arrival time and is queued by class.
+//! 3. **Doorbell**: before every pick (every preemption point), up to [`WAKEUPS_PER_POINT`]
+//!    channels that received messages are woken: each takes its head message, gets its logical
+//!    arrival time and is queued by class.
 //! 4. **CPU**: up to [`RUNS_PER_ITERATION`] handler runs. The scheduler picks; the handler writes
 //!    packets into port buffers until the next preemption point (k packets, the end of its
 //!    message, or the cycle budget); each packet goes to the TX queue's link scheduler; the
@@ -40,12 +41,13 @@ pub const RX_BURSTS_PER_ITERATION: usize = 4;
 /// Control commands per iteration: configuration is rare; one bad burst of commands should not
 /// delay packet work by more than a few microseconds.
 pub const CONTROL_PER_ITERATION: usize = 8;
-/// Wake-ups per iteration: a wake-up is a ring pop and a queue insert (tens of ns); 256 bounds
-/// the step to a few microseconds while draining a mass wake-up in a few iterations.
-pub const WAKEUPS_PER_ITERATION: usize = 256;
-/// Handler runs per iteration: 64 runs of k packets keep RX and control latency within one
-/// iteration's worth of packet work (≈ 64 × k × per-packet cost).
-pub const RUNS_PER_ITERATION: usize = 64;
+/// Wake-ups per preemption point: a wake-up is a ring pop and a queue insert (tens of ns); 64
+/// bounds the step to a few microseconds while draining a mass wake-up in a few steps. Wake-ups
+/// are taken at every preemption point, so a new message waits at most one handler run.
+pub const WAKEUPS_PER_POINT: usize = 64;
+/// Handler runs per iteration: 16 runs of k packets keep RX and control latency within one
+/// iteration's worth of packet work (≈ 16 × k × per-packet cost, tens of microseconds).
+pub const RUNS_PER_ITERATION: usize = 16;
 /// Delay histograms published per iteration: merging one costs a few microseconds.
 pub const PUBLISH_PER_ITERATION: usize = 2;
 /// How often a dirty delay histogram is published, ns: readers see data at most this old.
@@ -473,9 +475,7 @@ impl<P: Port> Core<P> {
             let n = h.discard();
             h.shared.stats.dropped_on_close.add(n);
             // Control path: a final publish may wait for a reader.
-            while !h.shared.stats.try_publish_delay(&mut h.pending_delay) {
-                std::thread::yield_now();
-            }
+            h.flush_delay(true);
             self.by_id.remove(&h.shared.config.id);
         }
         // Packets still in the link scheduler go out; their stats go nowhere (generation).
@@ -508,12 +508,10 @@ impl<P: Port> Core<P> {
                     Err(CoreError::NoSuchChannel(id))
                 }
             }
-            Command::SetPolicy(p) => match p.validate().and_then(|()| {
-                if p.fifo == self.cfg.sched.fifo {
-                    Ok(())
-                } else {
-                    Err(PolicyError::FifoChange)
-                }
+            Command::SetPolicy(p) => match p.validate().and(if p.fifo == self.cfg.sched.fifo {
+                Ok(())
+            } else {
+                Err(PolicyError::FifoChange)
             }) {
                 Ok(()) => {
                     self.sched.set_policy(p);
@@ -599,22 +597,20 @@ impl<P: Port> Core<P> {
             progress.commands += 1;
         }
 
-        // 3. Doorbell.
-        for _ in 0..WAKEUPS_PER_ITERATION {
-            let Some(slot) = self.doorbell.pop() else {
-                break;
-            };
-            self.wake(slot, now);
-        }
-
-        // 4 + 5. CPU runs, each followed by link release and TX.
+        // 3, 4 + 5. Wake-ups and a CPU run at each preemption point, then link release and TX.
         self.transmit(clock.now(), &mut progress);
         for _ in 0..RUNS_PER_ITERATION {
+            let now = clock.now();
+            for _ in 0..WAKEUPS_PER_POINT {
+                let Some(slot) = self.doorbell.pop() else {
+                    break;
+                };
+                self.wake(slot, now);
+            }
             if self.link.room() < self.cfg.sched.granularity as usize {
                 self.stats.link_backpressure += 1;
                 break;
             }
-            let now = clock.now();
             let Some((slot, class)) = self.sched.pick(now) else {
                 break;
             };
@@ -628,11 +624,10 @@ impl<P: Port> Core<P> {
             for _ in 0..PUBLISH_PER_ITERATION {
                 let Some(slot) = self.dirty.pop() else { break };
                 if let Some(h) = self.handlers[slot as usize].as_mut() {
-                    if !h.shared.stats.try_publish_delay(&mut h.pending_delay) {
+                    if !h.flush_delay(false) {
                         self.dirty.push(slot); // a reader holds it: next time
                         break;
                     }
-                    h.delay_dirty = false;
                 }
             }
         }
@@ -760,9 +755,51 @@ impl<P: Port> Core<P> {
         }
     }
 
+    /// Publishes every pending statistic (delay and latency histograms), waiting for readers if
+    /// need be. For the control path: call it on a stopped core, or between polls.
+    pub fn flush_stats(&mut self) {
+        for h in self.handlers.iter_mut().flatten() {
+            h.flush_delay(true);
+        }
+        self.dirty.clear();
+        self.rx.flush();
+    }
+
     /// When the core next has timed work (an early message becoming current), if any.
     pub fn next_release(&mut self) -> Option<Nanos> {
         self.sched.next_release()
+    }
+}
+
+/// Gives the calling thread a real-time priority (`SCHED_FIFO` at `priority`, 1–99), so that
+/// ordinary threads on the same CPU cannot preempt a polling core. Needs root or
+/// `CAP_SYS_NICE`. A busy-polling thread at this priority should sleep when idle
+/// ([`IdlePolicy::Sleep`]): the kernel throttles real-time threads that never sleep (by default
+/// for 50 ms of every second), which would be a stall far worse than the sleep.
+pub fn set_realtime_priority(priority: i32) -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param for the duration of the call; pid 0 is the
+    // calling thread; the call only changes scheduling attributes.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Raises the calling thread's CFS priority to nice −20 (root or `CAP_SYS_NICE`): a polling
+/// core on a machine that is not isolated then loses far less time to other threads, without
+/// the real-time throttling that [`set_realtime_priority`] risks.
+pub fn raise_priority() -> std::io::Result<()> {
+    // SAFETY: plain syscall wrapper; who = 0 is the calling thread on Linux.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

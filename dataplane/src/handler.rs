@@ -9,10 +9,9 @@ use crate::channel::{ChannelShared, Submitted};
 use crate::link::PacketMeta;
 use crate::port::PacketBuf;
 use crate::spec::{ChannelSpec, TrafficClass};
-use crate::stats::{new_histogram, record_clamped};
+use crate::stats::SampleBuffer;
 use crate::time::Nanos;
 use crate::wire::{HeaderTemplate, RtHeader, FLAG_BEST_EFFORT, FRAME_OVERHEAD};
-use hdrhistogram::Histogram;
 use std::sync::Arc;
 
 /// Logical arrival times of one channel: ℓ(m0) = t0, ℓ(mk) = max(ℓ(mk−1) + Imin, tk).
@@ -75,8 +74,8 @@ pub(crate) struct Handler {
     next_seq: u32,
     ip_id: u16,
     pub current: Option<InProgress>,
-    /// Delay samples not yet published to `shared.stats`.
-    pub pending_delay: Histogram<u64>,
+    /// Delay samples not yet in `shared.stats`.
+    pub pending_delay: SampleBuffer,
     pub delay_dirty: bool,
     /// Closing: finish what is queued, then go.
     pub draining: bool,
@@ -99,7 +98,7 @@ impl Handler {
             next_seq: 0,
             ip_id: 0,
             current: None,
-            pending_delay: new_histogram(),
+            pending_delay: SampleBuffer::default(),
             delay_dirty: false,
             draining: false,
         }
@@ -229,11 +228,24 @@ impl Handler {
         n
     }
 
+    /// Moves pending delay samples into the shared histogram (waiting only if `wait`).
+    pub fn flush_delay(&mut self, wait: bool) -> bool {
+        let ok = self.pending_delay.flush(&self.shared.stats.delay, wait);
+        if ok {
+            self.delay_dirty = false;
+        }
+        ok
+    }
+
     /// Records the delay of a message whose last packet was released at `now`.
     #[inline]
     pub fn record_delay(&mut self, submit_ts: Nanos, now: Nanos) {
-        record_clamped(&mut self.pending_delay, now.saturating_sub(submit_ts));
-        self.delay_dirty = true;
+        let st = &self.shared.stats;
+        self.pending_delay.record(
+            now.saturating_sub(submit_ts),
+            &st.delay,
+            &st.delay_samples_dropped,
+        );
     }
 
     /// Smallest buffer a packet of this handler needs.

@@ -10,7 +10,7 @@
 //! losses, duplicates and reordering from the message sequence numbers.
 
 use crate::spec::ChannelId;
-use crate::stats::{new_histogram, record_clamped, Counter};
+use crate::stats::{new_histogram, Counter, SampleBuffer};
 use crate::time::Nanos;
 use crate::wire::{parse_frame, ParseError, RtHeader};
 use crossbeam_queue::ArrayQueue;
@@ -55,6 +55,8 @@ pub struct RxStats {
     pub incomplete: Counter,
     /// Messages dropped because the application's ring was full.
     pub ring_full: Counter,
+    /// Latency samples lost because a reader held the histogram while the batch was full.
+    pub latency_samples_dropped: Counter,
     latency: Mutex<Histogram<u64>>,
 }
 
@@ -69,6 +71,7 @@ impl Default for RxStats {
             reordered: Counter::default(),
             incomplete: Counter::default(),
             ring_full: Counter::default(),
+            latency_samples_dropped: Counter::default(),
             latency: Mutex::new(new_histogram()),
         }
     }
@@ -161,8 +164,7 @@ struct RxChannel {
     started: bool,
     /// Bit i: sequence `next_expected - 1 - i` was delivered.
     recent: u64,
-    pending_latency: Histogram<u64>,
-    dirty: bool,
+    pending_latency: SampleBuffer,
 }
 
 /// Counters of the receive path as a whole.
@@ -229,8 +231,7 @@ impl RxPath {
             next_expected: 0,
             started: false,
             recent: 0,
-            pending_latency: new_histogram(),
-            dirty: false,
+            pending_latency: SampleBuffer::default(),
         };
         let idx = match self.channels.iter().position(Option::is_none) {
             Some(i) => {
@@ -284,6 +285,13 @@ impl RxPath {
         ch.fragment(&h, parsed.payload, now);
     }
 
+    /// Publishes every channel's pending latency samples, waiting for readers (control path).
+    pub fn flush(&mut self) {
+        for ch in self.channels.iter_mut().flatten() {
+            ch.publish(true);
+        }
+    }
+
     /// Frees timed-out reassembly slots and publishes latency samples (call every ms or so).
     pub fn maintain(&mut self, now: Nanos) {
         for ch in self.channels.iter_mut().flatten() {
@@ -296,31 +304,14 @@ impl RxPath {
                     }
                 }
             }
-            if ch.dirty {
-                ch.publish(false);
-            }
+            ch.publish(false);
         }
     }
 }
 
 impl RxChannel {
     fn publish(&mut self, wait: bool) {
-        let guard = if wait {
-            Some(
-                self.shared
-                    .stats
-                    .latency
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            )
-        } else {
-            self.shared.stats.latency.try_lock().ok()
-        };
-        if let Some(mut h) = guard {
-            let _ = h.add(&self.pending_latency);
-            self.pending_latency.reset();
-            self.dirty = false;
-        }
+        self.pending_latency.flush(&self.shared.stats.latency, wait);
     }
 
     #[inline]
@@ -474,8 +465,11 @@ impl RxChannel {
         if h.deadline != 0 && now > h.deadline {
             st.deadline_misses.inc();
         }
-        record_clamped(&mut self.pending_latency, now.saturating_sub(h.submit_ts));
-        self.dirty = true;
+        self.pending_latency.record(
+            now.saturating_sub(h.submit_ts),
+            &self.shared.stats.latency,
+            &self.shared.stats.latency_samples_dropped,
+        );
     }
 }
 

@@ -1,0 +1,1 @@
+//! The rtchand daemon: configuration, the control thread, the Unix-socket server, peers.

@@ -1,0 +1,584 @@
+//! The demo: real-time channels keeping their deadlines under a best-effort flood, on one
+//! machine with no NIC.
+//!
+//! Two dataplanes (a sending host and a receiving host) are joined by the in-memory link, timed
+//! like a real 1 Gb/s Ethernet link (serialisation, a NIC FIFO). Channels with different specs
+//! are admitted through the admission test and opened on the running core through its control
+//! ring; one of them then sends at ten times its spec, and a best-effort channel floods the link
+//! far beyond its capacity. A live progress line runs meanwhile; at the end a table shows, per
+//! channel, the spec, the admitted bound, what was delivered, the latency percentiles and the
+//! deadline misses, plus the best-effort throughput.
+//!
+//! The polling cores share one thread (the demo must run on a two-core laptop beside the
+//! application thread); on a server each would have its own pinned core.
+
+use control::admission::{Admission, AdmitError, ChannelRequest, CostModel, ResourceModel};
+use dataplane::channel::{Sender, Submit, SubmitError};
+use dataplane::core::{Core, CoreConfig};
+use dataplane::handle::CoreHandle;
+use dataplane::link::LinkConfig;
+use dataplane::memlink::{MemLink, MemLinkConfig, MemPort};
+use dataplane::rx::Receiver;
+use dataplane::sched::SchedPolicy;
+use dataplane::source::{Pattern, Source};
+use dataplane::spec::{ChannelConfig, ChannelSpec, OverflowPolicy};
+use dataplane::time::{Clock, MonotonicClock, Nanos, TscMeter};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Extra end-to-end allowance past the sending host's bound: the network (serialisation of one
+/// frame on the emulated wire plus its FIFO) and the receiving host's polling, with room for an
+/// unisolated laptop core being descheduled briefly.
+pub const NETWORK_AND_RECEIVE_BOUND: Nanos = 2_000_000;
+
+/// Options of `rtchand demo`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// How long traffic runs (e.g. 10s, 500ms, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Link rate in Mb/s of the emulated link.
+    #[arg(long, default_value_t = 1000)]
+    pub link_mbps: u64,
+    /// How many times its spec's rate the violating channel sends.
+    #[arg(long, default_value_t = 10)]
+    pub violation: u32,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Run without the best-effort flood (to compare).
+    #[arg(long)]
+    pub no_flood: bool,
+}
+
+/// Parses `500us`, `2ms`, `1s`, `1m` or plain nanoseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (examples: 500us, 2ms, 1s)"))?;
+    let ns = match unit {
+        "ns" | "" => v,
+        "us" | "µs" => v * 1e3,
+        "ms" => v * 1e6,
+        "s" => v * 1e9,
+        "m" => v * 60e9,
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' in '{s}' (ns, us, ms, s, m)"
+            ))
+        }
+    };
+    if ns.is_nan() || ns < 1.0 || !ns.is_finite() {
+        return Err(format!("duration '{s}' must be positive"));
+    }
+    Ok(Duration::from_nanos(ns as u64))
+}
+
+/// What the demo can fail on before traffic starts.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The resource model is inconsistent.
+    #[error("resource model: {0}")]
+    Model(String),
+    /// A core could not be built or a channel opened.
+    #[error("dataplane: {0}")]
+    Core(#[from] dataplane::core::CoreError),
+    /// A demo channel that must be admitted was refused.
+    #[error("admission refused demo channel {0}: {1}")]
+    Refused(&'static str, String),
+    /// Link rate out of range.
+    #[error("--link-mbps must be between 10 and 100000, got {0}")]
+    LinkRate(u64),
+}
+
+/// One row of the result table.
+#[derive(Debug, Clone)]
+pub struct ChannelRow {
+    /// Channel name.
+    pub name: &'static str,
+    /// The spec it was admitted with.
+    pub spec: ChannelSpec,
+    /// Messages submitted and accepted.
+    pub submitted: u64,
+    /// Submits refused or dropped by the overload policy.
+    pub refused: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Latency percentiles, ns (p50, p99, max).
+    pub latency: (u64, u64, u64),
+    /// Deadline misses at the receiver.
+    pub misses: u64,
+    /// Messages lost.
+    pub lost: u64,
+    /// Sends at a multiple of its spec.
+    pub violator: bool,
+}
+
+/// The demo's outcome.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// Per real-time channel.
+    pub channels: Vec<ChannelRow>,
+    /// Best-effort goodput, bits per second.
+    pub best_effort_bps: f64,
+    /// Link rate, bits per second.
+    pub link_bps: u64,
+    /// How long traffic ran.
+    pub elapsed: Duration,
+}
+
+impl DemoReport {
+    /// True when every admitted channel met every deadline and lost nothing.
+    pub fn passed(&self) -> bool {
+        self.channels.iter().all(|c| c.misses == 0 && c.lost == 0)
+    }
+}
+
+struct DemoChannel {
+    name: &'static str,
+    mmax: u32,
+    imin: Nanos,
+    bmax: u32,
+    host_deadline: Nanos,
+    pattern: fn(Nanos, u32) -> Pattern,
+    violator: bool,
+}
+
+const CHANNELS: [DemoChannel; 5] = [
+    DemoChannel {
+        name: "control-loop",
+        mmax: 200,
+        imin: 1_000_000,
+        bmax: 1,
+        host_deadline: 500_000,
+        pattern: |imin, _| Pattern::Periodic { interval: imin },
+        violator: false,
+    },
+    DemoChannel {
+        name: "sensor-fusion",
+        mmax: 64,
+        imin: 200_000,
+        bmax: 4,
+        host_deadline: 1_000_000,
+        pattern: |imin, _| Pattern::Poisson { mean: imin * 2 },
+        violator: false,
+    },
+    DemoChannel {
+        name: "video-slice",
+        mmax: 8_000,
+        imin: 2_000_000,
+        bmax: 2,
+        host_deadline: 3_000_000,
+        pattern: |imin, _| Pattern::Periodic { interval: imin },
+        violator: false,
+    },
+    DemoChannel {
+        name: "telemetry-burst",
+        mmax: 1_400,
+        imin: 1_000_000,
+        bmax: 8,
+        host_deadline: 4_000_000,
+        pattern: |imin, _| Pattern::Bursts {
+            size: 8,
+            every: imin * 8,
+        },
+        violator: false,
+    },
+    DemoChannel {
+        name: "misbehaving",
+        mmax: 1_000,
+        imin: 1_000_000,
+        bmax: 4,
+        host_deadline: 2_000_000,
+        pattern: |imin, x| Pattern::Greedy { imin, multiple: x },
+        violator: true,
+    },
+];
+
+/// Runs the demo and prints its progress and result table.
+pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
+    if !(10..=100_000).contains(&args.link_mbps) {
+        return Err(DemoError::LinkRate(args.link_mbps));
+    }
+    let link_bps = args.link_mbps * 1_000_000;
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
+    let (a, b) = MemLink::pair(
+        MemLinkConfig {
+            rate_bps: link_bps,
+            fifo_packets: 256,
+            pool_buffers: 16_384,
+            ..MemLinkConfig::default()
+        },
+        clock.clone(),
+    );
+    let policy = SchedPolicy {
+        granularity: 4,
+        best_effort_reserve_ppm: 50_000,
+        ..SchedPolicy::default()
+    };
+    let core_cfg = CoreConfig {
+        sched: policy,
+        link: LinkConfig {
+            link_rate_bps: link_bps,
+            in_flight_limit: 2 * 1538,
+            best_effort_reserve_ppm: 50_000,
+            ..LinkConfig::default()
+        },
+        ..CoreConfig::default()
+    };
+    let tx_core = Core::new(core_cfg, a)?;
+    let mut rx_core = Core::new(core_cfg, b)?;
+    let mut handle = CoreHandle::new(&tx_core);
+
+    // Admission: the sending host's model (costs are conservative figures for a laptop core).
+    let model = ResourceModel {
+        cost: CostModel {
+            link_rate_bps: link_bps,
+            per_message_ns: 2_000,
+            per_packet_ns: 1_000,
+            ..CostModel::default()
+        },
+        granularity: policy.granularity,
+        best_effort_reserve_ppm: policy.best_effort_reserve_ppm,
+        ..ResourceModel::default()
+    };
+    let mut admission = Admission::new(model).map_err(|e| DemoError::Model(e.to_string()))?;
+
+    let mut receivers = Vec::new();
+    let mut specs = Vec::new();
+    for (i, ch) in CHANNELS.iter().enumerate() {
+        let req = ChannelRequest {
+            mmax: ch.mmax,
+            imin: ch.imin,
+            bmax: ch.bmax,
+            deadline: ch.host_deadline,
+            core: None,
+            txq: None,
+        };
+        let adm = admission
+            .admit(&req)
+            .map_err(|e| DemoError::Refused(ch.name, e.to_string()))?;
+        let spec = ChannelSpec {
+            mmax: ch.mmax,
+            imin: ch.imin,
+            bmax: ch.bmax,
+            cpu_deadline: adm.cpu_deadline,
+            link_deadline: adm.link_deadline,
+            end_to_end_deadline: adm.link_deadline + NETWORK_AND_RECEIVE_BOUND,
+        };
+        specs.push(spec);
+        receivers.push(rx_core.open_receiver(i as u32, ch.mmax, 256));
+    }
+    // A request the link cannot carry, to show what a refusal says.
+    let refusal = admission.check(&ChannelRequest {
+        mmax: 60_000,
+        imin: 200_000,
+        bmax: 1,
+        deadline: 1_000_000,
+        core: None,
+        txq: None,
+    });
+    let be_rx = rx_core.open_receiver(1000, 1400, 4096);
+
+    // Start the two hosts' polling loop, then open the channels through the control ring.
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        let clock = clock.clone();
+        std::thread::Builder::new()
+            .name("rtchan-cores".into())
+            .spawn(move || {
+                // A polling core of its own, at the highest ordinary priority when allowed.
+                // (Not SCHED_FIFO: the kernel's real-time throttling stalls such threads for
+                // tens of milliseconds every second unless it is turned off system-wide.)
+                let cpus = core_affinity::get_core_ids().unwrap_or_default();
+                if let Some(last) = cpus.last().filter(|_| cpus.len() > 1) {
+                    core_affinity::set_for_current(*last);
+                }
+                let rt = dataplane::core::raise_priority();
+                poll_loop(tx_core, rx_core, &*clock, &stop, rt)
+            })
+            .expect("spawn polling thread")
+    };
+    let mut senders: Vec<Sender> = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let mut cfg = ChannelConfig::real_time(i as u32, *spec);
+        cfg.overflow = if CHANNELS[i].violator {
+            OverflowPolicy::DropNewest
+        } else {
+            OverflowPolicy::Block
+        };
+        senders.push(handle.open(cfg)?);
+    }
+    let mut flood = handle.open(ChannelConfig::best_effort(1000, 1400, 512))?;
+
+    println!(
+        "rtchan demo: {} real-time channels and a best-effort flood over a {} Mb/s emulated link for {:?}",
+        CHANNELS.len(),
+        args.link_mbps,
+        args.duration
+    );
+    for (ch, s) in CHANNELS.iter().zip(&specs) {
+        println!(
+            "  admitted {:<16} Mmax {:>5} B  Imin {:>7}  Bmax {}  host bound {:>7} (cpu {}, link {}){}",
+            ch.name,
+            ch.mmax,
+            fmt_ns(ch.imin),
+            ch.bmax,
+            fmt_ns(ch.host_deadline),
+            fmt_ns(s.cpu_deadline),
+            fmt_ns(s.link_deadline),
+            if ch.violator {
+                format!("  <- will send at {}x its rate", args.violation)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Err(AdmitError::Rejected(r)) = &refusal {
+        println!("  refused  60 kB every 200 us within 1 ms: {r}");
+    }
+
+    // The applications: sources submit on schedule, the flood keeps its buffer full, the
+    // receivers are drained.
+    let start_ns = clock.now();
+    let mut sources: Vec<Source> = CHANNELS
+        .iter()
+        .enumerate()
+        .map(|(i, ch)| {
+            Source::new(
+                (ch.pattern)(ch.imin, args.violation),
+                start_ns,
+                i as u64 + 1,
+            )
+        })
+        .collect();
+    let payload = vec![0xa5u8; 8_000];
+    let mut refused = vec![0u64; CHANNELS.len()];
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let mut last_progress = Instant::now();
+    let mut be_bytes_prev = 0;
+    while started.elapsed() < args.duration {
+        let now = clock.now();
+        for (i, src) in sources.iter_mut().enumerate() {
+            for _ in 0..src.due(now) {
+                match senders[i].submit(&payload[..CHANNELS[i].mmax as usize]) {
+                    Ok(Submit::Queued) => {}
+                    Ok(_) | Err(SubmitError::WouldBlock) => refused[i] += 1,
+                    Err(e) => panic!("submit on {}: {e}", CHANNELS[i].name),
+                }
+            }
+        }
+        for _ in 0..if args.no_flood { 0 } else { 64 } {
+            if flood.submit(&payload[..1400]) != Ok(Submit::Queued) {
+                break;
+            }
+        }
+        for r in receivers.iter().chain([&be_rx]) {
+            while r.recv_with(|_, _| ()).is_some() {}
+        }
+        if !args.quiet
+            && last_progress.elapsed() >= Duration::from_millis(if tty { 250 } else { 2000 })
+        {
+            let dt = last_progress.elapsed().as_secs_f64();
+            last_progress = Instant::now();
+            let be_bytes = be_rx.stats().bytes.get();
+            let be_mbps = (be_bytes - be_bytes_prev) as f64 * 8.0 / dt / 1e6;
+            be_bytes_prev = be_bytes;
+            let delivered: u64 = receivers.iter().map(|r| r.stats().delivered.get()).sum();
+            let misses: u64 = receivers
+                .iter()
+                .map(|r| r.stats().deadline_misses.get())
+                .sum();
+            let line = format!(
+                "[{:>5.1}s / {:.0}s] real-time delivered {:>7}  misses {}  best-effort {:>6.1} Mb/s",
+                started.elapsed().as_secs_f64(),
+                args.duration.as_secs_f64(),
+                delivered,
+                misses,
+                be_mbps
+            );
+            if tty {
+                print!("\r{line}");
+            } else {
+                println!("{line}");
+            }
+            let _ = std::io::stdout().flush();
+        }
+        // Sleep until the next message is due (the flood's 512-message buffer lasts ms).
+        let next = sources
+            .iter()
+            .map(Source::next_at)
+            .min()
+            .unwrap_or(now + 100_000);
+        let wait = next.saturating_sub(clock.now()).clamp(20_000, 200_000);
+        std::thread::sleep(Duration::from_nanos(wait));
+    }
+    let elapsed = started.elapsed();
+    if tty && !args.quiet {
+        println!();
+    }
+    // Let the last messages arrive (well past every bound), then stop the hosts.
+    let drain_until = Instant::now() + Duration::from_millis(50);
+    while Instant::now() < drain_until {
+        for r in receivers.iter().chain([&be_rx]) {
+            while r.recv_with(|_, _| ()).is_some() {}
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut tx_core, mut rx_core, realtime) = poller.join().expect("polling thread panicked");
+    if let Err(e) = realtime {
+        println!(
+            "note: the polling thread ran at normal priority ({e}); under other load its \
+             deadlines depend on the OS scheduler"
+        );
+    }
+    tx_core.flush_stats();
+    rx_core.flush_stats();
+
+    let rows: Vec<ChannelRow> = CHANNELS
+        .iter()
+        .enumerate()
+        .map(|(i, ch)| row(ch, specs[i], &senders[i], &receivers[i], refused[i]))
+        .collect();
+    let report = DemoReport {
+        channels: rows,
+        best_effort_bps: be_rx.stats().bytes.get() as f64 * 8.0 / elapsed.as_secs_f64(),
+        link_bps,
+        elapsed,
+    };
+    print_report(&report);
+    Ok(report)
+}
+
+fn row(
+    ch: &DemoChannel,
+    spec: ChannelSpec,
+    tx: &Sender,
+    rx: &Receiver,
+    refused: u64,
+) -> ChannelRow {
+    let s = tx.stats().snapshot();
+    let h = rx.stats().latency_snapshot();
+    ChannelRow {
+        name: ch.name,
+        spec,
+        submitted: s.submitted,
+        refused,
+        delivered: rx.stats().delivered.get(),
+        latency: (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()),
+        misses: rx.stats().deadline_misses.get(),
+        lost: rx.stats().lost.get(),
+        violator: ch.violator,
+    }
+}
+
+fn poll_loop(
+    mut tx: Core<MemPort>,
+    mut rx: Core<MemPort>,
+    clock: &dyn Clock,
+    stop: &AtomicBool,
+    realtime: std::io::Result<()>,
+) -> (Core<MemPort>, Core<MemPort>, std::io::Result<()>) {
+    let mut tsc = TscMeter;
+    while !stop.load(Ordering::Relaxed) {
+        let a = tx.poll(clock, &mut tsc);
+        let b = rx.poll(clock, &mut tsc);
+        if a.is_idle() && b.is_idle() {
+            std::thread::yield_now();
+        }
+    }
+    (tx, rx, realtime)
+}
+
+/// Formats nanoseconds with a unit people read.
+pub fn fmt_ns(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.2}s", ns as f64 / 1e9)
+    } else if ns >= 1_000_000 {
+        format!("{:.2}ms", ns as f64 / 1e6)
+    } else if ns >= 1_000 {
+        format!("{:.1}us", ns as f64 / 1e3)
+    } else {
+        format!("{ns}ns")
+    }
+}
+
+fn print_report(r: &DemoReport) {
+    println!();
+    println!(
+        "{:<16} {:>6} {:>8} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>5}",
+        "channel",
+        "Mmax",
+        "Imin",
+        "Bmax",
+        "bound D",
+        "submitted",
+        "delivered",
+        "p50",
+        "p99",
+        "max",
+        "misses",
+        "lost"
+    );
+    for c in &r.channels {
+        println!(
+            "{:<16} {:>6} {:>8} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>5}{}",
+            c.name,
+            c.spec.mmax,
+            fmt_ns(c.spec.imin),
+            c.spec.bmax,
+            fmt_ns(c.spec.end_to_end_deadline),
+            c.submitted,
+            c.delivered,
+            fmt_ns(c.latency.0),
+            fmt_ns(c.latency.1),
+            fmt_ns(c.latency.2),
+            c.misses,
+            c.lost,
+            if c.violator {
+                format!(
+                    "  (sent {}x spec; {} over-spec messages dropped at its own buffer)",
+                    "many", c.refused
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!(
+        "best-effort flood: {:.1} Mb/s delivered on a {} Mb/s link ({:.0}%)",
+        r.best_effort_bps / 1e6,
+        r.link_bps / 1_000_000,
+        100.0 * r.best_effort_bps / r.link_bps as f64
+    );
+    if r.passed() {
+        println!("result: every admitted channel met every deadline, nothing lost");
+    } else {
+        println!("result: DEADLINE MISSES OR LOSSES (see the table)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_duration("2ms"), Ok(Duration::from_millis(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("unit"));
+        assert!(parse_duration("fast").is_err());
+    }
+}
