@@ -11,6 +11,9 @@
 //! [`Eal`] handle, and a port holds its RX pool, so teardown happens in the right order by
 //! itself; `rte_eal_cleanup` runs when the last handle goes.
 //!
+//! [`SchedPort`] wraps DPDK's own QoS scheduler (`librte_sched`) for the comparison benchmark
+//! (`dpdk-bench`).
+//!
 //! ```no_run
 //! use dataplane::port::{Batch, PacketBuf, Port};
 //! use rtchan::dpdk::{DpdkPort, Eal, EthConfig, EthPort, Mempool};
@@ -39,6 +42,7 @@ pub mod ffi;
 mod mbuf;
 mod mempool;
 mod port;
+mod sched;
 
 pub use eal::Eal;
 pub use error::{last_rte_errno, strerror, Error, Result};
@@ -46,3 +50,4 @@ pub use ethdev::{EthConfig, EthPort, EthStats, LinkStatus, PortId};
 pub use mbuf::Mbuf;
 pub use mempool::{Mempool, MempoolConfig, MAX_POOL_NAME};
 pub use port::DpdkPort;
+pub use sched::{SchedConfig, SchedPort};

@@ -1,0 +1,846 @@
+//! `dpdk-bench`: rtchan's full dataplane path against QoS off, DPDK's own QoS scheduler and
+//! DPDK's testpmd, on one polling core transmitting into DPDK's `net_null` vdev.
+//!
+//! Throughput (1,000 greedy channels, one packet per message, every channel's ring kept full):
+//! - **full**: a [`Core`] with EDF CPU and link scheduling, enforcement and pacing;
+//! - **fifo**: the same core with [`CoreConfig::fifo_baseline`] (QoS off);
+//! - **rte_sched**: the same frames written with the same header template, scheduled by
+//!   `librte_sched` with one pipe per channel, then `rte_eth_tx_burst`;
+//! - **testpmd**: `dpdk-testpmd --forward-mode=txonly` on a `net_null` vdev with its
+//!   forwarding lcore on the same CPU (a subprocess; built by `scripts/build-testpmd.sh`).
+//!
+//! The producer refills the channels' rings on the polling thread between polls, and only the
+//! time inside `Core::poll` counts: the figure is the core's capacity, independent of how fast
+//! one producer thread can feed 1,000 rings (with a separate producer on a shared 2-CPU
+//! machine, the producer would be what is measured). The rte_sched loop counts everything it
+//! does per packet (mbuf allocation, frame writing, classify, enqueue, dequeue, tx_burst),
+//! which is what a poll does per packet.
+//!
+//! Delay (submit → the link scheduler's release to `tx_burst`, the channels' own histogram) is
+//! measured with a producer thread on another CPU submitting at 50% and 90% of the full path's
+//! measured capacity, paced by the dataplane's `Periodic` source and spread round-robin over
+//! the channels. `docs/benchmarks-dpdk.md` explains every figure.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use dataplane::channel::{Sender, SubmitError};
+use dataplane::core::{Command, Core, CoreConfig, CoreStats};
+use dataplane::link::LinkConfig;
+use dataplane::port::{Batch, PacketBuf, Port, PortCapabilities, PortError, PortStats};
+use dataplane::source::{Pattern, Source};
+use dataplane::spec::{ChannelConfig, ChannelSpec, Endpoint};
+use dataplane::stats::new_histogram;
+use dataplane::time::{monotonic_now, read_tsc, MonotonicClock, TscMeter};
+use dataplane::wire::{HeaderTemplate, RtHeader, FRAME_OVERHEAD};
+use hdrhistogram::Histogram;
+use rtchan::dpdk::{
+    DpdkPort, Eal, EthConfig, EthPort, Mbuf, Mempool, MempoolConfig, SchedConfig, SchedPort,
+};
+
+/// Link rate the link scheduler paces at: 100 Gb/s, far above what one core sends, so
+/// pacing never limits (its bookkeeping is still on the path).
+const LINK_RATE_BPS: u64 = 100_000_000_000;
+/// Messages each channel's ring holds (Bmax).
+const BMAX: u32 = 8;
+/// Refill the greedy channels every this many polls (a poll sends at most 64 packets, so the
+/// 8,000 queued messages never run low).
+const REFILL_EVERY: u64 = 4;
+/// Warm-up before each measurement.
+const WARMUP: Duration = Duration::from_millis(300);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dpdk-bench",
+    about = "rtchan's dataplane vs QoS off, librte_sched and dpdk-testpmd on net_null"
+)]
+struct Args {
+    /// Seconds per throughput measurement (full, fifo, rte_sched, testpmd).
+    #[arg(long, default_value_t = 8.0)]
+    duration: f64,
+    /// Seconds per delay measurement (50% and 90% load).
+    #[arg(long, default_value_t = 8.0)]
+    latency_duration: f64,
+    /// Channels (pipes for rte_sched).
+    #[arg(long, default_value_t = 1000)]
+    channels: u32,
+    /// Message size, bytes (one packet each: frame = message + 82 bytes of headers).
+    #[arg(long, default_value_t = 64)]
+    message_size: u32,
+    /// CPU of the polling core (default: the last CPU this process may use).
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// CPU of the producer thread and testpmd's main lcore (default: another allowed CPU).
+    #[arg(long)]
+    aux_cpu: Option<usize>,
+    /// Path of dpdk-testpmd (default: $RTCHAN_TESTPMD, then `dpdk-testpmd` on PATH, then
+    /// target/testpmd/dpdk-testpmd as scripts/build-testpmd.sh writes it).
+    #[arg(long)]
+    testpmd: Option<PathBuf>,
+    /// Loads of the delay measurements, percent of the producer-thread capacity.
+    #[arg(long, value_delimiter = ',', default_values_t = [50.0, 90.0])]
+    loads: Vec<f64>,
+    /// Skip the testpmd comparison.
+    #[arg(long)]
+    no_testpmd: bool,
+    /// Use hugepages (default: `--no-huge`, plain memory, like the tests and CI).
+    #[arg(long)]
+    huge: bool,
+    /// EAL memory, MiB (with `--no-huge`).
+    #[arg(long, default_value_t = 1024)]
+    memory_mb: u32,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("dpdk-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn run(args: &Args) -> Result<(), BoxError> {
+    if args.channels == 0 || args.message_size == 0 {
+        return Err("--channels and --message-size must be positive".into());
+    }
+    let cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let cpu = args
+        .cpu
+        .or_else(|| cpus.last().copied())
+        .ok_or("cannot list the CPUs this process may use; pass --cpu")?;
+    let aux = args
+        .aux_cpu
+        .or_else(|| cpus.iter().copied().find(|&c| c != cpu));
+    let frame_len = FRAME_OVERHEAD + args.message_size as usize;
+    let dur = Duration::from_secs_f64(args.duration);
+
+    println!(
+        "dpdk-bench: {} channels, {}-byte messages ({frame_len}-byte frames), net_null TX, \
+         polling core on CPU {cpu}, producer/testpmd main lcore on CPU {}",
+        args.channels,
+        args.message_size,
+        aux.map_or("-".to_string(), |c| c.to_string())
+    );
+
+    // (b) testpmd first, as a separate process, before this process takes its DPDK memory.
+    let testpmd = if args.no_testpmd {
+        Err("skipped (--no-testpmd)".to_string())
+    } else {
+        run_testpmd(args, cpu, aux, frame_len, dur)
+    };
+
+    let mut eal_args = vec![
+        "-l".to_string(),
+        cpu.to_string(),
+        "--no-pci".into(),
+        "--no-shconf".into(),
+        "--no-telemetry".into(),
+        "--file-prefix".into(),
+        "rtchan-bench".into(),
+        "--log-level=lib.eal:error".into(),
+    ];
+    if !args.huge {
+        eal_args.extend(["--no-huge".into(), "-m".into(), args.memory_mb.to_string()]);
+    }
+    for i in 0..4 + args.loads.len() {
+        // no-rx: net_null would otherwise "receive" 64-byte zero frames as fast as polled,
+        // and the core would parse (and reject) 128 of them per iteration.
+        eal_args.push(format!("--vdev=net_null{i},no-rx=1"));
+    }
+    let eal = Eal::init(&eal_args).map_err(|e| format!("EAL init {eal_args:?}: {e}"))?;
+    let tsc_hz = tsc_hz();
+    let cycles_per_us = (tsc_hz / 1e6).round().max(1.0) as u64;
+    let core_cfg = CoreConfig {
+        max_channels: args.channels,
+        link: LinkConfig {
+            link_rate_bps: LINK_RATE_BPS,
+            // ≈ 5 µs of the link: room for a full burst between two polls.
+            in_flight_limit: 64 * 1024,
+            capacity: 4096,
+            ..LinkConfig::default()
+        },
+        cycles_per_us,
+        ..CoreConfig::default()
+    };
+
+    let full = greedy(&eal, 0, core_cfg, args, dur, tsc_hz)?;
+    print_tput("full path (EDF, enforcement, pacing)", &full);
+    let fifo = greedy(&eal, 1, core_cfg.fifo_baseline(), args, dur, tsc_hz)?;
+    print_tput("QoS off (CoreConfig::fifo_baseline)", &fifo);
+    let sched = rte_sched(&eal, 2, args, dur, tsc_hz)?;
+    print_tput("librte_sched, one pipe per channel", &sched);
+    match &testpmd {
+        Ok(mpps) => println!("  {:<40} {mpps:>7.2} Mpps", "dpdk-testpmd txonly"),
+        Err(why) => println!(
+            "  {:<40}     n/a  unavailable: {why}",
+            "dpdk-testpmd txonly"
+        ),
+    }
+    let ratio =
+        |other: Option<f64>| other.map_or("n/a".to_string(), |o| format!("{:.3}", full.mpps() / o));
+    println!(
+        "ratios: full/testpmd {}, full/fifo {}, full/rte_sched {}",
+        ratio(testpmd.as_ref().ok().copied()),
+        ratio(Some(fifo.mpps())),
+        ratio(Some(sched.mpps()))
+    );
+
+    let threaded = greedy_threaded(&eal, 3, core_cfg, args, aux, dur)?;
+    print_tput("full path, producer thread on another CPU", &threaded);
+    println!(
+        "delay added by the dataplane (submit -> release to tx_burst), {} periodic channels, \
+         producer thread on CPU {}, load relative to the producer-thread capacity {:.2} Mpps:",
+        args.channels,
+        aux.map_or("(same CPU)".to_string(), |c| c.to_string()),
+        threaded.mpps()
+    );
+    for (i, pct) in args.loads.iter().enumerate() {
+        let (vdev, share) = (4 + i as u32, pct / 100.0);
+        let rate = threaded.mpps() * 1e6 * share;
+        let l = latency(&eal, vdev, core_cfg, args, rate, aux, tsc_hz)?;
+        let q = |p: f64| l.hist.value_at_quantile(p) as f64 / 1e3;
+        println!(
+            "  at {:>3.0}% ({:.2} Mpps offered, {:.2} Mpps submitted): p50 {:.1} µs, p99 {:.1} µs, \
+             p99.9 {:.1} µs, max {:.1} µs over {} messages; {} refused (ring full), {} late \
+             on the link; {} iterations over 500 µs took {:.0}% of the time",
+            share * 100.0,
+            rate / 1e6,
+            l.submitted as f64 / l.secs / 1e6,
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            l.hist.max() as f64 / 1e3,
+            l.hist.len(),
+            l.blocked,
+            l.late,
+            l.gaps,
+            100.0 * l.gap_secs / l.secs
+        );
+    }
+    Ok(())
+}
+
+/// TSC ticks per second, measured against CLOCK_MONOTONIC over 100 ms.
+fn tsc_hz() -> f64 {
+    let (c0, t0) = (read_tsc(), monotonic_now());
+    std::thread::sleep(Duration::from_millis(100));
+    let (c1, t1) = (read_tsc(), monotonic_now());
+    (c1 - c0) as f64 * 1e9 / (t1 - t0) as f64
+}
+
+fn open_port(eal: &Eal, vdev: u32) -> Result<DpdkPort, BoxError> {
+    let pool = Mempool::create(
+        eal,
+        &MempoolConfig {
+            cache_size: 256,
+            ..MempoolConfig::new(format!("bench_pool{vdev}"), 16383)
+        },
+    )?;
+    let id = eal.port_by_name(&format!("net_null{vdev}"))?;
+    let eth = EthPort::configure(eal, id, &EthConfig::default(), &pool)?;
+    Ok(DpdkPort::new(eth, pool)?)
+}
+
+/// A port that counts `tx_burst` calls (to report packets per burst).
+struct Counted {
+    inner: DpdkPort,
+    bursts: u64,
+}
+
+impl Port for Counted {
+    type Buf = Mbuf;
+    fn capabilities(&self) -> PortCapabilities {
+        self.inner.capabilities()
+    }
+    #[inline]
+    fn alloc_tx(&mut self) -> Option<Mbuf> {
+        self.inner.alloc_tx()
+    }
+    #[inline]
+    fn tx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
+        self.bursts += 1;
+        self.inner.tx_burst(queue, batch)
+    }
+    fn rx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
+        self.inner.rx_burst(queue, batch)
+    }
+    fn stats(&self) -> PortStats {
+        self.inner.stats()
+    }
+}
+
+/// The channels' spec: Imin of 1 µs (1,000 channels may send 10^9 messages/s in total, so
+/// enforcement never holds a greedy channel back: every message is current when taken),
+/// deadlines of 100 µs (CPU), 200 µs (link), 1 ms (end to end).
+fn bench_channel(id: u32, mmax: u32) -> ChannelConfig {
+    let spec = ChannelSpec {
+        mmax,
+        imin: 1_000,
+        bmax: BMAX,
+        cpu_deadline: 100_000,
+        link_deadline: 200_000,
+        end_to_end_deadline: 1_000_000,
+    };
+    ChannelConfig {
+        endpoint: endpoint(id),
+        ..ChannelConfig::real_time(id, spec)
+    }
+}
+
+fn endpoint(id: u32) -> Endpoint {
+    Endpoint {
+        src_port: 10_000 + (id % 50_000) as u16,
+        ..Endpoint::default()
+    }
+}
+
+fn message(id: u32, len: u32) -> Vec<u8> {
+    (0..len).map(|i| (i ^ id) as u8).collect()
+}
+
+/// A throughput measurement.
+struct Tput {
+    packets: u64,
+    busy_secs: f64,
+    wall_secs: f64,
+    bursts: u64,
+    note: String,
+}
+
+impl Tput {
+    fn mpps(&self) -> f64 {
+        self.packets as f64 / self.busy_secs / 1e6
+    }
+}
+
+fn print_tput(name: &str, t: &Tput) {
+    println!(
+        "  {name:<40} {:>7.2} Mpps  ({:.0} ns/packet, {:.1} packets per tx_burst, {:.0}% of \
+         {:.1} s wall in the measured loop){}",
+        t.mpps(),
+        1e9 / (t.mpps() * 1e6),
+        t.packets as f64 / t.bursts.max(1) as f64,
+        100.0 * t.busy_secs / t.wall_secs,
+        t.wall_secs,
+        t.note
+    );
+}
+
+fn refill(senders: &mut [Sender], msgs: &[Vec<u8>]) {
+    for (s, m) in senders.iter_mut().zip(msgs) {
+        while s.shared().queued() < BMAX as usize {
+            match s.submit(m) {
+                Ok(_) => {}
+                Err(SubmitError::WouldBlock) => break,
+                Err(e) => panic!("submit: {e}"),
+            }
+        }
+    }
+}
+
+/// The dataplane with `args.channels` greedy channels; only time inside `Core::poll` counts.
+fn greedy(
+    eal: &Eal,
+    vdev: u32,
+    cfg: CoreConfig,
+    args: &Args,
+    dur: Duration,
+    tsc_hz: f64,
+) -> Result<Tput, BoxError> {
+    let port = Counted {
+        inner: open_port(eal, vdev)?,
+        bursts: 0,
+    };
+    let mut core = Core::new(cfg, port)?;
+    let mut senders = Vec::with_capacity(args.channels as usize);
+    for id in 0..args.channels {
+        senders.push(core.open(bench_channel(id, args.message_size))?);
+    }
+    let msgs: Vec<Vec<u8>> = (0..args.channels)
+        .map(|id| message(id, args.message_size))
+        .collect();
+    let clock = MonotonicClock;
+    let mut meter = TscMeter;
+
+    refill(&mut senders, &msgs);
+    let warm_end = Instant::now() + WARMUP;
+    let mut polls = 0u64;
+    while Instant::now() < warm_end {
+        core.poll(&clock, &mut meter);
+        polls += 1;
+        if polls % REFILL_EVERY == 0 {
+            refill(&mut senders, &msgs);
+        }
+    }
+    let (p0, b0, s0) = (core.stats().tx_packets, core.port().bursts, core.stats());
+    let start = Instant::now();
+    let mut busy = 0u64;
+    while start.elapsed() < dur {
+        let c0 = read_tsc();
+        core.poll(&clock, &mut meter);
+        busy += read_tsc() - c0;
+        polls += 1;
+        if polls % REFILL_EVERY == 0 {
+            refill(&mut senders, &msgs);
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let s1 = core.stats();
+    let link = core.link_stats();
+    Ok(Tput {
+        packets: s1.tx_packets - p0,
+        busy_secs: busy as f64 / tsc_hz,
+        wall_secs: wall,
+        bursts: core.port().bursts - b0,
+        note: core_note(&s0, &s1, link.late, link.released),
+    })
+}
+
+/// The dataplane with `args.channels` greedy channels fed by a producer thread on `aux`
+/// (every message crosses CPUs, as with a real application); the core's packets over wall
+/// time. This is the load the delay measurements are relative to.
+fn greedy_threaded(
+    eal: &Eal,
+    vdev: u32,
+    cfg: CoreConfig,
+    args: &Args,
+    aux: Option<usize>,
+    dur: Duration,
+) -> Result<Tput, BoxError> {
+    let port = Counted {
+        inner: open_port(eal, vdev)?,
+        bursts: 0,
+    };
+    let mut core = Core::new(cfg, port)?;
+    let mut senders = Vec::with_capacity(args.channels as usize);
+    for id in 0..args.channels {
+        senders.push(core.open(bench_channel(id, args.message_size))?);
+    }
+    let msgs: Vec<Vec<u8>> = (0..args.channels)
+        .map(|id| message(id, args.message_size))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("bench-producer".into())
+            .spawn(move || {
+                if let Some(c) = aux {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: c });
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    refill(&mut senders, &msgs);
+                }
+                senders
+            })?
+    };
+    let clock = MonotonicClock;
+    let mut meter = TscMeter;
+    let warm_end = Instant::now() + WARMUP;
+    while Instant::now() < warm_end {
+        core.poll(&clock, &mut meter);
+    }
+    let (p0, b0, s0) = (core.stats().tx_packets, core.port().bursts, core.stats());
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        core.poll(&clock, &mut meter);
+    }
+    let wall = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _senders = producer.join().expect("producer thread");
+    let s1 = core.stats();
+    let link = core.link_stats();
+    Ok(Tput {
+        packets: s1.tx_packets - p0,
+        busy_secs: wall,
+        wall_secs: wall,
+        bursts: core.port().bursts - b0,
+        note: core_note(&s0, &s1, link.late, link.released),
+    })
+}
+
+fn core_note(s0: &CoreStats, s1: &CoreStats, late: u64, released: u64) -> String {
+    let runs = s1.runs - s0.runs;
+    let mut note = format!(
+        "; {:.1} runs/poll",
+        runs as f64 / (s1.iterations - s0.iterations).max(1) as f64
+    );
+    if s1.alloc_failures > s0.alloc_failures {
+        note += &format!(
+            "; {} mbuf alloc failures",
+            s1.alloc_failures - s0.alloc_failures
+        );
+    }
+    if late > 0 {
+        note += &format!(
+            "; {:.0}% of packets past their link deadline (overload)",
+            100.0 * late as f64 / released.max(1) as f64
+        );
+    }
+    note
+}
+
+/// The same frames through librte_sched: one pipe per channel, traffic class 0.
+fn rte_sched(
+    eal: &Eal,
+    vdev: u32,
+    args: &Args,
+    dur: Duration,
+    tsc_hz: f64,
+) -> Result<Tput, BoxError> {
+    let mut port = open_port(eal, vdev)?;
+    let pool = port.tx_pool().clone();
+    let n = args.channels;
+    let mut sched = SchedPort::new(eal, &SchedConfig::new("bench_sched", n, LINK_RATE_BPS / 8))?;
+    let templates: Vec<HeaderTemplate> = (0..n)
+        .map(|id| HeaderTemplate::new(&endpoint(id)))
+        .collect();
+    let msgs: Vec<Vec<u8>> = (0..n).map(|id| message(id, args.message_size)).collect();
+    let mut seqs = vec![0u32; n as usize];
+    let mut next_pipe = 0u32;
+    let mut ip_id = 0u16;
+    let mut dropped = 0u64;
+
+    // Builds and enqueues one burst of 32 packets for the next 32 pipes, round-robin.
+    let mut produce = |sched: &mut SchedPort, dropped: &mut u64| {
+        let mut batch: Batch<Mbuf> = Batch::new();
+        if !pool.alloc_bulk(&mut batch, dataplane::port::MAX_BURST) {
+            return;
+        }
+        let now = monotonic_now();
+        for m in batch.iter_mut() {
+            let p = next_pipe as usize;
+            let msg = &msgs[p];
+            let h = RtHeader {
+                flags: 0,
+                frag_index: 0,
+                frag_count: 1,
+                frag_len: msg.len() as u16,
+                channel: next_pipe,
+                msg_seq: seqs[p],
+                msg_len: msg.len() as u32,
+                frag_offset: 0,
+                submit_ts: now,
+                deadline: now + 1_000_000,
+            };
+            let len = templates[p].write_frame(m.buf_mut(), ip_id, &h, msg);
+            m.set_len(len);
+            sched.classify(m, next_pipe);
+            seqs[p] = seqs[p].wrapping_add(1);
+            ip_id = ip_id.wrapping_add(1);
+            next_pipe = (next_pipe + 1) % n;
+        }
+        let offered = batch.len();
+        *dropped += (offered - sched.enqueue(&mut batch)) as u64;
+    };
+    // Prefill: Bmax packets per pipe, like the channels' full rings.
+    for _ in 0..(n * BMAX).div_ceil(32) {
+        produce(&mut sched, &mut dropped);
+    }
+    let mut step =
+        |sched: &mut SchedPort, port: &mut DpdkPort, dropped: &mut u64| -> (usize, u64) {
+            produce(sched, dropped);
+            let mut out: Batch<Mbuf> = Batch::new();
+            let got = sched.dequeue(&mut out);
+            let mut bursts = 0;
+            while !out.is_empty() {
+                port.tx_burst(0, &mut out).expect("tx_burst");
+                bursts += 1;
+            }
+            (got, bursts)
+        };
+    let warm_end = Instant::now() + WARMUP;
+    while Instant::now() < warm_end {
+        step(&mut sched, &mut port, &mut dropped);
+    }
+    let dropped0 = dropped;
+    let (mut packets, mut bursts, mut busy) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        let c0 = read_tsc();
+        let (got, b) = step(&mut sched, &mut port, &mut dropped);
+        busy += read_tsc() - c0;
+        packets += got as u64;
+        bursts += b;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let note = if dropped > dropped0 {
+        format!("; {} tail drops", dropped - dropped0)
+    } else {
+        String::new()
+    };
+    drop(sched); // frees the mbufs still queued, before the pool's last handle goes
+    Ok(Tput {
+        packets,
+        busy_secs: busy as f64 / tsc_hz,
+        wall_secs: wall,
+        bursts,
+        note,
+    })
+}
+
+/// A delay measurement.
+struct Latency {
+    hist: Histogram<u64>,
+    submitted: u64,
+    blocked: u64,
+    late: u64,
+    secs: f64,
+    /// Iterations longer than 500 µs, and their total time.
+    gaps: u64,
+    gap_secs: f64,
+}
+
+/// The dataplane with periodic channels fed by a producer thread at `rate` messages/s.
+fn latency(
+    eal: &Eal,
+    vdev: u32,
+    cfg: CoreConfig,
+    args: &Args,
+    rate: f64,
+    aux: Option<usize>,
+    tsc_hz: f64,
+) -> Result<Latency, BoxError> {
+    let mut core = Core::new(cfg, open_port(eal, vdev)?)?;
+    let mut senders = Vec::with_capacity(args.channels as usize);
+    for id in 0..args.channels {
+        senders.push(core.open(bench_channel(id, args.message_size))?);
+    }
+    let msgs: Vec<Vec<u8>> = (0..args.channels)
+        .map(|id| message(id, args.message_size))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let interval = (1e9 / rate).round().max(1.0) as u64;
+    let producer = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("bench-producer".into())
+            .spawn(move || {
+                if let Some(c) = aux {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: c });
+                }
+                let start = monotonic_now();
+                let mut src = Source::new(Pattern::Periodic { interval }, start, 0);
+                let (mut i, mut submitted, mut blocked) = (0usize, 0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..src.due(monotonic_now()) {
+                        match senders[i].submit(&msgs[i]) {
+                            Ok(_) => submitted += 1,
+                            Err(SubmitError::WouldBlock) => blocked += 1,
+                            Err(e) => panic!("submit: {e}"),
+                        }
+                        i = (i + 1) % senders.len();
+                    }
+                    std::hint::spin_loop();
+                }
+                let secs = (monotonic_now() - start) as f64 / 1e9;
+                (senders, submitted, blocked, secs)
+            })?
+    };
+    let clock = MonotonicClock;
+    let mut meter = TscMeter;
+    let end = Instant::now() + Duration::from_secs_f64(args.latency_duration);
+    // Gaps between polls longer than 500 µs: the polling thread was off its CPU (a full
+    // iteration of 64 runs takes tens of µs). On a shared machine this dominates the tail.
+    let gap_limit = (tsc_hz * 500e-6) as u64;
+    let (mut gaps, mut gap_cycles) = (0u64, 0u64);
+    let mut last = read_tsc();
+    while Instant::now() < end {
+        core.poll(&clock, &mut meter);
+        let t = read_tsc();
+        if t - last > gap_limit {
+            gaps += 1;
+            gap_cycles += t - last;
+        }
+        last = t;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (senders, submitted, blocked, secs) = producer.join().expect("producer thread");
+    // Drain what is queued, then close every channel: closing publishes its delay histogram.
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while (senders.iter().any(|s| s.shared().queued() > 0) || core.link_backlog() > 0)
+        && Instant::now() < give_up
+    {
+        core.poll(&clock, &mut meter);
+    }
+    let late = core.link_stats().late;
+    let control = core.control().clone();
+    let mut acked = 0;
+    let mut next = 0u32;
+    while acked < args.channels && Instant::now() < give_up {
+        while next < args.channels {
+            match control.post(Command::Close {
+                id: next,
+                drain: false,
+            }) {
+                Ok(_) => next += 1,
+                Err(_) => break, // ring full: let the core apply some first
+            }
+        }
+        core.poll(&clock, &mut meter);
+        while let Some((_, r)) = control.take_ack() {
+            r?;
+            acked += 1;
+        }
+    }
+    if acked < args.channels {
+        return Err(format!("only {acked} of {} channels closed", args.channels).into());
+    }
+    let mut hist = new_histogram();
+    for s in &senders {
+        hist.add(s.stats().delay_snapshot())?;
+    }
+    Ok(Latency {
+        hist,
+        submitted,
+        blocked,
+        late,
+        secs,
+        gaps,
+        gap_secs: gap_cycles as f64 / tsc_hz,
+    })
+}
+
+/// Where dpdk-testpmd is, if anywhere.
+fn find_testpmd(args: &Args) -> Option<PathBuf> {
+    if let Some(p) = &args.testpmd {
+        return Some(p.clone());
+    }
+    if let Some(p) = std::env::var_os("RTCHAN_TESTPMD") {
+        return Some(PathBuf::from(p));
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("dpdk-testpmd"))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Next to the target directory this binary was built in, and in ./target.
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(target) = exe.parent().and_then(Path::parent) {
+            candidates.push(target.join("testpmd/dpdk-testpmd"));
+        }
+    }
+    candidates.push(PathBuf::from("target/testpmd/dpdk-testpmd"));
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Runs dpdk-testpmd in txonly mode on a net_null vdev, its forwarding lcore on `cpu`, and
+/// returns its TX rate in Mpps (median of its per-second reports, the first one left out).
+fn run_testpmd(
+    args: &Args,
+    cpu: usize,
+    aux: Option<usize>,
+    frame_len: usize,
+    dur: Duration,
+) -> Result<f64, String> {
+    let path = find_testpmd(args).ok_or(
+        "dpdk-testpmd not found (Debian 12 does not package it: run scripts/build-testpmd.sh, \
+         or pass --testpmd)",
+    )?;
+    let aux = aux.ok_or("testpmd needs a second CPU for its main lcore")?;
+    let mut cmd = Process::new(&path);
+    cmd.args([
+        "-l",
+        &format!("{aux},{cpu}"),
+        "--main-lcore",
+        &aux.to_string(),
+    ])
+    .args(["--no-pci", "--no-shconf", "--no-telemetry"])
+    .args([
+        "--file-prefix",
+        "rtchan-bench-testpmd",
+        "--log-level=lib.eal:error",
+    ])
+    .arg("--vdev=net_null0,no-rx=1");
+    if !args.huge {
+        cmd.args(["--no-huge", "-m", "512"]);
+    }
+    cmd.args([
+        "--",
+        "--forward-mode=txonly",
+        &format!("--txpkts={frame_len}"),
+        "--burst=32",
+        "--nb-cores=1",
+        "--rxq=1",
+        "--txq=1",
+        "--total-num-mbufs=16383",
+        "--stats-period=1",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    // Startup (EAL init, port start) takes about a second; then `dur` of forwarding.
+    let deadline = Instant::now() + dur + Duration::from_millis(1500);
+    let mut early_exit = None;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            early_exit = Some(status);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if early_exit.is_none() {
+        // testpmd stops forwarding, prints its totals and closes its ports on SIGINT (and
+        // flushes its piped stdout, which SIGKILL would lose). kill(1) keeps this crate's
+        // unsafe code inside src/dpdk.
+        let _ = Process::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let stop_by = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if Instant::now() > stop_by {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let out = reader.join().unwrap_or_default();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let mut pps: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Tx-pps:"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    if pps.len() < 2 {
+        let tail: Vec<&str> = err.lines().chain(out.lines()).rev().take(5).collect();
+        return Err(format!(
+            "{} gave no TX rate (exit {:?}); last output: {}",
+            path.display(),
+            early_exit,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ));
+    }
+    pps.remove(0); // the first report covers start-up
+    pps.sort_by(f64::total_cmp);
+    Ok(pps[pps.len() / 2] / 1e6)
+}
