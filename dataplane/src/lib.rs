@@ -18,7 +18,7 @@
 //! # Modules
 //! - [`spec`]: channel specifications, validated once.
 //! - [`channel`]: the sender handle, submit ring, buffer pool and doorbell.
-//! - [`handler`]: per-channel state machine: enforcement and fragmentation.
+//! - `handler` (private): per-channel state machine: enforcement and fragmentation.
 //! - [`sched`]: the per-core cooperative three-class EDF scheduler.
 //! - [`link`]: the per-TX-queue EDF link scheduler with pacing.
 //! - [`edf_queue`]: the bucketed EDF queue both schedulers use.
