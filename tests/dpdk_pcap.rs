@@ -34,10 +34,9 @@
 //! checks 4 and 5, and its capture must fail check 6 against half the rate: the checks see the
 //! difference between EDF and FIFO, and between a paced and a too-fast link.
 //!
-//! Fragments of one message share a deadline, and the link scheduler breaks deadline ties by
-//! its packet-slot index, so they can leave out of index order; the ignored test
-//! `fragments_of_a_message_leave_in_index_order` holds that check until the dataplane breaks
-//! ties by arrival.
+//! Fragments of one message share a deadline; the link scheduler breaks deadline ties by the
+//! order packets were written, so they leave in index order
+//! (`fragments_of_a_message_leave_in_index_order`).
 //!
 //! EAL is initialised once per process, with every vdev the tests use; tests serialise on a lock.
 #![cfg(feature = "dpdk")]
@@ -384,7 +383,6 @@ fn run_tx(env: &TestEnv, port_name: &str, pool: &str, file: &str, fifo: bool) ->
             work_conserving: false,
             ..LinkConfig::default()
         },
-        cycles_per_us: TscMeter::calibrate(2 * MS),
         ..CoreConfig::default()
     };
     if fifo {
@@ -525,7 +523,7 @@ struct Findings {
     early: Vec<String>,
     edf: Vec<String>,
     pacing: Vec<String>,
-    /// Fragments of one message out of index order (kept apart: see the ignored test).
+    /// Fragments of one message out of index order.
     frag_order: Vec<String>,
 }
 
@@ -936,11 +934,9 @@ fn tx_through_the_dataplane_is_edf_ordered_enforced_and_paced() {
     assert!(multi > 50, "full-size fragments: {multi}");
 }
 
-/// Fragments of one message share its link deadline, and the link scheduler's EDF queue
-/// breaks ties by packet-slot index, not by arrival: fragments of a message can leave out of
-/// index order (the receiver reassembles them by offset, so messages still arrive whole).
+/// Fragments of one message share its link deadline; equal deadlines leave in the order the
+/// handler wrote them, so a channel's packets stay in order on the wire.
 #[test]
-#[ignore = "dataplane: the link scheduler orders equal deadlines by slot index (see report)"]
 fn fragments_of_a_message_leave_in_index_order() {
     let (env, _g) = env();
     let run = run_tx(env, TX_FRAG_PORT, "tx_frag_pool", "tx_frag.pcap", false);

@@ -30,7 +30,7 @@ use crate::rx::{Receiver, RxPath, RxPathStats, RxShared, DEFAULT_REASSEMBLY_TIME
 use crate::sched::{Class, CpuScheduler, PolicyError, SchedPolicy};
 use crate::spec::{ChannelConfig, ChannelId, SpecError};
 use crate::time::{Clock, CycleMeter, Nanos};
-use crate::wire::{FRAME_OVERHEAD, RTCHAN_UDP_PORT};
+use crate::wire::{wire_bytes, FRAME_OVERHEAD, RTCHAN_UDP_PORT};
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +48,9 @@ pub const WAKEUPS_PER_POINT: usize = 64;
 /// Handler runs per iteration: 16 runs of k packets keep RX and control latency within one
 /// iteration's worth of packet work (≈ 16 × k × per-packet cost, tens of microseconds).
 pub const RUNS_PER_ITERATION: usize = 16;
+/// When the port does not report in-flight bytes, it is "running low" once the modelled queue
+/// drains within this time: 2 µs, about two full frames at 10 Gb/s.
+pub const TX_LOW_WATER_NS: Nanos = 2_000;
 /// Delay histograms published per iteration: merging one costs a few microseconds.
 pub const PUBLISH_PER_ITERATION: usize = 2;
 /// How often a dirty delay histogram is published, ns: readers see data at most this old.
@@ -70,9 +73,6 @@ pub struct CoreConfig {
     pub rx_queue: u16,
     /// UDP port of rtchan traffic.
     pub udp_port: u16,
-    /// TSC cycles per microsecond (to turn run costs into time for the reserve); 1000 in
-    /// virtual time, where a cycle is a nanosecond.
-    pub cycles_per_us: u64,
     /// How long incomplete messages wait for fragments.
     pub reassembly_timeout: Nanos,
 }
@@ -95,7 +95,6 @@ impl Default for CoreConfig {
             tx_queue: 0,
             rx_queue: 0,
             udp_port: RTCHAN_UDP_PORT,
-            cycles_per_us: 1000,
             reassembly_timeout: DEFAULT_REASSEMBLY_TIMEOUT,
         }
     }
@@ -257,6 +256,8 @@ pub struct TraceEntry {
 /// One polling core.
 pub struct Core<P: Port> {
     trace: Option<Vec<TraceEntry>>,
+    /// Slots for [`Core::open`], lowest first.
+    direct_free: Vec<u32>,
     cfg: CoreConfig,
     port: P,
     payload_per_packet: u32,
@@ -304,6 +305,7 @@ impl<P: Port> Core<P> {
         let n = cfg.max_channels as usize;
         Ok(Self {
             trace: None,
+            direct_free: (0..n as u32).rev().collect(),
             payload_per_packet: (caps.max_frame - FRAME_OVERHEAD) as u32,
             sched: CpuScheduler::new(n, cfg.sched),
             link: LinkScheduler::new(cfg.link),
@@ -386,12 +388,14 @@ impl<P: Port> Core<P> {
         self.trace.as_deref().unwrap_or(&[])
     }
 
-    /// A free handler slot (control side bookkeeping for direct use before the core runs).
-    fn free_slot(&self) -> Option<u32> {
-        self.handlers
-            .iter()
-            .position(Option::is_none)
-            .map(|i| i as u32)
+    /// A free handler slot, for direct opens (the control side keeps its own when running).
+    fn free_slot(&mut self) -> Option<u32> {
+        while let Some(s) = self.direct_free.pop() {
+            if self.handlers[s as usize].is_none() {
+                return Some(s);
+            }
+        }
+        None
     }
 
     /// Opens a channel directly (the core is not running yet, or in virtual-time tests):
@@ -471,6 +475,7 @@ impl<P: Port> Core<P> {
 
     fn finish_close(&mut self, slot: u32) {
         self.sched.remove(slot);
+        self.direct_free.push(slot);
         if let Some(mut h) = self.handlers[slot as usize].take() {
             let n = h.discard();
             h.shared.stats.dropped_on_close.add(n);
@@ -598,9 +603,13 @@ impl<P: Port> Core<P> {
         }
 
         // 3, 4 + 5. Wake-ups and a CPU run at each preemption point, then link release and TX.
-        self.transmit(clock.now(), &mut progress);
+        // Time inside the iteration is the clock read above plus the cycles since, converted:
+        // a clock read costs tens of nanoseconds, a TSC read a few.
+        let anchor = (now, meter.cycles());
+        let mut t = now;
+        self.transmit(t, &mut progress, false);
         for _ in 0..RUNS_PER_ITERATION {
-            let now = clock.now();
+            let now = t;
             for _ in 0..WAKEUPS_PER_POINT {
                 let Some(slot) = self.doorbell.pop() else {
                     break;
@@ -614,9 +623,12 @@ impl<P: Port> Core<P> {
             let Some((slot, class)) = self.sched.pick(now) else {
                 break;
             };
-            progress.written += self.run(slot, class, now, clock, meter);
-            self.transmit(clock.now(), &mut progress);
+            let (written, end) = self.run(slot, class, now, anchor, meter);
+            progress.written += written;
+            t = end;
+            self.transmit(t, &mut progress, false);
         }
+        self.transmit(t, &mut progress, true);
 
         // Publish delay histograms now and then.
         if now.saturating_sub(self.last_publish) >= PUBLISH_INTERVAL {
@@ -634,16 +646,17 @@ impl<P: Port> Core<P> {
         progress
     }
 
-    /// Runs one handler until its next preemption point; returns packets written.
+    /// Runs one handler until its next preemption point; returns packets written and the time
+    /// at the end of the run (from `anchor`: a clock reading and the cycle count at it).
     #[inline]
     fn run(
         &mut self,
         slot: u32,
         class: Class,
         now: Nanos,
-        clock: &dyn Clock,
+        anchor: (Nanos, u64),
         meter: &mut impl CycleMeter,
-    ) -> usize {
+    ) -> (usize, Nanos) {
         let k = self.cfg.sched.granularity;
         let budget = self.cfg.sched.run_budget_cycles;
         let c0 = meter.cycles();
@@ -681,15 +694,16 @@ impl<P: Port> Core<P> {
                 break;
             }
         }
-        let used = meter.cycles().wrapping_sub(c0);
+        let c_end = meter.cycles();
+        let used = c_end.wrapping_sub(c0);
+        let end = anchor.0 + meter.cycles_to_ns(c_end.wrapping_sub(anchor.1));
         h.shared.stats.handler_cycles.add(used);
         if used > budget {
             h.shared.stats.budget_overruns.inc();
             h.shared.stats.overrun_cycles.add(used - budget);
             self.stats.budget_overruns += 1;
         }
-        self.sched
-            .account(class, used * 1000 / self.cfg.cycles_per_us.max(1));
+        self.sched.account(class, meter.cycles_to_ns(used));
         self.stats.runs += 1;
         self.stats.packets += written as u64;
         if slot != self.last_slot {
@@ -698,19 +712,30 @@ impl<P: Port> Core<P> {
         }
         // Re-queue at the preemption point with the (possibly new) head message.
         if h.fetch() {
-            self.enqueue(slot, clock.now());
+            self.enqueue(slot, end);
         } else if h.draining {
             self.finish_close(slot);
         }
-        written as usize
+        (written as usize, end)
     }
 
-    /// Releases what the link scheduler allows and hands it to the port.
+    /// Releases what the link scheduler allows into the TX batch, and hands the batch to the
+    /// port when it is half full, when the port is running low (under half the in-flight
+    /// limit), or when `flush` (the end of an iteration). Fewer, larger bursts save a doorbell
+    /// write per packet; the low-water rule keeps the link from idling meanwhile.
     #[inline]
-    fn transmit(&mut self, now: Nanos, progress: &mut Progress) {
+    fn transmit(&mut self, now: Nanos, progress: &mut Progress, flush: bool) {
         let q = self.cfg.tx_queue;
-        if self.tx_batch.is_empty() {
-            let in_flight = self.port.tx_in_flight_bytes(q);
+        let reported = self.port.tx_in_flight_bytes(q);
+        if !self.tx_batch.is_full() {
+            // Packets in the batch are released but not yet the port's: count them in flight.
+            let in_flight = reported.map(|b| {
+                b + self
+                    .tx_batch
+                    .iter()
+                    .map(|p| wire_bytes(p.len()))
+                    .sum::<u64>()
+            });
             let handlers = &mut self.handlers;
             let generations = &self.generations;
             let dirty = &mut self.dirty;
@@ -744,6 +769,13 @@ impl<P: Port> Core<P> {
                 });
         }
         if self.tx_batch.is_empty() {
+            return;
+        }
+        let low = match reported {
+            Some(b) => b < self.cfg.link.in_flight_limit / 2,
+            None => self.link.busy_until() < now + TX_LOW_WATER_NS,
+        };
+        if !(flush || low || self.tx_batch.len() >= MAX_BURST / 2) {
             return;
         }
         match self.port.tx_burst(q, &mut self.tx_batch) {

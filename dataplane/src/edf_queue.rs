@@ -3,7 +3,9 @@
 //! Used for every EDF decision in the dataplane: handlers by deadline and by logical arrival
 //! time on a core, packets by deadline and eligibility on a TX queue. Elements are small integer
 //! ids (a handler's or packet slot's index) with a `u64` key in nanoseconds; order is by
-//! `(key, id)`, so it is total and deterministic.
+//! `(key, tie)`, so it is total and deterministic. The tie is the id ([`EdfQueue::new`]: handlers
+//! of equal deadline run in slot order) or the insertion order ([`EdfQueue::with_fifo_ties`]:
+//! packets of equal deadline, such as one message's fragments, leave in the order written).
 //!
 //! # Structure
 //! A calendar queue: a window of [`SLOTS`] buckets, each `2^shift` ns wide, starting at bucket
@@ -24,7 +26,8 @@
 //! 4. Bitmap bit `s` of level 0 is set iff bucket `s` is non-empty; a level-1 (level-2) bit is
 //!    set iff its level-0 word (level-1 word) is non-zero.
 //! 5. The overflow heap may hold stale entries (removed or moved ids); an entry is live iff
-//!    `loc[id] == Overflow && key[id] == entry.key`. It is purged in place before it would grow.
+//!    `loc[id] == Overflow` and its key and tie are the id's current ones. It is purged in
+//!    place before it would grow.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -51,6 +54,9 @@ pub struct EdfQueue {
     base: u64,
     len: usize,
     key: Vec<u64>,
+    tie: Vec<u64>,
+    fifo_ties: bool,
+    seq: u64,
     next: Vec<u32>,
     prev: Vec<u32>,
     loc: Vec<Loc>,
@@ -60,7 +66,7 @@ pub struct EdfQueue {
     l0: Vec<u64>,
     l1: [u64; 64],
     l2: u64,
-    overflow: BinaryHeap<Reverse<(u64, u32)>>,
+    overflow: BinaryHeap<Reverse<(u64, u64, u32)>>,
 }
 
 impl std::fmt::Debug for EdfQueue {
@@ -74,14 +80,26 @@ impl std::fmt::Debug for EdfQueue {
 }
 
 impl EdfQueue {
-    /// A queue for ids `0..capacity` with buckets `2^shift` ns wide.
+    /// A queue for ids `0..capacity` with buckets `2^shift` ns wide; equal keys in id order.
     pub fn new(capacity: usize, shift: u32) -> Self {
+        Self::build(capacity, shift, false)
+    }
+
+    /// Like [`EdfQueue::new`], but equal keys leave in insertion order.
+    pub fn with_fifo_ties(capacity: usize, shift: u32) -> Self {
+        Self::build(capacity, shift, true)
+    }
+
+    fn build(capacity: usize, shift: u32, fifo_ties: bool) -> Self {
         assert!(shift < 40, "bucket width 2^{shift} ns is not sensible");
         let mut q = Self {
             shift,
             base: 0,
             len: 0,
             key: Vec::new(),
+            tie: Vec::new(),
+            fifo_ties,
+            seq: 0,
             next: Vec::new(),
             prev: Vec::new(),
             loc: Vec::new(),
@@ -100,6 +118,7 @@ impl EdfQueue {
     pub fn reserve_ids(&mut self, capacity: usize) {
         if capacity > self.key.len() {
             self.key.resize(capacity, 0);
+            self.tie.resize(capacity, 0);
             self.next.resize(capacity, NIL);
             self.prev.resize(capacity, NIL);
             self.loc.resize(capacity, Loc::Absent);
@@ -136,6 +155,12 @@ impl EdfQueue {
         let i = id as usize;
         assert_eq!(self.loc[i], Loc::Absent, "id {id} queued twice");
         self.key[i] = key;
+        self.tie[i] = if self.fifo_ties {
+            self.seq += 1;
+            self.seq
+        } else {
+            id as u64
+        };
         let abs = key >> self.shift;
         if self.len == 0 {
             // Empty: restart the window here so the insert is not sent to overflow.
@@ -143,7 +168,7 @@ impl EdfQueue {
         }
         self.len += 1;
         if abs >= self.base + SLOTS as u64 {
-            self.push_overflow(id, key);
+            self.push_overflow(id);
         } else {
             self.link_sorted(id, key, abs.max(self.base));
         }
@@ -232,8 +257,9 @@ impl EdfQueue {
     }
 
     fn live_overflow_min(&mut self) -> Option<(u64, u32)> {
-        while let Some(&Reverse((k, id))) = self.overflow.peek() {
-            if self.loc[id as usize] == Loc::Overflow && self.key[id as usize] == k {
+        while let Some(&Reverse((k, t, id))) = self.overflow.peek() {
+            let i = id as usize;
+            if self.loc[i] == Loc::Overflow && self.key[i] == k && self.tie[i] == t {
                 return Some((k, id));
             }
             self.overflow.pop();
@@ -253,16 +279,19 @@ impl EdfQueue {
         }
     }
 
-    fn push_overflow(&mut self, id: u32, key: u64) {
+    fn push_overflow(&mut self, id: u32) {
+        let (key, tie) = (self.key[id as usize], self.tie[id as usize]);
         if self.overflow.len() == self.overflow.capacity() {
             // Purge stale entries in place rather than grow (invariant 5).
             let loc = &self.loc;
             let keys = &self.key;
-            self.overflow.retain(|Reverse((k, i))| {
-                loc[*i as usize] == Loc::Overflow && keys[*i as usize] == *k
+            let ties = &self.tie;
+            self.overflow.retain(|Reverse((k, t, i))| {
+                let i = *i as usize;
+                loc[i] == Loc::Overflow && keys[i] == *k && ties[i] == *t
             });
         }
-        self.overflow.push(Reverse((key, id)));
+        self.overflow.push(Reverse((key, tie, id)));
         self.loc[id as usize] = Loc::Overflow;
     }
 
@@ -271,13 +300,14 @@ impl EdfQueue {
         let slot = (abs & MASK) as usize;
         let i = id as usize;
         self.loc[i] = Loc::Window;
-        // Walk back from the tail to the last element ordered before (key, id).
+        // Walk back from the tail to the last element ordered before (key, tie).
+        let tie = self.tie[i];
         let mut after = if self.tail[slot] == 0 {
             NIL
         } else {
             self.tail[slot] - 1
         };
-        while after != NIL && (self.key[after as usize], after) > (key, id) {
+        while after != NIL && (self.key[after as usize], self.tie[after as usize]) > (key, tie) {
             after = self.prev[after as usize];
         }
         if after == NIL {
@@ -409,6 +439,18 @@ mod tests {
         assert_eq!(q.pop(), Some((100, 3)));
         assert_eq!(q.pop(), Some((1 << 40, 0)));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn fifo_ties_keep_insertion_order() {
+        let mut q = EdfQueue::with_fifo_ties(8, 4);
+        for id in [5u32, 2, 7, 1] {
+            q.insert(id, 100);
+        }
+        q.insert(3, 1 << 40); // overflow, equal keys there too
+        q.insert(0, 1 << 40);
+        let order: Vec<_> = std::iter::from_fn(|| q.pop()).map(|(_, id)| id).collect();
+        assert_eq!(order, vec![5, 2, 7, 1, 3, 0]);
     }
 
     #[test]

@@ -21,7 +21,7 @@
 use crate::edf_queue::{EdfQueue, DEFAULT_SHIFT};
 use crate::port::{Batch, MAX_BURST};
 use crate::sched::{Reserve, PPM};
-use crate::time::{wire_time, Nanos};
+use crate::time::{ByteTime, Nanos};
 use crate::wire::wire_bytes;
 
 /// What a late packet does.
@@ -182,7 +182,9 @@ const NIL: u32 = u32::MAX;
 /// The EDF link scheduler of one TX queue, holding port buffers of type `B`.
 pub struct LinkScheduler<B> {
     cfg: LinkConfig,
-    rate_bps: u64,
+    byte_time: ByteTime,
+    /// The in-flight limit as time on the wire, for the modelled case.
+    limit_ns: Nanos,
     slots: Vec<Option<B>>,
     meta: Vec<PacketMeta>,
     free: Vec<u32>,
@@ -212,14 +214,17 @@ impl<B> LinkScheduler<B> {
     pub fn new(cfg: LinkConfig) -> Self {
         let cap = cfg.capacity as usize;
         let rate_bps = cfg.queue_rate_bps().max(1);
+        let byte_time = ByteTime::new(rate_bps);
         Self {
             cfg,
-            rate_bps,
+            byte_time,
+            limit_ns: byte_time.ns(cfg.in_flight_limit),
             slots: (0..cap).map(|_| None).collect(),
             meta: vec![PacketMeta::default(); cap],
             free: (0..cap as u32).rev().collect(),
-            current: EdfQueue::new(cap, DEFAULT_SHIFT),
-            early: EdfQueue::new(cap, DEFAULT_SHIFT),
+            // Equal deadlines (one message's fragments) leave in the order written.
+            current: EdfQueue::with_fifo_ties(cap, DEFAULT_SHIFT),
+            early: EdfQueue::with_fifo_ties(cap, DEFAULT_SHIFT),
             be_next: vec![NIL; cap],
             be_head: NIL,
             be_tail: NIL,
@@ -278,11 +283,21 @@ impl<B> LinkScheduler<B> {
             self.be_tail = i;
             self.be_len += 1;
         } else if meta.eligible <= now {
+            // Promote first, so packets that became eligible earlier keep their place ahead of
+            // this one among equal deadlines.
+            self.promote(now);
             self.current.insert(i, meta.deadline);
         } else {
             self.early.insert(i, meta.eligible);
         }
         Ok(())
+    }
+
+    #[inline]
+    fn promote(&mut self, now: Nanos) {
+        while let Some((_, i)) = self.early.pop_if_at_most(now) {
+            self.current.insert(i, self.meta[i as usize].deadline);
+        }
     }
 
     fn pop_be(&mut self) -> Option<u32> {
@@ -298,16 +313,6 @@ impl<B> LinkScheduler<B> {
         Some(i)
     }
 
-    /// Bytes the port holds unsent: as reported, or as modelled by `busy_until`.
-    #[inline]
-    fn in_flight(&self, now: Nanos, reported: Option<u64>) -> u64 {
-        reported.unwrap_or_else(|| {
-            let backlog_ns = self.busy_until.saturating_sub(now);
-            // Rounded up: a frame partly on the wire still occupies the queue.
-            (backlog_ns as u128 * self.rate_bps as u128).div_ceil(8_000_000_000) as u64
-        })
-    }
-
     /// When the modelled queue drains enough for another frame, if it is what holds packets
     /// back (the core may wait until then).
     pub fn busy_until(&self) -> Nanos {
@@ -320,9 +325,7 @@ impl<B> LinkScheduler<B> {
         if self.cfg.fifo {
             return (self.be_len > 0).then_some((self.be_head, false));
         }
-        while let Some((_, i)) = self.early.pop_if_at_most(now) {
-            self.current.insert(i, self.meta[i as usize].deadline);
-        }
+        self.promote(now);
         self.reserve.update(now);
         if self.be_len == 0 {
             self.reserve.idle(now);
@@ -361,7 +364,13 @@ impl<B> LinkScheduler<B> {
             };
             let meta = self.meta[i as usize];
             let wire = wire_bytes(meta.frame_len as usize);
-            if self.in_flight(now, reported) + wire > self.cfg.in_flight_limit {
+            let tx_ns = self.byte_time.ns(wire);
+            let fits = match reported {
+                Some(bytes) => bytes + wire <= self.cfg.in_flight_limit,
+                // Modelled: compare as time on the wire (a multiply, no division).
+                None => self.busy_until.saturating_sub(now) + tx_ns <= self.limit_ns,
+            };
+            if !fits {
                 break;
             }
             // Take it out of its queue.
@@ -387,7 +396,7 @@ impl<B> LinkScheduler<B> {
                 self.stats.late_dropped += 1;
                 drop(buf);
             } else {
-                self.busy_until = self.busy_until.max(now) + wire_time(wire, self.rate_bps);
+                self.busy_until = self.busy_until.max(now) + tx_ns;
                 if let Some(r) = reported.as_mut() {
                     *r += wire;
                 }

@@ -9,7 +9,7 @@
 //! when dropped, so the loop allocates nothing after start.
 
 use crate::port::{Batch, PacketBuf, Port, PortCapabilities, PortError, PortStats};
-use crate::time::{wire_time, Clock, Nanos};
+use crate::time::{ByteTime, Clock, Nanos};
 use crate::wire::wire_bytes;
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,6 +125,7 @@ pub struct MemPort {
     tx: Arc<Wire>,
     rx: Arc<Wire>,
     held: Option<(Nanos, HeapBuf)>,
+    byte_time: ByteTime,
     clock: Arc<dyn Clock>,
     stats: PortStats,
 }
@@ -161,6 +162,7 @@ impl MemLink {
             tx: tx.clone(),
             rx: rx.clone(),
             held: None,
+            byte_time: ByteTime::new(cfg.rate_bps),
             clock: clock.clone(),
             stats: PortStats::default(),
         };
@@ -211,7 +213,7 @@ impl Port for MemPort {
         let sent = batch.len().min(room);
         for buf in batch.drain(..sent) {
             let wire = wire_bytes(buf.len());
-            busy = busy.max(now) + wire_time(wire, self.cfg.rate_bps);
+            busy = busy.max(now) + self.byte_time.ns(wire);
             self.stats.tx_packets += 1;
             self.stats.tx_bytes += buf.len() as u64;
             // Cannot fail: only this end pushes, and it checked the room above.
@@ -255,7 +257,7 @@ impl Port for MemPort {
         if self.cfg.rate_bps == 0 {
             return Some(0);
         }
-        Some((backlog as u128 * self.cfg.rate_bps as u128).div_ceil(8_000_000_000) as u64)
+        Some(self.byte_time.bytes(backlog))
     }
 
     fn stats(&self) -> PortStats {

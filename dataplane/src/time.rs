@@ -75,6 +75,8 @@ pub trait CycleMeter {
     /// advances its clock by the packet's cost here.
     #[inline]
     fn on_packet(&mut self) {}
+    /// Converts a cycle count to nanoseconds.
+    fn cycles_to_ns(&self, cycles: u64) -> Nanos;
 }
 
 /// A virtual CPU for tests: every packet costs `per_packet` ns of the shared [`ManualClock`],
@@ -91,6 +93,9 @@ impl CycleMeter for VirtualCpu {
     fn cycles(&mut self) -> u64 {
         self.clock.now()
     }
+    fn cycles_to_ns(&self, cycles: u64) -> Nanos {
+        cycles
+    }
     fn on_packet(&mut self) {
         self.clock.advance(self.per_packet);
     }
@@ -106,6 +111,22 @@ impl CycleMeter for TscMeter {
     fn cycles(&mut self) -> u64 {
         read_tsc()
     }
+    #[inline]
+    fn cycles_to_ns(&self, cycles: u64) -> Nanos {
+        (cycles as u128 * 1000 / tsc_per_us() as u128) as Nanos
+    }
+}
+
+/// The TSC's rate in cycles per microsecond, measured once per process (5 ms).
+pub fn tsc_per_us() -> u64 {
+    static RATE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *RATE.get_or_init(|| {
+        if cfg!(target_arch = "x86_64") {
+            TscMeter::calibrate(5_000_000)
+        } else {
+            1000 // read_tsc() falls back to nanoseconds
+        }
+    })
 }
 
 /// Reads the TSC (x86_64), or monotonic nanoseconds elsewhere.
@@ -152,6 +173,45 @@ impl CycleMeter for ManualCycles {
     fn cycles(&mut self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    fn cycles_to_ns(&self, cycles: u64) -> Nanos {
+        cycles
+    }
+}
+
+/// Serialisation time at a fixed rate, with the division done once: the hot path multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteTime {
+    /// Femtoseconds per byte, rounded up (so paced time never runs short).
+    fs_per_byte: u64,
+    /// Bytes per nanosecond × 2^32, for the inverse.
+    bytes_per_ns_q32: u64,
+}
+
+impl ByteTime {
+    /// For a link of `rate_bps` bits per second (0: infinitely fast).
+    pub fn new(rate_bps: u64) -> Self {
+        if rate_bps == 0 {
+            return Self {
+                fs_per_byte: 0,
+                bytes_per_ns_q32: u64::MAX,
+            };
+        }
+        Self {
+            fs_per_byte: (8_000_000_000_000_000u128.div_ceil(rate_bps as u128)) as u64,
+            bytes_per_ns_q32: ((rate_bps as u128) << 32).div_ceil(8_000_000_000) as u64,
+        }
+    }
+    /// Nanoseconds `bytes` take on the wire, rounded up.
+    #[inline]
+    pub fn ns(&self, bytes: u64) -> Nanos {
+        bytes.saturating_mul(self.fs_per_byte).div_ceil(1_000_000)
+    }
+    /// Bytes the wire carries in `ns`, rounded up (a frame partly sent still counts).
+    #[inline]
+    pub fn bytes(&self, ns: Nanos) -> u64 {
+        let q = ns as u128 * self.bytes_per_ns_q32 as u128;
+        ((q + (1 << 32) - 1) >> 32).min(u64::MAX as u128) as u64
+    }
 }
 
 /// Transmission time in nanoseconds of `bytes` at `rate_bps`, rounded up.
@@ -166,6 +226,33 @@ pub fn wire_time(bytes: u64, rate_bps: u64) -> Nanos {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_time_matches_the_division() {
+        for rate in [
+            1_000_000u64,
+            1_000_000_000,
+            3_000_000_000,
+            10_000_000_000,
+            400_000_000_000,
+        ] {
+            let bt = ByteTime::new(rate);
+            for bytes in [1u64, 64, 84, 1538, 9000, 65_536] {
+                let exact = wire_time(bytes, rate);
+                let fast = bt.ns(bytes);
+                // Never shorter, and at most a nanosecond longer (rounding of fs/byte).
+                assert!(
+                    fast >= exact && fast <= exact + 1,
+                    "{rate} {bytes}: {fast} vs {exact}"
+                );
+                let back = bt.bytes(exact);
+                assert!(
+                    back >= bytes && back <= bytes + 1 + rate / 8_000_000_000,
+                    "{rate} {bytes}: {back}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn wire_time_rounds_up() {

@@ -282,11 +282,17 @@ impl HeaderTemplate {
         }
         let l4 = ETH_LEN + IPV4_LEN;
         buf[l4 + 4..l4 + 6].copy_from_slice(&udp_len.to_be_bytes());
-        rt.write(&mut buf[l4 + UDP_LEN..]);
+        // The checksum is summed from the sources (a stack copy of the header and the message),
+        // not read back from the frame just written: reading fresh stores back stalls.
+        let mut hdr = [0u8; RTCHAN_HEADER_LEN];
+        rt.write(&mut hdr);
+        buf[l4 + UDP_LEN..FRAME_OVERHEAD].copy_from_slice(&hdr);
         buf[FRAME_OVERHEAD..].copy_from_slice(payload);
-        // Pseudo-header length and UDP length field both count.
+        // Pseudo-header length and UDP length field both count. The payload starts at an even
+        // offset, so its words line up with the frame's.
         let mut sum = self.udp_sum + 2 * udp_len as u64;
-        sum = checksum_add(sum, &buf[l4 + UDP_LEN..]);
+        sum = checksum_add(sum, &hdr);
+        sum = checksum_add(sum, payload);
         let mut c = checksum_finish(sum);
         if c == 0 {
             c = 0xffff; // 0 means "no checksum" in UDP over IPv4

@@ -160,7 +160,6 @@ fn run(args: &Args) -> Result<(), BoxError> {
     }
     let eal = Eal::init(&eal_args).map_err(|e| format!("EAL init {eal_args:?}: {e}"))?;
     let tsc_hz = tsc_hz();
-    let cycles_per_us = (tsc_hz / 1e6).round().max(1.0) as u64;
     let core_cfg = CoreConfig {
         max_channels: args.channels,
         link: LinkConfig {
@@ -170,7 +169,6 @@ fn run(args: &Args) -> Result<(), BoxError> {
             capacity: 4096,
             ..LinkConfig::default()
         },
-        cycles_per_us,
         ..CoreConfig::default()
     };
 
