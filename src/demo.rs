@@ -233,7 +233,10 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         },
         ..CoreConfig::default()
     };
-    let tx_core = Core::new(core_cfg, a)?;
+    let mut tx_core = Core::new(core_cfg, a)?;
+    if std::env::var_os("RTCHAN_DEMO_DEBUG").is_some() {
+        tx_core.enable_trace(200_000);
+    }
     let mut rx_core = Core::new(core_cfg, b)?;
     let mut handle = CoreHandle::new(&tx_core);
 
@@ -443,6 +446,19 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         );
     }
     tx_core.flush_stats();
+    if std::env::var_os("RTCHAN_DEMO_DEBUG").is_some() {
+        eprintln!("sender core: {:?}", tx_core.stats());
+        eprintln!("sender link: {:?}", tx_core.link_stats());
+        eprintln!(
+            "queued (current, best-effort, early): {:?}",
+            tx_core.queued()
+        );
+        let mut by: std::collections::BTreeMap<(u32, String), u64> = Default::default();
+        for e in tx_core.trace() {
+            *by.entry((e.channel, format!("{:?}", e.class))).or_default() += 1;
+        }
+        eprintln!("trace (channel, class) -> packets: {by:?}");
+    }
     rx_core.flush_stats();
 
     let rows: Vec<ChannelRow> = CHANNELS

@@ -620,7 +620,8 @@ impl<P: Port> Core<P> {
                 self.stats.link_backpressure += 1;
                 break;
             }
-            let Some((slot, class)) = self.sched.pick(now) else {
+            let be_ok = self.link.best_effort_room() >= self.cfg.sched.granularity as usize;
+            let Some((slot, class)) = self.sched.pick(now, be_ok) else {
                 break;
             };
             let (written, end) = self.run(slot, class, now, anchor, meter);

@@ -230,11 +230,8 @@ impl<B> LinkScheduler<B> {
             be_tail: NIL,
             be_len: 0,
             busy_until: 0,
-            reserve: Reserve::new(
-                cfg.best_effort_reserve_ppm,
-                rate_bps / 8_000_000,
-                crate::sched::RESERVE_BURST_NS * (rate_bps / 8_000_000) / 1000,
-            ),
+            // Credit in wire bytes, capped at eight maximum frames.
+            reserve: Reserve::new(cfg.best_effort_reserve_ppm, 8 * 1538),
             stats: LinkStats::default(),
         }
     }
@@ -262,6 +259,12 @@ impl<B> LinkScheduler<B> {
     /// Free slots left.
     pub fn room(&self) -> usize {
         self.free.len()
+    }
+
+    /// Slots best-effort packets may still take: best-effort may hold at most half the
+    /// scheduler, so a best-effort backlog can never keep real-time packets from being written.
+    pub fn best_effort_room(&self) -> usize {
+        (self.slots.len() / 2).saturating_sub(self.be_len)
     }
 
     /// Takes a packet; gives it back if every slot is full.
@@ -326,9 +329,8 @@ impl<B> LinkScheduler<B> {
             return (self.be_len > 0).then_some((self.be_head, false));
         }
         self.promote(now);
-        self.reserve.update(now);
         if self.be_len == 0 {
-            self.reserve.idle(now);
+            self.reserve.idle();
         }
         if let Some((_, i)) = self.current.peek() {
             if self.be_len > 0 && self.reserve.has_credit() {
@@ -380,8 +382,13 @@ impl<B> LinkScheduler<B> {
                     self.reserve.charge(wire);
                     self.stats.reserved_releases += 1;
                 }
-            } else if !self.current.remove(i) {
-                self.early.remove(i);
+            } else {
+                if self.be_len > 0 {
+                    self.reserve.grant(wire);
+                }
+                if !self.current.remove(i) {
+                    self.early.remove(i);
+                }
             }
             let buf = self.slots[i as usize]
                 .take()

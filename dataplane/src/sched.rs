@@ -20,10 +20,9 @@
 use crate::edf_queue::{EdfQueue, DEFAULT_SHIFT};
 use crate::time::Nanos;
 
-/// Largest credit the best-effort reserve banks, ns of CPU time. One millisecond: long enough
-/// for a best-effort run to finish, short enough that an idle best-effort class cannot bank a
-/// burst that swamps real-time work later (admission counts this burst as blocking).
-pub const RESERVE_BURST_NS: Nanos = 1_000_000;
+/// Largest credit the best-effort reserve banks, ns of CPU time: 100 µs, several best-effort
+/// runs; it bounds how long best-effort can run ahead of real-time work in one go.
+pub const RESERVE_BURST_NS: Nanos = 100_000;
 
 /// Parts per million.
 pub const PPM: u64 = 1_000_000;
@@ -105,65 +104,54 @@ pub enum Class {
     Fifo,
 }
 
-/// Credit for a reserved share of a resource. Units are the resource's (ns of CPU, bytes of
-/// link); credit accrues at `share` of elapsed time.
+/// Credit for a reserved share of a resource, earned by service, not by time.
+///
+/// Every unit of service real-time work receives (ns of CPU, bytes of link) while best-effort
+/// waits earns best-effort `share / (1 − share)` units of credit; best-effort service given
+/// ahead of real-time work on that credit pays it back. So whenever both classes want the
+/// resource, best-effort gets at least `share` of what is served — whether the resource is
+/// saturated or throttled by something else (a full link queue). Credit is only kept while
+/// best-effort waits (idle best-effort banks nothing) and is capped, which bounds the burst
+/// best-effort can take ahead of real-time work (admission counts it as blocking).
 #[derive(Clone, Copy, Debug)]
 pub struct Reserve {
     share_ppm: u64,
-    /// Accrued credit × PPM (kept scaled to avoid rounding drift).
-    credit_scaled: i128,
-    cap_scaled: i128,
-    last: Nanos,
-    per_ns: u64,
+    /// Credit in units × (PPM − share), so grants are exact integers.
+    credit: i128,
+    cap: i128,
 }
 
 impl Reserve {
-    /// A reserve of `share_ppm` of a resource serving `per_ns` units per ns (scaled by 1000 for
-    /// sub-unit rates: bytes per µs for a link), capped at `cap` units.
-    pub fn new(share_ppm: u32, per_us: u64, cap: u64) -> Self {
+    /// A reserve of `share_ppm` (< 1,000,000) with credit capped at `cap` units.
+    pub fn new(share_ppm: u32, cap: u64) -> Self {
+        let share = (share_ppm as u64).min(PPM - 1);
         Self {
-            share_ppm: share_ppm as u64,
-            credit_scaled: 0,
-            cap_scaled: cap as i128 * PPM as i128,
-            last: 0,
-            per_ns: per_us,
+            share_ppm: share,
+            credit: 0,
+            cap: cap as i128 * (PPM - share) as i128,
         }
     }
-    /// Accrues credit up to `now`.
+    /// Real-time work received `units` of service while best-effort waited.
     #[inline]
-    pub fn update(&mut self, now: Nanos) {
-        if now > self.last {
-            if self.share_ppm != 0 {
-                let dt = (now - self.last) as i128;
-                // units = dt ns × per_us / 1000; × share_ppm.
-                self.credit_scaled += dt * self.per_ns as i128 * self.share_ppm as i128 / 1000;
-                if self.credit_scaled > self.cap_scaled {
-                    self.credit_scaled = self.cap_scaled;
-                }
-            }
-            self.last = now;
+    pub fn grant(&mut self, units: u64) {
+        if self.share_ppm != 0 {
+            self.credit = (self.credit + units as i128 * self.share_ppm as i128).min(self.cap);
         }
     }
-    /// True when the reserved class may run ahead of real-time work.
+    /// True when best-effort may go ahead of real-time work.
     #[inline]
     pub fn has_credit(&self) -> bool {
-        self.share_ppm != 0 && self.credit_scaled > 0
+        self.share_ppm != 0 && self.credit > 0
     }
-    /// Pays `units` of service out of the credit.
+    /// Best-effort received `units` ahead of real-time work.
     #[inline]
     pub fn charge(&mut self, units: u64) {
-        self.credit_scaled -= units as i128 * PPM as i128;
-        // Debt is bounded too: one overlong run cannot starve the class for long.
-        if self.credit_scaled < -self.cap_scaled {
-            self.credit_scaled = -self.cap_scaled;
-        }
+        self.credit = (self.credit - units as i128 * (PPM - self.share_ppm) as i128).max(-self.cap);
     }
-    /// Drops all credit and restarts accrual at `now` (when the reserved class has no work:
-    /// idle time does not bank a burst).
+    /// Best-effort has no work: it banks nothing.
     #[inline]
-    pub fn idle(&mut self, now: Nanos) {
-        self.credit_scaled = self.credit_scaled.min(0);
-        self.last = self.last.max(now);
+    pub fn idle(&mut self) {
+        self.credit = self.credit.min(0);
     }
 }
 
@@ -255,6 +243,8 @@ pub struct CpuScheduler {
     best_effort: Fifo,
     deadline: Vec<Nanos>,
     reserve: Reserve,
+    /// Best-effort had work it could use at the last pick.
+    best_effort_waited: bool,
 }
 
 impl CpuScheduler {
@@ -266,7 +256,8 @@ impl CpuScheduler {
             early: EdfQueue::new(capacity, DEFAULT_SHIFT),
             best_effort: Fifo::new(capacity),
             deadline: vec![0; capacity],
-            reserve: Reserve::new(policy.best_effort_reserve_ppm, 1000, RESERVE_BURST_NS),
+            reserve: Reserve::new(policy.best_effort_reserve_ppm, RESERVE_BURST_NS),
+            best_effort_waited: false,
         }
     }
 
@@ -287,9 +278,7 @@ impl CpuScheduler {
 
     /// Replaces the policy (applied by the core at a preemption point).
     pub fn set_policy(&mut self, policy: SchedPolicy) {
-        let mut r = Reserve::new(policy.best_effort_reserve_ppm, 1000, RESERVE_BURST_NS);
-        r.last = self.reserve.last;
-        self.reserve = r;
+        self.reserve = Reserve::new(policy.best_effort_reserve_ppm, RESERVE_BURST_NS);
         self.policy = policy;
     }
 
@@ -341,17 +330,19 @@ impl CpuScheduler {
     }
 
     /// Removes and returns the handler to run next, with the class it runs in.
+    /// `allow_best_effort` is false while best-effort cannot use what a run would produce
+    /// (its share of the link queue is full): it is then skipped, and earns no credit.
     #[inline]
-    pub fn pick(&mut self, now: Nanos) -> Option<(u32, Class)> {
+    pub fn pick(&mut self, now: Nanos, allow_best_effort: bool) -> Option<(u32, Class)> {
         if self.policy.fifo {
             return self.best_effort.pop().map(|s| (s, Class::Fifo));
         }
         self.promote(now);
-        self.reserve.update(now);
-        let be_waiting = self.best_effort.len > 0;
-        if !be_waiting {
-            self.reserve.idle(now);
+        if self.best_effort.len == 0 {
+            self.reserve.idle();
         }
+        let be_waiting = allow_best_effort && self.best_effort.len > 0;
+        self.best_effort_waited = be_waiting;
         if !self.current.is_empty() {
             if be_waiting && self.reserve.has_credit() {
                 return self
@@ -361,8 +352,8 @@ impl CpuScheduler {
             }
             return self.current.pop().map(|(_, s)| (s, Class::Current));
         }
-        if let Some(s) = self.best_effort.pop() {
-            return Some((s, Class::BestEffort));
+        if be_waiting {
+            return self.best_effort.pop().map(|s| (s, Class::BestEffort));
         }
         if self.policy.work_conserving {
             return self.early.pop().map(|(_, s)| (s, Class::Early));
@@ -370,11 +361,14 @@ impl CpuScheduler {
         None
     }
 
-    /// Charges a finished run of `cost_ns` in `class` (the reserve pays for reserved runs).
+    /// Accounts a finished run of `cost_ns` in `class`: a reserved best-effort run pays from
+    /// the reserve; a real-time run while best-effort waited earns it credit.
     #[inline]
     pub fn account(&mut self, class: Class, cost_ns: Nanos) {
-        if class == Class::BestEffortReserved {
-            self.reserve.charge(cost_ns);
+        match class {
+            Class::BestEffortReserved => self.reserve.charge(cost_ns),
+            Class::Current | Class::Early if self.best_effort_waited => self.reserve.grant(cost_ns),
+            _ => {}
         }
     }
 
@@ -406,20 +400,20 @@ mod tests {
         s.enqueue_best_effort(1);
         s.enqueue_real_time(2, 50, 700, 100); // current
         s.enqueue_real_time(3, 60, 600, 100); // current, earlier deadline
-        assert_eq!(s.pick(100), Some((3, Class::Current)));
-        assert_eq!(s.pick(100), Some((2, Class::Current)));
-        assert_eq!(s.pick(100), Some((1, Class::BestEffort)));
-        assert_eq!(s.pick(100), Some((0, Class::Early)));
-        assert_eq!(s.pick(100), None);
+        assert_eq!(s.pick(100, true), Some((3, Class::Current)));
+        assert_eq!(s.pick(100, true), Some((2, Class::Current)));
+        assert_eq!(s.pick(100, true), Some((1, Class::BestEffort)));
+        assert_eq!(s.pick(100, true), Some((0, Class::Early)));
+        assert_eq!(s.pick(100, true), None);
     }
 
     #[test]
     fn non_work_conserving_holds_early_work() {
         let mut s = CpuScheduler::new(4, SchedPolicy::default());
         s.enqueue_real_time(0, 500, 900, 100);
-        assert_eq!(s.pick(499), None);
+        assert_eq!(s.pick(499, true), None);
         assert_eq!(s.next_release(), Some(500));
-        assert_eq!(s.pick(500), Some((0, Class::Current)));
+        assert_eq!(s.pick(500, true), Some((0, Class::Current)));
     }
 
     #[test]
@@ -437,7 +431,7 @@ mod tests {
         s.enqueue_best_effort(1);
         s.enqueue_real_time(0, 0, 10, 0);
         for _ in 0..10_000 {
-            let (slot, class) = s.pick(now).unwrap();
+            let (slot, class) = s.pick(now, true).unwrap();
             now += 1000;
             s.account(class, 1000);
             match class {
@@ -461,8 +455,8 @@ mod tests {
         let mut s = CpuScheduler::new(4, SchedPolicy::default());
         s.enqueue_best_effort(1);
         s.enqueue_real_time(0, 0, 10, 0);
-        assert_eq!(s.pick(0), Some((0, Class::Current)));
-        assert_eq!(s.pick(0), Some((1, Class::BestEffort)));
+        assert_eq!(s.pick(0, true), Some((0, Class::Current)));
+        assert_eq!(s.pick(0, true), Some((1, Class::BestEffort)));
     }
 
     #[test]
@@ -474,7 +468,7 @@ mod tests {
         assert!(s.remove(1));
         assert!(s.remove(0));
         assert!(!s.remove(0));
-        assert_eq!(s.pick(0), Some((2, Class::BestEffort)));
+        assert_eq!(s.pick(0, true), Some((2, Class::BestEffort)));
     }
 
     #[test]
