@@ -5,4 +5,20 @@
 //!   and per-TX-queue sporadic tasks, runs an exact EDF processor-demand test on each, and
 //!   answers with a placement, CPU and link deadlines and a buffer reservation, or with the
 //!   resource and test that refused it and the tightest deadline it could have granted.
+//! - [`e2e`]: how an end-to-end bound D is split over the sending host, the network and the
+//!   receiving host.
+//! - [`config`]: the daemon's TOML configuration, validated with errors naming the key.
+//! - [`protocol`]: the versioned line-delimited JSON spoken by `rtchanctl` and the daemon,
+//!   and between daemons' control planes.
+//! - [`state`]: the persisted channel table, written atomically.
+//! - [`units`]: durations (`500us`) and sizes (`4KiB`) as people write them.
+//!
+//! Data flow: `rtchanctl` encodes a [`protocol::Request`]; the daemon (crate `rtchan`,
+//! module `daemon`) decodes it, runs [`admission`] on both hosts as [`e2e`] describes, applies
+//! the result to the dataplane's cores, and saves the table with [`state`].
 pub mod admission;
+pub mod config;
+pub mod e2e;
+pub mod protocol;
+pub mod state;
+pub mod units;

@@ -1,28 +1,126 @@
-//! `rtchand`: the rtchan daemon, and its `demo` subcommand.
+//! `rtchand`: the rtchan daemon (`rtchand --config FILE`), its `calibrate` and `demo`
+//! subcommands.
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "rtchand",
     version,
-    about = "rtchan daemon: real-time channels over a kernel-bypass dataplane"
+    about = "rtchan daemon: real-time channels over a kernel-bypass dataplane",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// Run the daemon with this configuration file (TOML; see docs/config.md).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the daemon (the same as `rtchand --config FILE`).
+    Run {
+        /// Configuration file.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Measure the CPU cost per message and per packet and print a `[cost]` fragment.
+    Calibrate(CalibrateArgs),
     /// Show real-time channels holding their deadlines under a best-effort flood (no NIC needed).
     Demo(rtchan::demo::DemoArgs),
 }
 
+#[derive(clap::Args, Debug)]
+struct CalibrateArgs {
+    /// Samples per message size.
+    #[arg(long, default_value_t = 20_000)]
+    samples: u32,
+    /// Packets of the multi-packet message.
+    #[arg(long, default_value_t = 8)]
+    packets: u32,
+    /// Preemption granularity of the measured core (use the daemon's).
+    #[arg(long, default_value_t = 4)]
+    granularity: u32,
+    /// IP MTU.
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
+    /// Also write the `[cost]` fragment to this file.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Print the measurements as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn daemon(path: &std::path::Path) -> ExitCode {
+    match rtchan::daemon::run(path) {
+        Ok(report) => {
+            print!(
+                "{}",
+                rtchan::daemon::client::final_report(&report.channels, &report.cores)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rtchand: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn calibrate(a: &CalibrateArgs) -> ExitCode {
+    use rtchan::daemon::calibrate::{run, CalibrateOptions};
+    let opts = CalibrateOptions {
+        samples: a.samples,
+        packets: a.packets,
+        granularity: a.granularity,
+        mtu: a.mtu,
+    };
+    let c = match run(&opts) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rtchand calibrate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&c).expect("serialises"));
+    } else {
+        println!(
+            "{:<10} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "message", "samples", "mean", "p50", "p99", "p99.9", "max"
+        );
+        for d in [&c.single, &c.multi] {
+            println!(
+                "{:<10} {:>8} {:>8.0}ns {:>6}ns {:>6}ns {:>6}ns {:>6}ns",
+                format!("{} pkt", d.packets),
+                d.samples,
+                d.mean,
+                d.p50,
+                d.p99,
+                d.p999,
+                d.max
+            );
+        }
+        println!();
+        print!("{}", c.toml_fragment());
+    }
+    if let Some(path) = &a.output {
+        if let Err(e) = std::fs::write(path, c.toml_fragment()) {
+            eprintln!("rtchand calibrate: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Demo(args) => match rtchan::demo::run(&args) {
+    match (cli.command, cli.config) {
+        (Some(Command::Demo(args)), _) => match rtchan::demo::run(&args) {
             Ok(report) if report.passed() => ExitCode::SUCCESS,
             Ok(_) => ExitCode::from(1),
             Err(e) => {
@@ -30,5 +128,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        (Some(Command::Calibrate(a)), _) => calibrate(&a),
+        (Some(Command::Run { config }), _) | (None, Some(config)) => daemon(&config),
+        (None, None) => {
+            eprintln!(
+                "rtchand: give --config FILE to run the daemon, or a subcommand (see --help)"
+            );
+            ExitCode::from(2)
+        }
     }
 }

@@ -1,1 +1,229 @@
 //! The rtchand daemon: configuration, the control thread, the Unix-socket server, peers.
+//!
+//! # Threads and data flow
+//! ```text
+//! rtchanctl ──Unix socket──▶ server (one thread per connection: SO_PEERCRED, line cap,
+//!                            decode, permission) ──Msg──▶ control thread
+//! peer daemon ──TCP──▶ peer server (one thread per session) ──Msg──▶ control thread
+//! control thread ──CoreHandle (lock-free control ring, waits for the ack)──▶ polling cores
+//! control thread ──TCP (PeerSession)──▶ peer daemons' control threads
+//! source threads ──Sender::submit──▶ channels;  sink thread ◀── Receivers
+//! ```
+//! The control thread ([`controller`]) owns the channel table and the admission controllers,
+//! handles one message at a time, heartbeats its peer sessions, and persists the table after
+//! every change. [`Daemon::start`] builds all of it from a [`DaemonConfig`];
+//! [`Daemon::shutdown`] stops accepting, closes channels (draining per the close mode),
+//! stops the cores and returns the final statistics. [`run`] adds SIGINT/SIGTERM handling
+//! for `rtchand --config FILE`.
+//!
+//! # Modules
+//! - [`controller`]: the control thread's state and request handling.
+//! - [`server`]: the control socket and its permission checks.
+//! - [`peer`]: control-plane sessions between daemons.
+//! - [`dp`]: building the polling cores from the `[port]` and `[[cores]]` tables.
+//! - [`traffic`]: built-in sources and the receivers' sink.
+//! - [`client`]: the socket client and the tables `rtchanctl` prints.
+//! - [`calibrate`]: `rtchand calibrate`, measuring the cost model.
+
+pub mod calibrate;
+pub mod client;
+pub mod controller;
+pub mod dp;
+pub mod peer;
+pub mod server;
+pub mod traffic;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use control::config::{resolve_group, ConfigError, DaemonConfig};
+use control::protocol::{PeerRequest, Reply, Request};
+
+pub use self::controller::FinalReport;
+
+/// A message to the control thread.
+pub enum Msg {
+    /// A request from `rtchanctl` (permission already checked).
+    Client {
+        /// The request.
+        request: Request,
+        /// Where the reply goes.
+        reply: mpsc::Sender<Reply>,
+    },
+    /// A request from a peer's control plane.
+    Peer {
+        /// The session it came on.
+        session: u64,
+        /// The peer's name.
+        from: String,
+        /// The request.
+        request: PeerRequest,
+        /// Where the reply goes.
+        reply: mpsc::Sender<Reply>,
+    },
+    /// A peer's session ended: free what it held.
+    SessionClosed {
+        /// The session.
+        session: u64,
+    },
+}
+
+/// The daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Bad configuration.
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The dataplane or the admission model could not be built.
+    #[error("{0}")]
+    Setup(String),
+    /// The control socket could not be served.
+    #[error("control socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The peering port could not be bound.
+    #[error("peering.listen {addr}: {source}")]
+    Peering {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// A running daemon.
+pub struct Daemon {
+    stop: Arc<AtomicBool>,
+    control: Option<JoinHandle<FinalReport>>,
+    server: server::Server,
+    peer: Option<peer::PeerServer>,
+    /// Where peers connect (the bound address of `peering.listen`).
+    pub peer_addr: Option<SocketAddr>,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// Channels re-established from the state file.
+    pub restored: usize,
+    /// Channels of the state file that could not be re-established, with the reason.
+    pub restore_errors: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts the cores, the control thread, the peer server and the control socket, after
+    /// re-establishing the persisted channels.
+    pub fn start(cfg: DaemonConfig) -> Result<Self, DaemonError> {
+        cfg.validate()?;
+        let group = cfg.group.as_deref().map(resolve_group).transpose();
+        let read_group = cfg.read_group.as_deref().map(resolve_group).transpose();
+        let (group, read_group) = match (group, read_group) {
+            (Ok(g), Ok(r)) => (g, r),
+            (Err(m), _) | (_, Err(m)) => return Err(DaemonError::Setup(m)),
+        };
+        let access = server::Access { group, read_group };
+        let mode = cfg.socket_mode()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let mut control = controller::Control::new(cfg.clone()).map_err(DaemonError::Setup)?;
+        let heartbeat = Duration::from_nanos(cfg.peering.heartbeat.0);
+        let idle = (heartbeat * 3).max(Duration::from_nanos(cfg.peering.timeout.0));
+        let peer = match cfg.peering.listen {
+            Some(addr) => Some(
+                peer::PeerServer::start(addr, cfg.peers.clone(), idle, tx.clone(), stop.clone())
+                    .map_err(|source| DaemonError::Peering { addr, source })?,
+            ),
+            None => None,
+        };
+        let (restored, restore_errors) = control.restore();
+        let stop2 = stop.clone();
+        let control = std::thread::Builder::new()
+            .name("rtchan-control".into())
+            .spawn(move || {
+                loop {
+                    match rx.recv_timeout(Duration::from_millis(50)) {
+                        Ok(m) => control.handle(m),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                    if stop2.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    control.tick();
+                }
+                control.shutdown()
+            })
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        let server = server::Server::start(
+            &cfg.socket,
+            mode,
+            group.or(read_group),
+            access,
+            tx,
+            stop.clone(),
+        )
+        .map_err(|source| DaemonError::Socket {
+            path: cfg.socket.clone(),
+            source,
+        })?;
+        Ok(Self {
+            stop,
+            control: Some(control),
+            server,
+            peer_addr: peer.as_ref().map(|p| p.local_addr),
+            peer,
+            socket: cfg.socket,
+            restored,
+            restore_errors,
+        })
+    }
+
+    /// Stops accepting, closes the channels (draining per the close mode), stops the cores;
+    /// the final statistics. The persisted table keeps the channels for the next start.
+    pub fn shutdown(mut self) -> FinalReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.server.join();
+        if let Some(p) = self.peer.as_mut() {
+            p.join();
+        }
+        self.control
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// `rtchand --config FILE`: runs until SIGINT or SIGTERM, then shuts down; the final
+/// statistics.
+pub fn run(path: &Path) -> Result<FinalReport, DaemonError> {
+    let cfg = DaemonConfig::load(path)?;
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, term.clone()).map_err(DaemonError::Signals)?;
+    }
+    let d = Daemon::start(cfg)?;
+    for e in &d.restore_errors {
+        eprintln!("rtchand: not re-established: {e}");
+    }
+    eprintln!(
+        "rtchand: serving {}{}; {} channel(s) re-established",
+        d.socket.display(),
+        d.peer_addr
+            .map(|a| format!(", peers on {a}"))
+            .unwrap_or_default(),
+        d.restored
+    );
+    while !term.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("rtchand: stopping: no new requests; draining channels");
+    Ok(d.shutdown())
+}

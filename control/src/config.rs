@@ -1,0 +1,573 @@
+//! The daemon's configuration file (TOML), parsed and validated once at start.
+//!
+//! `rtchand --config FILE` reads a [`DaemonConfig`]: the port and its polling cores, the
+//! scheduling policy, the calibrated cost model of the sending path and of the receiving
+//! path, the control socket (path, mode, groups), the state file, and the control-plane
+//! peers with the network bound towards each. Every table refuses unknown keys, and every
+//! validation error names the key at fault (`docs/config.md` is the reference). From the
+//! validated config [`DaemonConfig::tx_model`] and [`DaemonConfig::rx_model`] build the two
+//! [`ResourceModel`]s the admission controllers use.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::admission::{CostModel, ModelError, Nanos, ResourceModel};
+use crate::units::Duration;
+
+/// Default control socket path.
+pub const DEFAULT_SOCKET: &str = "/run/rtchan/rtchand.sock";
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Control socket path.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Control socket permission bits, octal in a string (`"0600"`).
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// Group (name or number) whose members may open, close and read; root always may.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Group (name or number) whose members may only read (list, show, stats, policy show).
+    #[serde(default)]
+    pub read_group: Option<String>,
+    /// Where the channel table is persisted; no persistence when absent.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// What closing a channel does with its queued messages: `drain` or `discard`.
+    #[serde(default)]
+    pub close: CloseMode,
+    /// The overflow policy of channels opened without `--policy`.
+    #[serde(default = "default_overflow")]
+    pub overflow: String,
+    /// The port the polling cores send on.
+    #[serde(default)]
+    pub port: PortConfig,
+    /// The polling cores; each owns one TX queue (core `i` sends on TX queue `i`).
+    #[serde(default = "default_cores")]
+    pub cores: Vec<CoreEntry>,
+    /// Scheduling policy of every core.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Sending-path costs (CPU per message and per packet, link rate, MTU, chunks).
+    #[serde(default)]
+    pub cost: CostModel,
+    /// Receiving-path CPU costs, for the admission of incoming channels.
+    #[serde(default)]
+    pub rx_cost: RxCost,
+    /// Largest `mmax` a channel may ask for, bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message: u32,
+    /// The control-plane peering (TCP between daemons).
+    #[serde(default)]
+    pub peering: PeeringConfig,
+    /// Other hosts' control planes, by name (the `--dst` of `channel open`).
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_socket_mode() -> String {
+    "0600".into()
+}
+fn default_overflow() -> String {
+    "block".into()
+}
+fn default_cores() -> Vec<CoreEntry> {
+    vec![CoreEntry::default()]
+}
+fn default_max_message() -> u32 {
+    65_536
+}
+
+/// What closing a channel does with messages still queued.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseMode {
+    /// Send what is queued first.
+    #[default]
+    Drain,
+    /// Drop what is queued.
+    Discard,
+}
+
+/// Which port backend the cores use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortKind {
+    /// The in-memory link in loopback: each core's port is one end of a link whose other end a
+    /// receive core of this daemon polls, so a channel to `local` is delivered in-process.
+    #[default]
+    Memlink,
+    /// Discards every packet (no receive path).
+    Null,
+    /// Linux af_packet (not supported by the daemon yet).
+    AfPacket,
+    /// Linux AF_XDP (not supported by the daemon yet).
+    AfXdp,
+    /// DPDK (not supported by the daemon yet).
+    Dpdk,
+}
+
+impl PortKind {
+    /// The name in the configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memlink => "memlink",
+            Self::Null => "null",
+            Self::AfPacket => "af_packet",
+            Self::AfXdp => "af_xdp",
+            Self::Dpdk => "dpdk",
+        }
+    }
+}
+
+/// The `[port]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortConfig {
+    /// Backend.
+    pub kind: PortKind,
+    /// Interface or device name (for the backends that need one).
+    pub device: Option<String>,
+    /// memlink: packets each end's transmit FIFO holds (a NIC's TX ring).
+    pub fifo_packets: usize,
+    /// memlink/null: packet buffers in the pool of each link.
+    pub buffers: usize,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        Self {
+            kind: PortKind::Memlink,
+            device: None,
+            fifo_packets: 256,
+            buffers: 8192,
+        }
+    }
+}
+
+/// One `[[cores]]` entry: a polling core and its TX queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreEntry {
+    /// CPU to pin the core's thread to; unpinned when absent.
+    pub cpu: Option<usize>,
+    /// CPU to pin the matching receive core to (memlink); unpinned when absent.
+    pub rx_cpu: Option<usize>,
+    /// This core's TX queue's share of the link rate, millionths.
+    pub tx_share_ppm: u32,
+    /// Most channels the core runs.
+    pub max_channels: u32,
+}
+
+impl Default for CoreEntry {
+    fn default() -> Self {
+        Self {
+            cpu: None,
+            rx_cpu: None,
+            tx_share_ppm: 1_000_000,
+            max_channels: 1024,
+        }
+    }
+}
+
+/// What an idle polling loop does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleMode {
+    /// Busy-poll (dedicated, isolated cores).
+    Spin,
+    /// Yield the CPU.
+    #[default]
+    Yield,
+    /// Sleep `idle_sleep` between idle iterations.
+    Sleep,
+}
+
+/// The `[policy]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Packets a handler writes between preemption points (k).
+    pub granularity: u32,
+    /// Process early real-time messages when nothing else waits.
+    pub work_conserving: bool,
+    /// Share of every core and queue kept for best-effort traffic, millionths.
+    pub best_effort_reserve_ppm: u32,
+    /// Cycle budget of one handler run.
+    pub run_budget_cycles: u64,
+    /// Idle behaviour of the polling loops.
+    pub idle: IdleMode,
+    /// Sleep of `idle = "sleep"`.
+    pub idle_sleep: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            granularity: 4,
+            work_conserving: false,
+            best_effort_reserve_ppm: 50_000,
+            run_budget_cycles: 200_000,
+            idle: IdleMode::Yield,
+            idle_sleep: Duration(50_000),
+        }
+    }
+}
+
+/// The `[rx_cost]` table: the receiving path's CPU costs (reassembly, delivery).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RxCost {
+    /// CPU per received message.
+    pub per_message_ns: Nanos,
+    /// CPU per received packet.
+    pub per_packet_ns: Nanos,
+}
+
+impl Default for RxCost {
+    fn default() -> Self {
+        Self {
+            per_message_ns: 400,
+            per_packet_ns: 200,
+        }
+    }
+}
+
+/// The `[peering]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeeringConfig {
+    /// This daemon's name as its peers know it.
+    pub name: String,
+    /// Where peers' control planes connect (TCP); no incoming channels from peers when absent.
+    pub listen: Option<SocketAddr>,
+    /// Liveness probe period on every peer session.
+    pub heartbeat: Duration,
+    /// How long a peer may take to answer before it counts as lost.
+    pub timeout: Duration,
+    /// The network bound of the destination `local` (the in-process loopback).
+    pub loopback_network_bound: Duration,
+}
+
+impl Default for PeeringConfig {
+    fn default() -> Self {
+        Self {
+            name: "local".into(),
+            listen: None,
+            heartbeat: Duration(500_000_000),
+            timeout: Duration(2_000_000_000),
+            loopback_network_bound: Duration(20_000),
+        }
+    }
+}
+
+/// One `[[peers]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The name `--dst` uses.
+    pub name: String,
+    /// The peer's control-plane address (its `peering.listen`).
+    pub address: SocketAddr,
+    /// Worst-case network delay of one message to this peer (the network's share of D).
+    pub network_bound: Duration,
+}
+
+/// A configuration that cannot run a daemon; every variant names the key at fault.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for the schema (names the key and the line).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key has a bad value.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key, dotted (`cores[1].tx_share_ppm`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The resource model built from the file is unusable.
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    /// The port backend exists but the daemon cannot drive it yet.
+    #[error("port.kind: '{0}' is not supported by the daemon yet (use 'memlink' or 'null')")]
+    PortNotSupported(&'static str),
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            socket_mode: default_socket_mode(),
+            group: None,
+            read_group: None,
+            state_file: None,
+            close: CloseMode::Drain,
+            overflow: default_overflow(),
+            port: PortConfig::default(),
+            cores: default_cores(),
+            policy: PolicyConfig::default(),
+            cost: CostModel::default(),
+            rx_cost: RxCost::default(),
+            max_message: default_max_message(),
+            peering: PeeringConfig::default(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every key that serde cannot check alone.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.socket_mode()?;
+        if self.socket.as_os_str().is_empty() {
+            return Err(invalid("socket", "must not be empty"));
+        }
+        if let Some(g) = &self.group {
+            resolve_group(g).map_err(|m| invalid("group", m))?;
+        }
+        if let Some(g) = &self.read_group {
+            resolve_group(g).map_err(|m| invalid("read_group", m))?;
+        }
+        self.overflow
+            .parse::<dataplane::spec::OverflowPolicy>()
+            .map_err(|m| invalid("overflow", m))?;
+        match self.port.kind {
+            PortKind::Memlink | PortKind::Null => {}
+            other => return Err(ConfigError::PortNotSupported(other.name())),
+        }
+        if self.port.buffers < 64 {
+            return Err(invalid("port.buffers", "must be at least 64"));
+        }
+        if self.port.fifo_packets == 0 {
+            return Err(invalid("port.fifo_packets", "must be at least 1"));
+        }
+        if self.cores.is_empty() {
+            return Err(invalid("cores", "at least one [[cores]] entry is needed"));
+        }
+        if self.cores.len() > 64 {
+            return Err(invalid("cores", "at most 64 cores"));
+        }
+        for (i, c) in self.cores.iter().enumerate() {
+            if c.max_channels == 0 {
+                return Err(invalid(
+                    format!("cores[{i}].max_channels"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if self.policy.run_budget_cycles == 0 {
+            return Err(invalid(
+                "policy.run_budget_cycles",
+                "must be greater than zero",
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.name.is_empty() || p.name == "local" {
+                return Err(invalid(
+                    format!("peers[{i}].name"),
+                    "must be non-empty and not 'local' (reserved for the loopback)",
+                ));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(invalid(
+                    format!("peers[{i}].name"),
+                    format!("duplicate peer '{}'", p.name),
+                ));
+            }
+        }
+        if self.peering.timeout.0 < 1_000_000 {
+            return Err(invalid("peering.timeout", "must be at least 1ms"));
+        }
+        self.tx_model().validate()?;
+        self.rx_model().validate()?;
+        Ok(())
+    }
+
+    /// The socket's permission bits.
+    pub fn socket_mode(&self) -> Result<u32, ConfigError> {
+        let s = self.socket_mode.trim_start_matches("0o");
+        let mode = u32::from_str_radix(s, 8).map_err(|_| {
+            invalid(
+                "socket_mode",
+                format!("'{}' is not an octal mode like \"0600\"", self.socket_mode),
+            )
+        })?;
+        if mode > 0o777 {
+            return Err(invalid(
+                "socket_mode",
+                format!("'{}' has bits beyond 0777", self.socket_mode),
+            ));
+        }
+        Ok(mode)
+    }
+
+    /// The sending host's resource model: one core and one TX queue per `[[cores]]` entry.
+    pub fn tx_model(&self) -> ResourceModel {
+        ResourceModel {
+            cost: self.cost.clone(),
+            cores: self.cores.len() as u16,
+            tx_queue_share_ppm: self.cores.iter().map(|c| c.tx_share_ppm).collect(),
+            best_effort_reserve_ppm: self.policy.best_effort_reserve_ppm,
+            granularity: self.policy.granularity,
+            max_message: self.max_message,
+            work_conserving: self.policy.work_conserving,
+        }
+    }
+
+    /// The receiving host's resource model: the same cores running the receive path at the
+    /// `[rx_cost]` costs, and the whole link's receive capacity as one queue.
+    pub fn rx_model(&self) -> ResourceModel {
+        ResourceModel {
+            cost: CostModel {
+                per_message_ns: self.rx_cost.per_message_ns,
+                per_packet_ns: self.rx_cost.per_packet_ns,
+                ..self.cost.clone()
+            },
+            cores: self.cores.len() as u16,
+            tx_queue_share_ppm: vec![1_000_000],
+            best_effort_reserve_ppm: self.policy.best_effort_reserve_ppm,
+            granularity: self.policy.granularity,
+            max_message: self.max_message,
+            work_conserving: self.policy.work_conserving,
+        }
+    }
+
+    /// A peer by name.
+    pub fn peer(&self, name: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+}
+
+/// Resolves a group name or number to a gid, reading `/etc/group`.
+pub fn resolve_group(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group")
+        .map_err(|e| format!("cannot read /etc/group to resolve '{group}': {e}"))?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let gid = f.nth(1)?.parse::<u32>().ok()?;
+            Some((name, gid))
+        })
+        .find(|(n, _)| *n == group)
+        .map(|(_, g)| g)
+        .ok_or_else(|| format!("no group named '{group}' in /etc/group"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let cfg = DaemonConfig::parse("").unwrap();
+        assert_eq!(cfg, DaemonConfig::default());
+        assert_eq!(cfg.socket_mode().unwrap(), 0o600);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = DaemonConfig::parse("[policy]\ngranularty = 4\n").unwrap_err();
+        assert!(e.to_string().contains("granularty"), "{e}");
+        let e = DaemonConfig::parse("sokket = \"/x\"\n").unwrap_err();
+        assert!(e.to_string().contains("sokket"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = DaemonConfig::parse("socket_mode = \"0999\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("socket_mode"), "{e}");
+        let e = DaemonConfig::parse("[port]\nkind = \"dpdk\"\n").unwrap_err();
+        assert!(e.to_string().contains("not supported"), "{e}");
+        let e = DaemonConfig::parse("[[cores]]\ntx_share_ppm = 0\n").unwrap_err();
+        assert!(e.to_string().contains("tx_queue_share_ppm"), "{e}");
+        let e = DaemonConfig::parse("[peering]\nheartbeat = \"0ms\"\n").unwrap_err();
+        assert!(e.to_string().contains("heartbeat"), "{e}");
+        let e = DaemonConfig::parse(
+            "[[peers]]\nname = \"b\"\naddress = \"127.0.0.1:1\"\nnetwork_bound = \"1ms\"\n\
+             [[peers]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\nnetwork_bound = \"1ms\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("peers[1].name"), "{e}");
+    }
+
+    #[test]
+    fn models_follow_the_cores() {
+        let cfg = DaemonConfig::parse(
+            "[[cores]]\ntx_share_ppm = 600000\n[[cores]]\ntx_share_ppm = 400000\n",
+        )
+        .unwrap();
+        let m = cfg.tx_model();
+        assert_eq!(m.cores, 2);
+        assert_eq!(m.tx_queue_share_ppm, vec![600_000, 400_000]);
+        assert_eq!(cfg.rx_model().tx_queue_share_ppm, vec![1_000_000]);
+    }
+
+    #[test]
+    fn groups_resolve() {
+        assert_eq!(resolve_group("0"), Ok(0));
+        assert_eq!(resolve_group("root"), Ok(0));
+        assert!(resolve_group("no-such-group-here").is_err());
+    }
+}

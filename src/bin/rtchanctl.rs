@@ -1,0 +1,454 @@
+//! `rtchanctl`: the rtchan control-plane CLI. Talks to `rtchand` over its Unix socket
+//! (versioned line-delimited JSON; see docs/cli.md), except `admission check FILE`, which runs
+//! the admission test offline.
+//!
+//! Exit codes: 0 success, 1 refused by admission (or a peer lost during setup), 2 bad usage
+//! or bad input, 3 daemon unreachable.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use control::admission::offline::{run_json, Decision};
+use control::protocol::{
+    ChannelInfo, ChannelList, ChannelStatsInfo, CloseArgs, IdArgs, OpenArgs, PolicyUpdate, Reply,
+    Request, StatsArgs,
+};
+use control::units::{self, fmt_ns};
+use rtchan::daemon::client::{self, Client};
+
+const EXIT_REFUSED: u8 = 1;
+const EXIT_BAD_INPUT: u8 = 2;
+const EXIT_UNREACHABLE: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rtchanctl",
+    version,
+    about = "Control rtchan's real-time channels"
+)]
+struct Cli {
+    /// The daemon's control socket [default: $RTCHAN_SOCKET, else /run/rtchan/rtchand.sock].
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Print the daemon's reply as JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Open, close, list and inspect channels.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+    /// Per-channel statistics (throughput, latency percentiles, deadline misses, drops).
+    Stats(StatsCmd),
+    /// Show or change the scheduling policy.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Offline admission checks (no daemon needed).
+    #[command(subcommand)]
+    Admission(AdmissionCmd),
+}
+
+fn duration(s: &str) -> Result<units::Duration, String> {
+    units::parse_duration(s)
+        .map(units::Duration)
+        .map_err(|e| e.to_string())
+}
+
+fn size(s: &str) -> Result<units::Size, String> {
+    units::parse_size(s)
+        .map(units::Size)
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand, Debug)]
+enum ChannelCmd {
+    /// Open a real-time channel (admission on both hosts, then the dataplane).
+    Open(OpenCmd),
+    /// Close a channel (drains or discards per the daemon's close mode).
+    Close {
+        /// Channel id.
+        id: u32,
+        /// Discard queued messages instead of draining them.
+        #[arg(long)]
+        discard: bool,
+    },
+    /// List channels.
+    List,
+    /// One channel with its admission numbers.
+    Show {
+        /// Channel id.
+        id: u32,
+    },
+}
+
+#[derive(Args, Debug)]
+struct OpenCmd {
+    /// Largest message (1500, 4KiB).
+    #[arg(long, value_parser = size)]
+    mmax: units::Size,
+    /// Smallest interval between messages (500us, 2ms, 1s).
+    #[arg(long, value_parser = duration)]
+    imin: units::Duration,
+    /// Largest burst, messages.
+    #[arg(long)]
+    bmax: u32,
+    /// End-to-end delay bound D (submit at the sender to delivery at the receiver).
+    #[arg(long, value_parser = duration)]
+    deadline: units::Duration,
+    /// Destination: `local` or a configured peer.
+    #[arg(long)]
+    dst: String,
+    /// Core to run on (core i sends on TX queue i).
+    #[arg(long)]
+    core: Option<u16>,
+    /// TX queue to send on.
+    #[arg(long)]
+    txq: Option<u16>,
+    /// Overflow policy: block, drop-newest, drop-oldest.
+    #[arg(long)]
+    policy: Option<String>,
+    /// Decide only: reserve nothing on either host.
+    #[arg(long)]
+    dry_run: bool,
+    /// Built-in traffic: periodic, poisson, greedy or greedy:N, bursts.
+    #[arg(long)]
+    source: Option<String>,
+    /// Message size of the built-in traffic (default mmax).
+    #[arg(long, value_parser = size)]
+    message_size: Option<units::Size>,
+}
+
+#[derive(Args, Debug)]
+struct StatsCmd {
+    /// One channel (all when absent).
+    id: Option<u32>,
+    /// Refresh until interrupted.
+    #[arg(long)]
+    watch: bool,
+    /// Refresh period of --watch.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    interval: units::Duration,
+    /// Stop --watch after this many refreshes.
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Show the policy.
+    Show,
+    /// Change the policy.
+    Set(PolicySetCmd),
+}
+
+#[derive(Args, Debug)]
+struct PolicySetCmd {
+    /// Packets a handler writes between preemption points.
+    #[arg(long)]
+    granularity: Option<u32>,
+    /// Process early messages when idle (true/false).
+    #[arg(long)]
+    work_conserving: Option<bool>,
+    /// Best-effort reserve, millionths of each core and queue.
+    #[arg(long)]
+    best_effort_reserve_ppm: Option<u32>,
+    /// Cycle budget of one handler run.
+    #[arg(long)]
+    run_budget_cycles: Option<u64>,
+    /// Default overflow policy of new channels.
+    #[arg(long)]
+    overflow: Option<String>,
+    /// Close mode: drain or discard.
+    #[arg(long)]
+    close: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AdmissionCmd {
+    /// Decide a JSON file of requests against a resource model, in order (offline).
+    Check {
+        /// `{ "model": {..}, "requests": [..] }` (docs/admission.md).
+        file: PathBuf,
+    },
+}
+
+/// The daemon's reply to one request, or how to exit.
+fn call(cli: &Cli, req: &Request) -> Result<Reply, ExitCode> {
+    let path = cli.socket.clone().unwrap_or_else(|| {
+        std::env::var_os("RTCHAN_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(control::config::DEFAULT_SOCKET))
+    });
+    let mut c = Client::connect(&path).map_err(|e| {
+        eprintln!("rtchanctl: {e}");
+        ExitCode::from(EXIT_UNREACHABLE)
+    })?;
+    c.call(req).map_err(|e| {
+        eprintln!("rtchanctl: {e}");
+        ExitCode::from(EXIT_UNREACHABLE)
+    })
+}
+
+/// Prints a reply: JSON, or `table` of its typed result; the exit code.
+fn show<T: serde::de::DeserializeOwned>(
+    cli: &Cli,
+    reply: Reply,
+    table: impl Fn(&T) -> String,
+) -> ExitCode {
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reply).expect("serialises")
+        );
+        return match &reply.error {
+            Some(e) => ExitCode::from(e.kind.exit_code()),
+            None => ExitCode::SUCCESS,
+        };
+    }
+    match reply.into_result::<T>() {
+        Ok(v) => {
+            print!("{}", table(&v));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rtchanctl: {}", e.message);
+            if let Some(r) = &e.refusal {
+                if let Some(t) = r.tightest_deadline {
+                    eprintln!(
+                        "rtchanctl: tightest end-to-end deadline that would be admitted: {}",
+                        fmt_ns(t)
+                    );
+                }
+            }
+            ExitCode::from(e.kind.exit_code())
+        }
+    }
+}
+
+fn run(cli: &Cli) -> ExitCode {
+    match &cli.command {
+        Command::Channel(ChannelCmd::Open(o)) => {
+            let req = Request::Open(OpenArgs {
+                mmax: o.mmax,
+                imin: o.imin,
+                bmax: o.bmax,
+                deadline: o.deadline,
+                dst: o.dst.clone(),
+                core: o.core,
+                txq: o.txq,
+                policy: o.policy.clone(),
+                dry_run: o.dry_run,
+                source: o.source.clone(),
+                message_size: o.message_size,
+            });
+            match call(cli, &req) {
+                Ok(r) => show(cli, r, client::channel_detail),
+                Err(code) => code,
+            }
+        }
+        Command::Channel(ChannelCmd::Close { id, discard }) => {
+            match call(
+                cli,
+                &Request::Close(CloseArgs {
+                    id: *id,
+                    discard: *discard,
+                }),
+            ) {
+                Ok(r) => show(cli, r, |c: &ChannelInfo| {
+                    format!("closed channel {}\n", c.id)
+                }),
+                Err(code) => code,
+            }
+        }
+        Command::Channel(ChannelCmd::List) => match call(cli, &Request::List) {
+            Ok(r) => show(cli, r, client::list_table),
+            Err(code) => code,
+        },
+        Command::Channel(ChannelCmd::Show { id }) => {
+            match call(cli, &Request::Show(IdArgs { id: *id })) {
+                Ok(r) => show(cli, r, |l: &ChannelList| {
+                    let mut s: String = l.channels.iter().map(client::channel_detail).collect();
+                    if !l.incoming.is_empty() {
+                        s.push_str(&client::list_table(&ChannelList {
+                            channels: vec![],
+                            incoming: l.incoming.clone(),
+                        }));
+                    }
+                    s
+                }),
+                Err(code) => code,
+            }
+        }
+        Command::Stats(s) => {
+            let req = Request::Stats(StatsArgs { id: s.id });
+            let mut n = 0u64;
+            loop {
+                let code = match call(cli, &req) {
+                    Ok(r) => {
+                        let failed = r.error.is_some();
+                        let code = show(cli, r, |v: &Vec<ChannelStatsInfo>| client::stats_table(v));
+                        if failed {
+                            return code;
+                        }
+                        code
+                    }
+                    Err(code) => return code,
+                };
+                n += 1;
+                if !s.watch || s.count.is_some_and(|c| n >= c) {
+                    return code;
+                }
+                std::thread::sleep(Duration::from_nanos(s.interval.0));
+                if !cli.json {
+                    println!();
+                }
+            }
+        }
+        Command::Policy(PolicyCmd::Show) => match call(cli, &Request::PolicyShow) {
+            Ok(r) => show(cli, r, client::policy_table),
+            Err(code) => code,
+        },
+        Command::Policy(PolicyCmd::Set(p)) => {
+            let u = PolicyUpdate {
+                granularity: p.granularity,
+                work_conserving: p.work_conserving,
+                best_effort_reserve_ppm: p.best_effort_reserve_ppm,
+                run_budget_cycles: p.run_budget_cycles,
+                overflow: p.overflow.clone(),
+                close: p.close.clone(),
+            };
+            if u == PolicyUpdate::default() {
+                eprintln!("rtchanctl: policy set: give at least one field to change (see --help)");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            match call(cli, &Request::PolicySet(u)) {
+                Ok(r) => show(cli, r, client::policy_table),
+                Err(code) => code,
+            }
+        }
+        Command::Admission(AdmissionCmd::Check { file }) => admission_check(cli, file),
+    }
+}
+
+fn admission_check(cli: &Cli, file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rtchanctl: {}: {e}", file.display());
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let decisions = match run_json(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("rtchanctl: {}: {e}", file.display());
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let all_admitted = decisions.iter().all(|d| matches!(d, Decision::Admitted(_)));
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&decisions).expect("serialises")
+        );
+    } else {
+        println!(
+            "{:>3}  {:<8} {:>4} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8}  DETAIL",
+            "#", "OUTCOME", "CORE", "TXQ", "D", "D_CPU", "C_CPU", "U_CORE", "U_TXQ"
+        );
+        for (i, d) in decisions.iter().enumerate() {
+            match d {
+                Decision::Admitted(a) => println!(
+                    "{:>3}  {:<8} {:>4} {:>4} {:>9} {:>9} {:>9} {:>7.2}% {:>7.2}%  id {} packets {} buffer {} B",
+                    i,
+                    "admitted",
+                    a.core,
+                    a.txq,
+                    fmt_ns(a.link_deadline),
+                    fmt_ns(a.cpu_deadline),
+                    fmt_ns(a.cpu_cost),
+                    f64::from(a.core_utilisation_ppm) / 1e4,
+                    f64::from(a.txq_utilisation_ppm) / 1e4,
+                    a.id,
+                    a.packets,
+                    a.buffer_bytes
+                ),
+                Decision::Rejected(r) => println!(
+                    "{:>3}  {:<8} {:>4} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8}  {}",
+                    i, "rejected", r.core, r.txq, "-", "-", "-", "-", "-", r
+                ),
+                Decision::Invalid { message, .. } => println!(
+                    "{:>3}  {:<8} {:>4} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8}  {}",
+                    i, "invalid", "-", "-", "-", "-", "-", "-", "-", message
+                ),
+            }
+        }
+    }
+    if all_admitted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_REFUSED)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    run(&cli)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn units_parse_in_arguments() {
+        let cli = Cli::try_parse_from([
+            "rtchanctl",
+            "channel",
+            "open",
+            "--mmax",
+            "4KiB",
+            "--imin",
+            "500us",
+            "--bmax",
+            "2",
+            "--deadline",
+            "2ms",
+            "--dst",
+            "local",
+        ])
+        .unwrap();
+        let Command::Channel(ChannelCmd::Open(o)) = cli.command else {
+            panic!("open");
+        };
+        assert_eq!(o.mmax, units::Size(4096));
+        assert_eq!(o.imin, units::Duration(500_000));
+        assert!(Cli::try_parse_from([
+            "rtchanctl",
+            "channel",
+            "open",
+            "--mmax",
+            "1",
+            "--imin",
+            "0ms",
+            "--bmax",
+            "1",
+            "--deadline",
+            "1ms",
+            "--dst",
+            "x",
+        ])
+        .is_err());
+    }
+}

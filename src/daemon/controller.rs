@@ -1,0 +1,1156 @@
+//! The control thread: owns the channel table and both admission controllers, and is the
+//! only writer of the dataplane's configuration.
+//!
+//! Requests arrive as [`Msg`]s from the control socket's connection threads and from peers'
+//! sessions, one at a time, so every decision sees a consistent table. Opening a channel:
+//!
+//! 1. validate the request (fields, destination, placement);
+//! 2. find this host's least admissible bound `d_s` on the chosen core ([`control::e2e`]);
+//! 3. ask the receiving side (this daemon's own receive side for `local`, else the peer over
+//!    TCP) to `prepare` with the budget `D − network − least(d_s)`; it reserves its share;
+//! 4. admit this host's share `d_s = D − network − d_r`, open the channel on its core through
+//!    the core's control ring (the reply waits for the core's acknowledgement), start the
+//!    built-in source if asked, `commit` the receiving side, persist the table.
+//!
+//! Any failure after a reservation undoes it, on both sides, before the reply. Closing stops
+//! the source, closes the channel on its core (draining or discarding), frees this host's
+//! reservation and tells the receiving side to free its own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use control::admission::{
+    Admission, AdmitError, Admitted, ChannelRequest, Nanos, RequestError, ResourceModel,
+};
+use control::config::{CloseMode, DaemonConfig, PeerConfig};
+use control::e2e::{least_deadline, receiver_share};
+use control::protocol::{
+    percentiles, ApiError, ChannelInfo, ChannelList, ChannelStatsInfo, CloseArgs, ErrorKind, Grant,
+    IncomingInfo, OpenArgs, PeerRequest, PolicyInfo, PolicyUpdate, PrepareArgs, Refusal, Reply,
+    Request, RxCounters, TxCounters,
+};
+use control::state::{ChannelRecord, StateFile, STATE_VERSION};
+use control::units::fmt_ns;
+use dataplane::channel::{ChannelShared, Sender};
+use dataplane::core::CoreStats;
+use dataplane::rx::Receiver;
+use dataplane::sched::SchedPolicy;
+use dataplane::spec::{ChannelConfig, ChannelSpec, OverflowPolicy};
+
+use super::dp::{Dataplane, PORT_QUEUE};
+use super::peer::PeerSession;
+use super::traffic::{parse_source, Sink, SourceThread};
+use super::Msg;
+
+/// Receive ring of an incoming channel, messages.
+const RX_RING: u32 = 1024;
+/// Attempts at a channel id the receiver does not already use.
+const ID_ATTEMPTS: u32 = 32;
+
+/// Where a channel goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Dst {
+    Local,
+    Peer(String),
+}
+
+struct Outgoing {
+    args: OpenArgs,
+    info: ChannelInfo,
+    core: u16,
+    adm_id: u32,
+    dst: Dst,
+    shared: Arc<ChannelShared>,
+    sender: Option<Sender>,
+    source: Option<SourceThread>,
+    opened: Instant,
+}
+
+struct Incoming {
+    session: Option<u64>,
+    adm_id: u32,
+    core: u16,
+    receiver: Option<Receiver>,
+    info: IncomingInfo,
+    opened: Instant,
+}
+
+/// Final statistics the daemon prints when it stops.
+#[derive(Debug, Default)]
+pub struct FinalReport {
+    /// Per channel.
+    pub channels: Vec<ChannelStatsInfo>,
+    /// Per sending core.
+    pub cores: Vec<CoreStats>,
+}
+
+/// The control thread's state.
+pub struct Control {
+    cfg: DaemonConfig,
+    tx_adm: Admission,
+    rx_adm: Admission,
+    dp: Dataplane,
+    sink: Sink,
+    out: BTreeMap<u32, Outgoing>,
+    inc: BTreeMap<u32, Incoming>,
+    sessions: HashMap<String, PeerSession>,
+    next_id: u32,
+    policy: PolicyInfo,
+    state_path: Option<PathBuf>,
+    last_heartbeat: Instant,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorKind::Internal, e.to_string())
+}
+
+fn not_found(id: u32) -> ApiError {
+    ApiError {
+        kind: ErrorKind::NotFound,
+        field: Some("id".into()),
+        message: format!("id: no channel {id} on this host"),
+        refusal: None,
+    }
+}
+
+fn model_error(e: control::admission::ModelError) -> ApiError {
+    ApiError::invalid("policy", e.to_string())
+}
+
+impl Control {
+    /// Builds the dataplane and the admission controllers.
+    pub fn new(cfg: DaemonConfig) -> Result<Self, String> {
+        let tx_adm = Admission::new(cfg.tx_model()).map_err(|e| e.to_string())?;
+        let rx_adm = Admission::new(cfg.rx_model()).map_err(|e| e.to_string())?;
+        let dp = Dataplane::start(&cfg).map_err(|e| e.to_string())?;
+        let sink = Sink::start().map_err(|e| e.to_string())?;
+        let policy = PolicyInfo {
+            granularity: cfg.policy.granularity,
+            work_conserving: cfg.policy.work_conserving,
+            best_effort_reserve_ppm: cfg.policy.best_effort_reserve_ppm,
+            run_budget_cycles: cfg.policy.run_budget_cycles,
+            overflow: cfg.overflow.clone(),
+            close: match cfg.close {
+                CloseMode::Drain => "drain".into(),
+                CloseMode::Discard => "discard".into(),
+            },
+        };
+        Ok(Self {
+            state_path: cfg.state_file.clone(),
+            cfg,
+            tx_adm,
+            rx_adm,
+            dp,
+            sink,
+            out: BTreeMap::new(),
+            inc: BTreeMap::new(),
+            sessions: HashMap::new(),
+            next_id: 0,
+            policy,
+            last_heartbeat: Instant::now(),
+        })
+    }
+
+    /// Re-establishes the channels of the state file; returns how many came back and the
+    /// errors of those that did not.
+    pub fn restore(&mut self) -> (usize, Vec<String>) {
+        let Some(path) = self.state_path.clone() else {
+            return (0, Vec::new());
+        };
+        let state = match StateFile::load(&path) {
+            Ok(s) => s,
+            Err(e) => return (0, vec![e.to_string()]),
+        };
+        self.next_id = state.channels.iter().map(|c| c.id + 1).max().unwrap_or(0);
+        let mut ok = 0;
+        let mut errors = Vec::new();
+        for rec in state.channels {
+            match self.open(&rec.open, Some(rec.id)) {
+                Ok(_) => ok += 1,
+                Err(e) => errors.push(format!("channel {}: {}", rec.id, e.message)),
+            }
+        }
+        self.persist();
+        (ok, errors)
+    }
+
+    /// Handles one message.
+    pub fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Client { request, reply } => {
+                let r = self.client(request);
+                let _ = reply.send(r);
+            }
+            Msg::Peer {
+                session,
+                from,
+                request,
+                reply,
+            } => {
+                let r = self.peer_request(session, &from, request);
+                let _ = reply.send(r);
+            }
+            Msg::SessionClosed { session } => self.session_closed(session),
+        }
+    }
+
+    fn client(&mut self, request: Request) -> Reply {
+        match request {
+            Request::Open(args) => Reply::from_result(self.open(&args, None)),
+            Request::Close(args) => Reply::from_result(self.close(&args)),
+            Request::List => Reply::ok(self.list(None)),
+            Request::Show(a) => {
+                if self.out.contains_key(&a.id) || self.inc.contains_key(&a.id) {
+                    Reply::ok(self.list(Some(a.id)))
+                } else {
+                    Reply::err(not_found(a.id))
+                }
+            }
+            Request::Stats(a) => Reply::from_result(self.stats(a.id)),
+            Request::PolicyShow => Reply::ok(&self.policy),
+            Request::PolicySet(u) => Reply::from_result(self.policy_set(&u)),
+            Request::Ping => Reply::ok(serde_json::json!({})),
+        }
+    }
+
+    // ----- opening -----
+
+    fn destination(&self, dst: &str) -> Result<(Dst, Nanos), ApiError> {
+        if dst == "local" {
+            if !self.dp.has_receive_path() {
+                return Err(ApiError::invalid(
+                    "dst",
+                    format!(
+                        "dst: 'local' needs a receive path; port '{}' has none (use memlink)",
+                        self.cfg.port.kind.name()
+                    ),
+                ));
+            }
+            return Ok((Dst::Local, self.cfg.peering.loopback_network_bound.0));
+        }
+        match self.cfg.peer(dst) {
+            Some(p) => Ok((Dst::Peer(p.name.clone()), p.network_bound.0)),
+            None => {
+                let mut known = vec!["local".to_string()];
+                known.extend(self.cfg.peers.iter().map(|p| p.name.clone()));
+                Err(ApiError::invalid(
+                    "dst",
+                    format!(
+                        "dst: unknown destination '{dst}' (known: {})",
+                        known.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn sender_error(&self, e: AdmitError, d: Nanos, net: Nanos, dst: &str) -> ApiError {
+        match e {
+            AdmitError::Invalid(RequestError::DeadlineTooShort { minimum, .. }) => {
+                ApiError::invalid(
+                    "deadline",
+                    format!(
+                        "deadline: {} leaves {} for this host after the network bound {} to '{dst}', \
+                         below {}, the least an idle sending host can guarantee for this channel \
+                         (D must be at least {} plus the receiving host's share)",
+                        fmt_ns(d),
+                        fmt_ns(d.saturating_sub(net)),
+                        fmt_ns(net),
+                        fmt_ns(minimum),
+                        fmt_ns(minimum + net)
+                    ),
+                )
+            }
+            AdmitError::Invalid(e) => ApiError::invalid(e.field(), e.to_string()),
+            AdmitError::Rejected(rej) => {
+                let msg = format!("refused by the sending host: {rej}");
+                ApiError::refused(
+                    msg,
+                    Refusal {
+                        side: "sender".into(),
+                        host: self.cfg.peering.name.clone(),
+                        least_host_deadline: rej.tightest_deadline,
+                        tightest_deadline: None,
+                        rejection: *rej,
+                    },
+                )
+            }
+        }
+    }
+
+    /// Cores to try, in order: the one asked for, or worst-fit by utilisation.
+    fn candidates(&self, args: &OpenArgs) -> Result<Vec<u16>, ApiError> {
+        let n = self.cfg.cores.len() as u16;
+        if let (Some(c), Some(q)) = (args.core, args.txq) {
+            if c != q {
+                return Err(ApiError::invalid(
+                    "txq",
+                    format!("txq: core {c} sends on TX queue {c}; txq {q} would need core {q}"),
+                ));
+            }
+        }
+        if let Some(c) = args.core {
+            if c >= n {
+                return Err(ApiError::invalid(
+                    "core",
+                    format!("core: {c} does not exist (the host has {n} cores)"),
+                ));
+            }
+        }
+        if let Some(q) = args.txq {
+            if q >= n {
+                return Err(ApiError::invalid(
+                    "txq",
+                    format!("txq: {q} does not exist (the host has {n} TX queues)"),
+                ));
+            }
+        }
+        if let Some(c) = args.core.or(args.txq) {
+            return Ok(vec![c]);
+        }
+        let u = self.tx_adm.utilisation();
+        let mut v: Vec<u16> = (0..n).collect();
+        v.sort_by_key(|&c| {
+            (
+                u64::from(u.cores[usize::from(c)]) + u64::from(u.tx_queues[usize::from(c)]),
+                c,
+            )
+        });
+        Ok(v)
+    }
+
+    fn fresh_id(&mut self) -> u32 {
+        while self.out.contains_key(&self.next_id) || self.inc.contains_key(&self.next_id) {
+            self.next_id = self.next_id.wrapping_add(1);
+        }
+        self.next_id
+    }
+
+    /// Opens a channel (or decides only, with `dry_run`); `fixed_id` when restoring.
+    pub fn open(
+        &mut self,
+        args: &OpenArgs,
+        fixed_id: Option<u32>,
+    ) -> Result<ChannelInfo, ApiError> {
+        let mmax = u32::try_from(args.mmax.0).map_err(|_| {
+            ApiError::invalid("mmax", format!("mmax: {} bytes is too large", args.mmax.0))
+        })?;
+        let imin = args.imin.0;
+        let d = args.deadline.0;
+        let policy_name = args.policy.clone().unwrap_or(self.policy.overflow.clone());
+        let overflow: OverflowPolicy = policy_name
+            .parse()
+            .map_err(|m: String| ApiError::invalid("policy", format!("policy: {m}")))?;
+        let pattern = match &args.source {
+            Some(s) => Some(
+                parse_source(s, imin, args.bmax.max(1))
+                    .map_err(|m| ApiError::invalid("source", format!("source: {m}")))?,
+            ),
+            None => None,
+        };
+        let msg_size = args.message_size.map_or(u64::from(mmax), |s| s.0);
+        if msg_size > u64::from(mmax) {
+            return Err(ApiError::invalid(
+                "message_size",
+                format!("message_size: {msg_size} bytes exceeds mmax ({mmax} bytes)"),
+            ));
+        }
+        let (dst, net) = self.destination(&args.dst)?;
+        if d <= net {
+            return Err(ApiError::invalid(
+                "deadline",
+                format!(
+                    "deadline: {} does not exceed the network bound {} to '{}'",
+                    fmt_ns(d),
+                    fmt_ns(net),
+                    args.dst
+                ),
+            ));
+        }
+        let cands = self.candidates(args)?;
+        let host_max = d - net;
+        let base = |c: u16, deadline: Nanos| ChannelRequest {
+            mmax,
+            imin,
+            bmax: args.bmax,
+            deadline,
+            core: Some(c),
+            txq: Some(c),
+        };
+        // This host's least bound on the first core that leaves the receiver something.
+        let mut chosen = None;
+        for &c in &cands {
+            if let Ok(least) = least_deadline(&self.tx_adm, &base(c, host_max)) {
+                if least < host_max {
+                    chosen = Some((c, least));
+                    break;
+                }
+            }
+        }
+        let Some((core, least_s)) = chosen else {
+            let c = cands[0];
+            let e = match self.tx_adm.check(&base(c, host_max)) {
+                Err(e) => e,
+                // It fits only with the whole budget: nothing is left for the receiver.
+                Ok(_) => match self.tx_adm.check(&base(c, host_max - 1)) {
+                    Err(e) => e,
+                    Ok(_) => return Err(internal("placement search disagrees with admission")),
+                },
+            };
+            let mut err = self.sender_error(e, d, net, &args.dst);
+            if let Some(r) = err.refusal.as_mut() {
+                if let Some(ls) = r.least_host_deadline {
+                    if let Some(lr) =
+                        self.receiver_least(&dst, mmax, imin, args.bmax, d, core_hint(&dst, c))
+                    {
+                        r.tightest_deadline = Some(ls + net + lr);
+                        err.message.push_str(&format!(
+                            "; the tightest end-to-end deadline now is {}",
+                            fmt_ns(ls + net + lr)
+                        ));
+                    }
+                }
+            }
+            return Err(err);
+        };
+        // The receiving side, with a channel id it does not use yet.
+        let budget = host_max - least_s;
+        let mut attempts = 0;
+        let (id, grant) = loop {
+            let id = match fixed_id {
+                Some(i) => i,
+                None => self.fresh_id(),
+            };
+            let prep = PrepareArgs {
+                id,
+                mmax,
+                imin,
+                bmax: args.bmax,
+                budget,
+                end_to_end: d,
+                core: core_hint(&dst, core),
+                dry_run: args.dry_run,
+            };
+            match self.prepare_remote(&dst, &prep) {
+                Ok(g) => break (id, g),
+                Err(e)
+                    if e.field.as_deref() == Some("id")
+                        && fixed_id.is_none()
+                        && attempts < ID_ATTEMPTS =>
+                {
+                    attempts += 1;
+                    self.next_id = id.wrapping_add(1);
+                }
+                Err(mut e) => {
+                    if let Some(r) = e.refusal.as_mut() {
+                        if let Some(lr) = r.least_host_deadline {
+                            let t = least_s + net + lr;
+                            r.tightest_deadline = Some(t);
+                            e.message.push_str(&format!(
+                                "; the tightest end-to-end deadline now is {}",
+                                fmt_ns(t)
+                            ));
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let d_s = host_max - grant.deadline;
+        let req = base(core, d_s);
+        if args.dry_run {
+            let sender = self
+                .tx_adm
+                .check(&req)
+                .map_err(|e| self.sender_error(e, d, net, &args.dst))?;
+            return Ok(self.info(id, "dry_run", args, net, sender, grant, &policy_name));
+        }
+        let undo_remote = |this: &mut Self| this.abort_remote(&dst, id);
+        let sender_adm = match self.tx_adm.admit(&req) {
+            Ok(a) => a,
+            Err(e) => {
+                undo_remote(self);
+                return Err(self.sender_error(e, d, net, &args.dst));
+            }
+        };
+        let mut cfg = ChannelConfig::real_time(
+            id,
+            ChannelSpec {
+                mmax,
+                imin,
+                bmax: args.bmax,
+                cpu_deadline: sender_adm.cpu_deadline,
+                link_deadline: sender_adm.link_deadline,
+                end_to_end_deadline: d,
+            },
+        );
+        cfg.overflow = overflow;
+        cfg.txq = PORT_QUEUE;
+        if let Dst::Peer(p) = &dst {
+            if let Some(std::net::IpAddr::V4(ip)) = self.cfg.peer(p).map(|p| p.address.ip()) {
+                cfg.endpoint.dst_ip = ip.octets();
+            }
+        }
+        let sender = match self.dp.tx[usize::from(core)].handle.open(cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.tx_adm.release(sender_adm.id);
+                undo_remote(self);
+                return Err(internal(format!("core {core} refused the channel: {e}")));
+            }
+        };
+        let shared = sender.shared().clone();
+        let (sender, source) = match pattern {
+            Some(p) => match SourceThread::start(sender, p, msg_size as usize, id) {
+                Ok(t) => (None, Some(t)),
+                Err(e) => {
+                    let _ = self.dp.tx[usize::from(core)].handle.close(id, false);
+                    let _ = self.tx_adm.release(sender_adm.id);
+                    undo_remote(self);
+                    return Err(internal(format!("cannot start the source thread: {e}")));
+                }
+            },
+            None => (Some(sender), None),
+        };
+        let adm_id = sender_adm.id;
+        let info = self.info(id, "open", args, net, sender_adm, grant, &policy_name);
+        self.out.insert(
+            id,
+            Outgoing {
+                args: OpenArgs {
+                    dry_run: false,
+                    ..args.clone()
+                },
+                info: info.clone(),
+                core,
+                adm_id,
+                dst: dst.clone(),
+                shared,
+                sender,
+                source,
+                opened: Instant::now(),
+            },
+        );
+        if let Err(e) = self.commit_remote(&dst, id) {
+            self.teardown(id, false, false);
+            return Err(e);
+        }
+        self.next_id = self.next_id.max(id.wrapping_add(1));
+        self.persist();
+        Ok(info)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn info(
+        &self,
+        id: u32,
+        state: &str,
+        args: &OpenArgs,
+        net: Nanos,
+        mut sender: Admitted,
+        receiver: Grant,
+        policy: &str,
+    ) -> ChannelInfo {
+        sender.id = id;
+        ChannelInfo {
+            id,
+            state: state.into(),
+            dst: args.dst.clone(),
+            deadline: args.deadline.0,
+            network_bound: net,
+            sender,
+            receiver,
+            policy: policy.into(),
+            source: args.source.clone(),
+        }
+    }
+
+    // ----- the receiving side, local or remote -----
+
+    fn receiver_least(
+        &mut self,
+        dst: &Dst,
+        mmax: u32,
+        imin: Nanos,
+        bmax: u32,
+        d: Nanos,
+        core: Option<u16>,
+    ) -> Option<Nanos> {
+        let prep = PrepareArgs {
+            id: u32::MAX,
+            mmax,
+            imin,
+            bmax,
+            budget: Nanos::MAX / 4,
+            end_to_end: d,
+            core,
+            dry_run: true,
+        };
+        self.prepare_remote(dst, &prep)
+            .ok()
+            .map(|g| g.least_deadline)
+    }
+
+    fn prepare_remote(&mut self, dst: &Dst, prep: &PrepareArgs) -> Result<Grant, ApiError> {
+        match dst {
+            Dst::Local => self.prepare("local", None, prep),
+            Dst::Peer(p) => self
+                .peer_call(p, &PeerRequest::Prepare(prep.clone()))?
+                .into_result(),
+        }
+    }
+
+    fn commit_remote(&mut self, dst: &Dst, id: u32) -> Result<(), ApiError> {
+        match dst {
+            Dst::Local => {
+                if let Some(i) = self.inc.get_mut(&id) {
+                    i.info.committed = true;
+                }
+                Ok(())
+            }
+            Dst::Peer(p) => self
+                .peer_call(p, &PeerRequest::Commit { id })?
+                .into_result::<serde_json::Value>()
+                .map(|_| ()),
+        }
+    }
+
+    fn abort_remote(&mut self, dst: &Dst, id: u32) {
+        match dst {
+            Dst::Local => self.release_incoming(id),
+            Dst::Peer(p) => {
+                let _ = self.peer_call(p, &PeerRequest::Abort { id });
+            }
+        }
+    }
+
+    fn peer_call(&mut self, peer: &str, req: &PeerRequest) -> Result<Reply, ApiError> {
+        let timeout = Duration::from_nanos(self.cfg.peering.timeout.0);
+        if !self.sessions.contains_key(peer) {
+            let cfg: PeerConfig = self
+                .cfg
+                .peer(peer)
+                .cloned()
+                .ok_or_else(|| internal(format!("peer '{peer}' is not configured")))?;
+            let s = PeerSession::connect(&cfg, &self.cfg.peering.name, timeout).map_err(|e| {
+                ApiError::new(
+                    ErrorKind::Peer,
+                    format!("peer '{peer}' is unreachable: {e}; nothing was reserved"),
+                )
+            })?;
+            self.sessions.insert(peer.to_owned(), s);
+        }
+        let session = self.sessions.get_mut(peer).expect("just inserted");
+        match session.call(req) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.peer_lost(peer);
+                Err(ApiError::new(
+                    ErrorKind::Peer,
+                    format!("lost peer '{peer}': {e}; its channels were closed"),
+                ))
+            }
+        }
+    }
+
+    /// The session to `peer` broke: close every channel to it.
+    fn peer_lost(&mut self, peer: &str) {
+        self.sessions.remove(peer);
+        let ids: Vec<u32> = self
+            .out
+            .iter()
+            .filter(|(_, o)| o.dst == Dst::Peer(peer.to_owned()))
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &ids {
+            self.teardown(id, false, false);
+        }
+        if !ids.is_empty() {
+            eprintln!(
+                "rtchand: lost peer '{peer}': closed channels {ids:?} and freed their reservations"
+            );
+            self.persist();
+        }
+    }
+
+    /// Heartbeats every session that is due.
+    pub fn tick(&mut self) {
+        let period = Duration::from_nanos(self.cfg.peering.heartbeat.0);
+        if self.last_heartbeat.elapsed() < period {
+            return;
+        }
+        self.last_heartbeat = Instant::now();
+        let peers: Vec<String> = self.sessions.keys().cloned().collect();
+        for p in peers {
+            let _ = self.peer_call(&p, &PeerRequest::Ping);
+        }
+    }
+
+    // ----- the receiving side's handlers -----
+
+    fn peer_request(&mut self, session: u64, from: &str, req: PeerRequest) -> Reply {
+        match req {
+            PeerRequest::Prepare(p) => Reply::from_result(self.prepare(from, Some(session), &p)),
+            PeerRequest::Commit { id } => match self.inc.get_mut(&id) {
+                Some(i) if i.session == Some(session) => {
+                    i.info.committed = true;
+                    Reply::ok(serde_json::json!({}))
+                }
+                _ => Reply::err(not_found(id)),
+            },
+            PeerRequest::Abort { id } | PeerRequest::Release { id } => match self.inc.get(&id) {
+                Some(i) if i.session == Some(session) => {
+                    self.release_incoming(id);
+                    Reply::ok(serde_json::json!({}))
+                }
+                _ => Reply::err(not_found(id)),
+            },
+            PeerRequest::Hello { .. } | PeerRequest::Ping => Reply::ok(serde_json::json!({})),
+        }
+    }
+
+    fn prepare(
+        &mut self,
+        from: &str,
+        session: Option<u64>,
+        p: &PrepareArgs,
+    ) -> Result<Grant, ApiError> {
+        let me = self.cfg.peering.name.clone();
+        if !p.dry_run && self.inc.contains_key(&p.id) {
+            return Err(ApiError::invalid(
+                "id",
+                format!(
+                    "id: channel {} is already in use at the receiving host '{me}'",
+                    p.id
+                ),
+            ));
+        }
+        let req = ChannelRequest {
+            mmax: p.mmax,
+            imin: p.imin,
+            bmax: p.bmax,
+            deadline: p.budget,
+            core: p.core,
+            txq: Some(0),
+        };
+        let least = match least_deadline(&self.rx_adm, &req) {
+            Ok(l) => l,
+            Err(AdmitError::Invalid(e)) => {
+                return Err(ApiError::invalid(
+                    e.field(),
+                    format!("receiving host '{me}': {e}"),
+                ))
+            }
+            Err(AdmitError::Rejected(rej)) => {
+                return Err(ApiError::refused(
+                    format!("refused by the receiving host '{me}': {}", rx_text(&rej)),
+                    Refusal {
+                        side: "receiver".into(),
+                        host: me,
+                        least_host_deadline: None,
+                        tightest_deadline: None,
+                        rejection: *rej,
+                    },
+                ))
+            }
+        };
+        if least > p.budget {
+            return Err(match self.rx_adm.check(&req) {
+                Err(AdmitError::Rejected(rej)) => ApiError::refused(
+                    format!(
+                        "refused by the receiving host '{me}': {} (it can give no less than {}, \
+                         the budget left was {})",
+                        rx_text(&rej),
+                        fmt_ns(least),
+                        fmt_ns(p.budget)
+                    ),
+                    Refusal {
+                        side: "receiver".into(),
+                        host: me,
+                        least_host_deadline: Some(least),
+                        tightest_deadline: None,
+                        rejection: *rej,
+                    },
+                ),
+                Err(AdmitError::Invalid(RequestError::DeadlineTooShort { minimum, .. })) => {
+                    ApiError::invalid(
+                        "deadline",
+                        format!(
+                            "deadline: the receiving host '{me}' needs at least {} even when idle; \
+                             the end-to-end deadline left it {}",
+                            fmt_ns(minimum),
+                            fmt_ns(p.budget)
+                        ),
+                    )
+                }
+                Err(AdmitError::Invalid(e)) => ApiError::invalid(e.field(), e.to_string()),
+                Ok(_) => internal("receiver's least deadline disagrees with admission"),
+            });
+        }
+        let d_r = receiver_share(least, p.budget);
+        let req = ChannelRequest {
+            deadline: d_r,
+            ..req
+        };
+        if p.dry_run {
+            let admitted = self
+                .rx_adm
+                .check(&req)
+                .map_err(|e| internal(e.to_string()))?;
+            return Ok(Grant {
+                id: p.id,
+                host: me,
+                deadline: d_r,
+                least_deadline: least,
+                admitted,
+            });
+        }
+        let admitted = self
+            .rx_adm
+            .admit(&req)
+            .map_err(|e| internal(e.to_string()))?;
+        let core = admitted.core;
+        let receiver = match self.dp.rx.get_mut(usize::from(core)) {
+            Some(slot) => match slot.handle.open_receiver(p.id, p.mmax, RX_RING) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let _ = self.rx_adm.release(admitted.id);
+                    return Err(internal(format!("receive core {core}: {e}")));
+                }
+            },
+            None => None,
+        };
+        if let Some(r) = &receiver {
+            self.sink.add(p.id, r.clone());
+        }
+        let mut shown = admitted.clone();
+        shown.id = p.id;
+        self.inc.insert(
+            p.id,
+            Incoming {
+                session,
+                adm_id: admitted.id,
+                core,
+                receiver,
+                info: IncomingInfo {
+                    id: p.id,
+                    from: from.into(),
+                    deadline: d_r,
+                    end_to_end: p.end_to_end,
+                    admitted: shown.clone(),
+                    committed: false,
+                },
+                opened: Instant::now(),
+            },
+        );
+        Ok(Grant {
+            id: p.id,
+            host: me,
+            deadline: d_r,
+            least_deadline: least,
+            admitted: shown,
+        })
+    }
+
+    fn release_incoming(&mut self, id: u32) {
+        if let Some(i) = self.inc.remove(&id) {
+            self.sink.remove(id);
+            if i.receiver.is_some() {
+                if let Some(slot) = self.dp.rx.get_mut(usize::from(i.core)) {
+                    let _ = slot.handle.close_receiver(id);
+                }
+            }
+            let _ = self.rx_adm.release(i.adm_id);
+        }
+    }
+
+    fn session_closed(&mut self, session: u64) {
+        let ids: Vec<u32> = self
+            .inc
+            .iter()
+            .filter(|(_, i)| i.session == Some(session))
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &ids {
+            self.release_incoming(id);
+        }
+        if !ids.is_empty() {
+            eprintln!("rtchand: a peer's session ended: released incoming channels {ids:?}");
+        }
+    }
+
+    // ----- closing -----
+
+    /// Stops the source, closes the channel on its core, frees both sides' reservations.
+    fn teardown(&mut self, id: u32, drain: bool, tell_peer: bool) -> Option<ChannelInfo> {
+        let mut o = self.out.remove(&id)?;
+        if let Some(src) = o.source.take() {
+            o.sender = src.stop();
+        }
+        let _ = self.dp.tx[usize::from(o.core)].handle.close(id, drain);
+        let _ = self.tx_adm.release(o.adm_id);
+        match &o.dst {
+            Dst::Local => self.release_incoming(id),
+            Dst::Peer(p) if tell_peer && self.sessions.contains_key(p) => {
+                let p = p.clone();
+                let _ = self.peer_call(&p, &PeerRequest::Release { id });
+            }
+            Dst::Peer(_) => {}
+        }
+        Some(o.info)
+    }
+
+    fn close(&mut self, args: &CloseArgs) -> Result<ChannelInfo, ApiError> {
+        if !self.out.contains_key(&args.id) {
+            if let Some(i) = self.inc.get(&args.id) {
+                return Err(ApiError {
+                    kind: ErrorKind::Invalid,
+                    field: Some("id".into()),
+                    message: format!(
+                        "id: channel {} is an incoming channel from '{}'; close it on the sending host",
+                        args.id, i.info.from
+                    ),
+                    refusal: None,
+                });
+            }
+            return Err(not_found(args.id));
+        }
+        let drain = !args.discard && self.policy.close == "drain";
+        let info = self
+            .teardown(args.id, drain, true)
+            .ok_or_else(|| not_found(args.id))?;
+        self.persist();
+        Ok(info)
+    }
+
+    // ----- reading -----
+
+    fn list(&self, only: Option<u32>) -> ChannelList {
+        ChannelList {
+            channels: self
+                .out
+                .iter()
+                .filter(|(id, _)| only.is_none_or(|o| o == **id))
+                .map(|(_, o)| o.info.clone())
+                .collect(),
+            incoming: self
+                .inc
+                .iter()
+                .filter(|(id, i)| only.is_none_or(|o| o == **id) && i.info.from != "local")
+                .map(|(_, i)| i.info.clone())
+                .collect(),
+        }
+    }
+
+    fn rx_counters(r: &Receiver) -> RxCounters {
+        let s = r.stats();
+        RxCounters {
+            delivered: s.delivered.get(),
+            bytes: s.bytes.get(),
+            deadline_misses: s.deadline_misses.get(),
+            lost: s.lost.get(),
+            duplicates: s.duplicates.get(),
+            reordered: s.reordered.get(),
+            latency: percentiles(&s.latency_snapshot()),
+        }
+    }
+
+    fn stats(&self, only: Option<u32>) -> Result<Vec<ChannelStatsInfo>, ApiError> {
+        if let Some(id) = only {
+            if !self.out.contains_key(&id) && !self.inc.contains_key(&id) {
+                return Err(not_found(id));
+            }
+        }
+        Ok(self.all_stats(only))
+    }
+
+    fn all_stats(&self, only: Option<u32>) -> Vec<ChannelStatsInfo> {
+        let mut v = Vec::new();
+        for (&id, o) in &self.out {
+            if only.is_some_and(|x| x != id) {
+                continue;
+            }
+            let s = &o.shared.stats;
+            let snap = s.snapshot();
+            let rx = match o.dst {
+                Dst::Local => self
+                    .inc
+                    .get(&id)
+                    .and_then(|i| i.receiver.as_ref())
+                    .map(Self::rx_counters),
+                Dst::Peer(_) => None,
+            };
+            v.push(ChannelStatsInfo {
+                id,
+                direction: "out".into(),
+                peer: o.info.dst.clone(),
+                uptime_s: o.opened.elapsed().as_secs_f64(),
+                tx: Some(TxCounters {
+                    submitted: snap.submitted,
+                    sent: snap.messages_sent,
+                    packets: snap.packets,
+                    bytes: snap.bytes,
+                    would_block: snap.would_block,
+                    dropped: snap.dropped_newest + snap.dropped_oldest + snap.dropped_on_close,
+                    late_packets: snap.late_packets,
+                    budget_overruns: snap.budget_overruns,
+                    delay: percentiles(&s.delay_snapshot()),
+                }),
+                rx,
+            });
+        }
+        for (&id, i) in &self.inc {
+            if only.is_some_and(|x| x != id) || i.info.from == "local" {
+                continue;
+            }
+            v.push(ChannelStatsInfo {
+                id,
+                direction: "in".into(),
+                peer: i.info.from.clone(),
+                uptime_s: i.opened.elapsed().as_secs_f64(),
+                tx: None,
+                rx: i.receiver.as_ref().map(Self::rx_counters),
+            });
+        }
+        v
+    }
+
+    // ----- policy -----
+
+    fn policy_set(&mut self, u: &PolicyUpdate) -> Result<PolicyInfo, ApiError> {
+        let mut next = self.policy.clone();
+        if let Some(g) = u.granularity {
+            next.granularity = g;
+        }
+        if let Some(w) = u.work_conserving {
+            next.work_conserving = w;
+        }
+        if let Some(r) = u.best_effort_reserve_ppm {
+            next.best_effort_reserve_ppm = r;
+        }
+        if let Some(b) = u.run_budget_cycles {
+            next.run_budget_cycles = b;
+        }
+        if let Some(o) = &u.overflow {
+            o.parse::<OverflowPolicy>()
+                .map_err(|m| ApiError::invalid("overflow", format!("overflow: {m}")))?;
+            next.overflow = o.clone();
+        }
+        if let Some(c) = &u.close {
+            if c != "drain" && c != "discard" {
+                return Err(ApiError::invalid(
+                    "close",
+                    format!("close: '{c}' is neither drain nor discard"),
+                ));
+            }
+            next.close = c.clone();
+        }
+        let sched = SchedPolicy {
+            granularity: next.granularity,
+            work_conserving: next.work_conserving,
+            best_effort_reserve_ppm: next.best_effort_reserve_ppm,
+            run_budget_cycles: next.run_budget_cycles,
+            fifo: false,
+        };
+        sched
+            .validate()
+            .map_err(|e| ApiError::invalid("policy", format!("policy: {e}")))?;
+        let model_changes = next.granularity != self.policy.granularity
+            || next.work_conserving != self.policy.work_conserving
+            || next.best_effort_reserve_ppm != self.policy.best_effort_reserve_ppm;
+        if model_changes {
+            let open = self.out.len() + self.inc.len();
+            if open > 0 {
+                return Err(ApiError::new(
+                    ErrorKind::Refused,
+                    format!(
+                        "granularity, work_conserving and best_effort_reserve_ppm change what \
+                         admission guaranteed; close the {open} open channel(s) first"
+                    ),
+                ));
+            }
+            let tx = ResourceModel {
+                granularity: next.granularity,
+                work_conserving: next.work_conserving,
+                best_effort_reserve_ppm: next.best_effort_reserve_ppm,
+                ..self.tx_adm.model().clone()
+            };
+            let rx = ResourceModel {
+                granularity: next.granularity,
+                work_conserving: next.work_conserving,
+                best_effort_reserve_ppm: next.best_effort_reserve_ppm,
+                ..self.rx_adm.model().clone()
+            };
+            self.tx_adm = Admission::new(tx).map_err(model_error)?;
+            self.rx_adm = Admission::new(rx).map_err(model_error)?;
+        }
+        for slot in self.dp.tx.iter_mut().chain(self.dp.rx.iter_mut()) {
+            slot.handle
+                .set_policy(sched)
+                .map_err(|e| internal(format!("a core refused the policy: {e}")))?;
+        }
+        self.policy = next;
+        Ok(self.policy.clone())
+    }
+
+    // ----- persistence and shutdown -----
+
+    fn persist(&self) {
+        let Some(path) = &self.state_path else {
+            return;
+        };
+        let state = StateFile {
+            version: STATE_VERSION,
+            channels: self
+                .out
+                .iter()
+                .map(|(&id, o)| ChannelRecord {
+                    id,
+                    open: o.args.clone(),
+                })
+                .collect(),
+        };
+        if let Err(e) = state.save(path) {
+            eprintln!("rtchand: {e}");
+        }
+    }
+
+    /// Stops every source, closes every channel (draining per the close mode) without
+    /// touching the persisted table, stops the cores; the final statistics.
+    pub fn shutdown(mut self) -> FinalReport {
+        self.persist();
+        for o in self.out.values_mut() {
+            if let Some(src) = o.source.take() {
+                o.sender = src.stop();
+            }
+        }
+        // Let queued messages reach the receive side before reading the counters.
+        let drain = self.policy.close == "drain";
+        let ids: Vec<(u32, u16)> = self.out.iter().map(|(&id, o)| (id, o.core)).collect();
+        for (id, core) in ids {
+            let _ = self.dp.tx[usize::from(core)].handle.close(id, drain);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let channels = self.all_stats(None);
+        let cores = self.dp.stop();
+        // Sessions end with the process: peers release what they held for us.
+        self.sessions.clear();
+        FinalReport { channels, cores }
+    }
+}
+
+fn core_hint(dst: &Dst, core: u16) -> Option<u16> {
+    match dst {
+        Dst::Local => Some(core),
+        Dst::Peer(_) => None,
+    }
+}
+
+/// A receiving host's rejection in words: its single "queue" is the link's receive capacity.
+fn rx_text(rej: &control::admission::Rejection) -> String {
+    rej.to_string()
+        .replace("txq 0 link", "receive link")
+        .replace("core ", "RX core ")
+}
