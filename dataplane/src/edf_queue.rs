@@ -41,6 +41,23 @@ const NIL: u32 = u32::MAX;
 /// than a microsecond apart within one bucket, and few are further out than the window.
 pub const DEFAULT_SHIFT: u32 = 10;
 
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    key: u64,
+    tie: u64,
+    next: u32,
+    prev: u32,
+    loc: Loc,
+}
+
+const VACANT: Node = Node {
+    key: 0,
+    tie: 0,
+    next: NIL,
+    prev: NIL,
+    loc: Loc::Absent,
+};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Loc {
     Absent,
@@ -53,16 +70,13 @@ pub struct EdfQueue {
     shift: u32,
     base: u64,
     len: usize,
-    key: Vec<u64>,
-    tie: Vec<u64>,
+    /// Per-id state in one array, so an operation on an id touches one cache line.
+    nodes: Vec<Node>,
     fifo_ties: bool,
     seq: u64,
-    next: Vec<u32>,
-    prev: Vec<u32>,
-    loc: Vec<Loc>,
-    /// Bucket heads and tails, stored as id + 1 so a zeroed (lazily mapped) array is empty.
-    head: Vec<u32>,
-    tail: Vec<u32>,
+    /// Bucket head and tail ids, stored as id + 1 so a zeroed (lazily mapped) array is empty;
+    /// together, so a bucket touches one cache line.
+    buckets: Vec<[u32; 2]>,
     l0: Vec<u64>,
     l1: [u64; 64],
     l2: u64,
@@ -96,15 +110,10 @@ impl EdfQueue {
             shift,
             base: 0,
             len: 0,
-            key: Vec::new(),
-            tie: Vec::new(),
+            nodes: Vec::new(),
             fifo_ties,
             seq: 0,
-            next: Vec::new(),
-            prev: Vec::new(),
-            loc: Vec::new(),
-            head: vec![0; SLOTS],
-            tail: vec![0; SLOTS],
+            buckets: vec![[0; 2]; SLOTS],
             l0: vec![0; SLOTS / 64],
             l1: [0; 64],
             l2: 0,
@@ -116,12 +125,8 @@ impl EdfQueue {
 
     /// Makes room for ids `0..capacity`. Control path only: this allocates.
     pub fn reserve_ids(&mut self, capacity: usize) {
-        if capacity > self.key.len() {
-            self.key.resize(capacity, 0);
-            self.tie.resize(capacity, 0);
-            self.next.resize(capacity, NIL);
-            self.prev.resize(capacity, NIL);
-            self.loc.resize(capacity, Loc::Absent);
+        if capacity > self.nodes.len() {
+            self.nodes.resize(capacity, VACANT);
             let want = 2 * capacity + 16;
             if self.overflow.capacity() < want {
                 self.overflow.reserve(want - self.overflow.len());
@@ -141,21 +146,23 @@ impl EdfQueue {
 
     /// True when `id` is queued.
     pub fn contains(&self, id: u32) -> bool {
-        self.loc.get(id as usize).is_some_and(|l| *l != Loc::Absent)
+        self.nodes
+            .get(id as usize)
+            .is_some_and(|n| n.loc != Loc::Absent)
     }
 
     /// The key `id` is queued with.
     pub fn key_of(&self, id: u32) -> Option<u64> {
-        self.contains(id).then(|| self.key[id as usize])
+        self.contains(id).then(|| self.nodes[id as usize].key)
     }
 
     /// Queues `id` with `key`. Panics if `id` is already queued or out of range (caller bugs).
     #[inline]
     pub fn insert(&mut self, id: u32, key: u64) {
         let i = id as usize;
-        assert_eq!(self.loc[i], Loc::Absent, "id {id} queued twice");
-        self.key[i] = key;
-        self.tie[i] = if self.fifo_ties {
+        assert_eq!(self.nodes[i].loc, Loc::Absent, "id {id} queued twice");
+        self.nodes[i].key = key;
+        self.nodes[i].tie = if self.fifo_ties {
             self.seq += 1;
             self.seq
         } else {
@@ -178,16 +185,16 @@ impl EdfQueue {
     #[inline]
     pub fn remove(&mut self, id: u32) -> bool {
         let i = id as usize;
-        match self.loc.get(i).copied() {
+        match self.nodes.get(i).map(|n| n.loc) {
             Some(Loc::Window) => {
-                let abs = (self.key[i] >> self.shift).max(self.base);
+                let abs = (self.nodes[i].key >> self.shift).max(self.base);
                 self.unlink(id, (abs & MASK) as usize);
                 self.len -= 1;
                 true
             }
             Some(Loc::Overflow) => {
                 // The heap entry goes stale (invariant 5).
-                self.loc[i] = Loc::Absent;
+                self.nodes[i].loc = Loc::Absent;
                 self.len -= 1;
                 true
             }
@@ -199,18 +206,18 @@ impl EdfQueue {
     #[inline]
     pub fn peek(&mut self) -> Option<(u64, u32)> {
         let slot = self.first_slot()?;
-        let id = self.head[slot] - 1;
-        Some((self.key[id as usize], id))
+        let id = self.buckets[slot][0] - 1;
+        Some((self.nodes[id as usize].key, id))
     }
 
     /// Removes and returns the minimum `(key, id)`.
     #[inline]
     pub fn pop(&mut self) -> Option<(u64, u32)> {
         let slot = self.first_slot()?;
-        let id = self.head[slot] - 1;
+        let id = self.buckets[slot][0] - 1;
         self.unlink(id, slot);
         self.len -= 1;
-        Some((self.key[id as usize], id))
+        Some((self.nodes[id as usize].key, id))
     }
 
     /// Removes and returns the minimum if its key is at most `limit`.
@@ -250,7 +257,7 @@ impl EdfQueue {
                 self.base = k >> self.shift;
                 self.migrate_overflow();
                 let s = (self.base & MASK) as usize;
-                debug_assert!(self.head[s] != 0);
+                debug_assert!(self.buckets[s][0] != 0);
                 Some(s)
             }
         }
@@ -259,7 +266,10 @@ impl EdfQueue {
     fn live_overflow_min(&mut self) -> Option<(u64, u32)> {
         while let Some(&Reverse((k, t, id))) = self.overflow.peek() {
             let i = id as usize;
-            if self.loc[i] == Loc::Overflow && self.key[i] == k && self.tie[i] == t {
+            if self.nodes[i].loc == Loc::Overflow
+                && self.nodes[i].key == k
+                && self.nodes[i].tie == t
+            {
                 return Some((k, id));
             }
             self.overflow.pop();
@@ -274,66 +284,70 @@ impl EdfQueue {
                 break;
             }
             self.overflow.pop();
-            self.loc[id as usize] = Loc::Absent;
+            self.nodes[id as usize].loc = Loc::Absent;
             self.link_sorted(id, k, (k >> self.shift).max(self.base));
         }
     }
 
     fn push_overflow(&mut self, id: u32) {
-        let (key, tie) = (self.key[id as usize], self.tie[id as usize]);
+        let (key, tie) = (self.nodes[id as usize].key, self.nodes[id as usize].tie);
         if self.overflow.len() == self.overflow.capacity() {
             // Purge stale entries in place rather than grow (invariant 5).
-            let loc = &self.loc;
-            let keys = &self.key;
-            let ties = &self.tie;
+            let nodes = &self.nodes;
             self.overflow.retain(|Reverse((k, t, i))| {
                 let i = *i as usize;
-                loc[i] == Loc::Overflow && keys[i] == *k && ties[i] == *t
+                let n = &nodes[i];
+                n.loc == Loc::Overflow && n.key == *k && n.tie == *t
             });
         }
         self.overflow.push(Reverse((key, tie, id)));
-        self.loc[id as usize] = Loc::Overflow;
+        self.nodes[id as usize].loc = Loc::Overflow;
     }
 
     #[inline]
     fn link_sorted(&mut self, id: u32, key: u64, abs: u64) {
         let slot = (abs & MASK) as usize;
         let i = id as usize;
-        self.loc[i] = Loc::Window;
+        self.nodes[i].loc = Loc::Window;
         // Walk back from the tail to the last element ordered before (key, tie).
-        let tie = self.tie[i];
-        let mut after = if self.tail[slot] == 0 {
+        let tie = self.nodes[i].tie;
+        let mut after = if self.buckets[slot][1] == 0 {
             NIL
         } else {
-            self.tail[slot] - 1
+            self.buckets[slot][1] - 1
         };
-        while after != NIL && (self.key[after as usize], self.tie[after as usize]) > (key, tie) {
-            after = self.prev[after as usize];
+        while after != NIL
+            && (
+                self.nodes[after as usize].key,
+                self.nodes[after as usize].tie,
+            ) > (key, tie)
+        {
+            after = self.nodes[after as usize].prev;
         }
         if after == NIL {
-            let old_head = if self.head[slot] == 0 {
+            let old_head = if self.buckets[slot][0] == 0 {
                 NIL
             } else {
-                self.head[slot] - 1
+                self.buckets[slot][0] - 1
             };
-            self.prev[i] = NIL;
-            self.next[i] = old_head;
+            self.nodes[i].prev = NIL;
+            self.nodes[i].next = old_head;
             if old_head == NIL {
-                self.tail[slot] = id + 1;
+                self.buckets[slot][1] = id + 1;
                 self.set_bit(slot);
             } else {
-                self.prev[old_head as usize] = id;
+                self.nodes[old_head as usize].prev = id;
             }
-            self.head[slot] = id + 1;
+            self.buckets[slot][0] = id + 1;
         } else {
-            let nxt = self.next[after as usize];
-            self.prev[i] = after;
-            self.next[i] = nxt;
-            self.next[after as usize] = id;
+            let nxt = self.nodes[after as usize].next;
+            self.nodes[i].prev = after;
+            self.nodes[i].next = nxt;
+            self.nodes[after as usize].next = id;
             if nxt == NIL {
-                self.tail[slot] = id + 1;
+                self.buckets[slot][1] = id + 1;
             } else {
-                self.prev[nxt as usize] = id;
+                self.nodes[nxt as usize].prev = id;
             }
         }
     }
@@ -341,21 +355,21 @@ impl EdfQueue {
     #[inline]
     fn unlink(&mut self, id: u32, slot: usize) {
         let i = id as usize;
-        let (p, n) = (self.prev[i], self.next[i]);
+        let (p, n) = (self.nodes[i].prev, self.nodes[i].next);
         if p == NIL {
-            self.head[slot] = if n == NIL { 0 } else { n + 1 };
+            self.buckets[slot][0] = if n == NIL { 0 } else { n + 1 };
         } else {
-            self.next[p as usize] = n;
+            self.nodes[p as usize].next = n;
         }
         if n == NIL {
-            self.tail[slot] = if p == NIL { 0 } else { p + 1 };
+            self.buckets[slot][1] = if p == NIL { 0 } else { p + 1 };
         } else {
-            self.prev[n as usize] = p;
+            self.nodes[n as usize].prev = p;
         }
-        if self.head[slot] == 0 {
+        if self.buckets[slot][0] == 0 {
             self.clear_bit(slot);
         }
-        self.loc[i] = Loc::Absent;
+        self.nodes[i].loc = Loc::Absent;
     }
 
     #[inline]
