@@ -4,6 +4,7 @@
 //! plane in `control`: port backends (DPDK behind the `dpdk` feature), the daemon, the demo
 //! and the binaries `rtchand` and `rtchanctl`.
 
+pub mod afpacket;
 pub mod daemon;
 pub mod demo;
 #[cfg(feature = "dpdk")]

@@ -25,6 +25,8 @@
 //!    keeps 1 true for elements placed in `base`'s bucket with an earlier key.
 //! 4. Bitmap bit `s` of level 0 is set iff bucket `s` is non-empty; a level-1 (level-2) bit is
 //!    set iff its level-0 word (level-1 word) is non-zero.
+//! 6. `first == Some(a)` means bucket `a` (absolute) is non-empty and no window bucket before
+//!    it is: inserts before it move it, emptying it clears it. Repeated peeks cost nothing.
 //! 5. The overflow heap may hold stale entries (removed or moved ids); an entry is live iff
 //!    `loc[id] == Overflow` and its key and tie are the id's current ones. It is purged in
 //!    place before it would grow.
@@ -81,6 +83,8 @@ pub struct EdfQueue {
     l1: [u64; 64],
     l2: u64,
     overflow: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    /// The first non-empty bucket, absolute, when known (invariant 6).
+    first: Option<u64>,
 }
 
 impl std::fmt::Debug for EdfQueue {
@@ -118,6 +122,7 @@ impl EdfQueue {
             l1: [0; 64],
             l2: 0,
             overflow: BinaryHeap::new(),
+            first: None,
         };
         q.reserve_ids(capacity);
         q
@@ -172,6 +177,7 @@ impl EdfQueue {
         if self.len == 0 {
             // Empty: restart the window here so the insert is not sent to overflow.
             self.base = abs;
+            self.first = None;
         }
         self.len += 1;
         if abs >= self.base + SLOTS as u64 {
@@ -236,6 +242,17 @@ impl EdfQueue {
         if self.len == 0 {
             return None;
         }
+        if let Some(a) = self.first {
+            return Some((a & MASK) as usize);
+        }
+        let s = self.find_first()?;
+        self.first = Some(self.base);
+        Some(s)
+    }
+
+    /// Searches the bitmap for the first non-empty bucket and moves `base` to it.
+    #[inline]
+    fn find_first(&mut self) -> Option<usize> {
         let p = (self.base & MASK) as usize;
         let found = self.find_from(p).or_else(|| self.find_from(0));
         match found {
@@ -309,6 +326,11 @@ impl EdfQueue {
         let slot = (abs & MASK) as usize;
         let i = id as usize;
         self.nodes[i].loc = Loc::Window;
+        if let Some(f) = self.first {
+            if abs < f {
+                self.first = Some(abs);
+            }
+        }
         // Walk back from the tail to the last element ordered before (key, tie).
         let tie = self.nodes[i].tie;
         let mut after = if self.buckets[slot][1] == 0 {
@@ -368,6 +390,9 @@ impl EdfQueue {
         }
         if self.buckets[slot][0] == 0 {
             self.clear_bit(slot);
+            if self.first.is_some_and(|f| (f & MASK) as usize == slot) {
+                self.first = None;
+            }
         }
         self.nodes[i].loc = Loc::Absent;
     }

@@ -360,7 +360,19 @@ impl<B> LinkScheduler<B> {
     ) -> usize {
         let mut n = 0;
         let mut reported = port_in_flight;
+        let min_wire = wire_bytes(0);
         while !batch.is_full() {
+            // Not even the smallest frame fits: stop before choosing one.
+            let room = match reported {
+                Some(bytes) => bytes + min_wire <= self.cfg.in_flight_limit,
+                None => {
+                    self.busy_until.saturating_sub(now) + self.byte_time.ns(min_wire)
+                        <= self.limit_ns
+                }
+            };
+            if !room {
+                break;
+            }
             let Some((i, reserved)) = self.choose(now) else {
                 break;
             };
