@@ -132,6 +132,10 @@ pub struct DemoReport {
     pub link_bps: u64,
     /// How long traffic ran.
     pub elapsed: Duration,
+    /// Times the polling thread lost its CPU to the OS.
+    pub stalls: Stalls,
+    /// How many times its spec the violator sent.
+    pub violation: u32,
 }
 
 impl DemoReport {
@@ -438,7 +442,8 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         std::thread::sleep(Duration::from_millis(1));
     }
     stop.store(true, Ordering::Relaxed);
-    let (mut tx_core, mut rx_core, realtime) = poller.join().expect("polling thread panicked");
+    let (mut tx_core, mut rx_core, realtime, stalls) =
+        poller.join().expect("polling thread panicked");
     if let Err(e) = realtime {
         println!(
             "note: the polling thread ran at normal priority ({e}); under other load its \
@@ -471,6 +476,8 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         best_effort_bps: be_rx.stats().bytes.get() as f64 * 8.0 / elapsed.as_secs_f64(),
         link_bps,
         elapsed,
+        stalls,
+        violation: args.violation,
     };
     print_report(&report);
     Ok(report)
@@ -498,22 +505,42 @@ fn row(
     }
 }
 
+/// A gap between two polls this long means the OS took the polling thread's CPU away.
+pub const STALL_NS: Nanos = 1_000_000;
+
+/// Times the OS held the polling thread off its CPU for more than [`STALL_NS`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stalls {
+    /// How many.
+    pub count: u64,
+    /// The longest, ns.
+    pub longest: Nanos,
+}
+
 fn poll_loop(
     mut tx: Core<MemPort>,
     mut rx: Core<MemPort>,
     clock: &dyn Clock,
     stop: &AtomicBool,
     realtime: std::io::Result<()>,
-) -> (Core<MemPort>, Core<MemPort>, std::io::Result<()>) {
+) -> (Core<MemPort>, Core<MemPort>, std::io::Result<()>, Stalls) {
     let mut tsc = TscMeter;
+    let mut stalls = Stalls::default();
+    let mut last = clock.now();
     while !stop.load(Ordering::Relaxed) {
+        let t = clock.now();
+        if t - last > STALL_NS {
+            stalls.count += 1;
+            stalls.longest = stalls.longest.max(t - last);
+        }
+        last = t;
         let a = tx.poll(clock, &mut tsc);
         let b = rx.poll(clock, &mut tsc);
         if a.is_idle() && b.is_idle() {
             std::thread::yield_now();
         }
     }
-    (tx, rx, realtime)
+    (tx, rx, realtime, stalls)
 }
 
 /// Formats nanoseconds with a unit people read.
@@ -563,8 +590,8 @@ fn print_report(r: &DemoReport) {
             c.lost,
             if c.violator {
                 format!(
-                    "  (sent {}x spec; {} over-spec messages dropped at its own buffer)",
-                    "many", c.refused
+                    "  (sent {}x its spec; {} over-spec messages dropped at its own buffer)",
+                    r.violation, c.refused
                 )
             } else {
                 String::new()
@@ -577,8 +604,23 @@ fn print_report(r: &DemoReport) {
         r.link_bps / 1_000_000,
         100.0 * r.best_effort_bps / r.link_bps as f64
     );
+    if r.stalls.count > 0 {
+        println!(
+            "the OS took the polling thread off its CPU {} times for over {} (longest {}): \
+             the guarantees assume a polling core of its own (docs/deploy.md, core isolation)",
+            r.stalls.count,
+            fmt_ns(STALL_NS),
+            fmt_ns(r.stalls.longest)
+        );
+    }
     if r.passed() {
         println!("result: every admitted channel met every deadline, nothing lost");
+    } else if r.stalls.longest > 0 {
+        println!(
+            "result: DEADLINE MISSES OR LOSSES (see the table); the polling thread was stalled \
+             by the OS for up to {}",
+            fmt_ns(r.stalls.longest)
+        );
     } else {
         println!("result: DEADLINE MISSES OR LOSSES (see the table)");
     }
