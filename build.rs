@@ -11,6 +11,12 @@
 //!    (`<name>__extern`) for the allowlisted `static inline` functions (`rte_eth_rx_burst`,
 //!    `rte_pktmbuf_alloc`, ...), and compiles it with cc into a static library linked into the
 //!    crate, using the same include paths and flags DPDK's pkg-config file asks for.
+//!
+//! With the `af_xdp` feature (module `afxdp` below, independent of the DPDK part), it finds
+//! libxdp and libbpf with pkg-config, runs bindgen over `src/afxdp/wrapper.h` (the `xsk_*`
+//! set-up functions and the ring types), writes `$OUT_DIR/afxdp_bindings.rs` (included by
+//! `src/afxdp/ffi.rs`), and compiles the `wrap_static_fns` shim for the `static inline`
+//! `rtchan_xsk_*` ring helpers of `wrapper.h` into `librtchan_afxdp_shim.a`.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -19,6 +25,10 @@ fn main() {
     #[cfg(feature = "dpdk")]
     if std::env::var_os("CARGO_FEATURE_DPDK").is_some() {
         dpdk::generate();
+    }
+    #[cfg(feature = "af_xdp")]
+    if std::env::var_os("CARGO_FEATURE_AF_XDP").is_some() {
+        afxdp::generate();
     }
 }
 
@@ -235,5 +245,134 @@ mod dpdk {
         // `-Wl,--as-needed` from the .pc file is left out: rustc already links with it. The
         // PMDs are not linked at all: EAL loads them as plugins from its compiled-in driver
         // directory (Debian: /usr/lib/<triplet>/dpdk/pmds-<abi>), or from `-d <path>`.
+    }
+}
+
+#[cfg(feature = "af_xdp")]
+mod afxdp {
+    use std::path::PathBuf;
+
+    /// Set-up functions of libxdp's AF_XDP API (non-inline), and the hand-written
+    /// `static inline` ring helpers of `wrapper.h` (wrapped out of line by the shim).
+    const FUNCTIONS: &[&str] = &[
+        "xsk_umem__create",
+        "xsk_umem__delete",
+        "xsk_umem__fd",
+        "xsk_socket__create",
+        "xsk_socket__delete",
+        "xsk_socket__fd",
+        "rtchan_xsk_.*",
+        "rtchan_xdp_.*",
+    ];
+
+    /// Constants of `<linux/if_xdp.h>`, `<linux/if_link.h>` and `<xdp/xsk.h>`.
+    const VARS: &[&str] = &[
+        "XDP_FLAGS_.*",
+        "XDP_COPY",
+        "XDP_ZEROCOPY",
+        "XDP_USE_NEED_WAKEUP",
+        "XDP_RING_NEED_WAKEUP",
+        "XDP_STATISTICS",
+        "XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD",
+        "XSK_UMEM__DEFAULT_.*",
+        "XSK_RING_.*__DEFAULT_NUM_DESCS",
+    ];
+
+    /// Types the safe layer names.
+    const TYPES: &[&str] = &[
+        "xsk_ring_prod",
+        "xsk_ring_cons",
+        "xsk_umem_config",
+        "xsk_socket_config",
+        "xdp_desc",
+        "xdp_statistics",
+    ];
+
+    pub fn generate() {
+        let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+        let out_dir = PathBuf::from(env("OUT_DIR"));
+        let header = manifest_dir.join("src/afxdp/wrapper.h");
+        println!("cargo:rerun-if-changed={}", header.display());
+
+        // Link flags are emitted after the shim, which calls into libxdp and libbpf.
+        let xdp = probe("libxdp", "1.2");
+        let bpf = probe("libbpf", "0.8");
+        let includes: Vec<PathBuf> = xdp
+            .include_paths
+            .iter()
+            .chain(&bpf.include_paths)
+            .cloned()
+            .collect();
+        let clang_args: Vec<String> = includes
+            .iter()
+            .map(|p| format!("-I{}", p.display()))
+            .collect();
+
+        let wrappers = out_dir.join("afxdp_static_wrappers");
+        let mut builder = bindgen::Builder::default()
+            .header(header.to_str().expect("UTF-8 path"))
+            .clang_args(&clang_args)
+            .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
+            .use_core()
+            .generate_comments(false)
+            .derive_default(true)
+            .derive_debug(true)
+            .layout_tests(true)
+            .prepend_enum_name(false)
+            .default_enum_style(bindgen::EnumVariation::Consts)
+            .wrap_static_fns(true)
+            .wrap_static_fns_path(&wrappers);
+        for f in FUNCTIONS {
+            builder = builder.allowlist_function(f);
+        }
+        for v in VARS {
+            builder = builder.allowlist_var(v);
+        }
+        for t in TYPES {
+            builder = builder.allowlist_type(t);
+        }
+        let bindings = builder
+            .generate()
+            .expect("bindgen failed on src/afxdp/wrapper.h (is libclang-dev installed?)");
+        bindings
+            .write_to_file(out_dir.join("afxdp_bindings.rs"))
+            .expect("write afxdp_bindings.rs");
+
+        let shim = wrappers.with_extension("c");
+        cc::Build::new()
+            .file(&shim)
+            .includes(&includes)
+            .include(manifest_dir.join("src/afxdp"))
+            .warnings(false)
+            // Ring helpers on the per-packet path: optimise them even in debug builds.
+            .opt_level(2)
+            .compile("rtchan_afxdp_shim");
+
+        for lib in [&xdp, &bpf] {
+            for path in &lib.link_paths {
+                println!("cargo:rustc-link-search=native={}", path.display());
+            }
+            for name in &lib.libs {
+                println!("cargo:rustc-link-lib={name}");
+            }
+        }
+    }
+
+    fn probe(name: &str, version: &str) -> pkg_config::Library {
+        pkg_config::Config::new()
+            .atleast_version(version)
+            .cargo_metadata(false)
+            .probe(name)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the `af_xdp` feature needs {name} (>= {version}) and pkg-config: install \
+                     libxdp-dev and libbpf-dev (Debian 12 / Ubuntu 23.04 and later) or set \
+                     PKG_CONFIG_PATH. {e}"
+                )
+            })
+    }
+
+    fn env(name: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
     }
 }

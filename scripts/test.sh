@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs every check rtchan has: formatting, lints, docs, all tests without DPDK, then the DPDK
-# build and its tests (net_null, net_pcap, net_ring vdevs). On a fresh Debian 12 machine run it as
+# build and its tests (net_null, net_pcap, net_ring vdevs), then AF_XDP over veth. On a fresh Debian 12 machine run it as
 # root: it installs the system packages it needs first (DPDK 22.11, libclang for bindgen).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # rustup installs cargo here; a non-login shell may not have it on PATH.
 [[ -d "$HOME/.cargo/bin" ]] && export PATH="$HOME/.cargo/bin:$PATH"
 
-PKGS=(libdpdk-dev dpdk librte-net-pcap23 libclang-dev clang pkg-config libpcap-dev iproute2)
+PKGS=(libdpdk-dev dpdk librte-net-pcap23 libclang-dev clang pkg-config libpcap-dev iproute2
+      libxdp-dev libbpf-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -32,16 +33,19 @@ cargo fmt --all -- --check
 echo "== cargo clippy (no DPDK)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== cargo clippy (--features dpdk)"
-cargo clippy -p rtchan --all-targets --features dpdk -- -D warnings
+echo "== cargo clippy (--features dpdk,af_xdp)"
+cargo clippy -p rtchan --all-targets --features dpdk,af_xdp -- -D warnings
 
 echo "== cargo doc"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --features dpdk --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --features dpdk,af_xdp --quiet
 
 echo "== tests (workspace, no DPDK)"
 cargo test --workspace
 
 echo "== tests (DPDK vdevs; one at a time: they share one EAL and measure timing)"
 cargo test -p rtchan --features dpdk --test dpdk_port --test dpdk_pcap -- --test-threads=1
+
+echo "== tests (AF_XDP over a veth pair in two namespaces; needs root)"
+cargo test -p rtchan --features af_xdp --test afxdp_veth -- --test-threads=1
 
 echo "== all checks passed"

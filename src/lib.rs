@@ -5,7 +5,10 @@
 //! and the binaries `rtchand` and `rtchanctl`.
 
 pub mod afpacket;
+#[cfg(feature = "af_xdp")]
+pub mod afxdp;
 pub mod daemon;
 pub mod demo;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod eval;

@@ -25,12 +25,13 @@
 //! - [`core`]: the polling core loop and its thread.
 //! - [`rx`]: the receive path.
 //! - [`wire`]: the frame format.
-//! - [`port`], [`memlink`]: the port trait and the in-memory link.
+//! - [`port`], [`memlink`], [`fault`]: the port trait, the in-memory link, a fault injector.
 //! - [`source`]: traffic sources; [`stats`]: counters and histograms; [`time`]: clocks.
 
 pub mod channel;
 pub mod core;
 pub mod edf_queue;
+pub mod fault;
 pub mod handle;
 mod handler;
 pub mod link;

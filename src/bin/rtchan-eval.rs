@@ -1,0 +1,85 @@
+//! `rtchan-eval`: runs the evaluation's experiments (see `docs/evaluation.md`).
+//!
+//! ```text
+//! rtchan-eval NAME|all [--quick] [--out DIR]
+//! ```
+//! Each experiment writes CSV tables and SVG plots into DIR (default `docs/eval`), prints its
+//! key numbers and checks its qualitative result. Exit codes: 0 every check held, 1 a check
+//! failed, 2 bad usage or an experiment could not run. Build with `--release`: the overheads
+//! experiment measures real time.
+use clap::Parser;
+use rtchan::eval::{self, Opts, EXPERIMENTS};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rtchan-eval",
+    version,
+    about = "Run rtchan's evaluation experiments",
+    after_help = "Experiments: qos, overload, fairness, granularity, overheads, baselines, all"
+)]
+struct Cli {
+    /// Experiment to run, or `all`.
+    name: String,
+    /// Shortened runs that still check the qualitative results (CI).
+    #[arg(long)]
+    quick: bool,
+    /// Output directory for CSV and SVG files.
+    #[arg(long, default_value = "docs/eval")]
+    out: PathBuf,
+    /// Print every check, not only failures.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let names: Vec<&str> = if cli.name == "all" {
+        EXPERIMENTS.to_vec()
+    } else {
+        vec![cli.name.as_str()]
+    };
+    let opts = Opts {
+        quick: cli.quick,
+        out: cli.out.clone(),
+    };
+    let mut failed = false;
+    for name in names {
+        let t0 = Instant::now();
+        let rep = match eval::run(name, &opts) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("rtchan-eval: {name}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        println!(
+            "== {name} ({:.1} s, {} checks passed, {} failed)",
+            t0.elapsed().as_secs_f64(),
+            rep.passed.len(),
+            rep.failed.len()
+        );
+        for line in &rep.summary {
+            println!("  {line}");
+        }
+        if cli.verbose {
+            for c in &rep.passed {
+                println!("  ok   {c}");
+            }
+        }
+        for c in &rep.failed {
+            println!("  FAIL {c}");
+        }
+        for file in &rep.files {
+            println!("  wrote {}", file.display());
+        }
+        failed |= !rep.failed.is_empty();
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,136 @@
+//! The evaluation: the founding paper's experiments, rerun on rtchan's dataplane.
+//!
+//! Six experiments (`docs/evaluation.md` shows and explains their results):
+//!
+//! | name | what it shows | time |
+//! | --- | --- | --- |
+//! | `qos` | real-time channels keep their rate and bounds while best-effort load rises past the link rate | virtual |
+//! | `overload` | a channel sending at 2x–10x its spec hurts no one but itself | virtual |
+//! | `fairness` | early real-time work waits behind best-effort (three-class order), unlike a "real-time first" order | virtual |
+//! | `granularity` | preemption granularity k against the tightest channel's delay, beside admission's bound | virtual |
+//! | `overheads` | per-stage costs in ns and cycles, handler switch, admission time vs channel count | real (TSC) |
+//! | `baselines` | FIFO without QoS and strict priority without enforcement on the same runs | virtual |
+//!
+//! # Virtual and real time
+//! Experiments 1–4 and 6 run the real dataplane code (cores, schedulers, link scheduler,
+//! receive path) over the in-memory link in *virtual time* ([`world`]): a shared manual clock,
+//! a virtual CPU that charges a fixed cost per packet, a link that times frames at its rate.
+//! Scheduling decisions, not the host's speed, decide the results, so they are deterministic,
+//! identical on every machine, and a second of traffic simulates in a fraction of a second.
+//! Experiment 5 measures what virtual time cannot: the real cost of each stage, with the TSC,
+//! in whatever build the binary is (use `--release`).
+//!
+//! Every experiment writes `NAME.csv` (and more tables where useful) and `NAME.svg` into the
+//! output directory and checks its qualitative result; `quick` runs shorter versions of the
+//! same checks (`tests/eval_quick.rs`, CI).
+
+pub mod bounds;
+pub mod exp_baselines;
+pub mod exp_fairness;
+pub mod exp_granularity;
+pub mod exp_overheads;
+pub mod exp_overload;
+pub mod exp_qos;
+pub mod out;
+pub mod world;
+
+use std::path::PathBuf;
+
+/// How to run an experiment.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    /// Shortened runs (CI): same checks, less traffic.
+    pub quick: bool,
+    /// Where CSV and SVG files go.
+    pub out: PathBuf,
+}
+
+/// What an experiment produced.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The experiment's name.
+    pub name: String,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+    /// Key numbers, one line each.
+    pub summary: Vec<String>,
+    /// Checks that held.
+    pub passed: Vec<String>,
+    /// Checks that failed, in words.
+    pub failed: Vec<String>,
+}
+
+impl Report {
+    /// An empty report for `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            ..Self::default()
+        }
+    }
+    /// Records a check.
+    pub fn check(&mut self, ok: bool, what: impl Into<String>) {
+        let w = what.into();
+        if ok {
+            self.passed.push(w);
+        } else {
+            self.failed.push(w);
+        }
+    }
+    /// Adds a line of key numbers.
+    pub fn note(&mut self, line: impl Into<String>) {
+        self.summary.push(line.into());
+    }
+    /// Writes a table and remembers the file.
+    pub fn csv(&mut self, opts: &Opts, file: &str, t: &out::Csv) -> Result<(), String> {
+        let p = opts.out.join(file);
+        t.write(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        self.files.push(p);
+        Ok(())
+    }
+    /// Draws a line chart and remembers the file.
+    pub fn plot(
+        &mut self,
+        opts: &Opts,
+        file: &str,
+        c: &out::Chart,
+        s: &[out::Series],
+    ) -> Result<(), String> {
+        let p = opts.out.join(file);
+        out::line_chart(&p, c, s).map_err(|e| format!("{}: {e}", p.display()))?;
+        self.files.push(p);
+        Ok(())
+    }
+}
+
+/// Every experiment, in order.
+pub const EXPERIMENTS: [&str; 6] = [
+    "qos",
+    "overload",
+    "fairness",
+    "granularity",
+    "overheads",
+    "baselines",
+];
+
+/// Runs the experiment `name` (see [`EXPERIMENTS`]).
+pub fn run(name: &str, opts: &Opts) -> Result<Report, String> {
+    std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    match name {
+        "qos" => exp_qos::run(opts),
+        "overload" => exp_overload::run(opts),
+        "fairness" => exp_fairness::run(opts),
+        "granularity" => exp_granularity::run(opts),
+        "overheads" => exp_overheads::run(opts),
+        "baselines" => exp_baselines::run(opts),
+        other => Err(format!(
+            "unknown experiment '{other}' (expected one of: {}, all)",
+            EXPERIMENTS.join(", ")
+        )),
+    }
+}
+
+/// Milliseconds of virtual time, as ns.
+pub const MS: u64 = 1_000_000;
+/// Microseconds, as ns.
+pub const US: u64 = 1_000;
