@@ -12,3 +12,4 @@ pub mod demo;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod eval;
+pub mod pcap;

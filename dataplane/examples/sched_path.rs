@@ -66,7 +66,7 @@ impl SchedPath {
         let now = self.now;
         let (slot, _) = self
             .cpu
-            .pick(now, true)
+            .pick(now, true, true)
             .expect("all channels are backlogged");
         let (enforcer, rel) = &mut self.channels[slot as usize];
         let rel = *rel;

@@ -620,8 +620,10 @@ impl<P: Port> Core<P> {
                 self.stats.link_backpressure += 1;
                 break;
             }
-            let be_ok = self.link.best_effort_room() >= self.cfg.sched.granularity as usize;
-            let Some((slot, class)) = self.sched.pick(now, be_ok) else {
+            let k = self.cfg.sched.granularity as usize;
+            let be_ok = self.link.best_effort_room() >= k;
+            let early_ok = self.link.early_room() >= k;
+            let Some((slot, class)) = self.sched.pick(now, be_ok, early_ok) else {
                 break;
             };
             let (written, end) = self.run(slot, class, now, anchor, meter);

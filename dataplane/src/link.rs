@@ -267,6 +267,12 @@ impl<B> LinkScheduler<B> {
         (self.slots.len() / 2).saturating_sub(self.be_len)
     }
 
+    /// Slots packets of early messages may still take (work-conserving policy): also at most
+    /// half, so a violator's early packets cannot crowd out current real-time work either.
+    pub fn early_room(&self) -> usize {
+        (self.slots.len() / 2).saturating_sub(self.early.len())
+    }
+
     /// Takes a packet; gives it back if every slot is full.
     #[inline]
     pub fn enqueue(&mut self, buf: B, meta: PacketMeta, now: Nanos) -> Result<(), B> {

@@ -111,8 +111,10 @@ pub enum Class {
 /// ahead of real-time work on that credit pays it back. So whenever both classes want the
 /// resource, best-effort gets at least `share` of what is served — whether the resource is
 /// saturated or throttled by something else (a full link queue). Credit is only kept while
-/// best-effort waits (idle best-effort banks nothing) and is capped, which bounds the burst
-/// best-effort can take ahead of real-time work (admission counts it as blocking).
+/// best-effort waits (idle best-effort banks nothing) and is capped. Admission treats the
+/// reserve as a utilisation cap and one best-effort run as blocking; the credit cap bounds how
+/// far best-effort can run ahead beyond that (one run's share in practice, since credit is
+/// spent as soon as it turns positive).
 #[derive(Clone, Copy, Debug)]
 pub struct Reserve {
     share_ppm: u64,
@@ -330,10 +332,16 @@ impl CpuScheduler {
     }
 
     /// Removes and returns the handler to run next, with the class it runs in.
-    /// `allow_best_effort` is false while best-effort cannot use what a run would produce
-    /// (its share of the link queue is full): it is then skipped, and earns no credit.
+    /// `allow_best_effort` (`allow_early`) is false while best-effort (early) work cannot use
+    /// what a run would produce, its share of the link queue being full: that class is then
+    /// skipped, and best-effort earns no credit meanwhile.
     #[inline]
-    pub fn pick(&mut self, now: Nanos, allow_best_effort: bool) -> Option<(u32, Class)> {
+    pub fn pick(
+        &mut self,
+        now: Nanos,
+        allow_best_effort: bool,
+        allow_early: bool,
+    ) -> Option<(u32, Class)> {
         if self.policy.fifo {
             return self.best_effort.pop().map(|s| (s, Class::Fifo));
         }
@@ -355,7 +363,7 @@ impl CpuScheduler {
         if be_waiting {
             return self.best_effort.pop().map(|s| (s, Class::BestEffort));
         }
-        if self.policy.work_conserving {
+        if self.policy.work_conserving && allow_early {
             return self.early.pop().map(|(_, s)| (s, Class::Early));
         }
         None
@@ -400,20 +408,20 @@ mod tests {
         s.enqueue_best_effort(1);
         s.enqueue_real_time(2, 50, 700, 100); // current
         s.enqueue_real_time(3, 60, 600, 100); // current, earlier deadline
-        assert_eq!(s.pick(100, true), Some((3, Class::Current)));
-        assert_eq!(s.pick(100, true), Some((2, Class::Current)));
-        assert_eq!(s.pick(100, true), Some((1, Class::BestEffort)));
-        assert_eq!(s.pick(100, true), Some((0, Class::Early)));
-        assert_eq!(s.pick(100, true), None);
+        assert_eq!(s.pick(100, true, true), Some((3, Class::Current)));
+        assert_eq!(s.pick(100, true, true), Some((2, Class::Current)));
+        assert_eq!(s.pick(100, true, true), Some((1, Class::BestEffort)));
+        assert_eq!(s.pick(100, true, true), Some((0, Class::Early)));
+        assert_eq!(s.pick(100, true, true), None);
     }
 
     #[test]
     fn non_work_conserving_holds_early_work() {
         let mut s = CpuScheduler::new(4, SchedPolicy::default());
         s.enqueue_real_time(0, 500, 900, 100);
-        assert_eq!(s.pick(499, true), None);
+        assert_eq!(s.pick(499, true, true), None);
         assert_eq!(s.next_release(), Some(500));
-        assert_eq!(s.pick(500, true), Some((0, Class::Current)));
+        assert_eq!(s.pick(500, true, true), Some((0, Class::Current)));
     }
 
     #[test]
@@ -431,7 +439,7 @@ mod tests {
         s.enqueue_best_effort(1);
         s.enqueue_real_time(0, 0, 10, 0);
         for _ in 0..10_000 {
-            let (slot, class) = s.pick(now, true).unwrap();
+            let (slot, class) = s.pick(now, true, true).unwrap();
             now += 1000;
             s.account(class, 1000);
             match class {
@@ -455,8 +463,8 @@ mod tests {
         let mut s = CpuScheduler::new(4, SchedPolicy::default());
         s.enqueue_best_effort(1);
         s.enqueue_real_time(0, 0, 10, 0);
-        assert_eq!(s.pick(0, true), Some((0, Class::Current)));
-        assert_eq!(s.pick(0, true), Some((1, Class::BestEffort)));
+        assert_eq!(s.pick(0, true, true), Some((0, Class::Current)));
+        assert_eq!(s.pick(0, true, true), Some((1, Class::BestEffort)));
     }
 
     #[test]
@@ -468,7 +476,7 @@ mod tests {
         assert!(s.remove(1));
         assert!(s.remove(0));
         assert!(!s.remove(0));
-        assert_eq!(s.pick(0, true), Some((2, Class::BestEffort)));
+        assert_eq!(s.pick(0, true, true), Some((2, Class::BestEffort)));
     }
 
     #[test]

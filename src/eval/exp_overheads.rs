@@ -84,7 +84,7 @@ fn edf_pick(n: u64, channels: usize) -> f64 {
     }
     let mut now = 0;
     time_op(n, |i| {
-        let (slot, _) = s.pick(now, true).expect("backlogged");
+        let (slot, _) = s.pick(now, true, true).expect("backlogged");
         s.enqueue_real_time(slot, now, d(slot as u64, i + 1) + now, now);
         now += 100;
     })

@@ -6,7 +6,7 @@
 //! every run is deterministic and a second of traffic takes well under a second to simulate.
 //!
 //! # How time moves
-//! The sending core's cycle meter is the [`World`] itself. After every packet a handler writes
+//! The sending core's cycle meter is the `World` itself. After every packet a handler writes
 //! it advances the clock by `per_packet`, submits every message that fell due meanwhile
 //! (stamped with its exact due time), polls the receiving core and drains the receivers. So a
 //! message becomes visible to the sending core at its next preemption point, exactly as with a
@@ -18,7 +18,7 @@
 //! waits up to one step.
 //!
 //! # What is measured
-//! Per channel, at the receiver and exactly (from every [`Delivery`], not a histogram): messages
+//! Per channel, at the receiver and exactly (from every [`dataplane::rx::Delivery`], not a histogram): messages
 //! and bytes delivered, the largest and 99th-percentile end-to-end latency (submit stamp to
 //! delivery), deadline misses against the header's deadline (ℓ + D), losses. At the sender:
 //! messages accepted, refused (block), dropped (drop-newest, drop-oldest), packets released after
