@@ -9,7 +9,7 @@
 //! [`ResourceModel`]s the admission controllers use.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -109,7 +109,7 @@ pub enum PortKind {
     Memlink,
     /// Discards every packet (no receive path).
     Null,
-    /// Linux af_packet (not supported by the daemon yet).
+    /// Linux af_packet on one interface (`device`): one core sends and receives.
     AfPacket,
     /// Linux AF_XDP (not supported by the daemon yet).
     AfXdp,
@@ -140,8 +140,30 @@ pub struct PortConfig {
     pub device: Option<String>,
     /// memlink: packets each end's transmit FIFO holds (a NIC's TX ring).
     pub fifo_packets: usize,
-    /// memlink/null: packet buffers in the pool of each link.
+    /// Packet buffers in the pool of each link (memlink), port (null) or interface (af_packet).
     pub buffers: usize,
+    /// The link rate the link scheduler paces at and admission assumes, bits per second; when
+    /// set it replaces `cost.link_rate_bps`. Required for af_packet (an interface's sysfs speed
+    /// is wrong or absent for veth and inside a network namespace).
+    pub link_rate_bps: Option<u64>,
+    /// af_packet: the source MAC of this host's frames (`"02:00:00:00:00:01"`); default: the
+    /// interface's own address.
+    pub mac: Option<String>,
+    /// af_packet: the source IPv4 address of this host's frames; default: the interface's
+    /// first IPv4 address.
+    pub ip: Option<Ipv4Addr>,
+    /// af_packet: bytes per RX ring block (a multiple of the page size).
+    pub rx_block_size: usize,
+    /// af_packet: blocks in the RX ring.
+    pub rx_blocks: usize,
+    /// af_packet: how long a partly filled RX block waits before user space sees it, ms.
+    pub rx_block_timeout_ms: u32,
+    /// af_packet: ring frame size (a multiple of 16, MTU + 14 + 128 at least).
+    pub frame_size: usize,
+    /// af_packet: most packets per `sendmmsg` (1..=32).
+    pub tx_batch: usize,
+    /// af_packet: ask for `PACKET_QDISC_BYPASS`.
+    pub qdisc_bypass: bool,
 }
 
 impl Default for PortConfig {
@@ -151,8 +173,34 @@ impl Default for PortConfig {
             device: None,
             fifo_packets: 256,
             buffers: 8192,
+            link_rate_bps: None,
+            mac: None,
+            ip: None,
+            rx_block_size: 4096,
+            rx_blocks: 512,
+            rx_block_timeout_ms: 1,
+            frame_size: 2048,
+            tx_batch: 32,
+            qdisc_bypass: true,
         }
     }
+}
+
+/// Parses a MAC address written `aa:bb:cc:dd:ee:ff` (or with `-`).
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = text.split([':', '-']).collect();
+    let bad = || format!("'{text}' is not a MAC address like \"02:00:00:00:00:01\"");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.is_empty() || p.len() > 2 {
+            return Err(bad());
+        }
+        *m = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    Ok(mac)
 }
 
 /// One `[[cores]]` entry: a polling core and its TX queue.
@@ -281,6 +329,23 @@ pub struct PeerConfig {
     pub address: SocketAddr,
     /// Worst-case network delay of one message to this peer (the network's share of D).
     pub network_bound: Duration,
+    /// The peer's MAC address on the data link (af_packet: the destination MAC of frames to
+    /// it; required to open a channel to this peer over af_packet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The peer's IPv4 address on the data link; default: the IP of `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_ip: Option<Ipv4Addr>,
+}
+
+impl PeerConfig {
+    /// The destination IPv4 address of data frames to this peer, when known.
+    pub fn data_ipv4(&self) -> Option<Ipv4Addr> {
+        self.data_ip.or(match self.address.ip() {
+            std::net::IpAddr::V4(ip) => Some(ip),
+            std::net::IpAddr::V6(_) => None,
+        })
+    }
 }
 
 /// A configuration that cannot run a daemon; every variant names the key at fault.
@@ -314,7 +379,9 @@ pub enum ConfigError {
     #[error("{0}")]
     Model(#[from] ModelError),
     /// The port backend exists but the daemon cannot drive it yet.
-    #[error("port.kind: '{0}' is not supported by the daemon yet (use 'memlink' or 'null')")]
+    #[error(
+        "port.kind: '{0}' is not supported by the daemon yet (use 'memlink', 'null' or 'af_packet')"
+    )]
     PortNotSupported(&'static str),
 }
 
@@ -390,7 +457,17 @@ impl DaemonConfig {
             .map_err(|m| invalid("overflow", m))?;
         match self.port.kind {
             PortKind::Memlink | PortKind::Null => {}
+            PortKind::AfPacket => self.validate_af_packet()?,
+            // AF_XDP slots in here (and in `Dataplane::start`) once src/afxdp is ready.
             other => return Err(ConfigError::PortNotSupported(other.name())),
+        }
+        if self.port.link_rate_bps == Some(0) {
+            return Err(invalid("port.link_rate_bps", "must be greater than zero"));
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if let Some(m) = &p.mac {
+                parse_mac(m).map_err(|e| invalid(format!("peers[{i}].mac"), e))?;
+            }
         }
         if self.port.buffers < 64 {
             return Err(invalid("port.buffers", "must be at least 64"));
@@ -441,6 +518,61 @@ impl DaemonConfig {
         Ok(())
     }
 
+    /// The `[port]` keys af_packet needs.
+    fn validate_af_packet(&self) -> Result<(), ConfigError> {
+        let kind = "with port.kind = \"af_packet\"";
+        match self.port.device.as_deref() {
+            None | Some("") => {
+                return Err(invalid(
+                    "port.device",
+                    format!("required {kind}: the interface to send and receive on"),
+                ))
+            }
+            Some(_) => {}
+        }
+        if self.port.link_rate_bps.is_none() {
+            return Err(invalid(
+                "port.link_rate_bps",
+                format!(
+                    "required {kind}: the rate to pace the link at (an interface's sysfs speed \
+                     is wrong or absent for veth and inside a network namespace)"
+                ),
+            ));
+        }
+        if self.cores.len() != 1 {
+            return Err(invalid(
+                "cores",
+                format!(
+                    "{kind} exactly one [[cores]] entry is allowed (that core drives the \
+                     interface, sending and receiving); found {}",
+                    self.cores.len()
+                ),
+            ));
+        }
+        if let Some(m) = &self.port.mac {
+            parse_mac(m).map_err(|e| invalid("port.mac", e))?;
+        }
+        // The pool feeds both the link scheduler (which may hold `capacity` packets) and the
+        // receive path: with fewer buffers a flood starves reception and real-time packets.
+        let least = dataplane::link::LinkConfig::default().capacity as usize + 1024;
+        if self.port.buffers < least {
+            return Err(invalid(
+                "port.buffers",
+                format!(
+                    "{kind} must be at least {least} (the link scheduler holds up to {} packets, \
+                     and received frames need buffers too)",
+                    least - 1024
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The link rate: `port.link_rate_bps` when set, else `cost.link_rate_bps`.
+    pub fn link_rate_bps(&self) -> u64 {
+        self.port.link_rate_bps.unwrap_or(self.cost.link_rate_bps)
+    }
+
     /// The socket's permission bits.
     pub fn socket_mode(&self) -> Result<u32, ConfigError> {
         let s = self.socket_mode.trim_start_matches("0o");
@@ -462,7 +594,10 @@ impl DaemonConfig {
     /// The sending host's resource model: one core and one TX queue per `[[cores]]` entry.
     pub fn tx_model(&self) -> ResourceModel {
         ResourceModel {
-            cost: self.cost.clone(),
+            cost: CostModel {
+                link_rate_bps: self.link_rate_bps(),
+                ..self.cost.clone()
+            },
             cores: self.cores.len() as u16,
             tx_queue_share_ppm: self.cores.iter().map(|c| c.tx_share_ppm).collect(),
             best_effort_reserve_ppm: self.policy.best_effort_reserve_ppm,
@@ -479,6 +614,7 @@ impl DaemonConfig {
             cost: CostModel {
                 per_message_ns: self.rx_cost.per_message_ns,
                 per_packet_ns: self.rx_cost.per_packet_ns,
+                link_rate_bps: self.link_rate_bps(),
                 ..self.cost.clone()
             },
             cores: self.cores.len() as u16,
@@ -550,6 +686,36 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("peers[1].name"), "{e}");
+    }
+
+    #[test]
+    fn af_packet_needs_its_device_rate_and_one_core() {
+        let base = "[port]\nkind = \"af_packet\"\n";
+        let e = DaemonConfig::parse(base).unwrap_err();
+        assert!(e.to_string().starts_with("port.device"), "{e}");
+        let e = DaemonConfig::parse(&format!("{base}device = \"veth0\"\n")).unwrap_err();
+        assert!(e.to_string().starts_with("port.link_rate_bps"), "{e}");
+        let ok = format!("{base}device = \"veth0\"\nlink_rate_bps = 100000000\n");
+        let cfg = DaemonConfig::parse(&ok).unwrap();
+        assert_eq!(cfg.link_rate_bps(), 100_000_000);
+        assert_eq!(cfg.tx_model().cost.link_rate_bps, 100_000_000);
+        assert_eq!(cfg.rx_model().cost.link_rate_bps, 100_000_000);
+        let e = DaemonConfig::parse(&format!("{ok}[[cores]]\n[[cores]]\n")).unwrap_err();
+        assert!(e.to_string().starts_with("cores:"), "{e}");
+        let e = DaemonConfig::parse(&format!("{ok}buffers = 4096\n")).unwrap_err();
+        assert!(e.to_string().starts_with("port.buffers"), "{e}");
+        let e = DaemonConfig::parse(&format!("{ok}mac = \"02:00\"\n")).unwrap_err();
+        assert!(e.to_string().starts_with("port.mac"), "{e}");
+        let e = DaemonConfig::parse(
+            "[[peers]]\nname = \"b\"\naddress = \"10.0.0.2:1\"\nnetwork_bound = \"1ms\"\n\
+             mac = \"zz:00:00:00:00:01\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("peers[0].mac"), "{e}");
+        assert_eq!(
+            parse_mac("02:72:74:00:00:0A"),
+            Ok([0x02, 0x72, 0x74, 0, 0, 0x0a])
+        );
     }
 
     #[test]

@@ -107,6 +107,11 @@ pub struct OpenArgs {
     /// Message size of the built-in source (default `mmax`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_size: Option<Size>,
+    /// A best-effort channel: no admission and no bound (`deadline` is ignored); `bmax` is
+    /// its queue in messages and `imin` only paces the built-in source. It is served in the
+    /// best-effort class, which gets at least `best_effort_reserve_ppm` of the core and link.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub best_effort: bool,
 }
 
 /// `close`.
@@ -215,6 +220,9 @@ pub struct ChannelInfo {
     /// Built-in traffic source, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// A best-effort channel (no bound; the admission numbers are zero).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub best_effort: bool,
 }
 
 /// An incoming channel on the receiving host.
@@ -232,6 +240,9 @@ pub struct IncomingInfo {
     pub admitted: Admitted,
     /// Committed by the sender (false while its setup is in progress).
     pub committed: bool,
+    /// A best-effort channel (no bound; the admission numbers are zero).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub best_effort: bool,
 }
 
 /// `list`.
@@ -542,6 +553,9 @@ pub struct PrepareArgs {
     /// Decide only.
     #[serde(default)]
     pub dry_run: bool,
+    /// A best-effort channel: open a receiver only, no admission (`budget` is ignored).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub best_effort: bool,
 }
 
 /// How a line read ended.
@@ -712,6 +726,7 @@ mod tests {
             dry_run: false,
             source: None,
             message_size: None,
+            best_effort: false,
         });
         let line = encode_request(&r);
         assert_eq!(dec(line.trim_end()).unwrap().request, r);

@@ -148,6 +148,7 @@ mod tests {
                     dry_run: false,
                     source: Some("periodic".into()),
                     message_size: None,
+                    best_effort: false,
                 },
             }],
         };

@@ -20,6 +20,10 @@ use rtchan::daemon::client::{self, Client};
 const EXIT_REFUSED: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
 const EXIT_UNREACHABLE: u8 = 3;
+/// `--imin` of a best-effort channel opened without one (paces its built-in source), ns.
+const BEST_EFFORT_IMIN: u64 = 100_000;
+/// `--bmax` (the queue) of a best-effort channel opened without one.
+const BEST_EFFORT_QUEUE: u32 = 256;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,7 +71,8 @@ fn size(s: &str) -> Result<units::Size, String> {
 
 #[derive(Subcommand, Debug)]
 enum ChannelCmd {
-    /// Open a real-time channel (admission on both hosts, then the dataplane).
+    /// Open a real-time channel (admission on both hosts, then the dataplane), or with
+    /// --best-effort a best-effort one (no admission, no bound).
     Open(OpenCmd),
     /// Close a channel (drains or discards per the daemon's close mode).
     Close {
@@ -91,15 +96,25 @@ struct OpenCmd {
     /// Largest message (1500, 4KiB).
     #[arg(long, value_parser = size)]
     mmax: units::Size,
-    /// Smallest interval between messages (500us, 2ms, 1s).
-    #[arg(long, value_parser = duration)]
-    imin: units::Duration,
-    /// Largest burst, messages.
-    #[arg(long)]
-    bmax: u32,
+    /// Smallest interval between messages (500us, 2ms, 1s); with --best-effort, the pace of
+    /// the built-in source only [default there: 100us].
+    #[arg(long, value_parser = duration, required_unless_present = "best_effort")]
+    imin: Option<units::Duration>,
+    /// Largest burst, messages; with --best-effort, the channel's queue [default there: 256].
+    #[arg(long, required_unless_present = "best_effort")]
+    bmax: Option<u32>,
     /// End-to-end delay bound D (submit at the sender to delivery at the receiver).
-    #[arg(long, value_parser = duration)]
-    deadline: units::Duration,
+    #[arg(
+        long,
+        value_parser = duration,
+        required_unless_present = "best_effort",
+        conflicts_with = "best_effort"
+    )]
+    deadline: Option<units::Duration>,
+    /// A best-effort channel: no admission and no delay bound; it shares what real-time
+    /// channels leave, and at least the policy's best-effort reserve.
+    #[arg(long)]
+    best_effort: bool,
     /// Destination: `local` or a configured peer.
     #[arg(long)]
     dst: String,
@@ -235,9 +250,10 @@ fn run(cli: &Cli) -> ExitCode {
         Command::Channel(ChannelCmd::Open(o)) => {
             let req = Request::Open(OpenArgs {
                 mmax: o.mmax,
-                imin: o.imin,
-                bmax: o.bmax,
-                deadline: o.deadline,
+                imin: o.imin.unwrap_or(units::Duration(BEST_EFFORT_IMIN)),
+                bmax: o.bmax.unwrap_or(BEST_EFFORT_QUEUE),
+                // Ignored for best-effort channels (the protocol field is not optional).
+                deadline: o.deadline.unwrap_or(units::Duration(1_000_000_000)),
                 dst: o.dst.clone(),
                 core: o.core,
                 txq: o.txq,
@@ -245,6 +261,7 @@ fn run(cli: &Cli) -> ExitCode {
                 dry_run: o.dry_run,
                 source: o.source.clone(),
                 message_size: o.message_size,
+                best_effort: o.best_effort,
             });
             match call(cli, &req) {
                 Ok(r) => show(cli, r, client::channel_detail),
@@ -433,7 +450,32 @@ mod tests {
             panic!("open");
         };
         assert_eq!(o.mmax, units::Size(4096));
-        assert_eq!(o.imin, units::Duration(500_000));
+        assert_eq!(o.imin, Some(units::Duration(500_000)));
+        let cli = Cli::try_parse_from([
+            "rtchanctl",
+            "channel",
+            "open",
+            "--best-effort",
+            "--mmax",
+            "1400",
+            "--dst",
+            "b",
+        ])
+        .unwrap();
+        let Command::Channel(ChannelCmd::Open(o)) = cli.command else {
+            panic!("open");
+        };
+        assert!(o.best_effort && o.imin.is_none() && o.deadline.is_none());
+        assert!(Cli::try_parse_from([
+            "rtchanctl",
+            "channel",
+            "open",
+            "--mmax",
+            "1400",
+            "--dst",
+            "b",
+        ])
+        .is_err());
         assert!(Cli::try_parse_from([
             "rtchanctl",
             "channel",

@@ -109,7 +109,11 @@ pub fn list_table(l: &ChannelList) -> String {
                 fmt_size(u64::from(c.sender.request.mmax)),
                 fmt_ns(c.sender.request.imin),
                 c.sender.request.bmax,
-                fmt_ns(c.deadline),
+                if c.best_effort {
+                    "best-eff".to_string()
+                } else {
+                    fmt_ns(c.deadline)
+                },
                 fmt_ns(c.sender.link_deadline),
                 fmt_ns(c.network_bound),
                 fmt_ns(c.receiver.deadline),

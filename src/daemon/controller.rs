@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use control::admission::{
     Admission, AdmitError, Admitted, ChannelRequest, Nanos, RequestError, ResourceModel,
 };
-use control::config::{CloseMode, DaemonConfig, PeerConfig};
+use control::config::{parse_mac, CloseMode, DaemonConfig, PeerConfig};
 use control::e2e::{least_deadline, receiver_share};
 use control::protocol::{
     percentiles, ApiError, ChannelInfo, ChannelList, ChannelStatsInfo, CloseArgs, ErrorKind, Grant,
@@ -60,7 +60,8 @@ struct Outgoing {
     args: OpenArgs,
     info: ChannelInfo,
     core: u16,
-    adm_id: u32,
+    /// The sending host's admission id; none for a best-effort channel.
+    adm_id: Option<u32>,
     dst: Dst,
     shared: Arc<ChannelShared>,
     sender: Option<Sender>,
@@ -70,7 +71,8 @@ struct Outgoing {
 
 struct Incoming {
     session: Option<u64>,
-    adm_id: u32,
+    /// The receiving host's admission id; none for a best-effort channel.
+    adm_id: Option<u32>,
     core: u16,
     receiver: Option<Receiver>,
     info: IncomingInfo,
@@ -219,7 +221,7 @@ impl Control {
 
     fn destination(&self, dst: &str) -> Result<(Dst, Nanos), ApiError> {
         if dst == "local" {
-            if !self.dp.has_receive_path() {
+            if !self.dp.has_loopback() {
                 return Err(ApiError::invalid(
                     "dst",
                     format!(
@@ -231,6 +233,14 @@ impl Control {
             return Ok((Dst::Local, self.cfg.peering.loopback_network_bound.0));
         }
         match self.cfg.peer(dst) {
+            Some(p) if self.dp.wire.is_some() && p.mac.is_none() => Err(ApiError::invalid(
+                "dst",
+                format!(
+                    "dst: peer '{dst}' has no `mac` in its [[peers]] entry; port '{}' needs it \
+                     to address frames to the peer",
+                    self.cfg.port.kind.name()
+                ),
+            )),
             Some(p) => Ok((Dst::Peer(p.name.clone()), p.network_bound.0)),
             None => {
                 let mut known = vec!["local".to_string()];
@@ -334,6 +344,9 @@ impl Control {
         args: &OpenArgs,
         fixed_id: Option<u32>,
     ) -> Result<ChannelInfo, ApiError> {
+        if args.best_effort {
+            return self.open_best_effort(args, fixed_id);
+        }
         let mmax = u32::try_from(args.mmax.0).map_err(|_| {
             ApiError::invalid("mmax", format!("mmax: {} bytes is too large", args.mmax.0))
         })?;
@@ -432,6 +445,7 @@ impl Control {
                 end_to_end: d,
                 core: core_hint(&dst, core),
                 dry_run: args.dry_run,
+                best_effort: false,
             };
             match self.prepare_remote(&dst, &prep) {
                 Ok(g) => break (id, g),
@@ -488,11 +502,7 @@ impl Control {
         );
         cfg.overflow = overflow;
         cfg.txq = PORT_QUEUE;
-        if let Dst::Peer(p) = &dst {
-            if let Some(std::net::IpAddr::V4(ip)) = self.cfg.peer(p).map(|p| p.address.ip()) {
-                cfg.endpoint.dst_ip = ip.octets();
-            }
-        }
+        self.address(&mut cfg, &dst);
         let sender = match self.dp.tx[usize::from(core)].handle.open(cfg) {
             Ok(s) => s,
             Err(e) => {
@@ -514,7 +524,7 @@ impl Control {
             },
             None => (Some(sender), None),
         };
-        let adm_id = sender_adm.id;
+        let adm_id = Some(sender_adm.id);
         let info = self.info(id, "open", args, net, sender_adm, grant, &policy_name);
         self.out.insert(
             id,
@@ -558,13 +568,170 @@ impl Control {
             id,
             state: state.into(),
             dst: args.dst.clone(),
-            deadline: args.deadline.0,
+            deadline: if args.best_effort { 0 } else { args.deadline.0 },
             network_bound: net,
             sender,
             receiver,
             policy: policy.into(),
             source: args.source.clone(),
+            best_effort: args.best_effort,
         }
+    }
+
+    /// Addresses a channel's frames: the peer's data-link IPv4 (and, on a wire port, this
+    /// host's MAC/IPv4 and the peer's MAC).
+    fn address(&self, cfg: &mut ChannelConfig, dst: &Dst) {
+        let Dst::Peer(p) = dst else {
+            return;
+        };
+        let Some(peer) = self.cfg.peer(p) else {
+            return;
+        };
+        if let Some(ip) = peer.data_ipv4() {
+            cfg.endpoint.dst_ip = ip.octets();
+        }
+        if let Some(w) = self.dp.wire {
+            cfg.endpoint.src_mac = w.mac;
+            cfg.endpoint.src_ip = w.ip;
+            // Checked by `destination`.
+            if let Some(Ok(mac)) = peer.mac.as_deref().map(parse_mac) {
+                cfg.endpoint.dst_mac = mac;
+            }
+        }
+    }
+
+    /// Opens a best-effort channel: no admission on either host; the receiving side opens a
+    /// receiver for it. It runs in the best-effort class of its core and link, which gets
+    /// whatever real-time traffic leaves and at least `best_effort_reserve_ppm`.
+    fn open_best_effort(
+        &mut self,
+        args: &OpenArgs,
+        fixed_id: Option<u32>,
+    ) -> Result<ChannelInfo, ApiError> {
+        let mmax = u32::try_from(args.mmax.0)
+            .ok()
+            .filter(|&m| m <= self.cfg.max_message)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "mmax",
+                    format!(
+                        "mmax: {} bytes exceeds the largest message ({} bytes)",
+                        args.mmax.0, self.cfg.max_message
+                    ),
+                )
+            })?;
+        let queue = args.bmax.max(1);
+        let imin = args.imin.0;
+        let policy_name = args.policy.clone().unwrap_or(self.policy.overflow.clone());
+        let overflow: OverflowPolicy = policy_name
+            .parse()
+            .map_err(|m: String| ApiError::invalid("policy", format!("policy: {m}")))?;
+        let pattern = match &args.source {
+            Some(s) => Some(
+                parse_source(s, imin, queue)
+                    .map_err(|m| ApiError::invalid("source", format!("source: {m}")))?,
+            ),
+            None => None,
+        };
+        let msg_size = args.message_size.map_or(u64::from(mmax), |s| s.0);
+        if msg_size > u64::from(mmax) {
+            return Err(ApiError::invalid(
+                "message_size",
+                format!("message_size: {msg_size} bytes exceeds mmax ({mmax} bytes)"),
+            ));
+        }
+        let (dst, net) = self.destination(&args.dst)?;
+        let core = self.candidates(args)?[0];
+        let mut attempts = 0;
+        let (id, grant) = loop {
+            let id = match fixed_id {
+                Some(i) => i,
+                None => self.fresh_id(),
+            };
+            let prep = PrepareArgs {
+                id,
+                mmax,
+                imin,
+                bmax: queue,
+                budget: 0,
+                end_to_end: 0,
+                core: core_hint(&dst, core),
+                dry_run: args.dry_run,
+                best_effort: true,
+            };
+            match self.prepare_remote(&dst, &prep) {
+                Ok(g) => break (id, g),
+                Err(e)
+                    if e.field.as_deref() == Some("id")
+                        && fixed_id.is_none()
+                        && attempts < ID_ATTEMPTS =>
+                {
+                    attempts += 1;
+                    self.next_id = id.wrapping_add(1);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let sender_numbers = unadmitted(id, core, mmax, imin, queue);
+        if args.dry_run {
+            return Ok(self.info(
+                id,
+                "dry_run",
+                args,
+                net,
+                sender_numbers,
+                grant,
+                &policy_name,
+            ));
+        }
+        let mut cfg = ChannelConfig::best_effort(id, mmax, queue);
+        cfg.overflow = overflow;
+        cfg.txq = PORT_QUEUE;
+        self.address(&mut cfg, &dst);
+        let sender = match self.dp.tx[usize::from(core)].handle.open(cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                self.abort_remote(&dst, id);
+                return Err(internal(format!("core {core} refused the channel: {e}")));
+            }
+        };
+        let shared = sender.shared().clone();
+        let (sender, source) = match pattern {
+            Some(p) => match SourceThread::start(sender, p, msg_size as usize, id) {
+                Ok(t) => (None, Some(t)),
+                Err(e) => {
+                    let _ = self.dp.tx[usize::from(core)].handle.close(id, false);
+                    self.abort_remote(&dst, id);
+                    return Err(internal(format!("cannot start the source thread: {e}")));
+                }
+            },
+            None => (Some(sender), None),
+        };
+        let info = self.info(id, "open", args, net, sender_numbers, grant, &policy_name);
+        self.out.insert(
+            id,
+            Outgoing {
+                args: OpenArgs {
+                    dry_run: false,
+                    ..args.clone()
+                },
+                info: info.clone(),
+                core,
+                adm_id: None,
+                dst: dst.clone(),
+                shared,
+                sender,
+                source,
+                opened: Instant::now(),
+            },
+        );
+        if let Err(e) = self.commit_remote(&dst, id) {
+            self.teardown(id, false, false);
+            return Err(e);
+        }
+        self.next_id = self.next_id.max(id.wrapping_add(1));
+        self.persist();
+        Ok(info)
     }
 
     // ----- the receiving side, local or remote -----
@@ -587,6 +754,7 @@ impl Control {
             end_to_end: d,
             core,
             dry_run: true,
+            best_effort: false,
         };
         self.prepare_remote(dst, &prep)
             .ok()
@@ -727,6 +895,9 @@ impl Control {
                 ),
             ));
         }
+        if p.best_effort {
+            return self.prepare_best_effort(from, session, p);
+        }
         let req = ChannelRequest {
             mmax: p.mmax,
             imin: p.imin,
@@ -812,8 +983,8 @@ impl Control {
             .admit(&req)
             .map_err(|e| internal(e.to_string()))?;
         let core = admitted.core;
-        let receiver = match self.dp.rx.get_mut(usize::from(core)) {
-            Some(slot) => match slot.handle.open_receiver(p.id, p.mmax, RX_RING) {
+        let receiver = match self.dp.receive_core(core) {
+            Some(handle) => match handle.open_receiver(p.id, p.mmax, RX_RING) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     let _ = self.rx_adm.release(admitted.id);
@@ -831,7 +1002,7 @@ impl Control {
             p.id,
             Incoming {
                 session,
-                adm_id: admitted.id,
+                adm_id: Some(admitted.id),
                 core,
                 receiver,
                 info: IncomingInfo {
@@ -841,6 +1012,7 @@ impl Control {
                     end_to_end: p.end_to_end,
                     admitted: shown.clone(),
                     committed: false,
+                    best_effort: false,
                 },
                 opened: Instant::now(),
             },
@@ -854,15 +1026,83 @@ impl Control {
         })
     }
 
+    /// The receiving side of a best-effort channel: a receiver, no admission.
+    fn prepare_best_effort(
+        &mut self,
+        from: &str,
+        session: Option<u64>,
+        p: &PrepareArgs,
+    ) -> Result<Grant, ApiError> {
+        let me = self.cfg.peering.name.clone();
+        if p.mmax == 0 || p.mmax > self.cfg.max_message {
+            return Err(ApiError::invalid(
+                "mmax",
+                format!(
+                    "receiving host '{me}': mmax {} is not in 1..={}",
+                    p.mmax, self.cfg.max_message
+                ),
+            ));
+        }
+        let cores = self.dp.receive_cores().max(1);
+        let core = p
+            .core
+            .filter(|&c| usize::from(c) < cores)
+            .unwrap_or_else(|| (p.id as usize % cores) as u16);
+        let shown = unadmitted(p.id, core, p.mmax, p.imin, p.bmax);
+        let grant = Grant {
+            id: p.id,
+            host: me,
+            deadline: 0,
+            least_deadline: 0,
+            admitted: shown.clone(),
+        };
+        if p.dry_run {
+            return Ok(grant);
+        }
+        let receiver = match self.dp.receive_core(core) {
+            Some(handle) => Some(
+                handle
+                    .open_receiver(p.id, p.mmax, RX_RING)
+                    .map_err(|e| internal(format!("receive core {core}: {e}")))?,
+            ),
+            None => None,
+        };
+        if let Some(r) = &receiver {
+            self.sink.add(p.id, r.clone());
+        }
+        self.inc.insert(
+            p.id,
+            Incoming {
+                session,
+                adm_id: None,
+                core,
+                receiver,
+                info: IncomingInfo {
+                    id: p.id,
+                    from: from.into(),
+                    deadline: 0,
+                    end_to_end: 0,
+                    admitted: shown,
+                    committed: false,
+                    best_effort: true,
+                },
+                opened: Instant::now(),
+            },
+        );
+        Ok(grant)
+    }
+
     fn release_incoming(&mut self, id: u32) {
         if let Some(i) = self.inc.remove(&id) {
             self.sink.remove(id);
             if i.receiver.is_some() {
-                if let Some(slot) = self.dp.rx.get_mut(usize::from(i.core)) {
-                    let _ = slot.handle.close_receiver(id);
+                if let Some(handle) = self.dp.receive_core(i.core) {
+                    let _ = handle.close_receiver(id);
                 }
             }
-            let _ = self.rx_adm.release(i.adm_id);
+            if let Some(a) = i.adm_id {
+                let _ = self.rx_adm.release(a);
+            }
         }
     }
 
@@ -890,7 +1130,9 @@ impl Control {
             o.sender = src.stop();
         }
         let _ = self.dp.tx[usize::from(o.core)].handle.close(id, drain);
-        let _ = self.tx_adm.release(o.adm_id);
+        if let Some(a) = o.adm_id {
+            let _ = self.tx_adm.release(a);
+        }
         match &o.dst {
             Dst::Local => self.release_incoming(id),
             Dst::Peer(p) if tell_peer && self.sessions.contains_key(p) => {
@@ -1138,6 +1380,35 @@ impl Control {
         // Sessions end with the process: peers release what they held for us.
         self.sessions.clear();
         FinalReport { channels, cores }
+    }
+}
+
+/// The numbers a best-effort channel shows where a real-time one shows its admission: no
+/// deadlines, no utilisation, its queue as the buffer.
+fn unadmitted(id: u32, core: u16, mmax: u32, imin: Nanos, queue: u32) -> Admitted {
+    Admitted {
+        id,
+        core,
+        txq: core,
+        cpu_deadline: 0,
+        link_deadline: 0,
+        packets: 0,
+        buffer_messages: queue,
+        buffer_bytes: u64::from(queue) * u64::from(mmax),
+        cpu_cost: 0,
+        link_cost: 0,
+        cpu_utilisation_ppm: 0,
+        link_utilisation_ppm: 0,
+        core_utilisation_ppm: 0,
+        txq_utilisation_ppm: 0,
+        request: ChannelRequest {
+            mmax,
+            imin,
+            bmax: queue,
+            deadline: 0,
+            core: Some(core),
+            txq: Some(core),
+        },
     }
 }
 

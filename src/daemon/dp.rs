@@ -1,15 +1,23 @@
 //! The daemon's dataplane: the polling cores built from the `[port]` and `[[cores]]` tables.
 //!
-//! Each configured core gets its own port (memlink: one in-memory link per core; null: one
-//! null port per core) and owns TX queue 0 of it, which is the admission model's TX queue
-//! `i` of core `i`. With memlink the other end of every link is polled by a receive core of
-//! this daemon, so channels to `local` are delivered in-process (loopback). The control
-//! thread reaches every core only through its [`CoreHandle`] (the lock-free control ring).
-//! New backends (af_packet, AF_XDP, DPDK) slot in by building their port here.
+//! Each configured core gets its own port and owns TX queue 0 of it, which is the admission
+//! model's TX queue `i` of core `i`:
+//! - memlink: one in-memory link per core; the other end of every link is polled by a
+//!   receive core of this daemon, so channels to `local` are delivered in-process (loopback);
+//! - null: one null port per core (no receive path);
+//! - af_packet: one interface (`port.device`) and exactly one core, which both sends (channels
+//!   to peers go out on the wire, addressed with this host's MAC/IPv4 and the peer's) and
+//!   receives (incoming channels from peers get their receivers on that same core). Its idle
+//!   loop sleeps (`policy.idle_sleep`) unless `policy.idle = "spin"`: a loop that spins or
+//!   yields starves the softirq that moves frames through veth.
+//!
+//! The control thread reaches every core only through its [`CoreHandle`] (the lock-free
+//! control ring), and places receivers with [`Dataplane::receive_core`]. New backends (AF_XDP,
+//! DPDK) slot in by building their port in [`Dataplane::start`] (see the AF_XDP note there).
 
 use std::sync::Arc;
 
-use control::config::{DaemonConfig, IdleMode, PortKind};
+use control::config::{parse_mac, DaemonConfig, IdleMode, PortKind};
 use dataplane::core::{Core, CoreConfig, CoreError, CoreStats, IdlePolicy, RunningCore};
 use dataplane::handle::CoreHandle;
 use dataplane::link::LinkConfig;
@@ -17,6 +25,8 @@ use dataplane::memlink::{MemLink, MemLinkConfig, NullPort};
 use dataplane::port::Port;
 use dataplane::sched::SchedPolicy;
 use dataplane::time::{Clock, MonotonicClock};
+
+use crate::afpacket::{AfPacketConfig, AfPacketPort};
 
 /// A running core of any port type, stoppable for its final counters.
 trait Stoppable: Send {
@@ -73,16 +83,35 @@ pub enum DataplaneError {
     #[error("cannot start a polling thread: {0}")]
     Thread(std::io::Error),
     /// The port backend is not available.
-    #[error("port.kind: '{0}' is not supported by the daemon yet (use 'memlink' or 'null')")]
+    #[error(
+        "port.kind: '{0}' is not supported by the daemon yet (use 'memlink', 'null' or 'af_packet')"
+    )]
     NotSupported(&'static str),
+    /// The port could not be opened or addressed.
+    #[error("port: {0}")]
+    Port(String),
+}
+
+/// This host's addresses on the data link (af_packet): the source of its frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireAddr {
+    /// Source MAC.
+    pub mac: [u8; 6],
+    /// Source IPv4.
+    pub ip: [u8; 4],
 }
 
 /// Every polling core of the daemon.
 pub struct Dataplane {
     /// Sending cores, index = admission core = TX queue.
     pub tx: Vec<CoreSlot>,
-    /// Receive cores (memlink loopback), index = admission RX core; empty for `null`.
+    /// Receive cores (memlink loopback), index = admission RX core; empty for `null` and
+    /// `af_packet`.
     pub rx: Vec<CoreSlot>,
+    /// Receivers live on the sending cores (af_packet: one core sends and receives).
+    rx_on_tx: bool,
+    /// This host's data-link addresses, for ports that put frames on a real wire.
+    pub wire: Option<WireAddr>,
 }
 
 /// The TX queue on a core's own port that admission's TX queue `i` maps to.
@@ -111,12 +140,14 @@ impl Dataplane {
         let max_frame = cfg.cost.mtu as usize + 14;
         let mut tx = Vec::new();
         let mut rx = Vec::new();
+        let mut rx_on_tx = false;
+        let mut wire = None;
         for entry in &cfg.cores {
             let core_cfg = CoreConfig {
                 max_channels: entry.max_channels,
                 sched: sched_policy(cfg),
                 link: LinkConfig {
-                    link_rate_bps: cfg.cost.link_rate_bps,
+                    link_rate_bps: cfg.link_rate_bps(),
                     share_ppm: entry.tx_share_ppm,
                     in_flight_limit: 2 * (max_frame as u64 + 24),
                     work_conserving: cfg.policy.work_conserving,
@@ -130,7 +161,7 @@ impl Dataplane {
                 PortKind::Memlink => {
                     let (a, b) = MemLink::pair(
                         MemLinkConfig {
-                            rate_bps: cfg.cost.link_rate_bps,
+                            rate_bps: cfg.link_rate_bps(),
                             fifo_packets: cfg.port.fifo_packets,
                             pool_buffers: cfg.port.buffers,
                             max_frame,
@@ -147,15 +178,60 @@ impl Dataplane {
                     let core = Core::new(core_cfg, NullPort::new(cfg.port.buffers, max_frame))?;
                     tx.push(CoreSlot::start(core, entry.cpu, clock.clone(), idle)?);
                 }
+                PortKind::AfPacket => {
+                    let (port, addr) = open_af_packet(cfg, max_frame)?;
+                    let core = Core::new(core_cfg, port)?;
+                    let idle = match idle {
+                        IdlePolicy::Spin => IdlePolicy::Spin,
+                        _ => IdlePolicy::Sleep(cfg.policy.idle_sleep.0),
+                    };
+                    tx.push(CoreSlot::start(core, entry.cpu, clock.clone(), idle)?);
+                    rx_on_tx = true;
+                    wire = Some(addr);
+                }
+                // AF_XDP hook: open the XSK port on `cfg.port.device` here exactly like the
+                // af_packet arm (one core that sends and receives: set `rx_on_tx` and `wire`),
+                // and accept `PortKind::AfXdp` in `DaemonConfig::validate`.
                 other => return Err(DataplaneError::NotSupported(other.name())),
             }
         }
-        Ok(Self { tx, rx })
+        Ok(Self {
+            tx,
+            rx,
+            rx_on_tx,
+            wire,
+        })
     }
 
-    /// Whether channels can be received here (memlink loopback).
-    pub fn has_receive_path(&self) -> bool {
+    /// Whether channels to `local` can be delivered here (the memlink loopback).
+    pub fn has_loopback(&self) -> bool {
         !self.rx.is_empty()
+    }
+
+    /// Whether this host can receive channels at all (memlink loopback, or a wire port whose
+    /// cores also receive).
+    pub fn can_receive(&self) -> bool {
+        self.rx_on_tx || !self.rx.is_empty()
+    }
+
+    /// How many receive cores there are (receivers go on cores `0..n`).
+    pub fn receive_cores(&self) -> usize {
+        if self.rx_on_tx {
+            self.tx.len()
+        } else {
+            self.rx.len()
+        }
+    }
+
+    /// The core that receives for admission's RX core `core`: the loopback receive core
+    /// (memlink), the sending core itself (af_packet), or none (null).
+    pub fn receive_core(&mut self, core: u16) -> Option<&mut CoreHandle> {
+        let slots = if self.rx_on_tx {
+            &mut self.tx
+        } else {
+            &mut self.rx
+        };
+        slots.get_mut(usize::from(core)).map(|s| &mut s.handle)
     }
 
     /// Stops every core; the final counters of the sending cores.
@@ -165,5 +241,109 @@ impl Dataplane {
             r.stop();
         }
         stats
+    }
+}
+
+/// Opens the af_packet port of `cfg.port.device` and finds this host's addresses on it.
+fn open_af_packet(
+    cfg: &DaemonConfig,
+    max_frame: usize,
+) -> Result<(AfPacketPort, WireAddr), DataplaneError> {
+    let p = &cfg.port;
+    let dev = p.device.as_deref().unwrap_or_default();
+    let port = AfPacketPort::open(
+        dev,
+        AfPacketConfig {
+            rx_block_size: p.rx_block_size,
+            rx_blocks: p.rx_blocks,
+            frame_size: p.frame_size,
+            tx_batch: p.tx_batch,
+            pool_buffers: p.buffers,
+            qdisc_bypass: p.qdisc_bypass,
+            link_rate_bps: cfg.link_rate_bps(),
+            rx_block_timeout_ms: p.rx_block_timeout_ms,
+        },
+    )
+    .map_err(|e| DataplaneError::Port(e.to_string()))?;
+    if port.capabilities().max_frame < max_frame {
+        return Err(DataplaneError::Port(format!(
+            "cost.mtu {} exceeds the MTU {} of '{dev}'",
+            cfg.cost.mtu,
+            port.mtu()
+        )));
+    }
+    for n in port.notes() {
+        eprintln!("rtchand: af_packet {dev}: {n}");
+    }
+    let mac = match &p.mac {
+        Some(m) => parse_mac(m).map_err(|e| DataplaneError::Port(format!("port.mac: {e}")))?,
+        None => iface::hwaddr(dev)
+            .map_err(|e| DataplaneError::Port(format!("the MAC address of '{dev}': {e}")))?,
+    };
+    let ip = match p.ip {
+        Some(ip) => ip.octets(),
+        None => iface::ipv4(dev).map_err(|e| {
+            DataplaneError::Port(format!(
+                "the IPv4 address of '{dev}': {e} (give one with port.ip)"
+            ))
+        })?,
+    };
+    Ok((port, WireAddr { mac, ip }))
+}
+
+/// An interface's addresses, read with ioctls on a datagram socket (in the calling thread's
+/// network namespace, like the port itself).
+mod iface {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    fn ioctl(ifname: &str, request: libc::c_ulong) -> io::Result<libc::ifreq> {
+        if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bad interface name",
+            ));
+        }
+        // SAFETY: plain syscall; the descriptor is checked and then owned.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: ifreq is plain old data; all-zero is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: `req` is a valid ifreq with a NUL-terminated name (the length was checked
+        // and the rest is zero); the kernel writes only inside it.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut req as *mut libc::ifreq) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(req)
+    }
+
+    /// The interface's MAC address (`SIOCGIFHWADDR`).
+    pub fn hwaddr(ifname: &str) -> io::Result<[u8; 6]> {
+        let req = ioctl(ifname, libc::SIOCGIFHWADDR)?;
+        // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+        let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+        let mut mac = [0u8; 6];
+        for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {
+            *m = *b as u8;
+        }
+        Ok(mac)
+    }
+
+    /// The interface's (first) IPv4 address (`SIOCGIFADDR`).
+    pub fn ipv4(ifname: &str) -> io::Result<[u8; 4]> {
+        let req = ioctl(ifname, libc::SIOCGIFADDR)?;
+        // SAFETY: SIOCGIFADDR filled the addr member of the union with a sockaddr_in.
+        let sa = unsafe { req.ifr_ifru.ifru_addr };
+        // sockaddr_in: family (2 bytes), then sa_data = port (2 bytes), address (4 bytes).
+        let d = sa.sa_data;
+        Ok([d[2] as u8, d[3] as u8, d[4] as u8, d[5] as u8])
     }
 }
