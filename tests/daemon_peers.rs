@@ -301,3 +301,76 @@ fn unreachable_and_silent_peers_refuse_and_reserve_nothing() {
     drop(silent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A free TCP port on 127.0.0.1 (bound, read, released: the daemons bind it right after).
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Two daemons, each the other's peer, opening channels to each other at the same moment:
+/// each control thread answers the other's prepare while it waits for its own, so every open
+/// succeeds (before, both waited on each other until the peer timeout and tore everything
+/// down).
+#[test]
+fn two_daemons_opening_to_each_other_at_once_both_succeed() {
+    let dir = temp_dir("cross");
+    let (addr_a, addr_b) = (free_port(), free_port());
+    let start = |name: &str, listen: SocketAddr, peer: &str, peer_addr: SocketAddr| {
+        let cfg = DaemonConfig::parse(&format!(
+            r#"
+socket = "{dir}/{name}.sock"
+[policy]
+idle = "sleep"
+idle_sleep = "200us"
+[cost]
+per_message_ns = 2000
+per_packet_ns = 1000
+link_rate_bps = 1000000000
+[peering]
+name = "{name}"
+listen = "{listen}"
+heartbeat = "100ms"
+timeout = "2s"
+[[peers]]
+name = "{peer}"
+address = "{peer_addr}"
+network_bound = "100us"
+"#,
+            dir = dir.display()
+        ))
+        .unwrap();
+        Daemon::start(cfg).unwrap()
+    };
+    let a = start("a", addr_a, "b", addr_b);
+    let b = start("b", addr_b, "a", addr_a);
+    for round in 0..5 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let t = {
+            let (sock, barrier) = (b.socket.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                open(&sock, "a", "5ms")
+            })
+        };
+        barrier.wait();
+        let t0 = Instant::now();
+        let from_a = open(&a.socket, "b", "5ms");
+        let from_b = t.join().unwrap();
+        assert!(from_a.ok, "round {round}: a -> b: {from_a:?}");
+        assert!(from_b.ok, "round {round}: b -> a: {from_b:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "round {round}: took {:?} (a wait on the peer timeout)",
+            t0.elapsed()
+        );
+    }
+    let (la, lb) = (list(&a.socket), list(&b.socket));
+    assert_eq!((la.channels.len(), la.incoming.len()), (5, 5));
+    assert_eq!((lb.channels.len(), lb.incoming.len()), (5, 5));
+    a.shutdown();
+    b.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}

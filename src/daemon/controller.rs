@@ -102,6 +102,10 @@ pub struct Control {
     policy: PolicyInfo,
     state_path: Option<PathBuf>,
     last_heartbeat: Instant,
+    /// The control thread's inbox (clients and peers), once attached.
+    inbox: Option<std::sync::mpsc::Receiver<Msg>>,
+    /// Client messages that arrived while waiting for a peer; handled next, in order.
+    deferred: std::collections::VecDeque<Msg>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -152,7 +156,44 @@ impl Control {
             next_id: 0,
             policy,
             last_heartbeat: Instant::now(),
+            inbox: None,
+            deferred: std::collections::VecDeque::new(),
         })
+    }
+
+    /// Gives the control thread's inbox to the controller, so it can keep serving peers while
+    /// it waits on one (see [`Control::next_msg`]).
+    pub fn attach_inbox(&mut self, inbox: std::sync::mpsc::Receiver<Msg>) {
+        self.inbox = Some(inbox);
+    }
+
+    /// The next message: one deferred while waiting on a peer, else from the inbox.
+    pub fn next_msg(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Msg, std::sync::mpsc::RecvTimeoutError> {
+        if let Some(m) = self.deferred.pop_front() {
+            return Ok(m);
+        }
+        match &self.inbox {
+            Some(rx) => rx.recv_timeout(timeout),
+            None => Err(std::sync::mpsc::RecvTimeoutError::Disconnected),
+        }
+    }
+
+    /// While waiting for a peer's reply: answer peers' requests (they only touch this host's
+    /// incoming side, never call a peer), keep everything else for after.
+    fn serve_peers_while_waiting(&mut self) {
+        let Some(rx) = self.inbox.take() else {
+            return;
+        };
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Peer { .. } => self.handle(m),
+                other => self.deferred.push_back(other),
+            }
+        }
+        self.inbox = Some(rx);
     }
 
     /// Re-establishes the channels of the state file; returns how many came back and the
@@ -810,9 +851,13 @@ impl Control {
             })?;
             self.sessions.insert(peer.to_owned(), s);
         }
-        let session = self.sessions.get_mut(peer).expect("just inserted");
-        match session.call(req) {
-            Ok(r) => Ok(r),
+        // Out of the map while waiting, so the wait can serve incoming peer requests.
+        let mut session = self.sessions.remove(peer).expect("just inserted");
+        match session.call(req, || self.serve_peers_while_waiting()) {
+            Ok(r) => {
+                self.sessions.insert(peer.to_owned(), session);
+                Ok(r)
+            }
             Err(e) => {
                 self.peer_lost(peer);
                 Err(ApiError::new(

@@ -145,11 +145,12 @@ impl Daemon {
         };
         let (restored, restore_errors) = control.restore();
         let stop2 = stop.clone();
+        control.attach_inbox(rx);
         let control = std::thread::Builder::new()
             .name("rtchan-control".into())
             .spawn(move || {
                 loop {
-                    match rx.recv_timeout(Duration::from_millis(50)) {
+                    match control.next_msg(Duration::from_millis(50)) {
                         Ok(m) => control.handle(m),
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,

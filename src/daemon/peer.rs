@@ -34,7 +34,13 @@ pub struct PeerSession {
     writer: TcpStream,
     reader: BufReader<TcpStream>,
     buf: Vec<u8>,
+    timeout: Duration,
 }
+
+/// How often a control thread waiting for a peer's reply looks at its own inbox: it must keep
+/// answering the other side's requests meanwhile, or two daemons opening channels to each
+/// other at once would each wait for the other forever.
+pub const SERVE_WHILE_WAITING: Duration = Duration::from_millis(5);
 
 impl PeerSession {
     /// Connects to `peer` and introduces this daemon as `me`.
@@ -50,19 +56,49 @@ impl PeerSession {
             writer: s,
             reader,
             buf: Vec::new(),
+            timeout,
         };
         session
-            .call(&PeerRequest::Hello { name: me.into() })?
+            .call(&PeerRequest::Hello { name: me.into() }, || {})?
             .into_result::<serde_json::Value>()
             .map_err(|e| format!("peer '{}' refused the session: {e}", peer.name))?;
         Ok(session)
     }
 
-    /// One request and its reply. `Err` means the session is broken.
-    pub fn call(&mut self, req: &PeerRequest) -> Result<Reply, String> {
+    /// One request and its reply; `serve` runs every [`SERVE_WHILE_WAITING`] until the reply
+    /// starts to arrive (the control thread answers incoming peer requests there). `Err`
+    /// means the session is broken.
+    pub fn call(&mut self, req: &PeerRequest, mut serve: impl FnMut()) -> Result<Reply, String> {
         self.writer
             .write_all(encode_peer_request(req).as_bytes())
             .map_err(|e| format!("send: {e}"))?;
+        // Wait for the first byte without consuming anything (so no partial line is lost),
+        // serving our own inbox meanwhile; then read the line with the session's timeout.
+        let deadline = std::time::Instant::now() + self.timeout;
+        if self.reader.buffer().is_empty() {
+            let sock = self.reader.get_ref();
+            let _ = sock.set_read_timeout(Some(SERVE_WHILE_WAITING));
+            let waited = loop {
+                match sock.peek(&mut [0u8; 1]) {
+                    Ok(_) => break Ok(()),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if std::time::Instant::now() >= deadline {
+                            break Err(format!("no reply within {:?}", self.timeout));
+                        }
+                        serve();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(format!("no reply: {e}")),
+                }
+            };
+            let _ = sock.set_read_timeout(Some(self.timeout));
+            waited?;
+        }
         match read_line_capped(&mut self.reader, MAX_LINE, &mut self.buf) {
             Ok(Line::Complete) => {
                 serde_json::from_slice(&self.buf).map_err(|e| format!("bad reply from peer: {e}"))
