@@ -17,7 +17,8 @@ use dataplane::channel::{Sender, Submit, SubmitError};
 use dataplane::core::{Core, CoreConfig};
 use dataplane::handle::CoreHandle;
 use dataplane::link::LinkConfig;
-use dataplane::memlink::{MemLink, MemLinkConfig, MemPort};
+use dataplane::memlink::{MemLink, MemLinkConfig};
+use dataplane::port::Port;
 use dataplane::rx::Receiver;
 use dataplane::sched::SchedPolicy;
 use dataplane::source::{Pattern, Source};
@@ -51,7 +52,27 @@ pub struct DemoArgs {
     /// Run without the best-effort flood (to compare).
     #[arg(long)]
     pub no_flood: bool,
+    /// The link: `auto` (a veth pair between two network namespaces over af_packet when this
+    /// process may create them, i.e. as root, else the in-memory link), `veth`, `memlink`.
+    #[arg(long, value_enum, default_value_t = LinkChoice::Auto)]
+    pub link: LinkChoice,
 }
+
+/// Which link joins the two dataplanes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkChoice {
+    /// veth when possible, else the in-memory link.
+    Auto,
+    /// A veth pair between two network namespaces, af_packet on each end (needs root).
+    Veth,
+    /// The in-memory link.
+    Memlink,
+}
+
+/// The veth variant's share of D for the network and the receiving host: the receive ring
+/// hands a block up when it fills or its retire timer fires (1 ms, up to a scheduler tick
+/// later), and the kernel's softirq work for veth shares this machine's CPUs.
+pub const VETH_NETWORK_AND_RECEIVE_BOUND: Nanos = 10_000_000;
 
 /// Parses `500us`, `2ms`, `1s`, `1m` or plain nanoseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -93,6 +114,9 @@ pub enum DemoError {
     /// A demo channel that must be admitted was refused.
     #[error("admission refused demo channel {0}: {1}")]
     Refused(&'static str, String),
+    /// The veth link was asked for and could not be set up.
+    #[error("--link veth: {0}")]
+    Veth(String),
     /// Link rate out of range.
     #[error("--link-mbps must be between 10 and 100000, got {0}")]
     LinkRate(u64),
@@ -206,6 +230,17 @@ const CHANNELS: [DemoChannel; 5] = [
     },
 ];
 
+/// The link the two hosts use, and what it adds to the end-to-end bound.
+struct LinkInfo {
+    /// For the header line.
+    desc: String,
+    /// The network's and the receiving host's share of D.
+    network_bound: Nanos,
+    /// Sleep this long when idle (veth: spinning would starve the kernel's softirq work the
+    /// veth pair needs); `None`: yield.
+    idle_sleep: Option<Duration>,
+}
+
 /// Runs the demo and prints its progress and result table.
 pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     if !(10..=100_000).contains(&args.link_mbps) {
@@ -213,6 +248,24 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     }
     let link_bps = args.link_mbps * 1_000_000;
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
+    if args.link != LinkChoice::Memlink {
+        match veth::ports(link_bps) {
+            Ok((a, b, _namespaces)) => {
+                let info = LinkInfo {
+                    desc: format!(
+                        "a veth pair between two network namespaces (af_packet, paced at {} Mb/s)",
+                        args.link_mbps
+                    ),
+                    network_bound: VETH_NETWORK_AND_RECEIVE_BOUND,
+                    idle_sleep: Some(Duration::from_micros(20)),
+                };
+                // `_namespaces` lives until the ports are closed (end of this arm).
+                return run_on(args, clock, a, b, &info);
+            }
+            Err(reason) if args.link == LinkChoice::Veth => return Err(DemoError::Veth(reason)),
+            Err(reason) => println!("note: using the in-memory link ({reason})"),
+        }
+    }
     let (a, b) = MemLink::pair(
         MemLinkConfig {
             rate_bps: link_bps,
@@ -222,6 +275,28 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         },
         clock.clone(),
     );
+    let info = LinkInfo {
+        desc: format!(
+            "an in-memory link timed like {} Mb/s Ethernet",
+            args.link_mbps
+        ),
+        network_bound: NETWORK_AND_RECEIVE_BOUND,
+        idle_sleep: None,
+    };
+    run_on(args, clock, a, b, &info)
+}
+
+fn run_on<P: Port + 'static>(
+    args: &DemoArgs,
+    clock: Arc<dyn Clock>,
+    a: P,
+    b: P,
+    link: &LinkInfo,
+) -> Result<DemoReport, DemoError>
+where
+    P::Buf: 'static,
+{
+    let link_bps = args.link_mbps * 1_000_000;
     let policy = SchedPolicy {
         granularity: 4,
         best_effort_reserve_ppm: 50_000,
@@ -278,7 +353,7 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             bmax: ch.bmax,
             cpu_deadline: adm.cpu_deadline,
             link_deadline: adm.link_deadline,
-            end_to_end_deadline: adm.link_deadline + NETWORK_AND_RECEIVE_BOUND,
+            end_to_end_deadline: adm.link_deadline + link.network_bound,
         };
         specs.push(spec);
         receivers.push(rx_core.open_receiver(i as u32, ch.mmax, 256));
@@ -299,6 +374,7 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let poller = {
         let stop = stop.clone();
         let clock = clock.clone();
+        let idle_sleep = link.idle_sleep;
         std::thread::Builder::new()
             .name("rtchan-cores".into())
             .spawn(move || {
@@ -310,7 +386,7 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
                     core_affinity::set_for_current(*last);
                 }
                 let rt = dataplane::core::raise_priority();
-                poll_loop(tx_core, rx_core, &*clock, &stop, rt)
+                poll_loop(tx_core, rx_core, &*clock, &stop, rt, idle_sleep)
             })
             .expect("spawn polling thread")
     };
@@ -327,9 +403,9 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let mut flood = handle.open(ChannelConfig::best_effort(1000, 1400, 512))?;
 
     println!(
-        "rtchan demo: {} real-time channels and a best-effort flood over a {} Mb/s emulated link for {:?}",
+        "rtchan demo: {} real-time channels and a best-effort flood over {} for {:?}",
         CHANNELS.len(),
-        args.link_mbps,
+        link.desc,
         args.duration
     );
     for (ch, s) in CHANNELS.iter().zip(&specs) {
@@ -517,13 +593,16 @@ pub struct Stalls {
     pub longest: Nanos,
 }
 
-fn poll_loop(
-    mut tx: Core<MemPort>,
-    mut rx: Core<MemPort>,
+type Polled<P> = (Core<P>, Core<P>, std::io::Result<()>, Stalls);
+
+fn poll_loop<P: Port>(
+    mut tx: Core<P>,
+    mut rx: Core<P>,
     clock: &dyn Clock,
     stop: &AtomicBool,
     realtime: std::io::Result<()>,
-) -> (Core<MemPort>, Core<MemPort>, std::io::Result<()>, Stalls) {
+    idle_sleep: Option<Duration>,
+) -> Polled<P> {
     let mut tsc = TscMeter;
     let mut stalls = Stalls::default();
     let mut last = clock.now();
@@ -537,7 +616,10 @@ fn poll_loop(
         let a = tx.poll(clock, &mut tsc);
         let b = rx.poll(clock, &mut tsc);
         if a.is_idle() && b.is_idle() {
-            std::thread::yield_now();
+            match idle_sleep {
+                Some(d) => std::thread::sleep(d),
+                None => std::thread::yield_now(),
+            }
         }
     }
     (tx, rx, realtime, stalls)
@@ -638,5 +720,129 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 parsecs").unwrap_err().contains("unit"));
         assert!(parse_duration("fast").is_err());
+    }
+}
+
+/// The veth link: two network namespaces joined by a veth pair, an af_packet port on each end.
+mod veth {
+    use crate::afpacket::{enter_netns, AfPacketConfig, AfPacketPort};
+    use dataplane::spec::Endpoint;
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Runs `ip`; the error carries its stderr.
+    fn ip(args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run ip: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// The namespaces the demo made; deleted on drop (which removes the veth pair too).
+    pub struct Namespaces(Vec<String>);
+
+    impl Drop for Namespaces {
+        fn drop(&mut self) {
+            for n in self.0.drain(..) {
+                if let Err(e) = ip(&["netns", "del", &n]) {
+                    eprintln!("warning: could not delete network namespace {n}: {e}");
+                }
+            }
+        }
+    }
+
+    fn is_root() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
+            })
+            .unwrap_or(false)
+    }
+
+    fn mac(m: [u8; 6]) -> String {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// Opens an af_packet port on `ifname` from a thread inside namespace `ns` (the socket
+    /// belongs to the namespace it was made in, whichever thread uses it later).
+    fn open_in(ns: &str, ifname: &str, link_bps: u64) -> Result<AfPacketPort, String> {
+        let (ns, ifname) = (ns.to_string(), ifname.to_string());
+        std::thread::spawn(move || {
+            enter_netns(&Path::new("/var/run/netns").join(&ns))
+                .map_err(|e| format!("entering namespace {ns}: {e}"))?;
+            AfPacketPort::open(
+                &ifname,
+                AfPacketConfig {
+                    rx_block_size: 4096,
+                    rx_blocks: 1024,
+                    frame_size: 2048,
+                    pool_buffers: 16_384,
+                    link_rate_bps: link_bps,
+                    rx_block_timeout_ms: 1,
+                    ..AfPacketConfig::default()
+                },
+            )
+            .map_err(|e| e.to_string())
+        })
+        .join()
+        .map_err(|_| "the thread opening the port panicked".to_string())?
+    }
+
+    /// Two ports joined by a fresh veth pair, with the namespaces' guard.
+    pub fn ports(link_bps: u64) -> Result<(AfPacketPort, AfPacketPort, Namespaces), String> {
+        if !is_root() {
+            return Err("network namespaces need root".into());
+        }
+        let pid = std::process::id();
+        let (ns_a, ns_b) = (
+            format!("rtchan-demo-a-{pid}"),
+            format!("rtchan-demo-b-{pid}"),
+        );
+        let (if_a, if_b) = (format!("rdemoa{pid}"), format!("rdemob{pid}"));
+        let mut guard = Namespaces(Vec::new());
+        ip(&["netns", "add", &ns_a])?;
+        guard.0.push(ns_a.clone());
+        ip(&["netns", "add", &ns_b])?;
+        guard.0.push(ns_b.clone());
+        // The channels' headers use Endpoint::default()'s MACs: give the veth ends those.
+        let ep = Endpoint::default();
+        ip(&[
+            "link",
+            "add",
+            &if_a,
+            "netns",
+            &ns_a,
+            "address",
+            &mac(ep.src_mac),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &if_b,
+            "netns",
+            &ns_b,
+            "address",
+            &mac(ep.dst_mac),
+        ])?;
+        ip(&["-n", &ns_a, "link", "set", &if_a, "up"])?;
+        ip(&["-n", &ns_b, "link", "set", &if_b, "up"])?;
+        let a = open_in(&ns_a, &if_a, link_bps)?;
+        let b = open_in(&ns_b, &if_b, link_bps)?;
+        Ok((a, b, guard))
     }
 }
