@@ -726,65 +726,15 @@ mod tests {
 /// The veth link: two network namespaces joined by a veth pair, an af_packet port on each end.
 mod veth {
     use crate::afpacket::{enter_netns, AfPacketConfig, AfPacketPort};
+    use crate::netns::{is_root, netns_path, Namespaces};
     use dataplane::spec::Endpoint;
-    use std::path::Path;
-    use std::process::Command;
-
-    /// Runs `ip`; the error carries its stderr.
-    fn ip(args: &[&str]) -> Result<(), String> {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run ip: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "ip {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-
-    /// The namespaces the demo made; deleted on drop (which removes the veth pair too).
-    pub struct Namespaces(Vec<String>);
-
-    impl Drop for Namespaces {
-        fn drop(&mut self) {
-            for n in self.0.drain(..) {
-                if let Err(e) = ip(&["netns", "del", &n]) {
-                    eprintln!("warning: could not delete network namespace {n}: {e}");
-                }
-            }
-        }
-    }
-
-    fn is_root() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
-            })
-            .unwrap_or(false)
-    }
-
-    fn mac(m: [u8; 6]) -> String {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    }
 
     /// Opens an af_packet port on `ifname` from a thread inside namespace `ns` (the socket
     /// belongs to the namespace it was made in, whichever thread uses it later).
     fn open_in(ns: &str, ifname: &str, link_bps: u64) -> Result<AfPacketPort, String> {
         let (ns, ifname) = (ns.to_string(), ifname.to_string());
         std::thread::spawn(move || {
-            enter_netns(&Path::new("/var/run/netns").join(&ns))
-                .map_err(|e| format!("entering namespace {ns}: {e}"))?;
+            enter_netns(&netns_path(&ns)).map_err(|e| format!("entering namespace {ns}: {e}"))?;
             AfPacketPort::open(
                 &ifname,
                 AfPacketConfig {
@@ -814,33 +764,10 @@ mod veth {
             format!("rtchan-demo-b-{pid}"),
         );
         let (if_a, if_b) = (format!("rdemoa{pid}"), format!("rdemob{pid}"));
-        let mut guard = Namespaces(Vec::new());
-        ip(&["netns", "add", &ns_a])?;
-        guard.0.push(ns_a.clone());
-        ip(&["netns", "add", &ns_b])?;
-        guard.0.push(ns_b.clone());
+        let mut guard = Namespaces::default();
         // The channels' headers use Endpoint::default()'s MACs: give the veth ends those.
         let ep = Endpoint::default();
-        ip(&[
-            "link",
-            "add",
-            &if_a,
-            "netns",
-            &ns_a,
-            "address",
-            &mac(ep.src_mac),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &if_b,
-            "netns",
-            &ns_b,
-            "address",
-            &mac(ep.dst_mac),
-        ])?;
-        ip(&["-n", &ns_a, "link", "set", &if_a, "up"])?;
-        ip(&["-n", &ns_b, "link", "set", &if_b, "up"])?;
+        guard.veth_pair((&ns_a, &if_a, ep.src_mac), (&ns_b, &if_b, ep.dst_mac))?;
         let a = open_in(&ns_a, &if_a, link_bps)?;
         let b = open_in(&ns_b, &if_b, link_bps)?;
         Ok((a, b, guard))

@@ -12,4 +12,5 @@ pub mod demo;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod eval;
+pub mod netns;
 pub mod pcap;

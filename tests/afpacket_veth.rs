@@ -16,8 +16,7 @@ use dataplane::spec::{ChannelConfig, ChannelSpec, Endpoint};
 use dataplane::time::{monotonic_now, Clock, MonotonicClock, Nanos, TscMeter};
 use dataplane::wire::{wire_bytes, FRAME_OVERHEAD};
 use rtchan::afpacket::{enter_netns, AfPacketConfig, AfPacketPort};
-use std::path::PathBuf;
-use std::process::Command;
+use rtchan::netns::{ip, is_root, netns_path, Namespaces};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -122,55 +121,6 @@ fn port_config() -> AfPacketConfig {
     }
 }
 
-/// Runs `ip` with `args`; the error carries its stderr.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Network namespaces made by this test; deleted on drop (which also removes the veth pair).
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn add(&mut self, name: &str) -> Result<(), String> {
-        ip(&["netns", "add", name])?;
-        self.0.push(name.to_string());
-        Ok(())
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in self.0.drain(..) {
-            if let Err(e) = ip(&["netns", "del", &n]) {
-                eprintln!("warning: could not delete network namespace {n}: {e}");
-            }
-        }
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0")) // effective uid
-        })
-        .unwrap_or(false)
-}
-
 /// What the receiving thread saw of one real-time channel.
 #[derive(Debug, Default)]
 struct RxChannel {
@@ -256,10 +206,6 @@ impl std::fmt::Display for Stalls {
             self.over_1ms
         )
     }
-}
-
-fn netns_path(name: &str) -> PathBuf {
-    PathBuf::from("/var/run/netns").join(name)
 }
 
 fn receiver_thread(
@@ -480,7 +426,7 @@ fn real_time_channels_meet_their_bounds_over_af_packet_on_veth() {
             .join(":")
     };
     // Declared first, dropped last: after the threads (which hold the namespaces) are joined.
-    let mut namespaces = Namespaces(Vec::new());
+    let mut namespaces = Namespaces::default();
     let setup = (|| {
         namespaces.add(&ns_a)?;
         namespaces.add(&ns_b)?;

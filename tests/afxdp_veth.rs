@@ -21,8 +21,7 @@ use dataplane::time::{monotonic_now, Clock, MonotonicClock, Nanos, TscMeter};
 use dataplane::wire::{wire_bytes, FRAME_OVERHEAD};
 use rtchan::afpacket::enter_netns;
 use rtchan::afxdp::{AfXdpConfig, AfXdpPort, XdpAttach};
-use std::path::PathBuf;
-use std::process::Command;
+use rtchan::netns::{ip, is_root, netns_path, Namespaces};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -131,55 +130,6 @@ fn port_config() -> AfXdpConfig {
     }
 }
 
-/// Runs `ip` with `args`; the error carries its stderr.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Network namespaces made by this test; deleted on drop (which also removes the veth pair).
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn add(&mut self, name: &str) -> Result<(), String> {
-        ip(&["netns", "add", name])?;
-        self.0.push(name.to_string());
-        Ok(())
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in self.0.drain(..) {
-            if let Err(e) = ip(&["netns", "del", &n]) {
-                eprintln!("warning: could not delete network namespace {n}: {e}");
-            }
-        }
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0")) // effective uid
-        })
-        .unwrap_or(false)
-}
-
 /// What the receiving thread saw of one real-time channel.
 #[derive(Debug, Default)]
 struct RxChannel {
@@ -279,10 +229,6 @@ fn describe(port: &AfXdpPort) -> String {
             "copy"
         }
     )
-}
-
-fn netns_path(name: &str) -> PathBuf {
-    PathBuf::from("/var/run/netns").join(name)
 }
 
 fn receiver_thread(
@@ -511,7 +457,7 @@ fn veth_pair(ns_a: &str, ns_b: &str, if_a: &str, if_b: &str) -> Result<Namespace
             .collect::<Vec<_>>()
             .join(":")
     };
-    let mut namespaces = Namespaces(Vec::new());
+    let mut namespaces = Namespaces::default();
     namespaces.add(ns_a)?;
     namespaces.add(ns_b)?;
     ip(&[

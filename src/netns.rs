@@ -1,0 +1,102 @@
+//! Network namespaces and veth pairs for the demo and the tests: made with `ip`, removed when
+//! the [`Namespaces`] guard drops (deleting a namespace removes its end of the veth pair too),
+//! even when a test fails. Traffic on them stays inside the namespaces the caller made.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Runs `ip` with `args`; the error carries its stderr.
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// True when the process runs with effective uid 0 (namespaces and raw sockets need it).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0")) // effective uid
+        })
+        .unwrap_or(false)
+}
+
+/// The file `setns(2)` takes for namespace `name` (see [`crate::afpacket::enter_netns`]).
+pub fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from("/var/run/netns").join(name)
+}
+
+/// A MAC address as `ip` writes it.
+pub fn mac_string(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Network namespaces made by the caller; deleted on drop.
+#[derive(Debug, Default)]
+pub struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    /// Creates namespace `name` and takes charge of deleting it.
+    pub fn add(&mut self, name: &str) -> Result<(), String> {
+        ip(&["netns", "add", name])?;
+        self.0.push(name.to_string());
+        Ok(())
+    }
+
+    /// Creates namespaces `a` and `b` joined by a veth pair (`if_a` with `mac_a` in `a`, `if_b`
+    /// with `mac_b` in `b`), both ends up.
+    pub fn veth_pair(
+        &mut self,
+        (a, if_a, mac_a): (&str, &str, [u8; 6]),
+        (b, if_b, mac_b): (&str, &str, [u8; 6]),
+    ) -> Result<(), String> {
+        self.add(a)?;
+        self.add(b)?;
+        ip(&[
+            "link",
+            "add",
+            if_a,
+            "netns",
+            a,
+            "address",
+            &mac_string(mac_a),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            if_b,
+            "netns",
+            b,
+            "address",
+            &mac_string(mac_b),
+        ])?;
+        ip(&["-n", a, "link", "set", if_a, "up"])?;
+        ip(&["-n", b, "link", "set", if_b, "up"])
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in self.0.drain(..) {
+            if let Err(e) = ip(&["netns", "del", &n]) {
+                eprintln!("warning: could not delete network namespace {n}: {e}");
+            }
+        }
+    }
+}
