@@ -28,6 +28,8 @@
 //! - [`port`], [`memlink`], [`fault`]: the port trait, the in-memory link, a fault injector.
 //! - [`source`]: traffic sources; [`stats`]: counters and histograms; [`time`]: clocks.
 
+#[doc(hidden)]
+pub mod bench_path;
 pub mod channel;
 pub mod core;
 pub mod edf_queue;
