@@ -46,6 +46,6 @@ echo "== tests (DPDK vdevs; one at a time: they share one EAL and measure timing
 cargo test -p rtchan --features dpdk --test dpdk_port --test dpdk_pcap -- --test-threads=1
 
 echo "== tests (AF_XDP over a veth pair in two namespaces; needs root)"
-cargo test -p rtchan --features af_xdp --test afxdp_veth -- --test-threads=1
+cargo test -p rtchan --features af_xdp --test afxdp_veth --test daemon_netns -- --test-threads=1
 
 echo "== all checks passed"

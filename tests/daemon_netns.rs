@@ -14,7 +14,14 @@
 //! namespaces it creates; the daemons are killed and the namespaces (with the veth pair)
 //! deleted on every exit path, failures included.
 //!
-//! The AF_XDP half runs the same scenario with `kind = "af_xdp"`: see [`Backend`].
+//! The AF_XDP half (feature `af_xdp`; the `rtchand` it spawns is the same build's) runs the
+//! same scenario with `kind = "af_xdp"`: copy mode, `report_completions = false` (on veth a
+//! frame completes once copied, so the link scheduler paces at `link_rate_bps`), libxdp's
+//! default program. That program hands every frame of the queue to the socket (the kernel
+//! sees no ARP and no TCP on it), so these daemons peer over a second veth pair and address
+//! data frames with `[[peers]] data_ip`. It also needs a kernel with CONFIG_XDP_SOCKETS and BPF; it prints SKIPPED
+//! when `socket(AF_XDP)` is refused. `RTCHAN_XDP_ATTACH=native|skb|auto` picks the attach
+//! mode (default auto: native on veth).
 
 #![cfg(target_os = "linux")]
 
@@ -65,15 +72,16 @@ const PEER_PORT: u16 = 7411;
 #[derive(Clone, Copy, Debug)]
 enum Backend {
     AfPacket,
-    // AF_XDP: add `AfXdp` here with its `[port]` table in `port_table` (kind = "af_xdp",
-    // device, link_rate_bps, ...) and a second #[test] calling `two_hosts(Backend::AfXdp)`,
-    // once the daemon accepts that kind (src/daemon/dp.rs, control/src/config.rs).
+    #[cfg(feature = "af_xdp")]
+    AfXdp,
 }
 
 impl Backend {
     fn name(self) -> &'static str {
         match self {
             Self::AfPacket => "af_packet",
+            #[cfg(feature = "af_xdp")]
+            Self::AfXdp => "af_xdp",
         }
     }
 
@@ -83,6 +91,49 @@ impl Backend {
                 "[port]\nkind = \"af_packet\"\ndevice = \"{device}\"\nlink_rate_bps = {RATE_BPS}\n\
                  buffers = 8192\nrx_block_size = 4096\nrx_blocks = 512\nrx_block_timeout_ms = 1\n"
             ),
+            #[cfg(feature = "af_xdp")]
+            Self::AfXdp => {
+                let attach = match std::env::var("RTCHAN_XDP_ATTACH").as_deref() {
+                    Ok("native") => "native",
+                    Ok("skb") => "skb",
+                    _ => "auto",
+                };
+                format!(
+                    "[port]\nkind = \"af_xdp\"\ndevice = \"{device}\"\nlink_rate_bps = {RATE_BPS}\n\
+                     queue = 0\nattach = \"{attach}\"\nbind = \"copy\"\nbuffers = 8192\n\
+                     rx_frames = 2048\nreport_completions = false\n"
+                )
+            }
+        }
+    }
+
+    /// One letter for the names of the namespaces, interfaces and files of a run.
+    fn tag(self) -> char {
+        match self {
+            Self::AfPacket => 'p',
+            #[cfg(feature = "af_xdp")]
+            Self::AfXdp => 'x',
+        }
+    }
+
+    /// Whether the peering needs a link of its own (the port takes every frame of its
+    /// interface's queue away from the kernel).
+    fn needs_control_link(self) -> bool {
+        match self {
+            Self::AfPacket => false,
+            #[cfg(feature = "af_xdp")]
+            Self::AfXdp => true,
+        }
+    }
+
+    /// Why this backend cannot run here (beyond root and namespaces), if it cannot.
+    fn unavailable(self) -> Option<String> {
+        match self {
+            Self::AfPacket => None,
+            #[cfg(feature = "af_xdp")]
+            Self::AfXdp => rtchan::afxdp::probe()
+                .err()
+                .map(|e| format!("AF_XDP is not available here: {e}")),
         }
     }
 }
@@ -301,6 +352,12 @@ fn two_hosts_over_af_packet_meet_every_bound() {
     two_hosts(Backend::AfPacket);
 }
 
+#[cfg(feature = "af_xdp")]
+#[test]
+fn two_hosts_over_af_xdp_meet_every_bound() {
+    two_hosts(Backend::AfXdp);
+}
+
 fn two_hosts(backend: Backend) {
     let test = format!("daemon_netns ({})", backend.name());
     if !is_root() {
@@ -311,20 +368,40 @@ fn two_hosts(backend: Backend) {
         eprintln!("SKIPPED {test}: RTCHAN_SKIP_NETNS is set");
         return;
     }
+    if let Some(why) = backend.unavailable() {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
     let pid = std::process::id();
-    let (ns_s, ns_r) = (format!("rtchan-ds-{pid}"), format!("rtchan-dr-{pid}"));
-    let (if_s, if_r) = (format!("rds{pid}"), format!("rdr{pid}"));
+    // Named by pid and backend: the two tests may run in parallel in one process.
+    let tag = backend.tag();
+    let (ns_s, ns_r) = (
+        format!("rtchan-ds{tag}-{pid}"),
+        format!("rtchan-dr{tag}-{pid}"),
+    );
+    let (if_s, if_r) = (format!("rds{tag}{pid}"), format!("rdr{tag}{pid}"));
     // A private /30 of 10.203.0.0/16, chosen by pid so that parallel runs do not collide
     // (each namespace is separate anyway): .1 the sender, .2 the receiver.
     let net = format!("10.203.{}", pid % 256);
     let (ip_s, ip_r) = (format!("{net}.1"), format!("{net}.2"));
-    let dir = std::env::temp_dir().join(format!("rtchan-netns-{pid}"));
+    // AF_XDP takes every frame of the bound queue away from the kernel, the peering TCP and
+    // ARP included: its daemons peer over a second veth pair (10.204.x/30), and data frames
+    // go to `data_ip` on the first.
+    let control_link = backend.needs_control_link();
+    let (cif_s, cif_r) = (format!("rcs{tag}{pid}"), format!("rcr{tag}{pid}"));
+    let cnet = format!("10.204.{}", pid % 256);
+    let (cip_s, cip_r) = if control_link {
+        (format!("{cnet}.1"), format!("{cnet}.2"))
+    } else {
+        (ip_s.clone(), ip_r.clone())
+    };
+    let dir = std::env::temp_dir().join(format!("rtchan-netns-{tag}-{pid}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
 
     // Declared first, dropped last: after the daemons (which live in the namespaces).
     let mut namespaces = Namespaces(Vec::new());
-    let setup = (|| {
+    let setup: Result<(), String> = (|| {
         namespaces.add(&ns_s)?;
         namespaces.add(&ns_r)?;
         ip(&[
@@ -350,7 +427,18 @@ fn two_hosts(backend: Backend) {
             &if_r,
         ])?;
         ip(&["-n", &ns_s, "link", "set", &if_s, "up"])?;
-        ip(&["-n", &ns_r, "link", "set", &if_r, "up"])
+        ip(&["-n", &ns_r, "link", "set", &if_r, "up"])?;
+        if control_link {
+            ip(&[
+                "link", "add", &cif_s, "netns", &ns_s, "type", "veth", "peer", "name", &cif_r,
+                "netns", &ns_r,
+            ])?;
+            for (ns, dev, addr) in [(&ns_s, &cif_s, &cip_s), (&ns_r, &cif_r, &cip_r)] {
+                ip(&["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", dev])?;
+                ip(&["-n", ns, "link", "set", dev, "up"])?;
+            }
+        }
+        Ok(())
     })();
     if let Err(e) = setup {
         panic!(
@@ -359,7 +447,13 @@ fn two_hosts(backend: Backend) {
         );
     }
 
-    let common = |name: &str, dev: &str, listen: &str, peer: &str, peer_ip: &str, mac: &str| {
+    let common = |name: &str,
+                  dev: &str,
+                  listen: &str,
+                  peer: &str,
+                  peer_ip: &str,
+                  peer_data_ip: &str,
+                  mac: &str| {
         format!(
             r#"socket = "{dir}/{name}.sock"
 state_file = "{dir}/{name}.json"
@@ -377,13 +471,14 @@ name = "{peer}"
 address = "{peer_ip}:{PEER_PORT}"
 network_bound = "{NETWORK_BOUND}"
 mac = "{mac}"
+data_ip = "{peer_data_ip}"
 "#,
             dir = dir.display(),
             port = backend.port_table(dev),
         )
     };
-    let recv_cfg = common("recv", &if_r, &ip_r, "send", &ip_s, MAC_S);
-    let send_cfg = common("send", &if_s, &ip_s, "recv", &ip_r, MAC_R);
+    let recv_cfg = common("recv", &if_r, &cip_r, "send", &cip_s, &ip_s, MAC_S);
+    let send_cfg = common("send", &if_s, &cip_s, "recv", &cip_r, &ip_r, MAC_R);
 
     let mut outcome = Outcome::default();
     let mut receiver = match DaemonProc::start("recv", &ns_r, &dir, &recv_cfg) {

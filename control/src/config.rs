@@ -111,7 +111,8 @@ pub enum PortKind {
     Null,
     /// Linux af_packet on one interface (`device`): one core sends and receives.
     AfPacket,
-    /// Linux AF_XDP (not supported by the daemon yet).
+    /// Linux AF_XDP on one queue of one interface (`device`, `queue`): one core sends and
+    /// receives. Needs an `rtchand` built with the `af_xdp` feature.
     AfXdp,
     /// DPDK (not supported by the daemon yet).
     Dpdk,
@@ -130,6 +131,32 @@ impl PortKind {
     }
 }
 
+/// af_xdp: how the XDP program is attached to the interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpAttachMode {
+    /// Native (driver) mode, else generic (SKB) mode.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (SKB) mode only (always copy mode).
+    Skb,
+}
+
+/// af_xdp: copy or zero-copy binding of the socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpBindMode {
+    /// The kernel copies packets to and from the UMEM (works on any interface).
+    #[default]
+    Copy,
+    /// The NIC reads and writes the UMEM (native mode on a driver that supports it).
+    ZeroCopy,
+    /// Zero-copy when the driver has it, else copy.
+    ZeroCopyOrCopy,
+}
+
 /// The `[port]` table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -146,11 +173,11 @@ pub struct PortConfig {
     /// set it replaces `cost.link_rate_bps`. Required for af_packet (an interface's sysfs speed
     /// is wrong or absent for veth and inside a network namespace).
     pub link_rate_bps: Option<u64>,
-    /// af_packet: the source MAC of this host's frames (`"02:00:00:00:00:01"`); default: the
-    /// interface's own address.
+    /// af_packet, af_xdp: the source MAC of this host's frames (`"02:00:00:00:00:01"`);
+    /// default: the interface's own address.
     pub mac: Option<String>,
-    /// af_packet: the source IPv4 address of this host's frames; default: the interface's
-    /// first IPv4 address.
+    /// af_packet, af_xdp: the source IPv4 address of this host's frames; default: the
+    /// interface's first IPv4 address.
     pub ip: Option<Ipv4Addr>,
     /// af_packet: bytes per RX ring block (a multiple of the page size).
     pub rx_block_size: usize,
@@ -158,12 +185,25 @@ pub struct PortConfig {
     pub rx_blocks: usize,
     /// af_packet: how long a partly filled RX block waits before user space sees it, ms.
     pub rx_block_timeout_ms: u32,
-    /// af_packet: ring frame size (a multiple of 16, MTU + 14 + 128 at least).
+    /// af_packet: ring frame size (a multiple of 16, MTU + 14 + 128 at least); af_xdp: UMEM
+    /// frame size (a power of two from 2048 to the page size).
     pub frame_size: usize,
     /// af_packet: most packets per `sendmmsg` (1..=32).
     pub tx_batch: usize,
     /// af_packet: ask for `PACKET_QDISC_BYPASS`.
     pub qdisc_bypass: bool,
+    /// af_xdp: the interface queue the socket binds to.
+    pub queue: u32,
+    /// af_xdp: how the XDP program is attached.
+    pub attach: XdpAttachMode,
+    /// af_xdp: copy or zero-copy.
+    pub bind: XdpBindMode,
+    /// af_xdp: frames for receiving (they cycle through the fill ring).
+    pub rx_frames: u32,
+    /// af_xdp: count a frame as in flight until the kernel completes it (a NIC: until it is on
+    /// the wire). Off, the link scheduler paces at `link_rate_bps` alone, which veth (and copy
+    /// mode, where a frame completes once copied) needs.
+    pub report_completions: bool,
 }
 
 impl Default for PortConfig {
@@ -182,6 +222,11 @@ impl Default for PortConfig {
             frame_size: 2048,
             tx_batch: 32,
             qdisc_bypass: true,
+            queue: 0,
+            attach: XdpAttachMode::Auto,
+            bind: XdpBindMode::Copy,
+            rx_frames: 2048,
+            report_completions: false,
         }
     }
 }
@@ -380,7 +425,8 @@ pub enum ConfigError {
     Model(#[from] ModelError),
     /// The port backend exists but the daemon cannot drive it yet.
     #[error(
-        "port.kind: '{0}' is not supported by the daemon yet (use 'memlink', 'null' or 'af_packet')"
+        "port.kind: '{0}' is not supported by the daemon yet (use 'memlink', 'null', 'af_packet' \
+         or 'af_xdp')"
     )]
     PortNotSupported(&'static str),
 }
@@ -457,8 +503,11 @@ impl DaemonConfig {
             .map_err(|m| invalid("overflow", m))?;
         match self.port.kind {
             PortKind::Memlink | PortKind::Null => {}
-            PortKind::AfPacket => self.validate_af_packet()?,
-            // AF_XDP slots in here (and in `Dataplane::start`) once src/afxdp is ready.
+            PortKind::AfPacket => self.validate_wire_port()?,
+            PortKind::AfXdp => {
+                self.validate_wire_port()?;
+                self.validate_af_xdp()?;
+            }
             other => return Err(ConfigError::PortNotSupported(other.name())),
         }
         if self.port.link_rate_bps == Some(0) {
@@ -518,9 +567,10 @@ impl DaemonConfig {
         Ok(())
     }
 
-    /// The `[port]` keys af_packet needs.
-    fn validate_af_packet(&self) -> Result<(), ConfigError> {
-        let kind = "with port.kind = \"af_packet\"";
+    /// The `[port]` keys a port on a kernel interface (af_packet, af_xdp) needs.
+    fn validate_wire_port(&self) -> Result<(), ConfigError> {
+        let kind = format!("with port.kind = \"{}\"", self.port.kind.name());
+        let kind = kind.as_str();
         match self.port.device.as_deref() {
             None | Some("") => {
                 return Err(invalid(
@@ -563,6 +613,34 @@ impl DaemonConfig {
                      and received frames need buffers too)",
                     least - 1024
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `[port]` keys only af_xdp has.
+    fn validate_af_xdp(&self) -> Result<(), ConfigError> {
+        let p = &self.port;
+        if !p.frame_size.is_power_of_two() || !(2048..=65_536).contains(&p.frame_size) {
+            return Err(invalid(
+                "port.frame_size",
+                "with port.kind = \"af_xdp\" must be a power of two from 2048 to the page size",
+            ));
+        }
+        if p.buffers > 1 << 20 {
+            return Err(invalid(
+                "port.buffers",
+                "with port.kind = \"af_xdp\" must be at most 1048576 (UMEM TX frames)",
+            ));
+        }
+        if p.rx_frames < 64 || p.rx_frames > 1 << 20 {
+            return Err(invalid("port.rx_frames", "must be from 64 to 1048576"));
+        }
+        if p.bind == XdpBindMode::ZeroCopy && p.attach == XdpAttachMode::Skb {
+            return Err(invalid(
+                "port.bind",
+                "\"zero-copy\" needs native attachment (attach = \"native\" or \"auto\"); \
+                 skb (generic) mode is copy only",
             ));
         }
         Ok(())
@@ -716,6 +794,36 @@ mod tests {
             parse_mac("02:72:74:00:00:0A"),
             Ok([0x02, 0x72, 0x74, 0, 0, 0x0a])
         );
+    }
+
+    #[test]
+    fn af_xdp_needs_what_af_packet_needs_and_its_modes() {
+        let base = "[port]\nkind = \"af_xdp\"\n";
+        let e = DaemonConfig::parse(base).unwrap_err();
+        assert!(e.to_string().starts_with("port.device"), "{e}");
+        let e = DaemonConfig::parse(&format!("{base}device = \"veth0\"\n")).unwrap_err();
+        assert!(e.to_string().starts_with("port.link_rate_bps"), "{e}");
+        let ok = format!("{base}device = \"veth0\"\nlink_rate_bps = 100000000\n");
+        let cfg = DaemonConfig::parse(&ok).unwrap();
+        assert_eq!(cfg.port.attach, XdpAttachMode::Auto);
+        assert_eq!(cfg.port.bind, XdpBindMode::Copy);
+        assert_eq!(cfg.port.queue, 0);
+        let cfg = DaemonConfig::parse(&format!(
+            "{ok}queue = 3\nattach = \"native\"\nbind = \"zero-copy-or-copy\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.port.queue, 3);
+        assert_eq!(cfg.port.attach, XdpAttachMode::Native);
+        assert_eq!(cfg.port.bind, XdpBindMode::ZeroCopyOrCopy);
+        let e = DaemonConfig::parse(&format!("{ok}attach = \"skb\"\nbind = \"zero-copy\"\n"))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("port.bind"), "{e}");
+        let e = DaemonConfig::parse(&format!("{ok}bind = \"zerocopy\"\n")).unwrap_err();
+        assert!(e.to_string().contains("zerocopy"), "{e}");
+        let e = DaemonConfig::parse(&format!("{ok}frame_size = 3000\n")).unwrap_err();
+        assert!(e.to_string().starts_with("port.frame_size"), "{e}");
+        let e = DaemonConfig::parse(&format!("{ok}[[cores]]\n[[cores]]\n")).unwrap_err();
+        assert!(e.to_string().starts_with("cores:"), "{e}");
     }
 
     #[test]

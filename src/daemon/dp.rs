@@ -10,10 +10,13 @@
 //!   receives (incoming channels from peers get their receivers on that same core). Its idle
 //!   loop sleeps (`policy.idle_sleep`) unless `policy.idle = "spin"`: a loop that spins or
 //!   yields starves the softirq that moves frames through veth.
+//! - af_xdp (feature `af_xdp`): like af_packet, over an AF_XDP socket bound to queue
+//!   `port.queue` of `port.device` (libxdp loads its default redirect program). Without the
+//!   feature the kind is refused when the dataplane starts.
 //!
 //! The control thread reaches every core only through its [`CoreHandle`] (the lock-free
-//! control ring), and places receivers with [`Dataplane::receive_core`]. New backends (AF_XDP,
-//! DPDK) slot in by building their port in [`Dataplane::start`] (see the AF_XDP note there).
+//! control ring), and places receivers with [`Dataplane::receive_core`]. New backends (DPDK)
+//! slot in by building their port in [`Dataplane::start`], like the af_xdp arm.
 
 use std::sync::Arc;
 
@@ -90,9 +93,16 @@ pub enum DataplaneError {
     /// The port could not be opened or addressed.
     #[error("port: {0}")]
     Port(String),
+    /// `kind = "af_xdp"` in a daemon built without the feature.
+    #[cfg(not(feature = "af_xdp"))]
+    #[error(
+        "port.kind: 'af_xdp': rtchand was built without the af_xdp feature (rebuild with \
+         `cargo build --features af_xdp`)"
+    )]
+    NoAfXdp,
 }
 
-/// This host's addresses on the data link (af_packet): the source of its frames.
+/// This host's addresses on the data link (af_packet, af_xdp): the source of its frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WireAddr {
     /// Source MAC.
@@ -108,7 +118,7 @@ pub struct Dataplane {
     /// Receive cores (memlink loopback), index = admission RX core; empty for `null` and
     /// `af_packet`.
     pub rx: Vec<CoreSlot>,
-    /// Receivers live on the sending cores (af_packet: one core sends and receives).
+    /// Receivers live on the sending cores (af_packet, af_xdp: one core sends and receives).
     rx_on_tx: bool,
     /// This host's data-link addresses, for ports that put frames on a real wire.
     pub wire: Option<WireAddr>,
@@ -189,9 +199,20 @@ impl Dataplane {
                     rx_on_tx = true;
                     wire = Some(addr);
                 }
-                // AF_XDP hook: open the XSK port on `cfg.port.device` here exactly like the
-                // af_packet arm (one core that sends and receives: set `rx_on_tx` and `wire`),
-                // and accept `PortKind::AfXdp` in `DaemonConfig::validate`.
+                #[cfg(feature = "af_xdp")]
+                PortKind::AfXdp => {
+                    let (port, addr) = open_af_xdp(cfg, max_frame)?;
+                    let core = Core::new(core_cfg, port)?;
+                    let idle = match idle {
+                        IdlePolicy::Spin => IdlePolicy::Spin,
+                        _ => IdlePolicy::Sleep(cfg.policy.idle_sleep.0),
+                    };
+                    tx.push(CoreSlot::start(core, entry.cpu, clock.clone(), idle)?);
+                    rx_on_tx = true;
+                    wire = Some(addr);
+                }
+                #[cfg(not(feature = "af_xdp"))]
+                PortKind::AfXdp => return Err(DataplaneError::NoAfXdp),
                 other => return Err(DataplaneError::NotSupported(other.name())),
             }
         }
@@ -275,6 +296,13 @@ fn open_af_packet(
     for n in port.notes() {
         eprintln!("rtchand: af_packet {dev}: {n}");
     }
+    Ok((port, wire_addr(cfg)?))
+}
+
+/// This host's addresses on `cfg.port.device`: `port.mac`/`port.ip`, else the interface's.
+fn wire_addr(cfg: &DaemonConfig) -> Result<WireAddr, DataplaneError> {
+    let p = &cfg.port;
+    let dev = p.device.as_deref().unwrap_or_default();
     let mac = match &p.mac {
         Some(m) => parse_mac(m).map_err(|e| DataplaneError::Port(format!("port.mac: {e}")))?,
         None => iface::hwaddr(dev)
@@ -288,7 +316,66 @@ fn open_af_packet(
             ))
         })?,
     };
-    Ok((port, WireAddr { mac, ip }))
+    Ok(WireAddr { mac, ip })
+}
+
+/// Opens the AF_XDP port of `cfg.port.device`, queue `cfg.port.queue`, and finds this host's
+/// addresses on it.
+#[cfg(feature = "af_xdp")]
+fn open_af_xdp(
+    cfg: &DaemonConfig,
+    max_frame: usize,
+) -> Result<(crate::afxdp::AfXdpPort, WireAddr), DataplaneError> {
+    use crate::afxdp::{AfXdpConfig, AfXdpPort, XdpAttach, XskBind};
+    use control::config::{XdpAttachMode, XdpBindMode};
+    let p = &cfg.port;
+    let dev = p.device.as_deref().unwrap_or_default();
+    let frames = |key: &str, n: usize| {
+        u32::try_from(n).map_err(|_| DataplaneError::Port(format!("port.{key} {n} is too large")))
+    };
+    let xcfg = AfXdpConfig {
+        queue_id: p.queue,
+        frame_size: frames("frame_size", p.frame_size)?,
+        rx_frames: p.rx_frames,
+        tx_frames: frames("buffers", p.buffers)?,
+        attach: match p.attach {
+            XdpAttachMode::Auto => XdpAttach::Auto,
+            XdpAttachMode::Native => XdpAttach::Native,
+            XdpAttachMode::Skb => XdpAttach::Skb,
+        },
+        bind: match p.bind {
+            XdpBindMode::Copy => XskBind::Copy,
+            XdpBindMode::ZeroCopy => XskBind::ZeroCopy,
+            XdpBindMode::ZeroCopyOrCopy => XskBind::ZeroCopyOrCopy,
+        },
+        link_rate_bps: cfg.link_rate_bps(),
+        report_completions: p.report_completions,
+        ..AfXdpConfig::default()
+    };
+    let port = AfXdpPort::open(dev, xcfg).map_err(|e| DataplaneError::Port(e.to_string()))?;
+    if port.capabilities().max_frame < max_frame {
+        return Err(DataplaneError::Port(format!(
+            "cost.mtu {} exceeds what '{dev}' carries in frames of {} bytes ({} bytes with the \
+             Ethernet header)",
+            cfg.cost.mtu,
+            p.frame_size,
+            port.capabilities().max_frame
+        )));
+    }
+    for n in port.notes() {
+        eprintln!("rtchand: af_xdp {dev}: {n}");
+    }
+    eprintln!(
+        "rtchand: af_xdp {dev}/q{}: {} mode, {}",
+        p.queue,
+        port.attach_mode(),
+        if port.zero_copy() {
+            "zero-copy"
+        } else {
+            "copy"
+        }
+    );
+    Ok((port, wire_addr(cfg)?))
 }
 
 /// An interface's addresses, read with ioctls on a datagram socket (in the calling thread's
