@@ -1,14 +1,16 @@
 //! `rtchan-eval`: runs the evaluation's experiments (see `docs/evaluation.md`).
 //!
 //! ```text
-//! rtchan-eval NAME|all [--quick] [--out DIR]
+//! rtchan-eval NAME|all [--quick] [--out DIR] [--link mem|veth]
 //! ```
 //! Each experiment writes CSV tables and SVG plots into DIR (default `docs/eval`), prints its
 //! key numbers and checks its qualitative result. Exit codes: 0 every check held, 1 a check
 //! failed, 2 bad usage or an experiment could not run. Build with `--release`: the overheads
-//! experiment measures real time.
+//! experiment measures real time. `--link veth` runs `qos` and `overload` in real time over a
+//! veth pair between two network namespaces (needs root; AF_XDP when built with
+//! `--features af_xdp`, else af_packet) and writes `*-veth.csv` / `*-veth.svg`.
 use clap::Parser;
-use rtchan::eval::{self, Opts, EXPERIMENTS};
+use rtchan::eval::{self, Link, Opts, EXPERIMENTS};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -29,6 +31,10 @@ struct Cli {
     /// Output directory for CSV and SVG files.
     #[arg(long, default_value = "docs/eval")]
     out: PathBuf,
+    /// The link: `mem` (in-memory, virtual time) or `veth` (real time, needs root; `qos` and
+    /// `overload` only, `all` runs those two).
+    #[arg(long, default_value = "mem", value_parser = ["mem", "veth"])]
+    link: String,
     /// Print every check, not only failures.
     #[arg(long, short)]
     verbose: bool,
@@ -36,7 +42,14 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let names: Vec<&str> = if cli.name == "all" {
+    let link = if cli.link == "veth" {
+        Link::Veth
+    } else {
+        Link::Mem
+    };
+    let names: Vec<&str> = if cli.name == "all" && link == Link::Veth {
+        vec!["qos", "overload"]
+    } else if cli.name == "all" {
         EXPERIMENTS.to_vec()
     } else {
         vec![cli.name.as_str()]
@@ -48,15 +61,16 @@ fn main() -> ExitCode {
     let mut failed = false;
     for name in names {
         let t0 = Instant::now();
-        let rep = match eval::run(name, &opts) {
+        let rep = match eval::run_on(name, &opts, link) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("rtchan-eval: {name}: {e}");
                 return ExitCode::from(2);
             }
         };
+        let tag = if link == Link::Veth { " on veth" } else { "" };
         println!(
-            "== {name} ({:.1} s, {} checks passed, {} failed)",
+            "== {name}{tag} ({:.1} s, {} checks passed, {} failed)",
             t0.elapsed().as_secs_f64(),
             rep.passed.len(),
             rep.failed.len()

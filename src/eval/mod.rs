@@ -20,6 +20,9 @@
 //! Experiment 5 measures what virtual time cannot: the real cost of each stage, with the TSC,
 //! in whatever build the binary is (use `--release`).
 //!
+//! Experiments 1 and 2 also run in real time over a veth pair between two network namespaces
+//! ([`veth`], [`exp_veth`]; [`run_on`] with [`Link::Veth`], root only), writing `*-veth` files.
+//!
 //! Every experiment writes `NAME.csv` (and more tables where useful) and `NAME.svg` into the
 //! output directory and checks its qualitative result; `quick` runs shorter versions of the
 //! same checks (`tests/eval_quick.rs`, CI).
@@ -31,7 +34,9 @@ pub mod exp_granularity;
 pub mod exp_overheads;
 pub mod exp_overload;
 pub mod exp_qos;
+pub mod exp_veth;
 pub mod out;
+pub mod veth;
 pub mod world;
 
 use std::path::PathBuf;
@@ -126,6 +131,33 @@ pub fn run(name: &str, opts: &Opts) -> Result<Report, String> {
         other => Err(format!(
             "unknown experiment '{other}' (expected one of: {}, all)",
             EXPERIMENTS.join(", ")
+        )),
+    }
+}
+
+/// The link an experiment runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Link {
+    /// The in-memory link in virtual time ([`world`]).
+    #[default]
+    Mem,
+    /// A veth pair between two network namespaces in real time ([`veth`]): AF_XDP when built
+    /// with `--features af_xdp`, else af_packet. `qos` and `overload` only; needs root.
+    Veth,
+}
+
+/// Runs the experiment `name` on `link` (veth: `qos` and `overload`; files get a `-veth`
+/// suffix).
+pub fn run_on(name: &str, opts: &Opts, link: Link) -> Result<Report, String> {
+    if link == Link::Mem {
+        return run(name, opts);
+    }
+    std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    match name {
+        "qos" => exp_veth::run_qos(opts),
+        "overload" => exp_veth::run_overload(opts),
+        other => Err(format!(
+            "experiment '{other}' has no veth variant (veth: qos, overload)"
         )),
     }
 }
