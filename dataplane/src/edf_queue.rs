@@ -162,7 +162,7 @@ impl EdfQueue {
     }
 
     /// Queues `id` with `key`. Panics if `id` is already queued or out of range (caller bugs).
-    #[inline]
+    #[inline(always)]
     pub fn insert(&mut self, id: u32, key: u64) {
         let i = id as usize;
         assert_eq!(self.nodes[i].loc, Loc::Absent, "id {id} queued twice");
@@ -188,7 +188,7 @@ impl EdfQueue {
     }
 
     /// Removes `id`; returns whether it was queued.
-    #[inline]
+    #[inline(always)]
     pub fn remove(&mut self, id: u32) -> bool {
         let i = id as usize;
         match self.nodes.get(i).map(|n| n.loc) {
@@ -209,7 +209,7 @@ impl EdfQueue {
     }
 
     /// The minimum `(key, id)` without removing it.
-    #[inline]
+    #[inline(always)]
     pub fn peek(&mut self) -> Option<(u64, u32)> {
         let slot = self.first_slot()?;
         let id = self.buckets[slot][0] - 1;
@@ -217,7 +217,7 @@ impl EdfQueue {
     }
 
     /// Removes and returns the minimum `(key, id)`.
-    #[inline]
+    #[inline(always)]
     pub fn pop(&mut self) -> Option<(u64, u32)> {
         let slot = self.first_slot()?;
         let id = self.buckets[slot][0] - 1;
@@ -237,7 +237,7 @@ impl EdfQueue {
 
     /// Finds the first non-empty bucket, advancing `base` to it (invariant 3) and pulling in
     /// overflow entries the advance brings inside the window.
-    #[inline]
+    #[inline(always)]
     fn first_slot(&mut self) -> Option<usize> {
         if self.len == 0 {
             return None;
@@ -251,7 +251,7 @@ impl EdfQueue {
     }
 
     /// Searches the bitmap for the first non-empty bucket and moves `base` to it.
-    #[inline]
+    #[inline(always)]
     fn find_first(&mut self) -> Option<usize> {
         let p = (self.base & MASK) as usize;
         let found = self.find_from(p).or_else(|| self.find_from(0));
@@ -321,7 +321,7 @@ impl EdfQueue {
         self.nodes[id as usize].loc = Loc::Overflow;
     }
 
-    #[inline]
+    #[inline(always)]
     fn link_sorted(&mut self, id: u32, key: u64, abs: u64) {
         let slot = (abs & MASK) as usize;
         let i = id as usize;
@@ -374,7 +374,7 @@ impl EdfQueue {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn unlink(&mut self, id: u32, slot: usize) {
         let i = id as usize;
         let (p, n) = (self.nodes[i].prev, self.nodes[i].next);
@@ -397,7 +397,7 @@ impl EdfQueue {
         self.nodes[i].loc = Loc::Absent;
     }
 
-    #[inline]
+    #[inline(always)]
     fn set_bit(&mut self, s: usize) {
         let w0 = s >> 6;
         self.l0[w0] |= 1 << (s & 63);
@@ -405,7 +405,7 @@ impl EdfQueue {
         self.l2 |= 1 << (w0 >> 6);
     }
 
-    #[inline]
+    #[inline(always)]
     fn clear_bit(&mut self, s: usize) {
         let w0 = s >> 6;
         self.l0[w0] &= !(1 << (s & 63));
@@ -419,7 +419,7 @@ impl EdfQueue {
     }
 
     /// First set bucket at or after `p`, without wrapping.
-    #[inline]
+    #[inline(always)]
     fn find_from(&self, p: usize) -> Option<usize> {
         let w0 = p >> 6;
         let m0 = self.l0[w0] & (!0u64 << (p & 63));
