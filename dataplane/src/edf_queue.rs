@@ -38,6 +38,8 @@ use std::collections::BinaryHeap;
 pub const SLOTS: usize = 1 << 18;
 const MASK: u64 = SLOTS as u64 - 1;
 const NIL: u32 = u32::MAX;
+/// `MASK` as an index mask.
+const SLOT_MASK: usize = SLOTS - 1;
 
 /// Default bucket width: 2^10 ns ≈ 1 µs, for a window of ≈ 268 ms. Deadlines are rarely closer
 /// than a microsecond apart within one bucket, and few are further out than the window.
@@ -78,8 +80,8 @@ pub struct EdfQueue {
     seq: u64,
     /// Bucket head and tail ids, stored as id + 1 so a zeroed (lazily mapped) array is empty;
     /// together, so a bucket touches one cache line.
-    buckets: Vec<[u32; 2]>,
-    l0: Vec<u64>,
+    buckets: Box<[[u32; 2]; SLOTS]>,
+    l0: Box<[u64; SLOTS / 64]>,
     l1: [u64; 64],
     l2: u64,
     overflow: BinaryHeap<Reverse<(u64, u64, u32)>>,
@@ -117,8 +119,15 @@ impl EdfQueue {
             nodes: Vec::new(),
             fifo_ties,
             seq: 0,
-            buckets: vec![[0; 2]; SLOTS],
-            l0: vec![0; SLOTS / 64],
+            // Fixed-size arrays: indices masked to the window need no bounds check.
+            buckets: vec![[0; 2]; SLOTS]
+                .into_boxed_slice()
+                .try_into()
+                .expect("SLOTS buckets"),
+            l0: vec![0; SLOTS / 64]
+                .into_boxed_slice()
+                .try_into()
+                .expect("SLOTS / 64 words"),
             l1: [0; 64],
             l2: 0,
             overflow: BinaryHeap::new(),
@@ -212,7 +221,7 @@ impl EdfQueue {
     #[inline(always)]
     pub fn peek(&mut self) -> Option<(u64, u32)> {
         let slot = self.first_slot()?;
-        let id = self.buckets[slot][0] - 1;
+        let id = self.buckets[slot & SLOT_MASK][0] - 1;
         Some((self.nodes[id as usize].key, id))
     }
 
@@ -220,7 +229,7 @@ impl EdfQueue {
     #[inline(always)]
     pub fn pop(&mut self) -> Option<(u64, u32)> {
         let slot = self.first_slot()?;
-        let id = self.buckets[slot][0] - 1;
+        let id = self.buckets[slot & SLOT_MASK][0] - 1;
         self.unlink(id, slot);
         self.len -= 1;
         Some((self.nodes[id as usize].key, id))
@@ -274,7 +283,7 @@ impl EdfQueue {
                 self.base = k >> self.shift;
                 self.migrate_overflow();
                 let s = (self.base & MASK) as usize;
-                debug_assert!(self.buckets[s][0] != 0);
+                debug_assert!(self.buckets[s & SLOT_MASK][0] != 0);
                 Some(s)
             }
         }
@@ -333,10 +342,10 @@ impl EdfQueue {
         }
         // Walk back from the tail to the last element ordered before (key, tie).
         let tie = self.nodes[i].tie;
-        let mut after = if self.buckets[slot][1] == 0 {
+        let mut after = if self.buckets[slot & SLOT_MASK][1] == 0 {
             NIL
         } else {
-            self.buckets[slot][1] - 1
+            self.buckets[slot & SLOT_MASK][1] - 1
         };
         while after != NIL
             && (
@@ -347,27 +356,27 @@ impl EdfQueue {
             after = self.nodes[after as usize].prev;
         }
         if after == NIL {
-            let old_head = if self.buckets[slot][0] == 0 {
+            let old_head = if self.buckets[slot & SLOT_MASK][0] == 0 {
                 NIL
             } else {
-                self.buckets[slot][0] - 1
+                self.buckets[slot & SLOT_MASK][0] - 1
             };
             self.nodes[i].prev = NIL;
             self.nodes[i].next = old_head;
             if old_head == NIL {
-                self.buckets[slot][1] = id + 1;
+                self.buckets[slot & SLOT_MASK][1] = id + 1;
                 self.set_bit(slot);
             } else {
                 self.nodes[old_head as usize].prev = id;
             }
-            self.buckets[slot][0] = id + 1;
+            self.buckets[slot & SLOT_MASK][0] = id + 1;
         } else {
             let nxt = self.nodes[after as usize].next;
             self.nodes[i].prev = after;
             self.nodes[i].next = nxt;
             self.nodes[after as usize].next = id;
             if nxt == NIL {
-                self.buckets[slot][1] = id + 1;
+                self.buckets[slot & SLOT_MASK][1] = id + 1;
             } else {
                 self.nodes[nxt as usize].prev = id;
             }
@@ -379,16 +388,16 @@ impl EdfQueue {
         let i = id as usize;
         let (p, n) = (self.nodes[i].prev, self.nodes[i].next);
         if p == NIL {
-            self.buckets[slot][0] = if n == NIL { 0 } else { n + 1 };
+            self.buckets[slot & SLOT_MASK][0] = if n == NIL { 0 } else { n + 1 };
         } else {
             self.nodes[p as usize].next = n;
         }
         if n == NIL {
-            self.buckets[slot][1] = if p == NIL { 0 } else { p + 1 };
+            self.buckets[slot & SLOT_MASK][1] = if p == NIL { 0 } else { p + 1 };
         } else {
             self.nodes[n as usize].prev = p;
         }
-        if self.buckets[slot][0] == 0 {
+        if self.buckets[slot & SLOT_MASK][0] == 0 {
             self.clear_bit(slot);
             if self.first.is_some_and(|f| (f & MASK) as usize == slot) {
                 self.first = None;
@@ -400,7 +409,7 @@ impl EdfQueue {
     #[inline(always)]
     fn set_bit(&mut self, s: usize) {
         let w0 = s >> 6;
-        self.l0[w0] |= 1 << (s & 63);
+        self.l0[w0 & (SLOTS / 64 - 1)] |= 1 << (s & 63);
         self.l1[w0 >> 6] |= 1 << (w0 & 63);
         self.l2 |= 1 << (w0 >> 6);
     }
@@ -408,8 +417,8 @@ impl EdfQueue {
     #[inline(always)]
     fn clear_bit(&mut self, s: usize) {
         let w0 = s >> 6;
-        self.l0[w0] &= !(1 << (s & 63));
-        if self.l0[w0] == 0 {
+        self.l0[w0 & (SLOTS / 64 - 1)] &= !(1 << (s & 63));
+        if self.l0[w0 & (SLOTS / 64 - 1)] == 0 {
             let w1 = w0 >> 6;
             self.l1[w1] &= !(1 << (w0 & 63));
             if self.l1[w1] == 0 {
@@ -422,7 +431,7 @@ impl EdfQueue {
     #[inline(always)]
     fn find_from(&self, p: usize) -> Option<usize> {
         let w0 = p >> 6;
-        let m0 = self.l0[w0] & (!0u64 << (p & 63));
+        let m0 = self.l0[w0 & (SLOTS / 64 - 1)] & (!0u64 << (p & 63));
         if m0 != 0 {
             return Some((w0 << 6) | m0.trailing_zeros() as usize);
         }
@@ -435,7 +444,7 @@ impl EdfQueue {
         };
         if m1 != 0 {
             let w0n = (w1 << 6) | m1.trailing_zeros() as usize;
-            return Some((w0n << 6) | self.l0[w0n].trailing_zeros() as usize);
+            return Some((w0n << 6) | self.l0[w0n & (SLOTS / 64 - 1)].trailing_zeros() as usize);
         }
         let m2 = if w1 == 63 {
             0
@@ -445,7 +454,7 @@ impl EdfQueue {
         if m2 != 0 {
             let w1n = m2.trailing_zeros() as usize;
             let w0n = (w1n << 6) | self.l1[w1n].trailing_zeros() as usize;
-            return Some((w0n << 6) | self.l0[w0n].trailing_zeros() as usize);
+            return Some((w0n << 6) | self.l0[w0n & (SLOTS / 64 - 1)].trailing_zeros() as usize);
         }
         None
     }
