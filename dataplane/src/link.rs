@@ -302,8 +302,11 @@ impl<B> LinkScheduler<B> {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn promote(&mut self, now: Nanos) {
+        if self.early.is_empty() {
+            return;
+        }
         while let Some((_, i)) = self.early.pop_if_at_most(now) {
             self.current.insert(i, self.meta[i as usize].deadline);
         }

@@ -324,8 +324,11 @@ impl CpuScheduler {
     }
 
     /// Moves early handlers whose logical arrival has come into the current class.
-    #[inline]
+    #[inline(always)]
     fn promote(&mut self, now: Nanos) {
+        if self.early.is_empty() {
+            return;
+        }
         while let Some((_, slot)) = self.early.pop_if_at_most(now) {
             self.current.insert(slot, self.deadline[slot as usize]);
         }
