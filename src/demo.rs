@@ -9,6 +9,10 @@
 //! channel, the spec, the admitted bound, what was delivered, the latency percentiles and the
 //! deadline misses, plus the best-effort throughput.
 //!
+//! With `RTCHAN_DEMO_DEBUG` set, the sending core records a trace of the first 200,000 packets
+//! and prints its counters, the link scheduler's counters and packets per (channel, class) at
+//! the end: how the scheduler divided the core.
+//!
 //! The polling cores share one thread (the demo must run on a two-core laptop beside the
 //! application thread); on a server each would have its own pinned core.
 
