@@ -375,8 +375,10 @@ where
 
     // Start the two hosts' polling loop, then open the channels through the control ring.
     let stop = Arc::new(AtomicBool::new(false));
+    let traffic = Arc::new(AtomicBool::new(false));
     let poller = {
         let stop = stop.clone();
+        let traffic = traffic.clone();
         let clock = clock.clone();
         let idle_sleep = link.idle_sleep;
         std::thread::Builder::new()
@@ -390,10 +392,15 @@ where
                     core_affinity::set_for_current(*last);
                 }
                 let rt = dataplane::core::raise_priority();
-                poll_loop(tx_core, rx_core, &*clock, &stop, rt, idle_sleep)
+                poll_loop(tx_core, rx_core, &*clock, &stop, &traffic, rt, idle_sleep)
             })
             .expect("spawn polling thread")
     };
+    // The application thread stays off the polling thread's CPU.
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    if cpus.len() > 1 {
+        core_affinity::set_for_current(cpus[0]);
+    }
     let mut senders: Vec<Sender> = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let mut cfg = ChannelConfig::real_time(i as u32, *spec);
@@ -405,6 +412,10 @@ where
         senders.push(handle.open(cfg)?);
     }
     let mut flood = handle.open(ChannelConfig::best_effort(1000, 1400, 512))?;
+    // Let the cores settle (first touches of their tables, the threads' placement) before
+    // traffic starts; stalls are counted from then on.
+    std::thread::sleep(WARM_UP);
+    traffic.store(true, Ordering::Relaxed);
 
     println!(
         "rtchan demo: {} real-time channels and a best-effort flood over {} for {:?}",
@@ -585,6 +596,9 @@ fn row(
     }
 }
 
+/// How long the cores run before traffic starts.
+const WARM_UP: Duration = Duration::from_millis(200);
+
 /// A gap between two polls this long means the OS took the polling thread's CPU away.
 pub const STALL_NS: Nanos = 1_000_000;
 
@@ -604,6 +618,7 @@ fn poll_loop<P: Port>(
     mut rx: Core<P>,
     clock: &dyn Clock,
     stop: &AtomicBool,
+    traffic: &AtomicBool,
     realtime: std::io::Result<()>,
     idle_sleep: Option<Duration>,
 ) -> Polled<P> {
@@ -612,7 +627,7 @@ fn poll_loop<P: Port>(
     let mut last = clock.now();
     while !stop.load(Ordering::Relaxed) {
         let t = clock.now();
-        if t - last > STALL_NS {
+        if t - last > STALL_NS && traffic.load(Ordering::Relaxed) {
             stalls.count += 1;
             stalls.longest = stalls.longest.max(t - last);
         }

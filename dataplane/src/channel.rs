@@ -94,8 +94,9 @@ impl ChannelShared {
         let messages = config.reservation.messages as usize;
         let free = ArrayQueue::new(messages + 1);
         for _ in 0..=messages {
-            let _ = free
-                .push(vec![0u8; config.reservation.bytes_per_message as usize].into_boxed_slice());
+            let _ = free.push(crate::mem::prefaulted_bytes(
+                config.reservation.bytes_per_message as usize,
+            ));
         }
         Arc::new(Self {
             config,

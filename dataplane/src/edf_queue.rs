@@ -133,6 +133,9 @@ impl EdfQueue {
             overflow: BinaryHeap::new(),
             first: None,
         };
+        // Mapped now, not on first use by the packet path (see `crate::mem`).
+        crate::mem::prefault(&mut q.buckets[..]);
+        crate::mem::prefault(&mut q.l0[..]);
         q.reserve_ids(capacity);
         q
     }

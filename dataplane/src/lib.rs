@@ -37,6 +37,7 @@ pub mod fault;
 pub mod handle;
 mod handler;
 pub mod link;
+pub mod mem;
 pub mod memlink;
 pub mod port;
 pub mod rx;

@@ -27,7 +27,7 @@ impl BufPool {
     pub fn new(count: usize, size: usize) -> Arc<Self> {
         let free = ArrayQueue::new(count.max(1));
         for _ in 0..count {
-            let _ = free.push(vec![0u8; size].into_boxed_slice());
+            let _ = free.push(crate::mem::prefaulted_bytes(size));
         }
         Arc::new(Self { free, size })
     }

@@ -107,7 +107,7 @@ impl RxShared {
         let buffers = ring as usize + reassembly as usize + 1;
         let free = ArrayQueue::new(buffers);
         for _ in 0..buffers {
-            let _ = free.push(vec![0u8; mmax as usize].into_boxed_slice());
+            let _ = free.push(crate::mem::prefaulted_bytes(mmax as usize));
         }
         Arc::new(Self {
             id,
