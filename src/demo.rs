@@ -18,7 +18,7 @@
 
 use control::admission::{Admission, AdmitError, ChannelRequest, CostModel, ResourceModel};
 use dataplane::channel::{Sender, Submit, SubmitError};
-use dataplane::core::{Core, CoreConfig};
+use dataplane::core::{Core, CoreConfig, PollStalls};
 use dataplane::handle::CoreHandle;
 use dataplane::link::LinkConfig;
 use dataplane::memlink::{MemLink, MemLinkConfig};
@@ -161,7 +161,7 @@ pub struct DemoReport {
     /// How long traffic ran.
     pub elapsed: Duration,
     /// Times the polling thread lost its CPU to the OS.
-    pub stalls: Stalls,
+    pub stalls: PollStalls,
     /// How many times its spec the violator sent.
     pub violation: u32,
 }
@@ -599,19 +599,7 @@ fn row(
 /// How long the cores run before traffic starts.
 const WARM_UP: Duration = Duration::from_millis(200);
 
-/// A gap between two polls this long means the OS took the polling thread's CPU away.
-pub const STALL_NS: Nanos = 1_000_000;
-
-/// Times the OS held the polling thread off its CPU for more than [`STALL_NS`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Stalls {
-    /// How many.
-    pub count: u64,
-    /// The longest, ns.
-    pub longest: Nanos,
-}
-
-type Polled<P> = (Core<P>, Core<P>, std::io::Result<()>, Stalls);
+type Polled<P> = (Core<P>, Core<P>, std::io::Result<()>, PollStalls);
 
 fn poll_loop<P: Port>(
     mut tx: Core<P>,
@@ -623,15 +611,12 @@ fn poll_loop<P: Port>(
     idle_sleep: Option<Duration>,
 ) -> Polled<P> {
     let mut tsc = TscMeter;
-    let mut stalls = Stalls::default();
-    let mut last = clock.now();
+    let mut stalls = PollStalls::default();
     while !stop.load(Ordering::Relaxed) {
-        let t = clock.now();
-        if t - last > STALL_NS && traffic.load(Ordering::Relaxed) {
-            stalls.count += 1;
-            stalls.longest = stalls.longest.max(t - last);
+        // Counted from the start of traffic.
+        if traffic.load(Ordering::Relaxed) {
+            stalls.tick(clock.now());
         }
-        last = t;
         let a = tx.poll(clock, &mut tsc);
         let b = rx.poll(clock, &mut tsc);
         if a.is_idle() && b.is_idle() {
@@ -705,18 +690,17 @@ fn print_report(r: &DemoReport) {
         r.link_bps / 1_000_000,
         100.0 * r.best_effort_bps / r.link_bps as f64
     );
-    if r.stalls.count > 0 {
+    if r.stalls.over_1ms > 0 {
         println!(
-            "the OS took the polling thread off its CPU {} times for over {} (longest {}): \
+            "the OS took the polling thread off its CPU {} times for over 1ms (longest {}): \
              the guarantees assume a polling core of its own (docs/deploy.md, core isolation)",
-            r.stalls.count,
-            fmt_ns(STALL_NS),
+            r.stalls.over_1ms,
             fmt_ns(r.stalls.longest)
         );
     }
     if r.passed() {
         println!("result: every admitted channel met every deadline, nothing lost");
-    } else if r.stalls.longest > 0 {
+    } else if r.stalls.over_1ms > 0 {
         println!(
             "result: DEADLINE MISSES OR LOSSES (see the table); the polling thread was stalled \
              by the OS for up to {}",

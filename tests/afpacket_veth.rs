@@ -6,7 +6,7 @@
 #![cfg(target_os = "linux")]
 
 use dataplane::channel::{Submit, SubmitError};
-use dataplane::core::{raise_priority, Core, CoreConfig};
+use dataplane::core::{raise_priority, Core, CoreConfig, PollStalls};
 use dataplane::link::LinkConfig;
 use dataplane::port::Port;
 use dataplane::rx::Receiver;
@@ -146,7 +146,7 @@ struct RxReport {
     be_messages: u64,
     be_wire_bytes: u64,
     rejected_frames: u64,
-    stalls: Stalls,
+    stalls: PollStalls,
     port_rx_dropped: u64,
 }
 
@@ -156,7 +156,7 @@ struct TxReport {
     /// Per real-time channel: (id, submitted, would_block, sent, late packets).
     channels: Vec<(u32, u64, u64, u64, u64)>,
     be_submitted: u64,
-    stalls: Stalls,
+    stalls: PollStalls,
     tx_errors: u64,
     notes: Vec<String>,
 }
@@ -176,36 +176,6 @@ fn prioritise() {
 /// short sleep costs the link little.
 fn idle() {
     std::thread::sleep(Duration::from_micros(20));
-}
-
-/// The longest time between two polls of a thread, and how many gaps exceeded 1 ms.
-#[derive(Clone, Copy, Debug, Default)]
-struct Stalls {
-    last: Nanos,
-    longest: Nanos,
-    over_1ms: u64,
-}
-
-impl Stalls {
-    fn tick(&mut self, now: Nanos) {
-        if self.last != 0 {
-            let gap = now.saturating_sub(self.last);
-            self.longest = self.longest.max(gap);
-            self.over_1ms += u64::from(gap > 1_000_000);
-        }
-        self.last = now;
-    }
-}
-
-impl std::fmt::Display for Stalls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "longest gap between polls {:.3} ms, {} gaps over 1 ms",
-            self.longest as f64 / 1e6,
-            self.over_1ms
-        )
-    }
 }
 
 fn receiver_thread(
@@ -232,7 +202,7 @@ fn receiver_thread(
     let mut expect = vec![0u8; 4096];
     let (mut be_messages, mut be_wire_bytes) = (0u64, 0u64);
     let mut stop_at: Option<Nanos> = None;
-    let mut stalls = Stalls::default();
+    let mut stalls = PollStalls::default();
     loop {
         let now = clock.now();
         stalls.tick(now);
@@ -346,7 +316,7 @@ fn sender_thread(
     let mut msg = vec![0u8; 4096];
     let be_payload = vec![0xbeu8; BE_MMAX as usize];
     let mut be_submitted = 0u64;
-    let mut stalls = Stalls::default();
+    let mut stalls = PollStalls::default();
     loop {
         let now = clock.now();
         stalls.tick(now);

@@ -838,6 +838,41 @@ pub fn raise_priority() -> std::io::Result<()> {
     }
 }
 
+/// Gaps between a polling thread's iterations: how long the OS (or the host) kept it off its
+/// CPU. The demo, the evaluation and the veth tests report it beside deadline misses, since a
+/// polling core's guarantees assume it keeps its CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PollStalls {
+    last: Nanos,
+    /// Longest gap between two ticks, ns.
+    pub longest: Nanos,
+    /// Gaps over 1 ms.
+    pub over_1ms: u64,
+}
+
+impl PollStalls {
+    /// Records an iteration starting at `now` (the first tick only sets the origin).
+    pub fn tick(&mut self, now: Nanos) {
+        if self.last != 0 {
+            let gap = now.saturating_sub(self.last);
+            self.longest = self.longest.max(gap);
+            self.over_1ms += u64::from(gap > 1_000_000);
+        }
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for PollStalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "longest gap between polls {:.3} ms, {} gaps over 1 ms",
+            self.longest as f64 / 1e6,
+            self.over_1ms
+        )
+    }
+}
+
 /// What an idle polling loop does between iterations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdlePolicy {

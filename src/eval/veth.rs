@@ -22,7 +22,7 @@ use super::world::{ChanDef, ChanOut, Load, RunOut, Scenario};
 use crate::afpacket::{enter_netns, AfPacketConfig, AfPacketPort};
 use crate::netns::{is_root, netns_path, Namespaces};
 use dataplane::channel::{Submit, SubmitError};
-use dataplane::core::{raise_priority, Core, CoreConfig, CoreStats};
+use dataplane::core::{raise_priority, Core, CoreConfig, CoreStats, PollStalls};
 use dataplane::link::LinkStats;
 use dataplane::port::Port;
 use dataplane::source::Source;
@@ -62,27 +62,6 @@ impl Backend {
             Backend::AfXdp => "af_xdp-copy",
             Backend::AfPacket => "af_packet",
         }
-    }
-}
-
-/// The longest time between two polls of a thread, and how many gaps exceeded 1 ms.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Stalls {
-    last: Nanos,
-    /// Longest gap, ns.
-    pub longest: Nanos,
-    /// Gaps over 1 ms.
-    pub over_1ms: u64,
-}
-
-impl Stalls {
-    fn tick(&mut self, now: Nanos) {
-        if self.last != 0 {
-            let gap = now.saturating_sub(self.last);
-            self.longest = self.longest.max(gap);
-            self.over_1ms += u64::from(gap > 1_000_000);
-        }
-        self.last = now;
     }
 }
 
@@ -242,9 +221,9 @@ pub struct VethOut {
     /// Per channel: submits retried after a full buffer (well-behaved channels only).
     pub retries: Vec<u64>,
     /// The sending thread's longest gap between polls.
-    pub tx_stalls: Stalls,
+    pub tx_stalls: PollStalls,
     /// The receiving thread's longest gap between polls.
-    pub rx_stalls: Stalls,
+    pub rx_stalls: PollStalls,
     /// Port TX errors.
     pub tx_errors: u64,
     /// Frames the receiving port dropped (ring full).
@@ -347,7 +326,7 @@ fn rx_config(c: CoreConfig) -> CoreConfig {
 
 struct RxOut {
     chans: Vec<ChanOut>,
-    stalls: Stalls,
+    stalls: PollStalls,
     port_rx_dropped: u64,
     mode: String,
 }
@@ -383,7 +362,7 @@ fn receiver<P: Port>(
     let clock = MonotonicClock;
     let mut meter = TscMeter;
     let mut stop_at: Option<Nanos> = None;
-    let mut stalls = Stalls::default();
+    let mut stalls = PollStalls::default();
     loop {
         let now = clock.now();
         stalls.tick(now);
@@ -437,7 +416,7 @@ struct TxOut {
     core: CoreStats,
     link: LinkStats,
     core_tx_errors: u64,
-    stalls: Stalls,
+    stalls: PollStalls,
     mode: String,
 }
 
@@ -507,7 +486,7 @@ fn sender<P: Port>(
         })
         .collect();
     let payload = vec![0x5au8; max_len];
-    let mut stalls = Stalls::default();
+    let mut stalls = PollStalls::default();
     loop {
         let now = clock.now();
         stalls.tick(now);
