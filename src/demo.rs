@@ -306,23 +306,6 @@ where
         best_effort_reserve_ppm: 50_000,
         ..SchedPolicy::default()
     };
-    let core_cfg = CoreConfig {
-        sched: policy,
-        link: LinkConfig {
-            link_rate_bps: link_bps,
-            in_flight_limit: 2 * 1538,
-            best_effort_reserve_ppm: 50_000,
-            ..LinkConfig::default()
-        },
-        ..CoreConfig::default()
-    };
-    let mut tx_core = Core::new(core_cfg, a)?;
-    if std::env::var_os("RTCHAN_DEMO_DEBUG").is_some() {
-        tx_core.enable_trace(200_000);
-    }
-    let mut rx_core = Core::new(core_cfg, b)?;
-    let mut handle = CoreHandle::new(&tx_core);
-
     // Admission: the sending host's model (costs are conservative figures for a laptop core).
     let model = ResourceModel {
         cost: CostModel {
@@ -335,6 +318,23 @@ where
         best_effort_reserve_ppm: policy.best_effort_reserve_ppm,
         ..ResourceModel::default()
     };
+    let core_cfg = CoreConfig {
+        sched: policy,
+        link: LinkConfig {
+            link_rate_bps: link_bps,
+            in_flight_limit: model.link_in_flight_bytes(),
+            best_effort_reserve_ppm: 50_000,
+            ..LinkConfig::default()
+        },
+        ..CoreConfig::default()
+    };
+    let mut tx_core = Core::new(core_cfg, a)?;
+    if std::env::var_os("RTCHAN_DEMO_DEBUG").is_some() {
+        tx_core.enable_trace(200_000);
+    }
+    let mut rx_core = Core::new(core_cfg, b)?;
+    let mut handle = CoreHandle::new(&tx_core);
+
     let mut admission = Admission::new(model).map_err(|e| DemoError::Model(e.to_string()))?;
 
     let mut receivers = Vec::new();

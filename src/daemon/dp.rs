@@ -159,7 +159,7 @@ impl Dataplane {
                 link: LinkConfig {
                     link_rate_bps: cfg.link_rate_bps(),
                     share_ppm: entry.tx_share_ppm,
-                    in_flight_limit: 2 * (max_frame as u64 + 24),
+                    in_flight_limit: cfg.tx_model().link_in_flight_bytes(),
                     work_conserving: cfg.policy.work_conserving,
                     best_effort_reserve_ppm: cfg.policy.best_effort_reserve_ppm,
                     ..LinkConfig::default()

@@ -256,9 +256,24 @@ impl ResourceModel {
         self.tx_queue_share_ppm.len() as u16
     }
 
-    /// Wire time of one maximum-size packet on TX queue `txq`: the link's blocking.
+    /// Frames the port may hold beyond the link scheduler (its in-flight limit): two, so the
+    /// next frame is ready when one finishes, or one handler run's worth (`granularity`) when
+    /// that is more, so the link does not idle while a run is written (packets reach the link
+    /// scheduler at the end of a run).
+    pub fn link_in_flight_frames(&self) -> u32 {
+        self.granularity.max(2)
+    }
+
+    /// The in-flight limit in wire bytes: [`Self::link_in_flight_frames`] maximum-size frames.
+    /// The daemon configures every TX queue's link scheduler with exactly this.
+    pub fn link_in_flight_bytes(&self) -> u64 {
+        u64::from(self.link_in_flight_frames()) * self.cost.max_packet_wire_bytes()
+    }
+
+    /// The link's blocking on TX queue `txq`: a packet that becomes the most urgent can find
+    /// the port holding the whole in-flight limit, which it cannot overtake.
     pub fn link_blocking(&self, txq: u16) -> Nanos {
         let share = self.tx_queue_share_ppm[usize::from(txq)];
-        self.cost.link_ns(self.cost.max_packet_wire_bytes(), share)
+        self.cost.link_ns(self.link_in_flight_bytes(), share)
     }
 }
