@@ -9,27 +9,41 @@
 //!
 //! # Structure
 //! A calendar queue: a window of [`SLOTS`] buckets, each `2^shift` ns wide, starting at bucket
-//! `base`. A three-level bitmap (64 × 64 × 64 bits) finds the first non-empty bucket with three
-//! `trailing_zeros`. Each bucket is an intrusive doubly linked list kept sorted by `(key, id)`;
-//! inserts walk from the tail, which is O(1) when keys in one bucket arrive nearly in order (a
-//! bucket is ~1 µs wide by default). Keys past the window wait in an overflow heap and move in
-//! as the window advances. Keys before `base` (a late deadline) go into `base`'s own bucket in
-//! sorted order, so the queue stays exact even for keys in the past.
+//! `base`. A three-level bitmap (64 × 64 × 64 bits) finds the next non-empty bucket with at
+//! most three `trailing_zeros` (plus one wrap-around). Each bucket is an intrusive doubly linked
+//! list kept sorted by `(key, tie)`; an insert compares with the tail, then the head, and
+//! otherwise walks from the end nearer by key, so it is O(1) when keys in one bucket arrive
+//! nearly in order (a bucket is ~1 µs wide by default). Keys past the window wait in an overflow
+//! heap and move in as the window advances. Keys before `base` (a late deadline) go into
+//! `base`'s own bucket in sorted order, so the queue stays exact even for keys in the past.
+//!
+//! `base` is kept at the first non-empty bucket whenever the queue is not empty (invariant 3):
+//! the minimum is always the head of bucket `base`, so [`EdfQueue::peek`] is two loads, and the
+//! bitmap is searched only when an operation empties bucket `base`, starting with the rest of
+//! that bucket's level-0 word. Bucket `base` has no bitmap bit (invariant 4): a queue that goes
+//! between empty and one element, as an early-class queue often does, never touches the bitmap.
 //!
 //! # Invariants
-//! 1. A window element with key `k` lives in bucket slot `max(k >> shift, base) % SLOTS`.
-//! 2. Every window element has `k >> shift < base + SLOTS`; every overflow element has
-//!    `k >> shift >= base + SLOTS`. So the window's minimum is the queue's minimum when the
-//!    window is not empty.
-//! 3. `base` only advances to the first non-empty bucket (everything between was empty), which
-//!    keeps 1 true for elements placed in `base`'s bucket with an earlier key.
-//! 4. Bitmap bit `s` of level 0 is set iff bucket `s` is non-empty; a level-1 (level-2) bit is
-//!    set iff its level-0 word (level-1 word) is non-zero.
-//! 6. `first == Some(a)` means bucket `a` (absolute) is non-empty and no window bucket before
-//!    it is: inserts before it move it, emptying it clears it. Repeated peeks cost nothing.
-//! 5. The overflow heap may hold stale entries (removed or moved ids); an entry is live iff
-//!    `loc[id] == Overflow` and its key and tie are the id's current ones. It is purged in
-//!    place before it would grow.
+//! 1. A window element lives in bucket slot `at = max(k >> shift, b) % SLOTS`, where `k` is its
+//!    key and `b` was `base` when it entered the window; `at` is stored in its node. Because of
+//!    3, the slot's absolute bucket is `max(k >> shift, base)` for the current `base`.
+//! 2. Every window element has `k >> shift < base + SLOTS`; every live overflow element has
+//!    `k >> shift >= base + SLOTS` (see `beyond`). So the window's minimum is the queue's
+//!    minimum when the window is not empty.
+//! 3. While the queue is not empty, bucket `base` is non-empty, and no element's bucket is
+//!    before it: `base` moves only forward and only to the first non-empty bucket (an insert
+//!    into an empty queue restarts it anywhere). When bucket `base` empties, `base` advances at
+//!    once to the next non-empty bucket, pulling in overflow entries the advance brings inside
+//!    the window, or, if the window is then empty, jumps to the earliest live overflow entry.
+//!    So the minimum is the head of bucket `base`.
+//! 4. Bitmap bit `s` of level 0 is set iff bucket `s` is non-empty and not `base`'s (the
+//!    minimum needs no search, so a queue of one bucket, such as one element, touches no
+//!    bitmap); a level-1 (level-2) bit is set iff its level-0 word (level-1 word) is non-zero.
+//! 5. A bucket is empty iff its head is `NIL`; its tail is meaningful only when it is not empty.
+//! 6. The overflow heap may hold stale entries (removed or moved ids); an entry is live iff its
+//!    node's `at == OVERFLOW` and its key and tie are the node's current ones. Stale entries are
+//!    purged in place (with duplicates) before the heap would grow, and all of them when the
+//!    queue empties.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -37,21 +51,31 @@ use std::collections::BinaryHeap;
 /// Buckets in the window: 64³, so the three-level bitmap is exactly full.
 pub const SLOTS: usize = 1 << 18;
 const MASK: u64 = SLOTS as u64 - 1;
-const NIL: u32 = u32::MAX;
 /// `MASK` as an index mask.
 const SLOT_MASK: usize = SLOTS - 1;
+/// Level-0 words, and the mask of a level-0 word index.
+const WORDS: usize = SLOTS / 64;
+const WORD_MASK: usize = WORDS - 1;
+/// No id: the end of a bucket list, or an empty bucket's head.
+const NIL: u32 = u32::MAX;
+/// `Node::at` of an id that is not queued.
+const ABSENT: u32 = u32::MAX;
+/// `Node::at` of an id waiting in the overflow heap.
+const OVERFLOW: u32 = u32::MAX - 1;
 
 /// Default bucket width: 2^10 ns ≈ 1 µs, for a window of ≈ 268 ms. Deadlines are rarely closer
 /// than a microsecond apart within one bucket, and few are further out than the window.
 pub const DEFAULT_SHIFT: u32 = 10;
 
+/// Per-id state, 32 bytes: what one operation on an id touches is in one cache line.
 #[derive(Clone, Copy, Debug)]
 struct Node {
     key: u64,
     tie: u64,
     next: u32,
     prev: u32,
-    loc: Loc,
+    /// The bucket slot (`< SLOTS`) of a window element, [`OVERFLOW`] or [`ABSENT`].
+    at: u32,
 }
 
 const VACANT: Node = Node {
@@ -59,34 +83,38 @@ const VACANT: Node = Node {
     tie: 0,
     next: NIL,
     prev: NIL,
-    loc: Loc::Absent,
+    at: ABSENT,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Loc {
-    Absent,
-    Window,
-    Overflow,
+/// `(key, tie)` as one integer with the same order: one compare.
+#[inline(always)]
+fn ord(key: u64, tie: u64) -> u128 {
+    ((key as u128) << 64) | tie as u128
+}
+
+/// True when bucket `abs` lies past the window that starts at `base` (invariant 2); buckets
+/// before `base` belong to the window (they are placed in `base`'s bucket).
+#[inline(always)]
+fn beyond(abs: u64, base: u64) -> bool {
+    abs.saturating_sub(base) >= SLOTS as u64
 }
 
 /// The queue. See the module docs for its structure and invariants.
 pub struct EdfQueue {
     shift: u32,
+    fifo_ties: bool,
+    /// The window's first bucket, absolute: the first non-empty one (invariant 3).
     base: u64,
     len: usize,
+    seq: u64,
     /// Per-id state in one array, so an operation on an id touches one cache line.
     nodes: Vec<Node>,
-    fifo_ties: bool,
-    seq: u64,
-    /// Bucket head and tail ids, stored as id + 1 so a zeroed (lazily mapped) array is empty;
-    /// together, so a bucket touches one cache line.
+    /// Bucket head and tail ids (invariant 5), together so a bucket touches one cache line.
     buckets: Box<[[u32; 2]; SLOTS]>,
-    l0: Box<[u64; SLOTS / 64]>,
+    l0: Box<[u64; WORDS]>,
     l1: [u64; 64],
     l2: u64,
     overflow: BinaryHeap<Reverse<(u64, u64, u32)>>,
-    /// The first non-empty bucket, absolute, when known (invariant 6).
-    first: Option<u64>,
 }
 
 impl std::fmt::Debug for EdfQueue {
@@ -114,27 +142,26 @@ impl EdfQueue {
         assert!(shift < 40, "bucket width 2^{shift} ns is not sensible");
         let mut q = Self {
             shift,
+            fifo_ties,
             base: 0,
             len: 0,
-            nodes: Vec::new(),
-            fifo_ties,
             seq: 0,
-            // Fixed-size arrays: indices masked to the window need no bounds check.
-            buckets: vec![[0; 2]; SLOTS]
+            nodes: Vec::new(),
+            // Fixed-size arrays: indices masked to the window need no bounds check. Filling
+            // the buckets with `NIL` maps them now, not on first use by the packet path.
+            buckets: vec![[NIL; 2]; SLOTS]
                 .into_boxed_slice()
                 .try_into()
                 .expect("SLOTS buckets"),
-            l0: vec![0; SLOTS / 64]
+            l0: vec![0; WORDS]
                 .into_boxed_slice()
                 .try_into()
                 .expect("SLOTS / 64 words"),
             l1: [0; 64],
             l2: 0,
             overflow: BinaryHeap::new(),
-            first: None,
         };
         // Mapped now, not on first use by the packet path (see `crate::mem`).
-        crate::mem::prefault(&mut q.buckets[..]);
         crate::mem::prefault(&mut q.l0[..]);
         q.reserve_ids(capacity);
         q
@@ -152,34 +179,38 @@ impl EdfQueue {
     }
 
     /// Number of elements.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// True when empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// True when `id` is queued.
+    #[inline]
     pub fn contains(&self, id: u32) -> bool {
-        self.nodes
-            .get(id as usize)
-            .is_some_and(|n| n.loc != Loc::Absent)
+        self.nodes.get(id as usize).is_some_and(|n| n.at != ABSENT)
     }
 
     /// The key `id` is queued with.
+    #[inline]
     pub fn key_of(&self, id: u32) -> Option<u64> {
-        self.contains(id).then(|| self.nodes[id as usize].key)
+        self.nodes
+            .get(id as usize)
+            .filter(|n| n.at != ABSENT)
+            .map(|n| n.key)
     }
 
     /// Queues `id` with `key`. Panics if `id` is already queued or out of range (caller bugs).
     #[inline(always)]
     pub fn insert(&mut self, id: u32, key: u64) {
         let i = id as usize;
-        assert_eq!(self.nodes[i].loc, Loc::Absent, "id {id} queued twice");
-        self.nodes[i].key = key;
-        self.nodes[i].tie = if self.fifo_ties {
+        assert!(self.nodes[i].at == ABSENT, "id {id} queued twice");
+        let tie = if self.fifo_ties {
             self.seq += 1;
             self.seq
         } else {
@@ -187,118 +218,314 @@ impl EdfQueue {
         };
         let abs = key >> self.shift;
         if self.len == 0 {
-            // Empty: restart the window here so the insert is not sent to overflow.
+            // Empty: restart the window here (invariant 3). The bitmap is all clear, and stays
+            // so: bucket `base` has no bit (invariant 4).
             self.base = abs;
-            self.first = None;
+            self.len = 1;
+            let slot = (abs & MASK) as usize;
+            self.buckets[slot] = [id, id];
+            self.nodes[i] = Node {
+                key,
+                tie,
+                next: NIL,
+                prev: NIL,
+                at: slot as u32,
+            };
+            return;
         }
         self.len += 1;
-        if abs >= self.base + SLOTS as u64 {
-            self.push_overflow(id);
+        if beyond(abs, self.base) {
+            self.push_overflow(id, key, tie);
         } else {
-            self.link_sorted(id, key, abs.max(self.base));
+            self.link_sorted(id, key, tie, (abs.max(self.base) & MASK) as usize);
         }
     }
 
     /// Removes `id`; returns whether it was queued.
     #[inline(always)]
     pub fn remove(&mut self, id: u32) -> bool {
-        let i = id as usize;
-        match self.nodes.get(i).map(|n| n.loc) {
-            Some(Loc::Window) => {
-                let abs = (self.nodes[i].key >> self.shift).max(self.base);
-                self.unlink(id, (abs & MASK) as usize);
-                self.len -= 1;
-                true
-            }
-            Some(Loc::Overflow) => {
-                // The heap entry goes stale (invariant 5).
-                self.nodes[i].loc = Loc::Absent;
-                self.len -= 1;
-                true
-            }
-            _ => false,
+        let Some(node) = self.nodes.get_mut(id as usize) else {
+            return false;
+        };
+        let at = node.at;
+        if at == ABSENT {
+            return false;
         }
+        node.at = ABSENT;
+        let (p, n) = (node.prev, node.next);
+        self.len -= 1;
+        if at != OVERFLOW {
+            self.unlink(at as usize, p, n);
+        } else if self.len == 0 {
+            // The queue is empty: every heap entry is stale now (invariant 6).
+            self.overflow.clear();
+        }
+        // An overflow element's heap entry just goes stale (invariant 6).
+        true
     }
 
     /// The minimum `(key, id)` without removing it.
     #[inline(always)]
     pub fn peek(&mut self) -> Option<(u64, u32)> {
-        let slot = self.first_slot()?;
-        let id = self.buckets[slot & SLOT_MASK][0] - 1;
+        let id = self.peek_id()?;
         Some((self.nodes[id as usize].key, id))
+    }
+
+    /// The id of the minimum without removing it: [`EdfQueue::peek`]'s id, without loading its
+    /// key (one load when the queue is not empty). Takes `&self`: nothing needs advancing.
+    #[inline(always)]
+    pub fn peek_id(&self) -> Option<u32> {
+        if self.len == 0 {
+            return None;
+        }
+        Some(self.buckets[(self.base & MASK) as usize][0])
     }
 
     /// Removes and returns the minimum `(key, id)`.
     #[inline(always)]
     pub fn pop(&mut self) -> Option<(u64, u32)> {
-        let slot = self.first_slot()?;
-        let id = self.buckets[slot & SLOT_MASK][0] - 1;
-        self.unlink(id, slot);
-        self.len -= 1;
-        Some((self.nodes[id as usize].key, id))
+        let id = self.peek_id()?;
+        Some(self.pop_head(id))
     }
 
     /// Removes and returns the minimum if its key is at most `limit`.
-    #[inline]
-    pub fn pop_if_at_most(&mut self, limit: u64) -> Option<(u64, u32)> {
-        match self.peek() {
-            Some((k, _)) if k <= limit => self.pop(),
-            _ => None,
-        }
-    }
-
-    /// Finds the first non-empty bucket, advancing `base` to it (invariant 3) and pulling in
-    /// overflow entries the advance brings inside the window.
     #[inline(always)]
-    fn first_slot(&mut self) -> Option<usize> {
-        if self.len == 0 {
+    pub fn pop_if_at_most(&mut self, limit: u64) -> Option<(u64, u32)> {
+        let id = self.peek_id()?;
+        if self.nodes[id as usize].key > limit {
             return None;
         }
-        if let Some(a) = self.first {
-            return Some((a & MASK) as usize);
-        }
-        let s = self.find_first()?;
-        self.first = Some(self.base);
-        Some(s)
+        Some(self.pop_head(id))
     }
 
-    /// Searches the bitmap for the first non-empty bucket and moves `base` to it.
+    /// Removes `id`, the head of bucket `base` (the minimum).
     #[inline(always)]
-    fn find_first(&mut self) -> Option<usize> {
+    fn pop_head(&mut self, id: u32) -> (u64, u32) {
+        let slot = (self.base & MASK) as usize;
+        let nodes = &mut self.nodes[..];
+        let node = &mut nodes[id as usize];
+        node.at = ABSENT;
+        let (key, next) = (node.key, node.next);
+        self.len -= 1;
+        self.buckets[slot][0] = next;
+        if next == NIL {
+            // The tail may stay stale (invariant 5).
+            self.advance();
+        } else {
+            nodes[next as usize].prev = NIL;
+        }
+        (key, id)
+    }
+
+    /// Unlinks a window element with neighbours `p`, `n` from bucket `slot`.
+    #[inline(always)]
+    fn unlink(&mut self, slot: usize, p: u32, n: u32) {
+        let slot = slot & SLOT_MASK;
+        let nodes = &mut self.nodes[..];
+        if p == NIL {
+            self.buckets[slot][0] = n;
+        } else {
+            nodes[p as usize].next = n;
+        }
+        if n == NIL {
+            self.buckets[slot][1] = p;
+        } else {
+            nodes[n as usize].prev = p;
+        }
+        if p == NIL && n == NIL {
+            if slot == (self.base & MASK) as usize {
+                self.advance();
+            } else {
+                self.clear_bit(slot);
+            }
+        }
+    }
+
+    /// Links `id` into bucket `slot` in `(key, tie)` order, writing its whole node.
+    #[inline(always)]
+    fn link_sorted(&mut self, id: u32, key: u64, tie: u64, slot: usize) {
+        let slot = slot & SLOT_MASK;
+        let nodes = &mut self.nodes[..];
+        let [head, tail] = self.buckets[slot];
+        let at = slot as u32;
+        if head == NIL {
+            self.buckets[slot] = [id, id];
+            nodes[id as usize] = Node {
+                key,
+                tie,
+                next: NIL,
+                prev: NIL,
+                at,
+            };
+            self.set_bit(slot);
+            return;
+        }
+        let me = ord(key, tie);
+        let t = &mut nodes[tail as usize];
+        if ord(t.key, t.tie) < me {
+            // After the tail: the common case.
+            t.next = id;
+            self.buckets[slot][1] = id;
+            nodes[id as usize] = Node {
+                key,
+                tie,
+                next: NIL,
+                prev: tail,
+                at,
+            };
+            return;
+        }
+        let h = &mut nodes[head as usize];
+        let hk = h.key;
+        if me < ord(hk, h.tie) {
+            // Before the head: a key in the past, or the new minimum.
+            h.prev = id;
+            self.buckets[slot][0] = id;
+            nodes[id as usize] = Node {
+                key,
+                tie,
+                next: head,
+                prev: NIL,
+                at,
+            };
+            return;
+        }
+        // Strictly between head and tail: walk from the end nearer by key (both ends bound the
+        // walk, so neither loop meets `NIL`).
+        let tk = nodes[tail as usize].key;
+        let (after, before) = if key - hk <= tk - key {
+            let mut before = nodes[head as usize].next;
+            while ord(nodes[before as usize].key, nodes[before as usize].tie) < me {
+                before = nodes[before as usize].next;
+            }
+            (nodes[before as usize].prev, before)
+        } else {
+            let mut after = nodes[tail as usize].prev;
+            while ord(nodes[after as usize].key, nodes[after as usize].tie) > me {
+                after = nodes[after as usize].prev;
+            }
+            (after, nodes[after as usize].next)
+        };
+        nodes[after as usize].next = id;
+        nodes[before as usize].prev = id;
+        nodes[id as usize] = Node {
+            key,
+            tie,
+            next: before,
+            prev: after,
+            at,
+        };
+    }
+
+    #[inline(always)]
+    fn set_bit(&mut self, s: usize) {
+        let w0 = (s >> 6) & WORD_MASK;
+        let old = self.l0[w0];
+        self.l0[w0] = old | 1 << (s & 63);
+        if old == 0 {
+            self.l1[w0 >> 6] |= 1 << (w0 & 63);
+            self.l2 |= 1 << (w0 >> 6);
+        }
+    }
+
+    /// Clears bucket `s`'s bit.
+    #[inline(always)]
+    fn clear_bit(&mut self, s: usize) {
+        let w0 = (s >> 6) & WORD_MASK;
+        let word = self.l0[w0] & !(1 << (s & 63));
+        self.l0[w0] = word;
+        if word == 0 {
+            self.clear_upper(w0);
+        }
+    }
+
+    /// Level-0 word `w0` became zero.
+    #[inline(always)]
+    fn clear_upper(&mut self, w0: usize) {
+        let w1 = (w0 >> 6) & 63;
+        let word = self.l1[w1] & !(1 << (w0 & 63));
+        self.l1[w1] = word;
+        if word == 0 {
+            self.l2 &= !(1 << w1);
+        }
+    }
+
+    /// Bucket `base` has just emptied: advances `base` to the next non-empty bucket and clears
+    /// that bucket's bit (invariants 3 and 4), looking first in the rest of the same level-0
+    /// word. An empty queue needs nothing: its bitmap is all clear already.
+    #[inline(always)]
+    fn advance(&mut self) {
+        if self.len == 0 {
+            // Everything left in the heap is stale (invariant 6).
+            self.overflow.clear();
+            return;
+        }
         let p = (self.base & MASK) as usize;
-        let found = self.find_from(p).or_else(|| self.find_from(0));
-        match found {
+        let w0 = (p >> 6) & WORD_MASK;
+        let word = self.l0[w0];
+        // Bit `p` is clear (invariant 4), so these are the buckets after `p` in its word.
+        let later = word & (!0u64 << (p & 63));
+        if later != 0 {
+            let b = later.trailing_zeros();
+            // Never wraps: the same word, a later bit.
+            self.base += u64::from(b) - (p & 63) as u64;
+            let word = word & !(1 << b);
+            self.l0[w0] = word;
+            if word == 0 {
+                self.clear_upper(w0);
+            }
+            self.migrate_if_due();
+        } else {
+            self.advance_far();
+        }
+    }
+
+    /// After `base` advanced: moves in overflow entries now inside the window (invariant 2).
+    /// The heap's top may be stale; the slow path then purges it.
+    #[inline(always)]
+    fn migrate_if_due(&mut self) {
+        if let Some(&Reverse((k, _, _))) = self.overflow.peek() {
+            if !beyond(k >> self.shift, self.base) {
+                self.migrate_overflow();
+            }
+        }
+    }
+
+    /// `advance` beyond the base's level-0 word: searches the rest of the bitmap, wrapping
+    /// around, or jumps to the overflow's minimum when the window is empty.
+    #[inline(never)]
+    fn advance_far(&mut self) {
+        let p = (self.base & MASK) as usize;
+        match self.find_from(p).or_else(|| self.find_from(0)) {
             Some(s) => {
-                let abs = if s >= p {
-                    self.base + (s - p) as u64
-                } else {
-                    self.base + (SLOTS - p + s) as u64
-                };
-                if abs != self.base {
-                    self.base = abs;
-                    self.migrate_overflow();
-                }
-                Some(s)
+                self.base += (s.wrapping_sub(p) & SLOT_MASK) as u64;
+                self.clear_bit(s);
+                self.migrate_if_due();
             }
             None => {
                 // Window empty: jump to the earliest live overflow entry.
-                let (k, _) = self.live_overflow_min()?;
+                let (k, _) = self
+                    .live_overflow_min()
+                    .expect("a non-empty queue with an empty window has live overflow entries");
                 self.base = k >> self.shift;
                 self.migrate_overflow();
+                // Migration found bucket `base` empty and set its bit.
                 let s = (self.base & MASK) as usize;
-                debug_assert!(self.buckets[s & SLOT_MASK][0] != 0);
-                Some(s)
+                debug_assert!(self.buckets[s][0] != NIL);
+                self.clear_bit(s);
             }
         }
+    }
+
+    #[inline(always)]
+    fn is_live(nodes: &[Node], k: u64, t: u64, id: u32) -> bool {
+        let n = &nodes[id as usize];
+        n.at == OVERFLOW && n.key == k && n.tie == t
     }
 
     fn live_overflow_min(&mut self) -> Option<(u64, u32)> {
         while let Some(&Reverse((k, t, id))) = self.overflow.peek() {
-            let i = id as usize;
-            if self.nodes[i].loc == Loc::Overflow
-                && self.nodes[i].key == k
-                && self.nodes[i].tie == t
-            {
+            if Self::is_live(&self.nodes, k, t, id) {
                 return Some((k, id));
             }
             self.overflow.pop();
@@ -306,135 +533,47 @@ impl EdfQueue {
         None
     }
 
+    #[cold]
+    #[inline(never)]
     fn migrate_overflow(&mut self) {
-        let end = self.base + SLOTS as u64;
-        while let Some((k, id)) = self.live_overflow_min() {
-            if k >> self.shift >= end {
-                break;
+        while let Some(&Reverse((k, t, id))) = self.overflow.peek() {
+            if Self::is_live(&self.nodes, k, t, id) {
+                let abs = k >> self.shift;
+                if beyond(abs, self.base) {
+                    break;
+                }
+                self.link_sorted(id, k, t, (abs.max(self.base) & MASK) as usize);
             }
             self.overflow.pop();
-            self.nodes[id as usize].loc = Loc::Absent;
-            self.link_sorted(id, k, (k >> self.shift).max(self.base));
         }
     }
 
-    fn push_overflow(&mut self, id: u32) {
-        let (key, tie) = (self.nodes[id as usize].key, self.nodes[id as usize].tie);
+    #[cold]
+    #[inline(never)]
+    fn push_overflow(&mut self, id: u32, key: u64, tie: u64) {
+        let node = &mut self.nodes[id as usize];
+        node.key = key;
+        node.tie = tie;
+        node.at = OVERFLOW;
         if self.overflow.len() == self.overflow.capacity() {
-            // Purge stale entries in place rather than grow (invariant 5).
+            // Purge stale entries in place rather than grow (invariant 6). Without FIFO ties
+            // an id removed and queued again with the same key makes its old entry look live
+            // again: such duplicates go too (sorting and `from` reuse the buffer).
             let nodes = &self.nodes;
-            self.overflow.retain(|Reverse((k, t, i))| {
-                let i = *i as usize;
-                let n = &nodes[i];
-                n.loc == Loc::Overflow && n.key == *k && n.tie == *t
-            });
+            let mut v = std::mem::take(&mut self.overflow).into_vec();
+            v.retain(|&Reverse((k, t, i))| Self::is_live(nodes, k, t, i));
+            v.sort_unstable();
+            v.dedup();
+            self.overflow = BinaryHeap::from(v);
         }
         self.overflow.push(Reverse((key, tie, id)));
-        self.nodes[id as usize].loc = Loc::Overflow;
-    }
-
-    #[inline(always)]
-    fn link_sorted(&mut self, id: u32, key: u64, abs: u64) {
-        let slot = (abs & MASK) as usize;
-        let i = id as usize;
-        self.nodes[i].loc = Loc::Window;
-        if let Some(f) = self.first {
-            if abs < f {
-                self.first = Some(abs);
-            }
-        }
-        // Walk back from the tail to the last element ordered before (key, tie).
-        let tie = self.nodes[i].tie;
-        let mut after = if self.buckets[slot & SLOT_MASK][1] == 0 {
-            NIL
-        } else {
-            self.buckets[slot & SLOT_MASK][1] - 1
-        };
-        while after != NIL
-            && (
-                self.nodes[after as usize].key,
-                self.nodes[after as usize].tie,
-            ) > (key, tie)
-        {
-            after = self.nodes[after as usize].prev;
-        }
-        if after == NIL {
-            let old_head = if self.buckets[slot & SLOT_MASK][0] == 0 {
-                NIL
-            } else {
-                self.buckets[slot & SLOT_MASK][0] - 1
-            };
-            self.nodes[i].prev = NIL;
-            self.nodes[i].next = old_head;
-            if old_head == NIL {
-                self.buckets[slot & SLOT_MASK][1] = id + 1;
-                self.set_bit(slot);
-            } else {
-                self.nodes[old_head as usize].prev = id;
-            }
-            self.buckets[slot & SLOT_MASK][0] = id + 1;
-        } else {
-            let nxt = self.nodes[after as usize].next;
-            self.nodes[i].prev = after;
-            self.nodes[i].next = nxt;
-            self.nodes[after as usize].next = id;
-            if nxt == NIL {
-                self.buckets[slot & SLOT_MASK][1] = id + 1;
-            } else {
-                self.nodes[nxt as usize].prev = id;
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn unlink(&mut self, id: u32, slot: usize) {
-        let i = id as usize;
-        let (p, n) = (self.nodes[i].prev, self.nodes[i].next);
-        if p == NIL {
-            self.buckets[slot & SLOT_MASK][0] = if n == NIL { 0 } else { n + 1 };
-        } else {
-            self.nodes[p as usize].next = n;
-        }
-        if n == NIL {
-            self.buckets[slot & SLOT_MASK][1] = if p == NIL { 0 } else { p + 1 };
-        } else {
-            self.nodes[n as usize].prev = p;
-        }
-        if self.buckets[slot & SLOT_MASK][0] == 0 {
-            self.clear_bit(slot);
-            if self.first.is_some_and(|f| (f & MASK) as usize == slot) {
-                self.first = None;
-            }
-        }
-        self.nodes[i].loc = Loc::Absent;
-    }
-
-    #[inline(always)]
-    fn set_bit(&mut self, s: usize) {
-        let w0 = s >> 6;
-        self.l0[w0 & (SLOTS / 64 - 1)] |= 1 << (s & 63);
-        self.l1[w0 >> 6] |= 1 << (w0 & 63);
-        self.l2 |= 1 << (w0 >> 6);
-    }
-
-    #[inline(always)]
-    fn clear_bit(&mut self, s: usize) {
-        let w0 = s >> 6;
-        self.l0[w0 & (SLOTS / 64 - 1)] &= !(1 << (s & 63));
-        if self.l0[w0 & (SLOTS / 64 - 1)] == 0 {
-            let w1 = w0 >> 6;
-            self.l1[w1] &= !(1 << (w0 & 63));
-            if self.l1[w1] == 0 {
-                self.l2 &= !(1 << w1);
-            }
-        }
     }
 
     /// First set bucket at or after `p`, without wrapping.
     #[inline(always)]
     fn find_from(&self, p: usize) -> Option<usize> {
-        let w0 = p >> 6;
-        let m0 = self.l0[w0 & (SLOTS / 64 - 1)] & (!0u64 << (p & 63));
+        let w0 = (p >> 6) & WORD_MASK;
+        let m0 = self.l0[w0] & (!0u64 << (p & 63));
         if m0 != 0 {
             return Some((w0 << 6) | m0.trailing_zeros() as usize);
         }
@@ -447,7 +586,7 @@ impl EdfQueue {
         };
         if m1 != 0 {
             let w0n = (w1 << 6) | m1.trailing_zeros() as usize;
-            return Some((w0n << 6) | self.l0[w0n & (SLOTS / 64 - 1)].trailing_zeros() as usize);
+            return Some((w0n << 6) | self.l0[w0n & WORD_MASK].trailing_zeros() as usize);
         }
         let m2 = if w1 == 63 {
             0
@@ -456,8 +595,8 @@ impl EdfQueue {
         };
         if m2 != 0 {
             let w1n = m2.trailing_zeros() as usize;
-            let w0n = (w1n << 6) | self.l1[w1n].trailing_zeros() as usize;
-            return Some((w0n << 6) | self.l0[w0n & (SLOTS / 64 - 1)].trailing_zeros() as usize);
+            let w0n = (w1n << 6) | self.l1[w1n & 63].trailing_zeros() as usize;
+            return Some((w0n << 6) | self.l0[w0n & WORD_MASK].trailing_zeros() as usize);
         }
         None
     }
@@ -542,6 +681,320 @@ mod tests {
         assert_eq!(q.pop(), Some((7 * SLOTS as u64, 1)));
     }
 
+    impl EdfQueue {
+        /// Checks invariants 1 to 6 and the sortedness of every bucket.
+        fn check(&self) {
+            self.check_with(true);
+        }
+
+        /// `check`; `full` also scans every bucket and level-0 word (slow in a debug build).
+        fn check_with(&self, full: bool) {
+            let base_slot = (self.base & MASK) as usize;
+            let mut live = 0;
+            let mut slots = BTreeSet::new();
+            for (id, n) in self.nodes.iter().enumerate() {
+                match n.at {
+                    ABSENT => {}
+                    OVERFLOW => {
+                        live += 1;
+                        assert!(beyond(n.key >> self.shift, self.base), "inv 2, id {id}");
+                        assert!(
+                            self.overflow
+                                .iter()
+                                .any(|e| e.0 == (n.key, n.tie, id as u32)),
+                            "overflow id {id} has a heap entry"
+                        );
+                    }
+                    at => {
+                        live += 1;
+                        let abs = n.key >> self.shift;
+                        assert!(!beyond(abs, self.base), "inv 2, id {id}");
+                        assert_eq!(at as u64, abs.max(self.base) & MASK, "inv 1, id {id}");
+                        slots.insert(at as usize);
+                    }
+                }
+            }
+            assert_eq!(live, self.len);
+            if self.len > 0 {
+                assert_ne!(self.buckets[base_slot][0], NIL, "inv 3");
+            }
+            // The bitmap, walked from the top: exactly the non-empty buckets but `base`'s.
+            let mut bits = BTreeSet::new();
+            for w1 in 0..64 {
+                assert_eq!(
+                    self.l2 >> w1 & 1 == 1,
+                    self.l1[w1] != 0,
+                    "inv 4, l1 word {w1}"
+                );
+                for b1 in 0..64 {
+                    let w0 = w1 << 6 | b1;
+                    if self.l1[w1] >> b1 & 1 == 1 {
+                        assert_ne!(self.l0[w0], 0, "inv 4, l0 word {w0}");
+                        for b0 in 0..64 {
+                            if self.l0[w0] >> b0 & 1 == 1 {
+                                bits.insert(w0 << 6 | b0);
+                            }
+                        }
+                    } else if full {
+                        assert_eq!(self.l0[w0], 0, "inv 4, l0 word {w0}");
+                    }
+                }
+            }
+            let mut want = slots.clone();
+            want.remove(&base_slot);
+            assert_eq!(bits, want, "inv 4");
+            if full {
+                for s in 0..SLOTS {
+                    assert_eq!(self.buckets[s][0] != NIL, slots.contains(&s), "inv 5, {s}");
+                }
+            } else if !slots.contains(&base_slot) {
+                assert_eq!(self.buckets[base_slot][0], NIL, "inv 5");
+            }
+            for &s in &slots {
+                // Walk the bucket both ways: sorted, linked, all in slot `s`.
+                let (mut id, mut prev, mut n) = (self.buckets[s][0], NIL, 0);
+                while id != NIL {
+                    let node = &self.nodes[id as usize];
+                    assert_eq!(node.at as usize, s);
+                    assert_eq!(node.prev, prev);
+                    if prev != NIL {
+                        let p = &self.nodes[prev as usize];
+                        assert!(ord(p.key, p.tie) < ord(node.key, node.tie));
+                    }
+                    (prev, id) = (id, node.next);
+                    n += 1;
+                }
+                assert_eq!(self.buckets[s][1], prev, "tail of slot {s}");
+                assert!(n > 0);
+            }
+        }
+    }
+
+    /// Pops everything, checking order and invariants.
+    fn drain(q: &mut EdfQueue) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        while let Some(e) = q.pop() {
+            q.check();
+            out.push(e);
+        }
+        assert!(q.is_empty());
+        assert_eq!(q.peek(), None);
+        assert_eq!(q.peek_id(), None);
+        out
+    }
+
+    #[test]
+    fn one_element_queue_touches_no_bitmap() {
+        let mut q = EdfQueue::new(4, 4);
+        for k in [500u64, 3, 1 << 40, 7, u64::MAX, 0] {
+            q.insert(2, k);
+            assert_eq!(q.peek(), Some((k, 2)));
+            assert_eq!(q.peek_id(), Some(2));
+            assert_eq!((q.l2, q.l1.iter().any(|&w| w != 0)), (0, false));
+            q.check();
+            assert_eq!(
+                q.pop_if_at_most(k.saturating_sub(1)),
+                if k == 0 { Some((0, 2)) } else { None }
+            );
+            if k != 0 {
+                assert_eq!(q.pop(), Some((k, 2)));
+            }
+            q.check();
+        }
+        // Remove as the way out, too.
+        q.insert(1, 99);
+        assert!(q.remove(1));
+        assert!(!q.remove(1));
+        assert!(q.is_empty());
+        q.check();
+    }
+
+    #[test]
+    fn bucket_inserts_at_tail_head_and_between() {
+        // One bucket (shift 10): keys land after the tail, before the head, and in between,
+        // nearer either end, with equal keys ordered by id.
+        let mut q = EdfQueue::new(16, 10);
+        let keys = [500u64, 600, 100, 550, 120, 590, 500, 500, 100, 1000, 0, 599];
+        for (id, &k) in keys.iter().enumerate() {
+            q.insert(id as u32, k);
+            q.check();
+        }
+        let mut want: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (k, i as u32))
+            .collect();
+        want.sort();
+        assert_eq!(drain(&mut q), want);
+    }
+
+    #[test]
+    fn fifo_ties_between_head_and_tail() {
+        let mut q = EdfQueue::with_fifo_ties(16, 10);
+        for (id, k) in [
+            (0u32, 100u64),
+            (1, 900),
+            (2, 500),
+            (3, 500),
+            (4, 100),
+            (5, 900),
+            (6, 500),
+        ] {
+            q.insert(id, k);
+            q.check();
+        }
+        let order: Vec<_> = drain(&mut q).into_iter().map(|(_, id)| id).collect();
+        assert_eq!(order, vec![0, 4, 2, 3, 6, 1, 5]);
+    }
+
+    #[test]
+    fn removing_the_head_advances_like_pop() {
+        let mut q = EdfQueue::with_fifo_ties(8, 0);
+        for (id, k) in [(0u32, 10u64), (1, 11), (2, 70), (3, 5000), (4, 10)] {
+            q.insert(id, k);
+        }
+        q.check();
+        // Head of the base bucket, then the rest of the bucket, then a bucket in another word.
+        assert_eq!(q.peek_id(), Some(0));
+        assert!(q.remove(0));
+        q.check();
+        assert_eq!(q.peek(), Some((10, 4)));
+        assert!(q.remove(4));
+        q.check();
+        assert_eq!(q.peek(), Some((11, 1)));
+        // A non-base bucket emptied by remove clears its bit.
+        assert!(q.remove(2));
+        q.check();
+        assert!(q.remove(1));
+        q.check();
+        assert_eq!(q.peek(), Some((5000, 3)));
+        assert!(q.remove(3));
+        q.check();
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn advance_crosses_words_and_wraps_the_window() {
+        // shift 0: bucket = key. Keys spread over the whole window, so the base advances
+        // within a word, across words, across level-1 words, and its slot wraps to 0.
+        let mut q = EdfQueue::new(8, 0);
+        let start = 3 * SLOTS as u64 - 100;
+        let keys = [
+            start,
+            start + 1,
+            start + 64,
+            start + 99,
+            start + 100, // slot 0 again
+            start + 5000,
+            start + SLOTS as u64 - 1, // the window's last bucket
+        ];
+        for (id, &k) in keys.iter().enumerate() {
+            q.insert(id as u32, k);
+        }
+        q.check();
+        let got: Vec<_> = drain(&mut q).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(got, keys);
+    }
+
+    #[test]
+    fn advance_migrates_overflow_into_the_window() {
+        let mut q = EdfQueue::new(8, 0);
+        let s = SLOTS as u64;
+        q.insert(0, 0);
+        q.insert(1, s + 5); // overflow
+        q.insert(2, s + 3); // overflow
+        q.insert(3, 10);
+        q.insert(4, 3 * s); // overflow, stays there after the first advance
+        q.check();
+        assert_eq!(q.nodes[1].at, OVERFLOW);
+        assert_eq!(q.pop(), Some((0, 0))); // base 0 → 10: s + 3 and s + 5 now fit
+        q.check();
+        assert_ne!(q.nodes[1].at, OVERFLOW);
+        assert_eq!(q.nodes[4].at, OVERFLOW);
+        assert_eq!(
+            drain(&mut q),
+            vec![(10, 3), (s + 3, 2), (s + 5, 1), (3 * s, 4)]
+        );
+    }
+
+    #[test]
+    fn empty_window_jumps_to_live_overflow() {
+        let mut q = EdfQueue::with_fifo_ties(8, 2);
+        let far = 1u64 << 40;
+        q.insert(0, 1);
+        q.insert(1, far + 8);
+        q.insert(2, far);
+        q.insert(3, far); // equal keys in overflow: insertion order
+        q.insert(4, far * 2);
+        assert!(q.remove(2)); // a stale entry at the heap's top
+        q.check();
+        assert_eq!(q.pop(), Some((1, 0))); // window empties: jump past the stale entry
+        q.check();
+        assert_eq!(q.peek(), Some((far, 3)));
+        // A key far in the past now goes before everything.
+        q.insert(5, 0);
+        q.check();
+        assert_eq!(
+            drain(&mut q),
+            vec![(0, 5), (far, 3), (far + 8, 1), (far * 2, 4)]
+        );
+    }
+
+    #[test]
+    fn removing_the_last_overflow_element_empties_the_queue() {
+        let mut q = EdfQueue::new(4, 0);
+        q.insert(0, 5);
+        q.insert(1, 1 << 30);
+        assert!(q.remove(0)); // window empties: base jumps to the overflow element
+        q.check();
+        assert!(q.remove(1));
+        q.check();
+        assert!(q.is_empty());
+        assert_eq!(q.overflow.len(), 0);
+        q.insert(1, 1 << 30);
+        assert_eq!(q.pop(), Some((1 << 30, 1)));
+    }
+
+    #[test]
+    fn duplicate_stale_entries_do_not_grow_the_heap() {
+        // Without FIFO ties a re-queued id with the same key makes its old entries look live.
+        let mut q = EdfQueue::new(4, 0);
+        q.insert(0, 0);
+        let cap = q.overflow.capacity();
+        for _ in 0..10 * cap {
+            q.insert(1, 4 * SLOTS as u64);
+            assert!(q.remove(1));
+        }
+        q.insert(1, 4 * SLOTS as u64);
+        assert_eq!(q.overflow.capacity(), cap);
+        q.check();
+        assert_eq!(drain(&mut q), vec![(0, 0), (4 * SLOTS as u64, 1)]);
+    }
+
+    #[test]
+    fn extreme_keys() {
+        let mut q = EdfQueue::new(4, 0);
+        q.insert(0, u64::MAX);
+        q.insert(1, u64::MAX - 1);
+        q.insert(2, 0); // before base: into base's bucket
+        q.insert(3, u64::MAX - SLOTS as u64 + 1);
+        q.check();
+        assert_eq!(
+            drain(&mut q),
+            vec![
+                (0, 2),
+                (u64::MAX - SLOTS as u64 + 1, 3),
+                (u64::MAX - 1, 1),
+                (u64::MAX, 0)
+            ]
+        );
+        let mut q = EdfQueue::new(4, 0);
+        q.insert(0, 0);
+        q.insert(1, u64::MAX); // overflow
+        q.check();
+        assert_eq!(drain(&mut q), vec![(0, 0), (u64::MAX, 1)]);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u32, u64),
@@ -551,11 +1004,14 @@ mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        // Keys cluster near a moving point and jump far out, to exercise window, overflow and
-        // keys before base.
+        // Keys cluster near a moving point, repeat (equal keys), sit near the window's edge
+        // (2^18 buckets of 2^shift ns) and jump far out, to exercise window, overflow, keys
+        // before base and every insert position in a bucket.
         prop_oneof![
             (0u32..16, 0u64..5_000).prop_map(|(i, k)| Op::Insert(i, k)),
+            (0u32..16, 0u64..40).prop_map(|(i, k)| Op::Insert(i, k)),
             (0u32..16, 0u64..(1u64 << 30)).prop_map(|(i, k)| Op::Insert(i, k)),
+            (0u32..16, 0u64..(1u64 << 31)).prop_map(|(i, k)| Op::Insert(i, k)),
             (0u32..16).prop_map(Op::Remove),
             Just(Op::Pop),
             (0u64..(1u64 << 30)).prop_map(Op::PopAtMost),
@@ -563,40 +1019,56 @@ mod tests {
     }
 
     proptest! {
-        /// The queue behaves exactly like an ordered set of (key, id).
+        /// The queue behaves exactly like an ordered set of (key, tie, id), with ties by id or
+        /// by insertion, and keeps its invariants after every operation.
         #[test]
-        fn matches_ordered_set(ops in proptest::collection::vec(op(), 1..400), shift in 0u32..12) {
-            let mut q = EdfQueue::new(16, shift);
-            let mut model: BTreeSet<(u64, u32)> = BTreeSet::new();
-            let mut keys = [None::<u64>; 16];
+        fn matches_ordered_set(
+            ops in proptest::collection::vec(op(), 1..400),
+            shift in 0u32..12,
+            fifo in any::<bool>(),
+        ) {
+            let mut q = if fifo { EdfQueue::with_fifo_ties(16, shift) } else { EdfQueue::new(16, shift) };
+            let mut model: BTreeSet<(u64, u64, u32)> = BTreeSet::new();
+            let mut held = [None::<(u64, u64)>; 16];
+            let mut seq = 0;
             for op in ops {
                 match op {
                     Op::Insert(i, k) => {
-                        if keys[i as usize].is_none() {
+                        if held[i as usize].is_none() {
                             q.insert(i, k);
-                            model.insert((k, i));
-                            keys[i as usize] = Some(k);
+                            seq += 1;
+                            let tie = if fifo { seq } else { u64::from(i) };
+                            model.insert((k, tie, i));
+                            held[i as usize] = Some((k, tie));
                         }
                     }
                     Op::Remove(i) => {
-                        let had = keys[i as usize].take();
+                        let had = held[i as usize].take();
                         prop_assert_eq!(q.remove(i), had.is_some());
-                        if let Some(k) = had { model.remove(&(k, i)); }
+                        if let Some((k, t)) = had { model.remove(&(k, t, i)); }
                     }
                     Op::Pop => {
                         let want = model.pop_first();
-                        prop_assert_eq!(q.pop(), want);
-                        if let Some((_, i)) = want { keys[i as usize] = None; }
+                        prop_assert_eq!(q.pop(), want.map(|(k, _, i)| (k, i)));
+                        if let Some((_, _, i)) = want { held[i as usize] = None; }
                     }
                     Op::PopAtMost(l) => {
-                        let want = model.first().copied().filter(|(k, _)| *k <= l);
-                        prop_assert_eq!(q.pop_if_at_most(l), want);
-                        if let Some(w) = want { model.remove(&w); keys[w.1 as usize] = None; }
+                        let want = model.first().copied().filter(|(k, _, _)| *k <= l);
+                        prop_assert_eq!(q.pop_if_at_most(l), want.map(|(k, _, i)| (k, i)));
+                        if let Some(w) = want { model.remove(&w); held[w.2 as usize] = None; }
                     }
                 }
+                q.check_with(false);
+                let first = model.first().map(|&(k, _, i)| (k, i));
                 prop_assert_eq!(q.len(), model.len());
-                prop_assert_eq!(q.peek(), model.first().copied());
+                prop_assert_eq!(q.peek(), first);
+                prop_assert_eq!(q.peek_id(), first.map(|(_, i)| i));
+                for i in 0..16u32 {
+                    prop_assert_eq!(q.key_of(i), held[i as usize].map(|(k, _)| k));
+                    prop_assert_eq!(q.contains(i), held[i as usize].is_some());
+                }
             }
+            q.check();
         }
     }
 }
