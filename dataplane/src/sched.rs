@@ -372,6 +372,16 @@ impl CpuScheduler {
         None
     }
 
+    /// The current handler that would run next if nothing changed, without taking it: the core
+    /// prefetches its state while the chosen one runs.
+    #[inline]
+    pub fn peek_current(&mut self) -> Option<u32> {
+        if self.policy.fifo {
+            return (self.best_effort.head != NIL).then_some(self.best_effort.head);
+        }
+        self.current.peek().map(|(_, s)| s)
+    }
+
     /// Accounts a finished run of `cost_ns` in `class`: a reserved best-effort run pays from
     /// the reserve; a real-time run while best-effort waited earns it credit.
     #[inline]
