@@ -32,8 +32,87 @@ fn main() {
     }
 }
 
+/// What the two generators share: the bindgen set-up, the allowlists, the link flags.
+#[cfg(any(feature = "dpdk", feature = "af_xdp"))]
+mod common {
+    use std::path::{Path, PathBuf};
+
+    /// The items a generator allowlists.
+    pub struct Allowlist {
+        pub functions: &'static [&'static str],
+        pub vars: &'static [&'static str],
+        pub types: &'static [&'static str],
+    }
+
+    /// Runs bindgen over `header` with `allow`, writing `$OUT_DIR/<out_name>.rs`, and has it
+    /// write the `wrap_static_fns` C shim to `<wrappers>.c`, which it returns. `tune` adds
+    /// generator-specific options.
+    pub fn bindgen(
+        header: &Path,
+        clang_args: &[String],
+        allow: &Allowlist,
+        wrappers: &Path,
+        out_name: &str,
+        tune: impl FnOnce(bindgen::Builder) -> bindgen::Builder,
+    ) -> PathBuf {
+        let mut builder = bindgen::Builder::default()
+            .header(header.to_str().expect("UTF-8 path"))
+            .clang_args(clang_args)
+            .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
+            .use_core()
+            .generate_comments(false)
+            .derive_default(true)
+            .derive_debug(true)
+            .layout_tests(true)
+            .prepend_enum_name(false)
+            .default_enum_style(bindgen::EnumVariation::Consts)
+            .wrap_static_fns(true)
+            .wrap_static_fns_path(wrappers);
+        builder = tune(builder);
+        for f in allow.functions {
+            builder = builder.allowlist_function(f);
+        }
+        for v in allow.vars {
+            builder = builder.allowlist_var(v);
+        }
+        for t in allow.types {
+            builder = builder.allowlist_type(t);
+        }
+        let bindings = builder.generate().unwrap_or_else(|e| {
+            panic!(
+                "bindgen failed on {} (is libclang-dev installed?): {e}",
+                header.display()
+            )
+        });
+        let out = PathBuf::from(env("OUT_DIR")).join(format!("{out_name}.rs"));
+        bindings
+            .write_to_file(&out)
+            .unwrap_or_else(|e| panic!("write {}: {e}", out.display()));
+        // bindgen writes `<path>.c`, including the header by absolute path.
+        wrappers.with_extension("c")
+    }
+
+    /// Link search paths and libraries of `libs`, in order. Emitted after the shim library, so
+    /// that the static shim comes before the shared libraries it calls.
+    pub fn emit_link_flags(libs: &[&pkg_config::Library]) {
+        for lib in libs {
+            for path in &lib.link_paths {
+                println!("cargo:rustc-link-search=native={}", path.display());
+            }
+            for name in &lib.libs {
+                println!("cargo:rustc-link-lib={name}");
+            }
+        }
+    }
+
+    pub fn env(name: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
+    }
+}
+
 #[cfg(feature = "dpdk")]
 mod dpdk {
+    use super::common::{self, env, Allowlist};
     use std::path::PathBuf;
     use std::process::Command;
 
@@ -155,42 +234,25 @@ mod dpdk {
         clang_args.push("-DALLOW_EXPERIMENTAL_API".into());
         clang_args.extend(other_cflags.iter().cloned());
 
+        let allow = Allowlist {
+            functions: FUNCTIONS,
+            vars: VARS,
+            types: TYPES,
+        };
         let wrappers = out_dir.join("dpdk_static_wrappers");
-        let mut builder = bindgen::Builder::default()
-            .header(header.to_str().expect("UTF-8 path"))
-            .clang_args(&clang_args)
-            .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
-            .use_core()
-            .generate_comments(false)
-            .derive_default(true)
-            .derive_debug(true)
-            .layout_tests(true)
-            .prepend_enum_name(false)
-            .default_enum_style(bindgen::EnumVariation::Consts)
-            // The GTP PSC headers (rte_gtp.h, reached through rte_flow/rte_ethdev types) use
-            // packed bitfields that break the derived Debug impls. The current allowlist does
-            // not reach them; keep them opaque for when it grows.
-            .opaque_type("rte_gtp_psc.*")
-            .wrap_static_fns(true)
-            .wrap_static_fns_path(&wrappers);
-        for f in FUNCTIONS {
-            builder = builder.allowlist_function(f);
-        }
-        for v in VARS {
-            builder = builder.allowlist_var(v);
-        }
-        for t in TYPES {
-            builder = builder.allowlist_type(t);
-        }
-        let bindings = builder
-            .generate()
-            .expect("bindgen failed on src/dpdk/wrapper.h (is libclang-dev installed?)");
-        bindings
-            .write_to_file(out_dir.join("dpdk_bindings.rs"))
-            .expect("write dpdk_bindings.rs");
-
-        // bindgen writes `<path>.c` including the header by absolute path.
-        let shim = wrappers.with_extension("c");
+        let shim = common::bindgen(
+            &header,
+            &clang_args,
+            &allow,
+            &wrappers,
+            "dpdk_bindings",
+            |b| {
+                // The GTP PSC headers (rte_gtp.h, reached through rte_flow/rte_ethdev types) use
+                // packed bitfields that break the derived Debug impls. The current allowlist does
+                // not reach them; keep them opaque for when it grows.
+                b.opaque_type("rte_gtp_psc.*")
+            },
+        );
         let mut cc = cc::Build::new();
         cc.file(&shim)
             .includes(&lib.include_paths)
@@ -208,11 +270,10 @@ mod dpdk {
         }
         cc.compile("rtchan_dpdk_shim");
 
-        emit_link_flags(&lib);
-    }
-
-    fn env(name: &str) -> String {
-        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
+        // `-Wl,--as-needed` from the .pc file is left out: rustc already links with it. The
+        // PMDs are not linked at all: EAL loads them as plugins from its compiled-in driver
+        // directory (Debian: /usr/lib/<triplet>/dpdk/pmds-<abi>), or from `-d <path>`.
+        common::emit_link_flags(&[&lib]);
     }
 
     /// `pkg-config --cflags-only-other libdpdk`: flags the pkg-config crate does not model
@@ -234,22 +295,11 @@ mod dpdk {
             .map(str::to_owned)
             .collect()
     }
-
-    fn emit_link_flags(lib: &pkg_config::Library) {
-        for path in &lib.link_paths {
-            println!("cargo:rustc-link-search=native={}", path.display());
-        }
-        for name in &lib.libs {
-            println!("cargo:rustc-link-lib={name}");
-        }
-        // `-Wl,--as-needed` from the .pc file is left out: rustc already links with it. The
-        // PMDs are not linked at all: EAL loads them as plugins from its compiled-in driver
-        // directory (Debian: /usr/lib/<triplet>/dpdk/pmds-<abi>), or from `-d <path>`.
-    }
 }
 
 #[cfg(feature = "af_xdp")]
 mod afxdp {
+    use super::common::{self, env, Allowlist};
     use std::path::PathBuf;
 
     /// Set-up functions of libxdp's AF_XDP API (non-inline), and the hand-written
@@ -308,37 +358,20 @@ mod afxdp {
             .map(|p| format!("-I{}", p.display()))
             .collect();
 
+        let allow = Allowlist {
+            functions: FUNCTIONS,
+            vars: VARS,
+            types: TYPES,
+        };
         let wrappers = out_dir.join("afxdp_static_wrappers");
-        let mut builder = bindgen::Builder::default()
-            .header(header.to_str().expect("UTF-8 path"))
-            .clang_args(&clang_args)
-            .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
-            .use_core()
-            .generate_comments(false)
-            .derive_default(true)
-            .derive_debug(true)
-            .layout_tests(true)
-            .prepend_enum_name(false)
-            .default_enum_style(bindgen::EnumVariation::Consts)
-            .wrap_static_fns(true)
-            .wrap_static_fns_path(&wrappers);
-        for f in FUNCTIONS {
-            builder = builder.allowlist_function(f);
-        }
-        for v in VARS {
-            builder = builder.allowlist_var(v);
-        }
-        for t in TYPES {
-            builder = builder.allowlist_type(t);
-        }
-        let bindings = builder
-            .generate()
-            .expect("bindgen failed on src/afxdp/wrapper.h (is libclang-dev installed?)");
-        bindings
-            .write_to_file(out_dir.join("afxdp_bindings.rs"))
-            .expect("write afxdp_bindings.rs");
-
-        let shim = wrappers.with_extension("c");
+        let shim = common::bindgen(
+            &header,
+            &clang_args,
+            &allow,
+            &wrappers,
+            "afxdp_bindings",
+            |b| b,
+        );
         cc::Build::new()
             .file(&shim)
             .includes(&includes)
@@ -348,14 +381,7 @@ mod afxdp {
             .opt_level(2)
             .compile("rtchan_afxdp_shim");
 
-        for lib in [&xdp, &bpf] {
-            for path in &lib.link_paths {
-                println!("cargo:rustc-link-search=native={}", path.display());
-            }
-            for name in &lib.libs {
-                println!("cargo:rustc-link-lib={name}");
-            }
-        }
+        common::emit_link_flags(&[&xdp, &bpf]);
     }
 
     fn probe(name: &str, version: &str) -> pkg_config::Library {
@@ -370,9 +396,5 @@ mod afxdp {
                      PKG_CONFIG_PATH. {e}"
                 )
             })
-    }
-
-    fn env(name: &str) -> String {
-        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
     }
 }
