@@ -69,6 +69,10 @@ struct Outgoing {
     opened: Instant,
 }
 
+/// An opened channel's sending side: its shared state, and the application's sender or the
+/// source thread that owns it.
+type SenderParts = (Arc<ChannelShared>, Option<Sender>, Option<SourceThread>);
+
 struct Incoming {
     session: Option<u64>,
     /// The receiving host's admission id; none for a best-effort channel.
@@ -544,53 +548,21 @@ impl Control {
         cfg.overflow = overflow;
         cfg.txq = PORT_QUEUE;
         self.address(&mut cfg, &dst);
-        let sender = match self.dp.tx[usize::from(core)].handle.open(cfg) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = self.tx_adm.release(sender_adm.id);
-                undo_remote(self);
-                return Err(internal(format!("core {core} refused the channel: {e}")));
-            }
+        let undo = |this: &mut Self| {
+            let _ = this.tx_adm.release(sender_adm.id);
+            undo_remote(this);
         };
-        let shared = sender.shared().clone();
-        let (sender, source) = match pattern {
-            Some(p) => match SourceThread::start(sender, p, msg_size as usize, id) {
-                Ok(t) => (None, Some(t)),
-                Err(e) => {
-                    let _ = self.dp.tx[usize::from(core)].handle.close(id, false);
-                    let _ = self.tx_adm.release(sender_adm.id);
-                    undo_remote(self);
-                    return Err(internal(format!("cannot start the source thread: {e}")));
-                }
-            },
-            None => (Some(sender), None),
-        };
+        let (shared, sender, source) = self.start_sender(core, cfg, pattern, msg_size, id, undo)?;
         let adm_id = Some(sender_adm.id);
         let info = self.info(id, "open", args, net, sender_adm, grant, &policy_name);
-        self.out.insert(
+        self.commit_outgoing(
             id,
-            Outgoing {
-                args: OpenArgs {
-                    dry_run: false,
-                    ..args.clone()
-                },
-                info: info.clone(),
-                core,
-                adm_id,
-                dst: dst.clone(),
-                shared,
-                sender,
-                source,
-                opened: Instant::now(),
-            },
-        );
-        if let Err(e) = self.commit_remote(&dst, id) {
-            self.teardown(id, false, false);
-            return Err(e);
-        }
-        self.next_id = self.next_id.max(id.wrapping_add(1));
-        self.persist();
-        Ok(info)
+            args,
+            info,
+            (core, adm_id),
+            dst,
+            (shared, sender, source),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -729,26 +701,63 @@ impl Control {
         cfg.overflow = overflow;
         cfg.txq = PORT_QUEUE;
         self.address(&mut cfg, &dst);
+        let undo = |this: &mut Self| this.abort_remote(&dst, id);
+        let (shared, sender, source) = self.start_sender(core, cfg, pattern, msg_size, id, undo)?;
+        let info = self.info(id, "open", args, net, sender_numbers, grant, &policy_name);
+        self.commit_outgoing(
+            id,
+            args,
+            info,
+            (core, None),
+            dst.clone(),
+            (shared, sender, source),
+        )
+    }
+
+    /// Opens the channel on its core and, with a pattern, starts its source thread; on failure
+    /// closes what was opened and runs `undo` (releases what the caller reserved).
+    fn start_sender(
+        &mut self,
+        core: u16,
+        cfg: ChannelConfig,
+        pattern: Option<dataplane::source::Pattern>,
+        msg_size: u64,
+        id: u32,
+        undo: impl FnOnce(&mut Self),
+    ) -> Result<SenderParts, ApiError> {
         let sender = match self.dp.tx[usize::from(core)].handle.open(cfg) {
             Ok(s) => s,
             Err(e) => {
-                self.abort_remote(&dst, id);
+                undo(self);
                 return Err(internal(format!("core {core} refused the channel: {e}")));
             }
         };
         let shared = sender.shared().clone();
-        let (sender, source) = match pattern {
+        match pattern {
             Some(p) => match SourceThread::start(sender, p, msg_size as usize, id) {
-                Ok(t) => (None, Some(t)),
+                Ok(t) => Ok((shared, None, Some(t))),
                 Err(e) => {
                     let _ = self.dp.tx[usize::from(core)].handle.close(id, false);
-                    self.abort_remote(&dst, id);
-                    return Err(internal(format!("cannot start the source thread: {e}")));
+                    undo(self);
+                    Err(internal(format!("cannot start the source thread: {e}")))
                 }
             },
-            None => (Some(sender), None),
-        };
-        let info = self.info(id, "open", args, net, sender_numbers, grant, &policy_name);
+            None => Ok((shared, Some(sender), None)),
+        }
+    }
+
+    /// Records an opened outgoing channel (`placed`: its core and sending admission id),
+    /// commits it at the receiving end and persists the table; if the receiving end refuses
+    /// the commit, tears the channel down again.
+    fn commit_outgoing(
+        &mut self,
+        id: u32,
+        args: &OpenArgs,
+        info: ChannelInfo,
+        placed: (u16, Option<u32>),
+        dst: Dst,
+        (shared, sender, source): SenderParts,
+    ) -> Result<ChannelInfo, ApiError> {
         self.out.insert(
             id,
             Outgoing {
@@ -757,8 +766,8 @@ impl Control {
                     ..args.clone()
                 },
                 info: info.clone(),
-                core,
-                adm_id: None,
+                core: placed.0,
+                adm_id: placed.1,
                 dst: dst.clone(),
                 shared,
                 sender,
