@@ -379,7 +379,8 @@ impl CpuScheduler {
         if self.policy.fifo {
             return (self.best_effort.head != NIL).then_some(self.best_effort.head);
         }
-        self.current.peek().map(|(_, s)| s)
+        self.current.prefetch_second();
+        self.current.peek_id()
     }
 
     /// Accounts a finished run of `cost_ns` in `class`: a reserved best-effort run pays from
