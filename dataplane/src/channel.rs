@@ -117,13 +117,12 @@ impl ChannelShared {
     }
 
     /// Prefetches what the core touches when this channel's handler runs next: the submit
-    /// ring's head, the free list, the counters it bumps per packet, the configuration.
+    /// ring's head, the free list, the counters it bumps per packet.
     #[inline(always)]
     pub(crate) fn prefetch_hot(&self) {
         use crate::mem::prefetch;
         prefetch(&self.submit);
         prefetch(&self.free);
-        prefetch(&self.config);
         prefetch(&self.stats.packets);
         prefetch(&self.stats.handler_cycles);
     }
