@@ -6,110 +6,23 @@
 //! program, CAP_NET_RAW) and a kernel with CONFIG_XDP_SOCKETS; skips with the reason
 //! otherwise. `RTCHAN_XDP_ATTACH=native|skb|auto` picks the XDP attach mode (default auto:
 //! native, else SKB). The namespaces are removed on every exit path, failures included.
+//!
+//! The dataplane scenario and its checks are shared with `afpacket_veth`
+//! (`common/veth_scenario.rs`); this file supplies the port, and tests the port on its own.
 
 #![cfg(all(target_os = "linux", feature = "af_xdp"))]
 
-use dataplane::channel::{Submit, SubmitError};
-use dataplane::core::{raise_priority, Core, CoreConfig, PollStalls};
-use dataplane::link::LinkConfig;
+#[path = "common/veth_scenario.rs"]
+mod veth_scenario;
+
 use dataplane::port::Port;
-use dataplane::rx::Receiver;
-use dataplane::sched::SchedPolicy;
-use dataplane::source::{Pattern, Source};
-use dataplane::spec::{ChannelConfig, ChannelSpec, Endpoint};
-use dataplane::time::{monotonic_now, Clock, MonotonicClock, Nanos, TscMeter};
-use dataplane::wire::{wire_bytes, FRAME_OVERHEAD};
+use dataplane::time::monotonic_now;
 use rtchan::afpacket::enter_netns;
 use rtchan::afxdp::{AfXdpConfig, AfXdpPort, XdpAttach};
-use rtchan::netns::{ip, is_root, netns_path, Namespaces};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use rtchan::netns::netns_path;
+use std::sync::{mpsc, MutexGuard};
 use std::time::Duration;
-
-/// The paced link rate: slow enough that the flood saturates it and pacing decides who goes.
-const RATE_BPS: u64 = 100_000_000;
-/// How long the channels submit.
-const RUN: Nanos = 2_000_000_000;
-/// After RUN the sender keeps polling (no new messages) so everything queued leaves.
-const DRAIN: Nanos = 300_000_000;
-/// The receiver keeps polling this long after the sender stopped.
-const RX_TAIL: Nanos = 300_000_000;
-/// Hard cap on the whole run, whatever happens.
-const HARD_CAP: Nanos = 15_000_000_000;
-/// Best-effort must get at least this fraction of the link (wire bytes). Real-time channels
-/// use about 12 % and the best-effort reserve is 10 %, so on a quiet machine best-effort gets
-/// 85-90 %. But the link scheduler models the paced link and does not bank link time the
-/// sender thread lost while descheduled, so every stall (see `spec`) costs best-effort
-/// throughput; on a loaded 2-vCPU runner 45-75 % was seen. Hence the margin.
-const BE_MIN_FRACTION: f64 = 0.3;
-
-const MAC_A: [u8; 6] = [0x02, 0x72, 0x74, 0x00, 0x00, 0x0a];
-const MAC_B: [u8; 6] = [0x02, 0x72, 0x74, 0x00, 0x00, 0x0b];
-const BE_ID: u32 = 100;
-const BE_MMAX: u32 = 1400;
-
-/// The bounds are generous (10 ms on the sending host, 50 ms end to end) because what they
-/// measure here is mostly the machine, not rtchan: veth runs on the same two shared CPUs as
-/// both polling threads (its receive softirq on the sender's CPU, or in ksoftirqd when the
-/// kernel defers it), and on a loaded 2-vCPU CI VM a thread that sleeps 20 µs was measured
-/// waking up to 10 ms late, several times a second, even under SCHED_FIFO (host-level
-/// preemption). A message can meet a stall of the sender, of the softirq and of the receiver.
-/// (AF_XDP itself adds no batching delay: each frame is on the RX ring as soon as the XDP
-/// program redirected it.) On a quiet machine the median is a fraction of a ms; the
-/// report prints p50/p99/max and each thread's longest stall, to tell the two apart.
-fn spec(mmax: u32, imin: Nanos, bmax: u32) -> ChannelSpec {
-    ChannelSpec {
-        mmax,
-        imin,
-        bmax,
-        cpu_deadline: 5_000_000,
-        link_deadline: 10_000_000,
-        end_to_end_deadline: 50_000_000,
-    }
-}
-
-/// (channel id, spec): three real-time channels, the second needing three packets per message.
-fn channels() -> Vec<(u32, ChannelSpec)> {
-    vec![
-        (1, spec(200, 1_000_000, 4)),
-        (2, spec(4000, 5_000_000, 2)),
-        (3, spec(64, 500_000, 4)),
-    ]
-}
-
-/// The payload of message `seq` on channel `ch`: every byte depends on both and its position.
-fn fill(ch: u32, seq: u32, out: &mut [u8]) {
-    for (j, b) in out.iter_mut().enumerate() {
-        *b = (ch.wrapping_mul(97) ^ seq.wrapping_mul(31) ^ (j as u32).wrapping_mul(7)) as u8;
-    }
-}
-
-fn endpoint() -> Endpoint {
-    Endpoint {
-        src_mac: MAC_A,
-        dst_mac: MAC_B,
-        src_ip: [10, 72, 0, 1],
-        dst_ip: [10, 72, 0, 2],
-        ..Endpoint::default()
-    }
-}
-
-fn core_config() -> CoreConfig {
-    CoreConfig {
-        link: LinkConfig {
-            link_rate_bps: RATE_BPS,
-            in_flight_limit: 2 * 1538,
-            capacity: 512,
-            best_effort_reserve_ppm: 100_000,
-            ..LinkConfig::default()
-        },
-        sched: SchedPolicy {
-            granularity: 2,
-            ..SchedPolicy::default()
-        },
-        ..CoreConfig::default()
-    }
-}
+use veth_scenario::{join_both, veth_pair, ScenarioPort, MAC_A, MAC_B, RATE_BPS};
 
 fn attach_mode() -> XdpAttach {
     match std::env::var("RTCHAN_XDP_ATTACH").as_deref() {
@@ -130,64 +43,6 @@ fn port_config() -> AfXdpConfig {
     }
 }
 
-/// What the receiving thread saw of one real-time channel.
-#[derive(Debug, Default)]
-struct RxChannel {
-    id: u32,
-    delivered: u64,
-    misses: u64,
-    lost: u64,
-    duplicates: u64,
-    reordered: u64,
-    incomplete: u64,
-    /// Messages whose bytes or length differ from what the sender wrote.
-    mismatches: u64,
-    /// End-to-end latency (submit to delivery), ns.
-    p50: Nanos,
-    p99: Nanos,
-    max: Nanos,
-}
-
-/// What the receiving thread saw.
-#[derive(Debug, Default)]
-struct RxReport {
-    channels: Vec<RxChannel>,
-    be_messages: u64,
-    be_wire_bytes: u64,
-    rejected_frames: u64,
-    stalls: PollStalls,
-    port_rx_dropped: u64,
-    mode: String,
-}
-
-/// What the sending thread did.
-#[derive(Debug, Default)]
-struct TxReport {
-    /// Per real-time channel: (id, submitted, would_block, sent, late packets).
-    channels: Vec<(u32, u64, u64, u64, u64)>,
-    be_submitted: u64,
-    stalls: PollStalls,
-    tx_errors: u64,
-    notes: Vec<String>,
-}
-
-/// Both polling threads run at nice -20 (we are root): on a shared runner, other processes
-/// otherwise take the CPU for whole scheduler slices (tens of ms were seen), longer than any
-/// bound worth testing. This is what `raise_priority` is for on machines that are not isolated.
-fn prioritise() {
-    if let Err(e) = raise_priority() {
-        eprintln!("warning: could not raise the polling thread's priority: {e}");
-    }
-}
-
-/// What a polling thread does after an iteration that did nothing: sleep briefly. Spinning (or
-/// yielding) at nice -20 would starve ksoftirqd, which runs veth's receive softirq once the
-/// kernel defers it, and delay frames by tens of ms; at 100 Mb/s a frame takes 123 µs, so a
-/// short sleep costs the link little.
-fn idle() {
-    std::thread::sleep(Duration::from_micros(20));
-}
-
 fn describe(port: &AfXdpPort) -> String {
     format!(
         "{} attached in {} mode, {}",
@@ -201,386 +56,59 @@ fn describe(port: &AfXdpPort) -> String {
     )
 }
 
-fn receiver_thread(
-    ns: String,
-    ifname: String,
-    ready: mpsc::Sender<()>,
-    tx_done: Arc<AtomicBool>,
-    hard_deadline: Nanos,
-) -> Result<RxReport, String> {
-    enter_netns(&netns_path(&ns)).map_err(|e| format!("setns into {ns}: {e}"))?;
-    prioritise();
-    let port = AfXdpPort::open(&ifname, port_config()).map_err(|e| e.to_string())?;
-    let mode = describe(&port);
-    let mut core = Core::new(core_config(), port).map_err(|e| e.to_string())?;
-    let rt: Vec<(u32, ChannelSpec, Receiver)> = channels()
-        .into_iter()
-        .map(|(id, s)| (id, s, core.open_receiver(id, s.mmax, 256)))
-        .collect();
-    let be = core.open_receiver(BE_ID, BE_MMAX, 1024);
-    let _ = ready.send(());
-    let clock = MonotonicClock;
-    let mut meter = TscMeter;
-    let mut mismatches = vec![0u64; rt.len()];
-    let mut max_latency = vec![0 as Nanos; rt.len()];
-    let mut expect = vec![0u8; 4096];
-    let (mut be_messages, mut be_wire_bytes) = (0u64, 0u64);
-    let mut stop_at: Option<Nanos> = None;
-    let mut stalls = PollStalls::default();
-    loop {
-        let now = clock.now();
-        stalls.tick(now);
-        if now >= hard_deadline || stop_at.is_some_and(|t| now >= t) {
-            break;
-        }
-        if stop_at.is_none() && tx_done.load(Ordering::Acquire) {
-            stop_at = Some(now + RX_TAIL);
-        }
-        let p = core.poll(&clock, &mut meter);
-        for (i, (id, _, r)) in rt.iter().enumerate() {
-            while r
-                .recv_with(|m, d| {
-                    let e = &mut expect[..m.len()];
-                    fill(*id, d.seq, e);
-                    if m != e || d.len as usize != m.len() {
-                        mismatches[i] += 1;
-                    }
-                    max_latency[i] = max_latency[i].max(d.delivered_ts.saturating_sub(d.submit_ts));
-                })
-                .is_some()
-            {}
-        }
-        while be
-            .recv_with(|m, _| wire_bytes(m.len() + FRAME_OVERHEAD))
-            .map(|w| {
-                be_messages += 1;
-                be_wire_bytes += w;
-            })
-            .is_some()
-        {}
-        if p.is_idle() {
-            idle();
-        }
-    }
-    core.flush_stats();
-    let channels = rt
-        .iter()
-        .enumerate()
-        .map(|(i, (id, _, r))| {
-            let s = r.stats();
-            let h = s.latency_snapshot();
-            RxChannel {
-                id: *id,
-                delivered: s.delivered.get(),
-                misses: s.deadline_misses.get(),
-                lost: s.lost.get(),
-                duplicates: s.duplicates.get(),
-                reordered: s.reordered.get(),
-                incomplete: s.incomplete.get(),
-                mismatches: mismatches[i],
-                p50: h.value_at_quantile(0.5),
-                p99: h.value_at_quantile(0.99),
-                max: max_latency[i],
-            }
-        })
-        .collect();
-    let rx_stats = core.rx_stats();
-    Ok(RxReport {
-        channels,
-        be_messages,
-        be_wire_bytes,
-        rejected_frames: rx_stats.rejected.iter().sum(),
-        stalls,
-        port_rx_dropped: core.port().stats().rx_dropped,
-        mode,
-    })
-}
+/// AF_XDP itself adds no batching delay: each frame is on the RX ring as soon as the XDP
+/// program redirected it.
+impl ScenarioPort for AfXdpPort {
+    const NAME: &'static str = "af_xdp";
+    const NS_PREFIX: &'static str = "rtchan-x";
+    const IF_PREFIX: &'static str = "rx";
+    const THREAD_PREFIX: &'static str = "afxdp";
 
-fn sender_thread(
-    ns: String,
-    ifname: String,
-    ready: mpsc::Receiver<()>,
-    tx_done: Arc<AtomicBool>,
-    hard_deadline: Nanos,
-) -> Result<TxReport, String> {
-    let finish = |r| {
-        tx_done.store(true, Ordering::Release);
-        r
-    };
-    enter_netns(&netns_path(&ns)).map_err(|e| finish(format!("setns into {ns}: {e}")))?;
-    prioritise();
-    let port = AfXdpPort::open(&ifname, port_config()).map_err(|e| finish(e.to_string()))?;
-    let mut notes = port.notes().to_vec();
-    notes.push(format!("sender: {}", describe(&port)));
-    let mut core = Core::new(core_config(), port).map_err(|e| finish(e.to_string()))?;
-    let mut rt = Vec::new();
-    for (id, s) in channels() {
-        let mut cfg = ChannelConfig::real_time(id, s);
-        cfg.endpoint = endpoint();
-        let tx = core.open(cfg).map_err(|e| finish(e.to_string()))?;
-        rt.push((id, s, tx, 0u64 /* pending */, 0u32 /* next seq */));
+    fn open_on(ifname: &str) -> Result<Self, String> {
+        AfXdpPort::open(ifname, port_config()).map_err(|e| e.to_string())
     }
-    let mut be_cfg = ChannelConfig::best_effort(BE_ID, BE_MMAX, 256);
-    be_cfg.endpoint = endpoint();
-    let mut flood = core.open(be_cfg).map_err(|e| finish(e.to_string()))?;
-    ready
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| finish("the receiver did not get ready".to_string()))?;
 
-    let clock = MonotonicClock;
-    let mut meter = TscMeter;
-    let start = clock.now();
-    let mut sources: Vec<Source> = rt
-        .iter()
-        .map(|(id, s, ..)| {
-            // 10 % under the spec's rate, so that a backlog left by a CPU stall (the channel
-            // buffer full: would-block, retried) drains instead of persisting.
-            let interval = s.imin + s.imin / 10;
-            Source::new(Pattern::Periodic { interval }, start, *id as u64)
-        })
-        .collect();
-    let mut msg = vec![0u8; 4096];
-    let be_payload = vec![0xbeu8; BE_MMAX as usize];
-    let mut be_submitted = 0u64;
-    let mut stalls = PollStalls::default();
-    loop {
-        let now = clock.now();
-        stalls.tick(now);
-        let t = now - start;
-        if t >= RUN + DRAIN || now >= hard_deadline {
-            break;
-        }
-        if t < RUN {
-            for ((id, s, tx, pending, seq), src) in rt.iter_mut().zip(sources.iter_mut()) {
-                *pending += src.due(now);
-                while *pending > 0 {
-                    let m = &mut msg[..s.mmax as usize];
-                    fill(*id, *seq, m);
-                    match tx.submit(m) {
-                        Ok(_) => {
-                            *pending -= 1;
-                            *seq += 1;
-                        }
-                        Err(SubmitError::WouldBlock) => break, // retried next iteration
-                        Err(e) => return Err(finish(format!("channel {id}: {e}"))),
-                    }
-                }
-            }
-            // The flood keeps its buffer full.
-            while flood.submit(&be_payload) == Ok(Submit::Queued) {
-                be_submitted += 1;
-            }
-        }
-        let p = core.poll(&clock, &mut meter);
-        if p.is_idle() {
-            idle();
-        }
+    fn sender_notes(&self) -> Vec<String> {
+        let mut notes = self.notes().to_vec();
+        notes.push(format!("sender: {}", describe(self)));
+        notes
     }
-    tx_done.store(true, Ordering::Release);
-    core.flush_stats();
-    let channels = rt
-        .iter()
-        .map(|(id, _, tx, _, _)| {
-            let s = tx.stats().snapshot();
-            (
-                *id,
-                s.submitted,
-                s.would_block,
-                s.messages_sent,
-                s.late_packets,
-            )
-        })
-        .collect();
-    Ok(TxReport {
-        channels,
-        be_submitted,
-        stalls,
-        tx_errors: core.stats().tx_errors,
-        notes,
-    })
+
+    fn receiver_notes(&self) -> Vec<String> {
+        vec![format!("receiver: {}", describe(self))]
+    }
 }
 
 /// Why the tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
-    if !is_root() {
-        return Some("needs root (network namespaces, veth, AF_XDP, BPF); run as root".into());
-    }
-    if std::env::var_os("RTCHAN_SKIP_NETNS").is_some() {
-        return Some("RTCHAN_SKIP_NETNS is set".into());
-    }
-    if let Err(why) = rtchan::afxdp::probe() {
-        return Some(format!("AF_XDP is not available here: {why}"));
-    }
-    None
+    veth_scenario::skip_reason("network namespaces, veth, AF_XDP, BPF").or_else(|| {
+        rtchan::afxdp::probe()
+            .err()
+            .map(|why| format!("AF_XDP is not available here: {why}"))
+    })
 }
 
 /// The tests of this file run one at a time: the timing test needs both CPUs.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Two namespaces `ns_a`, `ns_b` joined by a veth pair `if_a`–`if_b` (MACs A and B), both
-/// links up. The returned guard deletes the namespaces (and so the pair); on failure, what was
-/// made is deleted before returning.
-fn veth_pair(ns_a: &str, ns_b: &str, if_a: &str, if_b: &str) -> Result<Namespaces, String> {
-    let mac = |m: [u8; 6]| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
-    let mut namespaces = Namespaces::default();
-    namespaces.add(ns_a)?;
-    namespaces.add(ns_b)?;
-    ip(&[
-        "link",
-        "add",
-        if_a,
-        "netns",
-        ns_a,
-        "address",
-        &mac(MAC_A),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        if_b,
-        "netns",
-        ns_b,
-        "address",
-        &mac(MAC_B),
-    ])?;
-    ip(&["-n", ns_a, "link", "set", if_a, "up"])?;
-    ip(&["-n", ns_b, "link", "set", if_b, "up"])?;
-    Ok(namespaces)
-}
-
-#[test]
-fn real_time_channels_meet_their_bounds_over_af_xdp_on_veth() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+/// What each test of this file does first: takes [`SERIAL`] (held while the guard lives) and,
+/// when the test cannot run here, says so and returns `None`.
+fn start() -> Option<MutexGuard<'static, ()>> {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(why) = skip_reason() {
         eprintln!("SKIPPED afxdp_veth: {why}");
-        return;
+        return None;
     }
     // libxdp reports on stderr that it attaches its program without the dispatcher when no
     // bpffs is mounted; that is expected here.
     rtchan::afxdp::set_library_logging(false);
-    let pid = std::process::id();
-    let (ns_a, ns_b) = (format!("rtchan-xa-{pid}"), format!("rtchan-xb-{pid}"));
-    let (if_a, if_b) = (format!("rxa{pid}"), format!("rxb{pid}"));
-    // Declared first, dropped last: after the threads (which hold the namespaces) are joined.
-    let namespaces = veth_pair(&ns_a, &ns_b, &if_a, &if_b).unwrap_or_else(|e| {
-        panic!(
-            "running as root but the veth/netns set-up failed ({e}); set RTCHAN_SKIP_NETNS=1 to \
-             skip where namespaces are not allowed"
-        )
-    });
+    Some(serial)
+}
 
-    let hard_deadline = monotonic_now() + HARD_CAP;
-    let tx_done = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let rx_thread = {
-        let (ns, ifname, done) = (ns_b.clone(), if_b.clone(), tx_done.clone());
-        std::thread::Builder::new()
-            .name("afxdp-rx".into())
-            .spawn(move || receiver_thread(ns, ifname, ready_tx, done, hard_deadline))
-            .unwrap()
-    };
-    let tx_thread = {
-        let (ns, ifname, done) = (ns_a.clone(), if_a.clone(), tx_done.clone());
-        std::thread::Builder::new()
-            .name("afxdp-tx".into())
-            .spawn(move || sender_thread(ns, ifname, ready_rx, done, hard_deadline))
-            .unwrap()
-    };
-    let tx = tx_thread.join().expect("sender thread panicked");
-    let rx = rx_thread.join().expect("receiver thread panicked");
-    let (tx, rx) = match (tx, rx) {
-        (Ok(t), Ok(r)) => (t, r),
-        (t, r) => panic!(
-            "a dataplane failed: sender {:?}, receiver {:?}",
-            t.err(),
-            r.err()
-        ),
-    };
-    for n in &tx.notes {
-        eprintln!("af_xdp note: {n}");
-    }
-    eprintln!("af_xdp note: receiver: {}", rx.mode);
-
-    eprintln!("sender thread: {}", tx.stalls);
-    eprintln!("receiver thread: {}", rx.stalls);
-    assert_eq!(tx.tx_errors, 0, "port TX errors");
-    for (spec_i, (id, spec)) in channels().iter().enumerate() {
-        let (tid, submitted, would_block, sent, late) = tx.channels[spec_i];
-        let r = &rx.channels[spec_i];
-        assert_eq!((tid, r.id), (*id, *id));
-        let delivered = r.delivered;
-        // The source offers RUN / Imin messages; a few may still be waiting (would-block
-        // after a CPU stall on a busy machine) when submission stops at RUN.
-        let offered = RUN / (spec.imin + spec.imin / 10);
-        assert!(
-            submitted * 10 >= offered * 9,
-            "channel {id}: only {submitted} of {offered} messages submitted"
-        );
-        eprintln!(
-            "channel {id}: submitted {submitted} (would-block retries {would_block}), sent {sent}, \
-             late packets {late}, delivered {delivered}, latency p50 {:.3} p99 {:.3} max {:.3} ms",
-            r.p50 as f64 / 1e6,
-            r.p99 as f64 / 1e6,
-            r.max as f64 / 1e6
-        );
-        // Submission stopped DRAIN + RX_TAIL before the end: far more than a deadline, so every
-        // admitted message must have arrived.
-        assert_eq!(delivered, submitted, "channel {id}: messages lost");
-        assert_eq!(r.lost, 0, "channel {id}: sequence gaps");
-        // A miss is a failure unless the polling threads were off their CPUs long enough to
-        // explain it: the OS took the CPU (measured stall), not the dataplane. Then the worst
-        // latency must still be within the bound plus that stall.
-        if r.misses > 0 {
-            let stall = tx.stalls.longest.max(rx.stalls.longest);
-            assert!(
-                r.max <= spec.end_to_end_deadline + stall,
-                "channel {id}: {} deadline misses not explained by OS stalls (max latency {} ns, \
-                 bound {} ns, longest polling stall {} ns)",
-                r.misses,
-                r.max,
-                spec.end_to_end_deadline,
-                stall
-            );
-            eprintln!(
-                "note: channel {id}: {} deadline misses, all within the bound plus the longest \
-                 OS stall of the polling threads ({:.3} ms): the machine, not the dataplane",
-                r.misses,
-                stall as f64 / 1e6
-            );
-        }
-        assert_eq!(r.mismatches, 0, "channel {id}: payloads differ");
-        assert_eq!(
-            (r.duplicates, r.reordered, r.incomplete),
-            (0, 0, 0),
-            "channel {id}: duplicates, reordering, incomplete"
-        );
-    }
-    // Frames that were not rtchan's (IPv6 neighbour discovery on the fresh link) are rejected
-    // by the parser and counted; the ring must not have dropped anything.
-    eprintln!(
-        "receiver: {} frames rejected by the parser, {} dropped by the port",
-        rx.rejected_frames, rx.port_rx_dropped
-    );
-    assert_eq!(rx.port_rx_dropped, 0, "the RX ring overflowed");
-    let be_fraction = rx.be_wire_bytes as f64 * 8.0 / (RATE_BPS as f64 * RUN as f64 / 1e9);
-    eprintln!(
-        "best-effort: {} of {} messages delivered, {:.1} % of the link",
-        rx.be_messages,
-        tx.be_submitted,
-        be_fraction * 100.0
-    );
-    assert!(
-        be_fraction >= BE_MIN_FRACTION,
-        "best-effort got {:.1} % of the link, expected at least {:.0} %",
-        be_fraction * 100.0,
-        BE_MIN_FRACTION * 100.0
-    );
-    drop(namespaces);
+#[test]
+fn real_time_channels_meet_their_bounds_over_af_xdp_on_veth() {
+    let Some(_serial) = start() else { return };
+    veth_scenario::run::<AfXdpPort>();
 }
 
 /// An EtherType from the IEEE's local-experimental range, so the receiver can tell the test's
@@ -607,22 +135,14 @@ fn zero_copy_falls_back_to_copy_and_frames_cross_byte_exact() {
     use rtchan::afxdp::XskBind;
     const FRAMES: usize = 200;
 
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED afxdp_veth: {why}");
-        return;
-    }
-    rtchan::afxdp::set_library_logging(false);
-    let pid = std::process::id();
-    let (ns_a, ns_b) = (format!("rtchan-za-{pid}"), format!("rtchan-zb-{pid}"));
-    let (if_a, if_b) = (format!("rza{pid}"), format!("rzb{pid}"));
-    let namespaces = veth_pair(&ns_a, &ns_b, &if_a, &if_b)
+    let Some(_serial) = start() else { return };
+    let veth = veth_pair("rtchan-z", "rz")
         .unwrap_or_else(|e| panic!("running as root but the veth/netns set-up failed ({e})"));
     let deadline = monotonic_now() + 10_000_000_000;
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
 
     let rx = {
-        let (ns, ifname) = (ns_b.clone(), if_b.clone());
+        let (ns, ifname) = (veth.ns_b.clone(), veth.if_b.clone());
         std::thread::spawn(move || -> Result<(String, Vec<Vec<u8>>), String> {
             enter_netns(&netns_path(&ns)).map_err(|e| format!("setns into {ns}: {e}"))?;
             let zc_only = AfXdpConfig {
@@ -662,7 +182,7 @@ fn zero_copy_falls_back_to_copy_and_frames_cross_byte_exact() {
         })
     };
     let tx = {
-        let (ns, ifname) = (ns_a.clone(), if_a.clone());
+        let (ns, ifname) = (veth.ns_a.clone(), veth.if_a.clone());
         std::thread::spawn(move || -> Result<(usize, usize), String> {
             enter_netns(&netns_path(&ns)).map_err(|e| format!("setns into {ns}: {e}"))?;
             let mut port =
@@ -695,19 +215,10 @@ fn zero_copy_falls_back_to_copy_and_frames_cross_byte_exact() {
             Ok((total, port.pool().tx_available()))
         })
     };
-    let tx = tx.join().expect("sender thread panicked");
-    let rx = rx.join().expect("receiver thread panicked");
-    let ((total, free), (note, got)) = match (tx, rx) {
-        (Ok(t), Ok(r)) => (t, r),
-        (t, r) => panic!(
-            "a port failed: sender {:?}, receiver {:?}",
-            t.err(),
-            r.err()
-        ),
-    };
+    let ((total, free), (note, got)) = join_both(tx, rx, "port");
     eprintln!("af_xdp zero-copy on veth: {note}");
     assert!(
-        note.contains(&if_b) && note.contains("zero-copy"),
+        note.contains(&veth.if_b) && note.contains("zero-copy"),
         "the refusal names the interface and the mode: {note}"
     );
     assert_eq!(free, total, "TX frames not returned by the completion ring");
@@ -715,5 +226,5 @@ fn zero_copy_falls_back_to_copy_and_frames_cross_byte_exact() {
     for (i, f) in got.iter().enumerate() {
         assert_eq!(f, &raw_frame(i), "frame {i} differs or is out of order");
     }
-    drop(namespaces);
+    drop(veth);
 }

@@ -485,6 +485,45 @@ mod tests {
         assert!(parse_frame(&f, RTCHAN_UDP_PORT).is_ok());
     }
 
+    /// The plain RFC 1071 sum: 16-bit big-endian words, an odd last byte padded.
+    fn reference_sum(data: &[u8]) -> u64 {
+        data.chunks(2)
+            .map(|w| u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+            .sum()
+    }
+
+    #[test]
+    fn checksum_of_edge_patterns_matches_the_reference() {
+        for data in [
+            vec![],
+            vec![0u8; 9],
+            vec![0xff; 1],
+            vec![0xff; 2],
+            vec![0xff; 16],
+            vec![0xff; 17],
+            (0..=255u8).collect::<Vec<_>>(),
+        ] {
+            assert_eq!(
+                checksum_finish(checksum_add(7, &data)),
+                checksum_finish(7 + reference_sum(&data)),
+                "{data:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn checksum_matches_the_reference(
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            start in 0u64..1 << 40,
+        ) {
+            prop_assert_eq!(
+                checksum_finish(checksum_add(start, &data)),
+                checksum_finish(start + reference_sum(&data))
+            );
+        }
+    }
+
     proptest! {
         /// Any byte string parses to a result or an error, never a panic.
         #[test]
