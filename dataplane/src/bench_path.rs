@@ -69,10 +69,6 @@ impl SchedPath {
             .cpu
             .pick(now, true, true)
             .expect("all channels are backlogged");
-        // As the core does: fetch the state of the channel likely to run next.
-        if let Some(next) = self.cpu.peek_current() {
-            crate::mem::prefetch(&self.channels[next as usize]);
-        }
         let (enforcer, rel) = &mut self.channels[slot as usize];
         let rel = *rel;
         let l = enforcer.logical_arrival(now, IMIN);
