@@ -292,10 +292,11 @@ impl CpuScheduler {
             self.best_effort.push(slot);
             return;
         }
-        self.deadline[slot as usize] = deadline;
         if logical <= now {
             self.current.insert(slot, deadline);
         } else {
+            // Kept for the promotion to current; a current handler's key is its deadline.
+            self.deadline[slot as usize] = deadline;
             self.early.insert(slot, logical);
         }
     }
