@@ -34,11 +34,23 @@ pub const IMIN: Nanos = 1;
 impl SchedPath {
     /// N channels, all backlogged, and a standing link backlog.
     pub fn new(n: usize) -> Self {
+        Self::with_cpu_order(n, false)
+    }
+
+    /// Like [`SchedPath::new`]; with `fifo` the CPU scheduler runs the channels in FIFO order
+    /// (QoS off) instead of by deadline: the same work, with channels visited in sequence
+    /// rather than in deadline order, which separates the cost of the EDF order's scattered
+    /// memory accesses from the rest.
+    pub fn with_cpu_order(n: usize, fifo: bool) -> Self {
+        let policy = SchedPolicy {
+            fifo,
+            ..SchedPolicy::default()
+        };
         let mut p = Self {
             channels: (0..n)
                 .map(|i| (Enforcer::default(), 10_000 + (i as u64 * 7919) % 10_000_000))
                 .collect(),
-            cpu: CpuScheduler::new(n, SchedPolicy::default()),
+            cpu: CpuScheduler::new(n, policy),
             link: LinkScheduler::new(LinkConfig {
                 link_rate_bps: 400_000_000_000,
                 in_flight_limit: LINK_LIMIT,
