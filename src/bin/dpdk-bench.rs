@@ -356,18 +356,7 @@ fn greedy(
     dur: Duration,
     tsc_hz: f64,
 ) -> Result<Tput, BoxError> {
-    let port = Counted {
-        inner: open_port(eal, vdev)?,
-        bursts: 0,
-    };
-    let mut core = Core::new(cfg, port)?;
-    let mut senders = Vec::with_capacity(args.channels as usize);
-    for id in 0..args.channels {
-        senders.push(core.open(bench_channel(id, args.message_size))?);
-    }
-    let msgs: Vec<Vec<u8>> = (0..args.channels)
-        .map(|id| message(id, args.message_size))
-        .collect();
+    let (mut core, mut senders, msgs) = greedy_core(eal, vdev, cfg, args)?;
     let clock = MonotonicClock;
     let mut meter = TscMeter;
 
@@ -394,15 +383,44 @@ fn greedy(
         }
     }
     let wall = start.elapsed().as_secs_f64();
+    Ok(tput(&core, (p0, b0, &s0), busy as f64 / tsc_hz, wall))
+}
+
+/// A core on `vdev` with `args.channels` greedy channels opened, and each channel's message.
+#[allow(clippy::type_complexity)]
+fn greedy_core(
+    eal: &Eal,
+    vdev: u32,
+    cfg: CoreConfig,
+    args: &Args,
+) -> Result<(Core<Counted>, Vec<Sender>, Vec<Vec<u8>>), BoxError> {
+    let port = Counted {
+        inner: open_port(eal, vdev)?,
+        bursts: 0,
+    };
+    let mut core = Core::new(cfg, port)?;
+    let mut senders = Vec::with_capacity(args.channels as usize);
+    for id in 0..args.channels {
+        senders.push(core.open(bench_channel(id, args.message_size))?);
+    }
+    let msgs = (0..args.channels)
+        .map(|id| message(id, args.message_size))
+        .collect();
+    Ok((core, senders, msgs))
+}
+
+/// The throughput since `start` (packets, bursts and stats when measuring began).
+fn tput(core: &Core<Counted>, start: (u64, u64, &CoreStats), busy: f64, wall: f64) -> Tput {
+    let (p0, b0, s0) = start;
     let s1 = core.stats();
     let link = core.link_stats();
-    Ok(Tput {
+    Tput {
         packets: s1.tx_packets - p0,
-        busy_secs: busy as f64 / tsc_hz,
+        busy_secs: busy,
         wall_secs: wall,
         bursts: core.port().bursts - b0,
-        note: core_note(&s0, &s1, link.late, link.released),
-    })
+        note: core_note(s0, &s1, link.late, link.released),
+    }
 }
 
 /// The dataplane with `args.channels` greedy channels fed by a producer thread on `aux`
@@ -416,18 +434,7 @@ fn greedy_threaded(
     aux: Option<usize>,
     dur: Duration,
 ) -> Result<Tput, BoxError> {
-    let port = Counted {
-        inner: open_port(eal, vdev)?,
-        bursts: 0,
-    };
-    let mut core = Core::new(cfg, port)?;
-    let mut senders = Vec::with_capacity(args.channels as usize);
-    for id in 0..args.channels {
-        senders.push(core.open(bench_channel(id, args.message_size))?);
-    }
-    let msgs: Vec<Vec<u8>> = (0..args.channels)
-        .map(|id| message(id, args.message_size))
-        .collect();
+    let (mut core, mut senders, msgs) = greedy_core(eal, vdev, cfg, args)?;
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
         let stop = stop.clone();
@@ -457,15 +464,7 @@ fn greedy_threaded(
     let wall = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _senders = producer.join().expect("producer thread");
-    let s1 = core.stats();
-    let link = core.link_stats();
-    Ok(Tput {
-        packets: s1.tx_packets - p0,
-        busy_secs: wall,
-        wall_secs: wall,
-        bursts: core.port().bursts - b0,
-        note: core_note(&s0, &s1, link.late, link.released),
-    })
+    Ok(tput(&core, (p0, b0, &s0), wall, wall))
 }
 
 fn core_note(s0: &CoreStats, s1: &CoreStats, late: u64, released: u64) -> String {
