@@ -2,19 +2,57 @@
 //! and its qualitative checks must hold — zero misses for admitted channels under a best-effort
 //! flood and under a violator, the fairness and granularity trends, the baselines' failures.
 //! Experiment 5 (real time) runs with very short loops and checks only that it measures.
+//!
+//! `veth_fairness_and_granularity` runs experiments 3 and 4 on veth in real time (root only;
+//! it prints SKIPPED and passes otherwise, or when `RTCHAN_SKIP_NETNS` is set). The tests of
+//! this file run one at a time, so the real-time one never shares the CPUs with the others.
+//! A real-time run whose checks fail is run once more, with the failures printed, and must
+//! pass then: its checks already allow for the polling threads' measured stalls, but a host
+//! that takes most of a second from the sender (seen on shared CI VMs) can still fail one; a
+//! fault of the dataplane fails both runs.
 
-use rtchan::eval::{self, Opts};
+use rtchan::eval::{self, Link, Opts};
+use std::sync::{Mutex, MutexGuard};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn quick(name: &str) {
-    let out = std::env::temp_dir().join(format!("rtchan-eval-quick-{}-{name}", std::process::id()));
-    let rep = eval::run(
-        name,
-        &Opts {
-            quick: true,
-            out: out.clone(),
-        },
-    )
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    quick_on(name, Link::Mem);
+}
+
+fn quick_on(name: &str, link: Link) {
+    let _serial = serial();
+    let out = std::env::temp_dir().join(format!(
+        "rtchan-eval-quick-{}-{name}-{link:?}",
+        std::process::id()
+    ));
+    let run = || {
+        let rep = eval::run_on(
+            name,
+            &Opts {
+                quick: true,
+                out: out.clone(),
+            },
+            link,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for line in &rep.summary {
+            eprintln!("{name}: {line}");
+        }
+        rep
+    };
+    let mut rep = run();
+    if link == Link::Veth && !rep.failed.is_empty() {
+        eprintln!(
+            "{name} on veth: failed checks, running once more:\n{}",
+            rep.failed.join("\n")
+        );
+        rep = run();
+    }
     assert!(
         rep.failed.is_empty(),
         "{name}: failed checks:\n{}",
@@ -59,6 +97,16 @@ fn overheads_measure() {
 #[test]
 fn baselines_break() {
     quick("baselines");
+}
+
+#[test]
+fn veth_fairness_and_granularity() {
+    if let Some(why) = eval::veth::skip_reason() {
+        eprintln!("SKIPPED (veth): {why}");
+        return;
+    }
+    quick_on("fairness", Link::Veth);
+    quick_on("granularity", Link::Veth);
 }
 
 #[test]

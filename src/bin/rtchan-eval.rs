@@ -6,9 +6,12 @@
 //! Each experiment writes CSV tables and SVG plots into DIR (default `docs/eval`), prints its
 //! key numbers and checks its qualitative result. Exit codes: 0 every check held, 1 a check
 //! failed, 2 bad usage or an experiment could not run. Build with `--release`: the overheads
-//! experiment measures real time. `--link veth` runs `qos` and `overload` in real time over a
-//! veth pair between two network namespaces (needs root; AF_XDP when built with
-//! `--features af_xdp`, else af_packet) and writes `*-veth.csv` / `*-veth.svg`.
+//! experiment measures real time. `--link veth` runs every experiment in real time over a veth
+//! pair between two network namespaces (needs root, else it prints SKIPPED and exits 0; AF_XDP
+//! when built with `--features af_xdp`, else af_packet) and writes `*-veth.csv` /
+//! `*-veth.svg`: `qos`, `overload`, `fairness`, `granularity` and `baselines` with the real
+//! dataplane on a 100 Mb/s paced link, `overheads` with the port TX stage and the whole loop
+//! timed on the kernel ports beside the `NullPort`.
 use clap::Parser;
 use rtchan::eval::{self, Link, Opts, EXPERIMENTS};
 use std::path::PathBuf;
@@ -31,8 +34,8 @@ struct Cli {
     /// Output directory for CSV and SVG files.
     #[arg(long, default_value = "docs/eval")]
     out: PathBuf,
-    /// The link: `mem` (in-memory, virtual time) or `veth` (real time, needs root; `qos` and
-    /// `overload` only, `all` runs those two).
+    /// The link: `mem` (in-memory, virtual time) or `veth` (real time over a veth pair
+    /// between two network namespaces, needs root; every experiment, `*-veth` files).
     #[arg(long, default_value = "mem", value_parser = ["mem", "veth"])]
     link: String,
     /// Print every check, not only failures.
@@ -47,9 +50,7 @@ fn main() -> ExitCode {
     } else {
         Link::Mem
     };
-    let names: Vec<&str> = if cli.name == "all" && link == Link::Veth {
-        vec!["qos", "overload"]
-    } else if cli.name == "all" {
+    let names: Vec<&str> = if cli.name == "all" {
         EXPERIMENTS.to_vec()
     } else {
         vec![cli.name.as_str()]

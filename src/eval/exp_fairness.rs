@@ -28,17 +28,19 @@ const PER_PACKET: u64 = 100;
 const K: u32 = 2;
 const RESERVE: u32 = 100_000;
 
+/// An order (and reserve) compared.
 #[derive(Clone, Copy, Debug)]
-struct Policy {
-    label: &'static str,
-    work_conserving: bool,
-    reserve_ppm: u32,
+pub(crate) struct Policy {
+    pub(crate) label: &'static str,
+    pub(crate) work_conserving: bool,
+    pub(crate) reserve_ppm: u32,
     /// Emulated real-time-first order (Imin = 1 ns in the dataplane).
-    rt_first: bool,
-    fifo: bool,
+    pub(crate) rt_first: bool,
+    pub(crate) fifo: bool,
 }
 
-const POLICIES: [Policy; 6] = [
+/// The orders compared, in the order of the table.
+pub(crate) const POLICIES: [Policy; 6] = [
     Policy {
         label: "three-class",
         work_conserving: false,

@@ -23,7 +23,8 @@ pub const RATE_BPS: u64 = 100_000_000;
 /// Best-effort message size, bytes.
 pub const BE_LEN: u32 = 1400;
 
-fn spec(mmax: u32, imin: Nanos, bmax: u32) -> ChannelSpec {
+/// A real-time spec with the veth bounds: d = 10 ms on the host, D = 50 ms end to end.
+pub(crate) fn spec(mmax: u32, imin: Nanos, bmax: u32) -> ChannelSpec {
     ChannelSpec {
         mmax,
         imin,
@@ -49,7 +50,8 @@ pub fn violator() -> ChannelSpec {
     spec(4000, 2 * MS, 4)
 }
 
-fn core_config(work_conserving: bool) -> dataplane::core::CoreConfig {
+/// The veth runs' core: k = 2, the 100 Mb/s paced link, 512 link scheduler slots.
+pub(crate) fn core_config(work_conserving: bool) -> dataplane::core::CoreConfig {
     let mut c = world::core_config(2, work_conserving, 0);
     c.link.link_rate_bps = RATE_BPS;
     c.link.capacity = 512;
@@ -57,7 +59,7 @@ fn core_config(work_conserving: bool) -> dataplane::core::CoreConfig {
 }
 
 /// Periodic best-effort load of `pct` percent of the link.
-fn be_load(pct: u32) -> Load {
+pub(crate) fn be_load(pct: u32) -> Load {
     if pct == 0 {
         return Load::Idle;
     }
@@ -68,7 +70,7 @@ fn be_load(pct: u32) -> Load {
 }
 
 /// A well-behaved application: periodic, 10 % under its spec (see [`super::veth`]).
-fn well_behaved(s: &ChannelSpec) -> Load {
+pub(crate) fn well_behaved(s: &ChannelSpec) -> Load {
     Load::Pattern(Pattern::Periodic {
         interval: s.imin + s.imin / 10,
     })
@@ -82,14 +84,16 @@ fn duration(opts: &Opts) -> Nanos {
     }
 }
 
-fn skipped(name: &str) -> Option<Report> {
+/// A report that says why the veth bed cannot run here, if it cannot.
+pub(crate) fn skipped(name: &str) -> Option<Report> {
     let why = skip_reason()?;
     let mut rep = Report::new(name);
     rep.note(format!("SKIPPED (veth): {why}"));
     Some(rep)
 }
 
-fn noise_note(o: &VethOut) -> String {
+/// Each thread's longest stall, in words.
+pub(crate) fn noise_note(o: &VethOut) -> String {
     format!(
         "stalls: sender longest {:.1} ms ({} over 1 ms), receiver longest {:.1} ms ({} over 1 ms)",
         o.tx_stalls.longest as f64 / 1e6,

@@ -20,8 +20,11 @@
 //! Experiment 5 measures what virtual time cannot: the real cost of each stage, with the TSC,
 //! in whatever build the binary is (use `--release`).
 //!
-//! Experiments 1 and 2 also run in real time over a veth pair between two network namespaces
-//! ([`veth`], [`exp_veth`]; [`run_on`] with [`Link::Veth`], root only), writing `*-veth` files.
+//! Every experiment also runs in real time over a veth pair between two network namespaces
+//! ([`run_on`] with [`Link::Veth`], root only), writing `*-veth` files: 1 and 2 in [`exp_veth`],
+//! 3, 4 and 6 in [`exp_veth_more`] on the same bed ([`veth`]: real threads, clocks and ports on
+//! a 100 Mb/s paced link, bounds with an allowance for the machine), and 5 there too as the
+//! port TX stage and the whole loop timed on the kernel ports beside the `NullPort`.
 //!
 //! Every experiment writes `NAME.csv` (and more tables where useful) and `NAME.svg` into the
 //! output directory and checks its qualitative result; `quick` runs shorter versions of the
@@ -35,6 +38,7 @@ pub mod exp_overheads;
 pub mod exp_overload;
 pub mod exp_qos;
 pub mod exp_veth;
+pub mod exp_veth_more;
 pub mod out;
 pub mod veth;
 pub mod world;
@@ -142,12 +146,11 @@ pub enum Link {
     #[default]
     Mem,
     /// A veth pair between two network namespaces in real time ([`veth`]): AF_XDP when built
-    /// with `--features af_xdp`, else af_packet. `qos` and `overload` only; needs root.
+    /// with `--features af_xdp`, else af_packet. Needs root.
     Veth,
 }
 
-/// Runs the experiment `name` on `link` (veth: `qos` and `overload`; files get a `-veth`
-/// suffix).
+/// Runs the experiment `name` on `link` (on veth, files get a `-veth` suffix).
 pub fn run_on(name: &str, opts: &Opts, link: Link) -> Result<Report, String> {
     if link == Link::Mem {
         return run(name, opts);
@@ -156,8 +159,13 @@ pub fn run_on(name: &str, opts: &Opts, link: Link) -> Result<Report, String> {
     match name {
         "qos" => exp_veth::run_qos(opts),
         "overload" => exp_veth::run_overload(opts),
+        "fairness" => exp_veth_more::run_fairness(opts),
+        "granularity" => exp_veth_more::run_granularity(opts),
+        "overheads" => exp_veth_more::run_overheads(opts),
+        "baselines" => exp_veth_more::run_baselines(opts),
         other => Err(format!(
-            "experiment '{other}' has no veth variant (veth: qos, overload)"
+            "unknown experiment '{other}' (expected one of: {}, all)",
+            EXPERIMENTS.join(", ")
         )),
     }
 }

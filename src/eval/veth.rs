@@ -1,5 +1,5 @@
-//! The real-time test bed: experiments 1 and 2 over a veth pair between two network
-//! namespaces, in real time.
+//! The real-time test bed: the experiments over a veth pair between two network namespaces, in
+//! real time ([`super::exp_veth`], [`super::exp_veth_more`]).
 //!
 //! Two namespaces joined by a veth pair (made with `ip`, deleted by a [`Namespaces`] guard on
 //! every exit path, failures included). A sending thread enters the first, opens a port on its
@@ -17,6 +17,15 @@
 //! tests do; the retries are counted), while the violator's refused messages are simply
 //! counted, as in the memlink runs; and a well-behaved application sends 10 % under its spec,
 //! so that the backlog a stall leaves drains instead of persisting.
+//!
+//! Experiment 4 needs a CPU-bound sending core: a scenario with `per_packet` set makes one
+//! ([`Bed::run`]) by spinning that long after each packet a handler writes, with the
+//! applications submitting between packets and stamping messages with their due time, as the
+//! virtual CPU does. Beside each channel's counters the bed records what the checks need to
+//! tell the dataplane from the machine: each thread's longest gap between polls, the time the
+//! sender spent in gaps over [`STALL_GAP`], each delivery's lateness past its deadline, the
+//! host and end-to-end delay histograms, and what was delivered while the applications were
+//! still submitting (throughput without the backlog the drain delivers afterwards).
 
 use super::world::{ChanDef, ChanOut, Load, RunOut, Scenario};
 use crate::afpacket::{enter_netns, AfPacketConfig, AfPacketPort};
@@ -27,16 +36,22 @@ use dataplane::link::LinkStats;
 use dataplane::port::Port;
 use dataplane::source::Source;
 use dataplane::spec::Endpoint;
-use dataplane::time::{monotonic_now, Clock, MonotonicClock, Nanos, TscMeter};
+use dataplane::time::{
+    monotonic_now, read_tsc, tsc_per_us, Clock, CycleMeter, MonotonicClock, Nanos, TscMeter,
+};
 use hdrhistogram::Histogram;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 /// After the run the sender keeps polling (no new messages) so everything queued leaves.
-const DRAIN: Nanos = 300_000_000;
+pub const DRAIN: Nanos = 300_000_000;
 /// The receiver keeps polling this long after the sender stopped.
 const RX_TAIL: Nanos = 300_000_000;
+/// A gap between the sending thread's polls longer than this counts towards
+/// [`VethOut::tx_stalled`]: about what two frames in flight last at 100 Mb/s.
+pub const STALL_GAP: Nanos = 250_000;
 /// Hard cap on one point beyond its run, whatever happens.
 const HARD_CAP: Nanos = 15_000_000_000;
 
@@ -113,8 +128,32 @@ impl Bed {
         })
     }
 
+    /// Runs `f` on a thread inside the sending namespace, with the name of its veth end (for
+    /// measurements that open a port themselves, e.g. the overheads on veth).
+    pub fn in_sender_ns<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&str) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        let (ns, ifname) = (self.ns_a.clone(), self.if_a.clone());
+        std::thread::Builder::new()
+            .name("eval-veth-ns".into())
+            .spawn(move || {
+                enter_netns(&netns_path(&ns)).map_err(|e| format!("setns into {ns}: {e}"))?;
+                prioritise();
+                f(&ifname)
+            })
+            .map_err(|e| e.to_string())?
+            .join()
+            .map_err(|_| "the measuring thread panicked".to_string())?
+    }
+
     /// Runs one point of an experiment: `sc`'s channels for `sc.duration` of real time on a
-    /// link paced at `sc.link_bps`. `retry[i]` says whether channel `i`'s application retries a
+    /// link paced at `sc.link_bps`. If `sc.per_packet` is not zero, the sending core is made
+    /// CPU-bound the way the virtual CPU is: each packet a handler writes is followed by
+    /// `sc.per_packet` ns of spinning (emulated protocol processing, e.g. encryption), the
+    /// application submits after every packet as well as between polls (so the core sees a
+    /// message at its next preemption point, as with an application thread), and messages are
+    /// stamped with their due time, as in the memlink runs. `retry[i]` says whether channel `i`'s application retries a
     /// message refused by a full buffer (well-behaved) or counts it and moves on (violator).
     pub fn run(&self, sc: &Scenario, retry: &[bool]) -> Result<VethOut, String> {
         match self.backend {
@@ -132,30 +171,33 @@ impl Bed {
     ) -> Result<VethOut, String> {
         let hard = monotonic_now() + sc.duration + HARD_CAP;
         let done = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = mpsc::channel();
         let rx = {
-            let (ns, ifname, done, sc) = (
+            let (ns, ifname, done, sc, started) = (
                 self.ns_b.clone(),
                 self.if_b.clone(),
                 done.clone(),
                 sc.clone(),
+                started.clone(),
             );
             std::thread::Builder::new()
                 .name("eval-veth-rx".into())
-                .spawn(move || receiver(open, ns, ifname, sc, ready_tx, done, hard))
+                .spawn(move || receiver(open, ns, ifname, sc, ready_tx, done, started, hard))
                 .map_err(|e| e.to_string())?
         };
         let tx = {
-            let (ns, ifname, done, sc, retry) = (
+            let (ns, ifname, done, sc, retry, started) = (
                 self.ns_a.clone(),
                 self.if_a.clone(),
                 done.clone(),
                 sc.clone(),
                 retry.to_vec(),
+                started.clone(),
             );
             std::thread::Builder::new()
                 .name("eval-veth-tx".into())
-                .spawn(move || sender(open, ns, ifname, sc, retry, ready_rx, done, hard))
+                .spawn(move || sender(open, ns, ifname, sc, retry, ready_rx, done, started, hard))
                 .map_err(|e| e.to_string())?
         };
         let tx = tx
@@ -203,6 +245,11 @@ impl Bed {
                 link_utilisation: link_ns as f64 / (sc.duration + DRAIN) as f64,
             },
             retries: tx.retries,
+            host_delay: tx.host_delay,
+            latency: rx.hists,
+            overrun: rx.overrun,
+            window: rx.window,
+            tx_stalled: tx.stalled,
             tx_stalls: tx.stalls,
             rx_stalls: rx.stalls,
             tx_errors: tx.core_tx_errors,
@@ -220,6 +267,20 @@ pub struct VethOut {
     pub run: RunOut,
     /// Per channel: submits retried after a full buffer (well-behaved channels only).
     pub retries: Vec<u64>,
+    /// Per channel: the sender's host delay histogram (submit to release of the last packet).
+    pub host_delay: Vec<Histogram<u64>>,
+    /// Per channel: the receiver's end-to-end latency histogram (submit to delivery).
+    pub latency: Vec<Histogram<u64>>,
+    /// Per channel: the largest lateness of a delivery past its deadline ℓ + D (0: no miss).
+    pub overrun: Vec<Nanos>,
+    /// Per channel: messages and payload bytes delivered while the applications were
+    /// submitting (`run.duration` from the sender's start): steady-state throughput, without
+    /// the backlog the drain delivers afterwards.
+    pub window: Vec<(u64, u64)>,
+    /// Time the sending thread spent in gaps between polls longer than [`STALL_GAP`] while the
+    /// applications were submitting: time the link could not be fed (the link scheduler keeps
+    /// only about two frames in flight).
+    pub tx_stalled: Nanos,
     /// The sending thread's longest gap between polls.
     pub tx_stalls: PollStalls,
     /// The receiving thread's longest gap between polls.
@@ -326,11 +387,15 @@ fn rx_config(c: CoreConfig) -> CoreConfig {
 
 struct RxOut {
     chans: Vec<ChanOut>,
+    hists: Vec<Histogram<u64>>,
+    overrun: Vec<Nanos>,
+    window: Vec<(u64, u64)>,
     stalls: PollStalls,
     port_rx_dropped: u64,
     mode: String,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn receiver<P: Port>(
     open: OpenPort<P>,
     ns: String,
@@ -338,6 +403,7 @@ fn receiver<P: Port>(
     sc: Scenario,
     ready: mpsc::Sender<()>,
     done: Arc<AtomicBool>,
+    started: Arc<AtomicU64>,
     hard: Nanos,
 ) -> Result<RxOut, String> {
     enter_netns(&netns_path(&ns)).map_err(|e| format!("setns into {ns}: {e}"))?;
@@ -355,6 +421,8 @@ fn receiver<P: Port>(
     let n = rxs.len();
     let mut out: Vec<ChanOut> = vec![ChanOut::default(); n];
     let mut sums = vec![0u128; n];
+    let mut overrun: Vec<Nanos> = vec![0; n];
+    let mut window: Vec<(u64, u64)> = vec![(0, 0); n];
     let mut hists: Vec<Histogram<u64>> = (0..n)
         .map(|_| Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"))
         .collect();
@@ -373,14 +441,27 @@ fn receiver<P: Port>(
             stop_at = Some(now + RX_TAIL);
         }
         let p = core.poll(&clock, &mut meter);
+        let start = started.load(Ordering::Acquire);
+        let window_end = if start == 0 { 0 } else { start + sc.duration };
         for (i, r) in rxs.iter().enumerate() {
-            while let Some((lat, late, len)) = r.recv_with(|_, d| {
+            while let Some((lat, late, len, over, at)) = r.recv_with(|_, d| {
                 (
                     d.delivered_ts.saturating_sub(d.submit_ts),
                     d.deadline != 0 && d.delivered_ts > d.deadline,
                     d.len,
+                    if d.deadline != 0 {
+                        d.delivered_ts.saturating_sub(d.deadline)
+                    } else {
+                        0
+                    },
+                    d.delivered_ts,
                 )
             }) {
+                overrun[i] = overrun[i].max(over);
+                if at <= window_end {
+                    window[i].0 += 1;
+                    window[i].1 += len as u64;
+                }
                 let c = &mut out[i];
                 c.delivered += 1;
                 c.bytes += len as u64;
@@ -404,6 +485,9 @@ fn receiver<P: Port>(
     }
     Ok(RxOut {
         chans: out,
+        hists,
+        overrun,
+        window,
         stalls,
         port_rx_dropped: core.port().stats().rx_dropped,
         mode,
@@ -413,6 +497,8 @@ fn receiver<P: Port>(
 struct TxOut {
     chans: Vec<ChanOut>,
     retries: Vec<u64>,
+    host_delay: Vec<Histogram<u64>>,
+    stalled: Nanos,
     core: CoreStats,
     link: LinkStats,
     core_tx_errors: u64,
@@ -426,9 +512,129 @@ struct Feed {
     flood: bool,
     retry: bool,
     len: usize,
-    pending: u64,
+    /// Messages due but not yet accepted, with their stamps (0: stamp at submission).
+    pending: VecDeque<Nanos>,
     offered: u64,
     retries: u64,
+}
+
+/// The applications of one point, run by the sending thread.
+struct App {
+    feeds: Vec<Feed>,
+    payload: Vec<u8>,
+    start: Nanos,
+    duration: Nanos,
+    /// Stamp messages with their due time instead of the submit call's time.
+    stamp_due: bool,
+    error: Option<String>,
+    /// Gaps between the sending thread's ticks (each poll, and before and after each
+    /// packet's emulated processing).
+    stalls: PollStalls,
+    /// Sum of gaps over [`STALL_GAP`] while the applications submit.
+    stalled: Nanos,
+    last: Nanos,
+}
+
+impl App {
+    /// Records that the sending thread runs at `now`.
+    fn tick(&mut self, now: Nanos) {
+        self.stalls.tick(now);
+        let end = self.start + self.duration;
+        if now - self.last > STALL_GAP && self.last < end {
+            self.stalled += now.min(end) - self.last;
+        }
+        self.last = now;
+    }
+
+    /// Submits what fell due by `now` (during the submitting time only).
+    fn service(&mut self, now: Nanos) {
+        if now.saturating_sub(self.start) >= self.duration || self.error.is_some() {
+            return;
+        }
+        for f in &mut self.feeds {
+            if f.flood {
+                loop {
+                    f.offered += 1;
+                    if f.sender.submit(&self.payload[..f.len]) != Ok(Submit::Queued) {
+                        break;
+                    }
+                }
+                continue;
+            }
+            let Some(src) = f.source.as_mut() else {
+                continue;
+            };
+            if self.stamp_due {
+                while src.next_at() <= now {
+                    let at = src.next_at();
+                    let n = src.due(at);
+                    f.offered += n;
+                    f.pending.extend(std::iter::repeat_n(at, n as usize));
+                }
+            } else {
+                let n = src.due(now);
+                f.offered += n;
+                f.pending.extend(std::iter::repeat_n(0, n as usize));
+            }
+            while let Some(&at) = f.pending.front() {
+                let data = &self.payload[..f.len];
+                let r = if at == 0 {
+                    f.sender.submit(data)
+                } else {
+                    f.sender.submit_at(data, at)
+                };
+                match r {
+                    Ok(_) => {
+                        f.pending.pop_front();
+                    }
+                    Err(SubmitError::WouldBlock) if f.retry => {
+                        f.retries += 1;
+                        break;
+                    }
+                    // Counted by the channel's statistics (would-block).
+                    Err(SubmitError::WouldBlock) => {
+                        f.pending.pop_front();
+                    }
+                    Err(e) => {
+                        self.error = Some(e.to_string());
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sending core's meter: the TSC, plus (when `spin` is set) emulated per-packet processing
+/// and the applications' submissions after every packet, as the virtual CPU does.
+struct AppMeter<'a> {
+    app: &'a mut App,
+    clock: MonotonicClock,
+    /// TSC cycles to spin after each packet (0: none).
+    spin: u64,
+}
+
+impl CycleMeter for AppMeter<'_> {
+    #[inline]
+    fn cycles(&mut self) -> u64 {
+        read_tsc()
+    }
+    fn on_packet(&mut self) {
+        if self.spin == 0 {
+            return;
+        }
+        self.app.tick(self.clock.now());
+        let c0 = read_tsc();
+        while read_tsc().wrapping_sub(c0) < self.spin {
+            std::hint::spin_loop();
+        }
+        let now = self.clock.now();
+        self.app.tick(now);
+        self.app.service(now);
+    }
+    fn cycles_to_ns(&self, cycles: u64) -> Nanos {
+        TscMeter.cycles_to_ns(cycles)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -440,6 +646,7 @@ fn sender<P: Port>(
     retry: Vec<bool>,
     ready: mpsc::Receiver<()>,
     done: Arc<AtomicBool>,
+    started: Arc<AtomicU64>,
     hard: Nanos,
 ) -> Result<TxOut, String> {
     let finish = |r| {
@@ -463,9 +670,9 @@ fn sender<P: Port>(
         .recv_timeout(Duration::from_secs(10))
         .map_err(|_| finish("the receiver did not get ready".to_string()))?;
     let clock = MonotonicClock;
-    let mut meter = TscMeter;
     let start = clock.now();
-    let mut feeds: Vec<Feed> = feeds
+    started.store(start, Ordering::Release);
+    let feeds: Vec<Feed> = feeds
         .into_iter()
         .map(|(ch, i, sender): (ChanDef, usize, _)| {
             let (source, flood) = match ch.load {
@@ -479,59 +686,51 @@ fn sender<P: Port>(
                 flood,
                 retry: retry.get(i).copied().unwrap_or(false),
                 len: ch.msg_len as usize,
-                pending: 0,
+                pending: VecDeque::new(),
                 offered: 0,
                 retries: 0,
             }
         })
         .collect();
-    let payload = vec![0x5au8; max_len];
-    let mut stalls = PollStalls::default();
+    let spin = sc.per_packet * tsc_per_us() / 1000;
+    let mut app = App {
+        feeds,
+        payload: vec![0x5au8; max_len],
+        start,
+        duration: sc.duration,
+        stamp_due: sc.per_packet > 0,
+        error: None,
+        stalls: PollStalls::default(),
+        stalled: 0,
+        last: start,
+    };
     loop {
         let now = clock.now();
-        stalls.tick(now);
+        app.tick(now);
         let t = now - start;
         if t >= sc.duration + DRAIN || now >= hard {
             break;
         }
-        if t < sc.duration {
-            for f in &mut feeds {
-                if f.flood {
-                    loop {
-                        f.offered += 1;
-                        if f.sender.submit(&payload[..f.len]) != Ok(Submit::Queued) {
-                            break;
-                        }
-                    }
-                    continue;
-                }
-                let Some(src) = f.source.as_mut() else {
-                    continue;
-                };
-                let n = src.due(now);
-                f.offered += n;
-                f.pending += n;
-                while f.pending > 0 {
-                    match f.sender.submit(&payload[..f.len]) {
-                        Ok(_) => f.pending -= 1,
-                        Err(SubmitError::WouldBlock) if f.retry => {
-                            f.retries += 1;
-                            break;
-                        }
-                        // Counted by the channel's statistics (would-block).
-                        Err(SubmitError::WouldBlock) => f.pending -= 1,
-                        Err(e) => return Err(finish(e.to_string())),
-                    }
-                }
-            }
+        app.service(now);
+        if let Some(e) = app.error.take() {
+            return Err(finish(e));
         }
+        let mut meter = AppMeter {
+            app: &mut app,
+            clock,
+            spin,
+        };
         let p = core.poll(&clock, &mut meter);
         if p.is_idle() {
             idle();
         }
     }
     done.store(true, Ordering::Release);
+    if let Some(e) = app.error.take() {
+        return Err(e);
+    }
     core.flush_stats();
+    let feeds = &app.feeds;
     let chans = feeds
         .iter()
         .map(|f| {
@@ -552,10 +751,15 @@ fn sender<P: Port>(
     Ok(TxOut {
         chans,
         retries: feeds.iter().map(|f| f.retries).collect(),
+        host_delay: feeds
+            .iter()
+            .map(|f| f.sender.stats().delay_snapshot())
+            .collect(),
+        stalled: app.stalled,
         core_tx_errors: stats.tx_errors,
         core: stats,
         link: core.link_stats(),
-        stalls,
+        stalls: app.stalls,
         mode,
     })
 }
