@@ -28,11 +28,6 @@ use dataplane::source::Pattern;
 use dataplane::spec::{ChannelSpec, OverflowPolicy, TrafficClass};
 use dataplane::time::{tsc_per_us, Nanos};
 
-/// The longer of the two polling threads' longest stalls in a run.
-fn stall(o: &VethOut) -> Nanos {
-    o.tx_stalls.longest.max(o.rx_stalls.longest)
-}
-
 /// Whether channel `i`'s deadline misses are none or explained by the measured stalls (each
 /// miss's lateness past ℓ + D at most the longest stall of either polling thread), and the
 /// numbers in words. Packets released after ℓ + d are reported, not checked, as in
@@ -40,8 +35,8 @@ fn stall(o: &VethOut) -> Nanos {
 /// can be late by more than the stall, and for an application that submits ahead of its spec
 /// the host delay (counted from submission) also holds the wait for its logical arrival.
 fn within_bounds(o: &VethOut, i: usize, c: &ChanOut, s: &ChannelSpec) -> (bool, String) {
-    let st = stall(o);
-    let ok = c.misses == 0 || o.overrun[i] <= st;
+    let st = o.longest_stall();
+    let ok = o.misses_explained(i, c.misses);
     let mut w = format!(
         "{} misses (max delay {:.2} ms vs D {:.1} ms); {} packets after l + d (host delay {:.2} \
          ms vs d {:.2} ms, reported)",

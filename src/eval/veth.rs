@@ -293,6 +293,20 @@ pub struct VethOut {
     pub mode: String,
 }
 
+impl VethOut {
+    /// The longer of the two polling threads' longest stalls.
+    pub fn longest_stall(&self) -> Nanos {
+        self.tx_stalls.longest.max(self.rx_stalls.longest)
+    }
+
+    /// Whether channel `i`'s deadline misses, if any, are explained by the machine: each miss
+    /// late past ℓ + D by at most the longest stall of either polling thread (the veth tests'
+    /// rule). A miss the stalls cannot explain is the dataplane's.
+    pub fn misses_explained(&self, i: usize, misses: u64) -> bool {
+        misses == 0 || self.overrun[i] <= self.longest_stall()
+    }
+}
+
 #[cfg(feature = "af_xdp")]
 fn pick_backend(notes: &mut Vec<String>) -> Backend {
     // libxdp reports on stderr that it attaches without the dispatcher when no bpffs is
