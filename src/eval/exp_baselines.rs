@@ -26,15 +26,16 @@ use super::world;
 use super::{Opts, Report, MS};
 use dataplane::spec::{OverflowPolicy, TrafficClass};
 
+/// The dataplane a baseline run uses (shared with the veth variant).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub(super) enum Mode {
     Rtchan,
     Fifo,
     NoEnforcement,
 }
 
 impl Mode {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Mode::Rtchan => "rtchan",
             Mode::Fifo => "FIFO, no QoS",

@@ -13,6 +13,7 @@
 //! through the median host delay.
 
 use super::bounds::{self, RtReq};
+use super::exp_baselines::Mode;
 use super::exp_fairness::{Policy, POLICIES};
 use super::exp_overheads::{core_loop_on, ns, port_tx_on};
 use super::exp_veth::{
@@ -653,23 +654,6 @@ pub fn run_granularity(opts: &Opts) -> Result<Report, String> {
 
 // ---------------------------------------------------------------------------------------------
 // Experiment 6: baselines.
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Rtchan,
-    Fifo,
-    NoEnforcement,
-}
-
-impl Mode {
-    fn label(self) -> &'static str {
-        match self {
-            Mode::Rtchan => "rtchan",
-            Mode::Fifo => "FIFO, no QoS",
-            Mode::NoEnforcement => "priority, no enforcement",
-        }
-    }
-}
 
 /// Experiment 6 on veth: experiment 1's flood (best-effort at 150 %) and experiment 2's
 /// violator (10x, best-effort at 50 %) on the veth channels, under rtchan, FIFO without QoS and
