@@ -1,7 +1,8 @@
-//! DPDK port tests over virtual devices (no NIC, no hugepages, no root-only setup):
-//! `net_null` (TX/RX bursts, counters), `net_pcap` with `tx_pcap=` (frames written to a
-//! file, read back and compared byte for byte) and with `rx_pcap=` (a crafted capture
-//! received through `rx_burst`).
+//! DPDK port tests over virtual devices (no NIC, no hugepages): `net_null` (TX/RX bursts,
+//! counters), `net_pcap` with `tx_pcap=` (frames written to a file, read back and compared
+//! byte for byte) and with `rx_pcap=` (a crafted capture received through `rx_burst`),
+//! `net_ring`; and, as root, the vdevs on kernel interfaces — `net_af_packet`, `net_af_xdp`
+//! and `net_pcap` with `iface=` — over a veth pair inside a network namespace the test makes.
 //!
 //! EAL can be initialised once per process, so every test shares one EAL, set up on first use
 //! with all the vdevs the tests need. Tests take a process-wide lock, because DPDK's control
@@ -424,4 +425,118 @@ fn net_pcap_rx_reads_crafted_capture() {
     assert_eq!(port.tx_burst(0, &mut batch), Ok(1));
     let _ = std::fs::remove_file(env.dir.join("rx.pcap"));
     let _ = std::fs::remove_dir(&env.dir); // once both pcap tests removed their file
+}
+
+/// Frames with the local experimental EtherType that `port` receives within 2 s, until `n`
+/// (anything else on the link, such as IPv6 neighbour discovery, is left out).
+fn rx_ours(port: &mut DpdkPort, n: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while got.len() < n && Instant::now() < deadline {
+        let mut batch = Batch::new();
+        port.rx_burst(0, &mut batch).expect("rx_burst");
+        got.extend(
+            batch
+                .iter()
+                .map(|m| m.data().to_vec())
+                .filter(|f| f.len() >= 14 && f[12..14] == [0x88, 0xb5]),
+        );
+    }
+    got
+}
+
+/// Sends `frames` through `tx` and checks that `rx` receives exactly them, in order.
+fn carries(tx: &mut DpdkPort, rx: &mut DpdkPort, frames: &[Vec<u8>], what: &str) {
+    let mut batch = Batch::new();
+    for f in frames {
+        let mut m = tx.alloc_tx().expect("alloc");
+        m.buf_mut()[..f.len()].copy_from_slice(f);
+        m.set_len(f.len());
+        batch.push(m);
+    }
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !batch.is_empty() && Instant::now() < deadline {
+        sent += tx.tx_burst(0, &mut batch).expect("tx_burst");
+    }
+    assert_eq!(sent, frames.len(), "{what}: frames taken by tx_burst");
+    let got = rx_ours(rx, frames.len());
+    assert_eq!(got.len(), frames.len(), "{what}: frames received");
+    assert!(
+        got == frames,
+        "{what}: received frames differ from those sent"
+    );
+}
+
+/// `net_af_packet`, `net_af_xdp` and `net_pcap` with `iface=` on the two ends of a veth pair
+/// inside a network namespace this test makes (root only): frames sent through one vdev
+/// arrive through another, byte for byte. The test thread enters the namespace, so the vdevs
+/// it probes open their sockets there.
+#[test]
+fn kernel_interface_vdevs_over_veth() {
+    use rtchan::afpacket::enter_netns;
+    use rtchan::netns::{ip, is_root, netns_path, Namespaces};
+    if !is_root() {
+        eprintln!("SKIPPED kernel_interface_vdevs_over_veth: needs root (network namespace, veth)");
+        return;
+    }
+    if std::env::var_os("RTCHAN_SKIP_NETNS").is_some() {
+        eprintln!("SKIPPED kernel_interface_vdevs_over_veth: RTCHAN_SKIP_NETNS is set");
+        return;
+    }
+    let (env, _g) = env();
+    let pid = std::process::id();
+    let ns = format!("rtchan-dpdk-{pid}");
+    let (va, vb) = (format!("rdpa{pid}"), format!("rdpb{pid}"));
+    // Declared before the ports: dropped after them (closing a port detaches it first).
+    let mut namespaces = Namespaces::default();
+    let setup = (|| {
+        namespaces.add(&ns)?;
+        ip(&[
+            "-n", &ns, "link", "add", &va, "type", "veth", "peer", "name", &vb,
+        ])?;
+        ip(&["-n", &ns, "link", "set", &va, "up"])?;
+        ip(&["-n", &ns, "link", "set", &vb, "up"])
+    })();
+    if let Err(e) = setup {
+        panic!(
+            "running as root but the veth/netns set-up failed ({e}); set RTCHAN_SKIP_NETNS=1 to \
+             skip where namespaces are not allowed"
+        );
+    }
+    enter_netns(&netns_path(&ns)).expect("enter the test's network namespace");
+
+    // net_pcap on the receiving end: libpcap on a kernel interface.
+    env.eal
+        .probe_device(&format!("net_pcap9,iface={vb}"))
+        .expect("probe net_pcap with iface=");
+    let mut rx = open_port(env, "net_pcap9", "pcap_iface_pool", 1023);
+
+    let frames: Vec<Vec<u8>> = (0..16u8)
+        .map(|i| frame(0x40 + i, 60 + 90 * i as usize))
+        .collect();
+    env.eal
+        .probe_device(&format!("net_af_packet0,iface={va}"))
+        .expect("probe net_af_packet");
+    let mut afp = open_port(env, "net_af_packet0", "af_packet_pool", 1023);
+    carries(
+        &mut afp,
+        &mut rx,
+        &frames,
+        "net_af_packet -> net_pcap iface",
+    );
+    drop(afp);
+
+    env.eal
+        .probe_device(&format!(
+            "net_af_xdp0,iface={va},start_queue=0,queue_count=1"
+        ))
+        .expect("probe net_af_xdp");
+    let mut xdp = open_port(env, "net_af_xdp0", "af_xdp_pool", 4095);
+    let frames: Vec<Vec<u8>> = (0..16u8)
+        .map(|i| frame(0x60 + i, 1514 - 80 * i as usize))
+        .collect();
+    carries(&mut xdp, &mut rx, &frames, "net_af_xdp -> net_pcap iface");
+    drop(xdp);
+    drop(rx);
 }
