@@ -41,6 +41,10 @@
 //! EAL is initialised once per process, with every vdev the tests use; tests serialise on a lock.
 #![cfg(feature = "dpdk")]
 
+#[path = "common/pcap_file.rs"]
+mod pcap_file;
+use pcap_file::write_pcap;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -124,26 +128,6 @@ fn open_port(env: &TestEnv, name: &str, pool_name: &str) -> DpdkPort {
 // ---------------------------------------------------------------------------------------------
 // pcap files
 // ---------------------------------------------------------------------------------------------
-
-/// Writes a classic (microsecond) little-endian pcap file of Ethernet frames.
-fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
-    let mut out = Vec::new();
-    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&65535u32.to_le_bytes());
-    out.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
-    for (i, f) in frames.iter().enumerate() {
-        out.extend_from_slice(&1_700_000_000u32.to_le_bytes());
-        out.extend_from_slice(&(i as u32).to_le_bytes());
-        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        out.extend_from_slice(f);
-    }
-    std::fs::write(path, out).expect("write pcap");
-}
 
 /// One captured frame with its timestamp in nanoseconds (of the capture's clock).
 struct Captured {

@@ -475,46 +475,31 @@ impl Control {
         };
         // The receiving side, with a channel id it does not use yet.
         let budget = host_max - least_s;
-        let mut attempts = 0;
-        let (id, grant) = loop {
-            let id = match fixed_id {
-                Some(i) => i,
-                None => self.fresh_id(),
-            };
-            let prep = PrepareArgs {
-                id,
-                mmax,
-                imin,
-                bmax: args.bmax,
-                budget,
-                end_to_end: d,
-                core: core_hint(&dst, core),
-                dry_run: args.dry_run,
-                best_effort: false,
-            };
-            match self.prepare_remote(&dst, &prep) {
-                Ok(g) => break (id, g),
-                Err(e)
-                    if e.field.as_deref() == Some("id")
-                        && fixed_id.is_none()
-                        && attempts < ID_ATTEMPTS =>
-                {
-                    attempts += 1;
-                    self.next_id = id.wrapping_add(1);
-                }
-                Err(mut e) => {
-                    if let Some(r) = e.refusal.as_mut() {
-                        if let Some(lr) = r.least_host_deadline {
-                            let t = least_s + net + lr;
-                            r.tightest_deadline = Some(t);
-                            e.message.push_str(&format!(
-                                "; the tightest end-to-end deadline now is {}",
-                                fmt_ns(t)
-                            ));
-                        }
+        let prepared = self.prepare_with_id(&dst, fixed_id, |id| PrepareArgs {
+            id,
+            mmax,
+            imin,
+            bmax: args.bmax,
+            budget,
+            end_to_end: d,
+            core: core_hint(&dst, core),
+            dry_run: args.dry_run,
+            best_effort: false,
+        });
+        let (id, grant) = match prepared {
+            Ok(p) => p,
+            Err(mut e) => {
+                if let Some(r) = e.refusal.as_mut() {
+                    if let Some(lr) = r.least_host_deadline {
+                        let t = least_s + net + lr;
+                        r.tightest_deadline = Some(t);
+                        e.message.push_str(&format!(
+                            "; the tightest end-to-end deadline now is {}",
+                            fmt_ns(t)
+                        ));
                     }
-                    return Err(e);
                 }
+                return Err(e);
             }
         };
         let d_s = host_max - grant.deadline;
@@ -655,36 +640,17 @@ impl Control {
         }
         let (dst, net) = self.destination(&args.dst)?;
         let core = self.candidates(args)?[0];
-        let mut attempts = 0;
-        let (id, grant) = loop {
-            let id = match fixed_id {
-                Some(i) => i,
-                None => self.fresh_id(),
-            };
-            let prep = PrepareArgs {
-                id,
-                mmax,
-                imin,
-                bmax: queue,
-                budget: 0,
-                end_to_end: 0,
-                core: core_hint(&dst, core),
-                dry_run: args.dry_run,
-                best_effort: true,
-            };
-            match self.prepare_remote(&dst, &prep) {
-                Ok(g) => break (id, g),
-                Err(e)
-                    if e.field.as_deref() == Some("id")
-                        && fixed_id.is_none()
-                        && attempts < ID_ATTEMPTS =>
-                {
-                    attempts += 1;
-                    self.next_id = id.wrapping_add(1);
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let (id, grant) = self.prepare_with_id(&dst, fixed_id, |id| PrepareArgs {
+            id,
+            mmax,
+            imin,
+            bmax: queue,
+            budget: 0,
+            end_to_end: 0,
+            core: core_hint(&dst, core),
+            dry_run: args.dry_run,
+            best_effort: true,
+        })?;
         let sender_numbers = unadmitted(id, core, mmax, imin, queue);
         if args.dry_run {
             return Ok(self.info(
@@ -809,6 +775,32 @@ impl Control {
         self.prepare_remote(dst, &prep)
             .ok()
             .map(|g| g.least_deadline)
+    }
+
+    /// Prepares the receiving end under `fixed_id`, or under a fresh id, taking the next one
+    /// (up to [`ID_ATTEMPTS`] times) while the receiving end already uses it.
+    fn prepare_with_id(
+        &mut self,
+        dst: &Dst,
+        fixed_id: Option<u32>,
+        prep: impl Fn(u32) -> PrepareArgs,
+    ) -> Result<(u32, Grant), ApiError> {
+        let mut attempts = 0;
+        loop {
+            let id = fixed_id.unwrap_or_else(|| self.fresh_id());
+            match self.prepare_remote(dst, &prep(id)) {
+                Ok(g) => return Ok((id, g)),
+                Err(e)
+                    if e.field.as_deref() == Some("id")
+                        && fixed_id.is_none()
+                        && attempts < ID_ATTEMPTS =>
+                {
+                    attempts += 1;
+                    self.next_id = id.wrapping_add(1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn prepare_remote(&mut self, dst: &Dst, prep: &PrepareArgs) -> Result<Grant, ApiError> {

@@ -103,20 +103,24 @@ pub(crate) fn noise_note(o: &VethOut) -> String {
     )
 }
 
+/// The backend a run will use, with its notes added to `rep`. The probe's bed is dropped at
+/// once: each point makes a fresh pair of namespaces, because an AF_XDP socket's queue stays
+/// busy for a moment after the socket closes.
+pub(super) fn probe(rep: &mut Report, tag: &str) -> Result<&'static str, String> {
+    let b = Bed::new(tag)?;
+    for n in &b.notes {
+        rep.note(n.clone());
+    }
+    Ok(b.backend.label())
+}
+
 /// Experiment 1 on veth.
 pub fn run_qos(opts: &Opts) -> Result<Report, String> {
     if let Some(r) = skipped("qos") {
         return Ok(r);
     }
     let mut rep = Report::new("qos");
-    // A fresh pair of namespaces per point: an AF_XDP socket's queue stays busy for a moment
-    // after the socket closes.
-    let probe = Bed::new("q")?;
-    let backend = probe.backend.label();
-    for n in &probe.notes {
-        rep.note(n.clone());
-    }
-    drop(probe);
+    let backend = probe(&mut rep, "q")?;
     let dur = duration(opts);
     let loads: Vec<u32> = if opts.quick {
         vec![0, 150]
@@ -317,14 +321,7 @@ pub fn run_overload(opts: &Opts) -> Result<Report, String> {
         return Ok(r);
     }
     let mut rep = Report::new("overload");
-    // A fresh pair of namespaces per point: an AF_XDP socket's queue stays busy for a moment
-    // after the socket closes.
-    let probe = Bed::new("o")?;
-    let backend = probe.backend.label();
-    for n in &probe.notes {
-        rep.note(n.clone());
-    }
-    drop(probe);
+    let backend = probe(&mut rep, "o")?;
     let dur = duration(opts);
     let multiples: Vec<u32> = if opts.quick {
         vec![1, 5]

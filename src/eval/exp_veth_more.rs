@@ -17,7 +17,7 @@ use super::exp_baselines::Mode;
 use super::exp_fairness::{Policy, POLICIES};
 use super::exp_overheads::{core_loop_on, ns, port_tx_on};
 use super::exp_veth::{
-    be_load, core_config, noise_note, skipped, spec, well_behaved, BE_LEN, RATE_BPS,
+    be_load, core_config, noise_note, probe, skipped, spec, well_behaved, BE_LEN, RATE_BPS,
 };
 use super::out::{bar_chart, f, Chart, Csv, Series};
 use super::veth::{Backend, Bed, VethOut, DRAIN};
@@ -61,16 +61,6 @@ fn within_bounds(o: &VethOut, i: usize, c: &ChanOut, s: &ChannelSpec) -> (bool, 
         ));
     }
     (ok, w)
-}
-
-/// A fresh bed per point (an AF_XDP socket's queue stays busy for a moment after it closes);
-/// this probe only learns the backend and its notes.
-fn probe(rep: &mut Report, tag: &str) -> Result<&'static str, String> {
-    let b = Bed::new(tag)?;
-    for n in &b.notes {
-        rep.note(n.clone());
-    }
-    Ok(b.backend.label())
 }
 
 fn ms(x: Nanos) -> f64 {
