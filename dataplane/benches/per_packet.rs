@@ -19,7 +19,7 @@
 //! one run and prints the ratios (run-to-run noise on a shared machine cancels out there).
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use dataplane::bench_path::SchedPath;
+use dataplane::bench_path::{Ablation, SchedPath};
 use dataplane::channel::Sender;
 use dataplane::core::{Core, CoreConfig};
 use dataplane::link::LinkConfig;
@@ -136,17 +136,52 @@ fn per_packet(c: &mut Criterion) {
 }
 
 fn side_by_side() {
-    // The scheduling path: all sizes interleaved in slices.
-    let sizes_s = [10usize, 1_000, 100_000];
-    // EDF at each size, then the CPU in FIFO order at 10 and 100,000 channels.
-    let configs: Vec<(usize, bool)> = sizes_s
+    // The scheduling path: all sizes and ablations interleaved in slices. The whole path at
+    // each size, then, at 10 and 100,000 channels, each ablation: its own ratio says how much
+    // of the growth the part it leaves out accounts for.
+    let whole = Ablation::default();
+    let ablations = [
+        (
+            "cpu fifo",
+            Ablation {
+                cpu_fifo: true,
+                ..whole
+            },
+        ),
+        (
+            "no chan mem",
+            Ablation {
+                no_channel_memory: true,
+                ..whole
+            },
+        ),
+        (
+            "no link",
+            Ablation {
+                no_link: true,
+                ..whole
+            },
+        ),
+        (
+            "neither",
+            Ablation {
+                no_channel_memory: true,
+                no_link: true,
+                ..whole
+            },
+        ),
+    ];
+    let mut configs: Vec<(usize, &str, Ablation)> = [10usize, 1_000, 100_000]
         .iter()
-        .map(|&n| (n, false))
-        .chain([(10, true), (100_000, true)])
+        .map(|&n| (n, "whole", whole))
         .collect();
+    for &(label, a) in &ablations {
+        configs.push((10, label, a));
+        configs.push((100_000, label, a));
+    }
     let mut paths: Vec<SchedPath> = configs
         .iter()
-        .map(|&(n, fifo)| SchedPath::with_cpu_order(n, fifo))
+        .map(|&(n, _, a)| SchedPath::with_ablation(n, a))
         .collect();
     let mut sched_ns = vec![(Duration::ZERO, 0u64); paths.len()];
     for p in paths.iter_mut() {
@@ -167,24 +202,25 @@ fn side_by_side() {
     let sns = |i: usize| sched_ns[i].0.as_nanos() as f64 / sched_ns[i].1 as f64;
     println!();
     println!("scheduling path (enforcement + CPU EDF + header write + link EDF), per packet");
-    println!(
-        "{:>10}  {:>9}  {:>12}",
-        "channels", "CPU order", "ns/packet"
-    );
-    for (i, (n, fifo)) in configs.iter().enumerate() {
-        let order = if *fifo { "fifo" } else { "edf" };
-        println!("{:>10}  {:>9}  {:>12.1}", n, order, sns(i));
+    println!("{:>10}  {:>11}  {:>12}", "channels", "path", "ns/packet");
+    for (i, (n, label, _)) in configs.iter().enumerate() {
+        println!("{:>10}  {:>11}  {:>12.1}", n, label, sns(i));
     }
     println!(
         "ratio 100,000 / 10 channels: {:.2}x (target <= 1.5x); 10 channels: {:.1} ns (target <= 50 ns)",
         sns(2) / sns(0),
         sns(0)
     );
-    println!(
-        "same ratio with the CPU in FIFO order: {:.2}x (what the EDF order's scattered accesses \
-         to 100,000 channels' state add is the difference)",
-        sns(4) / sns(3)
-    );
+    for (k, (label, _)) in ablations.iter().enumerate() {
+        let (at10, at100k) = (3 + 2 * k, 4 + 2 * k);
+        println!(
+            "  {label:>11}: 100,000 / 10 = {:.2}x; at 100,000 it saves {:.1} ns of the {:.1} \
+             the whole path adds over 10 channels",
+            sns(at100k) / sns(at10),
+            sns(2) - sns(at100k),
+            sns(2) - sns(0),
+        );
+    }
 
     let msg = [0xabu8; 64];
     let sizes = [10usize, 1_000, 100_000];

@@ -10,6 +10,20 @@ use crate::time::Nanos;
 use crate::wire::{HeaderTemplate, RtHeader};
 use crate::Enforcer;
 
+/// What the scheduling path leaves out: ablations that show where its cost goes when the
+/// channels do not fit in the cache. [`Ablation::default`] is the whole path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ablation {
+    /// The CPU scheduler in FIFO order (QoS off): the same work, with the channels visited in
+    /// sequence instead of in deadline order.
+    pub cpu_fifo: bool,
+    /// The per-channel state (enforcement's last ℓ, the relative deadline) recomputed from
+    /// the channel's index instead of loaded: the same keys and order, no per-channel memory.
+    pub no_channel_memory: bool,
+    /// No link scheduler: enforcement, the CPU scheduler and the header write only.
+    pub no_link: bool,
+}
+
 /// The scheduling path alone, N channels always backlogged.
 pub struct SchedPath {
     /// Per channel, together as in a handler: enforcement state and the relative deadline.
@@ -20,6 +34,7 @@ pub struct SchedPath {
     frame: Vec<u8>,
     now: Nanos,
     ip_id: u16,
+    ablation: Ablation,
 }
 
 /// Packets the link scheduler holds in steady state.
@@ -30,6 +45,13 @@ pub const LINK_LIMIT: u64 = 1_000_000;
 pub const STEP_NS: Nanos = 100;
 /// Every message's Imin: channels are always current in steady state.
 pub const IMIN: Nanos = 1;
+
+/// Channel `i`'s relative deadline: spread over 10 ms, so the EDF queues hold many distinct
+/// keys in an order unrelated to the channels' indices.
+#[inline(always)]
+pub fn relative_deadline(i: usize) -> Nanos {
+    10_000 + (i as u64 * 7919) % 10_000_000
+}
 
 impl SchedPath {
     /// N channels, all backlogged, and a standing link backlog.
@@ -42,13 +64,24 @@ impl SchedPath {
     /// rather than in deadline order, which separates the cost of the EDF order's scattered
     /// memory accesses from the rest.
     pub fn with_cpu_order(n: usize, fifo: bool) -> Self {
+        Self::with_ablation(
+            n,
+            Ablation {
+                cpu_fifo: fifo,
+                ..Ablation::default()
+            },
+        )
+    }
+
+    /// Like [`SchedPath::new`], leaving out what `ablation` says.
+    pub fn with_ablation(n: usize, ablation: Ablation) -> Self {
         let policy = SchedPolicy {
-            fifo,
+            fifo: ablation.cpu_fifo,
             ..SchedPolicy::default()
         };
         let mut p = Self {
             channels: (0..n)
-                .map(|i| (Enforcer::default(), 10_000 + (i as u64 * 7919) % 10_000_000))
+                .map(|i| (Enforcer::default(), relative_deadline(i)))
                 .collect(),
             cpu: CpuScheduler::new(n, policy),
             link: LinkScheduler::new(LinkConfig {
@@ -61,6 +94,7 @@ impl SchedPath {
             frame: vec![0; 2048],
             now: 0,
             ip_id: 0,
+            ablation,
         };
         for i in 0..n {
             let (enforcer, d) = &mut p.channels[i];
@@ -81,9 +115,14 @@ impl SchedPath {
             .cpu
             .pick(now, true, true)
             .expect("all channels are backlogged");
-        let (enforcer, rel) = &mut self.channels[slot as usize];
-        let rel = *rel;
-        let l = enforcer.logical_arrival(now, IMIN);
+        let (l, rel) = if self.ablation.no_channel_memory {
+            // What enforcement gives here: the channel's last message was at least one
+            // packet (`STEP_NS` ≥ `IMIN`) ago, so ℓ = max(last + Imin, now) = now.
+            (now, relative_deadline(slot as usize))
+        } else {
+            let (enforcer, rel) = &mut self.channels[slot as usize];
+            (enforcer.logical_arrival(now, IMIN), *rel)
+        };
         let d = l + rel;
         let rt = RtHeader {
             channel: slot,
@@ -107,11 +146,17 @@ impl SchedPath {
             last_of_message: true,
             ..PacketMeta::default()
         };
-        let _ = self.link.enqueue(slot, meta, now);
+        if !self.ablation.no_link {
+            let _ = self.link.enqueue(slot, meta, now);
+        }
         // The channel's next message.
-        let next_l = self.channels[slot as usize].0.logical_arrival(now, IMIN);
+        let next_l = if self.ablation.no_channel_memory {
+            now
+        } else {
+            self.channels[slot as usize].0.logical_arrival(now, IMIN)
+        };
         self.cpu.enqueue_real_time(slot, next_l, next_l + rel, now);
-        if release {
+        if release && !self.ablation.no_link {
             // One packet out per packet in keeps the backlog standing: the port reports just
             // enough room for one frame.
             let mut batch: Batch<u32> = Batch::new();

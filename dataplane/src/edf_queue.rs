@@ -10,12 +10,29 @@
 //! # Structure
 //! A calendar queue: a window of [`SLOTS`] buckets, each `2^shift` ns wide, starting at bucket
 //! `base`. A three-level bitmap (64 × 64 × 64 bits) finds the next non-empty bucket with at
-//! most three `trailing_zeros` (plus one wrap-around). Each bucket is an intrusive doubly linked
-//! list kept sorted by `(key, tie)`; an insert compares with the tail, then the head, and
-//! otherwise walks from the end nearer by key, so it is O(1) when keys in one bucket arrive
-//! nearly in order (a bucket is ~1 µs wide by default). Keys past the window wait in an overflow
-//! heap and move in as the window advances. Keys before `base` (a late deadline) go into
-//! `base`'s own bucket in sorted order, so the queue stays exact even for keys in the past.
+//! most three `trailing_zeros` (plus one wrap-around). Each bucket is an intrusive singly linked
+//! list with a tail. A queue for few ids keeps every bucket sorted by `(key, tie)`; a *lazy*
+//! queue, for more than [`LAZY_MIN_IDS`] ids, keeps only bucket `base`, the one the minimum comes
+//! from, sorted, and sorts a bucket once, when `base` reaches it. Keys past the
+//! window wait in an overflow heap and move in as the window advances. Keys before `base` (a
+//! late deadline) go into `base`'s own bucket in sorted order, so the queue stays exact even
+//! for keys in the past.
+//!
+//! # Lazy queues
+//! With many ids the nodes do not fit in the core's cache, and an insert lands in a random
+//! bucket. Keeping every bucket sorted makes each insert read the bucket's tail and often walk
+//! through its other nodes, each a likely cache miss, and its cost grows with the bucket's
+//! occupancy. In a lazy queue an insert into a bucket after `base`'s touches only that
+//! bucket's head and its own node (it becomes the new head). The bucket's elements are read
+//! together when `base` reaches it: gathered, sorted and relinked, after which the pops of
+//! that bucket meet nodes the sort brought into the cache; meanwhile each pop follows the
+//! *next* bucket's list one step, prefetching it (`ahead`), so its sort finds it cached.
+//! Sorting is O(k log k) for a bucket of k, once, instead of O(k) per insert into it. While
+//! the nodes fit in the cache, sorted inserts are cheaper than sorting (their walks meet cached
+//! nodes, and inserts mostly land after the tail), so queues for few ids keep every bucket
+//! sorted. Lists are singly linked: removing an element that is not its bucket's head walks
+//! the bucket, which only the control path does (closing a channel); the packet path removes
+//! minimums.
 //!
 //! `base` is kept at the first non-empty bucket whenever the queue is not empty (invariant 3):
 //! the minimum is always the head of bucket `base`, so [`EdfQueue::peek`] is two loads, and the
@@ -35,12 +52,15 @@
 //!    into an empty queue restarts it anywhere). When bucket `base` empties, `base` advances at
 //!    once to the next non-empty bucket, pulling in overflow entries the advance brings inside
 //!    the window, or, if the window is then empty, jumps to the earliest live overflow entry.
-//!    So the minimum is the head of bucket `base`.
 //! 4. Bitmap bit `s` of level 0 is set iff bucket `s` is non-empty and not `base`'s (the
 //!    minimum needs no search, so a queue of one bucket, such as one element, touches no
 //!    bitmap); a level-1 (level-2) bit is set iff its level-0 word (level-1 word) is non-zero.
-//! 5. A bucket is empty iff its head is `NIL`; its tail is meaningful only when it is not empty.
-//! 6. The overflow heap may hold stale entries (removed or moved ids); an entry is live iff its
+//! 5. A bucket is empty iff its head is `NIL`; its list, through `next`, holds exactly the
+//!    elements whose `at` is its slot.
+//! 6. Bucket `base`'s list is sorted by `(key, tie)` and its tail is its last element, so the
+//!    minimum is its head. The other buckets are sorted with correct tails too unless the queue
+//!    is lazy; then their order and tails are unspecified.
+//! 7. The overflow heap may hold stale entries (removed or moved ids); an entry is live iff its
 //!    node's `at == OVERFLOW` and its key and tie are the node's current ones. Stale entries are
 //!    purged in place (with duplicates) before the heap would grow, and all of them when the
 //!    queue empties.
@@ -63,17 +83,25 @@ const ABSENT: u32 = u32::MAX;
 /// `Node::at` of an id waiting in the overflow heap.
 const OVERFLOW: u32 = u32::MAX - 1;
 
+/// Ids above which a queue is lazy (see the module docs): 16,384 nodes of 24 bytes are 384 KiB,
+/// a fifth of a 2 MiB L2 cache, so below it a sorted insert's walk meets cached nodes.
+pub const LAZY_MIN_IDS: usize = 16_384;
+
+/// Buckets up to this many elements are sorted by insertion; larger ones by the standard
+/// library's unstable sort (O(k log k), in place).
+const SMALL_SORT: usize = 16;
+
 /// Default bucket width: 2^10 ns ≈ 1 µs, for a window of ≈ 268 ms. Deadlines are rarely closer
 /// than a microsecond apart within one bucket, and few are further out than the window.
 pub const DEFAULT_SHIFT: u32 = 10;
 
-/// Per-id state, 32 bytes: what one operation on an id touches is in one cache line.
+/// Per-id state, 24 bytes: what one operation on an id touches is in one cache line (or two,
+/// for one node in eight).
 #[derive(Clone, Copy, Debug)]
 struct Node {
     key: u64,
     tie: u64,
     next: u32,
-    prev: u32,
     /// The bucket slot (`< SLOTS`) of a window element, [`OVERFLOW`] or [`ABSENT`].
     at: u32,
 }
@@ -82,7 +110,6 @@ const VACANT: Node = Node {
     key: 0,
     tie: 0,
     next: NIL,
-    prev: NIL,
     at: ABSENT,
 };
 
@@ -105,16 +132,24 @@ pub struct EdfQueue {
     fifo_ties: bool,
     /// The window's first bucket, absolute: the first non-empty one (invariant 3).
     base: u64,
+    /// Only bucket `base` is kept sorted (invariant 6).
+    lazy: bool,
     len: usize,
     seq: u64,
     /// Per-id state in one array, so an operation on an id touches one cache line.
     nodes: Vec<Node>,
-    /// Bucket head and tail ids (invariant 5), together so a bucket touches one cache line.
+    /// Bucket heads and tails (invariants 5 and 6), together so a bucket is one cache line.
     buckets: Box<[[u32; 2]; SLOTS]>,
     l0: Box<[u64; WORDS]>,
     l1: [u64; 64],
     l2: u64,
     overflow: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    /// Where a bucket is sorted when `base` reaches it: room for every id, so it never grows.
+    scratch: Vec<(u128, u32)>,
+    /// Read-ahead: an element of the next bucket to be sorted whose node was prefetched; each
+    /// pop follows it one step and prefetches the next, so that bucket's list is cached when
+    /// `base` reaches it. A hint only: any id or `NIL`, never relied on for correctness.
+    ahead: u32,
 }
 
 impl std::fmt::Debug for EdfQueue {
@@ -144,6 +179,7 @@ impl EdfQueue {
             shift,
             fifo_ties,
             base: 0,
+            lazy: false,
             len: 0,
             seq: 0,
             nodes: Vec::new(),
@@ -160,6 +196,8 @@ impl EdfQueue {
             l1: [0; 64],
             l2: 0,
             overflow: BinaryHeap::new(),
+            scratch: Vec::new(),
+            ahead: NIL,
         };
         // Mapped now, not on first use by the packet path (see `crate::mem`).
         crate::mem::prefault(&mut q.l0[..]);
@@ -174,6 +212,13 @@ impl EdfQueue {
             let want = 2 * capacity + 16;
             if self.overflow.capacity() < want {
                 self.overflow.reserve(want - self.overflow.len());
+            }
+            // Every bucket is already sorted (invariant 6), which a lazy queue allows.
+            self.lazy = capacity > LAZY_MIN_IDS;
+            if self.lazy {
+                // A bucket holds at most every id.
+                self.scratch.reserve(capacity - self.scratch.len());
+                crate::mem::prefault(self.scratch.spare_capacity_mut());
             }
         }
     }
@@ -228,7 +273,6 @@ impl EdfQueue {
                 key,
                 tie,
                 next: NIL,
-                prev: NIL,
                 at: slot as u32,
             };
             return;
@@ -236,12 +280,80 @@ impl EdfQueue {
         self.len += 1;
         if beyond(abs, self.base) {
             self.push_overflow(id, key, tie);
+        } else if self.lazy && abs > self.base {
+            self.push_front(id, key, tie, (abs & MASK) as usize);
         } else {
             self.link_sorted(id, key, tie, (abs.max(self.base) & MASK) as usize);
         }
     }
 
-    /// Removes `id`; returns whether it was queued.
+    /// Puts `id` at the head of bucket `slot`, not `base`'s, of a lazy queue (invariant 6).
+    #[inline(always)]
+    fn push_front(&mut self, id: u32, key: u64, tie: u64, slot: usize) {
+        let slot = slot & SLOT_MASK;
+        let head = self.buckets[slot][0];
+        self.buckets[slot][0] = id;
+        self.nodes[id as usize] = Node {
+            key,
+            tie,
+            next: head,
+            at: slot as u32,
+        };
+        if head == NIL {
+            self.set_bit(slot);
+        }
+    }
+
+    /// Links `id` into bucket `slot`, sorted (invariant 6): after the tail, the common case,
+    /// before the head, or else by a walk from the head. An empty bucket gets its bitmap bit
+    /// (never `base`'s: it is not empty while the queue is not, invariant 3).
+    #[inline(always)]
+    fn link_sorted(&mut self, id: u32, key: u64, tie: u64, slot: usize) {
+        let slot = slot & SLOT_MASK;
+        let me = ord(key, tie);
+        let [head, tail] = self.buckets[slot];
+        let at = slot as u32;
+        if head == NIL {
+            self.buckets[slot][1] = id;
+            self.set_bit(slot);
+        }
+        let nodes = &mut self.nodes[..];
+        let (prev, next) = if head == NIL {
+            (NIL, NIL)
+        } else {
+            let t = &nodes[tail as usize];
+            if ord(t.key, t.tie) < me {
+                self.buckets[slot][1] = id;
+                (tail, NIL)
+            } else {
+                let h = &nodes[head as usize];
+                if me < ord(h.key, h.tie) {
+                    (NIL, head)
+                } else {
+                    // Head < me < tail: the walk ends before the tail.
+                    let mut p = head;
+                    loop {
+                        let n = nodes[p as usize].next;
+                        let nn = &nodes[n as usize];
+                        if ord(nn.key, nn.tie) > me {
+                            break (p, n);
+                        }
+                        p = n;
+                    }
+                }
+            }
+        };
+        if prev == NIL {
+            self.buckets[slot][0] = id;
+        } else {
+            nodes[prev as usize].next = id;
+        }
+        nodes[id as usize] = Node { key, tie, next, at };
+    }
+
+    /// Removes `id`; returns whether it was queued. Removing an element other than its
+    /// bucket's head walks the bucket to find its predecessor: meant for the control path
+    /// (closing a channel), while the packet path removes minimums.
     #[inline(always)]
     pub fn remove(&mut self, id: u32) -> bool {
         let Some(node) = self.nodes.get_mut(id as usize) else {
@@ -252,15 +364,38 @@ impl EdfQueue {
             return false;
         }
         node.at = ABSENT;
-        let (p, n) = (node.prev, node.next);
+        let next = node.next;
         self.len -= 1;
-        if at != OVERFLOW {
-            self.unlink(at as usize, p, n);
-        } else if self.len == 0 {
-            // The queue is empty: every heap entry is stale now (invariant 6).
-            self.overflow.clear();
+        if at == OVERFLOW {
+            if self.len == 0 {
+                // The queue is empty: every heap entry is stale now (invariant 7).
+                self.overflow.clear();
+            }
+            // Otherwise its heap entry just goes stale (invariant 7).
+            return true;
         }
-        // An overflow element's heap entry just goes stale (invariant 6).
+        let slot = at as usize & SLOT_MASK;
+        let head = self.buckets[slot][0];
+        if head == id {
+            self.buckets[slot][0] = next;
+            if next == NIL {
+                if slot == (self.base & MASK) as usize {
+                    self.advance();
+                } else {
+                    self.clear_bit(slot);
+                }
+            }
+        } else {
+            let mut p = head;
+            while self.nodes[p as usize].next != id {
+                p = self.nodes[p as usize].next;
+            }
+            self.nodes[p as usize].next = next;
+            // (In a lazy queue's other buckets the tail is unspecified: writing it is harmless.)
+            if self.buckets[slot][1] == id {
+                self.buckets[slot][1] = p;
+            }
+        }
         true
     }
 
@@ -281,9 +416,8 @@ impl EdfQueue {
         Some(self.buckets[(self.base & MASK) as usize][0])
     }
 
-    /// Prefetches the node of the element after the minimum in its bucket: popping the minimum
-    /// writes that node (it becomes the head), so after this the next pop finds it in cache.
-    /// The minimum's own node is already cached by the pop that made it the head.
+    /// Prefetches the node of the element after the minimum in its bucket, which the pop after
+    /// next reads (usually cached already: sorting the bucket touched it).
     #[inline(always)]
     pub fn prefetch_second(&self) {
         if let Some(head) = self.peek_id() {
@@ -315,119 +449,22 @@ impl EdfQueue {
     #[inline(always)]
     fn pop_head(&mut self, id: u32) -> (u64, u32) {
         let slot = (self.base & MASK) as usize;
-        let nodes = &mut self.nodes[..];
-        let node = &mut nodes[id as usize];
+        let node = &mut self.nodes[id as usize];
         node.at = ABSENT;
         let (key, next) = (node.key, node.next);
         self.len -= 1;
         self.buckets[slot][0] = next;
         if next == NIL {
-            // The tail may stay stale (invariant 5).
             self.advance();
-        } else {
-            nodes[next as usize].prev = NIL;
+        } else if self.ahead != NIL {
+            // Read ahead one step (see `ahead`).
+            let a = self.nodes[self.ahead as usize].next;
+            if a != NIL {
+                crate::mem::prefetch(&self.nodes[a as usize]);
+            }
+            self.ahead = a;
         }
         (key, id)
-    }
-
-    /// Unlinks a window element with neighbours `p`, `n` from bucket `slot`.
-    #[inline(always)]
-    fn unlink(&mut self, slot: usize, p: u32, n: u32) {
-        let slot = slot & SLOT_MASK;
-        let nodes = &mut self.nodes[..];
-        if p == NIL {
-            self.buckets[slot][0] = n;
-        } else {
-            nodes[p as usize].next = n;
-        }
-        if n == NIL {
-            self.buckets[slot][1] = p;
-        } else {
-            nodes[n as usize].prev = p;
-        }
-        if p == NIL && n == NIL {
-            if slot == (self.base & MASK) as usize {
-                self.advance();
-            } else {
-                self.clear_bit(slot);
-            }
-        }
-    }
-
-    /// Links `id` into bucket `slot` in `(key, tie)` order, writing its whole node.
-    #[inline(always)]
-    fn link_sorted(&mut self, id: u32, key: u64, tie: u64, slot: usize) {
-        let slot = slot & SLOT_MASK;
-        let nodes = &mut self.nodes[..];
-        let [head, tail] = self.buckets[slot];
-        let at = slot as u32;
-        if head == NIL {
-            self.buckets[slot] = [id, id];
-            nodes[id as usize] = Node {
-                key,
-                tie,
-                next: NIL,
-                prev: NIL,
-                at,
-            };
-            self.set_bit(slot);
-            return;
-        }
-        let me = ord(key, tie);
-        let t = &mut nodes[tail as usize];
-        if ord(t.key, t.tie) < me {
-            // After the tail: the common case.
-            t.next = id;
-            self.buckets[slot][1] = id;
-            nodes[id as usize] = Node {
-                key,
-                tie,
-                next: NIL,
-                prev: tail,
-                at,
-            };
-            return;
-        }
-        let h = &mut nodes[head as usize];
-        let hk = h.key;
-        if me < ord(hk, h.tie) {
-            // Before the head: a key in the past, or the new minimum.
-            h.prev = id;
-            self.buckets[slot][0] = id;
-            nodes[id as usize] = Node {
-                key,
-                tie,
-                next: head,
-                prev: NIL,
-                at,
-            };
-            return;
-        }
-        // Strictly between head and tail: walk from the end nearer by key (both ends bound the
-        // walk, so neither loop meets `NIL`).
-        let tk = nodes[tail as usize].key;
-        let (after, before) = if key - hk <= tk - key {
-            let mut before = nodes[head as usize].next;
-            while ord(nodes[before as usize].key, nodes[before as usize].tie) < me {
-                before = nodes[before as usize].next;
-            }
-            (nodes[before as usize].prev, before)
-        } else {
-            let mut after = nodes[tail as usize].prev;
-            while ord(nodes[after as usize].key, nodes[after as usize].tie) > me {
-                after = nodes[after as usize].prev;
-            }
-            (after, nodes[after as usize].next)
-        };
-        nodes[after as usize].next = id;
-        nodes[before as usize].prev = id;
-        nodes[id as usize] = Node {
-            key,
-            tie,
-            next: before,
-            prev: after,
-            at,
-        };
     }
 
     #[inline(always)]
@@ -463,13 +500,13 @@ impl EdfQueue {
         }
     }
 
-    /// Bucket `base` has just emptied: advances `base` to the next non-empty bucket and clears
-    /// that bucket's bit (invariants 3 and 4), looking first in the rest of the same level-0
-    /// word. An empty queue needs nothing: its bitmap is all clear already.
+    /// Bucket `base` has just emptied: advances `base` to the next non-empty bucket, clears
+    /// that bucket's bit and sorts it (invariants 3, 4 and 6), looking first in the rest of the
+    /// same level-0 word. An empty queue needs nothing: its bitmap is all clear already.
     #[inline(always)]
     fn advance(&mut self) {
         if self.len == 0 {
-            // Everything left in the heap is stale (invariant 6).
+            // Everything left in the heap is stale (invariant 7).
             self.overflow.clear();
             return;
         }
@@ -491,6 +528,84 @@ impl EdfQueue {
         } else {
             self.advance_far();
         }
+        if self.lazy {
+            self.sort_base();
+        }
+    }
+
+    /// Sorts bucket `base` of a lazy queue, just reached (invariant 6). One or two elements,
+    /// the common cases when buckets are sparse, are done here.
+    #[inline(always)]
+    fn sort_base(&mut self) {
+        let slot = (self.base & MASK) as usize;
+        let head = self.buckets[slot][0];
+        let nodes = &mut self.nodes[..];
+        let h = nodes[head as usize];
+        if h.next == NIL {
+            self.buckets[slot][1] = head;
+            return;
+        }
+        let second = h.next;
+        let s = nodes[second as usize];
+        if s.next == NIL {
+            if ord(s.key, s.tie) < ord(h.key, h.tie) {
+                nodes[second as usize].next = head;
+                nodes[head as usize].next = NIL;
+                self.buckets[slot] = [second, head];
+            } else {
+                self.buckets[slot][1] = second;
+            }
+            return;
+        }
+        self.sort_bucket(slot);
+    }
+
+    /// Gathers bucket `slot`'s elements, sorts them and relinks them in order. The gather
+    /// loads are independent of one another once the list is walked, and leave the nodes
+    /// cached for the pops that follow.
+    #[inline(never)]
+    fn sort_bucket(&mut self, slot: usize) {
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        let mut id = self.buckets[slot][0];
+        while id != NIL {
+            let n = &self.nodes[id as usize];
+            // Never grows: a bucket holds at most every id (`reserve_ids`).
+            scratch.push((ord(n.key, n.tie), id));
+            id = n.next;
+        }
+        // Sorted descending: the list is in reverse insertion order and keys mostly arrive in
+        // order, so a small bucket is then nearly sorted, which insertion sort does in linear
+        // time; it is linked from the back.
+        if scratch.len() <= SMALL_SORT {
+            for i in 1..scratch.len() {
+                let x = scratch[i];
+                let mut j = i;
+                while j > 0 && scratch[j - 1].0 < x.0 {
+                    scratch[j] = scratch[j - 1];
+                    j -= 1;
+                }
+                scratch[j] = x;
+            }
+        } else {
+            scratch.sort_unstable_by_key(|e| Reverse(e.0));
+        }
+        let nodes = &mut self.nodes[..];
+        for w in scratch.windows(2) {
+            nodes[w[1].1 as usize].next = w[0].1;
+        }
+        let (first, last) = (scratch[scratch.len() - 1].1, scratch[0].1);
+        nodes[last as usize].next = NIL;
+        self.buckets[slot] = [first, last];
+        // A bucket this full suggests the next one is too: start reading it ahead.
+        self.ahead = match self.find_from((slot + 1) & SLOT_MASK) {
+            Some(s) => {
+                let head = self.buckets[s][0];
+                crate::mem::prefetch(&self.nodes[head as usize]);
+                head
+            }
+            None => NIL,
+        };
     }
 
     /// After `base` advanced: moves in overflow entries now inside the window (invariant 2).
@@ -546,6 +661,9 @@ impl EdfQueue {
         None
     }
 
+    /// Moves overflow entries now inside the window into their buckets (in a lazy queue
+    /// unsorted: every one is at or after the new `base`, as they were past the old window,
+    /// and `advance` sorts bucket `base` after this).
     #[cold]
     #[inline(never)]
     fn migrate_overflow(&mut self) {
@@ -555,7 +673,12 @@ impl EdfQueue {
                 if beyond(abs, self.base) {
                     break;
                 }
-                self.link_sorted(id, k, t, (abs.max(self.base) & MASK) as usize);
+                debug_assert!(abs >= self.base);
+                if self.lazy {
+                    self.push_front(id, k, t, (abs & MASK) as usize);
+                } else {
+                    self.link_sorted(id, k, t, (abs & MASK) as usize);
+                }
             }
             self.overflow.pop();
         }
@@ -569,7 +692,7 @@ impl EdfQueue {
         node.tie = tie;
         node.at = OVERFLOW;
         if self.overflow.len() == self.overflow.capacity() {
-            // Purge stale entries in place rather than grow (invariant 6). Without FIFO ties
+            // Purge stale entries in place rather than grow (invariant 7). Without FIFO ties
             // an id removed and queued again with the same key makes its old entry look live
             // again: such duplicates go too (sorting and `from` reuse the buffer).
             let nodes = &self.nodes;
@@ -695,7 +818,14 @@ mod tests {
     }
 
     impl EdfQueue {
-        /// Checks invariants 1 to 6 and the sortedness of every bucket.
+        /// Makes a queue for few ids lazy, as one for many is (empty queues only).
+        fn make_lazy(&mut self) {
+            assert!(self.is_empty());
+            self.lazy = true;
+            self.scratch.reserve(self.nodes.len());
+        }
+
+        /// Checks invariants 1 to 7.
         fn check(&self) {
             self.check_with(true);
         }
@@ -764,21 +894,23 @@ mod tests {
                 assert_eq!(self.buckets[base_slot][0], NIL, "inv 5");
             }
             for &s in &slots {
-                // Walk the bucket both ways: sorted, linked, all in slot `s`.
+                // Walk the bucket: every element in slot `s`, and the base's sorted (inv 5, 6).
                 let (mut id, mut prev, mut n) = (self.buckets[s][0], NIL, 0);
+                let sorted = s == base_slot || !self.lazy;
                 while id != NIL {
                     let node = &self.nodes[id as usize];
-                    assert_eq!(node.at as usize, s);
-                    assert_eq!(node.prev, prev);
-                    if prev != NIL {
+                    assert_eq!(node.at as usize, s, "inv 5");
+                    if sorted && prev != NIL {
                         let p = &self.nodes[prev as usize];
-                        assert!(ord(p.key, p.tie) < ord(node.key, node.tie));
+                        assert!(ord(p.key, p.tie) < ord(node.key, node.tie), "inv 6");
                     }
                     (prev, id) = (id, node.next);
                     n += 1;
                 }
-                assert_eq!(self.buckets[s][1], prev, "tail of slot {s}");
-                assert!(n > 0);
+                assert_eq!(n, self.nodes.iter().filter(|x| x.at as usize == s).count());
+                if sorted {
+                    assert_eq!(self.buckets[s][1], prev, "inv 6, tail of slot {s}");
+                }
             }
         }
     }
@@ -1008,6 +1140,46 @@ mod tests {
         assert_eq!(drain(&mut q), vec![(0, 0), (u64::MAX, 1)]);
     }
 
+    #[test]
+    fn lazy_queue_sorts_buckets_when_reached() {
+        // Large buckets (insertion sort and the library sort), keys arriving in and out of
+        // order, equal keys, removal from an unsorted bucket, and a queue big enough to be lazy
+        // by itself.
+        for fifo in [false, true] {
+            let n = LAZY_MIN_IDS + 1;
+            let mut q = if fifo {
+                EdfQueue::with_fifo_ties(n, 10)
+            } else {
+                EdfQueue::new(n, 10)
+            };
+            assert!(q.lazy);
+            // 2000 keys over ~40 buckets of 1024 ns, in a scrambled order, equal keys among them
+            // (ties by id, or by insertion: `id` is the insertion order here).
+            let mut want = vec![(0u64, 0u32)];
+            q.insert(0, 0);
+            for id in 1..2000u32 {
+                let k = 1024 + (u64::from(id) * 7919) % 40_000 / 4 * 4;
+                q.insert(id, k);
+                want.push((k, id));
+            }
+            q.check();
+            for id in (5..2000u32).step_by(97) {
+                assert!(q.remove(id));
+                want.retain(|e| e.1 != id);
+            }
+            q.check();
+            want.sort();
+            // `drain`'s full check per pop is slow at this size in a debug build.
+            let mut got = Vec::new();
+            while let Some(e) = q.pop() {
+                q.check_with(false);
+                got.push(e);
+            }
+            q.check();
+            assert_eq!(got, want);
+        }
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u32, u64),
@@ -1039,8 +1211,12 @@ mod tests {
             ops in proptest::collection::vec(op(), 1..400),
             shift in 0u32..12,
             fifo in any::<bool>(),
+            lazy in any::<bool>(),
         ) {
             let mut q = if fifo { EdfQueue::with_fifo_ties(16, shift) } else { EdfQueue::new(16, shift) };
+            if lazy {
+                q.make_lazy();
+            }
             let mut model: BTreeSet<(u64, u64, u32)> = BTreeSet::new();
             let mut held = [None::<(u64, u64)>; 16];
             let mut seq = 0;
