@@ -24,10 +24,18 @@ pub struct Ablation {
     pub no_link: bool,
 }
 
+/// One channel's state, together as in a handler.
+struct BenchChannel {
+    enforcer: Enforcer,
+    /// The relative deadline.
+    rel: Nanos,
+    /// ℓ of the message queued on the CPU: computed once, when the message was taken.
+    queued_l: Nanos,
+}
+
 /// The scheduling path alone, N channels always backlogged.
 pub struct SchedPath {
-    /// Per channel, together as in a handler: enforcement state and the relative deadline.
-    channels: Vec<(Enforcer, Nanos)>,
+    channels: Vec<BenchChannel>,
     cpu: CpuScheduler,
     link: LinkScheduler<u32>,
     template: HeaderTemplate,
@@ -81,7 +89,11 @@ impl SchedPath {
         };
         let mut p = Self {
             channels: (0..n)
-                .map(|i| (Enforcer::default(), relative_deadline(i)))
+                .map(|i| BenchChannel {
+                    enforcer: Enforcer::default(),
+                    rel: relative_deadline(i),
+                    queued_l: 0,
+                })
                 .collect(),
             cpu: CpuScheduler::new(n, policy),
             link: LinkScheduler::new(LinkConfig {
@@ -96,10 +108,10 @@ impl SchedPath {
             ip_id: 0,
             ablation,
         };
-        for i in 0..n {
-            let (enforcer, d) = &mut p.channels[i];
-            let l = enforcer.logical_arrival(0, IMIN);
-            p.cpu.enqueue_real_time(i as u32, l, l + *d, 0);
+        for (i, c) in p.channels.iter_mut().enumerate() {
+            c.queued_l = c.enforcer.logical_arrival(0, IMIN);
+            p.cpu
+                .enqueue_real_time(i as u32, c.queued_l, c.queued_l + c.rel, 0);
         }
         for _ in 0..LINK_BACKLOG {
             p.packet(false);
@@ -116,12 +128,12 @@ impl SchedPath {
             .pick(now, true, true)
             .expect("all channels are backlogged");
         let (l, rel) = if self.ablation.no_channel_memory {
-            // What enforcement gives here: the channel's last message was at least one
-            // packet (`STEP_NS` ≥ `IMIN`) ago, so ℓ = max(last + Imin, now) = now.
+            // Without memory the message's ℓ (its previous visit) is unknown: `now` spreads the
+            // link's deadlines the same way.
             (now, relative_deadline(slot as usize))
         } else {
-            let (enforcer, rel) = &mut self.channels[slot as usize];
-            (enforcer.logical_arrival(now, IMIN), *rel)
+            let c = &self.channels[slot as usize];
+            (c.queued_l, c.rel)
         };
         let d = l + rel;
         let rt = RtHeader {
@@ -149,11 +161,14 @@ impl SchedPath {
         if !self.ablation.no_link {
             let _ = self.link.enqueue(slot, meta, now);
         }
-        // The channel's next message.
+        // The channel's next message, submitted long ago: its ℓ = max(ℓ + Imin, t) is `now`,
+        // as the channel's last message was taken at least one packet (`STEP_NS` ≥ `IMIN`) ago.
         let next_l = if self.ablation.no_channel_memory {
             now
         } else {
-            self.channels[slot as usize].0.logical_arrival(now, IMIN)
+            let c = &mut self.channels[slot as usize];
+            c.queued_l = c.enforcer.logical_arrival(now, IMIN);
+            c.queued_l
         };
         self.cpu.enqueue_real_time(slot, next_l, next_l + rel, now);
         if release && !self.ablation.no_link {
