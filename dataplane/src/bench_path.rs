@@ -123,14 +123,19 @@ impl SchedPath {
     #[inline]
     pub fn packet(&mut self, release: bool) {
         let now = self.now;
+        // Without channel memory, ℓ comes back from the CPU queue's key (ℓ + d).
+        let key = if self.ablation.no_channel_memory {
+            self.cpu.current_deadline()
+        } else {
+            None
+        };
         let (slot, _) = self
             .cpu
             .pick(now, true, true)
             .expect("all channels are backlogged");
-        let (l, rel) = if self.ablation.no_channel_memory {
-            // Without memory the message's ℓ (its previous visit) is unknown: `now` spreads the
-            // link's deadlines the same way.
-            (now, relative_deadline(slot as usize))
+        let (l, rel) = if let Some(key) = key {
+            let rel = relative_deadline(slot as usize);
+            (key - rel, rel)
         } else {
             let c = &self.channels[slot as usize];
             (c.queued_l, c.rel)

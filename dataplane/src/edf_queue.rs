@@ -126,6 +126,26 @@ fn beyond(abs: u64, base: u64) -> bool {
     abs.saturating_sub(base) >= SLOTS as u64
 }
 
+/// Sorts `v` in descending order. A bucket's list is in reverse insertion order and keys
+/// mostly arrive in order, so a small bucket is then nearly sorted, which insertion sort does
+/// in linear time (the caller links it from the back).
+#[inline(always)]
+fn sort_descending<T: Copy + Ord>(v: &mut [T]) {
+    if v.len() <= SMALL_SORT {
+        for i in 1..v.len() {
+            let x = v[i];
+            let mut j = i;
+            while j > 0 && v[j - 1] < x {
+                v[j] = v[j - 1];
+                j -= 1;
+            }
+            v[j] = x;
+        }
+    } else {
+        v.sort_unstable_by(|a, b| b.cmp(a));
+    }
+}
+
 /// The queue. See the module docs for its structure and invariants.
 pub struct EdfQueue {
     shift: u32,
@@ -146,6 +166,8 @@ pub struct EdfQueue {
     overflow: BinaryHeap<Reverse<(u64, u64, u32)>>,
     /// Where a bucket is sorted when `base` reaches it: room for every id, so it never grows.
     scratch: Vec<(u128, u32)>,
+    /// The same for queues with ties by id (see `sort_narrow`).
+    scratch_narrow: Vec<u64>,
     /// Read-ahead: an element of the next bucket to be sorted whose node was prefetched; each
     /// pop follows it one step and prefetches the next, so that bucket's list is cached when
     /// `base` reaches it. A hint only: any id or `NIL`, never relied on for correctness.
@@ -197,6 +219,7 @@ impl EdfQueue {
             l2: 0,
             overflow: BinaryHeap::new(),
             scratch: Vec::new(),
+            scratch_narrow: Vec::new(),
             ahead: NIL,
         };
         // Mapped now, not on first use by the packet path (see `crate::mem`).
@@ -217,8 +240,14 @@ impl EdfQueue {
             self.lazy = capacity > LAZY_MIN_IDS;
             if self.lazy {
                 // A bucket holds at most every id.
-                self.scratch.reserve(capacity - self.scratch.len());
-                crate::mem::prefault(self.scratch.spare_capacity_mut());
+                if self.fifo_ties || self.shift > 32 {
+                    self.scratch.reserve(capacity - self.scratch.len());
+                    crate::mem::prefault(self.scratch.spare_capacity_mut());
+                } else {
+                    self.scratch_narrow
+                        .reserve(capacity - self.scratch_narrow.len());
+                    crate::mem::prefault(self.scratch_narrow.spare_capacity_mut());
+                }
             }
         }
     }
@@ -560,42 +589,15 @@ impl EdfQueue {
         self.sort_bucket(slot);
     }
 
-    /// Gathers bucket `slot`'s elements, sorts them and relinks them in order. The gather
-    /// loads are independent of one another once the list is walked, and leave the nodes
-    /// cached for the pops that follow.
+    /// Sorts bucket `base` (at `slot`) of three or more elements: gathers them, sorts them
+    /// and relinks them in order, then starts reading the next bucket ahead.
     #[inline(never)]
     fn sort_bucket(&mut self, slot: usize) {
-        let scratch = &mut self.scratch;
-        scratch.clear();
-        let mut id = self.buckets[slot][0];
-        while id != NIL {
-            let n = &self.nodes[id as usize];
-            // Never grows: a bucket holds at most every id (`reserve_ids`).
-            scratch.push((ord(n.key, n.tie), id));
-            id = n.next;
-        }
-        // Sorted descending: the list is in reverse insertion order and keys mostly arrive in
-        // order, so a small bucket is then nearly sorted, which insertion sort does in linear
-        // time; it is linked from the back.
-        if scratch.len() <= SMALL_SORT {
-            for i in 1..scratch.len() {
-                let x = scratch[i];
-                let mut j = i;
-                while j > 0 && scratch[j - 1].0 < x.0 {
-                    scratch[j] = scratch[j - 1];
-                    j -= 1;
-                }
-                scratch[j] = x;
-            }
+        let (first, last) = if !self.fifo_ties && self.shift <= 32 {
+            self.sort_narrow(slot)
         } else {
-            scratch.sort_unstable_by_key(|e| Reverse(e.0));
-        }
-        let nodes = &mut self.nodes[..];
-        for w in scratch.windows(2) {
-            nodes[w[1].1 as usize].next = w[0].1;
-        }
-        let (first, last) = (scratch[scratch.len() - 1].1, scratch[0].1);
-        nodes[last as usize].next = NIL;
+            self.sort_wide(slot)
+        };
         self.buckets[slot] = [first, last];
         // A bucket this full suggests the next one is too: start reading it ahead.
         self.ahead = match self.find_from((slot + 1) & SLOT_MASK) {
@@ -606,6 +608,53 @@ impl EdfQueue {
             }
             None => NIL,
         };
+    }
+
+    /// [`EdfQueue::sort_bucket`] with ties by id and buckets at most 2^32 ns wide: every key in
+    /// bucket `base` is `base << shift` plus less than 2^32 (invariant 1: only bucket `base`
+    /// holds keys before it, and it is sorted already), so `(key, id)` sorts as one `u64`, the
+    /// offset in the bucket above the id. Returns the new head and tail.
+    fn sort_narrow(&mut self, slot: usize) -> (u32, u32) {
+        let low = (1u64 << self.shift) - 1;
+        let scratch = &mut self.scratch_narrow;
+        scratch.clear();
+        let mut id = self.buckets[slot][0];
+        while id != NIL {
+            let n = &self.nodes[id as usize];
+            debug_assert_eq!(n.key >> self.shift, self.base);
+            // Never grows: a bucket holds at most every id (`reserve_ids`).
+            scratch.push((n.key & low) << 32 | u64::from(id));
+            id = n.next;
+        }
+        sort_descending(scratch);
+        let nodes = &mut self.nodes[..];
+        for w in scratch.windows(2) {
+            nodes[w[1] as u32 as usize].next = w[0] as u32;
+        }
+        let (first, last) = (scratch[scratch.len() - 1] as u32, scratch[0] as u32);
+        nodes[last as usize].next = NIL;
+        (first, last)
+    }
+
+    /// [`EdfQueue::sort_bucket`] for any queue: sorts `((key, tie), id)`.
+    fn sort_wide(&mut self, slot: usize) -> (u32, u32) {
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        let mut id = self.buckets[slot][0];
+        while id != NIL {
+            let n = &self.nodes[id as usize];
+            // Never grows: a bucket holds at most every id (`reserve_ids`).
+            scratch.push((ord(n.key, n.tie), id));
+            id = n.next;
+        }
+        sort_descending(scratch);
+        let nodes = &mut self.nodes[..];
+        for w in scratch.windows(2) {
+            nodes[w[1].1 as usize].next = w[0].1;
+        }
+        let (first, last) = (scratch[scratch.len() - 1].1, scratch[0].1);
+        nodes[last as usize].next = NIL;
+        (first, last)
     }
 
     /// After `base` advanced: moves in overflow entries now inside the window (invariant 2).
@@ -823,6 +872,7 @@ mod tests {
             assert!(self.is_empty());
             self.lazy = true;
             self.scratch.reserve(self.nodes.len());
+            self.scratch_narrow.reserve(self.nodes.len());
         }
 
         /// Checks invariants 1 to 7.

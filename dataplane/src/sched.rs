@@ -384,6 +384,14 @@ impl CpuScheduler {
         self.current.peek_id()
     }
 
+    /// The key (the CPU deadline) of the current handler [`CpuScheduler::peek_current`] names.
+    #[inline]
+    pub fn current_deadline(&self) -> Option<Nanos> {
+        self.current
+            .peek_id()
+            .and_then(|id| self.current.key_of(id))
+    }
+
     /// Accounts a finished run of `cost_ns` in `class`: a reserved best-effort run pays from
     /// the reserve; a real-time run while best-effort waited earns it credit.
     #[inline]
