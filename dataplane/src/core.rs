@@ -600,6 +600,9 @@ impl<P: Port> Core<P> {
 
         // 2. Control.
         for _ in 0..CONTROL_PER_ITERATION {
+            if self.control.commands.is_empty() {
+                break; // as for the doorbell: no fence when there is nothing
+            }
             let Some((seq, cmd)) = self.control.commands.pop() else {
                 break;
             };
@@ -615,11 +618,15 @@ impl<P: Port> Core<P> {
         self.transmit(t, &mut progress, false);
         for _ in 0..RUNS_PER_ITERATION {
             let now = t;
-            for _ in 0..WAKEUPS_PER_POINT {
-                let Some(slot) = self.doorbell.pop() else {
-                    break;
-                };
-                self.wake(slot, now);
+            // Two plain loads: an empty pop costs a full fence, and the doorbell is empty at
+            // most points. A slot rung meanwhile is taken at the next point, as after a pop.
+            if !self.doorbell.is_empty() {
+                for _ in 0..WAKEUPS_PER_POINT {
+                    let Some(slot) = self.doorbell.pop() else {
+                        break;
+                    };
+                    self.wake(slot, now);
+                }
             }
             if self.link.room() < self.cfg.sched.granularity as usize {
                 self.stats.link_backpressure += 1;
@@ -634,11 +641,11 @@ impl<P: Port> Core<P> {
             // The handler likely to run next: its state is fetched while this one runs.
             let next = self.sched.peek_current();
             if let Some(h) = next.and_then(|n| self.handlers.get(n as usize)) {
-                crate::mem::prefetch_lines::<Option<Handler>, 4>(h);
+                crate::mem::prefetch_lines::<Option<Handler>, { crate::handler::HOT_LINES }>(h);
             }
             let (written, end) = self.run(slot, class, now, anchor, meter);
             if let Some(Some(h)) = next.and_then(|n| self.handlers.get(n as usize)) {
-                h.shared.prefetch_hot();
+                h.prefetch_shared();
             }
             progress.written += written;
             t = end;
@@ -683,6 +690,7 @@ impl<P: Port> Core<P> {
         let h = self.handlers[slot as usize]
             .as_mut()
             .expect("queued handler is live");
+        h.prefetch_sample_slot();
         loop {
             let Some(mut buf) = self.port.alloc_tx() else {
                 self.stats.alloc_failures += 1;

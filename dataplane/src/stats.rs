@@ -65,11 +65,13 @@ pub fn record_clamped(h: &mut Histogram<u64>, v: u64) {
 /// Samples the core collects before moving them into a histogram in one locked step.
 pub const SAMPLE_BATCH: usize = 32;
 
-/// A fixed batch of samples waiting for their histogram.
+/// A fixed batch of samples waiting for their histogram. `repr(C)`, count first: it sits
+/// next to the fields an owner reads anyway, and the samples follow.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct SampleBuffer {
-    v: [u64; SAMPLE_BATCH],
     n: usize,
+    v: [u64; SAMPLE_BATCH],
 }
 
 impl Default for SampleBuffer {
@@ -85,6 +87,12 @@ impl SampleBuffer {
     /// True when no sample waits.
     pub fn is_empty(&self) -> bool {
         self.n == 0
+    }
+
+    /// Prefetches the slot the next sample goes to.
+    #[inline(always)]
+    pub fn prefetch_next(&self) {
+        crate::mem::prefetch(self.v.as_ptr().wrapping_add(self.n % SAMPLE_BATCH));
     }
 
     /// Adds a sample; when the buffer is full it first tries to move the batch into

@@ -92,6 +92,10 @@ struct Args {
     /// Skip the testpmd comparison.
     #[arg(long)]
     no_testpmd: bool,
+    /// Only the single-thread throughput figures (full path, QoS off, librte_sched, testpmd):
+    /// short runs for A/B comparisons on a shared machine.
+    #[arg(long)]
+    throughput_only: bool,
     /// Use hugepages (default: `--no-huge`, plain memory, like the tests and CI).
     #[arg(long)]
     huge: bool,
@@ -197,6 +201,9 @@ fn run(args: &Args) -> Result<(), BoxError> {
         ratio(Some(fifo.mpps())),
         ratio(Some(sched.mpps()))
     );
+    if args.throughput_only {
+        return Ok(());
+    }
 
     let threaded = greedy_threaded(&eal, 3, core_cfg, args, aux, dur)?;
     print_tput("full path, producer thread on another CPU", &threaded);
