@@ -165,6 +165,17 @@ impl ChannelShared {
         prefetch(&self.stats.handler_cycles);
     }
 
+    /// A full buffer under the block or drop-newest policy: counted, and the submit's answer.
+    fn refuse(&self, policy: OverflowPolicy) -> Result<Submit, SubmitError> {
+        if policy == OverflowPolicy::DropNewest {
+            self.stats.dropped_newest.inc();
+            Ok(Submit::DroppedNewest)
+        } else {
+            self.stats.would_block.inc();
+            Err(SubmitError::WouldBlock)
+        }
+    }
+
     /// Messages travel in the ring's slots ([`INLINE_MAX`]).
     pub(crate) fn is_inline(&self) -> bool {
         self.inline
@@ -276,23 +287,16 @@ impl Sender {
             // Ring full: the buffer is full (the handler may hold one more).
             let outcome = match s.submit.push(msg) {
                 Ok(()) => Submit::Queued,
-                Err(msg) => match policy {
-                    OverflowPolicy::Block => {
-                        s.stats.would_block.inc();
-                        return Err(SubmitError::WouldBlock);
-                    }
-                    OverflowPolicy::DropNewest => {
-                        s.stats.dropped_newest.inc();
-                        return Ok(Submit::DroppedNewest);
-                    }
-                    OverflowPolicy::DropOldest => match s.submit.force_push(msg) {
+                Err(msg) if policy == OverflowPolicy::DropOldest => {
+                    match s.submit.force_push(msg) {
                         Some(_old) => {
                             s.stats.dropped_oldest.inc();
                             Submit::QueuedDroppedOldest
                         }
                         None => Submit::Queued, // the core took one meanwhile
-                    },
-                },
+                    }
+                }
+                Err(_) => return s.refuse(policy),
             };
             return Ok(self.publish(outcome));
         }
@@ -301,32 +305,20 @@ impl Sender {
         let mut outcome = Submit::Queued;
         let mut buf = match s.free.pop() {
             Some(b) => b,
-            None => match policy {
-                OverflowPolicy::Block => {
-                    s.stats.would_block.inc();
-                    return Err(SubmitError::WouldBlock);
-                }
-                OverflowPolicy::DropNewest => {
-                    s.stats.dropped_newest.inc();
-                    return Ok(Submit::DroppedNewest);
-                }
-                OverflowPolicy::DropOldest => match s.submit.pop() {
-                    Some(old) => {
-                        s.stats.dropped_oldest.inc();
-                        outcome = Submit::QueuedDroppedOldest;
-                        match old.payload {
-                            Payload::Pooled(b) => b,
-                            Payload::Inline(_) => unreachable!("pooled channel"),
-                        }
+            None if policy != OverflowPolicy::DropOldest => return s.refuse(policy),
+            None => match s.submit.pop() {
+                Some(old) => {
+                    s.stats.dropped_oldest.inc();
+                    outcome = Submit::QueuedDroppedOldest;
+                    match old.payload {
+                        Payload::Pooled(b) => b,
+                        Payload::Inline(_) => unreachable!("pooled channel"),
                     }
-                    // The core took the last one between our two pops.
-                    None => match s.free.pop() {
-                        Some(b) => b,
-                        None => {
-                            s.stats.would_block.inc();
-                            return Err(SubmitError::WouldBlock);
-                        }
-                    },
+                }
+                // The core took the last one between our two pops.
+                None => match s.free.pop() {
+                    Some(b) => b,
+                    None => return s.refuse(OverflowPolicy::Block),
                 },
             },
         };
@@ -338,24 +330,14 @@ impl Sender {
         };
         if let Err(msg) = s.submit.push(msg) {
             // Ring full while one buffer was still free (the handler holds none right now).
-            match policy {
-                OverflowPolicy::Block => {
-                    s.recycle(msg);
-                    s.stats.would_block.inc();
-                    return Err(SubmitError::WouldBlock);
-                }
-                OverflowPolicy::DropNewest => {
-                    s.recycle(msg);
-                    s.stats.dropped_newest.inc();
-                    return Ok(Submit::DroppedNewest);
-                }
-                OverflowPolicy::DropOldest => {
-                    if let Some(old) = s.submit.force_push(msg) {
-                        s.recycle(old);
-                        s.stats.dropped_oldest.inc();
-                        outcome = Submit::QueuedDroppedOldest;
-                    }
-                }
+            if policy != OverflowPolicy::DropOldest {
+                s.recycle(msg);
+                return s.refuse(policy);
+            }
+            if let Some(old) = s.submit.force_push(msg) {
+                s.recycle(old);
+                s.stats.dropped_oldest.inc();
+                outcome = Submit::QueuedDroppedOldest;
             }
         }
         Ok(self.publish(outcome))
