@@ -867,9 +867,9 @@ mod tests {
     }
 
     impl EdfQueue {
-        /// Makes a queue for few ids lazy, as one for many is (empty queues only).
+        /// Makes a queue for few ids lazy, as `reserve_ids` does when it grows past
+        /// [`LAZY_MIN_IDS`], also while the queue is not empty.
         fn make_lazy(&mut self) {
-            assert!(self.is_empty());
             self.lazy = true;
             self.scratch.reserve(self.nodes.len());
             self.scratch_narrow.reserve(self.nodes.len());
@@ -1236,20 +1236,24 @@ mod tests {
         Remove(u32),
         Pop,
         PopAtMost(u64),
+        /// Turn lazy now, as `reserve_ids` does when it grows past `LAZY_MIN_IDS`.
+        GoLazy,
     }
 
     fn op() -> impl Strategy<Value = Op> {
         // Keys cluster near a moving point, repeat (equal keys), sit near the window's edge
         // (2^18 buckets of 2^shift ns) and jump far out, to exercise window, overflow, keys
-        // before base and every insert position in a bucket.
+        // before base and every insert position in a bucket; now and then the queue turns lazy
+        // while holding elements.
         prop_oneof![
-            (0u32..16, 0u64..5_000).prop_map(|(i, k)| Op::Insert(i, k)),
-            (0u32..16, 0u64..40).prop_map(|(i, k)| Op::Insert(i, k)),
-            (0u32..16, 0u64..(1u64 << 30)).prop_map(|(i, k)| Op::Insert(i, k)),
-            (0u32..16, 0u64..(1u64 << 31)).prop_map(|(i, k)| Op::Insert(i, k)),
-            (0u32..16).prop_map(Op::Remove),
-            Just(Op::Pop),
-            (0u64..(1u64 << 30)).prop_map(Op::PopAtMost),
+            10 => (0u32..16, 0u64..5_000).prop_map(|(i, k)| Op::Insert(i, k)),
+            10 => (0u32..16, 0u64..40).prop_map(|(i, k)| Op::Insert(i, k)),
+            10 => (0u32..16, 0u64..(1u64 << 30)).prop_map(|(i, k)| Op::Insert(i, k)),
+            10 => (0u32..16, 0u64..(1u64 << 31)).prop_map(|(i, k)| Op::Insert(i, k)),
+            10 => (0u32..16).prop_map(Op::Remove),
+            10 => Just(Op::Pop),
+            10 => (0u64..(1u64 << 30)).prop_map(Op::PopAtMost),
+            1 => Just(Op::GoLazy),
         ]
     }
 
@@ -1291,6 +1295,7 @@ mod tests {
                         prop_assert_eq!(q.pop(), want.map(|(k, _, i)| (k, i)));
                         if let Some((_, _, i)) = want { held[i as usize] = None; }
                     }
+                    Op::GoLazy => q.make_lazy(),
                     Op::PopAtMost(l) => {
                         let want = model.first().copied().filter(|(k, _, _)| *k <= l);
                         prop_assert_eq!(q.pop_if_at_most(l), want.map(|(k, _, i)| (k, i)));
