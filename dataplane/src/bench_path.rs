@@ -120,7 +120,8 @@ impl SchedPath {
     }
 
     /// One packet: pick, write, link enqueue, re-queue the channel; release one when `release`.
-    #[inline]
+    /// Always inlined, so callers' loops measure the path, not a call whose inlining varies.
+    #[inline(always)]
     pub fn packet(&mut self, release: bool) {
         let now = self.now;
         // Without channel memory, ℓ comes back from the CPU queue's key (ℓ + d).
