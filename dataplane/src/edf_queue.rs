@@ -34,8 +34,8 @@
 //! the nodes fit in the cache, sorted inserts are cheaper than sorting (their walks meet cached
 //! nodes, and inserts mostly land after the tail), so queues for few ids keep every bucket
 //! sorted. Lists are singly linked: removing an element that is not its bucket's head walks
-//! the bucket, which only the control path does (closing a channel); the packet path removes
-//! minimums.
+//! the bucket, which only closing a channel does (a control command the core applies between
+//! runs); the packet path removes minimums.
 //!
 //! `base` is kept at the first non-empty bucket whenever the queue is not empty (invariant 3):
 //! the minimum is always the head of bucket `base`, so [`EdfQueue::peek`] is two loads, and the
