@@ -120,8 +120,7 @@ impl SchedPath {
     }
 
     /// One packet: pick, write, link enqueue, re-queue the channel; release one when `release`.
-    /// Always inlined, so callers' loops measure the path, not a call whose inlining varies.
-    #[inline(always)]
+    #[inline]
     pub fn packet(&mut self, release: bool) {
         let now = self.now;
         // Without channel memory, ℓ comes back from the CPU queue's key (ℓ + d).
