@@ -167,6 +167,28 @@ fn rx_n(port: &mut DpdkPort, n: usize) -> Vec<Vec<u8>> {
     got
 }
 
+/// Hands `batch` to queue 0 until it is empty or 2 s have passed; returns the frames taken.
+fn send_batch(port: &mut DpdkPort, batch: &mut Batch<<DpdkPort as Port>::Buf>) -> usize {
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !batch.is_empty() && Instant::now() < deadline {
+        sent += port.tx_burst(0, batch).expect("tx_burst");
+    }
+    sent
+}
+
+/// Copies `frames` into mbufs of `port` and sends them ([`send_batch`]).
+fn send_frames(port: &mut DpdkPort, frames: &[Vec<u8>]) -> usize {
+    let mut batch = Batch::new();
+    for f in frames {
+        let mut m = port.alloc_tx().expect("alloc");
+        m.buf_mut()[..f.len()].copy_from_slice(f);
+        m.set_len(f.len());
+        batch.push(m);
+    }
+    send_batch(port, &mut batch)
+}
+
 #[test]
 fn second_eal_init_fails_cleanly() {
     let (env, _g) = env();
@@ -244,11 +266,7 @@ fn net_null_tx_burst_and_stats() {
         assert_eq!(m.data(), &[i; 100][..]);
         batch.push(m);
     }
-    let mut sent = 0;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !batch.is_empty() && Instant::now() < deadline {
-        sent += port.tx_burst(0, &mut batch).expect("tx_burst");
-    }
+    let sent = send_batch(&mut port, &mut batch);
     assert_eq!(sent, 32);
     assert!(batch.is_empty());
     let after = port.stats();
@@ -353,18 +371,7 @@ fn net_pcap_tx_writes_exact_frames() {
     let (env, _g) = env();
     let mut port = open_port(env, PCAP_TX_PORT, "pcap_tx_pool", 511);
     let frames: Vec<Vec<u8>> = vec![frame(0x10, 60), frame(0x11, 99), frame(0x12, 1514)];
-    let mut batch = Batch::new();
-    for f in &frames {
-        let mut m = port.alloc_tx().expect("alloc");
-        m.buf_mut()[..f.len()].copy_from_slice(f);
-        m.set_len(f.len());
-        batch.push(m);
-    }
-    let mut sent = 0;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !batch.is_empty() && Instant::now() < deadline {
-        sent += port.tx_burst(0, &mut batch).expect("tx_burst");
-    }
+    let sent = send_frames(&mut port, &frames);
     assert_eq!(sent, frames.len());
     let stats = port.stats();
     assert_eq!(stats.tx_packets, frames.len() as u64);
@@ -431,18 +438,7 @@ fn rx_ours(port: &mut DpdkPort, n: usize) -> Vec<Vec<u8>> {
 
 /// Sends `frames` through `tx` and checks that `rx` receives exactly them, in order.
 fn carries(tx: &mut DpdkPort, rx: &mut DpdkPort, frames: &[Vec<u8>], what: &str) {
-    let mut batch = Batch::new();
-    for f in frames {
-        let mut m = tx.alloc_tx().expect("alloc");
-        m.buf_mut()[..f.len()].copy_from_slice(f);
-        m.set_len(f.len());
-        batch.push(m);
-    }
-    let mut sent = 0;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !batch.is_empty() && Instant::now() < deadline {
-        sent += tx.tx_burst(0, &mut batch).expect("tx_burst");
-    }
+    let sent = send_frames(tx, frames);
     assert_eq!(sent, frames.len(), "{what}: frames taken by tx_burst");
     let got = rx_ours(rx, frames.len());
     assert_eq!(got.len(), frames.len(), "{what}: frames received");

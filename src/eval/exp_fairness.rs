@@ -93,20 +93,21 @@ pub const RT: RtReq = RtReq {
     d: MS,
 };
 
+/// The real-time submission multiples and the policies experiment 3 runs (fewer with `quick`);
+/// the veth run uses the same.
+pub(crate) fn sweep(quick: bool) -> (Vec<u32>, Vec<Policy>) {
+    if quick {
+        (vec![1, 4], vec![POLICIES[0], POLICIES[3], POLICIES[4]])
+    } else {
+        (vec![1, 2, 4, 8], POLICIES.to_vec())
+    }
+}
+
 /// Runs experiment 3.
 pub fn run(opts: &Opts) -> Result<Report, String> {
     let mut rep = Report::new("fairness");
     let duration = if opts.quick { 20 * MS } else { 200 * MS };
-    let multiples: Vec<u32> = if opts.quick {
-        vec![1, 4]
-    } else {
-        vec![1, 2, 4, 8]
-    };
-    let policies: Vec<Policy> = if opts.quick {
-        vec![POLICIES[0], POLICIES[3], POLICIES[4]]
-    } else {
-        POLICIES.to_vec()
-    };
+    let (multiples, policies) = sweep(opts.quick);
     let mut t = Csv::new(&[
         "policy",
         "rt_multiple",

@@ -14,7 +14,7 @@
 
 use super::bounds::{self, RtReq};
 use super::exp_baselines::Mode;
-use super::exp_fairness::{Policy, POLICIES};
+use super::exp_fairness;
 use super::exp_overheads::{core_loop_on, ns, port_tx_on};
 use super::exp_veth::{
     be_load, core_config, noise_note, probe, skipped, spec, well_behaved, BE_LEN, RATE_BPS,
@@ -92,16 +92,7 @@ pub fn run_fairness(opts: &Opts) -> Result<Report, String> {
     let mut rep = Report::new("fairness");
     let backend = probe(&mut rep, "f")?;
     let dur = if opts.quick { 500 * MS } else { 1000 * MS };
-    let multiples: Vec<u32> = if opts.quick {
-        vec![1, 4]
-    } else {
-        vec![1, 2, 4, 8]
-    };
-    let policies: Vec<Policy> = if opts.quick {
-        vec![POLICIES[0], POLICIES[3], POLICIES[4]]
-    } else {
-        POLICIES.to_vec()
-    };
+    let (multiples, policies) = exp_fairness::sweep(opts.quick);
     let rt = spec(1400, MS, 4);
     let mut t = Csv::new(&[
         "backend",
