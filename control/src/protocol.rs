@@ -348,13 +348,16 @@ pub enum ErrorKind {
     Peer,
     /// The daemon failed (exit 1).
     Internal,
+    /// A resource limit of `[limits]` refused it: connections, or a channel's or the host's
+    /// buffer-memory budget (exit 1).
+    Limit,
 }
 
 impl ErrorKind {
     /// `rtchanctl`'s exit code for this error.
     pub fn exit_code(self) -> u8 {
         match self {
-            Self::Refused | Self::Peer | Self::Internal => 1,
+            Self::Refused | Self::Peer | Self::Internal | Self::Limit => 1,
             Self::Invalid | Self::Protocol | Self::NotFound | Self::Permission => 2,
         }
     }
