@@ -98,7 +98,8 @@ fn hold_connections_helper() {
     let (mut kept, mut refused) = (0, 0);
     let mut held = Vec::new();
     for mut s in conns {
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let mut b = [0u8; 512];
         match s.read(&mut b) {
             Ok(k) if k > 0 && String::from_utf8_lossy(&b[..k]).contains("too many connections") => {
@@ -148,6 +149,8 @@ fn hold_as(sock: &Path, uid: u32, gid: u32, n: usize) -> (std::process::Child, u
             return (child, v[0].parse().unwrap(), v[2].parse().unwrap());
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the helper printed no counts");
 }
 
@@ -182,7 +185,10 @@ fn a_connection_flood_is_capped_and_the_operator_still_gets_in() {
     assert_eq!(refused_a, 3000 - 8, "the rest were refused with a line");
     // Another reader uid fills what readers may use.
     let (mut b, held_b, _) = hold_as(&sock, 65533, 65534, 100);
-    assert_eq!(held_b, 8, "readers together stop at max_connections - the admin reserve");
+    assert_eq!(
+        held_b, 8,
+        "readers together stop at max_connections - the admin reserve"
+    );
     let (mut c, held_c, refused_c) = hold_as(&sock, 65532, 65534, 10);
     assert_eq!((held_c, refused_c), (0, 10), "the readers' share is full");
 
