@@ -14,3 +14,4 @@ pub mod dpdk;
 pub mod eval;
 pub mod netns;
 pub mod pcap;
+pub mod preemption;
