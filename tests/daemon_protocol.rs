@@ -189,6 +189,20 @@ fn malformed() -> Vec<(&'static str, String, ErrorKind, &'static str)> {
             "JSON",
         ),
         (
+            "duplicate dry_run (the last one must not win)",
+            open(
+                r#""mmax":1500,"imin":"1ms","bmax":2,"deadline":"5ms","dst":"local","dry_run":true,"dry_run":false"#,
+            ),
+            ErrorKind::Protocol,
+            "duplicate key \"dry_run\"",
+        ),
+        (
+            "two request keys",
+            r#"{"version":1,"request":"list","request":{"close":{"id":0}}}"#.into(),
+            ErrorKind::Protocol,
+            "duplicate key \"request\"",
+        ),
+        (
             "not an object",
             "[1,2,3]".into(),
             ErrorKind::Protocol,

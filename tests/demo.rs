@@ -1,10 +1,15 @@
 //! The demo (the README's main command) runs end to end on each link it offers and reports
-//! every channel. Deadline misses are not asserted here: the test machine runs other tests at
-//! the same time, and the demo itself reports the OS stalls that cause them; losses would be a
-//! dataplane fault and are asserted.
+//! every channel. Losses are asserted on every link. On the in-memory link any deadline miss of
+//! a well-behaved channel fails the test: the bounds are the demo's, there is no kernel or veth
+//! in the path, and nothing else is asked to excuse it. Over veth misses are printed (the veth
+//! tests hold each one against measured OS preemption).
 
 use rtchan::demo::{run, DemoArgs, LinkChoice};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// The two demos run one at a time: each wants a CPU for its polling thread.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn args(link: LinkChoice) -> DemoArgs {
     DemoArgs {
@@ -18,7 +23,21 @@ fn args(link: LinkChoice) -> DemoArgs {
 }
 
 fn check(link: LinkChoice) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let r = run(&args(link)).expect("the demo runs");
+    for c in &r.channels {
+        eprintln!(
+            "{}: submitted {} delivered {} misses {} lost {} (violator: {})",
+            c.name, c.submitted, c.delivered, c.misses, c.lost, c.violator
+        );
+        if link == LinkChoice::Memlink {
+            assert_eq!(
+                c.misses, 0,
+                "{}: deadline misses on the in-memory link",
+                c.name
+            );
+        }
+    }
     assert_eq!(r.channels.len(), 5);
     for c in &r.channels {
         assert!(c.delivered > 0, "{}: nothing delivered", c.name);

@@ -70,6 +70,9 @@ pub struct DaemonConfig {
     /// Other hosts' control planes, by name (the `--dst` of `channel open`).
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// What clients may make the daemon hold (connections, timeouts).
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
 fn default_socket() -> PathBuf {
@@ -456,6 +459,7 @@ impl Default for DaemonConfig {
             max_message: default_max_message(),
             peering: PeeringConfig::default(),
             peers: Vec::new(),
+            limits: crate::limits::LimitsConfig::default(),
         }
     }
 }
@@ -562,6 +566,7 @@ impl DaemonConfig {
         if self.peering.timeout.0 < 1_000_000 {
             return Err(invalid("peering.timeout", "must be at least 1ms"));
         }
+        self.limits.validate().map_err(|(k, m)| invalid(k, m))?;
         self.tx_model().validate()?;
         self.rx_model().validate()?;
         Ok(())

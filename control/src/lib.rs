@@ -8,6 +8,7 @@
 //! - [`e2e`]: how an end-to-end bound D is split over the sending host, the network and the
 //!   receiving host.
 //! - [`config`]: the daemon's TOML configuration, validated with errors naming the key.
+//! - [`limits`]: the `[limits]` table: connection caps and timeouts of the control socket.
 //! - [`protocol`]: the versioned line-delimited JSON spoken by `rtchanctl` and the daemon,
 //!   and between daemons' control planes.
 //! - [`state`]: the persisted channel table, written atomically.
@@ -19,6 +20,7 @@
 pub mod admission;
 pub mod config;
 pub mod e2e;
+pub mod limits;
 pub mod protocol;
 pub mod state;
 pub mod units;

@@ -5,7 +5,7 @@
 //! Every request carries `"version": 1` ([`PROTOCOL_VERSION`]); a line longer than
 //! [`MAX_LINE`] bytes, a line cut off by the end of the stream, invalid JSON, an unknown
 //! field, a wrong type or a bad value gets an error reply naming the field (the JSON path,
-//! e.g. `request.open.imin`) and changes nothing.
+//! e.g. `request.open.imin`) and changes nothing; so does a key given twice in one object.
 //!
 //! ```text
 //! {"version":1,"request":{"open":{"mmax":"1500","imin":"1ms","bmax":4,"deadline":"2ms","dst":"local"}}}
@@ -348,13 +348,16 @@ pub enum ErrorKind {
     Peer,
     /// The daemon failed (exit 1).
     Internal,
+    /// A resource limit of `[limits]` refused it: connections, or a channel's or the host's
+    /// buffer-memory budget (exit 1).
+    Limit,
 }
 
 impl ErrorKind {
     /// `rtchanctl`'s exit code for this error.
     pub fn exit_code(self) -> u8 {
         match self {
-            Self::Refused | Self::Peer | Self::Internal => 1,
+            Self::Refused | Self::Peer | Self::Internal | Self::Limit => 1,
             Self::Invalid | Self::Protocol | Self::NotFound | Self::Permission => 2,
         }
     }
@@ -622,7 +625,7 @@ pub fn read_line_capped<R: BufRead>(r: &mut R, max: usize, buf: &mut Vec<u8>) ->
 pub fn decode<T: DeserializeOwned>(line: &[u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(line)
         .map_err(|_| ApiError::new(ErrorKind::Protocol, "request is not UTF-8"))?;
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+    let value: serde_json::Value = strict_value(text).map_err(|e| {
         ApiError::new(
             ErrorKind::Protocol,
             format!("request is not valid JSON: {e}"),
@@ -665,6 +668,74 @@ pub fn decode<T: DeserializeOwned>(line: &[u8]) -> Result<T, ApiError> {
             refusal: None,
         }
     })
+}
+
+/// Parses JSON like `serde_json::from_str`, but refuses an object with the same key twice
+/// (naming the key) instead of letting the last one win.
+pub fn strict_value(text: &str) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::from_str::<StrictValue>(text).map(|v| v.0)
+}
+
+/// A JSON value whose objects have unique keys.
+struct StrictValue(serde_json::Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = StrictValue;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<StrictValue, E> {
+        Ok(StrictValue(v.into()))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<StrictValue, E> {
+        Ok(StrictValue(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<StrictValue, E> {
+        Ok(StrictValue(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<StrictValue, E> {
+        Ok(StrictValue(v.into()))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<StrictValue, E> {
+        Ok(StrictValue(v.into()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<StrictValue, E> {
+        Ok(StrictValue(v.into()))
+    }
+    fn visit_unit<E>(self) -> Result<StrictValue, E> {
+        Ok(StrictValue(serde_json::Value::Null))
+    }
+    fn visit_none<E>(self) -> Result<StrictValue, E> {
+        Ok(StrictValue(serde_json::Value::Null))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<StrictValue, A::Error> {
+        let mut v = Vec::new();
+        while let Some(StrictValue(x)) = a.next_element()? {
+            v.push(x);
+        }
+        Ok(StrictValue(serde_json::Value::Array(v)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<StrictValue, A::Error> {
+        let mut m = serde_json::Map::new();
+        while let Some(k) = a.next_key::<String>()? {
+            let StrictValue(x) = a.next_value()?;
+            if m.contains_key(&k) {
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key \"{k}\" (each key may appear once)"
+                )));
+            }
+            m.insert(k, x);
+        }
+        Ok(StrictValue(serde_json::Value::Object(m)))
+    }
 }
 
 /// A request line, newline included.
@@ -750,6 +821,10 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("version"));
         let e = dec(r#"{"version":1,"request":"list","extra":1}"#).unwrap_err();
         assert!(e.message.contains("extra"), "{e:?}");
+        let e = dec(r#"{"version":1,"request":{"open":{"mmax":1500,"imin":"1ms","bmax":2,"deadline":"5ms","dst":"local","dry_run":true,"dry_run":false}}}"#).unwrap_err();
+        assert!(e.message.contains("duplicate key \"dry_run\""), "{e:?}");
+        let e = dec(r#"{"version":1,"request":"list","request":{"close":{"id":0}}}"#).unwrap_err();
+        assert!(e.message.contains("duplicate key \"request\""), "{e:?}");
         let e = dec("{not json").unwrap_err();
         assert_eq!(e.kind, ErrorKind::Protocol);
     }

@@ -2,8 +2,9 @@
 //! (versioned line-delimited JSON; see docs/cli.md), except `admission check FILE`, which runs
 //! the admission test offline.
 //!
-//! Exit codes: 0 success, 1 refused by admission (or a peer lost during setup), 2 bad usage
-//! or bad input, 3 daemon unreachable.
+//! Exit codes: 0 success, 1 refused by admission or a limit (or a peer lost during setup),
+//! 2 bad usage, bad input or permission denied (also by the socket's mode), 3 daemon
+//! unreachable.
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -200,8 +201,14 @@ fn call(cli: &Cli, req: &Request) -> Result<Reply, ExitCode> {
             .unwrap_or_else(|| PathBuf::from(control::config::DEFAULT_SOCKET))
     });
     let mut c = Client::connect(&path).map_err(|e| {
-        eprintln!("rtchanctl: {e}");
-        ExitCode::from(EXIT_UNREACHABLE)
+        if e.permission_denied() {
+            // The socket's mode refused us: a permission error, as docs/cli.md says (exit 2).
+            eprintln!("rtchanctl: permission denied: {e}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        } else {
+            eprintln!("rtchanctl: {e}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
     })?;
     c.call(req).map_err(|e| {
         eprintln!("rtchanctl: {e}");

@@ -4,22 +4,32 @@
 //! replies into aligned text (every command also has `--json`, which prints the reply's
 //! result as it came).
 
-use std::io::{BufReader, Write};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use control::protocol::{
-    encode_request, read_line_capped, ChannelInfo, ChannelList, ChannelStatsInfo, Line, PolicyInfo,
-    Reply, Request, MAX_LINE,
+    encode_request, ChannelInfo, ChannelList, ChannelStatsInfo, PolicyInfo, Reply, Request,
+    MAX_LINE,
 };
 use control::units::{fmt_ns, fmt_size};
 use dataplane::core::CoreStats;
 
+use super::server::MAX_REPLY_FDS;
+
+/// Longest reply line read (a `list` of many channels is long; requests are capped at
+/// [`MAX_LINE`]).
+const MAX_REPLY: usize = MAX_LINE * 16;
+
 /// A connection to the daemon.
 pub struct Client {
-    writer: UnixStream,
-    reader: BufReader<UnixStream>,
+    stream: UnixStream,
+    /// Bytes received and not yet returned as a reply.
     buf: Vec<u8>,
+    /// Descriptors received with those bytes.
+    fds: Vec<OwnedFd>,
+    path: String,
 }
 
 /// The daemon could not be reached or did not answer.
@@ -30,24 +40,83 @@ pub struct Unreachable {
     pub path: String,
     /// What happened.
     pub message: String,
+    /// The I/O error's kind (`PermissionDenied` when the socket's mode refused the caller).
+    pub kind: io::ErrorKind,
+}
+
+impl Unreachable {
+    /// Whether the socket's permissions refused the caller (EACCES/EPERM on connect).
+    pub fn permission_denied(&self) -> bool {
+        self.kind == io::ErrorKind::PermissionDenied
+    }
+}
+
+/// Receives into `buf`, appending any `SCM_RIGHTS` descriptors to `fds`; bytes read.
+fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast::<libc::c_void>(),
+        iov_len: buf.len(),
+    };
+    // u64 storage keeps the control buffer aligned for `cmsghdr`.
+    let mut control = [0u64; 16 + MAX_REPLY_FDS / 2];
+    // SAFETY: `msghdr` is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast::<libc::c_void>();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `fd` is a live socket; `msg` points at `iov` (into `buf`) and `control`, both
+    // valid for writes of the sizes given and alive across the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled `msg`'s control area; CMSG_FIRSTHDR/NXTHDR walk it within
+    // `msg_controllen`, and each SCM_RIGHTS payload holds `(cmsg_len - CMSG_LEN(0)) / 4`
+    // descriptors now owned by this process.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other(format!(
+            "the daemon sent more than {MAX_REPLY_FDS} file descriptors; some were lost"
+        )));
+    }
+    Ok(n as usize)
 }
 
 impl Client {
     /// Connects to the socket at `path`.
     pub fn connect(path: &Path) -> Result<Self, Unreachable> {
-        let s = UnixStream::connect(path).map_err(|e| Unreachable {
+        let stream = UnixStream::connect(path).map_err(|e| Unreachable {
             path: path.display().to_string(),
             message: e.to_string(),
+            kind: e.kind(),
         })?;
-        let reader = BufReader::new(s.try_clone().map_err(|e| Unreachable {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?);
         Ok(Self {
-            writer: s,
-            reader,
+            stream,
             buf: Vec::new(),
+            fds: Vec::new(),
+            path: path.display().to_string(),
         })
+    }
+
+    fn unreachable(&self, message: String, kind: io::ErrorKind) -> Unreachable {
+        Unreachable {
+            path: self.path.clone(),
+            message,
+            kind,
+        }
     }
 
     /// Sends `req` and reads the reply.
@@ -55,23 +124,65 @@ impl Client {
         self.call_raw(&encode_request(req))
     }
 
+    /// Sends `req` and reads the reply with the file descriptors that came with it.
+    pub fn call_with_fds(&mut self, req: &Request) -> Result<(Reply, Vec<OwnedFd>), Unreachable> {
+        self.call_raw_with_fds(&encode_request(req))
+    }
+
     /// Sends a raw line (newline included) and reads the reply (tests use this for malformed
     /// requests).
     pub fn call_raw(&mut self, line: &str) -> Result<Reply, Unreachable> {
-        let err = |m: String| Unreachable {
-            path: "socket".into(),
-            message: m,
-        };
-        self.writer
-            .write_all(line.as_bytes())
-            .map_err(|e| err(e.to_string()))?;
-        match read_line_capped(&mut self.reader, MAX_LINE * 16, &mut self.buf) {
-            Ok(Line::Complete) => {
-                serde_json::from_slice(&self.buf).map_err(|e| err(format!("bad reply: {e}")))
-            }
-            Ok(_) => Err(err("the daemon closed the connection".into())),
-            Err(e) => Err(err(e.to_string())),
+        self.call_raw_with_fds(line).map(|(r, _)| r)
+    }
+
+    /// [`Client::call_raw`], with the descriptors the reply carried.
+    pub fn call_raw_with_fds(&mut self, line: &str) -> Result<(Reply, Vec<OwnedFd>), Unreachable> {
+        // A daemon that refuses the connection at accept (permission, connection caps)
+        // answers one line and closes: the write may fail, the answer is still there to read.
+        let written = self.stream.write_all(line.as_bytes());
+        match self.read_reply() {
+            Ok(r) => Ok(r),
+            Err(e) => match written {
+                Err(w) => Err(self.unreachable(w.to_string(), w.kind())),
+                Ok(()) => Err(e),
+            },
         }
+    }
+
+    /// Reads one reply line and the descriptors received with it.
+    pub fn read_reply(&mut self) -> Result<(Reply, Vec<OwnedFd>), Unreachable> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let reply = serde_json::from_slice(&line[..i]).map_err(|e| {
+                    self.unreachable(format!("bad reply: {e}"), io::ErrorKind::InvalidData)
+                })?;
+                return Ok((reply, std::mem::take(&mut self.fds)));
+            }
+            if self.buf.len() > MAX_REPLY {
+                return Err(self.unreachable(
+                    format!("reply longer than {MAX_REPLY} bytes"),
+                    io::ErrorKind::InvalidData,
+                ));
+            }
+            match recv_with_fds(self.stream.as_raw_fd(), &mut chunk, &mut self.fds) {
+                Ok(0) => {
+                    return Err(self.unreachable(
+                        "the daemon closed the connection".into(),
+                        io::ErrorKind::UnexpectedEof,
+                    ))
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.unreachable(e.to_string(), e.kind())),
+            }
+        }
+    }
+
+    /// The socket (e.g. to poll it for the daemon closing the connection).
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
     }
 }
 

@@ -186,14 +186,25 @@ impl Control {
     }
 
     /// While waiting for a peer's reply: answer peers' requests (they only touch this host's
-    /// incoming side, never call a peer), keep everything else for after.
+    /// incoming side, never call a peer) and clients' reads, keep everything else for after.
     fn serve_peers_while_waiting(&mut self) {
         let Some(rx) = self.inbox.take() else {
             return;
         };
         while let Ok(m) = rx.try_recv() {
             match m {
+                // These reads only look at the table (never call a peer, unlike a dry-run
+                // open), so other clients are answered at once instead of after the peer.
                 Msg::Peer { .. } => self.handle(m),
+                Msg::Client {
+                    request:
+                        Request::List
+                        | Request::Show(_)
+                        | Request::Stats(_)
+                        | Request::PolicyShow
+                        | Request::Ping,
+                    ..
+                } => self.handle(m),
                 other => self.deferred.push_back(other),
             }
         }
@@ -226,10 +237,12 @@ impl Control {
     /// Handles one message.
     pub fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Client { request, reply } => {
+            Msg::Client { request, reply, .. } => {
                 let r = self.client(request);
                 let _ = reply.send(r);
             }
+            // No per-connection resources yet (the client library's channels will be).
+            Msg::ClientClosed { .. } => {}
             Msg::Peer {
                 session,
                 from,
@@ -844,7 +857,11 @@ impl Control {
                 .peer(peer)
                 .cloned()
                 .ok_or_else(|| internal(format!("peer '{peer}' is not configured")))?;
-            let s = PeerSession::connect(&cfg, &self.cfg.peering.name, timeout).map_err(|e| {
+            let me = self.cfg.peering.name.clone();
+            let s = PeerSession::connect_serving(&cfg, &me, timeout, || {
+                self.serve_peers_while_waiting()
+            })
+            .map_err(|e| {
                 ApiError::new(
                     ErrorKind::Peer,
                     format!("peer '{peer}' is unreachable: {e}; nothing was reserved"),

@@ -2,8 +2,9 @@
 //!
 //! # Threads and data flow
 //! ```text
-//! rtchanctl ──Unix socket──▶ server (one thread per connection: SO_PEERCRED, line cap,
-//!                            decode, permission) ──Msg──▶ control thread
+//! rtchanctl ──Unix socket──▶ server (one poll(2) event loop: SO_PEERCRED and caps at
+//!                            accept, line cap, timeouts, decode, permission) ──Msg──▶ control
+//!                            thread ──ReplyTo (JSON line + SCM_RIGHTS fds)──▶ server
 //! peer daemon ──TCP──▶ peer server (one thread per session) ──Msg──▶ control thread
 //! control thread ──CoreHandle (lock-free control ring, waits for the ack)──▶ polling cores
 //! control thread ──TCP (PeerSession)──▶ peer daemons' control threads
@@ -49,10 +50,19 @@ pub use self::controller::FinalReport;
 pub enum Msg {
     /// A request from `rtchanctl` (permission already checked).
     Client {
+        /// The connection it came on (see [`Msg::ClientClosed`]).
+        conn: server::ConnId,
+        /// Who sent it (credentials from `SO_PEERCRED`).
+        caller: server::Caller,
         /// The request.
         request: Request,
-        /// Where the reply goes.
-        reply: mpsc::Sender<Reply>,
+        /// Where the reply (and any file descriptors) goes.
+        reply: server::ReplyTo,
+    },
+    /// A control-socket connection ended (after all of its requests): free what it held.
+    ClientClosed {
+        /// The connection.
+        conn: server::ConnId,
     },
     /// A request from a peer's control plane.
     Peer {
@@ -168,6 +178,7 @@ impl Daemon {
             mode,
             group.or(read_group),
             access,
+            server::ServerLimits::from(&cfg.limits),
             tx,
             stop.clone(),
         )
@@ -185,6 +196,11 @@ impl Daemon {
             restored,
             restore_errors,
         })
+    }
+
+    /// The control socket server's counters (connections accepted, refused, timed out).
+    pub fn server_counters(&self) -> Arc<server::ServerCounters> {
+        self.server.counters.clone()
     }
 
     /// Stops accepting, closes the channels (draining per the close mode), stops the cores;

@@ -45,6 +45,17 @@ pub const SERVE_WHILE_WAITING: Duration = Duration::from_millis(5);
 impl PeerSession {
     /// Connects to `peer` and introduces this daemon as `me`.
     pub fn connect(peer: &PeerConfig, me: &str, timeout: Duration) -> Result<Self, String> {
+        Self::connect_serving(peer, me, timeout, || {})
+    }
+
+    /// [`PeerSession::connect`], running `serve` while it waits for the peer's hello reply
+    /// (as [`PeerSession::call`] does), so the control thread keeps answering meanwhile.
+    pub fn connect_serving(
+        peer: &PeerConfig,
+        me: &str,
+        timeout: Duration,
+        serve: impl FnMut(),
+    ) -> Result<Self, String> {
         let s = TcpStream::connect_timeout(&peer.address, timeout)
             .map_err(|e| format!("peer '{}' at {}: {e}", peer.name, peer.address))?;
         let _ = s.set_nodelay(true);
@@ -59,7 +70,7 @@ impl PeerSession {
             timeout,
         };
         session
-            .call(&PeerRequest::Hello { name: me.into() }, || {})?
+            .call(&PeerRequest::Hello { name: me.into() }, serve)?
             .into_result::<serde_json::Value>()
             .map_err(|e| format!("peer '{}' refused the session: {e}", peer.name))?;
         Ok(session)

@@ -22,15 +22,19 @@
 //! ([`Bed::run`]) by spinning that long after each packet a handler writes, with the
 //! applications submitting between packets and stamping messages with their due time, as the
 //! virtual CPU does. Beside each channel's counters the bed records what the checks need to
-//! tell the dataplane from the machine: each thread's longest gap between polls, the time the
-//! sender spent in gaps over [`STALL_GAP`], each delivery's lateness past its deadline, the
-//! host and end-to-end delay histograms, and what was delivered while the applications were
-//! still submitting (throughput without the backlog the drain delivers afterwards).
+//! tell the dataplane from the machine: each miss with its times and the OS preemption of both
+//! polling threads, measured independently of them ([`crate::preemption`]: a miss is excused
+//! only when the threads' run-queue wait during that message's own life covers its lateness;
+//! [`VethOut::verdict`]), the time the sender spent in gaps over [`STALL_GAP`] (throughput per
+//! running second), each thread's longest gap between polls (reported only: it includes the
+//! dataplane's own work), the host and end-to-end delay histograms, and what was delivered
+//! while the applications were still submitting (throughput without the drain's backlog).
 
 use super::world::{ChanDef, ChanOut, Load, RunOut, Scenario};
 use crate::ports::afpacket::{AfPacketConfig, AfPacketPort};
 use crate::ports::netns::enter_netns;
 use crate::ports::netns::{is_root, netns_path, Namespaces};
+use crate::preemption::{MissLog, MissVerdict, PreemptionProbe, Preemptions, Watcher};
 use dataplane::channel::{Submit, SubmitError};
 use dataplane::core::{raise_priority, Core, CoreConfig, CoreStats, PollStalls};
 use dataplane::link::LinkStats;
@@ -174,31 +178,38 @@ impl Bed {
         let done = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = mpsc::channel();
+        let probe = PreemptionProbe::start()?;
         let rx = {
-            let (ns, ifname, done, sc, started) = (
+            let (ns, ifname, done, sc, started, w) = (
                 self.ns_b.clone(),
                 self.if_b.clone(),
                 done.clone(),
                 sc.clone(),
                 started.clone(),
+                probe.watcher(),
             );
             std::thread::Builder::new()
                 .name("eval-veth-rx".into())
-                .spawn(move || receiver(open, ns, ifname, sc, ready_tx, done, started, hard))
+                .spawn(move || receiver(open, ns, ifname, sc, ready_tx, done, started, hard, w))
                 .map_err(|e| e.to_string())?
         };
         let tx = {
-            let (ns, ifname, done, sc, retry, started) = (
+            let (ns, ifname, done, sc, retry, started, w) = (
                 self.ns_a.clone(),
                 self.if_a.clone(),
                 done.clone(),
                 sc.clone(),
                 retry.to_vec(),
                 started.clone(),
+                probe.watcher(),
             );
             std::thread::Builder::new()
                 .name("eval-veth-tx".into())
-                .spawn(move || sender(open, ns, ifname, sc, retry, ready_rx, done, started, hard))
+                .spawn(move || {
+                    sender(
+                        open, ns, ifname, sc, retry, ready_rx, done, started, hard, w,
+                    )
+                })
                 .map_err(|e| e.to_string())?
         };
         let tx = tx
@@ -207,6 +218,7 @@ impl Bed {
         let rx = rx
             .join()
             .map_err(|_| "receiver thread panicked".to_string())?;
+        let preempted = probe.finish();
         let (tx, rx) = match (tx, rx) {
             (Ok(t), Ok(r)) => (t, r),
             (t, r) => {
@@ -249,6 +261,8 @@ impl Bed {
             host_delay: tx.host_delay,
             latency: rx.hists,
             overrun: rx.overrun,
+            miss_logs: rx.miss_logs,
+            preempted,
             window: rx.window,
             tx_stalled: tx.stalled,
             tx_stalls: tx.stalls,
@@ -274,6 +288,10 @@ pub struct VethOut {
     pub latency: Vec<Histogram<u64>>,
     /// Per channel: the largest lateness of a delivery past its deadline ℓ + D (0: no miss).
     pub overrun: Vec<Nanos>,
+    /// Per channel: each miss with its times.
+    pub miss_logs: Vec<MissLog>,
+    /// The OS preemption of both polling threads over the point, measured by a probe thread.
+    pub preempted: Preemptions,
     /// Per channel: messages and payload bytes delivered while the applications were
     /// submitting (`run.duration` from the sender's start): steady-state throughput, without
     /// the backlog the drain delivers afterwards.
@@ -282,9 +300,10 @@ pub struct VethOut {
     /// applications were submitting: time the link could not be fed (the link scheduler keeps
     /// only about two frames in flight).
     pub tx_stalled: Nanos,
-    /// The sending thread's longest gap between polls.
+    /// The sending thread's longest gap between polls (reported only: it includes the
+    /// dataplane's own work, so it cannot excuse a miss).
     pub tx_stalls: PollStalls,
-    /// The receiving thread's longest gap between polls.
+    /// The receiving thread's longest gap between polls (reported only).
     pub rx_stalls: PollStalls,
     /// Port TX errors.
     pub tx_errors: u64,
@@ -295,17 +314,22 @@ pub struct VethOut {
 }
 
 impl VethOut {
-    /// The longer of the two polling threads' longest stalls.
-    pub fn longest_stall(&self) -> Nanos {
-        self.tx_stalls.longest.max(self.rx_stalls.longest)
+    /// Channel `i`'s misses divided into those the measured OS preemption of the polling
+    /// threads excuses (its run-queue wait during the message's own life at least its
+    /// lateness, [`Preemptions::excuses`]) and the rest, which are the dataplane's unless the
+    /// machine did something the probe cannot see (host steal, deferred softirqs).
+    pub fn verdict(&self, i: usize) -> MissVerdict {
+        self.preempted.verdict(&self.miss_logs[i])
     }
+}
 
-    /// Whether channel `i`'s deadline misses, if any, are explained by the machine: each miss
-    /// late past ℓ + D by at most the longest stall of either polling thread (the veth tests'
-    /// rule). A miss the stalls cannot explain is the dataplane's.
-    pub fn misses_explained(&self, i: usize, misses: u64) -> bool {
-        misses == 0 || self.overrun[i] <= self.longest_stall()
-    }
+/// Misses recorded per channel with their times; past this they are counted (and unexcused).
+const MISS_LOG: usize = 8192;
+
+fn watch(watcher: &Watcher) -> Result<(), String> {
+    watcher
+        .watch_current_thread()
+        .map_err(|e| format!("cannot measure this thread's OS preemption: {e}"))
 }
 
 #[cfg(feature = "af_xdp")]
@@ -404,6 +428,7 @@ struct RxOut {
     chans: Vec<ChanOut>,
     hists: Vec<Histogram<u64>>,
     overrun: Vec<Nanos>,
+    miss_logs: Vec<MissLog>,
     window: Vec<(u64, u64)>,
     stalls: PollStalls,
     port_rx_dropped: u64,
@@ -420,9 +445,11 @@ fn receiver<P: Port>(
     done: Arc<AtomicBool>,
     started: Arc<AtomicU64>,
     hard: Nanos,
+    watcher: Watcher,
 ) -> Result<RxOut, String> {
     enter_netns(&netns_path(&ns)).map_err(|e| format!("setns into {ns}: {e}"))?;
     prioritise();
+    watch(&watcher)?;
     let (port, mode) = open(&ifname, sc.link_bps)?;
     let mut core = Core::new(rx_config(sc.core), port).map_err(|e| e.to_string())?;
     let rxs: Vec<_> = sc
@@ -437,6 +464,7 @@ fn receiver<P: Port>(
     let mut out: Vec<ChanOut> = vec![ChanOut::default(); n];
     let mut sums = vec![0u128; n];
     let mut overrun: Vec<Nanos> = vec![0; n];
+    let mut miss_logs: Vec<MissLog> = (0..n).map(|_| MissLog::with_capacity(MISS_LOG)).collect();
     let mut window: Vec<(u64, u64)> = vec![(0, 0); n];
     let mut hists: Vec<Histogram<u64>> = (0..n)
         .map(|_| Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"))
@@ -460,6 +488,7 @@ fn receiver<P: Port>(
         let window_end = if start == 0 { 0 } else { start + sc.duration };
         for (i, r) in rxs.iter().enumerate() {
             while let Some((lat, late, len, over, at)) = r.recv_with(|_, d| {
+                miss_logs[i].record(d.submit_ts, d.deadline, d.delivered_ts);
                 (
                     d.delivered_ts.saturating_sub(d.submit_ts),
                     d.deadline != 0 && d.delivered_ts > d.deadline,
@@ -502,6 +531,7 @@ fn receiver<P: Port>(
         chans: out,
         hists,
         overrun,
+        miss_logs,
         window,
         stalls,
         port_rx_dropped: core.port().stats().rx_dropped,
@@ -663,6 +693,7 @@ fn sender<P: Port>(
     done: Arc<AtomicBool>,
     started: Arc<AtomicU64>,
     hard: Nanos,
+    watcher: Watcher,
 ) -> Result<TxOut, String> {
     let finish = |r| {
         done.store(true, Ordering::Release);
@@ -670,6 +701,7 @@ fn sender<P: Port>(
     };
     enter_netns(&netns_path(&ns)).map_err(|e| finish(format!("setns into {ns}: {e}")))?;
     prioritise();
+    watch(&watcher).map_err(finish)?;
     let (port, mode) = open(&ifname, sc.link_bps).map_err(finish)?;
     let mut core = Core::new(sc.core, port).map_err(|e| finish(e.to_string()))?;
     let mut feeds = Vec::new();
