@@ -1,21 +1,21 @@
-//! Build script: with the `dpdk` feature, generates DPDK bindings (see `src/dpdk`).
+//! Build script: with the `dpdk` feature, generates DPDK bindings (see `src/ports/dpdk`).
 //!
 //! Without the feature it does nothing and needs nothing (no libdpdk, no libclang).
 //!
 //! With it:
 //! 1. finds libdpdk with pkg-config (`PKG_CONFIG_PATH` is honoured) and emits its link flags;
-//! 2. runs bindgen over `src/dpdk/wrapper.h` with an allowlist of the `rte_*` items the
+//! 2. runs bindgen over `src/ports/dpdk/wrapper.h` with an allowlist of the `rte_*` items the
 //!    `dpdk` module uses (plus `rte_sched_*` for the scheduler benchmark), writing
-//!    `$OUT_DIR/dpdk_bindings.rs`, which `src/dpdk/ffi.rs` includes;
+//!    `$OUT_DIR/dpdk_bindings.rs`, which `src/ports/dpdk/ffi.rs` includes;
 //! 3. has bindgen write, with `wrap_static_fns`, a C file of out-of-line wrappers
 //!    (`<name>__extern`) for the allowlisted `static inline` functions (`rte_eth_rx_burst`,
 //!    `rte_pktmbuf_alloc`, ...), and compiles it with cc into a static library linked into the
 //!    crate, using the same include paths and flags DPDK's pkg-config file asks for.
 //!
 //! With the `af_xdp` feature (module `afxdp` below, independent of the DPDK part), it finds
-//! libxdp and libbpf with pkg-config, runs bindgen over `src/afxdp/wrapper.h` (the `xsk_*`
+//! libxdp and libbpf with pkg-config, runs bindgen over `src/ports/afxdp/wrapper.h` (the `xsk_*`
 //! set-up functions and the ring types), writes `$OUT_DIR/afxdp_bindings.rs` (included by
-//! `src/afxdp/ffi.rs`), and compiles the `wrap_static_fns` shim for the `static inline`
+//! `src/ports/afxdp/ffi.rs`), and compiles the `wrap_static_fns` shim for the `static inline`
 //! `rtchan_xsk_*` ring helpers of `wrapper.h` into `librtchan_afxdp_shim.a`.
 
 fn main() {
@@ -203,7 +203,7 @@ mod dpdk {
     pub fn generate() {
         let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
         let out_dir = PathBuf::from(env("OUT_DIR"));
-        let header = manifest_dir.join("src/dpdk/wrapper.h");
+        let header = manifest_dir.join("src/ports/dpdk/wrapper.h");
         println!("cargo:rerun-if-changed={}", header.display());
 
         // Link flags are emitted after the shim library (below), so that the static shim comes
@@ -256,7 +256,7 @@ mod dpdk {
         let mut cc = cc::Build::new();
         cc.file(&shim)
             .includes(&lib.include_paths)
-            .include(manifest_dir.join("src/dpdk"))
+            .include(manifest_dir.join("src/ports/dpdk"))
             .define("ALLOW_EXPERIMENTAL_API", None)
             .warnings(false)
             // One-line forwarding functions on the per-packet path: optimise them even in
@@ -341,7 +341,7 @@ mod afxdp {
     pub fn generate() {
         let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
         let out_dir = PathBuf::from(env("OUT_DIR"));
-        let header = manifest_dir.join("src/afxdp/wrapper.h");
+        let header = manifest_dir.join("src/ports/afxdp/wrapper.h");
         println!("cargo:rerun-if-changed={}", header.display());
 
         // Link flags are emitted after the shim, which calls into libxdp and libbpf.
@@ -375,7 +375,7 @@ mod afxdp {
         cc::Build::new()
             .file(&shim)
             .includes(&includes)
-            .include(manifest_dir.join("src/afxdp"))
+            .include(manifest_dir.join("src/ports/afxdp"))
             .warnings(false)
             // Ring helpers on the per-packet path: optimise them even in debug builds.
             .opt_level(2)

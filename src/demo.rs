@@ -728,8 +728,9 @@ mod tests {
 
 /// The veth link: two network namespaces joined by a veth pair, an af_packet port on each end.
 mod veth {
-    use crate::afpacket::{enter_netns, AfPacketConfig, AfPacketPort};
-    use crate::netns::{is_root, netns_path, Namespaces};
+    use crate::ports::afpacket::{AfPacketConfig, AfPacketPort};
+    use crate::ports::netns::enter_netns;
+    use crate::ports::netns::{is_root, netns_path, Namespaces};
     use dataplane::spec::Endpoint;
 
     /// Opens an af_packet port on `ifname` from a thread inside namespace `ns` (the socket

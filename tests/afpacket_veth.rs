@@ -11,7 +11,7 @@
 #[path = "common/veth_scenario.rs"]
 mod veth_scenario;
 
-use rtchan::afpacket::{AfPacketConfig, AfPacketPort};
+use rtchan::ports::afpacket::{AfPacketConfig, AfPacketPort};
 use veth_scenario::{ScenarioPort, RATE_BPS};
 
 fn port_config() -> AfPacketConfig {

@@ -17,9 +17,9 @@ mod veth_scenario;
 
 use dataplane::port::Port;
 use dataplane::time::monotonic_now;
-use rtchan::afpacket::enter_netns;
-use rtchan::afxdp::{AfXdpConfig, AfXdpPort, XdpAttach};
-use rtchan::netns::netns_path;
+use rtchan::ports::afxdp::{AfXdpConfig, AfXdpPort, XdpAttach};
+use rtchan::ports::netns::enter_netns;
+use rtchan::ports::netns::netns_path;
 use std::sync::{mpsc, MutexGuard};
 use std::time::Duration;
 use veth_scenario::{join_both, veth_pair, ScenarioPort, MAC_A, MAC_B, RATE_BPS};
@@ -82,7 +82,7 @@ impl ScenarioPort for AfXdpPort {
 /// Why the tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
     veth_scenario::skip_reason("network namespaces, veth, AF_XDP, BPF").or_else(|| {
-        rtchan::afxdp::probe()
+        rtchan::ports::afxdp::probe()
             .err()
             .map(|why| format!("AF_XDP is not available here: {why}"))
     })
@@ -101,7 +101,7 @@ fn start() -> Option<MutexGuard<'static, ()>> {
     }
     // libxdp reports on stderr that it attaches its program without the dispatcher when no
     // bpffs is mounted; that is expected here.
-    rtchan::afxdp::set_library_logging(false);
+    rtchan::ports::afxdp::set_library_logging(false);
     Some(serial)
 }
 
@@ -132,7 +132,7 @@ fn raw_frame(i: usize) -> Vec<u8> {
 #[test]
 fn zero_copy_falls_back_to_copy_and_frames_cross_byte_exact() {
     use dataplane::port::{Batch, PacketBuf};
-    use rtchan::afxdp::XskBind;
+    use rtchan::ports::afxdp::XskBind;
     const FRAMES: usize = 200;
 
     let Some(_serial) = start() else { return };

@@ -131,7 +131,7 @@ impl Backend {
         match self {
             Self::AfPacket => None,
             #[cfg(feature = "af_xdp")]
-            Self::AfXdp => rtchan::afxdp::probe()
+            Self::AfXdp => rtchan::ports::afxdp::probe()
                 .err()
                 .map(|e| format!("AF_XDP is not available here: {e}")),
         }

@@ -60,7 +60,7 @@ use dataplane::wire::{
     checksum_add, checksum_finish, parse_frame, wire_bytes, HeaderTemplate, ParseError, RtHeader,
     ETH_LEN, FLAG_BEST_EFFORT, IPV4_LEN, RTCHAN_UDP_PORT, UDP_LEN,
 };
-use rtchan::dpdk::{DpdkPort, Eal, EthConfig, EthPort, Mbuf, Mempool};
+use rtchan::ports::dpdk::{DpdkPort, Eal, EthConfig, EthPort, Mbuf, Mempool};
 
 // ---------------------------------------------------------------------------------------------
 // Shared EAL

@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use dataplane::port::{Batch, PacketBuf, Port, PortError};
-use rtchan::dpdk::{DpdkPort, Eal, Error, EthConfig, EthPort, Mempool, MempoolConfig};
+use rtchan::ports::dpdk::{DpdkPort, Eal, Error, EthConfig, EthPort, Mempool, MempoolConfig};
 
 struct TestEnv {
     eal: Eal,
@@ -454,8 +454,8 @@ fn carries(tx: &mut DpdkPort, rx: &mut DpdkPort, frames: &[Vec<u8>], what: &str)
 /// it probes open their sockets there.
 #[test]
 fn kernel_interface_vdevs_over_veth() {
-    use rtchan::afpacket::enter_netns;
-    use rtchan::netns::{ip, is_root, netns_path, Namespaces};
+    use rtchan::ports::netns::enter_netns;
+    use rtchan::ports::netns::{ip, is_root, netns_path, Namespaces};
     if !is_root() {
         eprintln!("SKIPPED kernel_interface_vdevs_over_veth: needs root (network namespace, veth)");
         return;

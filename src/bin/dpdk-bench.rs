@@ -42,7 +42,7 @@ use dataplane::stats::new_histogram;
 use dataplane::time::{monotonic_now, read_tsc, MonotonicClock, TscMeter};
 use dataplane::wire::{HeaderTemplate, RtHeader, FRAME_OVERHEAD};
 use hdrhistogram::Histogram;
-use rtchan::dpdk::{
+use rtchan::ports::dpdk::{
     DpdkPort, Eal, EthConfig, EthPort, Mbuf, Mempool, MempoolConfig, SchedConfig, SchedPort,
 };
 
@@ -870,7 +870,7 @@ fn run_testpmd(
     if early_exit.is_none() {
         // testpmd stops forwarding, prints its totals and closes its ports on SIGINT (and
         // flushes its piped stdout, which SIGKILL would lose). kill(1) keeps this crate's
-        // unsafe code inside src/dpdk.
+        // unsafe code inside src/ports/dpdk.
         let _ = Process::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status();

@@ -863,14 +863,14 @@ pub fn run_overheads(opts: &Opts) -> Result<Report, String> {
         #[cfg(feature = "af_xdp")]
         {
             let (tx, whole, sent, mode) = bed.in_sender_ns(move |ifname| {
-                crate::afxdp::set_library_logging(false);
-                let cfg = crate::afxdp::AfXdpConfig {
+                crate::ports::afxdp::set_library_logging(false);
+                let cfg = crate::ports::afxdp::AfXdpConfig {
                     // No pacing: the port takes frames as fast as the kernel copies them.
                     report_completions: false,
-                    ..crate::afxdp::AfXdpConfig::default()
+                    ..crate::ports::afxdp::AfXdpConfig::default()
                 };
                 let mut p =
-                    crate::afxdp::AfXdpPort::open(ifname, cfg).map_err(|e| e.to_string())?;
+                    crate::ports::afxdp::AfXdpPort::open(ifname, cfg).map_err(|e| e.to_string())?;
                 let mode = format!(
                     "AF_XDP {} mode, {}",
                     p.attach_mode(),
@@ -898,13 +898,13 @@ pub fn run_overheads(opts: &Opts) -> Result<Report, String> {
     }
     {
         let (tx, whole, sent) = bed.in_sender_ns(move |ifname| {
-            let cfg = crate::afpacket::AfPacketConfig {
+            let cfg = crate::ports::afpacket::AfPacketConfig {
                 tx_batch: 32,
                 qdisc_bypass: true,
-                ..crate::afpacket::AfPacketConfig::default()
+                ..crate::ports::afpacket::AfPacketConfig::default()
             };
-            let mut p =
-                crate::afpacket::AfPacketPort::open(ifname, cfg).map_err(|e| e.to_string())?;
+            let mut p = crate::ports::afpacket::AfPacketPort::open(ifname, cfg)
+                .map_err(|e| e.to_string())?;
             let tx = port_tx_on(&mut p, n)?;
             let sent = dataplane::port::Port::stats(&p).tx_packets;
             let whole = core_loop_on(p, rounds, 1, 1_000, 64, true).0;

@@ -31,8 +31,9 @@
 //! while the applications were still submitting (throughput without the drain's backlog).
 
 use super::world::{ChanDef, ChanOut, Load, RunOut, Scenario};
-use crate::afpacket::{enter_netns, AfPacketConfig, AfPacketPort};
-use crate::netns::{is_root, netns_path, Namespaces};
+use crate::ports::afpacket::{AfPacketConfig, AfPacketPort};
+use crate::ports::netns::enter_netns;
+use crate::ports::netns::{is_root, netns_path, Namespaces};
 use crate::preemption::{MissLog, MissVerdict, PreemptionProbe, Preemptions, Watcher};
 use dataplane::channel::{Submit, SubmitError};
 use dataplane::core::{raise_priority, Core, CoreConfig, CoreStats, PollStalls};
@@ -335,8 +336,8 @@ fn watch(watcher: &Watcher) -> Result<(), String> {
 fn pick_backend(notes: &mut Vec<String>) -> Backend {
     // libxdp reports on stderr that it attaches without the dispatcher when no bpffs is
     // mounted; expected here.
-    crate::afxdp::set_library_logging(false);
-    match crate::afxdp::probe() {
+    crate::ports::afxdp::set_library_logging(false);
+    match crate::ports::afxdp::probe() {
         Ok(()) => Backend::AfXdp,
         Err(e) => {
             notes.push(format!(
@@ -354,15 +355,15 @@ fn pick_backend(notes: &mut Vec<String>) -> Backend {
 }
 
 #[cfg(feature = "af_xdp")]
-fn open_afxdp(ifname: &str, rate: u64) -> Result<(crate::afxdp::AfXdpPort, String), String> {
-    let cfg = crate::afxdp::AfXdpConfig {
+fn open_afxdp(ifname: &str, rate: u64) -> Result<(crate::ports::afxdp::AfXdpPort, String), String> {
+    let cfg = crate::ports::afxdp::AfXdpConfig {
         link_rate_bps: rate,
         // veth has no wire: a frame completes once the kernel copied it, so the link scheduler
         // paces at `rate` instead.
         report_completions: false,
-        ..crate::afxdp::AfXdpConfig::default()
+        ..crate::ports::afxdp::AfXdpConfig::default()
     };
-    let port = crate::afxdp::AfXdpPort::open(ifname, cfg).map_err(|e| e.to_string())?;
+    let port = crate::ports::afxdp::AfXdpPort::open(ifname, cfg).map_err(|e| e.to_string())?;
     let mode = format!(
         "AF_XDP {} mode, {}",
         port.attach_mode(),

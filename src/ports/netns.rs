@@ -2,7 +2,9 @@
 //! the [`Namespaces`] guard drops (deleting a namespace removes its end of the veth pair too),
 //! even when a test fails. Traffic on them stays inside the namespaces the caller made.
 
-use std::path::PathBuf;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Runs `ip` with `args`; the error carries its stderr.
@@ -34,7 +36,7 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The file `setns(2)` takes for namespace `name` (see [`crate::afpacket::enter_netns`]).
+/// The file `setns(2)` takes for namespace `name` (see [`enter_netns`]).
 pub fn netns_path(name: &str) -> PathBuf {
     PathBuf::from("/var/run/netns").join(name)
 }
@@ -98,5 +100,20 @@ impl Drop for Namespaces {
                 eprintln!("warning: could not delete network namespace {n}: {e}");
             }
         }
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path` (e.g.
+/// `/var/run/netns/NAME`, as `ip netns add` makes). Sockets created afterwards by this thread
+/// belong to that namespace; other threads are not affected. Needs `CAP_SYS_ADMIN`.
+pub fn enter_netns(path: &Path) -> io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: `f` is an open namespace file for the duration of the call; CLONE_NEWNET only
+    // changes the calling thread's network namespace.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

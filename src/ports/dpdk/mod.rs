@@ -16,7 +16,7 @@
 //!
 //! ```no_run
 //! use dataplane::port::{Batch, PacketBuf, Port};
-//! use rtchan::dpdk::{DpdkPort, Eal, EthConfig, EthPort, Mempool};
+//! use rtchan::ports::dpdk::{DpdkPort, Eal, EthConfig, EthPort, Mempool};
 //!
 //! let eal = Eal::init(["-l", "0", "--in-memory", "--no-pci", "--vdev=net_null0"])?;
 //! let pool = Mempool::pktmbuf(&eal, "pool0", 8191)?;
@@ -30,7 +30,7 @@
 //! m.set_len(60);
 //! batch.push(m);
 //! port.tx_burst(0, &mut batch).expect("tx");
-//! # Ok::<(), rtchan::dpdk::Error>(())
+//! # Ok::<(), rtchan::ports::dpdk::Error>(())
 //! ```
 
 #![deny(clippy::undocumented_unsafe_blocks)]

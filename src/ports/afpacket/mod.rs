@@ -40,7 +40,6 @@ use std::ffi::c_void;
 use std::io;
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -744,21 +743,6 @@ impl Port for AfPacketPort {
         let mut s = self.stats;
         s.rx_dropped += self.poll_kernel_drops();
         s
-    }
-}
-
-/// Moves the calling thread into the network namespace at `path` (e.g.
-/// `/var/run/netns/NAME`, as `ip netns add` makes). Sockets created afterwards by this thread
-/// belong to that namespace; other threads are not affected. Needs `CAP_SYS_ADMIN`.
-pub fn enter_netns(path: &Path) -> io::Result<()> {
-    let f = std::fs::File::open(path)?;
-    // SAFETY: `f` is an open namespace file for the duration of the call; CLONE_NEWNET only
-    // changes the calling thread's network namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

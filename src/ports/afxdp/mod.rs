@@ -40,7 +40,7 @@
 //!
 //! ```no_run
 //! use dataplane::port::{Batch, PacketBuf, Port};
-//! use rtchan::afxdp::{AfXdpConfig, AfXdpPort};
+//! use rtchan::ports::afxdp::{AfXdpConfig, AfXdpPort};
 //!
 //! let mut port = AfXdpPort::open("veth0", AfXdpConfig::default())?;
 //! let mut frame = port.alloc_tx().expect("no free TX frame");
@@ -49,7 +49,7 @@
 //! let mut batch = Batch::new();
 //! batch.push(frame);
 //! port.tx_burst(0, &mut batch).expect("tx");
-//! # Ok::<(), rtchan::afxdp::AfXdpError>(())
+//! # Ok::<(), rtchan::ports::afxdp::AfXdpError>(())
 //! ```
 
 #![deny(clippy::undocumented_unsafe_blocks)]

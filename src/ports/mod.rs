@@ -1,0 +1,21 @@
+//! The port backends: every way rtchan puts frames on a link, in one place.
+//!
+//! Each backend is a module with the same shape: a `…Config` (how it is set up), a `…Port`
+//! implementing [`dataplane::port::Port`] (opened with `…Port::open`), and a `…Error` naming the
+//! device and the call that failed. The daemon builds any of them through one function (see
+//! `crate::daemon::dp`), so no backend's set-up leaks into the daemon.
+//!
+//! - [`afpacket`]: a Linux `AF_PACKET` socket with a TPACKET_V3 ring (veth, any NIC);
+//! - [`afxdp`] (feature `af_xdp`): an AF_XDP socket on one interface queue, over libxdp;
+//! - [`dpdk`] (feature `dpdk`): DPDK 22.11 ethdev ports (NICs bound to vfio-pci, vdevs);
+//! - [`pcap`]: a wrapper recording what any port sends and receives as a pcap file;
+//! - [`iface`] and [`netns`]: interface addresses, network namespaces and veth pairs.
+
+pub mod afpacket;
+#[cfg(feature = "af_xdp")]
+pub mod afxdp;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
+pub mod iface;
+pub mod netns;
+pub mod pcap;
