@@ -210,18 +210,7 @@ fn a_connection_flood_is_capped_and_the_operator_still_gets_in() {
     assert!(out.status.success(), "{out:?}");
 
     // A refused reader's CLI says why, with the limit's exit code (1).
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_rtchanctl"),
-        ])
-        .arg("--socket")
-        .arg(&sock)
-        .args(["channel", "list"])
-        .output()
-        .unwrap();
+    let out = list_as_nobody(&sock);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("max_connections_per_uid"),
@@ -235,18 +224,7 @@ fn a_connection_flood_is_capped_and_the_operator_still_gets_in() {
     // Freed: the reader is served again.
     let t = Instant::now();
     loop {
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                env!("CARGO_BIN_EXE_rtchanctl"),
-            ])
-            .arg("--socket")
-            .arg(&sock)
-            .args(["channel", "list"])
-            .output()
-            .unwrap();
+        let out = list_as_nobody(&sock);
         if out.status.success() {
             break;
         }
@@ -436,4 +414,20 @@ fn a_socket_the_caller_may_not_open_exits_2_permission_denied() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
     d.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `rtchanctl channel list` run as user and group nobody (65534), with no supplementary groups.
+fn list_as_nobody(sock: &std::path::Path) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_rtchanctl"),
+        ])
+        .arg("--socket")
+        .arg(sock)
+        .args(["channel", "list"])
+        .output()
+        .unwrap()
 }
