@@ -3,14 +3,17 @@
 //! Each change is a [`Command`] posted on the core's lock-free control ring; the call waits
 //! until the core acknowledges it, which the core does only once the change is applied (at its
 //! next preemption point; a draining close when the channel's queue is empty). Everything here
-//! runs on the control thread and may allocate.
+//! runs on the control thread and may allocate: shared state and receiver state are built here
+//! and moved to the core, and what the core hands back on an ack (a closed channel, a closed
+//! receiver) is dropped here, in [`ControlRing::take_ack`](crate::core::ControlRing::take_ack).
 
 use crate::channel::{ChannelShared, Doorbell, Sender};
 use crate::core::{Command, ControlRing, Core, CoreError};
 use crate::port::Port;
-use crate::rx::{Receiver, RxShared};
+use crate::rx::{Receiver, RxPath, RxShared};
 use crate::sched::SchedPolicy;
 use crate::spec::{ChannelConfig, ChannelId};
+use crate::stats::SampleSink;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +27,7 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct CoreHandle {
     control: Arc<ControlRing>,
     doorbell: Arc<Doorbell>,
+    sink: Arc<SampleSink>,
     payload_per_packet: u32,
     tx_queue: u16,
     slots: Vec<bool>,
@@ -37,6 +41,7 @@ impl CoreHandle {
         Self {
             control: core.control().clone(),
             doorbell: core.doorbell().clone(),
+            sink: core.sink().clone(),
             payload_per_packet: core.payload_per_packet(),
             tx_queue: core.config().tx_queue,
             slots: vec![false; core.config().max_channels as usize],
@@ -91,7 +96,7 @@ impl CoreHandle {
             .iter()
             .position(|used| !used)
             .ok_or(CoreError::Full(self.slots.len() as u32))? as u32;
-        let shared = ChannelShared::new(config, slot, self.doorbell.clone());
+        let shared = ChannelShared::new(config, slot, self.doorbell.clone(), &self.sink);
         self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
         self.slots[slot as usize] = true;
         self.slot_of.insert(config.id, slot);
@@ -117,14 +122,10 @@ impl CoreHandle {
         ring: u32,
     ) -> Result<Receiver, CoreError> {
         let reassembly = ring.clamp(1, 64);
-        let shared = RxShared::new(id, mmax, ring, reassembly);
-        self.send(
-            Command::OpenReceiver {
-                shared: shared.clone(),
-                reassembly,
-            },
-            ACK_TIMEOUT,
-        )?;
+        let shared = RxShared::new(id, mmax, ring, reassembly, &self.sink);
+        // Built here, on the control thread: the core only moves it into a slot.
+        let state = RxPath::prepare(shared.clone(), reassembly);
+        self.send(Command::OpenReceiver(state), ACK_TIMEOUT)?;
         Ok(Receiver::new(shared))
     }
 
