@@ -271,7 +271,7 @@ fn control_commands_allocate_and_free_nothing_on_the_core() {
         "the steady channel delivered every round"
     );
     assert_eq!(applied, (ROUNDS * (4 * PER_ROUND + 4)) as usize);
-    assert!(steady.stats().delay_snapshot().len() > 0);
+    assert!(!steady.stats().delay_snapshot().is_empty());
     assert_eq!(
         (allocs, frees),
         (0, 0),
