@@ -1058,6 +1058,7 @@ impl Control {
         };
         if let Some(r) = &receiver {
             self.sink.add(p.id, r.clone());
+            self.dp.steer(p.id, Some(core));
         }
         let mut shown = admitted.clone();
         shown.id = p.id;
@@ -1132,6 +1133,7 @@ impl Control {
         };
         if let Some(r) = &receiver {
             self.sink.add(p.id, r.clone());
+            self.dp.steer(p.id, Some(core));
         }
         self.inc.insert(
             p.id,
@@ -1159,6 +1161,7 @@ impl Control {
         if let Some(i) = self.inc.remove(&id) {
             self.sink.remove(id);
             if i.receiver.is_some() {
+                self.dp.steer(id, None);
                 if let Some(handle) = self.dp.receive_core(i.core) {
                     let _ = handle.close_receiver(id);
                 }
