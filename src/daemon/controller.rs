@@ -1190,6 +1190,7 @@ impl Control {
         };
         if let Some(r) = &receiver {
             self.sink.add(p.id, r.clone());
+            self.dp.steer(p.id, Some(core));
         }
         let mut shown = admitted.clone();
         shown.id = p.id;
@@ -1257,6 +1258,7 @@ impl Control {
         let receiver = self.open_receiver(core, p.id, p.mmax)?;
         if let Some(r) = &receiver {
             self.sink.add(p.id, r.clone());
+            self.dp.steer(p.id, Some(core));
         }
         self.inc.insert(
             p.id,
@@ -1315,6 +1317,7 @@ impl Control {
             self.memory.release(Side::Receiving, id);
             self.sink.remove(id);
             if i.receiver.is_some() {
+                self.dp.steer(id, None);
                 if let Some(handle) = self.dp.receive_core(i.core) {
                     let _ = handle.close_receiver(id);
                 }
