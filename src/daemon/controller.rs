@@ -1249,8 +1249,9 @@ impl Control {
         }
     }
 
-    fn rx_counters(r: &Receiver) -> RxCounters {
+    fn rx_counters(&self, id: u32, r: &Receiver) -> RxCounters {
         let s = r.stats();
+        let (recent_misses, older_misses) = self.sink.recent_misses(id);
         RxCounters {
             delivered: s.delivered.get(),
             bytes: s.bytes.get(),
@@ -1259,6 +1260,8 @@ impl Control {
             duplicates: s.duplicates.get(),
             reordered: s.reordered.get(),
             latency: percentiles(&s.latency_snapshot()),
+            recent_misses,
+            older_misses,
         }
     }
 
@@ -1284,7 +1287,7 @@ impl Control {
                     .inc
                     .get(&id)
                     .and_then(|i| i.receiver.as_ref())
-                    .map(Self::rx_counters),
+                    .map(|r| self.rx_counters(id, r)),
                 Dst::Peer(_) => None,
             };
             v.push(ChannelStatsInfo {
@@ -1316,7 +1319,7 @@ impl Control {
                 peer: i.info.from.clone(),
                 uptime_s: i.opened.elapsed().as_secs_f64(),
                 tx: None,
-                rx: i.receiver.as_ref().map(Self::rx_counters),
+                rx: i.receiver.as_ref().map(|r| self.rx_counters(id, r)),
             });
         }
         v
