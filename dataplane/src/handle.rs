@@ -19,6 +19,23 @@ use std::time::{Duration, Instant};
 /// applies commands within one iteration (microseconds); a second means it is stuck or gone.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A channel validated for a core, its buffers not yet allocated (see
+/// [`CoreHandle::prepare_open`]).
+#[derive(Debug)]
+pub struct PendingOpen {
+    config: ChannelConfig,
+    slot: u32,
+    doorbell: Arc<Doorbell>,
+}
+
+impl PendingOpen {
+    /// Allocates the channel's shared state and buffers (any thread; may take a while for a
+    /// large reservation).
+    pub fn build(self) -> Arc<ChannelShared> {
+        ChannelShared::new(self.config, self.slot, self.doorbell)
+    }
+}
+
 /// The control thread's view of one core.
 #[derive(Debug)]
 pub struct CoreHandle {
@@ -76,6 +93,15 @@ impl CoreHandle {
 
     /// Opens a sending channel; returns its sender once the core runs its handler.
     pub fn open(&mut self, config: ChannelConfig) -> Result<Sender, CoreError> {
+        let pending = self.prepare_open(config)?;
+        self.open_built(pending.build())
+    }
+
+    /// The allocation-free first half of [`CoreHandle::open`]: validates `config` and picks
+    /// the handler's slot. [`PendingOpen::build`] then allocates the channel's buffers on any
+    /// thread (so the control thread can answer others meanwhile), and
+    /// [`CoreHandle::open_built`] hands the result to the core.
+    pub fn prepare_open(&self, config: ChannelConfig) -> Result<PendingOpen, CoreError> {
         config.validate(self.payload_per_packet)?;
         if config.txq != self.tx_queue {
             return Err(CoreError::NoSuchQueue {
@@ -91,10 +117,26 @@ impl CoreHandle {
             .iter()
             .position(|used| !used)
             .ok_or(CoreError::Full(self.slots.len() as u32))? as u32;
-        let shared = ChannelShared::new(config, slot, self.doorbell.clone());
+        Ok(PendingOpen {
+            config,
+            slot,
+            doorbell: self.doorbell.clone(),
+        })
+    }
+
+    /// The second half of [`CoreHandle::open`]: opens the channel `shared` (from
+    /// [`PendingOpen::build`] of this handle's [`CoreHandle::prepare_open`]) on the core.
+    pub fn open_built(&mut self, shared: Arc<ChannelShared>) -> Result<Sender, CoreError> {
+        let (id, slot) = (shared.config.id, shared.slot);
+        if self.slot_of.contains_key(&id) {
+            return Err(CoreError::Duplicate(id));
+        }
+        if self.slots.get(slot as usize) != Some(&false) {
+            return Err(CoreError::Full(self.slots.len() as u32));
+        }
         self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
         self.slots[slot as usize] = true;
-        self.slot_of.insert(config.id, slot);
+        self.slot_of.insert(id, slot);
         Ok(Sender::new(shared))
     }
 
@@ -116,8 +158,27 @@ impl CoreHandle {
         mmax: u32,
         ring: u32,
     ) -> Result<Receiver, CoreError> {
-        let reassembly = ring.clamp(1, 64);
-        let shared = RxShared::new(id, mmax, ring, reassembly);
+        self.open_built_receiver(Self::build_receiver(id, mmax, ring))
+    }
+
+    /// Reassembly slots of a receive side whose application ring holds `ring` messages.
+    pub fn reassembly_slots(ring: u32) -> u32 {
+        ring.clamp(1, 64)
+    }
+
+    /// Heap bytes [`CoreHandle::open_receiver`] allocates for `mmax` and `ring`.
+    pub fn receiver_bytes(mmax: u32, ring: u32) -> u64 {
+        crate::rx::reservation_bytes(mmax, ring, Self::reassembly_slots(ring))
+    }
+
+    /// The allocating half of [`CoreHandle::open_receiver`], on any thread.
+    pub fn build_receiver(id: ChannelId, mmax: u32, ring: u32) -> Arc<RxShared> {
+        RxShared::new(id, mmax, ring, Self::reassembly_slots(ring))
+    }
+
+    /// Opens a receive side built by [`CoreHandle::build_receiver`] on this core.
+    pub fn open_built_receiver(&mut self, shared: Arc<RxShared>) -> Result<Receiver, CoreError> {
+        let reassembly = shared.reassembly;
         self.send(
             Command::OpenReceiver {
                 shared: shared.clone(),
