@@ -1419,8 +1419,9 @@ impl Control {
         }
     }
 
-    fn rx_counters(r: &Receiver) -> RxCounters {
+    fn rx_counters(&self, id: u32, r: &Receiver) -> RxCounters {
         let s = r.stats();
+        let (recent_misses, older_misses) = self.sink.recent_misses(id);
         RxCounters {
             delivered: s.delivered.get(),
             bytes: s.bytes.get(),
@@ -1429,6 +1430,8 @@ impl Control {
             duplicates: s.duplicates.get(),
             reordered: s.reordered.get(),
             latency: percentiles(&s.latency_snapshot()),
+            recent_misses,
+            older_misses,
         }
     }
 
@@ -1454,7 +1457,7 @@ impl Control {
                     .inc
                     .get(&id)
                     .and_then(|i| i.receiver.as_ref())
-                    .map(Self::rx_counters),
+                    .map(|r| self.rx_counters(id, r)),
                 Dst::Peer(_) => None,
             };
             v.push(ChannelStatsInfo {
@@ -1486,7 +1489,7 @@ impl Control {
                 peer: i.info.from.clone(),
                 uptime_s: i.opened.elapsed().as_secs_f64(),
                 tx: None,
-                rx: i.receiver.as_ref().map(Self::rx_counters),
+                rx: i.receiver.as_ref().map(|r| self.rx_counters(id, r)),
             });
         }
         v
