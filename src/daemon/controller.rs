@@ -38,7 +38,6 @@ use control::state::{ChannelRecord, LoadedState, RejectedRecord, StateFile, STAT
 use control::units::fmt_ns;
 use dataplane::channel::{ChannelShared, Sender};
 use dataplane::core::CoreStats;
-use dataplane::handle::CoreHandle;
 use dataplane::rx::Receiver;
 use dataplane::sched::SchedPolicy;
 use dataplane::spec::{ChannelConfig, ChannelSpec, OverflowPolicy};
@@ -1567,8 +1566,13 @@ impl Control {
         self.memory
             .reserve(Side::Receiving, id, "mmax", bytes)
             .map_err(|e| self.memory_error(e))?;
+        let pending = self
+            .dp
+            .receive_core(core)
+            .expect("checked above")
+            .prepare_receiver(id, mmax, RX_RING);
         let opened = self
-            .off_thread(bytes, move || CoreHandle::build_receiver(id, mmax, RX_RING))
+            .off_thread(bytes, move || pending.build())
             .and_then(|shared| {
                 self.dp
                     .receive_core(core)
