@@ -340,6 +340,9 @@ impl Control {
                 let _ = reply.send(r);
             }
             Msg::SessionClosed { session } => self.session_closed(session),
+            Msg::Reload { update, reply } => {
+                let _ = reply.send(Reply::from_result(self.policy_set(&update)));
+            }
             Msg::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
             }
