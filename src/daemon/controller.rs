@@ -1302,7 +1302,7 @@ impl Control {
             self.teardown(id, false, false);
         }
         if !ids.is_empty() {
-            eprintln!(
+            tracing::warn!(
                 "rtchand: lost peer '{peer}': closed channels {ids:?} and freed their reservations"
             );
             self.persist();
@@ -1618,7 +1618,7 @@ impl Control {
             self.release_incoming(id);
         }
         if !ids.is_empty() {
-            eprintln!("rtchand: a peer's session ended: released incoming channels {ids:?}");
+            tracing::warn!("rtchand: a peer's session ended: released incoming channels {ids:?}");
         }
     }
 
@@ -1866,7 +1866,7 @@ impl Control {
                 .collect(),
         };
         if let Err(e) = state.save_with(&self.unrestored, path) {
-            eprintln!("rtchand: {e}");
+            tracing::error!("rtchand: {e}");
         }
     }
 
