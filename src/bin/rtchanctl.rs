@@ -155,6 +155,9 @@ struct StatsCmd {
     /// Stop --watch after this many refreshes.
     #[arg(long)]
     count: Option<u64>,
+    /// The port instead: link state, port and per-queue counters, xstats (dpdk).
+    #[arg(long, conflicts_with = "id")]
+    port: bool,
 }
 
 #[derive(Args, Debug)]
@@ -206,13 +209,21 @@ enum AdmissionCmd {
 /// The daemon's reply to one request, or how to exit.
 /// `stats [--watch]`.
 fn stats_cmd(cli: &Cli, s: &StatsCmd) -> ExitCode {
-    let req = Request::Stats(StatsArgs { id: s.id });
+    let req = if s.port {
+        Request::PortStats
+    } else {
+        Request::Stats(StatsArgs { id: s.id })
+    };
     let mut n = 0u64;
     loop {
         let code = match call(cli, &req) {
             Ok(r) => {
                 let failed = r.error.is_some();
-                let code = show(cli, r, |v: &Vec<ChannelStatsInfo>| client::stats_table(v));
+                let code = if s.port {
+                    show(cli, r, client::port_table)
+                } else {
+                    show(cli, r, |v: &Vec<ChannelStatsInfo>| client::stats_table(v))
+                };
                 if failed {
                     return code;
                 }
@@ -386,6 +397,7 @@ fn run(cli: &Cli) -> ExitCode {
                         watch: true,
                         interval: t.interval,
                         count: None,
+                        port: false,
                     },
                 );
             }
