@@ -76,6 +76,28 @@ impl CoreHandle {
 
     /// Opens a sending channel; returns its sender once the core runs its handler.
     pub fn open(&mut self, config: ChannelConfig) -> Result<Sender, CoreError> {
+        let slot = self.claim_slot(&config)?;
+        let shared = ChannelShared::new(config, slot, self.doorbell.clone());
+        self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
+        self.slots[slot as usize] = true;
+        self.slot_of.insert(config.id, slot);
+        Ok(Sender::new(shared))
+    }
+
+    /// Opens a client-fed channel: its submit ring is a sealed memfd region (hand
+    /// `shared.region().fd()` to the client); returns the shared state once the core runs it.
+    pub fn open_client(&mut self, config: ChannelConfig) -> Result<Arc<ChannelShared>, CoreError> {
+        let slot = self.claim_slot(&config)?;
+        let shared = ChannelShared::new_client(config, slot, self.doorbell.clone())
+            .map_err(|e| CoreError::Ring(e.to_string()))?;
+        self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
+        self.slots[slot as usize] = true;
+        self.slot_of.insert(config.id, slot);
+        Ok(shared)
+    }
+
+    /// Validates a new channel against this core and finds it a free slot.
+    fn claim_slot(&self, config: &ChannelConfig) -> Result<u32, CoreError> {
         config.validate(self.payload_per_packet)?;
         if config.txq != self.tx_queue {
             return Err(CoreError::NoSuchQueue {
@@ -86,16 +108,11 @@ impl CoreHandle {
         if self.slot_of.contains_key(&config.id) {
             return Err(CoreError::Duplicate(config.id));
         }
-        let slot = self
+        Ok(self
             .slots
             .iter()
             .position(|used| !used)
-            .ok_or(CoreError::Full(self.slots.len() as u32))? as u32;
-        let shared = ChannelShared::new(config, slot, self.doorbell.clone());
-        self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
-        self.slots[slot as usize] = true;
-        self.slot_of.insert(config.id, slot);
-        Ok(Sender::new(shared))
+            .ok_or(CoreError::Full(self.slots.len() as u32))? as u32)
     }
 
     /// Closes a sending channel, draining its queue first when `drain`.
@@ -118,6 +135,28 @@ impl CoreHandle {
     ) -> Result<Receiver, CoreError> {
         let reassembly = ring.clamp(1, 64);
         let shared = RxShared::new(id, mmax, ring, reassembly);
+        self.send(
+            Command::OpenReceiver {
+                shared: shared.clone(),
+                reassembly,
+            },
+            ACK_TIMEOUT,
+        )?;
+        Ok(Receiver::new(shared))
+    }
+
+    /// Opens the receive side of a channel whose application is another process: messages
+    /// go into the client's delivery ring `region`, and `wake` is signalled when it sleeps.
+    /// The returned receiver only reads the statistics (its in-process queue stays empty).
+    pub fn open_receiver_app(
+        &mut self,
+        id: ChannelId,
+        mmax: u32,
+        region: Arc<crate::shm::Region>,
+        wake: std::os::fd::OwnedFd,
+    ) -> Result<Receiver, CoreError> {
+        let reassembly = region.params().capacity.clamp(1, 64);
+        let shared = RxShared::with_app(id, mmax, reassembly, region, wake);
         self.send(
             Command::OpenReceiver {
                 shared: shared.clone(),

@@ -8,7 +8,14 @@
 //! its end-to-end latency (submit stamp to delivery; one CLOCK_MONOTONIC on one host, PTP-synced
 //! clocks across hosts), a deadline miss when delivered after the header's deadline, and
 //! losses, duplicates and reordering from the message sequence numbers.
+//!
+//! A channel whose receiving application is another process ([`RxShared::with_app`]) is
+//! delivered into that application's shared-memory ring ([`crate::shm`], the core produces)
+//! instead of the in-process queue: the message is copied from its reassembly buffer into a
+//! ring buffer, published, and the application's eventfd is signalled only when it said it
+//! sleeps (at most one `write` per sleep).
 
+use crate::shm::{DeliverDesc, Producer, Region, DELIVER_LATE};
 use crate::spec::ChannelId;
 use crate::stats::{new_histogram, Counter, SampleBuffer};
 use crate::time::Nanos;
@@ -16,6 +23,7 @@ use crate::wire::{parse_frame, ParseError, RtHeader};
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 /// How long an incomplete message may wait for its fragments by default: 100 ms.
@@ -96,8 +104,17 @@ pub struct RxShared {
     pub mmax: u32,
     deliver: ArrayQueue<(Box<[u8]>, Delivery)>,
     free: ArrayQueue<Box<[u8]>>,
+    /// The receiving application's ring, when it is another process.
+    app: Option<AppRing>,
     /// Counters and latency.
     pub stats: RxStats,
+}
+
+/// A client's delivery ring and the eventfd that wakes it.
+#[derive(Debug)]
+struct AppRing {
+    region: Arc<Region>,
+    wake: OwnedFd,
 }
 
 impl RxShared {
@@ -114,8 +131,38 @@ impl RxShared {
             mmax,
             deliver: ArrayQueue::new(ring.max(1) as usize),
             free,
+            app: None,
             stats: RxStats::default(),
         })
+    }
+
+    /// Receive state whose messages go to a client process's delivery ring `region`
+    /// (signalled through `wake`); `reassembly` messages may be incomplete at once.
+    pub fn with_app(
+        id: ChannelId,
+        mmax: u32,
+        reassembly: u32,
+        region: Arc<Region>,
+        wake: OwnedFd,
+    ) -> Arc<Self> {
+        let buffers = reassembly as usize + 1;
+        let free = ArrayQueue::new(buffers);
+        for _ in 0..buffers {
+            let _ = free.push(crate::mem::prefaulted_bytes(mmax as usize));
+        }
+        Arc::new(Self {
+            id,
+            mmax,
+            deliver: ArrayQueue::new(1),
+            free,
+            app: Some(AppRing { region, wake }),
+            stats: RxStats::default(),
+        })
+    }
+
+    /// The client's delivery ring, if the application is another process.
+    pub fn app_region(&self) -> Option<&Arc<Region>> {
+        self.app.as_ref().map(|a| &a.region)
     }
 }
 
@@ -165,6 +212,8 @@ struct RxChannel {
     /// Bit i: sequence `next_expected - 1 - i` was delivered.
     recent: u64,
     pending_latency: SampleBuffer,
+    /// The producing end of the client's delivery ring.
+    app: Option<Producer<DeliverDesc>>,
 }
 
 /// Counters of the receive path as a whole.
@@ -232,6 +281,10 @@ impl RxPath {
             started: false,
             recent: 0,
             pending_latency: SampleBuffer::default(),
+            app: shared
+                .app
+                .as_ref()
+                .and_then(|a| Producer::new(a.region.clone()).ok()),
         };
         let idx = match self.channels.iter().position(Option::is_none) {
             Some(i) => {
@@ -455,7 +508,19 @@ impl RxChannel {
             deadline: h.deadline,
             len: h.msg_len,
         };
-        if let Err((buf, _)) = self.shared.deliver.push((buf, d)) {
+        if let Some(p) = self.app.as_mut() {
+            let ok = deliver_to_app(p, &buf[..h.msg_len as usize], &d);
+            let _ = self.shared.free.push(buf);
+            if !ok {
+                st.ring_full.inc();
+                return;
+            }
+            if p.publish_and_check_wake() {
+                if let Some(a) = &self.shared.app {
+                    crate::shm::signal(a.wake.as_fd());
+                }
+            }
+        } else if let Err((buf, _)) = self.shared.deliver.push((buf, d)) {
             st.ring_full.inc();
             let _ = self.shared.free.push(buf);
             return;
@@ -471,6 +536,34 @@ impl RxChannel {
             &self.shared.stats.latency_samples_dropped,
         );
     }
+}
+
+/// Copies a delivered message into the client's ring (not yet published); false when the ring
+/// or its buffers are full.
+#[inline]
+fn deliver_to_app(p: &mut Producer<DeliverDesc>, msg: &[u8], d: &Delivery) -> bool {
+    if p.room() == 0 {
+        return false;
+    }
+    // Bad free-ring entries are the client's own doing: skipped, its messages lost.
+    let Some(b) = p.grant(|_| {}) else {
+        return false;
+    };
+    p.buffer_mut(b)[..msg.len()].copy_from_slice(msg);
+    p.push(DeliverDesc {
+        buf: b,
+        len: msg.len() as u32,
+        seq: d.seq,
+        flags: if d.deadline != 0 && d.delivered_ts > d.deadline {
+            DELIVER_LATE
+        } else {
+            0
+        },
+        submit_ts: d.submit_ts,
+        delivered_ts: d.delivered_ts,
+        deadline: d.deadline,
+    });
+    true
 }
 
 #[cfg(test)]

@@ -165,6 +165,9 @@ pub struct ChannelStats {
     pub handler_cycles: Counter,
     /// Delay samples lost because a reader held the histogram while the batch was full.
     pub delay_samples_dropped: Counter,
+    /// Descriptors a client wrote into its shared-memory ring that failed validation
+    /// (refused, not sent; see `shm`).
+    pub invalid_descriptors: Counter,
     /// Delay from submit to the release of the message's last packet.
     pub(crate) delay: Mutex<Histogram<u64>>,
 }
@@ -186,6 +189,7 @@ impl Default for ChannelStats {
             overrun_cycles: Counter::default(),
             handler_cycles: Counter::default(),
             delay_samples_dropped: Counter::default(),
+            invalid_descriptors: Counter::default(),
             delay: Mutex::new(new_histogram()),
         }
     }
@@ -217,6 +221,7 @@ impl ChannelStats {
             overrun_cycles: self.overrun_cycles.get(),
             handler_cycles: self.handler_cycles.get(),
             delay_samples_dropped: self.delay_samples_dropped.get(),
+            invalid_descriptors: self.invalid_descriptors.get(),
         }
     }
 }
@@ -252,6 +257,8 @@ pub struct StatsSnapshot {
     pub handler_cycles: u64,
     /// See [`ChannelStats::delay_samples_dropped`].
     pub delay_samples_dropped: u64,
+    /// See [`ChannelStats::invalid_descriptors`].
+    pub invalid_descriptors: u64,
 }
 
 #[cfg(test)]
