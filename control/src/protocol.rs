@@ -285,6 +285,10 @@ pub struct ChannelList {
     pub channels: Vec<ChannelInfo>,
     /// Channels this host receives.
     pub incoming: Vec<IncomingInfo>,
+    /// Records of the state file that were not re-established at start-up (kept in the file
+    /// until `close`d), with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unrestored: Vec<crate::state::RejectedRecord>,
 }
 
 /// Latency percentiles of a histogram, ns.

@@ -19,6 +19,23 @@ use std::time::{Duration, Instant};
 /// applies commands within one iteration (microseconds); a second means it is stuck or gone.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A channel validated for a core, its buffers not yet allocated (see
+/// [`CoreHandle::prepare_open`]).
+#[derive(Debug)]
+pub struct PendingOpen {
+    config: ChannelConfig,
+    slot: u32,
+    doorbell: Arc<Doorbell>,
+}
+
+impl PendingOpen {
+    /// Allocates the channel's shared state and buffers (any thread; may take a while for a
+    /// large reservation).
+    pub fn build(self) -> Arc<ChannelShared> {
+        ChannelShared::new(self.config, self.slot, self.doorbell)
+    }
+}
+
 /// The control thread's view of one core.
 #[derive(Debug)]
 pub struct CoreHandle {
@@ -76,28 +93,15 @@ impl CoreHandle {
 
     /// Opens a sending channel; returns its sender once the core runs its handler.
     pub fn open(&mut self, config: ChannelConfig) -> Result<Sender, CoreError> {
-        let slot = self.claim_slot(&config)?;
-        let shared = ChannelShared::new(config, slot, self.doorbell.clone());
-        self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
-        self.slots[slot as usize] = true;
-        self.slot_of.insert(config.id, slot);
-        Ok(Sender::new(shared))
+        let pending = self.prepare_open(config)?;
+        self.open_built(pending.build())
     }
 
-    /// Opens a client-fed channel: its submit ring is a sealed memfd region (hand
-    /// `shared.region().fd()` to the client); returns the shared state once the core runs it.
-    pub fn open_client(&mut self, config: ChannelConfig) -> Result<Arc<ChannelShared>, CoreError> {
-        let slot = self.claim_slot(&config)?;
-        let shared = ChannelShared::new_client(config, slot, self.doorbell.clone())
-            .map_err(|e| CoreError::Ring(e.to_string()))?;
-        self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
-        self.slots[slot as usize] = true;
-        self.slot_of.insert(config.id, slot);
-        Ok(shared)
-    }
-
-    /// Validates a new channel against this core and finds it a free slot.
-    fn claim_slot(&self, config: &ChannelConfig) -> Result<u32, CoreError> {
+    /// The allocation-free first half of [`CoreHandle::open`]: validates `config` and picks
+    /// the handler's slot. [`PendingOpen::build`] then allocates the channel's buffers on any
+    /// thread (so the control thread can answer others meanwhile), and
+    /// [`CoreHandle::open_built`] hands the result to the core.
+    pub fn prepare_open(&self, config: ChannelConfig) -> Result<PendingOpen, CoreError> {
         config.validate(self.payload_per_packet)?;
         if config.txq != self.tx_queue {
             return Err(CoreError::NoSuchQueue {
@@ -108,11 +112,45 @@ impl CoreHandle {
         if self.slot_of.contains_key(&config.id) {
             return Err(CoreError::Duplicate(config.id));
         }
-        Ok(self
+        let slot = self
             .slots
             .iter()
             .position(|used| !used)
-            .ok_or(CoreError::Full(self.slots.len() as u32))? as u32)
+            .ok_or(CoreError::Full(self.slots.len() as u32))? as u32;
+        Ok(PendingOpen {
+            config,
+            slot,
+            doorbell: self.doorbell.clone(),
+        })
+    }
+
+    /// The second half of [`CoreHandle::open`]: opens the channel `shared` (from
+    /// [`PendingOpen::build`] of this handle's [`CoreHandle::prepare_open`]) on the core.
+    pub fn open_built(&mut self, shared: Arc<ChannelShared>) -> Result<Sender, CoreError> {
+        let (id, slot) = (shared.config.id, shared.slot);
+        if self.slot_of.contains_key(&id) {
+            return Err(CoreError::Duplicate(id));
+        }
+        if self.slots.get(slot as usize) != Some(&false) {
+            return Err(CoreError::Full(self.slots.len() as u32));
+        }
+        self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
+        self.slots[slot as usize] = true;
+        self.slot_of.insert(id, slot);
+        Ok(Sender::new(shared))
+    }
+
+    /// Opens a client-fed channel: its submit ring is a sealed memfd region (hand
+    /// `shared.region().fd()` to the client); returns the shared state once the core runs it.
+    pub fn open_client(&mut self, config: ChannelConfig) -> Result<Arc<ChannelShared>, CoreError> {
+        let p = self.prepare_open(config)?;
+        let shared = ChannelShared::new_client(p.config, p.slot, p.doorbell)
+            .map_err(|e| CoreError::Ring(e.to_string()))?;
+        let (id, slot) = (shared.config.id, shared.slot);
+        self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
+        self.slots[slot as usize] = true;
+        self.slot_of.insert(id, slot);
+        Ok(shared)
     }
 
     /// Closes a sending channel, draining its queue first when `drain`.
@@ -133,8 +171,27 @@ impl CoreHandle {
         mmax: u32,
         ring: u32,
     ) -> Result<Receiver, CoreError> {
-        let reassembly = ring.clamp(1, 64);
-        let shared = RxShared::new(id, mmax, ring, reassembly);
+        self.open_built_receiver(Self::build_receiver(id, mmax, ring))
+    }
+
+    /// Reassembly slots of a receive side whose application ring holds `ring` messages.
+    pub fn reassembly_slots(ring: u32) -> u32 {
+        ring.clamp(1, 64)
+    }
+
+    /// Heap bytes [`CoreHandle::open_receiver`] allocates for `mmax` and `ring`.
+    pub fn receiver_bytes(mmax: u32, ring: u32) -> u64 {
+        crate::rx::reservation_bytes(mmax, ring, Self::reassembly_slots(ring))
+    }
+
+    /// The allocating half of [`CoreHandle::open_receiver`], on any thread.
+    pub fn build_receiver(id: ChannelId, mmax: u32, ring: u32) -> Arc<RxShared> {
+        RxShared::new(id, mmax, ring, Self::reassembly_slots(ring))
+    }
+
+    /// Opens a receive side built by [`CoreHandle::build_receiver`] on this core.
+    pub fn open_built_receiver(&mut self, shared: Arc<RxShared>) -> Result<Receiver, CoreError> {
+        let reassembly = shared.reassembly;
         self.send(
             Command::OpenReceiver {
                 shared: shared.clone(),
@@ -155,16 +212,8 @@ impl CoreHandle {
         region: Arc<crate::shm::Region>,
         wake: std::os::fd::OwnedFd,
     ) -> Result<Receiver, CoreError> {
-        let reassembly = region.params().capacity.clamp(1, 64);
-        let shared = RxShared::with_app(id, mmax, reassembly, region, wake);
-        self.send(
-            Command::OpenReceiver {
-                shared: shared.clone(),
-                reassembly,
-            },
-            ACK_TIMEOUT,
-        )?;
-        Ok(Receiver::new(shared))
+        let reassembly = Self::reassembly_slots(region.params().capacity);
+        self.open_built_receiver(RxShared::with_app(id, mmax, reassembly, region, wake))
     }
 
     /// Closes the receive side of a channel.

@@ -102,12 +102,39 @@ pub struct RxShared {
     pub id: ChannelId,
     /// Largest message.
     pub mmax: u32,
+    /// Messages that may be incomplete at once (the receive path's reassembly slots).
+    pub reassembly: u32,
     deliver: ArrayQueue<(Box<[u8]>, Delivery)>,
     free: ArrayQueue<Box<[u8]>>,
     /// The receiving application's ring, when it is another process.
     app: Option<AppRing>,
     /// Counters and latency.
     pub stats: RxStats,
+}
+
+/// A receive side's state apart from its buffers and rings (counters, the latency histogram,
+/// the `Arc`, the receive path's slot headers), rounded up; `tests/reservation_bytes.rs`
+/// measures it.
+pub const RX_FIXED_BYTES: u64 = 64 * 1024;
+
+/// The heap bytes a channel's receive side allocates ([`RxShared::new`] with `ring` and
+/// `reassembly`, and its slots in [`RxPath::open`]) for messages of up to `mmax` bytes,
+/// saturating; computed without allocating.
+pub fn reservation_bytes(mmax: u32, ring: u32, reassembly: u32) -> u64 {
+    use crate::channel::{queue_slot_bytes, ALLOC_OVERHEAD};
+    let buffers = u64::from(ring) + u64::from(reassembly) + 1;
+    let bufs = buffers.saturating_mul(u64::from(mmax) + ALLOC_OVERHEAD);
+    let free = buffers.saturating_mul(queue_slot_bytes::<Box<[u8]>>()) + ALLOC_OVERHEAD;
+    let deliver = u64::from(ring.max(1))
+        .saturating_mul(queue_slot_bytes::<(Box<[u8]>, Delivery)>())
+        + ALLOC_OVERHEAD;
+    let words = (mmax as u64).min(1 << 16).div_ceil(64).max(1);
+    let slots = u64::from(reassembly.max(1))
+        .saturating_mul(words * 8 + ALLOC_OVERHEAD + std::mem::size_of::<Slot>() as u64);
+    bufs.saturating_add(free)
+        .saturating_add(deliver)
+        .saturating_add(slots)
+        .saturating_add(RX_FIXED_BYTES)
 }
 
 /// A client's delivery ring and the eventfd that wakes it.
@@ -129,6 +156,7 @@ impl RxShared {
         Arc::new(Self {
             id,
             mmax,
+            reassembly,
             deliver: ArrayQueue::new(ring.max(1) as usize),
             free,
             app: None,
@@ -153,6 +181,7 @@ impl RxShared {
         Arc::new(Self {
             id,
             mmax,
+            reassembly,
             deliver: ArrayQueue::new(1),
             free,
             app: Some(AppRing { region, wake }),

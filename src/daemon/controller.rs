@@ -21,6 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use control::admission::memory::{
+    receiving_bytes, sending_bytes, sending_field, MachineMemory, MemoryBudget, MemoryRefusal, Side,
+};
 use control::admission::{
     Admission, AdmitError, Admitted, ChannelRequest, Nanos, RequestError, ResourceModel,
 };
@@ -31,10 +34,11 @@ use control::protocol::{
     IncomingInfo, OpenArgs, PeerRequest, PolicyInfo, PolicyUpdate, PrepareArgs, Refusal, Reply,
     Request, RxCounters, TxCounters,
 };
-use control::state::{ChannelRecord, StateFile, STATE_VERSION};
+use control::state::{ChannelRecord, LoadedState, RejectedRecord, StateFile, STATE_VERSION};
 use control::units::fmt_ns;
 use dataplane::channel::{ChannelShared, Sender};
 use dataplane::core::CoreStats;
+use dataplane::handle::CoreHandle;
 use dataplane::rx::Receiver;
 use dataplane::sched::SchedPolicy;
 use dataplane::spec::{ChannelConfig, ChannelSpec, OverflowPolicy};
@@ -51,6 +55,13 @@ mod attach;
 const RX_RING: u32 = 1024;
 /// Attempts at a channel id the receiver does not already use.
 const ID_ATTEMPTS: u32 = 32;
+/// Reservations from this size up are allocated on a helper thread while the control thread
+/// answers others ([`Control::off_thread`]); below it, faulting the pages in takes well under
+/// a millisecond and a thread would cost more than it saves.
+const OFF_THREAD_BYTES: u64 = 4 << 20;
+/// How often the control thread looks up from other clients to see whether the helper
+/// thread finished: short against the 100 ms other clients may wait, long enough not to spin.
+const OFF_THREAD_POLL: Duration = Duration::from_millis(1);
 
 /// Where a channel goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +115,8 @@ pub struct Control {
     cfg: DaemonConfig,
     tx_adm: Admission,
     rx_adm: Admission,
+    /// Buffer memory of every channel side on this host, against `[limits]`.
+    memory: MemoryBudget,
     dp: Dataplane,
     sink: Sink,
     out: BTreeMap<u32, Outgoing>,
@@ -117,6 +130,8 @@ pub struct Control {
     inbox: Option<std::sync::mpsc::Receiver<Msg>>,
     /// Client messages that arrived while waiting for a peer; handled next, in order.
     deferred: std::collections::VecDeque<Msg>,
+    /// Records of the state file that were not re-established: listed and written back.
+    unrestored: Vec<RejectedRecord>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -154,11 +169,13 @@ impl Control {
                 CloseMode::Discard => "discard".into(),
             },
         };
+        let memory = cfg.limits.memory_budget(&MachineMemory::detect());
         Ok(Self {
             state_path: cfg.state_file.clone(),
             cfg,
             tx_adm,
             rx_adm,
+            memory,
             dp,
             sink,
             out: BTreeMap::new(),
@@ -169,6 +186,7 @@ impl Control {
             last_heartbeat: Instant::now(),
             inbox: None,
             deferred: std::collections::VecDeque::new(),
+            unrestored: Vec::new(),
         })
     }
 
@@ -218,26 +236,93 @@ impl Control {
         self.inbox = Some(rx);
     }
 
-    /// Re-establishes the channels of the state file; returns how many came back and the
-    /// errors of those that did not.
-    pub fn restore(&mut self) -> (usize, Vec<String>) {
-        let Some(path) = self.state_path.clone() else {
-            return (0, Vec::new());
-        };
-        let state = match StateFile::load(&path) {
-            Ok(s) => s,
-            Err(e) => return (0, vec![e.to_string()]),
-        };
-        self.next_id = state.channels.iter().map(|c| c.id + 1).max().unwrap_or(0);
+    /// Runs `build` (allocating and faulting in a channel's buffers: seconds for a large
+    /// reservation) on a helper thread when it is `bytes` large, answering reads and peers
+    /// meanwhile as while waiting for a peer; other requests wait their turn.
+    fn off_thread<T: Send + 'static>(
+        &mut self,
+        bytes: u64,
+        build: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if bytes < OFF_THREAD_BYTES {
+            return Ok(build());
+        }
+        let worker = std::thread::Builder::new()
+            .name("rtchan-alloc".into())
+            .spawn(build)
+            .map_err(|e| internal(format!("cannot start the allocating thread: {e}")))?;
+        while !worker.is_finished() {
+            self.serve_peers_while_waiting();
+            std::thread::sleep(OFF_THREAD_POLL);
+        }
+        worker
+            .join()
+            .map_err(|_| internal("allocating the channel's buffers failed"))
+    }
+
+    /// A memory-budget refusal as the client sees it.
+    fn memory_error(&self, e: MemoryRefusal) -> ApiError {
+        ApiError {
+            kind: ErrorKind::Limit,
+            field: Some(e.field.into()),
+            message: format!("{e} (host '{}')", self.cfg.peering.name),
+            refusal: None,
+        }
+    }
+
+    /// The memory budget's check for a new channel's sides on this host, before anything is
+    /// prepared: the sending side, and the receiving side too when it is local.
+    fn check_memory(&self, mmax: u32, bmax: u32, local: bool) -> Result<(), ApiError> {
+        if mmax > self.cfg.max_message {
+            // Refused by admission naming `mmax` and `max_message`; nothing is allocated.
+            return Ok(());
+        }
+        let mut sides = vec![(
+            Side::Sending,
+            sending_field(bmax),
+            sending_bytes(mmax, bmax),
+        )];
+        if local && self.dp.receive_cores() > 0 {
+            sides.push((Side::Receiving, "mmax", receiving_bytes(mmax, RX_RING)));
+        }
+        self.memory
+            .check_sides(&sides)
+            .map_err(|e| self.memory_error(e))
+    }
+
+    /// Re-establishes the channels of a state file read record by record; returns how many
+    /// came back and, for the log, why the others did not. Those stay in the table as
+    /// `unrestored` (listed, written back to the file) until closed: none is dropped.
+    pub fn restore(&mut self, state: LoadedState) -> (usize, Vec<String>) {
+        let ids = state
+            .records
+            .iter()
+            .map(|(_, c)| c.id)
+            .chain(state.rejected.iter().filter_map(|r| r.id));
+        self.next_id = ids.map(|id| id.wrapping_add(1)).max().unwrap_or(0);
+        self.unrestored = state.rejected;
         let mut ok = 0;
-        let mut errors = Vec::new();
-        for rec in state.channels {
+        for (index, rec) in state.records {
             match self.open(&rec.open, Some(rec.id)) {
                 Ok(_) => ok += 1,
-                Err(e) => errors.push(format!("channel {}: {}", rec.id, e.message)),
+                Err(e) => self.unrestored.push(RejectedRecord {
+                    index,
+                    id: Some(rec.id),
+                    error: e.message,
+                    record: serde_json::to_value(&rec).expect("a record serialises"),
+                }),
             }
         }
+        self.unrestored.sort_by_key(|r| r.index);
         self.persist();
+        let errors = self
+            .unrestored
+            .iter()
+            .map(|r| match r.id {
+                Some(id) => format!("channel {id} (record {}): {}", r.index, r.error),
+                None => format!("record {}: {}", r.index, r.error),
+            })
+            .collect();
         (ok, errors)
     }
 
@@ -277,10 +362,21 @@ impl Control {
     fn client(&mut self, request: Request) -> Reply {
         match request {
             Request::Open(args) => Reply::from_result(self.open(&args, None)),
+            Request::Close(args) if self.unrestored_index(args.id).is_some() => {
+                let i = self.unrestored_index(args.id).expect("just found");
+                let r = self.unrestored.remove(i);
+                self.persist();
+                Reply::ok(
+                    serde_json::json!({"id": args.id, "state": "discarded", "record": r.record}),
+                )
+            }
             Request::Close(args) => Reply::from_result(self.close(&args)),
             Request::List => Reply::ok(self.list(None)),
             Request::Show(a) => {
-                if self.out.contains_key(&a.id) || self.inc.contains_key(&a.id) {
+                if self.out.contains_key(&a.id)
+                    || self.inc.contains_key(&a.id)
+                    || self.unrestored_index(a.id).is_some()
+                {
                     Reply::ok(self.list(Some(a.id)))
                 } else {
                     Reply::err(not_found(a.id))
@@ -411,8 +507,16 @@ impl Control {
         Ok(v)
     }
 
+    /// Where channel `id` is among the records not re-established.
+    fn unrestored_index(&self, id: u32) -> Option<usize> {
+        self.unrestored.iter().position(|r| r.id == Some(id))
+    }
+
     fn fresh_id(&mut self) -> u32 {
-        while self.out.contains_key(&self.next_id) || self.inc.contains_key(&self.next_id) {
+        while self.out.contains_key(&self.next_id)
+            || self.inc.contains_key(&self.next_id)
+            || self.unrestored_index(self.next_id).is_some()
+        {
             self.next_id = self.next_id.wrapping_add(1);
         }
         self.next_id
@@ -458,6 +562,7 @@ impl Control {
             ));
         }
         let (dst, net) = self.destination(&args.dst)?;
+        self.check_memory(mmax, args.bmax, dst == Dst::Local)?;
         if d <= net {
             return Err(ApiError::invalid(
                 "deadline",
@@ -694,6 +799,7 @@ impl Control {
             ));
         }
         let (dst, net) = self.destination(&args.dst)?;
+        self.check_memory(mmax, queue, dst == Dst::Local)?;
         let core = self.candidates(args)?[0];
         let (id, grant) = self.prepare_with_id(&dst, fixed_id, |id| PrepareArgs {
             id,
@@ -747,6 +853,19 @@ impl Control {
         (id, client): (u32, bool),
         undo: impl FnOnce(&mut Self),
     ) -> Result<SenderParts, ApiError> {
+        let (messages, mmax) = (cfg.reservation.messages, cfg.reservation.bytes_per_message);
+        let bytes = sending_bytes(mmax, messages);
+        if let Err(e) = self
+            .memory
+            .reserve(Side::Sending, id, sending_field(messages), bytes)
+        {
+            undo(self);
+            return Err(self.memory_error(e));
+        }
+        let undo = |this: &mut Self| {
+            this.memory.release(Side::Sending, id);
+            undo(this);
+        };
         if client {
             // Client-fed: the ring's memfd goes to the client; no sender in this process.
             return match self.dp.tx[usize::from(core)].handle.open_client(cfg) {
@@ -757,11 +876,21 @@ impl Control {
                 }
             };
         }
-        let sender = match self.dp.tx[usize::from(core)].handle.open(cfg) {
+        let built = match self.dp.tx[usize::from(core)].handle.prepare_open(cfg) {
+            Ok(pending) => self.off_thread(bytes, move || pending.build()),
+            Err(e) => Err(internal(format!("core {core} refused the channel: {e}"))),
+        };
+        let opened = built.and_then(|shared| {
+            self.dp.tx[usize::from(core)]
+                .handle
+                .open_built(shared)
+                .map_err(|e| internal(format!("core {core} refused the channel: {e}")))
+        });
+        let sender = match opened {
             Ok(s) => s,
             Err(e) => {
                 undo(self);
-                return Err(internal(format!("core {core} refused the channel: {e}")));
+                return Err(e);
             }
         };
         let shared = sender.shared().clone();
@@ -1012,6 +1141,12 @@ impl Control {
                 ),
             ));
         }
+        let rx_bytes = receiving_bytes(p.mmax, RX_RING);
+        if self.dp.receive_cores() > 0 && p.mmax <= self.cfg.max_message {
+            self.memory
+                .check(Side::Receiving, "mmax", rx_bytes)
+                .map_err(|e| self.memory_error(e))?;
+        }
         if p.best_effort {
             return self.prepare_best_effort(from, session, p);
         }
@@ -1100,18 +1235,16 @@ impl Control {
             .admit(&req)
             .map_err(|e| internal(e.to_string()))?;
         let core = admitted.core;
-        let receiver = match self.dp.receive_core(core) {
-            Some(handle) => match handle.open_receiver(p.id, p.mmax, RX_RING) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    let _ = self.rx_adm.release(admitted.id);
-                    return Err(internal(format!("receive core {core}: {e}")));
-                }
-            },
-            None => None,
+        let receiver = match self.open_receiver(core, p.id, p.mmax) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.rx_adm.release(admitted.id);
+                return Err(e);
+            }
         };
         if let Some(r) = &receiver {
             self.sink.add(p.id, r.clone());
+            self.dp.steer(p.id, Some(core));
         }
         let mut shown = admitted.clone();
         shown.id = p.id;
@@ -1177,16 +1310,10 @@ impl Control {
         if p.dry_run {
             return Ok(grant);
         }
-        let receiver = match self.dp.receive_core(core) {
-            Some(handle) => Some(
-                handle
-                    .open_receiver(p.id, p.mmax, RX_RING)
-                    .map_err(|e| internal(format!("receive core {core}: {e}")))?,
-            ),
-            None => None,
-        };
+        let receiver = self.open_receiver(core, p.id, p.mmax)?;
         if let Some(r) = &receiver {
             self.sink.add(p.id, r.clone());
+            self.dp.steer(p.id, Some(core));
         }
         self.inc.insert(
             p.id,
@@ -1211,14 +1338,46 @@ impl Control {
         Ok(grant)
     }
 
+    /// Opens channel `id`'s receive side on receive core `core` (none without a receive
+    /// path): reserves its memory, allocates it off the request path, hands it to the core.
+    fn open_receiver(
+        &mut self,
+        core: u16,
+        id: u32,
+        mmax: u32,
+    ) -> Result<Option<Receiver>, ApiError> {
+        if self.dp.receive_core(core).is_none() {
+            return Ok(None);
+        }
+        let bytes = receiving_bytes(mmax, RX_RING);
+        self.memory
+            .reserve(Side::Receiving, id, "mmax", bytes)
+            .map_err(|e| self.memory_error(e))?;
+        let opened = self
+            .off_thread(bytes, move || CoreHandle::build_receiver(id, mmax, RX_RING))
+            .and_then(|shared| {
+                self.dp
+                    .receive_core(core)
+                    .expect("checked above")
+                    .open_built_receiver(shared)
+                    .map_err(|e| internal(format!("receive core {core}: {e}")))
+            });
+        if opened.is_err() {
+            self.memory.release(Side::Receiving, id);
+        }
+        opened.map(Some)
+    }
+
     fn release_incoming(&mut self, id: u32) {
         if let Some(i) = self.inc.remove(&id) {
+            self.memory.release(Side::Receiving, id);
             self.sink.remove(id);
             // An attached client sees the channel closed in its ring.
             if let Some(r) = i.receiver.as_ref().and_then(|r| r.shared().app_region()) {
                 r.close();
             }
             if i.receiver.is_some() {
+                self.dp.steer(id, None);
                 if let Some(handle) = self.dp.receive_core(i.core) {
                     let _ = handle.close_receiver(id);
                 }
@@ -1253,6 +1412,7 @@ impl Control {
             o.sender = src.stop();
         }
         let _ = self.dp.tx[usize::from(o.core)].handle.close(id, drain);
+        self.memory.release(Side::Sending, id);
         if let Some(a) = o.adm_id {
             let _ = self.tx_adm.release(a);
         }
@@ -1305,6 +1465,12 @@ impl Control {
                 .iter()
                 .filter(|(id, i)| only.is_none_or(|o| o == **id) && i.info.from != "local")
                 .map(|(_, i)| i.info.clone())
+                .collect(),
+            unrestored: self
+                .unrestored
+                .iter()
+                .filter(|r| only.is_none() || r.id == only)
+                .cloned()
                 .collect(),
         }
     }
@@ -1478,7 +1644,7 @@ impl Control {
                 })
                 .collect(),
         };
-        if let Err(e) = state.save(path) {
+        if let Err(e) = state.save_with(&self.unrestored, path) {
             eprintln!("rtchand: {e}");
         }
     }
