@@ -39,7 +39,7 @@
 
 use crate::shm::{Consumer, Event, Params, Region, ShmError, SubmitDesc, Taken};
 use crate::spec::{ChannelConfig, OverflowPolicy};
-use crate::stats::ChannelStats;
+use crate::stats::{ChannelStats, SampleSink};
 use crate::time::{monotonic_now, Nanos};
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
@@ -176,8 +176,14 @@ pub fn reservation_bytes(messages: u32, bytes_per_message: u32) -> u64 {
 }
 
 impl ChannelShared {
-    /// Creates the shared state and preallocates the channel's buffers (control path).
-    pub fn new(config: ChannelConfig, slot: u32, doorbell: Arc<Doorbell>) -> Arc<Self> {
+    /// Creates the shared state and preallocates the channel's buffers, with its delay
+    /// histogram registered in the core's `sink` (control path).
+    pub fn new(
+        config: ChannelConfig,
+        slot: u32,
+        doorbell: Arc<Doorbell>,
+        sink: &Arc<SampleSink>,
+    ) -> Arc<Self> {
         let messages = config.reservation.messages as usize;
         let inline = config.mmax() as usize <= INLINE_MAX;
         let free = ArrayQueue::new(if inline { 1 } else { messages + 1 });
@@ -198,7 +204,7 @@ impl ChannelShared {
             closed: AtomicBool::new(false),
             doorbell,
             client: None,
-            stats: ChannelStats::default(),
+            stats: ChannelStats::new(sink),
         })
     }
 
@@ -208,10 +214,11 @@ impl ChannelShared {
         config: ChannelConfig,
         slot: u32,
         doorbell: Arc<Doorbell>,
+        sink: &Arc<SampleSink>,
     ) -> Result<Arc<Self>, ShmError> {
         let p = Self::ring_params(&config);
         let region = Region::memfd::<SubmitDesc>(&p, &format!("rtchan-submit-{}", config.id))?;
-        Self::with_ring(config, slot, doorbell, region)
+        Self::with_ring(config, slot, doorbell, sink, region)
     }
 
     /// The ring a client-fed channel needs.
@@ -229,6 +236,7 @@ impl ChannelShared {
         config: ChannelConfig,
         slot: u32,
         doorbell: Arc<Doorbell>,
+        sink: &Arc<SampleSink>,
         region: Arc<Region>,
     ) -> Result<Arc<Self>, ShmError> {
         let consumer = Consumer::new(region)?;
@@ -242,7 +250,7 @@ impl ChannelShared {
             closed: AtomicBool::new(false),
             doorbell,
             client: Some(consumer),
-            stats: ChannelStats::default(),
+            stats: ChannelStats::new(sink),
         }))
     }
 
@@ -551,7 +559,10 @@ mod tests {
         let mut c = ChannelConfig::real_time(5, spec);
         c.overflow = policy;
         let bell = Arc::new(Doorbell::new(4));
-        (ChannelShared::new(c, 3, bell.clone()), bell)
+        (
+            ChannelShared::new(c, 3, bell.clone(), &SampleSink::new()),
+            bell,
+        )
     }
 
     #[test]

@@ -38,7 +38,6 @@ use control::state::{ChannelRecord, LoadedState, RejectedRecord, StateFile, STAT
 use control::units::fmt_ns;
 use dataplane::channel::{ChannelShared, Sender};
 use dataplane::core::CoreStats;
-use dataplane::handle::CoreHandle;
 use dataplane::rx::Receiver;
 use dataplane::sched::SchedPolicy;
 use dataplane::spec::{ChannelConfig, ChannelSpec, OverflowPolicy};
@@ -1353,8 +1352,13 @@ impl Control {
         self.memory
             .reserve(Side::Receiving, id, "mmax", bytes)
             .map_err(|e| self.memory_error(e))?;
+        let pending = self
+            .dp
+            .receive_core(core)
+            .expect("checked above")
+            .prepare_receiver(id, mmax, RX_RING);
         let opened = self
-            .off_thread(bytes, move || CoreHandle::build_receiver(id, mmax, RX_RING))
+            .off_thread(bytes, move || pending.build())
             .and_then(|shared| {
                 self.dp
                     .receive_core(core)
@@ -1475,8 +1479,9 @@ impl Control {
         }
     }
 
-    fn rx_counters(r: &Receiver) -> RxCounters {
+    fn rx_counters(&self, id: u32, r: &Receiver) -> RxCounters {
         let s = r.stats();
+        let (recent_misses, older_misses) = self.sink.recent_misses(id);
         RxCounters {
             delivered: s.delivered.get(),
             bytes: s.bytes.get(),
@@ -1485,6 +1490,8 @@ impl Control {
             duplicates: s.duplicates.get(),
             reordered: s.reordered.get(),
             latency: percentiles(&s.latency_snapshot()),
+            recent_misses,
+            older_misses,
         }
     }
 
@@ -1510,7 +1517,7 @@ impl Control {
                     .inc
                     .get(&id)
                     .and_then(|i| i.receiver.as_ref())
-                    .map(Self::rx_counters),
+                    .map(|r| self.rx_counters(id, r)),
                 Dst::Peer(_) => None,
             };
             v.push(ChannelStatsInfo {
@@ -1543,7 +1550,7 @@ impl Control {
                 peer: i.info.from.clone(),
                 uptime_s: i.opened.elapsed().as_secs_f64(),
                 tx: None,
-                rx: i.receiver.as_ref().map(Self::rx_counters),
+                rx: i.receiver.as_ref().map(|r| self.rx_counters(id, r)),
             });
         }
         v
