@@ -1354,7 +1354,7 @@ impl Control {
             self.teardown(id, false, false);
         }
         if !ids.is_empty() {
-            eprintln!(
+            tracing::warn!(
                 "rtchand: lost peer '{peer}': closed channels {ids:?} and freed their reservations"
             );
             self.persist();
@@ -1676,7 +1676,7 @@ impl Control {
             self.release_incoming(id);
         }
         if !ids.is_empty() {
-            eprintln!("rtchand: a peer's session ended: released incoming channels {ids:?}");
+            tracing::warn!("rtchand: a peer's session ended: released incoming channels {ids:?}");
         }
     }
 
@@ -1925,7 +1925,7 @@ impl Control {
                 .collect(),
         };
         if let Err(e) = state.save_with(&self.unrestored, path) {
-            eprintln!("rtchand: {e}");
+            tracing::error!("rtchand: {e}");
         }
     }
 
