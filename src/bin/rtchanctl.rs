@@ -152,6 +152,9 @@ struct StatsCmd {
     /// Stop --watch after this many refreshes.
     #[arg(long)]
     count: Option<u64>,
+    /// The port instead: link state, port and per-queue counters, xstats (dpdk).
+    #[arg(long, conflicts_with = "id")]
+    port: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -341,13 +344,21 @@ fn run(cli: &Cli) -> ExitCode {
             }
         }
         Command::Stats(s) => {
-            let req = Request::Stats(StatsArgs { id: s.id });
+            let req = if s.port {
+                Request::PortStats
+            } else {
+                Request::Stats(StatsArgs { id: s.id })
+            };
             let mut n = 0u64;
             loop {
                 let code = match call(cli, &req) {
                     Ok(r) => {
                         let failed = r.error.is_some();
-                        let code = show(cli, r, |v: &Vec<ChannelStatsInfo>| client::stats_table(v));
+                        let code = if s.port {
+                            show(cli, r, client::port_table)
+                        } else {
+                            show(cli, r, |v: &Vec<ChannelStatsInfo>| client::stats_table(v))
+                        };
                         if failed {
                             return code;
                         }

@@ -360,6 +360,72 @@ pub fn channel_detail(c: &ChannelInfo) -> String {
     s
 }
 
+/// The `stats --port` table: link, port counters, one line per queue pair, non-zero xstats.
+pub fn port_table(p: &control::protocol::PortStatsInfo) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let dev = p.device.as_deref().unwrap_or("-");
+    let Some(d) = &p.dpdk else {
+        let _ = writeln!(
+            s,
+            "port {} ({dev}): no port counters kept for this kind (dpdk only)",
+            p.kind
+        );
+        return s;
+    };
+    let link = match (d.link_up, d.link_speed_mbps) {
+        (true, Some(m)) => format!(
+            "up {m} Mb/s{}",
+            if d.full_duplex { " full-duplex" } else { "" }
+        ),
+        (true, None) => "up".into(),
+        (false, _) => "down".into(),
+    };
+    let _ = writeln!(s, "port dpdk {} ({}): link {link}", d.name, d.driver);
+    let _ = writeln!(
+        s,
+        "  rx {} packets {} bytes, missed {} errors {} no-mbuf {}; tx {} packets {} bytes, \
+         errors {}; RX pool {}/{} in use",
+        d.ipackets,
+        d.ibytes,
+        d.imissed,
+        d.ierrors,
+        d.rx_nombuf,
+        d.opackets,
+        d.obytes,
+        d.oerrors,
+        d.rx_pool_in_use,
+        d.rx_pool_size
+    );
+    let _ = writeln!(
+        s,
+        "{:>5} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10} {:>8}",
+        "QUEUE", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "HANDED IN", "HO DROPS", "TX POOL"
+    );
+    for q in &d.queues {
+        let _ = writeln!(
+            s,
+            "{:>5} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10} {:>8}",
+            q.queue,
+            q.rx_packets,
+            q.rx_bytes,
+            q.tx_packets,
+            q.tx_bytes,
+            q.handed_in,
+            q.handoff_dropped,
+            q.tx_pool_in_use
+        );
+    }
+    let nonzero: Vec<_> = d.xstats.iter().filter(|(_, &v)| v != 0).collect();
+    if !nonzero.is_empty() {
+        let _ = writeln!(s, "  xstats (non-zero; all in --json):");
+        for (k, v) in nonzero {
+            let _ = writeln!(s, "    {k} {v}");
+        }
+    }
+    s
+}
+
 /// `stats`.
 pub fn stats_table(v: &[ChannelStatsInfo]) -> String {
     if v.is_empty() {

@@ -228,6 +228,7 @@ impl Control {
                         Request::List
                         | Request::Show(_)
                         | Request::Stats(_)
+                        | Request::PortStats
                         | Request::PolicyShow
                         | Request::Ping,
                     ..
@@ -655,6 +656,7 @@ impl Control {
                 }
             }
             Request::Stats(a) => Reply::from_result(self.stats(a.id)),
+            Request::PortStats => Reply::ok(self.dp.port_stats(&self.cfg)),
             Request::PolicyShow => Reply::ok(&self.policy),
             Request::PolicySet(u) => Reply::from_result(self.policy_set(&u)),
             Request::Ping => Reply::ok(serde_json::json!({})),
