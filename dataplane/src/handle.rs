@@ -8,9 +8,10 @@
 use crate::channel::{ChannelShared, Doorbell, Sender};
 use crate::core::{Command, ControlRing, Core, CoreError};
 use crate::port::Port;
-use crate::rx::{Receiver, RxShared};
+use crate::rx::{Receiver, RxRejects, RxShared};
 use crate::sched::SchedPolicy;
 use crate::spec::{ChannelConfig, ChannelId};
+use crate::wire::SourceCheck;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +47,7 @@ pub struct CoreHandle {
     slots: Vec<bool>,
     slot_of: HashMap<ChannelId, u32>,
     early_acks: HashMap<u64, Result<(), CoreError>>,
+    rx_rejects: Arc<RxRejects>,
 }
 
 impl CoreHandle {
@@ -59,7 +61,13 @@ impl CoreHandle {
             slots: vec![false; core.config().max_channels as usize],
             slot_of: HashMap::new(),
             early_acks: HashMap::new(),
+            rx_rejects: core.rx_rejects(),
         }
+    }
+
+    /// The core's receive-path reject counters (frames refused before or at a channel).
+    pub fn rx_rejects(&self) -> &Arc<RxRejects> {
+        &self.rx_rejects
     }
 
     /// Payload bytes per packet on this core.
@@ -173,7 +181,17 @@ impl CoreHandle {
 
     /// The allocating half of [`CoreHandle::open_receiver`], on any thread.
     pub fn build_receiver(id: ChannelId, mmax: u32, ring: u32) -> Arc<RxShared> {
-        RxShared::new(id, mmax, ring, Self::reassembly_slots(ring))
+        Self::build_receiver_from(id, mmax, ring, None)
+    }
+
+    /// [`CoreHandle::build_receiver`] for frames that must carry `source`'s addresses.
+    pub fn build_receiver_from(
+        id: ChannelId,
+        mmax: u32,
+        ring: u32,
+        source: Option<SourceCheck>,
+    ) -> Arc<RxShared> {
+        RxShared::with_source(id, mmax, ring, Self::reassembly_slots(ring), source)
     }
 
     /// Opens a receive side built by [`CoreHandle::build_receiver`] on this core.
