@@ -317,6 +317,15 @@ pub struct RxCounters {
     pub reordered: u64,
     /// Submit to delivery.
     pub latency: Percentiles,
+    /// The most recent deadline misses with their times (up to a fixed number per channel,
+    /// oldest first; `deadline_misses` counts them all), to hold against measured OS
+    /// preemption. Empty when the daemon does not drain the channel itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_misses: Vec<MissTimes>,
+    /// Misses drained before those in `recent_misses` and no longer held (the list is full).
+    /// A miss delivered but not drained yet is in `deadline_misses` and in neither of these.
+    #[serde(default)]
+    pub older_misses: u64,
     /// Frames naming this channel that the receive path rejected, by reason
     /// (`wrong_source`, `wrong_destination`, `bad_fragment`, `seq_out_of_window`, ...;
     /// reasons with no frames left out).
@@ -329,6 +338,18 @@ pub struct RxCounters {
     /// Times the receiver followed the sender's sequence numbers out of its window.
     #[serde(default)]
     pub resyncs: u64,
+}
+
+/// One deadline miss: the message's times (CLOCK_MONOTONIC ns of the receiving host; the
+/// submit time is the sender's, on synchronised clocks across hosts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissTimes {
+    /// Submit time at the sender.
+    pub submit: Nanos,
+    /// Absolute end-to-end deadline.
+    pub deadline: Nanos,
+    /// Delivery time (after the deadline).
+    pub delivered: Nanos,
 }
 
 /// `stats` of one channel.

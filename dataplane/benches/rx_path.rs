@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use dataplane::rx::{Receiver, RxPath, RxShared};
 use dataplane::spec::Endpoint;
+use dataplane::stats::{SampleSink, SampleSource};
 use dataplane::wire::{HeaderTemplate, RtHeader, SourceCheck, RTCHAN_UDP_PORT};
 
 const FRAMES: usize = 20_000;
@@ -47,9 +48,14 @@ fn frames(fragments: u16) -> Vec<Vec<u8>> {
 }
 
 fn run(frames: &[Vec<u8>], check: Option<SourceCheck>) -> f64 {
-    let mut rx = RxPath::new(RTCHAN_UDP_PORT, 1_000_000_000);
-    let shared: Arc<RxShared> = RxShared::with_source(1, 4000, 1024, 64, check);
-    rx.open(shared.clone(), 64);
+    let sink = SampleSink::new();
+    let mut rx = RxPath::new(
+        RTCHAN_UDP_PORT,
+        1_000_000_000,
+        sink.producer(SampleSource::Latency),
+    );
+    let shared: Arc<RxShared> = RxShared::with_source(1, 4000, 1024, 64, &sink, check);
+    rx.open(RxPath::prepare(shared.clone(), 64)).unwrap();
     let r = Receiver::new(shared);
     let t = Instant::now();
     for (i, f) in frames.iter().enumerate() {

@@ -9,6 +9,7 @@ include!("../../fuzz/mutator.rs");
 
 use dataplane::rx::{Receiver, RxPath, RxShared, SEQ_WINDOW_AHEAD};
 use dataplane::spec::Endpoint;
+use dataplane::stats::{SampleSink, SampleSource};
 use dataplane::wire::{checksum_add, checksum_finish, parse_frame, SourceCheck, RTCHAN_UDP_PORT};
 
 const MMAX: u32 = 4000;
@@ -44,10 +45,15 @@ fn fix_checksums(f: &mut [u8]) {
 
 #[test]
 fn wire_parser_and_reassembly() {
-    let mut rx = RxPath::new(RTCHAN_UDP_PORT, 1_000_000);
+    let sink = SampleSink::new();
+    let mut rx = RxPath::new(
+        RTCHAN_UDP_PORT,
+        1_000_000,
+        sink.producer(SampleSource::Latency),
+    );
     let check = SourceCheck::exact(&Endpoint::default());
-    let shared = RxShared::with_source(9, MMAX, 64, 8, Some(check));
-    rx.open(shared.clone(), 8);
+    let shared = RxShared::with_source(9, MMAX, 64, 8, &sink, Some(check));
+    rx.open(RxPath::prepare(shared.clone(), 8)).unwrap();
     let r = Receiver::new(shared);
     let mut now: u64 = 1_000_000_000;
     fuzz("wire", |input| {

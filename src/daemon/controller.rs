@@ -38,7 +38,6 @@ use control::state::{ChannelRecord, LoadedState, RejectedRecord, StateFile, STAT
 use control::units::fmt_ns;
 use dataplane::channel::{ChannelShared, Sender};
 use dataplane::core::CoreStats;
-use dataplane::handle::CoreHandle;
 use dataplane::rx::Receiver;
 use dataplane::sched::SchedPolicy;
 use dataplane::spec::{ChannelConfig, ChannelSpec, Endpoint, OverflowPolicy};
@@ -124,6 +123,8 @@ pub struct Control {
     inbox: Option<std::sync::mpsc::Receiver<Msg>>,
     /// Client messages that arrived while waiting for a peer; handled next, in order.
     deferred: std::collections::VecDeque<Msg>,
+    /// `channel open` requests refused, by (side, reason), for the metrics.
+    refusals: BTreeMap<(String, String), u64>,
     /// Records of the state file that were not re-established: listed and written back.
     unrestored: Vec<RejectedRecord>,
 }
@@ -180,6 +181,7 @@ impl Control {
             last_heartbeat: Instant::now(),
             inbox: None,
             deferred: std::collections::VecDeque::new(),
+            refusals: BTreeMap::new(),
             unrestored: Vec::new(),
         })
     }
@@ -339,12 +341,279 @@ impl Control {
                 let _ = reply.send(r);
             }
             Msg::SessionClosed { session } => self.session_closed(session),
+            Msg::Metrics { reply } => {
+                let _ = reply.send(self.metrics());
+            }
         }
+    }
+
+    /// Counts a refused `channel open` by side and reason (for the metrics).
+    fn count_refusal(&mut self, e: &ApiError) {
+        let key = match &e.refusal {
+            Some(r) => {
+                let resource = match r.rejection.resource {
+                    control::admission::Resource::Cpu(_) => "cpu",
+                    control::admission::Resource::Link(_) => "link",
+                };
+                let test = match r.rejection.test {
+                    control::admission::FailedTest::Utilisation { .. } => "utilisation",
+                    control::admission::FailedTest::Demand { .. } => "demand",
+                };
+                (r.side.clone(), format!("{resource}_{test}"))
+            }
+            None => (
+                "request".to_string(),
+                serde_json::to_value(e.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "other".into()),
+            ),
+        };
+        *self.refusals.entry(key).or_default() += 1;
+    }
+
+    /// The metrics endpoint's text: what `stats` reads (the channels' shared counters and
+    /// histograms), the admission controllers and this thread's own counters; nothing from a
+    /// polling core (see [`super::metrics`]).
+    pub fn metrics(&self) -> String {
+        use super::metrics::{bound_buckets, Exposition};
+        let mut e = Exposition::default();
+        for (&id, o) in &self.out {
+            let ch = id.to_string();
+            let l = [("channel", ch.as_str()), ("dst", o.info.dst.as_str())];
+            let st = o.shared.stats.snapshot();
+            e.counter(
+                "rtchan_channel_submitted_messages_total",
+                "Messages accepted by submit on the sending host.",
+                &l,
+                st.submitted,
+            );
+            e.counter(
+                "rtchan_channel_sent_messages_total",
+                "Messages whose last packet left the sending host.",
+                &l,
+                st.messages_sent,
+            );
+            e.counter(
+                "rtchan_channel_sent_packets_total",
+                "Packets sent.",
+                &l,
+                st.packets,
+            );
+            e.counter(
+                "rtchan_channel_sent_bytes_total",
+                "Bytes sent.",
+                &l,
+                st.bytes,
+            );
+            for (reason, v) in [
+                ("would_block", st.would_block),
+                ("drop_newest", st.dropped_newest),
+                ("drop_oldest", st.dropped_oldest),
+                ("on_close", st.dropped_on_close),
+            ] {
+                e.counter(
+                    "rtchan_channel_drops_total",
+                    "Messages not sent, by reason: refused with a full buffer (would_block), \
+                     dropped by the overflow policy, or discarded at close.",
+                    &[l[0], l[1], ("reason", reason)],
+                    v,
+                );
+            }
+            e.counter(
+                "rtchan_channel_late_packets_total",
+                "Packets released after their link deadline.",
+                &l,
+                st.late_packets,
+            );
+            e.counter(
+                "rtchan_channel_budget_overruns_total",
+                "Handler runs over their cycle budget.",
+                &l,
+                st.budget_overruns,
+            );
+            let bound = if o.info.best_effort {
+                0
+            } else {
+                o.info.sender.link_deadline
+            };
+            e.gauge(
+                "rtchan_channel_host_bound_seconds",
+                "The sending host's admitted bound d_s (0: best-effort).",
+                &l,
+                bound as f64 / 1e9,
+            );
+            e.histogram_ns(
+                "rtchan_channel_host_delay_seconds",
+                "Submit to last packet released on the sending host; buckets around d_s.",
+                &l,
+                &o.shared.stats.delay_snapshot(),
+                &bound_buckets(bound),
+            );
+        }
+        for (&id, i) in &self.inc {
+            let Some(r) = i.receiver.as_ref() else {
+                continue;
+            };
+            let ch = id.to_string();
+            let l = [("channel", ch.as_str()), ("src", i.info.from.as_str())];
+            let st = r.stats();
+            e.counter(
+                "rtchan_channel_delivered_messages_total",
+                "Messages delivered on the receiving host.",
+                &l,
+                st.delivered.get(),
+            );
+            e.counter(
+                "rtchan_channel_delivered_bytes_total",
+                "Payload bytes delivered.",
+                &l,
+                st.bytes.get(),
+            );
+            e.counter(
+                "rtchan_channel_deadline_misses_total",
+                "Messages delivered after their end-to-end deadline.",
+                &l,
+                st.deadline_misses.get(),
+            );
+            e.counter(
+                "rtchan_channel_lost_messages_total",
+                "Messages never received (sequence gaps).",
+                &l,
+                st.lost.get(),
+            );
+            e.counter(
+                "rtchan_channel_duplicate_messages_total",
+                "Messages or fragments received twice.",
+                &l,
+                st.duplicates.get(),
+            );
+            e.counter(
+                "rtchan_channel_reordered_messages_total",
+                "Messages that arrived after a later one.",
+                &l,
+                st.reordered.get(),
+            );
+            e.counter(
+                "rtchan_channel_receive_drops_total",
+                "Messages dropped on the receiving host, by reason.",
+                &[l[0], l[1], ("reason", "ring_full")],
+                st.ring_full.get(),
+            );
+            e.counter(
+                "rtchan_channel_receive_drops_total",
+                "Messages dropped on the receiving host, by reason.",
+                &[l[0], l[1], ("reason", "incomplete")],
+                st.incomplete.get(),
+            );
+            let bound = if i.info.best_effort {
+                0
+            } else {
+                i.info.end_to_end
+            };
+            e.gauge(
+                "rtchan_channel_bound_seconds",
+                "The channel's end-to-end bound D (0: best-effort).",
+                &l,
+                bound as f64 / 1e9,
+            );
+            e.histogram_ns(
+                "rtchan_channel_latency_seconds",
+                "Submit to delivery (end to end); buckets around D.",
+                &l,
+                &st.latency_snapshot(),
+                &bound_buckets(bound),
+            );
+        }
+        // Per TX queue (admission's queue i is core i's port queue): what the sending
+        // channels on it report, and what admission has granted of it.
+        let rate = self.cfg.link_rate_bps();
+        let util = self.tx_adm.utilisation();
+        for (q, ppm) in util.tx_queues.iter().enumerate() {
+            let qs = q.to_string();
+            let l = [("txq", qs.as_str())];
+            let on_q = self
+                .out
+                .values()
+                .filter(|o| usize::from(o.info.sender.txq) == q);
+            let (late, packets) = on_q.fold((0, 0), |(a, b), o| {
+                let st = o.shared.stats.snapshot();
+                (a + st.late_packets, b + st.packets)
+            });
+            e.gauge(
+                "rtchan_txq_paced_rate_bytes_per_second",
+                "The rate the link scheduler paces the queue at.",
+                &l,
+                rate as f64 / 8.0,
+            );
+            e.counter(
+                "rtchan_txq_late_packets_total",
+                "Packets of the queue's open channels released after their link deadline.",
+                &l,
+                late,
+            );
+            e.counter(
+                "rtchan_txq_packets_total",
+                "Packets of the queue's open channels sent.",
+                &l,
+                packets,
+            );
+            e.gauge(
+                "rtchan_admission_utilisation_ratio",
+                "Real-time utilisation admitted on a resource (of 1).",
+                &[("side", "tx"), ("resource", "link"), ("index", qs.as_str())],
+                f64::from(*ppm) / 1e6,
+            );
+        }
+        for (side, u) in [("tx", &util), ("rx", &self.rx_adm.utilisation())] {
+            for (c, ppm) in u.cores.iter().enumerate() {
+                let cs = c.to_string();
+                e.gauge(
+                    "rtchan_admission_utilisation_ratio",
+                    "Real-time utilisation admitted on a resource (of 1).",
+                    &[("side", side), ("resource", "cpu"), ("index", cs.as_str())],
+                    f64::from(*ppm) / 1e6,
+                );
+            }
+        }
+        e.gauge(
+            "rtchan_admission_limit_ratio",
+            "The utilisation admission allows a resource (1 - best-effort reserve).",
+            &[],
+            1.0 - f64::from(self.policy.best_effort_reserve_ppm) / 1e6,
+        );
+        for ((side, reason), n) in &self.refusals {
+            e.counter(
+                "rtchan_admission_refusals_total",
+                "channel open requests refused, by side (sender, receiver, request) and reason.",
+                &[("side", side.as_str()), ("reason", reason.as_str())],
+                *n,
+            );
+        }
+        e.gauge(
+            "rtchan_channels",
+            "Channels open on this host, by direction.",
+            &[("direction", "out")],
+            self.out.len() as f64,
+        );
+        e.gauge(
+            "rtchan_channels",
+            "Channels open on this host, by direction.",
+            &[("direction", "in")],
+            self.inc.values().filter(|i| i.info.from != "local").count() as f64,
+        );
+        e.finish()
     }
 
     fn client(&mut self, request: Request) -> Reply {
         match request {
-            Request::Open(args) => Reply::from_result(self.open(&args, None)),
+            Request::Open(args) => {
+                let r = self.open(&args, None);
+                if let Err(e) = &r {
+                    self.count_refusal(e);
+                }
+                Reply::from_result(r)
+            }
             Request::Close(args) if self.unrestored_index(args.id).is_some() => {
                 let i = self.unrestored_index(args.id).expect("just found");
                 let r = self.unrestored.remove(i);
@@ -1299,11 +1568,15 @@ impl Control {
         self.memory
             .reserve(Side::Receiving, id, "mmax", bytes)
             .map_err(|e| self.memory_error(e))?;
-        let check = Some(self.source_check(from));
+        let check = self.source_check(from);
+        let pending = self
+            .dp
+            .receive_core(core)
+            .expect("checked above")
+            .prepare_receiver(id, mmax, RX_RING)
+            .with_source(check);
         let opened = self
-            .off_thread(bytes, move || {
-                CoreHandle::build_receiver_from(id, mmax, RX_RING, check)
-            })
+            .off_thread(bytes, move || pending.build())
             .and_then(|shared| {
                 self.dp
                     .receive_core(core)
@@ -1464,8 +1737,9 @@ impl Control {
         }
     }
 
-    fn rx_counters(r: &Receiver) -> RxCounters {
+    fn rx_counters(&self, id: u32, r: &Receiver) -> RxCounters {
         let s = r.stats();
+        let (recent_misses, older_misses) = self.sink.recent_misses(id);
         RxCounters {
             delivered: s.delivered.get(),
             bytes: s.bytes.get(),
@@ -1474,6 +1748,8 @@ impl Control {
             duplicates: s.duplicates.get(),
             reordered: s.reordered.get(),
             latency: percentiles(&s.latency_snapshot()),
+            recent_misses,
+            older_misses,
             rejected: ParseError::ALL
                 .iter()
                 .map(|e| (e.name().to_string(), s.rejected[e.index()].get()))
@@ -1506,7 +1782,7 @@ impl Control {
                     .inc
                     .get(&id)
                     .and_then(|i| i.receiver.as_ref())
-                    .map(Self::rx_counters),
+                    .map(|r| self.rx_counters(id, r)),
                 Dst::Peer(_) => None,
             };
             v.push(ChannelStatsInfo {
@@ -1538,7 +1814,7 @@ impl Control {
                 peer: i.info.from.clone(),
                 uptime_s: i.opened.elapsed().as_secs_f64(),
                 tx: None,
-                rx: i.receiver.as_ref().map(Self::rx_counters),
+                rx: i.receiver.as_ref().map(|r| self.rx_counters(id, r)),
             });
         }
         v

@@ -30,6 +30,7 @@ pub mod calibrate;
 pub mod client;
 pub mod controller;
 pub mod dp;
+pub mod metrics;
 pub mod peer;
 pub mod server;
 pub mod traffic;
@@ -81,6 +82,11 @@ pub enum Msg {
         /// The session.
         session: u64,
     },
+    /// A scrape of the metrics endpoint: the exposition text goes back on `reply`.
+    Metrics {
+        /// Where the text goes.
+        reply: mpsc::Sender<String>,
+    },
 }
 
 /// The daemon could not start.
@@ -103,6 +109,14 @@ pub enum DaemonError {
     /// The peering port could not be bound.
     #[error("peering.listen {addr}: {source}")]
     Peering {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The metrics endpoint could not be bound.
+    #[error("metrics.listen {addr}: {source} (another process, or another rtchand, holds it?)")]
+    Metrics {
         /// The address.
         addr: SocketAddr,
         /// The error.
@@ -154,14 +168,28 @@ fn load_state(path: &Path, discard: bool) -> Result<LoadedState, DaemonError> {
     }
 }
 
+/// Sets the daemon's stop flag when dropped armed (a start that failed part-way).
+struct StopOnError(Option<Arc<AtomicBool>>);
+
+impl Drop for StopOnError {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     stop: Arc<AtomicBool>,
     control: Option<JoinHandle<FinalReport>>,
     server: server::Server,
     peer: Option<peer::PeerServer>,
+    metrics: Option<metrics::MetricsServer>,
     /// Where peers connect (the bound address of `peering.listen`).
     pub peer_addr: Option<SocketAddr>,
+    /// Where `GET /metrics` is served (the bound address of `metrics.listen`).
+    pub metrics_addr: Option<SocketAddr>,
     /// The control socket.
     pub socket: PathBuf,
     /// Channels re-established from the state file.
@@ -194,6 +222,17 @@ impl Daemon {
         let mode = cfg.socket_mode()?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Msg>();
+        // A start that fails part-way stops what it had started (the metrics thread, the
+        // control thread).
+        let mut stop_on_error = StopOnError(Some(stop.clone()));
+        // Bound before the cores start, so that an address in use fails the start at once.
+        let metrics = match cfg.metrics.listen {
+            Some(addr) => Some(
+                metrics::MetricsServer::start(addr, tx.clone(), stop.clone())
+                    .map_err(|source| DaemonError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
         let mut control = controller::Control::new(cfg.clone()).map_err(DaemonError::Setup)?;
         let heartbeat = Duration::from_nanos(cfg.peering.heartbeat.0);
         let idle = (heartbeat * 3).max(Duration::from_nanos(cfg.peering.timeout.0));
@@ -237,12 +276,15 @@ impl Daemon {
             path: cfg.socket.clone(),
             source,
         })?;
+        stop_on_error.0 = None;
         Ok(Self {
             stop,
             control: Some(control),
             server,
             peer_addr: peer.as_ref().map(|p| p.local_addr),
             peer,
+            metrics_addr: metrics.as_ref().map(|m| m.local_addr),
+            metrics,
             socket: cfg.socket,
             restored,
             restore_errors,
@@ -261,6 +303,9 @@ impl Daemon {
         self.server.join();
         if let Some(p) = self.peer.as_mut() {
             p.join();
+        }
+        if let Some(m) = self.metrics.as_mut() {
+            m.join();
         }
         self.control
             .take()
@@ -282,10 +327,13 @@ pub fn run(path: &Path, opts: StartOptions) -> Result<FinalReport, DaemonError> 
         eprintln!("rtchand: not re-established (kept in the state file and listed): {e}");
     }
     eprintln!(
-        "rtchand: serving {}{}; {} channel(s) re-established",
+        "rtchand: serving {}{}{}; {} channel(s) re-established",
         d.socket.display(),
         d.peer_addr
             .map(|a| format!(", peers on {a}"))
+            .unwrap_or_default(),
+        d.metrics_addr
+            .map(|a| format!(", metrics on http://{a}/metrics"))
             .unwrap_or_default(),
         d.restored
     );
