@@ -56,6 +56,8 @@ pub enum Request {
     Show(IdArgs),
     /// Statistics of one or every channel.
     Stats(StatsArgs),
+    /// The port's link state and counters, per queue too (`rtchanctl stats --port`).
+    PortStats,
     /// The scheduling policy.
     PolicyShow,
     /// Change the scheduling policy.
@@ -70,7 +72,12 @@ impl Request {
         match self {
             Self::Open(o) => !o.dry_run,
             Self::Close(_) | Self::PolicySet(_) => true,
-            Self::List | Self::Show(_) | Self::Stats(_) | Self::PolicyShow | Self::Ping => false,
+            Self::List
+            | Self::Show(_)
+            | Self::Stats(_)
+            | Self::PortStats
+            | Self::PolicyShow
+            | Self::Ping => false,
         }
     }
 }
@@ -350,6 +357,79 @@ pub struct MissTimes {
     pub deadline: Nanos,
     /// Delivery time (after the deadline).
     pub delivered: Nanos,
+}
+
+/// `port_stats`: the daemon's port. Counters are kept for `kind = "dpdk"` (`dpdk`); other
+/// kinds report their kind and device only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatsInfo {
+    /// `[port] kind`.
+    pub kind: String,
+    /// `[port] device`.
+    pub device: Option<String>,
+    /// The DPDK port's state and counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpdk: Option<DpdkPortStats>,
+}
+
+/// A DPDK ethdev port's link, counters (`rte_eth_stats`, xstats) and per-queue counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DpdkPortStats {
+    /// Ethdev name (`net_pcap0`, `0000:3b:00.0`).
+    pub name: String,
+    /// PMD (`net_i40e`, `net_ice`).
+    pub driver: String,
+    /// Link up (false also when the driver does not tell).
+    pub link_up: bool,
+    /// Link speed, Mb/s, when the driver tells.
+    pub link_speed_mbps: Option<u32>,
+    /// Full duplex.
+    pub full_duplex: bool,
+    /// Packets received.
+    pub ipackets: u64,
+    /// Packets sent.
+    pub opackets: u64,
+    /// Bytes received.
+    pub ibytes: u64,
+    /// Bytes sent.
+    pub obytes: u64,
+    /// Received packets the NIC dropped (RX ring full).
+    pub imissed: u64,
+    /// Erroneous received packets.
+    pub ierrors: u64,
+    /// Failed transmissions.
+    pub oerrors: u64,
+    /// RX mbuf allocation failures.
+    pub rx_nombuf: u64,
+    /// RX pool mbufs in use, and its size.
+    pub rx_pool_in_use: u32,
+    /// RX pool size.
+    pub rx_pool_size: u32,
+    /// Per queue pair (= polling core).
+    pub queues: Vec<QueueStatsInfo>,
+    /// The driver's extended statistics (`rte_eth_xstats_get`), by name.
+    pub xstats: std::collections::BTreeMap<String, u64>,
+}
+
+/// One TX/RX queue pair of a DPDK port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatsInfo {
+    /// Queue index (= polling core).
+    pub queue: u16,
+    /// Packets received on this RX queue.
+    pub rx_packets: u64,
+    /// Bytes received on this RX queue.
+    pub rx_bytes: u64,
+    /// Packets sent on this TX queue.
+    pub tx_packets: u64,
+    /// Bytes sent on this TX queue.
+    pub tx_bytes: u64,
+    /// Frames other cores' RX queues handed to this core (software steering).
+    pub handed_in: u64,
+    /// Frames for this core dropped because its hand-off ring was full.
+    pub handoff_dropped: u64,
+    /// This core's TX pool mbufs in use.
+    pub tx_pool_in_use: u32,
 }
 
 /// `stats` of one channel.

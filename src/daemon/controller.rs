@@ -222,6 +222,7 @@ impl Control {
                         Request::List
                         | Request::Show(_)
                         | Request::Stats(_)
+                        | Request::PortStats
                         | Request::PolicyShow
                         | Request::Ping,
                     ..
@@ -341,6 +342,9 @@ impl Control {
                 let _ = reply.send(r);
             }
             Msg::SessionClosed { session } => self.session_closed(session),
+            Msg::Reload { update, reply } => {
+                let _ = reply.send(Reply::from_result(self.policy_set(&update)));
+            }
             Msg::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
             }
@@ -635,6 +639,7 @@ impl Control {
                 }
             }
             Request::Stats(a) => Reply::from_result(self.stats(a.id)),
+            Request::PortStats => Reply::ok(self.dp.port_stats(&self.cfg)),
             Request::PolicyShow => Reply::ok(&self.policy),
             Request::PolicySet(u) => Reply::from_result(self.policy_set(&u)),
             Request::Ping => Reply::ok(serde_json::json!({})),
@@ -1298,7 +1303,7 @@ impl Control {
             self.teardown(id, false, false);
         }
         if !ids.is_empty() {
-            eprintln!(
+            tracing::warn!(
                 "rtchand: lost peer '{peer}': closed channels {ids:?} and freed their reservations"
             );
             self.persist();
@@ -1617,7 +1622,7 @@ impl Control {
             self.release_incoming(id);
         }
         if !ids.is_empty() {
-            eprintln!("rtchand: a peer's session ended: released incoming channels {ids:?}");
+            tracing::warn!("rtchand: a peer's session ended: released incoming channels {ids:?}");
         }
     }
 
@@ -1916,7 +1921,7 @@ impl Control {
                 .collect(),
         };
         if let Err(e) = state.save_with(&self.unrestored, path) {
-            eprintln!("rtchand: {e}");
+            tracing::error!("rtchand: {e}");
         }
     }
 

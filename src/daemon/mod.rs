@@ -17,6 +17,9 @@
 //! stops the cores and returns the final statistics. [`run`] adds SIGINT/SIGTERM handling
 //! for `rtchand --config FILE`.
 //!
+//! Logs go through `tracing` (one line per event, with its level; `rtchand` installs a
+//! subscriber writing to stderr, which journald keeps under the service).
+//!
 //! # Modules
 //! - [`controller`]: the control thread's state and request handling.
 //! - [`server`]: the control socket and its permission checks.
@@ -81,6 +84,13 @@ pub enum Msg {
     SessionClosed {
         /// The session.
         session: u64,
+    },
+    /// SIGHUP: apply the run-time policy of a re-read configuration file.
+    Reload {
+        /// The policy as the file now has it.
+        update: control::protocol::PolicyUpdate,
+        /// The outcome (the policy now in force, or why nothing changed).
+        reply: mpsc::Sender<Reply>,
     },
     /// A scrape of the metrics endpoint: the exposition text goes back on `reply`.
     Metrics {
@@ -153,7 +163,7 @@ fn load_state(path: &Path, discard: bool) -> Result<LoadedState, DaemonError> {
             let kept = keep_aside(path).map_err(|k| {
                 DaemonError::State(format!("{e}; --discard-state could not keep it aside: {k}"))
             })?;
-            eprintln!(
+            tracing::warn!(
                 "rtchand: {e}; --discard-state: kept it as {} and starting with no channels",
                 kept.display()
             );
@@ -186,6 +196,8 @@ pub struct Daemon {
     server: server::Server,
     peer: Option<peer::PeerServer>,
     metrics: Option<metrics::MetricsServer>,
+    /// The control thread's inbox (for SIGHUP reloads).
+    inbox: mpsc::Sender<Msg>,
     /// Where peers connect (the bound address of `peering.listen`).
     pub peer_addr: Option<SocketAddr>,
     /// Where `GET /metrics` is served (the bound address of `metrics.listen`).
@@ -263,6 +275,7 @@ impl Daemon {
                 control.shutdown()
             })
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        let reload_tx = tx.clone();
         let server = server::Server::start(
             &cfg.socket,
             mode,
@@ -285,9 +298,42 @@ impl Daemon {
             peer,
             metrics_addr: metrics.as_ref().map(|m| m.local_addr),
             metrics,
+            inbox: reload_tx,
             socket: cfg.socket,
             restored,
             restore_errors,
+        })
+    }
+
+    /// Applies the run-time changeable part of `cfg` (the `[policy]` table, `overflow`,
+    /// `close`) as `policy set` would; the policy now in force, or why nothing changed.
+    pub fn reload(&self, cfg: &DaemonConfig) -> Reply {
+        let update = control::protocol::PolicyUpdate {
+            granularity: Some(cfg.policy.granularity),
+            work_conserving: Some(cfg.policy.work_conserving),
+            best_effort_reserve_ppm: Some(cfg.policy.best_effort_reserve_ppm),
+            run_budget_cycles: Some(cfg.policy.run_budget_cycles),
+            overflow: Some(cfg.overflow.clone()),
+            close: Some(
+                match cfg.close {
+                    control::config::CloseMode::Drain => "drain",
+                    control::config::CloseMode::Discard => "discard",
+                }
+                .into(),
+            ),
+        };
+        let (tx, rx) = mpsc::channel();
+        if self.inbox.send(Msg::Reload { update, reply: tx }).is_err() {
+            return Reply::err(control::protocol::ApiError::new(
+                control::protocol::ErrorKind::Internal,
+                "the control thread has stopped",
+            ));
+        }
+        rx.recv().unwrap_or_else(|_| {
+            Reply::err(control::protocol::ApiError::new(
+                control::protocol::ErrorKind::Internal,
+                "the control thread has stopped",
+            ))
         })
     }
 
@@ -314,6 +360,74 @@ impl Daemon {
     }
 }
 
+/// `e` on one line (a log event is one line): a parser's multi-line excerpt folded.
+pub fn one_line(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    parts.join(" ")
+}
+
+/// SIGHUP: re-reads `path`, applies its run-time policy, and names what else changed (which
+/// needs a restart). A file that does not load changes nothing.
+fn reload(d: &Daemon, path: &Path, running: &DaemonConfig) {
+    let cfg = match DaemonConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("rtchand: SIGHUP: {}; nothing changed", one_line(&e));
+            return;
+        }
+    };
+    let reply = d.reload(&cfg);
+    match reply.into_result::<control::protocol::PolicyInfo>() {
+        Ok(p) => tracing::info!(
+            "rtchand: SIGHUP: policy reloaded from {}: granularity {}, work_conserving {}, \
+             best_effort_reserve_ppm {}, run_budget_cycles {}, overflow {}, close {}",
+            path.display(),
+            p.granularity,
+            p.work_conserving,
+            p.best_effort_reserve_ppm,
+            p.run_budget_cycles,
+            p.overflow,
+            p.close
+        ),
+        Err(e) => tracing::warn!("rtchand: SIGHUP: policy not changed: {}", e.message),
+    }
+    let (new, old) = (
+        serde_json::to_value(&cfg).unwrap_or_default(),
+        serde_json::to_value(running).unwrap_or_default(),
+    );
+    if let (Some(new), Some(old)) = (new.as_object(), old.as_object()) {
+        let mut policy_new = new.get("policy").cloned().unwrap_or_default();
+        let mut policy_old = old.get("policy").cloned().unwrap_or_default();
+        // idle and idle_sleep are read when the cores start.
+        for p in [&mut policy_new, &mut policy_old] {
+            if let Some(o) = p.as_object_mut() {
+                o.retain(|k, _| k == "idle" || k == "idle_sleep");
+            }
+        }
+        let mut stale: Vec<String> = new
+            .iter()
+            .filter(|(k, v)| {
+                !matches!(k.as_str(), "policy" | "overflow" | "close") && old.get(*k) != Some(*v)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if policy_new != policy_old {
+            stale.push("policy.idle/idle_sleep".into());
+        }
+        if !stale.is_empty() {
+            tracing::warn!(
+                "rtchand: SIGHUP: changed but not applied until a restart: {}",
+                stale.join(", ")
+            );
+        }
+    }
+}
+
 /// `rtchand --config FILE`: runs until SIGINT or SIGTERM, then shuts down; the final
 /// statistics.
 pub fn run(path: &Path, opts: StartOptions) -> Result<FinalReport, DaemonError> {
@@ -322,11 +436,15 @@ pub fn run(path: &Path, opts: StartOptions) -> Result<FinalReport, DaemonError> 
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, term.clone()).map_err(DaemonError::Signals)?;
     }
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .map_err(DaemonError::Signals)?;
+    let started_with = cfg.clone();
     let d = Daemon::start_with(cfg, opts)?;
     for e in &d.restore_errors {
-        eprintln!("rtchand: not re-established (kept in the state file and listed): {e}");
+        tracing::warn!("rtchand: not re-established (kept in the state file and listed): {e}");
     }
-    eprintln!(
+    tracing::info!(
         "rtchand: serving {}{}{}; {} channel(s) re-established",
         d.socket.display(),
         d.peer_addr
@@ -339,7 +457,10 @@ pub fn run(path: &Path, opts: StartOptions) -> Result<FinalReport, DaemonError> 
     );
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if hup.swap(false, Ordering::Relaxed) {
+            reload(&d, path, &started_with);
+        }
     }
-    eprintln!("rtchand: stopping: no new requests; draining channels");
+    tracing::info!("rtchand: stopping: no new requests; draining channels");
     Ok(d.shutdown())
 }
