@@ -6,9 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # rustup installs cargo here; a non-login shell may not have it on PATH.
 [[ -d "$HOME/.cargo/bin" ]] && export PATH="$HOME/.cargo/bin:$PATH"
+# Tests that need an optional tool (tshark, tmux, promtool, systemd-analyze) print SKIPPED
+# without it, but fail when CI is set: this script is what CI runs.
+export CI=${CI:-true}
 
 PKGS=(libdpdk-dev dpdk librte-net-pcap23 libclang-dev clang pkg-config libpcap-dev iproute2
-      libxdp-dev libbpf-dev tcpdump prometheus tshark tmux)
+      libxdp-dev libbpf-dev tcpdump prometheus tshark tmux systemd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,7 +24,23 @@ if ((${#missing[@]})); then
   echo "== installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Recommends stay on (dpdk pulls its mempool and PMD drivers through them), but no service
+  # may start: prometheus and prometheus-node-exporter would otherwise keep running next to
+  # the timing tests. A policy-rc.d that exits 101 tells invoke-rc.d not to start anything.
+  # An existing policy-rc.d (container images ship one) is left as it is.
+  policy=/usr/sbin/policy-rc.d
+  ours=
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    ours=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [[ -n $ours ]]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
 fi
 
 # Keep the build parallel but bounded on small machines.

@@ -127,6 +127,13 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 fn a_scrape_is_valid_prometheus_text_and_agrees_with_stats() {
     let addr = free_addr();
     let d = start("scrape", &format!("[metrics]\nlisten = \"{addr}\"\n"));
+    // The check `without_a_metrics_table_nothing_listens` relies on sees this endpoint.
+    let listening = tcp_listeners(d.child.as_ref().unwrap().id());
+    let port = format!(":{:04X}", addr.port());
+    assert!(
+        listening.len() == 1 && listening[0].ends_with(&port),
+        "{addr}: {listening:?}"
+    );
     let ch: ChannelInfo = ctl_json(
         &d.socket,
         &[
@@ -322,15 +329,34 @@ fn without_a_metrics_table_nothing_listens() {
     let d = start("off", "");
     let out = ctl(&d.socket, &["channel", "list"]);
     assert_eq!(out.status.code(), Some(0));
-    // The daemon names its endpoint at start when it has one; here its threads include no
-    // metrics thread.
+    // No TCP socket of the daemon's is listening (the only TCP socket it can open is the
+    // metrics endpoint; the scrape test shows this check finds that one).
     let pid = d.child.as_ref().unwrap().id();
-    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+    let listening = tcp_listeners(pid);
+    assert!(listening.is_empty(), "rtchand listens on {listening:?}");
+}
+
+/// The local addresses (hex, as /proc shows them) of the TCP sockets process `pid` holds in
+/// the LISTEN state.
+fn tcp_listeners(pid: u32) -> Vec<String> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.ok()?.path()).ok()?;
+            let link = link.to_str()?;
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
         .collect();
-    assert!(
-        names.iter().all(|n| !n.starts_with("rtchan-metrics")),
-        "{names:?}"
-    );
+    let mut found = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        // Columns: sl local_address rem_address st ... uid timeout inode; st 0A is LISTEN.
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                found.push(format!("{table} {}", f[1]));
+            }
+        }
+    }
+    found
 }

@@ -93,8 +93,27 @@ fn start(name: &str) -> (Daemon, u32) {
     (d, ch.id)
 }
 
-fn tmux(args: &[&str]) -> Output {
-    Command::new("tmux").args(args).output().unwrap()
+/// A tmux server on a socket of the test's own (`tmux -L`), so the test never touches
+/// anyone else's sessions; dropping it kills that server and its session, pass or fail.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
 }
 
 #[test]
@@ -108,6 +127,9 @@ fn top_shows_the_channels_live_and_q_quits() {
     }
     let (d, id) = start("tty");
     let session = format!("rtchan-top-{}", std::process::id());
+    let tmux = Tmux {
+        socket: session.clone(),
+    };
     let done = d.dir.join("exit-status");
     // The shell records top's exit status once it ends, then the session closes.
     let cmd = format!(
@@ -115,7 +137,7 @@ fn top_shows_the_channels_live_and_q_quits() {
         d.socket.display(),
         done.display()
     );
-    let started = tmux(&[
+    let started = tmux.run(&[
         "new-session",
         "-d",
         "-s",
@@ -131,7 +153,7 @@ fn top_shows_the_channels_live_and_q_quits() {
     let t = Instant::now();
     let screen = loop {
         std::thread::sleep(Duration::from_millis(300));
-        let pane = tmux(&["capture-pane", "-p", "-t", &session]);
+        let pane = tmux.run(&["capture-pane", "-p", "-t", &session]);
         let text = String::from_utf8_lossy(&pane.stdout).into_owned();
         let row = text
             .lines()
@@ -143,7 +165,6 @@ fn top_shows_the_channels_live_and_q_quits() {
             }
         }
         if t.elapsed() > STEP {
-            let _ = tmux(&["kill-session", "-t", &session]);
             panic!("top never showed channel {id} with a rate:\n{text}");
         }
     };
@@ -152,18 +173,16 @@ fn top_shows_the_channels_live_and_q_quits() {
         screen.contains("p99") && screen.contains("misses"),
         "{screen}"
     );
-    tmux(&["send-keys", "-t", &session, "q"]);
+    tmux.run(&["send-keys", "-t", &session, "q"]);
     let t = Instant::now();
     while !done.exists() {
         if t.elapsed() > STEP {
-            let _ = tmux(&["kill-session", "-t", &session]);
             panic!("top did not quit on q");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(std::fs::read_to_string(&done).unwrap().trim(), "0");
-    let _ = tmux(&["kill-session", "-t", &session]);
 }
 
 #[test]

@@ -91,9 +91,8 @@ fn tshark_reads_every_field_as_sent() {
         eprintln!("SKIPPED dissector test: tshark not found (Debian package tshark)");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("rtchan-ws-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("rtchan.pcap");
+    let dir = TempDir::new(std::env::temp_dir().join(format!("rtchan-ws-{}", std::process::id())));
+    let path = dir.0.join("rtchan.pcap");
     // The capture clock: the port stamps each frame with this monotonic time (shifted to the
     // wall clock); submit and deadline stamps are on the same monotonic time line.
     let t0: u64 = 5_000_000_000;
@@ -230,5 +229,21 @@ fn tshark_reads_every_field_as_sent() {
         !rows[6][10].is_empty(),
         "the cut frame carries an expert note: {out}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A scratch directory, removed when the test ends, whether it passed or not.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(path: std::path::PathBuf) -> Self {
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -139,7 +139,9 @@ impl Exposition {
 
     /// A histogram of nanosecond values, exposed in seconds with cumulative buckets at
     /// `bounds_ns` (ascending) and `+Inf`. `_sum` is the histogram's mean times its count (to
-    /// its three significant digits).
+    /// its three significant digits). A histogram bucket counts towards `le=b` only when its
+    /// highest equivalent value is at most `b`, so a sample above `b` never lands in `le=b`
+    /// (one that shares a bucket with `b` is counted in the next bound up: late, never early).
     pub fn histogram_ns(
         &mut self,
         name: &'static str,
@@ -154,7 +156,7 @@ impl Exposition {
             let le = num(b as f64 / 1e9);
             let at_most: u64 = h
                 .iter_recorded()
-                .take_while(|v| h.lowest_equivalent(v.value_iterated_to()) <= b)
+                .take_while(|v| h.highest_equivalent(v.value_iterated_to()) <= b)
                 .map(|v| v.count_at_value())
                 .sum();
             let _ = writeln!(
@@ -365,9 +367,24 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_just_above_the_bound_is_not_counted_at_the_bound() {
+        let d: u64 = 1_000_000;
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        // The case that matters: D + 1 ns shares D's histogram bucket.
+        assert!(h.equivalent(d, d + 1));
+        h.record(d + 1).unwrap();
+        h.record(d / 2).unwrap();
+        let mut e = Exposition::default();
+        e.histogram_ns("rtchan_d_seconds", "D.", &[], &h, &[d, 2 * d]);
+        let t = e.finish();
+        assert!(t.contains("rtchan_d_seconds_bucket{le=\"0.001\"} 1\n"), "{t}");
+        assert!(t.contains("rtchan_d_seconds_bucket{le=\"0.002\"} 2\n"), "{t}");
+    }
+
+    #[test]
     fn histograms_are_cumulative_in_seconds_around_the_bound() {
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
-        for v in [100_000u64, 400_000, 900_000, 1_500_000] {
+        for v in [99_000u64, 400_000, 900_000, 1_500_000] {
             h.record(v).unwrap();
         }
         let b = bound_buckets(1_000_000);
