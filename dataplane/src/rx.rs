@@ -254,6 +254,9 @@ impl RxShared {
             id,
             mmax,
             reassembly,
+            // A client-fed receive side opened without a peer to check against (i12's source
+            // check rides on receive sides built for peers).
+            source: None,
             deliver: ArrayQueue::new(1),
             free,
             app: Some(AppRing { region, wake }),
