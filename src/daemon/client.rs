@@ -492,3 +492,68 @@ pub fn final_report(channels: &[ChannelStatsInfo], cores: &[CoreStats]) -> Strin
     }
     s
 }
+
+/// One channel's row of `rtchanctl top`: rate over the last refresh, p99, misses, drops.
+fn top_row(now: &ChannelStatsInfo, before: Option<&ChannelStatsInfo>, dt: f64) -> String {
+    let count = |c: &ChannelStatsInfo| match (&c.rx, &c.tx) {
+        (Some(r), _) => r.delivered,
+        (None, Some(t)) => t.sent,
+        _ => 0,
+    };
+    let rate = match before {
+        Some(b) if dt > 0.0 => format!("{:.0}/s", count(now).saturating_sub(count(b)) as f64 / dt),
+        _ => "-".into(),
+    };
+    let p99 = match (&now.rx, &now.tx) {
+        (Some(r), _) if r.latency.count > 0 => fmt_ns(r.latency.p99),
+        (None, Some(t)) if t.delay.count > 0 => fmt_ns(t.delay.p99),
+        _ => "-".into(),
+    };
+    let misses = now
+        .rx
+        .as_ref()
+        .map_or("-".into(), |r| r.deadline_misses.to_string());
+    let lost = now.rx.as_ref().map_or("-".into(), |r| r.lost.to_string());
+    let drops = now
+        .tx
+        .as_ref()
+        .map_or("-".into(), |t| (t.dropped + t.would_block).to_string());
+    let late = now
+        .tx
+        .as_ref()
+        .map_or("-".into(), |t| t.late_packets.to_string());
+    format!(
+        "{:>6} {:<4} {:<12} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        now.id, now.direction, now.peer, rate, p99, misses, lost, drops, late
+    )
+}
+
+/// The screen of `rtchanctl top`: a header, then one row per channel (rates over `dt` seconds
+/// since `before`), cut to `height` lines.
+pub fn top_screen(
+    now: &[ChannelStatsInfo],
+    before: &[ChannelStatsInfo],
+    dt: f64,
+    height: usize,
+) -> Vec<String> {
+    let mut lines = vec![
+        format!(
+            "rtchan top: {} channel(s), refreshed every second; q quits",
+            now.len()
+        ),
+        "per-core busy share: not published by the daemon yet (see docs/cli.md)".to_string(),
+        String::new(),
+        format!(
+            "{:>6} {:<4} {:<12} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "id", "dir", "peer", "rate", "p99", "misses", "lost", "drops", "late-pk"
+        ),
+    ];
+    for c in now {
+        let b = before
+            .iter()
+            .find(|b| b.id == c.id && b.direction == c.direction);
+        lines.push(top_row(c, b, dt));
+    }
+    lines.truncate(height.max(1));
+    lines
+}
