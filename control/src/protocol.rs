@@ -64,6 +64,31 @@ pub enum Request {
     PolicySet(PolicyUpdate),
     /// Liveness.
     Ping,
+    /// Hand this connection the shared-memory ring of a channel (client library): the reply
+    /// carries the ring's memfd (and, for `recv`, an eventfd) with `SCM_RIGHTS`.
+    Attach(AttachArgs),
+    /// Give back a receiving ring taken with `attach` (the daemon's sink drains it again).
+    Detach(IdArgs),
+}
+
+/// `attach`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachArgs {
+    /// The channel.
+    pub id: u32,
+    /// Which end.
+    pub role: AttachRole,
+}
+
+/// Which end of a channel a client attaches to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachRole {
+    /// The submit ring of a client-fed channel this host sends on.
+    Send,
+    /// The delivery ring of a channel this host receives.
+    Recv,
 }
 
 impl Request {
@@ -71,7 +96,7 @@ impl Request {
     pub fn is_write(&self) -> bool {
         match self {
             Self::Open(o) => !o.dry_run,
-            Self::Close(_) | Self::PolicySet(_) => true,
+            Self::Close(_) | Self::PolicySet(_) | Self::Attach(_) | Self::Detach(_) => true,
             Self::List
             | Self::Show(_)
             | Self::Stats(_)
@@ -119,6 +144,11 @@ pub struct OpenArgs {
     /// best-effort class, which gets at least `best_effort_reserve_ppm` of the core and link.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub best_effort: bool,
+    /// A client-fed channel: its messages come from the requesting process through a
+    /// shared-memory ring, whose memfd the reply carries (`SCM_RIGHTS`). The channel belongs
+    /// to the connection: it is closed when the connection ends. Not with `source`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attach: bool,
 }
 
 /// `close`.
@@ -230,6 +260,9 @@ pub struct ChannelInfo {
     /// A best-effort channel (no bound; the admission numbers are zero).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub best_effort: bool,
+    /// Fed by a client process through a shared-memory ring.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attach: bool,
 }
 
 /// An incoming channel on the receiving host.
@@ -299,6 +332,9 @@ pub struct TxCounters {
     pub late_packets: u64,
     /// Handler runs over their cycle budget.
     pub budget_overruns: u64,
+    /// Descriptors a client wrote into its ring that failed validation (refused).
+    #[serde(default)]
+    pub invalid: u64,
     /// Submit to last packet released.
     pub delay: Percentiles,
 }
@@ -903,6 +939,7 @@ mod tests {
             source: None,
             message_size: None,
             best_effort: false,
+            attach: false,
         });
         let line = encode_request(&r);
         assert_eq!(dec(line.trim_end()).unwrap().request, r);

@@ -317,6 +317,7 @@ fn run(cli: &Cli) -> ExitCode {
                 source: o.source.clone(),
                 message_size: o.message_size,
                 best_effort: o.best_effort,
+                attach: false,
             });
             match call(cli, &req) {
                 Ok(r) => show(cli, r, client::channel_detail),

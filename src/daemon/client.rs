@@ -4,7 +4,7 @@
 //! replies into aligned text (every command also has `--json`, which prints the reply's
 //! result as it came).
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -95,6 +95,31 @@ fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Resul
     Ok(n as usize)
 }
 
+/// Writes all of `data` with `MSG_NOSIGNAL`: a daemon that went away is an error here, never a
+/// SIGPIPE that kills the calling program (the client library runs inside applications).
+fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: `fd` is a live socket; `data` is valid for reads of its length.
+        let n = unsafe {
+            libc::send(
+                fd,
+                data.as_ptr().cast::<libc::c_void>(),
+                data.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
 impl Client {
     /// Connects to the socket at `path`.
     pub fn connect(path: &Path) -> Result<Self, Unreachable> {
@@ -139,7 +164,7 @@ impl Client {
     pub fn call_raw_with_fds(&mut self, line: &str) -> Result<(Reply, Vec<OwnedFd>), Unreachable> {
         // A daemon that refuses the connection at accept (permission, connection caps)
         // answers one line and closes: the write may fail, the answer is still there to read.
-        let written = self.stream.write_all(line.as_bytes());
+        let written = send_all(self.stream.as_raw_fd(), line.as_bytes());
         match self.read_reply() {
             Ok(r) => Ok(r),
             Err(e) => match written {

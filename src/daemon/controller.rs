@@ -44,8 +44,11 @@ use dataplane::spec::{ChannelConfig, ChannelSpec, OverflowPolicy};
 
 use super::dp::{Dataplane, PORT_QUEUE};
 use super::peer::PeerSession;
+use super::server::ConnId;
 use super::traffic::{parse_source, Sink, SourceThread};
 use super::Msg;
+
+mod attach;
 
 /// Receive ring of an incoming channel, messages.
 const RX_RING: u32 = 1024;
@@ -77,6 +80,8 @@ struct Outgoing {
     sender: Option<Sender>,
     source: Option<SourceThread>,
     opened: Instant,
+    /// The client connection holding the submit ring of a client-fed channel.
+    conn: Option<ConnId>,
 }
 
 /// An opened channel's sending side: its shared state, and the application's sender or the
@@ -91,6 +96,8 @@ struct Incoming {
     receiver: Option<Receiver>,
     info: IncomingInfo,
     opened: Instant,
+    /// The client connection whose delivery ring receives the channel.
+    app: Option<ConnId>,
 }
 
 /// Final statistics the daemon prints when it stops.
@@ -325,12 +332,23 @@ impl Control {
     /// Handles one message.
     pub fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Client { request, reply, .. } => {
-                let r = self.client(request);
-                let _ = reply.send(r);
+            Msg::Client {
+                conn,
+                caller,
+                request,
+                reply,
+            } => {
+                if attach::carries_fds(&request) {
+                    let (r, fds, holds) = self.client_with_fds(conn, caller, request);
+                    let _ = reply.send_full(r, fds, holds);
+                } else {
+                    let r = self.client(request);
+                    let _ = reply.send(r);
+                }
             }
-            // No per-connection resources yet (the client library's channels will be).
-            Msg::ClientClosed { .. } => {}
+            // Client-fed channels close with their connection; attached receivers go back to
+            // the sink.
+            Msg::ClientClosed { conn } => self.client_closed(conn),
             Msg::Peer {
                 session,
                 from,
@@ -642,6 +660,10 @@ impl Control {
             Request::PolicyShow => Reply::ok(&self.policy),
             Request::PolicySet(u) => Reply::from_result(self.policy_set(&u)),
             Request::Ping => Reply::ok(serde_json::json!({})),
+            // Routed to `client_with_fds` by `handle`.
+            Request::Attach(_) | Request::Detach(_) => Reply::err(internal(
+                "attach/detach must come from a control-socket connection",
+            )),
         }
     }
 
@@ -780,6 +802,13 @@ impl Control {
         args: &OpenArgs,
         fixed_id: Option<u32>,
     ) -> Result<ChannelInfo, ApiError> {
+        if args.attach && args.source.is_some() {
+            return Err(ApiError::invalid(
+                "attach",
+                "attach: a client-fed channel takes its messages from the client; it cannot \
+                 also have a built-in source",
+            ));
+        }
         if args.best_effort {
             return self.open_best_effort(args, fixed_id);
         }
@@ -821,11 +850,14 @@ impl Control {
         }
         let cands = self.candidates(args)?;
         let host_max = d - net;
+        // A client-fed channel's messages wait up to one loop iteration for the client scan:
+        // admitted with that much less of the host's bound, given back in its deadlines.
+        let jitter = self.client_jitter(args);
         let base = |c: u16, deadline: Nanos| ChannelRequest {
             mmax,
             imin,
             bmax: args.bmax,
-            deadline,
+            deadline: deadline.saturating_sub(jitter),
             core: Some(c),
             txq: Some(c),
         };
@@ -833,8 +865,8 @@ impl Control {
         let mut chosen = None;
         for &c in &cands {
             if let Ok(least) = least_deadline(&self.tx_adm, &base(c, host_max)) {
-                if least < host_max {
-                    chosen = Some((c, least));
+                if least + jitter < host_max {
+                    chosen = Some((c, least + jitter));
                     break;
                 }
             }
@@ -901,6 +933,10 @@ impl Control {
                 .tx_adm
                 .check(&req)
                 .map_err(|e| self.sender_error(e, d, net, &args.dst))?;
+            let mut sender = sender;
+            sender.cpu_deadline += jitter;
+            sender.link_deadline += jitter;
+            sender.request.deadline += jitter;
             return Ok(self.info(id, "dry_run", args, net, sender, grant, &policy_name));
         }
         let undo_remote = |this: &mut Self| this.abort_remote(&dst, id);
@@ -911,6 +947,10 @@ impl Control {
                 return Err(self.sender_error(e, d, net, &args.dst));
             }
         };
+        let mut sender_adm = sender_adm;
+        sender_adm.cpu_deadline += jitter;
+        sender_adm.link_deadline += jitter;
+        sender_adm.request.deadline += jitter;
         let mut cfg = ChannelConfig::real_time(
             id,
             ChannelSpec {
@@ -929,7 +969,8 @@ impl Control {
             let _ = this.tx_adm.release(sender_adm.id);
             undo_remote(this);
         };
-        let (shared, sender, source) = self.start_sender(core, cfg, pattern, msg_size, id, undo)?;
+        let (shared, sender, source) =
+            self.start_sender(core, cfg, pattern, msg_size, (id, args.attach), undo)?;
         let adm_id = Some(sender_adm.id);
         let info = self.info(id, "open", args, net, sender_adm, grant, &policy_name);
         self.commit_outgoing(
@@ -965,6 +1006,7 @@ impl Control {
             policy: policy.into(),
             source: args.source.clone(),
             best_effort: args.best_effort,
+            attach: args.attach,
         }
     }
 
@@ -1061,7 +1103,8 @@ impl Control {
         cfg.txq = PORT_QUEUE;
         self.address(&mut cfg, &dst);
         let undo = |this: &mut Self| this.abort_remote(&dst, id);
-        let (shared, sender, source) = self.start_sender(core, cfg, pattern, msg_size, id, undo)?;
+        let (shared, sender, source) =
+            self.start_sender(core, cfg, pattern, msg_size, (id, args.attach), undo)?;
         let info = self.info(id, "open", args, net, sender_numbers, grant, &policy_name);
         self.commit_outgoing(
             id,
@@ -1081,7 +1124,7 @@ impl Control {
         cfg: ChannelConfig,
         pattern: Option<dataplane::source::Pattern>,
         msg_size: u64,
-        id: u32,
+        (id, client): (u32, bool),
         undo: impl FnOnce(&mut Self),
     ) -> Result<SenderParts, ApiError> {
         let (messages, mmax) = (cfg.reservation.messages, cfg.reservation.bytes_per_message);
@@ -1097,6 +1140,16 @@ impl Control {
             this.memory.release(Side::Sending, id);
             undo(this);
         };
+        if client {
+            // Client-fed: the ring's memfd goes to the client; no sender in this process.
+            return match self.dp.tx[usize::from(core)].handle.open_client(cfg) {
+                Ok(shared) => Ok((shared, None, None)),
+                Err(e) => {
+                    undo(self);
+                    Err(internal(format!("core {core} refused the channel: {e}")))
+                }
+            };
+        }
         let built = match self.dp.tx[usize::from(core)].handle.prepare_open(cfg) {
             Ok(pending) => self.off_thread(bytes, move || pending.build()),
             Err(e) => Err(internal(format!("core {core} refused the channel: {e}"))),
@@ -1155,6 +1208,7 @@ impl Control {
                 sender,
                 source,
                 opened: Instant::now(),
+                conn: None,
             },
         );
         if let Err(e) = self.commit_remote(&dst, id) {
@@ -1485,6 +1539,7 @@ impl Control {
                     best_effort: false,
                 },
                 opened: Instant::now(),
+                app: None,
             },
         );
         Ok(Grant {
@@ -1551,6 +1606,7 @@ impl Control {
                     best_effort: true,
                 },
                 opened: Instant::now(),
+                app: None,
             },
         );
         Ok(grant)
@@ -1595,6 +1651,10 @@ impl Control {
         if let Some(i) = self.inc.remove(&id) {
             self.memory.release(Side::Receiving, id);
             self.sink.remove(id);
+            // An attached client sees the channel closed in its ring.
+            if let Some(r) = i.receiver.as_ref().and_then(|r| r.shared().app_region()) {
+                r.close();
+            }
             if i.receiver.is_some() {
                 self.dp.steer(id, None);
                 if let Some(handle) = self.dp.receive_core(i.core) {
@@ -1749,6 +1809,7 @@ impl Control {
                     dropped: snap.dropped_newest + snap.dropped_oldest + snap.dropped_on_close,
                     late_packets: snap.late_packets,
                     budget_overruns: snap.budget_overruns,
+                    invalid: snap.invalid_descriptors,
                     delay: percentiles(&s.delay_snapshot()),
                 }),
                 rx,
