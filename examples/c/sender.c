@@ -113,8 +113,10 @@ int main(int argc, char **argv) {
             for (size_t j = 0; j < len; j++) printf("%02x", msg[j]);
             printf("\n");
         }
-        /* Late (preempted): start the next period from now, never a burst to catch up. */
-        uint64_t t = now_ns();
+        /* Never sooner than a period after this send (the stamp is taken inside it): a send
+         * delayed by preemption is not followed by a catch-up burst, which would exceed imin
+         * and make every later message wait for its logical arrival time. */
+        uint64_t t = now_ns() + period_us * 1000u;
         next += period_us * 1000u;
         if (next < t) next = t;
     }
