@@ -711,3 +711,55 @@ fn the_readme_c_program_compiles_and_runs() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn the_header_works_from_cpp() {
+    let dir = temp("cpp");
+    let src = dir.join("use.cpp");
+    std::fs::write(
+        &src,
+        r#"#include <cstdio>
+#include <cerrno>
+#include "rtchan.h"
+int main() {
+    rtchan_spec s;
+    if (rtchan_spec_init(&s, 64, 1000000, 4, 5000000) != 0) return 1;
+    rtchan_client *c = nullptr;
+    int rc = rtchan_connect("/nonexistent/rtchan.sock", &c);
+    std::printf("%d %s|%s\n", rc == -ENOENT, rtchan_strerror(rc), rtchan_last_error_message());
+    return c == nullptr ? 0 : 1;
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.join("use");
+    let lib = lib_dir();
+    let o = Command::new("c++")
+        .args([
+            "-std=c++17",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-I",
+        ])
+        .arg(Path::new(ROOT).join("include"))
+        .arg(&src)
+        .arg("-L")
+        .arg(lib)
+        .arg("-lrtchan")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("c++ runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = Command::new(&exe).output().unwrap();
+    assert!(run.status.success());
+    let out = String::from_utf8(run.stdout).unwrap();
+    assert!(
+        out.starts_with("1 no such channel, or no daemon socket at that path|rtchan_connect: ")
+            && out.contains("/nonexistent/rtchan.sock"),
+        "{out}"
+    );
+}
