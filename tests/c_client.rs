@@ -671,6 +671,10 @@ fn c_sender_and_receiver_deliver_every_byte_in_time() {
         rlines.iter().find(|l| l.starts_with("latency_ns")).unwrap()
     );
     println!("misses: {v}");
+    println!(
+        "sender: {}",
+        tlines.iter().find(|l| l.starts_with("send_call_ns")).unwrap()
+    );
     assert_eq!(
         v.unexcused, 0,
         "unexcused deadline misses: {v}; {preemptions}"

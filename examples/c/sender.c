@@ -40,6 +40,11 @@ static void sleep_until(uint64_t t) {
     }
 }
 
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
 static unsigned long arg(const char *s, const char *name) {
     char *end;
     errno = 0;
@@ -100,13 +105,20 @@ int main(int argc, char **argv) {
     }
 
     unsigned char msg[65536];
+    uint64_t *call_ns = calloc(count ? count : 1, sizeof *call_ns);
+    if (!call_ns) {
+        fprintf(stderr, "sender: out of memory\n");
+        return 1;
+    }
     uint64_t next = now_ns();
     for (unsigned long i = 0; i < count; i++) {
         size_t len = 1 + (i * 7) % mmax;
         for (size_t j = 0; j < len; j++) msg[j] = (unsigned char)(i * 131 + j * 7 + 1);
         sleep_until(next);
         /* The period is at least the channel's imin: a full buffer is a brief catch-up. */
+        uint64_t t0 = now_ns();
         rc = rtchan_send_timeout(tx, msg, len, 100u * 1000000u);
+        call_ns[i] = now_ns() - t0;
         if (rc < 0) die("send", rc);
         if (!quiet) {
             printf("sent %lu %zu ", i, len);
@@ -120,6 +132,12 @@ int main(int argc, char **argv) {
         next += period_us * 1000u;
         if (next < t) next = t;
     }
+    /* What one rtchan_send call costs this process (a copy into the ring and a store). */
+    qsort(call_ns, count, sizeof *call_ns, cmp_u64);
+    printf("send_call_ns count %lu p50 %" PRIu64 " p99 %" PRIu64 " max %" PRIu64 "\n", count,
+           count ? call_ns[count / 2] : 0, count ? call_ns[count - 1 - count / 100] : 0,
+           count ? call_ns[count - 1] : 0);
+    free(call_ns);
     fflush(stdout);
 
     /* Let the last messages reach the receiver before the channel closes. */
