@@ -625,3 +625,195 @@ fn a_restored_record_over_the_budget_is_refused_and_the_rest_restored() {
     d.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ----- the state file (issue 12 item 2) -----
+
+const GOOD_RECORD: &str =
+    r#"{"id":0,"open":{"mmax":"1500","imin":"1ms","bmax":2,"deadline":"5ms","dst":"local"}}"#;
+
+fn config_text(dir: &Path, state: &Path) -> String {
+    format!(
+        r#"
+socket = "{dir}/ctl.sock"
+state_file = "{state}"
+[policy]
+idle = "sleep"
+idle_sleep = "200us"
+[cost]
+per_message_ns = 2000
+per_packet_ns = 1000
+link_rate_bps = 1000000000
+"#,
+        dir = dir.display(),
+        state = state.display()
+    )
+}
+
+fn kept_aside(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".unreadable-"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn an_unreadable_state_file_stops_the_start_and_is_kept_aside_only_when_told() {
+    let good = format!("{{\"version\":1,\"channels\":[{GOOD_RECORD}]}}");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", good.as_bytes()[..good.len() - 7].to_vec()),
+        ("empty", Vec::new()),
+        (
+            "random bytes",
+            (0..200u32).map(|i| (i * 167 + 13) as u8).collect(),
+        ),
+        (
+            "unknown version",
+            b"{\"version\":7,\"channels\":[]}".to_vec(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let dir = temp_dir(&format!("state-{}", what.replace(' ', "")));
+        let state = dir.join("state.json");
+        std::fs::write(&state, &bytes).unwrap();
+        let cfg = DaemonConfig::parse(&config_text(&dir, &state)).unwrap();
+        let e = match Daemon::start(cfg.clone()) {
+            Err(e) => e.to_string(),
+            Ok(d) => {
+                d.shutdown();
+                panic!("{what}: started on an unreadable state file");
+            }
+        };
+        assert!(e.contains("--discard-state"), "{what}: {e}");
+        assert!(e.contains(&state.display().to_string()), "{what}: {e}");
+        assert_eq!(
+            std::fs::read(&state).unwrap(),
+            bytes,
+            "{what}: file touched"
+        );
+        assert!(!dir.join("ctl.sock").exists(), "{what}: served anyway");
+        // The binary says the same and exits 2.
+        let cfg_path = dir.join("rtchand.toml");
+        std::fs::write(&cfg_path, config_text(&dir, &state)).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_rtchand"))
+            .arg("--config")
+            .arg(&cfg_path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--discard-state"),
+            "{what}: {out:?}"
+        );
+        assert_eq!(std::fs::read(&state).unwrap(), bytes);
+
+        // Told to discard: kept aside byte for byte, the daemon starts empty and saves anew.
+        let d = Daemon::start_with(
+            cfg,
+            rtchan::daemon::StartOptions {
+                discard_state: true,
+            },
+        )
+        .unwrap();
+        let kept = kept_aside(&dir);
+        assert_eq!(kept.len(), 1, "{what}: {kept:?}");
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), bytes);
+        assert_eq!(list_now(&d.socket), ChannelList::default());
+        assert!(raw(&d.socket, &format!("{OPEN}\n")).ok);
+        d.shutdown();
+        let saved = control::state::StateFile::read(&state).unwrap();
+        assert_eq!(saved.records.len(), 1, "{what}");
+        assert_eq!(
+            std::fs::read(&kept[0]).unwrap(),
+            bytes,
+            "{what}: kept file touched"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_bad_record_is_reported_kept_and_the_others_restored() {
+    let dir = temp_dir("state-badrecord");
+    let state = dir.join("state.json");
+    let bad = r#"{"id":3,"open":{"mmax":"1500","imin":"1ms","bmax":"two","deadline":"5ms","dst":"local"}}"#;
+    let text = format!("{{\"version\":1,\"channels\":[{GOOD_RECORD},{bad}]}}");
+    std::fs::write(&state, &text).unwrap();
+    let d = Daemon::start(DaemonConfig::parse(&config_text(&dir, &state)).unwrap()).unwrap();
+    assert_eq!(d.restored, 1);
+    assert_eq!(d.restore_errors.len(), 1);
+    assert!(
+        d.restore_errors[0].contains("open.bmax"),
+        "{:?}",
+        d.restore_errors
+    );
+    let sock = d.socket.clone();
+    let l = list_now(&sock);
+    assert_eq!(l.channels.len(), 1);
+    assert_eq!(l.unrestored.len(), 1);
+    assert_eq!(l.unrestored[0].id, Some(3));
+    assert!(l.unrestored[0].error.starts_with("open.bmax"), "{l:?}");
+    // The CLI lists it and says so in its exit code.
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rtchanctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&["channel", "list"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("open.bmax"),
+        "{out:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not re-established"));
+    // A new channel does not take its id; the file keeps the record verbatim.
+    let r = raw(&sock, &format!("{OPEN}\n"));
+    assert_ne!(r.result.unwrap()["id"], 3);
+    let on_disk = control::state::StateFile::read(&state).unwrap();
+    assert_eq!(on_disk.records.len(), 2);
+    assert_eq!(on_disk.rejected.len(), 1);
+    assert_eq!(
+        on_disk.rejected[0].record,
+        serde_json::from_str::<serde_json::Value>(bad).unwrap()
+    );
+    d.shutdown();
+    let after = control::state::StateFile::read(&state).unwrap();
+    assert_eq!((after.records.len(), after.rejected.len()), (2, 1));
+
+    // Next start: the same; closing the record discards it, and the list is clean.
+    let d = Daemon::start(DaemonConfig::parse(&config_text(&dir, &state)).unwrap()).unwrap();
+    assert_eq!(d.restored, 2);
+    let sock = d.socket.clone();
+    let out = ctl(&["channel", "close", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("discarded"));
+    let out = ctl(&["channel", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(list_now(&sock).unrestored.is_empty());
+    d.shutdown();
+    assert!(control::state::StateFile::read(&state)
+        .unwrap()
+        .rejected
+        .is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_state_file_that_cannot_be_written_is_refused_at_start_up() {
+    let dir = temp_dir("state-nodir");
+    let state = dir.join("missing-dir/state.json");
+    let e = match Daemon::start(DaemonConfig::parse(&config_text(&dir, &state)).unwrap()) {
+        Err(e) => e.to_string(),
+        Ok(d) => {
+            d.shutdown();
+            panic!("started with an unwritable state file");
+        }
+    };
+    assert!(e.contains("state_file") && e.contains("missing-dir"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

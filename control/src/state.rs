@@ -62,8 +62,8 @@ pub struct RejectedRecord {
 /// A readable state file: the valid records and the rejected ones.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadedState {
-    /// Valid records, in file order.
-    pub records: Vec<ChannelRecord>,
+    /// Valid records with their position in the file, in file order.
+    pub records: Vec<(usize, ChannelRecord)>,
     /// Records that are not valid, in file order.
     pub rejected: Vec<RejectedRecord>,
 }
@@ -181,7 +181,7 @@ pub fn parse(bytes: &[u8]) -> Result<LoadedState, String> {
             Ok(r) if !seen.insert(r.id) => out
                 .rejected
                 .push(reject(format!("id: {} appears twice in the file", r.id))),
-            Ok(r) => out.records.push(r),
+            Ok(r) => out.records.push((index, r)),
             Err(e) => {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
@@ -341,7 +341,10 @@ mod tests {
         };
         s.save(&path).unwrap();
         let l = StateFile::read(&path).unwrap();
-        assert_eq!((l.records, l.rejected), (s.channels.clone(), vec![]));
+        assert_eq!(
+            (l.records, l.rejected),
+            (vec![(0, s.channels[0].clone())], vec![])
+        );
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(names.len(), 1, "only the state file remains");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -401,7 +404,7 @@ mod tests {
         let path = dir.join("s.json");
         StateFile {
             version: 1,
-            channels: l.records.clone(),
+            channels: l.records.iter().map(|r| r.1.clone()).collect(),
         }
         .save_with(&l.rejected, &path)
         .unwrap();

@@ -29,7 +29,7 @@
 //!    concurrently is seen by one side or the other: none is stranded.
 
 use crate::spec::{ChannelConfig, OverflowPolicy};
-use crate::stats::ChannelStats;
+use crate::stats::{ChannelStats, SampleSink};
 use crate::time::{monotonic_now, Nanos};
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
@@ -159,8 +159,14 @@ pub fn reservation_bytes(messages: u32, bytes_per_message: u32) -> u64 {
 }
 
 impl ChannelShared {
-    /// Creates the shared state and preallocates the channel's buffers (control path).
-    pub fn new(config: ChannelConfig, slot: u32, doorbell: Arc<Doorbell>) -> Arc<Self> {
+    /// Creates the shared state and preallocates the channel's buffers, with its delay
+    /// histogram registered in the core's `sink` (control path).
+    pub fn new(
+        config: ChannelConfig,
+        slot: u32,
+        doorbell: Arc<Doorbell>,
+        sink: &Arc<SampleSink>,
+    ) -> Arc<Self> {
         let messages = config.reservation.messages as usize;
         let inline = config.mmax() as usize <= INLINE_MAX;
         let free = ArrayQueue::new(if inline { 1 } else { messages + 1 });
@@ -180,7 +186,7 @@ impl ChannelShared {
             armed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             doorbell,
-            stats: ChannelStats::default(),
+            stats: ChannelStats::new(sink),
         })
     }
 
@@ -424,7 +430,10 @@ mod tests {
         let mut c = ChannelConfig::real_time(5, spec);
         c.overflow = policy;
         let bell = Arc::new(Doorbell::new(4));
-        (ChannelShared::new(c, 3, bell.clone()), bell)
+        (
+            ChannelShared::new(c, 3, bell.clone(), &SampleSink::new()),
+            bell,
+        )
     }
 
     #[test]

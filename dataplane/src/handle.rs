@@ -3,14 +3,17 @@
 //! Each change is a [`Command`] posted on the core's lock-free control ring; the call waits
 //! until the core acknowledges it, which the core does only once the change is applied (at its
 //! next preemption point; a draining close when the channel's queue is empty). Everything here
-//! runs on the control thread and may allocate.
+//! runs on the control thread and may allocate: shared state and receiver state are built here
+//! and moved to the core, and what the core hands back on an ack (a closed channel, a closed
+//! receiver) is dropped here, in [`ControlRing::take_ack`](crate::core::ControlRing::take_ack).
 
 use crate::channel::{ChannelShared, Doorbell, Sender};
 use crate::core::{Command, ControlRing, Core, CoreError};
 use crate::port::Port;
-use crate::rx::{Receiver, RxShared};
+use crate::rx::{Receiver, ReceiverState, RxPath, RxShared};
 use crate::sched::SchedPolicy;
 use crate::spec::{ChannelConfig, ChannelId};
+use crate::stats::SampleSink;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,14 +29,45 @@ pub struct PendingOpen {
     config: ChannelConfig,
     slot: u32,
     doorbell: Arc<Doorbell>,
+    sink: Arc<SampleSink>,
 }
 
 impl PendingOpen {
     /// Allocates the channel's shared state and buffers (any thread; may take a while for a
     /// large reservation).
     pub fn build(self) -> Arc<ChannelShared> {
-        ChannelShared::new(self.config, self.slot, self.doorbell)
+        ChannelShared::new(self.config, self.slot, self.doorbell, &self.sink)
     }
+}
+
+/// A receive side validated by [`CoreHandle::prepare_receiver`], not yet allocated.
+#[derive(Debug)]
+pub struct PendingReceiver {
+    id: ChannelId,
+    mmax: u32,
+    ring: u32,
+    sink: Arc<SampleSink>,
+}
+
+impl PendingReceiver {
+    /// Allocates the receive side: the application's shared state and the core's reassembly
+    /// state (any thread; never the polling core).
+    pub fn build(self) -> BuiltReceiver {
+        let reassembly = CoreHandle::reassembly_slots(self.ring);
+        let shared = RxShared::new(self.id, self.mmax, self.ring, reassembly, &self.sink);
+        BuiltReceiver {
+            state: RxPath::prepare(shared.clone(), reassembly),
+            shared,
+        }
+    }
+}
+
+/// A receive side allocated by [`PendingReceiver::build`], for
+/// [`CoreHandle::open_built_receiver`].
+#[derive(Debug)]
+pub struct BuiltReceiver {
+    shared: Arc<RxShared>,
+    state: ReceiverState,
 }
 
 /// The control thread's view of one core.
@@ -41,6 +75,7 @@ impl PendingOpen {
 pub struct CoreHandle {
     control: Arc<ControlRing>,
     doorbell: Arc<Doorbell>,
+    sink: Arc<SampleSink>,
     payload_per_packet: u32,
     tx_queue: u16,
     slots: Vec<bool>,
@@ -54,6 +89,7 @@ impl CoreHandle {
         Self {
             control: core.control().clone(),
             doorbell: core.doorbell().clone(),
+            sink: core.sink().clone(),
             payload_per_packet: core.payload_per_packet(),
             tx_queue: core.config().tx_queue,
             slots: vec![false; core.config().max_channels as usize],
@@ -121,6 +157,7 @@ impl CoreHandle {
             config,
             slot,
             doorbell: self.doorbell.clone(),
+            sink: self.sink.clone(),
         })
     }
 
@@ -158,7 +195,7 @@ impl CoreHandle {
         mmax: u32,
         ring: u32,
     ) -> Result<Receiver, CoreError> {
-        self.open_built_receiver(Self::build_receiver(id, mmax, ring))
+        self.open_built_receiver(self.prepare_receiver(id, mmax, ring).build())
     }
 
     /// Reassembly slots of a receive side whose application ring holds `ring` messages.
@@ -171,22 +208,22 @@ impl CoreHandle {
         crate::rx::reservation_bytes(mmax, ring, Self::reassembly_slots(ring))
     }
 
-    /// The allocating half of [`CoreHandle::open_receiver`], on any thread.
-    pub fn build_receiver(id: ChannelId, mmax: u32, ring: u32) -> Arc<RxShared> {
-        RxShared::new(id, mmax, ring, Self::reassembly_slots(ring))
+    /// The allocation-free first half of [`CoreHandle::open_receiver`]: what
+    /// [`PendingReceiver::build`] needs to allocate the receive side on any thread.
+    pub fn prepare_receiver(&self, id: ChannelId, mmax: u32, ring: u32) -> PendingReceiver {
+        PendingReceiver {
+            id,
+            mmax,
+            ring,
+            sink: self.sink.clone(),
+        }
     }
 
-    /// Opens a receive side built by [`CoreHandle::build_receiver`] on this core.
-    pub fn open_built_receiver(&mut self, shared: Arc<RxShared>) -> Result<Receiver, CoreError> {
-        let reassembly = shared.reassembly;
-        self.send(
-            Command::OpenReceiver {
-                shared: shared.clone(),
-                reassembly,
-            },
-            ACK_TIMEOUT,
-        )?;
-        Ok(Receiver::new(shared))
+    /// Opens a receive side built by [`PendingReceiver::build`] on this core: the core only
+    /// moves the prepared state into a slot.
+    pub fn open_built_receiver(&mut self, built: BuiltReceiver) -> Result<Receiver, CoreError> {
+        self.send(Command::OpenReceiver(built.state), ACK_TIMEOUT)?;
+        Ok(Receiver::new(built.shared))
     }
 
     /// Closes the receive side of a channel.

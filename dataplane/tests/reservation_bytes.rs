@@ -11,6 +11,7 @@ use crossbeam_queue::ArrayQueue;
 use dataplane::channel::{reservation_bytes, ChannelShared, ALLOC_OVERHEAD, CHANNEL_FIXED_BYTES};
 use dataplane::rx::{self, RxPath, RxShared, RX_FIXED_BYTES};
 use dataplane::spec::{ChannelConfig, ChannelSpec};
+use dataplane::stats::{SampleSink, SampleSource};
 
 /// Counts live bytes and allocations made by this thread (the measuring test's own).
 struct Counting;
@@ -65,6 +66,8 @@ fn check(what: &str, figure: u64, live: u64, allocs: u64, fixed: u64) {
 #[test]
 fn sending_and_receiving_figures_cover_what_is_allocated() {
     let doorbell = Arc::new(ArrayQueue::new(4));
+    // The core's sample sink is the core's, not the channel's: built outside the measure.
+    let sink = SampleSink::new();
     for (mmax, bmax) in [(1500u32, 1000u32), (64, 5000), (9000, 3), (65_536, 40)] {
         let spec = ChannelSpec {
             mmax,
@@ -75,7 +78,8 @@ fn sending_and_receiving_figures_cover_what_is_allocated() {
             end_to_end_deadline: 3_000,
         };
         let cfg = ChannelConfig::real_time(1, spec);
-        let (shared, live, allocs) = measure(|| ChannelShared::new(cfg, 0, doorbell.clone()));
+        let (shared, live, allocs) =
+            measure(|| ChannelShared::new(cfg, 0, doorbell.clone(), &sink));
         check(
             &format!("sending mmax {mmax} bmax {bmax}"),
             reservation_bytes(bmax, mmax),
@@ -86,10 +90,12 @@ fn sending_and_receiving_figures_cover_what_is_allocated() {
         drop(shared);
     }
     for (mmax, ring, reassembly) in [(1500u32, 1024u32, 64u32), (65_536, 16, 16), (10, 1, 1)] {
-        let mut path = RxPath::new(7447, 1_000_000);
+        let rx_sink = SampleSink::new();
+        let mut path = RxPath::new(7447, 1_000_000, rx_sink.producer(SampleSource::Latency));
         let (shared, live, allocs) = measure(|| {
-            let s = RxShared::new(3, mmax, ring, reassembly);
-            path.open(s.clone(), reassembly);
+            let s = RxShared::new(3, mmax, ring, reassembly, &rx_sink);
+            path.open(RxPath::prepare(s.clone(), reassembly))
+                .expect("a fresh receive path has room");
             s
         });
         check(

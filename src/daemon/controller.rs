@@ -34,11 +34,10 @@ use control::protocol::{
     IncomingInfo, OpenArgs, PeerRequest, PolicyInfo, PolicyUpdate, PrepareArgs, Refusal, Reply,
     Request, RxCounters, TxCounters,
 };
-use control::state::{ChannelRecord, StateFile, STATE_VERSION};
+use control::state::{ChannelRecord, LoadedState, RejectedRecord, StateFile, STATE_VERSION};
 use control::units::fmt_ns;
 use dataplane::channel::{ChannelShared, Sender};
 use dataplane::core::CoreStats;
-use dataplane::handle::CoreHandle;
 use dataplane::rx::Receiver;
 use dataplane::sched::SchedPolicy;
 use dataplane::spec::{ChannelConfig, ChannelSpec, OverflowPolicy};
@@ -123,6 +122,8 @@ pub struct Control {
     inbox: Option<std::sync::mpsc::Receiver<Msg>>,
     /// Client messages that arrived while waiting for a peer; handled next, in order.
     deferred: std::collections::VecDeque<Msg>,
+    /// Records of the state file that were not re-established: listed and written back.
+    unrestored: Vec<RejectedRecord>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -177,6 +178,7 @@ impl Control {
             last_heartbeat: Instant::now(),
             inbox: None,
             deferred: std::collections::VecDeque::new(),
+            unrestored: Vec::new(),
         })
     }
 
@@ -280,30 +282,39 @@ impl Control {
             .map_err(|e| self.memory_error(e))
     }
 
-    /// Re-establishes the channels of the state file; returns how many came back and the
-    /// errors of those that did not.
-    pub fn restore(&mut self) -> (usize, Vec<String>) {
-        let Some(path) = self.state_path.clone() else {
-            return (0, Vec::new());
-        };
-        let state = match StateFile::read(&path) {
-            Ok(s) => s,
-            Err(e) => return (0, vec![e.to_string()]),
-        };
-        self.next_id = state.records.iter().map(|c| c.id + 1).max().unwrap_or(0);
-        let mut ok = 0;
-        let mut errors: Vec<String> = state
-            .rejected
+    /// Re-establishes the channels of a state file read record by record; returns how many
+    /// came back and, for the log, why the others did not. Those stay in the table as
+    /// `unrestored` (listed, written back to the file) until closed: none is dropped.
+    pub fn restore(&mut self, state: LoadedState) -> (usize, Vec<String>) {
+        let ids = state
+            .records
             .iter()
-            .map(|r| format!("record {}: {}", r.index, r.error))
-            .collect();
-        for rec in state.records {
+            .map(|(_, c)| c.id)
+            .chain(state.rejected.iter().filter_map(|r| r.id));
+        self.next_id = ids.map(|id| id.wrapping_add(1)).max().unwrap_or(0);
+        self.unrestored = state.rejected;
+        let mut ok = 0;
+        for (index, rec) in state.records {
             match self.open(&rec.open, Some(rec.id)) {
                 Ok(_) => ok += 1,
-                Err(e) => errors.push(format!("channel {}: {}", rec.id, e.message)),
+                Err(e) => self.unrestored.push(RejectedRecord {
+                    index,
+                    id: Some(rec.id),
+                    error: e.message,
+                    record: serde_json::to_value(&rec).expect("a record serialises"),
+                }),
             }
         }
+        self.unrestored.sort_by_key(|r| r.index);
         self.persist();
+        let errors = self
+            .unrestored
+            .iter()
+            .map(|r| match r.id {
+                Some(id) => format!("channel {id} (record {}): {}", r.index, r.error),
+                None => format!("record {}: {}", r.index, r.error),
+            })
+            .collect();
         (ok, errors)
     }
 
@@ -332,10 +343,21 @@ impl Control {
     fn client(&mut self, request: Request) -> Reply {
         match request {
             Request::Open(args) => Reply::from_result(self.open(&args, None)),
+            Request::Close(args) if self.unrestored_index(args.id).is_some() => {
+                let i = self.unrestored_index(args.id).expect("just found");
+                let r = self.unrestored.remove(i);
+                self.persist();
+                Reply::ok(
+                    serde_json::json!({"id": args.id, "state": "discarded", "record": r.record}),
+                )
+            }
             Request::Close(args) => Reply::from_result(self.close(&args)),
             Request::List => Reply::ok(self.list(None)),
             Request::Show(a) => {
-                if self.out.contains_key(&a.id) || self.inc.contains_key(&a.id) {
+                if self.out.contains_key(&a.id)
+                    || self.inc.contains_key(&a.id)
+                    || self.unrestored_index(a.id).is_some()
+                {
                     Reply::ok(self.list(Some(a.id)))
                 } else {
                     Reply::err(not_found(a.id))
@@ -462,8 +484,16 @@ impl Control {
         Ok(v)
     }
 
+    /// Where channel `id` is among the records not re-established.
+    fn unrestored_index(&self, id: u32) -> Option<usize> {
+        self.unrestored.iter().position(|r| r.id == Some(id))
+    }
+
     fn fresh_id(&mut self) -> u32 {
-        while self.out.contains_key(&self.next_id) || self.inc.contains_key(&self.next_id) {
+        while self.out.contains_key(&self.next_id)
+            || self.inc.contains_key(&self.next_id)
+            || self.unrestored_index(self.next_id).is_some()
+        {
             self.next_id = self.next_id.wrapping_add(1);
         }
         self.next_id
@@ -1266,8 +1296,13 @@ impl Control {
         self.memory
             .reserve(Side::Receiving, id, "mmax", bytes)
             .map_err(|e| self.memory_error(e))?;
+        let pending = self
+            .dp
+            .receive_core(core)
+            .expect("checked above")
+            .prepare_receiver(id, mmax, RX_RING);
         let opened = self
-            .off_thread(bytes, move || CoreHandle::build_receiver(id, mmax, RX_RING))
+            .off_thread(bytes, move || pending.build())
             .and_then(|shared| {
                 self.dp
                     .receive_core(core)
@@ -1375,11 +1410,18 @@ impl Control {
                 .filter(|(id, i)| only.is_none_or(|o| o == **id) && i.info.from != "local")
                 .map(|(_, i)| i.info.clone())
                 .collect(),
+            unrestored: self
+                .unrestored
+                .iter()
+                .filter(|r| only.is_none() || r.id == only)
+                .cloned()
+                .collect(),
         }
     }
 
-    fn rx_counters(r: &Receiver) -> RxCounters {
+    fn rx_counters(&self, id: u32, r: &Receiver) -> RxCounters {
         let s = r.stats();
+        let (recent_misses, older_misses) = self.sink.recent_misses(id);
         RxCounters {
             delivered: s.delivered.get(),
             bytes: s.bytes.get(),
@@ -1388,6 +1430,8 @@ impl Control {
             duplicates: s.duplicates.get(),
             reordered: s.reordered.get(),
             latency: percentiles(&s.latency_snapshot()),
+            recent_misses,
+            older_misses,
         }
     }
 
@@ -1413,7 +1457,7 @@ impl Control {
                     .inc
                     .get(&id)
                     .and_then(|i| i.receiver.as_ref())
-                    .map(Self::rx_counters),
+                    .map(|r| self.rx_counters(id, r)),
                 Dst::Peer(_) => None,
             };
             v.push(ChannelStatsInfo {
@@ -1445,7 +1489,7 @@ impl Control {
                 peer: i.info.from.clone(),
                 uptime_s: i.opened.elapsed().as_secs_f64(),
                 tx: None,
-                rx: i.receiver.as_ref().map(Self::rx_counters),
+                rx: i.receiver.as_ref().map(|r| self.rx_counters(id, r)),
             });
         }
         v
@@ -1546,7 +1590,7 @@ impl Control {
                 })
                 .collect(),
         };
-        if let Err(e) = state.save(path) {
+        if let Err(e) = state.save_with(&self.unrestored, path) {
             eprintln!("rtchand: {e}");
         }
     }

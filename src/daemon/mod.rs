@@ -43,6 +43,7 @@ use std::time::Duration;
 
 use control::config::{resolve_group, ConfigError, DaemonConfig};
 use control::protocol::{PeerRequest, Reply, Request};
+use control::state::{check_writable, keep_aside, LoadedState, StateFile};
 
 pub use self::controller::FinalReport;
 
@@ -110,6 +111,47 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("signals: {0}")]
     Signals(std::io::Error),
+    /// The state file cannot be read or written: starting would lose its channels.
+    #[error("{0}")]
+    State(String),
+}
+
+/// How to start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// Start with no channels when the state file is unreadable, keeping it aside under a
+    /// timestamped name (`rtchand --discard-state`).
+    pub discard_state: bool,
+}
+
+/// Reads the state file at start-up: refuses an unwritable `state_file`, and an unreadable
+/// one unless `discard` (which keeps it aside, never overwriting it).
+fn load_state(path: &Path, discard: bool) -> Result<LoadedState, DaemonError> {
+    check_writable(path).map_err(|m| {
+        DaemonError::State(format!(
+            "state_file {}: {m}; refusing to start, since no channel could be saved",
+            path.display()
+        ))
+    })?;
+    match StateFile::read(path) {
+        Ok(l) => Ok(l),
+        Err(e) if discard => {
+            let kept = keep_aside(path).map_err(|k| {
+                DaemonError::State(format!("{e}; --discard-state could not keep it aside: {k}"))
+            })?;
+            eprintln!(
+                "rtchand: {e}; --discard-state: kept it as {} and starting with no channels",
+                kept.display()
+            );
+            Ok(LoadedState::default())
+        }
+        Err(e) => Err(DaemonError::State(format!(
+            "{e}; refusing to start so the channels in it are not lost: repair or move the \
+             file, or start with --discard-state to keep it aside as {}.unreadable-<time> and \
+             start with no channels",
+            path.display()
+        ))),
+    }
 }
 
 /// A running daemon.
@@ -132,7 +174,16 @@ impl Daemon {
     /// Starts the cores, the control thread, the peer server and the control socket, after
     /// re-establishing the persisted channels.
     pub fn start(cfg: DaemonConfig) -> Result<Self, DaemonError> {
+        Self::start_with(cfg, StartOptions::default())
+    }
+
+    /// [`Daemon::start`] with options.
+    pub fn start_with(cfg: DaemonConfig, opts: StartOptions) -> Result<Self, DaemonError> {
         cfg.validate()?;
+        let state = match &cfg.state_file {
+            Some(p) => load_state(p, opts.discard_state)?,
+            None => LoadedState::default(),
+        };
         let group = cfg.group.as_deref().map(resolve_group).transpose();
         let read_group = cfg.read_group.as_deref().map(resolve_group).transpose();
         let (group, read_group) = match (group, read_group) {
@@ -153,7 +204,7 @@ impl Daemon {
             ),
             None => None,
         };
-        let (restored, restore_errors) = control.restore();
+        let (restored, restore_errors) = control.restore(state);
         let stop2 = stop.clone();
         control.attach_inbox(rx);
         let control = std::thread::Builder::new()
@@ -220,15 +271,15 @@ impl Daemon {
 
 /// `rtchand --config FILE`: runs until SIGINT or SIGTERM, then shuts down; the final
 /// statistics.
-pub fn run(path: &Path) -> Result<FinalReport, DaemonError> {
+pub fn run(path: &Path, opts: StartOptions) -> Result<FinalReport, DaemonError> {
     let cfg = DaemonConfig::load(path)?;
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, term.clone()).map_err(DaemonError::Signals)?;
     }
-    let d = Daemon::start(cfg)?;
+    let d = Daemon::start_with(cfg, opts)?;
     for e in &d.restore_errors {
-        eprintln!("rtchand: not re-established: {e}");
+        eprintln!("rtchand: not re-established (kept in the state file and listed): {e}");
     }
     eprintln!(
         "rtchand: serving {}{}; {} channel(s) re-established",

@@ -48,9 +48,11 @@ pub struct CostModel {
     pub per_packet_ns: Nanos,
     /// Longest non-preemptive run of best-effort work on a core.
     pub best_effort_run_ns: Nanos,
-    /// Longest RX burst (poll, demultiplex, reassemble) on a core.
+    /// Longest RX phase (poll, demultiplex, reassemble, plus one bounded reassembly
+    /// maintenance step of `dataplane::rx::MAINTAIN_SLOTS_PER_STEP` slots) on a core.
     pub rx_burst_ns: Nanos,
-    /// Longest control-ring poll (apply a configuration change) on a core.
+    /// Longest control-ring poll (apply a configuration change: state built on the control
+    /// thread is moved in or out, nothing allocated, freed or locked) on a core.
     pub control_poll_ns: Nanos,
     /// IP MTU of the port in bytes.
     pub mtu: u32,
