@@ -11,9 +11,10 @@
  *   the channel's mmax (send) or than the caller's buffer (receive; the message stays queued),
  *   -EPIPE channel closed, -ECONNRESET daemon gone, -ETIMEDOUT nothing within the timeout,
  *   -EPROTO bad reply from the daemon, and for the daemon's refusals -EINVAL (bad field),
- *   -ENOENT (no such channel), -EACCES (not allowed), -EBUSY (admission refused), -ENOSPC (a
- *   resource limit), -EHOSTUNREACH (peer unreachable), -EIO (daemon failure). -ENOENT also
- *   means the socket does not exist. -EIO is also what a bug inside the library returns.
+ *   -ENOENT (no such channel), -EACCES (not allowed), -EBUSY (admission refused, or the
+ *   channel end is taken), -ENOSPC (a resource limit), -EHOSTUNREACH (peer unreachable),
+ *   -EIO (daemon failure). -ENOENT also means the socket does not exist. -EIO is also what a
+ *   bug inside the library returns.
  * - rtchan_strerror(code) describes a code; rtchan_last_error_message() gives the detail of
  *   this thread's most recent failed call (e.g. the daemon's refusal naming the field).
  * - No function panics or aborts on bad input; a NULL handle is -EINVAL.

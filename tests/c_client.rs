@@ -103,6 +103,7 @@ fn compile(src: &str, dir: &Path, static_link: bool) -> PathBuf {
 struct Daemon {
     dir: PathBuf,
     socket: PathBuf,
+    config: PathBuf,
     child: Option<Child>,
 }
 
@@ -124,27 +125,35 @@ impl Daemon {
             ),
         )
         .unwrap();
-        let child = Command::new(DAEMON)
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Self {
+        let mut d = Self {
             dir,
             socket,
-            child: Some(child),
+            config,
+            child: None,
         };
+        d.spawn();
+        d
+    }
+
+    /// Starts the daemon process and waits until it answers.
+    fn spawn(&mut self) {
+        self.child = Some(
+            Command::new(DAEMON)
+                .arg("--config")
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let t = Instant::now();
-        while d.ctl(&["channel", "list"]).status.code() == Some(3) {
+        while self.ctl(&["channel", "list"]).status.code() == Some(3) {
             assert!(
                 t.elapsed() < Duration::from_secs(20),
                 "daemon did not start"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        d
     }
 
     fn pid(&self) -> u32 {
@@ -404,7 +413,9 @@ fn expect(r: &HashMap<String, (i64, String, String)>, name: &str, code: i32, det
         libc::ECONNRESET => "the daemon is gone (it died, stopped or hung up)",
         libc::ETIMEDOUT => "no message within the timeout",
         libc::ENOENT => "no such channel, or no daemon socket at that path",
-        libc::EBUSY => "admission refused the channel",
+        libc::EBUSY => {
+            "refused: admission refused the channel, or its end is taken by another client"
+        }
         _ => "",
     };
     if code <= 0 {
@@ -564,6 +575,40 @@ fn receive_edge_cases_return_the_documented_codes() {
     );
 }
 
+#[test]
+fn a_sender_reattaches_after_a_daemon_restart() {
+    let dir = temp("reattach");
+    let bin = compile("capi/tests/c/bad_calls.c", &dir, false);
+    let mut d = Daemon::start("reattach");
+    let mut p = Proc::spawn(Command::new(&bin).arg(&d.socket).arg("reattach"));
+    let id = p
+        .until("ready ")
+        .strip_prefix("ready ")
+        .unwrap()
+        .to_string();
+    d.kill9();
+    d.spawn();
+    // The restarted daemon restored the channel from its state file, no sender attached.
+    let o = d.ctl(&["channel", "show", &id]);
+    assert!(o.status.success(), "channel {id} not restored: {o:?}");
+    p.say("\n");
+    let (code, lines, err) = p.finish();
+    assert_eq!(code, 0, "{lines:?} {err}");
+    let r = results(&lines);
+    // The old handle's connection died with the old daemon.
+    expect(&r, "send_after_restart_old_handle", -libc::ECONNRESET, "");
+    expect(&r, "attach_sender_after_restart", 0, "");
+    expect(&r, "attached_id", 0, "");
+    expect(&r, "send_after_reattach", 0, "");
+    // One sender per channel.
+    expect(
+        &r,
+        "attach_sender_twice",
+        -libc::EBUSY,
+        "already has a sending client",
+    );
+}
+
 /// `sent I LEN HEX` lines of the sender and `recv SEQ LEN LATENCY HEX` of the receiver.
 fn payloads(lines: &[String], tag: &str, hex_field: usize) -> Vec<(usize, String)> {
     lines
@@ -671,7 +716,10 @@ fn c_sender_and_receiver_deliver_every_byte_in_time() {
     println!("misses: {v}");
     println!(
         "sender: {}",
-        tlines.iter().find(|l| l.starts_with("send_call_ns")).unwrap()
+        tlines
+            .iter()
+            .find(|l| l.starts_with("send_call_ns"))
+            .unwrap()
     );
     assert_eq!(
         v.unexcused, 0,

@@ -86,7 +86,9 @@ pub(crate) fn strerror(code: c_int) -> &'static std::ffi::CStr {
         libc::EPROTO => c"protocol error: the daemon's reply does not make sense",
         libc::ENOENT => c"no such channel, or no daemon socket at that path",
         libc::EACCES => c"permission denied by the daemon",
-        libc::EBUSY => c"admission refused the channel",
+        libc::EBUSY => {
+            c"refused: admission refused the channel, or its end is taken by another client"
+        }
         libc::ENOSPC => c"a resource limit of the daemon refused it",
         libc::EHOSTUNREACH => c"the peer's control plane did not answer",
         libc::EIO => c"the daemon (or the library) failed internally",

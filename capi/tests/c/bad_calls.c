@@ -12,6 +12,8 @@
  *   bad_calls SOCKET recv    receive-side edge cases on a loopback channel
  *   bad_calls SOCKET gone    prints "ready", waits for a line (the test kills the daemon),
  *                            then sends until the first failure and tries control calls
+ *   bad_calls SOCKET reattach  prints "ready ID", waits for a line (the test restarts the
+ *                            daemon), then connects again and attaches to channel ID's sender
  */
 #define _POSIX_C_SOURCE 200809L
 #include <inttypes.h>
@@ -193,9 +195,36 @@ static int gone(rtchan_client *c, const char *socket, int with_recv) {
     return 0;
 }
 
+static int reattach(rtchan_client *c, const char *socket) {
+    unsigned char m[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    rtchan_sender *tx;
+    rtchan_spec s = spec(16);
+    need("open", rtchan_open(c, &s, &tx));
+    uint32_t id = (uint32_t)rtchan_sender_id(tx);
+    printf("ready %" PRIu32 "\n", id);
+    fflush(stdout);
+    wait_line();
+    report("send_after_restart_old_handle", rtchan_send(tx, m, sizeof m));
+    rtchan_free_sender(tx);
+    rtchan_client *c2 = NULL;
+    need("connect_after_restart", rtchan_connect(socket, &c2));
+    rtchan_sender *tx2 = NULL;
+    report("attach_sender_after_restart", rtchan_attach_sender(c2, id, &tx2));
+    if (tx2) {
+        report("attached_id", rtchan_sender_id(tx2) == id ? 0 : -1);
+        report("send_after_reattach", rtchan_send(tx2, m, sizeof m));
+        rtchan_sender *tx3 = NULL;
+        report("attach_sender_twice", rtchan_attach_sender(c2, id, &tx3));
+        rtchan_free_sender(tx3);
+    }
+    rtchan_free_sender(tx2);
+    rtchan_free_client(c2);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: bad_calls SOCKET calls|recv|gone|gone-recv\n");
+        fprintf(stderr, "usage: bad_calls SOCKET calls|recv|gone|gone-recv|reattach\n");
         return 2;
     }
     report("strerror_0", 0);
@@ -211,6 +240,8 @@ int main(int argc, char **argv) {
         r = gone(c, argv[1], 0);
     else if (strcmp(argv[2], "gone-recv") == 0)
         r = gone(c, argv[1], 1);
+    else if (strcmp(argv[2], "reattach") == 0)
+        r = reattach(c, argv[1]);
     else
         r = 2;
     rtchan_free_client(c);
