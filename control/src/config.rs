@@ -73,6 +73,9 @@ pub struct DaemonConfig {
     /// What clients may make the daemon hold (connections, timeouts).
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
+    /// The Prometheus/OpenMetrics endpoint (`[metrics]`); off when `listen` is absent.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 fn default_socket() -> PathBuf {
@@ -369,6 +372,16 @@ impl Default for RxCost {
     }
 }
 
+/// The `[metrics]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served (TCP, plain HTTP; e.g. `"127.0.0.1:9877"`); no endpoint
+    /// when absent. Anyone who can connect can read it: keep it on loopback or a management
+    /// network.
+    pub listen: Option<SocketAddr>,
+}
+
 /// The `[peering]` table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -484,6 +497,7 @@ impl Default for DaemonConfig {
             peering: PeeringConfig::default(),
             peers: Vec::new(),
             limits: crate::limits::LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -317,6 +317,7 @@ mod tests {
             source: Some("periodic".into()),
             message_size: None,
             best_effort: false,
+            attach: false,
         }
     }
 

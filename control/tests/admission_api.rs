@@ -499,7 +499,7 @@ fn worked_example_in_the_docs() {
         granularity: 1,
         ..ResourceModel::default()
     };
-    assert_eq!(minimum(cpu_bound.clone(), r), 12_400 + 3_218);
+    assert_eq!(minimum(cpu_bound.clone(), r), 14_400 + 3_218);
     let a = Admission::new(cpu_bound)
         .unwrap()
         .check(&ChannelRequest {
@@ -511,7 +511,7 @@ fn worked_example_in_the_docs() {
         (a.packets, a.cpu_cost, a.link_cost),
         (6, 9_400, 5 * 1_231 + 757)
     );
-    assert_eq!((a.cpu_deadline, a.link_deadline), (23_818, 30_000));
+    assert_eq!((a.cpu_deadline, a.link_deadline), (24_520, 30_000));
     // Link-bound: the defaults (150 ns per packet, granularity 4).
-    assert_eq!(minimum(ResourceModel::default(), r), 4_300 + 11_532);
+    assert_eq!(minimum(ResourceModel::default(), r), 6_300 + 11_532);
 }

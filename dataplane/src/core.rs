@@ -6,14 +6,19 @@
 //! 2. **Control**: up to [`CONTROL_PER_ITERATION`] commands from the control thread's ring
 //!    (open, close, policy), each acknowledged once applied. Commands are only taken here, which
 //!    is a preemption point: a handler never sees its configuration change mid-run.
-//! 3. **Doorbell**: before every pick (every preemption point), up to [`WAKEUPS_PER_POINT`]
+//! 3. **Client scan** ([`Core::scan_clients`]), once per iteration: up to
+//!    [`CLIENT_SCAN_PER_ITERATION`] client-fed channels (their messages come through a
+//!    shared-memory ring from another process, which cannot ring the doorbell) are checked
+//!    round-robin; one whose handler is idle and whose ring's tail moved is woken like a
+//!    doorbell slot.
+//! 4. **Doorbell**: before every pick (every preemption point), up to [`WAKEUPS_PER_POINT`]
 //!    channels that received messages are woken: each takes its head message, gets its logical
 //!    arrival time and is queued by class.
-//! 4. **CPU**: up to [`RUNS_PER_ITERATION`] handler runs. The scheduler picks; the handler writes
+//! 5. **CPU**: up to [`RUNS_PER_ITERATION`] handler runs. The scheduler picks; the handler writes
 //!    packets into port buffers until the next preemption point (k packets, the end of its
 //!    message, or the cycle budget); each packet goes to the TX queue's link scheduler; the
 //!    handler is re-queued with its new key; the link scheduler releases what it may.
-//! 5. **TX**: the link scheduler releases packets in deadline order within the in-flight limit
+//! 6. **TX**: the link scheduler releases packets in deadline order within the in-flight limit
 //!    and the core hands them to the port in one burst.
 //!
 //! Each bound keeps one iteration short so that control commands, wake-ups and received
@@ -60,6 +65,11 @@ pub const CONTROL_PER_ITERATION: usize = 8;
 /// bounds the step to a few microseconds while draining a mass wake-up in a few steps. Wake-ups
 /// are taken at every preemption point, so a new message waits at most one handler run.
 pub const WAKEUPS_PER_POINT: usize = 64;
+/// Client-fed channels whose rings the core checks per iteration: a check is one load of the
+/// ring's tail line (tens of ns when the client just wrote it, a few when not), so 64 bound the
+/// scan to a few microseconds (charged in admission as `cost.client_scan_ns`, next to the RX
+/// burst) and a core with at most 64 client-fed channels sees each one every iteration.
+pub const CLIENT_SCAN_PER_ITERATION: usize = 64;
 /// Handler runs per iteration: with [`PACKETS_PER_ITERATION`] it keeps RX and control latency
 /// within one iteration's worth of packet work. 64 runs of one packet amortise the iteration's
 /// fixed costs (a clock read, an RX poll, the control ring) over many packets.
@@ -148,6 +158,9 @@ pub enum CoreError {
     /// The port's frames are too small to carry a header and one payload byte.
     #[error("port frames of {0} bytes cannot carry rtchan's {FRAME_OVERHEAD}-byte headers")]
     FrameTooSmall(usize),
+    /// A client-fed channel's shared-memory ring could not be created.
+    #[error("shared-memory ring: {0}")]
+    Ring(String),
     /// The core stopped before applying the command.
     #[error("the polling core is not running")]
     NotRunning,
@@ -321,6 +334,9 @@ pub struct Core<P: Port> {
     /// Delay samples to the control side (the receive path holds the latency ring's producer).
     samples: SampleProducer,
     fold_on_poll: bool,
+    /// Slots of client-fed channels, and where the next scan starts.
+    clients: Vec<u32>,
+    client_cursor: usize,
     last_slot: u32,
     stats: CoreStats,
 }
@@ -375,6 +391,8 @@ impl<P: Port> Core<P> {
             ),
             samples: sink.producer(SampleSource::Delay),
             fold_on_poll: true,
+            clients: Vec::with_capacity(n),
+            client_cursor: 0,
             last_slot: u32::MAX,
             stats: CoreStats::default(),
             cfg,
@@ -474,6 +492,24 @@ impl<P: Port> Core<P> {
         Ok(Sender::new(shared))
     }
 
+    /// Opens a client-fed channel directly over `region` (its submit ring; a heap region in
+    /// virtual-time tests, a memfd in a daemon): validates and starts its handler.
+    pub fn open_ring(
+        &mut self,
+        config: ChannelConfig,
+        region: Arc<crate::shm::Region>,
+    ) -> Result<Arc<ChannelShared>, CoreError> {
+        config.validate(self.payload_per_packet)?;
+        let slot = self
+            .free_slot()
+            .ok_or(CoreError::Full(self.cfg.max_channels))?;
+        let shared =
+            ChannelShared::with_ring(config, slot, self.doorbell.clone(), self.sink(), region)
+                .map_err(|e| CoreError::Ring(e.to_string()))?;
+        self.start_handler(shared.clone()).map_err(|(e, _)| e)?;
+        Ok(shared)
+    }
+
     /// Validates a channel and builds its shared state for `slot` (control side; allocates).
     pub fn prepare(
         &self,
@@ -526,6 +562,9 @@ impl<P: Port> Core<P> {
         let generation = self.generations[slot as usize].wrapping_add(1);
         self.generations[slot as usize] = generation;
         shared.arm();
+        if shared.is_client() {
+            self.clients.push(slot);
+        }
         let mut h = Handler::new(shared, generation, self.payload_per_packet);
         h.enforce = !self.cfg.sched.fifo;
         self.handlers[slot as usize] = Some(h);
@@ -563,6 +602,9 @@ impl<P: Port> Core<P> {
     fn finish_close(&mut self, slot: u32) -> Option<Arc<ChannelShared>> {
         self.sched.remove(slot);
         self.direct_cursor = self.direct_cursor.min(slot);
+        if let Some(i) = self.clients.iter().position(|&s| s == slot) {
+            self.clients.swap_remove(i);
+        }
         // Packets still in the link scheduler go out; their stats go nowhere (generation).
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
         let mut h = self.handlers[slot as usize].take()?;
@@ -723,7 +765,10 @@ impl<P: Port> Core<P> {
             progress.commands += 1;
         }
 
-        // 3, 4 + 5. Wake-ups and a CPU run at each preemption point, then link release and TX.
+        // 3. Client-fed channels' rings.
+        self.scan_clients(now);
+
+        // 4, 5 + 6. Wake-ups and a CPU run at each preemption point, then link release and TX.
         // Time inside the iteration is the clock read above plus the cycles since, converted:
         // a clock read costs tens of nanoseconds, a TSC read a few.
         let anchor = (now, meter.cycles());
@@ -774,6 +819,29 @@ impl<P: Port> Core<P> {
             self.sink().fold(false);
         }
         progress
+    }
+
+    /// Wakes client-fed channels with new messages in their rings: up to
+    /// [`CLIENT_SCAN_PER_ITERATION`] of them, round-robin, one tail load each.
+    pub fn scan_clients(&mut self, now: Nanos) {
+        let n = self.clients.len();
+        if n == 0 {
+            return;
+        }
+        for _ in 0..n.min(CLIENT_SCAN_PER_ITERATION) {
+            if self.client_cursor >= n {
+                self.client_cursor = 0;
+            }
+            let slot = self.clients[self.client_cursor];
+            self.client_cursor += 1;
+            let Some(h) = self.handlers[slot as usize].as_ref() else {
+                continue;
+            };
+            // An active handler takes its next message itself when its current one is done.
+            if h.current.is_none() && h.shared.client_has_new() {
+                self.wake(slot, now);
+            }
+        }
     }
 
     /// Runs one handler until its next preemption point; returns packets written and the time

@@ -177,6 +177,19 @@ impl CoreHandle {
         Ok(Sender::new(shared))
     }
 
+    /// Opens a client-fed channel: its submit ring is a sealed memfd region (hand
+    /// `shared.region().fd()` to the client); returns the shared state once the core runs it.
+    pub fn open_client(&mut self, config: ChannelConfig) -> Result<Arc<ChannelShared>, CoreError> {
+        let p = self.prepare_open(config)?;
+        let shared = ChannelShared::new_client(p.config, p.slot, p.doorbell, &p.sink)
+            .map_err(|e| CoreError::Ring(e.to_string()))?;
+        let (id, slot) = (shared.config.id, shared.slot);
+        self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
+        self.slots[slot as usize] = true;
+        self.slot_of.insert(id, slot);
+        Ok(shared)
+    }
+
     /// Closes a sending channel, draining its queue first when `drain`.
     pub fn close(&mut self, id: ChannelId, drain: bool) -> Result<(), CoreError> {
         let slot = *self.slot_of.get(&id).ok_or(CoreError::NoSuchChannel(id))?;
@@ -224,6 +237,24 @@ impl CoreHandle {
     pub fn open_built_receiver(&mut self, built: BuiltReceiver) -> Result<Receiver, CoreError> {
         self.send(Command::OpenReceiver(built.state), ACK_TIMEOUT)?;
         Ok(Receiver::new(built.shared))
+    }
+
+    /// Opens the receive side of a channel whose application is another process: messages
+    /// go into the client's delivery ring `region`, and `wake` is signalled when it sleeps.
+    /// The returned receiver only reads the statistics (its in-process queue stays empty).
+    pub fn open_receiver_app(
+        &mut self,
+        id: ChannelId,
+        mmax: u32,
+        region: Arc<crate::shm::Region>,
+        wake: std::os::fd::OwnedFd,
+    ) -> Result<Receiver, CoreError> {
+        let reassembly = Self::reassembly_slots(region.params().capacity);
+        let shared = RxShared::with_app(id, mmax, reassembly, region, wake, &self.sink);
+        self.open_built_receiver(BuiltReceiver {
+            state: RxPath::prepare(shared.clone(), reassembly),
+            shared,
+        })
     }
 
     /// Closes the receive side of a channel.

@@ -15,7 +15,14 @@
 //! ([`RxPath::close`] returns it); latency samples go to the core's sample ring
 //! ([`crate::stats`]); timed-out slots are swept a bounded step at a time
 //! ([`MAINTAIN_SLOTS_PER_STEP`]).
+//!
+//! A channel whose receiving application is another process ([`RxShared::with_app`]) is
+//! delivered into that application's shared-memory ring ([`crate::shm`], the core produces)
+//! instead of the in-process queue: the message is copied from its reassembly buffer into a
+//! ring buffer, published, and the application's eventfd is signalled only when it said it
+//! sleeps (at most one `write` per sleep).
 
+use crate::shm::{DeliverDesc, Producer, Region, DELIVER_LATE};
 use crate::spec::ChannelId;
 use crate::stats::{Counter, SampleProducer, SampleSink, SharedHistogram};
 use crate::time::Nanos;
@@ -23,6 +30,7 @@ use crate::wire::{parse_frame, ParseError, RtHeader};
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 /// How long an incomplete message may wait for its fragments by default: 100 ms.
@@ -117,6 +125,8 @@ pub struct RxShared {
     pub reassembly: u32,
     deliver: ArrayQueue<(Box<[u8]>, Delivery)>,
     free: ArrayQueue<Box<[u8]>>,
+    /// The receiving application's ring, when it is another process.
+    app: Option<AppRing>,
     /// Counters and latency.
     pub stats: RxStats,
 }
@@ -146,6 +156,13 @@ pub fn reservation_bytes(mmax: u32, ring: u32, reassembly: u32) -> u64 {
         .saturating_add(RX_FIXED_BYTES)
 }
 
+/// A client's delivery ring and the eventfd that wakes it.
+#[derive(Debug)]
+struct AppRing {
+    region: Arc<Region>,
+    wake: OwnedFd,
+}
+
 impl RxShared {
     /// Receive state for channel `id`: `ring` delivered messages may wait for the application;
     /// `reassembly` messages may be incomplete at once; the latency histogram is registered in
@@ -168,8 +185,40 @@ impl RxShared {
             reassembly,
             deliver: ArrayQueue::new(ring.max(1) as usize),
             free,
+            app: None,
             stats: RxStats::new(sink),
         })
+    }
+
+    /// Receive state whose messages go to a client process's delivery ring `region`
+    /// (signalled through `wake`); `reassembly` messages may be incomplete at once.
+    pub fn with_app(
+        id: ChannelId,
+        mmax: u32,
+        reassembly: u32,
+        region: Arc<Region>,
+        wake: OwnedFd,
+        sink: &Arc<SampleSink>,
+    ) -> Arc<Self> {
+        let buffers = reassembly as usize + 1;
+        let free = ArrayQueue::new(buffers);
+        for _ in 0..buffers {
+            let _ = free.push(crate::mem::prefaulted_bytes(mmax as usize));
+        }
+        Arc::new(Self {
+            id,
+            mmax,
+            reassembly,
+            deliver: ArrayQueue::new(1),
+            free,
+            app: Some(AppRing { region, wake }),
+            stats: RxStats::new(sink),
+        })
+    }
+
+    /// The client's delivery ring, if the application is another process.
+    pub fn app_region(&self) -> Option<&Arc<Region>> {
+        self.app.as_ref().map(|a| &a.region)
     }
 }
 
@@ -220,6 +269,8 @@ struct RxChannel {
     recent: u64,
     /// `shared.stats`' latency histogram key in the core's sample sink.
     latency_key: u32,
+    /// The producing end of the client's delivery ring.
+    app: Option<Producer<DeliverDesc>>,
 }
 
 /// A receiver's core-side state, built on the control thread ([`RxPath::prepare`]) and moved
@@ -338,6 +389,10 @@ impl RxPath {
             .collect();
         ReceiverState(Box::new(RxChannel {
             latency_key: shared.stats.latency.key(),
+            app: shared
+                .app
+                .as_ref()
+                .and_then(|a| Producer::new(a.region.clone()).ok()),
             shared,
             slots,
             next_expected: 0,
@@ -583,7 +638,19 @@ impl RxChannel {
             deadline: h.deadline,
             len: h.msg_len,
         };
-        if let Err((buf, _)) = self.shared.deliver.push((buf, d)) {
+        if let Some(p) = self.app.as_mut() {
+            let ok = deliver_to_app(p, &buf[..h.msg_len as usize], &d);
+            let _ = self.shared.free.push(buf);
+            if !ok {
+                st.ring_full.inc();
+                return;
+            }
+            if p.publish_and_check_wake() {
+                if let Some(a) = &self.shared.app {
+                    crate::shm::signal(a.wake.as_fd());
+                }
+            }
+        } else if let Err((buf, _)) = self.shared.deliver.push((buf, d)) {
             st.ring_full.inc();
             let _ = self.shared.free.push(buf);
             return;
@@ -597,6 +664,34 @@ impl RxChannel {
             st.latency_samples_dropped.inc();
         }
     }
+}
+
+/// Copies a delivered message into the client's ring (not yet published); false when the ring
+/// or its buffers are full.
+#[inline]
+fn deliver_to_app(p: &mut Producer<DeliverDesc>, msg: &[u8], d: &Delivery) -> bool {
+    if p.room() == 0 {
+        return false;
+    }
+    // Bad free-ring entries are the client's own doing: skipped, its messages lost.
+    let Some(b) = p.grant(|_| {}) else {
+        return false;
+    };
+    p.buffer_mut(b)[..msg.len()].copy_from_slice(msg);
+    p.push(DeliverDesc {
+        buf: b,
+        len: msg.len() as u32,
+        seq: d.seq,
+        flags: if d.deadline != 0 && d.delivered_ts > d.deadline {
+            DELIVER_LATE
+        } else {
+            0
+        },
+        submit_ts: d.submit_ts,
+        delivered_ts: d.delivered_ts,
+        deadline: d.deadline,
+    });
+    true
 }
 
 #[cfg(test)]

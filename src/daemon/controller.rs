@@ -44,8 +44,11 @@ use dataplane::spec::{ChannelConfig, ChannelSpec, OverflowPolicy};
 
 use super::dp::{Dataplane, PORT_QUEUE};
 use super::peer::PeerSession;
+use super::server::ConnId;
 use super::traffic::{parse_source, Sink, SourceThread};
 use super::Msg;
+
+mod attach;
 
 /// Receive ring of an incoming channel, messages.
 const RX_RING: u32 = 1024;
@@ -77,6 +80,8 @@ struct Outgoing {
     sender: Option<Sender>,
     source: Option<SourceThread>,
     opened: Instant,
+    /// The client connection holding the submit ring of a client-fed channel.
+    conn: Option<ConnId>,
 }
 
 /// An opened channel's sending side: its shared state, and the application's sender or the
@@ -91,6 +96,8 @@ struct Incoming {
     receiver: Option<Receiver>,
     info: IncomingInfo,
     opened: Instant,
+    /// The client connection whose delivery ring receives the channel.
+    app: Option<ConnId>,
 }
 
 /// Final statistics the daemon prints when it stops.
@@ -122,6 +129,8 @@ pub struct Control {
     inbox: Option<std::sync::mpsc::Receiver<Msg>>,
     /// Client messages that arrived while waiting for a peer; handled next, in order.
     deferred: std::collections::VecDeque<Msg>,
+    /// `channel open` requests refused, by (side, reason), for the metrics.
+    refusals: BTreeMap<(String, String), u64>,
     /// Records of the state file that were not re-established: listed and written back.
     unrestored: Vec<RejectedRecord>,
 }
@@ -178,6 +187,7 @@ impl Control {
             last_heartbeat: Instant::now(),
             inbox: None,
             deferred: std::collections::VecDeque::new(),
+            refusals: BTreeMap::new(),
             unrestored: Vec::new(),
         })
     }
@@ -218,6 +228,7 @@ impl Control {
                         Request::List
                         | Request::Show(_)
                         | Request::Stats(_)
+                        | Request::PortStats
                         | Request::PolicyShow
                         | Request::Ping,
                     ..
@@ -321,12 +332,23 @@ impl Control {
     /// Handles one message.
     pub fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Client { request, reply, .. } => {
-                let r = self.client(request);
-                let _ = reply.send(r);
+            Msg::Client {
+                conn,
+                caller,
+                request,
+                reply,
+            } => {
+                if attach::carries_fds(&request) {
+                    let (r, fds, holds) = self.client_with_fds(conn, caller, request);
+                    let _ = reply.send_full(r, fds, holds);
+                } else {
+                    let r = self.client(request);
+                    let _ = reply.send(r);
+                }
             }
-            // No per-connection resources yet (the client library's channels will be).
-            Msg::ClientClosed { .. } => {}
+            // Client-fed channels close with their connection; attached receivers go back to
+            // the sink.
+            Msg::ClientClosed { conn } => self.client_closed(conn),
             Msg::Peer {
                 session,
                 from,
@@ -337,12 +359,282 @@ impl Control {
                 let _ = reply.send(r);
             }
             Msg::SessionClosed { session } => self.session_closed(session),
+            Msg::Reload { update, reply } => {
+                let _ = reply.send(Reply::from_result(self.policy_set(&update)));
+            }
+            Msg::Metrics { reply } => {
+                let _ = reply.send(self.metrics());
+            }
         }
+    }
+
+    /// Counts a refused `channel open` by side and reason (for the metrics).
+    fn count_refusal(&mut self, e: &ApiError) {
+        let key = match &e.refusal {
+            Some(r) => {
+                let resource = match r.rejection.resource {
+                    control::admission::Resource::Cpu(_) => "cpu",
+                    control::admission::Resource::Link(_) => "link",
+                };
+                let test = match r.rejection.test {
+                    control::admission::FailedTest::Utilisation { .. } => "utilisation",
+                    control::admission::FailedTest::Demand { .. } => "demand",
+                };
+                (r.side.clone(), format!("{resource}_{test}"))
+            }
+            None => (
+                "request".to_string(),
+                serde_json::to_value(e.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "other".into()),
+            ),
+        };
+        *self.refusals.entry(key).or_default() += 1;
+    }
+
+    /// The metrics endpoint's text: what `stats` reads (the channels' shared counters and
+    /// histograms), the admission controllers and this thread's own counters; nothing from a
+    /// polling core (see [`super::metrics`]).
+    pub fn metrics(&self) -> String {
+        use super::metrics::{bound_buckets, Exposition};
+        let mut e = Exposition::default();
+        for (&id, o) in &self.out {
+            let ch = id.to_string();
+            let l = [("channel", ch.as_str()), ("dst", o.info.dst.as_str())];
+            let st = o.shared.stats.snapshot();
+            e.counter(
+                "rtchan_channel_submitted_messages_total",
+                "Messages accepted by submit on the sending host.",
+                &l,
+                st.submitted,
+            );
+            e.counter(
+                "rtchan_channel_sent_messages_total",
+                "Messages whose last packet left the sending host.",
+                &l,
+                st.messages_sent,
+            );
+            e.counter(
+                "rtchan_channel_sent_packets_total",
+                "Packets sent.",
+                &l,
+                st.packets,
+            );
+            e.counter(
+                "rtchan_channel_sent_bytes_total",
+                "Bytes sent.",
+                &l,
+                st.bytes,
+            );
+            for (reason, v) in [
+                ("would_block", st.would_block),
+                ("drop_newest", st.dropped_newest),
+                ("drop_oldest", st.dropped_oldest),
+                ("on_close", st.dropped_on_close),
+            ] {
+                e.counter(
+                    "rtchan_channel_drops_total",
+                    "Messages not sent, by reason: refused with a full buffer (would_block), \
+                     dropped by the overflow policy, or discarded at close.",
+                    &[l[0], l[1], ("reason", reason)],
+                    v,
+                );
+            }
+            e.counter(
+                "rtchan_channel_late_packets_total",
+                "Packets released after their link deadline.",
+                &l,
+                st.late_packets,
+            );
+            e.counter(
+                "rtchan_channel_budget_overruns_total",
+                "Handler runs over their cycle budget.",
+                &l,
+                st.budget_overruns,
+            );
+            let bound = if o.info.best_effort {
+                0
+            } else {
+                o.info.sender.link_deadline
+            };
+            e.gauge(
+                "rtchan_channel_host_bound_seconds",
+                "The sending host's admitted bound d_s (0: best-effort).",
+                &l,
+                bound as f64 / 1e9,
+            );
+            e.histogram_ns(
+                "rtchan_channel_host_delay_seconds",
+                "Submit to last packet released on the sending host; buckets around d_s.",
+                &l,
+                &o.shared.stats.delay_snapshot(),
+                &bound_buckets(bound),
+            );
+        }
+        for (&id, i) in &self.inc {
+            let Some(r) = i.receiver.as_ref() else {
+                continue;
+            };
+            let ch = id.to_string();
+            let l = [("channel", ch.as_str()), ("src", i.info.from.as_str())];
+            let st = r.stats();
+            e.counter(
+                "rtchan_channel_delivered_messages_total",
+                "Messages delivered on the receiving host.",
+                &l,
+                st.delivered.get(),
+            );
+            e.counter(
+                "rtchan_channel_delivered_bytes_total",
+                "Payload bytes delivered.",
+                &l,
+                st.bytes.get(),
+            );
+            e.counter(
+                "rtchan_channel_deadline_misses_total",
+                "Messages delivered after their end-to-end deadline.",
+                &l,
+                st.deadline_misses.get(),
+            );
+            e.counter(
+                "rtchan_channel_lost_messages_total",
+                "Messages never received (sequence gaps).",
+                &l,
+                st.lost.get(),
+            );
+            e.counter(
+                "rtchan_channel_duplicate_messages_total",
+                "Messages or fragments received twice.",
+                &l,
+                st.duplicates.get(),
+            );
+            e.counter(
+                "rtchan_channel_reordered_messages_total",
+                "Messages that arrived after a later one.",
+                &l,
+                st.reordered.get(),
+            );
+            e.counter(
+                "rtchan_channel_receive_drops_total",
+                "Messages dropped on the receiving host, by reason.",
+                &[l[0], l[1], ("reason", "ring_full")],
+                st.ring_full.get(),
+            );
+            e.counter(
+                "rtchan_channel_receive_drops_total",
+                "Messages dropped on the receiving host, by reason.",
+                &[l[0], l[1], ("reason", "incomplete")],
+                st.incomplete.get(),
+            );
+            let bound = if i.info.best_effort {
+                0
+            } else {
+                i.info.end_to_end
+            };
+            e.gauge(
+                "rtchan_channel_bound_seconds",
+                "The channel's end-to-end bound D (0: best-effort).",
+                &l,
+                bound as f64 / 1e9,
+            );
+            e.histogram_ns(
+                "rtchan_channel_latency_seconds",
+                "Submit to delivery (end to end); buckets around D.",
+                &l,
+                &st.latency_snapshot(),
+                &bound_buckets(bound),
+            );
+        }
+        // Per TX queue (admission's queue i is core i's port queue): what the sending
+        // channels on it report, and what admission has granted of it.
+        let rate = self.cfg.link_rate_bps();
+        let util = self.tx_adm.utilisation();
+        for (q, ppm) in util.tx_queues.iter().enumerate() {
+            let qs = q.to_string();
+            let l = [("txq", qs.as_str())];
+            let on_q = self
+                .out
+                .values()
+                .filter(|o| usize::from(o.info.sender.txq) == q);
+            let (late, packets) = on_q.fold((0, 0), |(a, b), o| {
+                let st = o.shared.stats.snapshot();
+                (a + st.late_packets, b + st.packets)
+            });
+            e.gauge(
+                "rtchan_txq_paced_rate_bytes_per_second",
+                "The rate the link scheduler paces the queue at.",
+                &l,
+                rate as f64 / 8.0,
+            );
+            e.counter(
+                "rtchan_txq_late_packets_total",
+                "Packets of the queue's open channels released after their link deadline.",
+                &l,
+                late,
+            );
+            e.counter(
+                "rtchan_txq_packets_total",
+                "Packets of the queue's open channels sent.",
+                &l,
+                packets,
+            );
+            e.gauge(
+                "rtchan_admission_utilisation_ratio",
+                "Real-time utilisation admitted on a resource (of 1).",
+                &[("side", "tx"), ("resource", "link"), ("index", qs.as_str())],
+                f64::from(*ppm) / 1e6,
+            );
+        }
+        for (side, u) in [("tx", &util), ("rx", &self.rx_adm.utilisation())] {
+            for (c, ppm) in u.cores.iter().enumerate() {
+                let cs = c.to_string();
+                e.gauge(
+                    "rtchan_admission_utilisation_ratio",
+                    "Real-time utilisation admitted on a resource (of 1).",
+                    &[("side", side), ("resource", "cpu"), ("index", cs.as_str())],
+                    f64::from(*ppm) / 1e6,
+                );
+            }
+        }
+        e.gauge(
+            "rtchan_admission_limit_ratio",
+            "The utilisation admission allows a resource (1 - best-effort reserve).",
+            &[],
+            1.0 - f64::from(self.policy.best_effort_reserve_ppm) / 1e6,
+        );
+        for ((side, reason), n) in &self.refusals {
+            e.counter(
+                "rtchan_admission_refusals_total",
+                "channel open requests refused, by side (sender, receiver, request) and reason.",
+                &[("side", side.as_str()), ("reason", reason.as_str())],
+                *n,
+            );
+        }
+        e.gauge(
+            "rtchan_channels",
+            "Channels open on this host, by direction.",
+            &[("direction", "out")],
+            self.out.len() as f64,
+        );
+        e.gauge(
+            "rtchan_channels",
+            "Channels open on this host, by direction.",
+            &[("direction", "in")],
+            self.inc.values().filter(|i| i.info.from != "local").count() as f64,
+        );
+        e.finish()
     }
 
     fn client(&mut self, request: Request) -> Reply {
         match request {
-            Request::Open(args) => Reply::from_result(self.open(&args, None)),
+            Request::Open(args) => {
+                let r = self.open(&args, None);
+                if let Err(e) = &r {
+                    self.count_refusal(e);
+                }
+                Reply::from_result(r)
+            }
             Request::Close(args) if self.unrestored_index(args.id).is_some() => {
                 let i = self.unrestored_index(args.id).expect("just found");
                 let r = self.unrestored.remove(i);
@@ -364,9 +656,14 @@ impl Control {
                 }
             }
             Request::Stats(a) => Reply::from_result(self.stats(a.id)),
+            Request::PortStats => Reply::ok(self.dp.port_stats(&self.cfg)),
             Request::PolicyShow => Reply::ok(&self.policy),
             Request::PolicySet(u) => Reply::from_result(self.policy_set(&u)),
             Request::Ping => Reply::ok(serde_json::json!({})),
+            // Routed to `client_with_fds` by `handle`.
+            Request::Attach(_) | Request::Detach(_) => Reply::err(internal(
+                "attach/detach must come from a control-socket connection",
+            )),
         }
     }
 
@@ -505,6 +802,13 @@ impl Control {
         args: &OpenArgs,
         fixed_id: Option<u32>,
     ) -> Result<ChannelInfo, ApiError> {
+        if args.attach && args.source.is_some() {
+            return Err(ApiError::invalid(
+                "attach",
+                "attach: a client-fed channel takes its messages from the client; it cannot \
+                 also have a built-in source",
+            ));
+        }
         if args.best_effort {
             return self.open_best_effort(args, fixed_id);
         }
@@ -546,11 +850,14 @@ impl Control {
         }
         let cands = self.candidates(args)?;
         let host_max = d - net;
+        // A client-fed channel's messages wait up to one loop iteration for the client scan:
+        // admitted with that much less of the host's bound, given back in its deadlines.
+        let jitter = self.client_jitter(args);
         let base = |c: u16, deadline: Nanos| ChannelRequest {
             mmax,
             imin,
             bmax: args.bmax,
-            deadline,
+            deadline: deadline.saturating_sub(jitter),
             core: Some(c),
             txq: Some(c),
         };
@@ -558,8 +865,8 @@ impl Control {
         let mut chosen = None;
         for &c in &cands {
             if let Ok(least) = least_deadline(&self.tx_adm, &base(c, host_max)) {
-                if least < host_max {
-                    chosen = Some((c, least));
+                if least + jitter < host_max {
+                    chosen = Some((c, least + jitter));
                     break;
                 }
             }
@@ -626,6 +933,10 @@ impl Control {
                 .tx_adm
                 .check(&req)
                 .map_err(|e| self.sender_error(e, d, net, &args.dst))?;
+            let mut sender = sender;
+            sender.cpu_deadline += jitter;
+            sender.link_deadline += jitter;
+            sender.request.deadline += jitter;
             return Ok(self.info(id, "dry_run", args, net, sender, grant, &policy_name));
         }
         let undo_remote = |this: &mut Self| this.abort_remote(&dst, id);
@@ -636,6 +947,10 @@ impl Control {
                 return Err(self.sender_error(e, d, net, &args.dst));
             }
         };
+        let mut sender_adm = sender_adm;
+        sender_adm.cpu_deadline += jitter;
+        sender_adm.link_deadline += jitter;
+        sender_adm.request.deadline += jitter;
         let mut cfg = ChannelConfig::real_time(
             id,
             ChannelSpec {
@@ -654,7 +969,8 @@ impl Control {
             let _ = this.tx_adm.release(sender_adm.id);
             undo_remote(this);
         };
-        let (shared, sender, source) = self.start_sender(core, cfg, pattern, msg_size, id, undo)?;
+        let (shared, sender, source) =
+            self.start_sender(core, cfg, pattern, msg_size, (id, args.attach), undo)?;
         let adm_id = Some(sender_adm.id);
         let info = self.info(id, "open", args, net, sender_adm, grant, &policy_name);
         self.commit_outgoing(
@@ -690,6 +1006,7 @@ impl Control {
             policy: policy.into(),
             source: args.source.clone(),
             best_effort: args.best_effort,
+            attach: args.attach,
         }
     }
 
@@ -786,7 +1103,8 @@ impl Control {
         cfg.txq = PORT_QUEUE;
         self.address(&mut cfg, &dst);
         let undo = |this: &mut Self| this.abort_remote(&dst, id);
-        let (shared, sender, source) = self.start_sender(core, cfg, pattern, msg_size, id, undo)?;
+        let (shared, sender, source) =
+            self.start_sender(core, cfg, pattern, msg_size, (id, args.attach), undo)?;
         let info = self.info(id, "open", args, net, sender_numbers, grant, &policy_name);
         self.commit_outgoing(
             id,
@@ -806,7 +1124,7 @@ impl Control {
         cfg: ChannelConfig,
         pattern: Option<dataplane::source::Pattern>,
         msg_size: u64,
-        id: u32,
+        (id, client): (u32, bool),
         undo: impl FnOnce(&mut Self),
     ) -> Result<SenderParts, ApiError> {
         let (messages, mmax) = (cfg.reservation.messages, cfg.reservation.bytes_per_message);
@@ -822,6 +1140,16 @@ impl Control {
             this.memory.release(Side::Sending, id);
             undo(this);
         };
+        if client {
+            // Client-fed: the ring's memfd goes to the client; no sender in this process.
+            return match self.dp.tx[usize::from(core)].handle.open_client(cfg) {
+                Ok(shared) => Ok((shared, None, None)),
+                Err(e) => {
+                    undo(self);
+                    Err(internal(format!("core {core} refused the channel: {e}")))
+                }
+            };
+        }
         let built = match self.dp.tx[usize::from(core)].handle.prepare_open(cfg) {
             Ok(pending) => self.off_thread(bytes, move || pending.build()),
             Err(e) => Err(internal(format!("core {core} refused the channel: {e}"))),
@@ -880,6 +1208,7 @@ impl Control {
                 sender,
                 source,
                 opened: Instant::now(),
+                conn: None,
             },
         );
         if let Err(e) = self.commit_remote(&dst, id) {
@@ -1027,7 +1356,7 @@ impl Control {
             self.teardown(id, false, false);
         }
         if !ids.is_empty() {
-            eprintln!(
+            tracing::warn!(
                 "rtchand: lost peer '{peer}': closed channels {ids:?} and freed their reservations"
             );
             self.persist();
@@ -1210,6 +1539,7 @@ impl Control {
                     best_effort: false,
                 },
                 opened: Instant::now(),
+                app: None,
             },
         );
         Ok(Grant {
@@ -1276,6 +1606,7 @@ impl Control {
                     best_effort: true,
                 },
                 opened: Instant::now(),
+                app: None,
             },
         );
         Ok(grant)
@@ -1320,6 +1651,10 @@ impl Control {
         if let Some(i) = self.inc.remove(&id) {
             self.memory.release(Side::Receiving, id);
             self.sink.remove(id);
+            // An attached client sees the channel closed in its ring.
+            if let Some(r) = i.receiver.as_ref().and_then(|r| r.shared().app_region()) {
+                r.close();
+            }
             if i.receiver.is_some() {
                 self.dp.steer(id, None);
                 if let Some(handle) = self.dp.receive_core(i.core) {
@@ -1343,7 +1678,7 @@ impl Control {
             self.release_incoming(id);
         }
         if !ids.is_empty() {
-            eprintln!("rtchand: a peer's session ended: released incoming channels {ids:?}");
+            tracing::warn!("rtchand: a peer's session ended: released incoming channels {ids:?}");
         }
     }
 
@@ -1474,6 +1809,7 @@ impl Control {
                     dropped: snap.dropped_newest + snap.dropped_oldest + snap.dropped_on_close,
                     late_packets: snap.late_packets,
                     budget_overruns: snap.budget_overruns,
+                    invalid: snap.invalid_descriptors,
                     delay: percentiles(&s.delay_snapshot()),
                 }),
                 rx,
@@ -1591,7 +1927,7 @@ impl Control {
                 .collect(),
         };
         if let Err(e) = state.save_with(&self.unrestored, path) {
-            eprintln!("rtchand: {e}");
+            tracing::error!("rtchand: {e}");
         }
     }
 

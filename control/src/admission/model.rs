@@ -54,6 +54,10 @@ pub struct CostModel {
     /// Longest control-ring poll (apply a configuration change: state built on the control
     /// thread is moved in or out, nothing allocated, freed or locked) on a core.
     pub control_poll_ns: Nanos,
+    /// Longest scan of client-fed channels' shared-memory rings in one iteration
+    /// (`dataplane::core::CLIENT_SCAN_PER_ITERATION` tail loads, each a cache miss at worst).
+    /// It runs right after the RX burst, so it extends that non-preemptive stretch.
+    pub client_scan_ns: Nanos,
     /// IP MTU of the port in bytes.
     pub mtu: u32,
     /// Line rate of the port in bits per second.
@@ -68,6 +72,7 @@ impl Default for CostModel {
             best_effort_run_ns: 2_000,
             rx_burst_ns: 3_000,
             control_poll_ns: 500,
+            client_scan_ns: 2_000,
             mtu: 1500,
             link_rate_bps: 10_000_000_000,
         }
@@ -120,11 +125,12 @@ impl CostModel {
         self.per_message_ns + u64::from(packets.min(k)) * self.per_packet_ns
     }
 
-    /// Longest chunk of non-real-time work on a core (best-effort run, RX burst, control
-    /// poll): these have no deadline, so they can block any real-time handler.
+    /// Longest chunk of non-real-time work on a core (best-effort run, RX burst and the
+    /// client scan after it, control poll): these have no deadline, so they can block any
+    /// real-time handler.
     pub fn background_chunk(&self) -> Nanos {
         self.best_effort_run_ns
-            .max(self.rx_burst_ns)
+            .max(self.rx_burst_ns + self.client_scan_ns)
             .max(self.control_poll_ns)
     }
 
@@ -270,6 +276,24 @@ impl ResourceModel {
     /// The daemon configures every TX queue's link scheduler with exactly this.
     pub fn link_in_flight_bytes(&self) -> u64 {
         u64::from(self.link_in_flight_frames()) * self.cost.max_packet_wire_bytes()
+    }
+
+    /// The longest a client-fed channel's message can wait, after the client published it,
+    /// before the core's client scan sees it: one whole iteration of the polling loop (the
+    /// scan runs once per iteration), i.e. every stretch an iteration may run, summed at
+    /// their bounds (`dataplane::core`'s per-iteration constants). The daemon admits such a
+    /// channel with this much less of its host bound and adds it back to the deadlines it
+    /// configures: release jitter, which EDF's demand test charges exactly that way.
+    pub fn client_release_jitter(&self) -> Nanos {
+        use dataplane::core::{CONTROL_PER_ITERATION, RUNS_PER_ITERATION, RX_BURSTS_PER_ITERATION};
+        let c = &self.cost;
+        let run = c
+            .best_effort_run_ns
+            .max(c.handler_chunk(self.granularity, self.granularity));
+        RX_BURSTS_PER_ITERATION as Nanos * c.rx_burst_ns
+            + CONTROL_PER_ITERATION as Nanos * c.control_poll_ns
+            + c.client_scan_ns
+            + RUNS_PER_ITERATION as Nanos * run
     }
 
     /// The link's blocking on TX queue `txq`: a packet that becomes the most urgent can find
