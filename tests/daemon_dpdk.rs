@@ -68,14 +68,13 @@ fn run_daemon(dir: &Path, name: &str, text: &str) -> Output {
 fn refused(dir: &Path, name: &str, text: &str, key: &str, words: &str) {
     let out = run_daemon(dir, name, text);
     let err = String::from_utf8_lossy(&out.stderr);
+    // The line may carry a timestamp and level before "rtchand: ".
     let line = err
         .lines()
-        .find(|l| l.starts_with("rtchand: "))
+        .find_map(|l| l.split_once("rtchand: ").map(|(_, m)| m))
         .unwrap_or_else(|| panic!("{name}: no rtchand error line in:\n{err}"));
     assert_eq!(out.status.code(), Some(2), "{name}: {line}");
-    let msg = line
-        .trim_start_matches("rtchand: ")
-        .trim_start_matches("configuration: ");
+    let msg = line.trim_start_matches("configuration: ");
     assert!(
         msg.starts_with(key),
         "{name}: wanted key {key}, got: {line}"
