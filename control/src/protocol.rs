@@ -296,6 +296,10 @@ pub struct ChannelList {
     /// until `close`d), with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unrestored: Vec<crate::state::RejectedRecord>,
+    /// Frames this host's receive path rejected, by reason, all channels and none
+    /// (`unknown_channel`, checksums, ...); reasons with no frames left out.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub receive_rejected: std::collections::BTreeMap<String, u64>,
 }
 
 /// Latency percentiles of a histogram, ns.
@@ -365,6 +369,18 @@ pub struct RxCounters {
     /// A miss delivered but not drained yet is in `deadline_misses` and in neither of these.
     #[serde(default)]
     pub older_misses: u64,
+    /// Frames naming this channel that the receive path rejected, by reason
+    /// (`wrong_source`, `wrong_destination`, `bad_fragment`, `seq_out_of_window`, ...;
+    /// reasons with no frames left out).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rejected: std::collections::BTreeMap<String, u64>,
+    /// Messages delivered with an implausible submit timestamp, kept out of `latency` and
+    /// `deadline_misses`.
+    #[serde(default)]
+    pub implausible_timestamps: u64,
+    /// Times the receiver followed the sender's sequence numbers out of its window.
+    #[serde(default)]
+    pub resyncs: u64,
 }
 
 /// One deadline miss: the message's times (CLOCK_MONOTONIC ns of the receiving host; the

@@ -446,6 +446,11 @@ impl<P: Port> Core<P> {
         self.rx.stats()
     }
 
+    /// The receive path's reject counters, shared with the control side.
+    pub fn rx_rejects(&self) -> Arc<crate::rx::RxRejects> {
+        self.rx.rejects().clone()
+    }
+
     /// The port.
     pub fn port(&self) -> &P {
         &self.port

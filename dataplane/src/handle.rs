@@ -10,10 +10,11 @@
 use crate::channel::{ChannelShared, Doorbell, Sender};
 use crate::core::{Command, ControlRing, Core, CoreError};
 use crate::port::Port;
-use crate::rx::{Receiver, ReceiverState, RxPath, RxShared};
+use crate::rx::{Receiver, ReceiverState, RxPath, RxRejects, RxShared};
 use crate::sched::SchedPolicy;
 use crate::spec::{ChannelConfig, ChannelId};
 use crate::stats::SampleSink;
+use crate::wire::SourceCheck;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,14 +48,28 @@ pub struct PendingReceiver {
     mmax: u32,
     ring: u32,
     sink: Arc<SampleSink>,
+    source: Option<SourceCheck>,
 }
 
 impl PendingReceiver {
+    /// Accepts only frames carrying `check`'s addresses.
+    pub fn with_source(mut self, check: SourceCheck) -> Self {
+        self.source = Some(check);
+        self
+    }
+
     /// Allocates the receive side: the application's shared state and the core's reassembly
     /// state (any thread; never the polling core).
     pub fn build(self) -> BuiltReceiver {
         let reassembly = CoreHandle::reassembly_slots(self.ring);
-        let shared = RxShared::new(self.id, self.mmax, self.ring, reassembly, &self.sink);
+        let shared = RxShared::with_source(
+            self.id,
+            self.mmax,
+            self.ring,
+            reassembly,
+            &self.sink,
+            self.source,
+        );
         BuiltReceiver {
             state: RxPath::prepare(shared.clone(), reassembly),
             shared,
@@ -81,6 +96,7 @@ pub struct CoreHandle {
     slots: Vec<bool>,
     slot_of: HashMap<ChannelId, u32>,
     early_acks: HashMap<u64, Result<(), CoreError>>,
+    rx_rejects: Arc<RxRejects>,
 }
 
 impl CoreHandle {
@@ -95,7 +111,13 @@ impl CoreHandle {
             slots: vec![false; core.config().max_channels as usize],
             slot_of: HashMap::new(),
             early_acks: HashMap::new(),
+            rx_rejects: core.rx_rejects(),
         }
+    }
+
+    /// The core's receive-path reject counters (frames refused before or at a channel).
+    pub fn rx_rejects(&self) -> &Arc<RxRejects> {
+        &self.rx_rejects
     }
 
     /// Payload bytes per packet on this core.
@@ -229,6 +251,7 @@ impl CoreHandle {
             mmax,
             ring,
             sink: self.sink.clone(),
+            source: None,
         }
     }
 
@@ -248,9 +271,10 @@ impl CoreHandle {
         mmax: u32,
         region: Arc<crate::shm::Region>,
         wake: std::os::fd::OwnedFd,
+        source: Option<SourceCheck>,
     ) -> Result<Receiver, CoreError> {
         let reassembly = Self::reassembly_slots(region.params().capacity);
-        let shared = RxShared::with_app(id, mmax, reassembly, region, wake, &self.sink);
+        let shared = RxShared::with_app(id, mmax, reassembly, region, wake, &self.sink, source);
         self.open_built_receiver(BuiltReceiver {
             state: RxPath::prepare(shared.clone(), reassembly),
             shared,

@@ -377,9 +377,10 @@ fn run(cli: &Cli) -> ExitCode {
                             ..ChannelList::default()
                         }));
                     }
-                    if !l.unrestored.is_empty() {
+                    if !l.unrestored.is_empty() || !l.receive_rejected.is_empty() {
                         s.push_str(&client::list_table(&ChannelList {
                             unrestored: l.unrestored.clone(),
+                            receive_rejected: l.receive_rejected.clone(),
                             ..ChannelList::default()
                         }));
                     }

@@ -219,7 +219,14 @@ fn pct(ppm: u32) -> String {
 pub fn list_table(l: &ChannelList) -> String {
     let mut s = String::new();
     if l.channels.is_empty() && l.incoming.is_empty() && l.unrestored.is_empty() {
-        return "no channels\n".into();
+        let mut s = String::from("no channels\n");
+        if !l.receive_rejected.is_empty() {
+            s.push_str(&format!(
+                "receive path rejected: {}\n",
+                reasons(&l.receive_rejected)
+            ));
+        }
+        return s;
     }
     if !l.channels.is_empty() {
         s.push_str(&format!(
@@ -284,6 +291,12 @@ pub fn list_table(l: &ChannelList) -> String {
                 }
             ));
         }
+    }
+    if !l.receive_rejected.is_empty() {
+        s.push_str(&format!(
+            "receive path rejected: {}\n",
+            reasons(&l.receive_rejected)
+        ));
     }
     if !l.unrestored.is_empty() {
         if !l.channels.is_empty() || !l.incoming.is_empty() {
@@ -488,7 +501,31 @@ pub fn stats_table(v: &[ChannelStatsInfo]) -> String {
     if v.iter().any(|c| c.rx.is_none() && c.tx.is_some()) {
         s.push_str("(* sending host only: submit to last packet on the wire; the receiver has end-to-end latency)\n");
     }
+    for c in v {
+        if let Some(r) = &c.rx {
+            if !r.rejected.is_empty() || r.implausible_timestamps > 0 || r.resyncs > 0 {
+                s.push_str(&format!(
+                    "channel {} receive: rejected {}; implausible timestamps {}; resyncs {}\n",
+                    c.id,
+                    reasons(&r.rejected),
+                    r.implausible_timestamps,
+                    r.resyncs
+                ));
+            }
+        }
+    }
     s
+}
+
+/// `reason=count, ...`, or `none`.
+fn reasons(m: &std::collections::BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `policy show`.

@@ -40,7 +40,8 @@ use dataplane::channel::{ChannelShared, Sender};
 use dataplane::core::CoreStats;
 use dataplane::rx::Receiver;
 use dataplane::sched::SchedPolicy;
-use dataplane::spec::{ChannelConfig, ChannelSpec, OverflowPolicy};
+use dataplane::spec::{ChannelConfig, ChannelSpec, Endpoint, OverflowPolicy};
+use dataplane::wire::{ParseError, SourceCheck};
 
 use super::dp::{Dataplane, PORT_QUEUE};
 use super::peer::PeerSession;
@@ -52,6 +53,10 @@ mod attach;
 
 /// Receive ring of an incoming channel, messages.
 const RX_RING: u32 = 1024;
+/// How often the channel table is published to the DPDK telemetry endpoints: fresh enough for
+/// an operator's `dpdk-telemetry.py`, rare enough that the control thread's statistics pass
+/// (histogram snapshots) costs nothing noticeable.
+const TELEMETRY_PERIOD: Duration = Duration::from_millis(200);
 /// Attempts at a channel id the receiver does not already use.
 const ID_ATTEMPTS: u32 = 32;
 /// Reservations from this size up are allocated on a helper thread while the control thread
@@ -125,6 +130,8 @@ pub struct Control {
     policy: PolicyInfo,
     state_path: Option<PathBuf>,
     last_heartbeat: Instant,
+    /// When the DPDK telemetry snapshot was last published.
+    last_telemetry: Instant,
     /// The control thread's inbox (clients and peers), once attached.
     inbox: Option<std::sync::mpsc::Receiver<Msg>>,
     /// Client messages that arrived while waiting for a peer; handled next, in order.
@@ -185,6 +192,7 @@ impl Control {
             next_id: 0,
             policy,
             last_heartbeat: Instant::now(),
+            last_telemetry: Instant::now(),
             inbox: None,
             deferred: std::collections::VecDeque::new(),
             refusals: BTreeMap::new(),
@@ -1365,6 +1373,11 @@ impl Control {
 
     /// Heartbeats every session that is due.
     pub fn tick(&mut self) {
+        if self.dp.has_telemetry() && self.last_telemetry.elapsed() >= TELEMETRY_PERIOD {
+            self.last_telemetry = Instant::now();
+            let stats = self.all_stats(None);
+            self.dp.publish_telemetry(&stats);
+        }
         let period = Duration::from_nanos(self.cfg.peering.heartbeat.0);
         if self.last_heartbeat.elapsed() < period {
             return;
@@ -1509,7 +1522,7 @@ impl Control {
             .admit(&req)
             .map_err(|e| internal(e.to_string()))?;
         let core = admitted.core;
-        let receiver = match self.open_receiver(core, p.id, p.mmax) {
+        let receiver = match self.open_receiver(core, p.id, p.mmax, from) {
             Ok(r) => r,
             Err(e) => {
                 let _ = self.rx_adm.release(admitted.id);
@@ -1584,7 +1597,7 @@ impl Control {
         if p.dry_run {
             return Ok(grant);
         }
-        let receiver = self.open_receiver(core, p.id, p.mmax)?;
+        let receiver = self.open_receiver(core, p.id, p.mmax, from)?;
         if let Some(r) = &receiver {
             self.sink.add(p.id, r.clone());
             self.dp.steer(p.id, Some(core));
@@ -1619,6 +1632,7 @@ impl Control {
         core: u16,
         id: u32,
         mmax: u32,
+        from: &str,
     ) -> Result<Option<Receiver>, ApiError> {
         if self.dp.receive_core(core).is_none() {
             return Ok(None);
@@ -1627,11 +1641,13 @@ impl Control {
         self.memory
             .reserve(Side::Receiving, id, "mmax", bytes)
             .map_err(|e| self.memory_error(e))?;
+        let check = self.source_check(from);
         let pending = self
             .dp
             .receive_core(core)
             .expect("checked above")
-            .prepare_receiver(id, mmax, RX_RING);
+            .prepare_receiver(id, mmax, RX_RING)
+            .with_source(check);
         let opened = self
             .off_thread(bytes, move || pending.build())
             .and_then(|shared| {
@@ -1751,6 +1767,50 @@ impl Control {
                 .filter(|r| only.is_none() || r.id == only)
                 .cloned()
                 .collect(),
+            receive_rejected: self.receive_rejected(),
+        }
+    }
+
+    /// Frames every receive path of this host rejected, by reason (non-zero only).
+    fn receive_rejected(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for slot in self.dp.tx.iter().chain(self.dp.rx.iter()) {
+            let r = slot.handle.rx_rejects();
+            for e in ParseError::ALL {
+                let n = r.rejected[e.index()].get();
+                if n > 0 {
+                    *m.entry(e.name().to_string()).or_insert(0) += n;
+                }
+            }
+        }
+        m
+    }
+
+    /// The addresses frames of a channel from `from` must carry: what its sender writes
+    /// (`address` on the sending side, mirrored), as far as this host knows them.
+    fn source_check(&self, from: &str) -> SourceCheck {
+        let default = Endpoint::default();
+        if from == "local" {
+            return SourceCheck::exact(&default);
+        }
+        let peer = self.cfg.peer(from);
+        let peer_ip = peer.and_then(|p| p.data_ipv4()).map(|ip| ip.octets());
+        match self.dp.wire {
+            Some(w) => SourceCheck {
+                src_mac: peer
+                    .and_then(|p| p.mac.as_deref())
+                    .and_then(|m| parse_mac(m).ok()),
+                dst_mac: Some(w.mac),
+                src_ip: peer_ip,
+                dst_ip: Some(w.ip),
+                src_port: Some(default.src_port),
+            },
+            // No data link: the sender writes the default addresses, to our data IPv4 as
+            // it has us configured (unknown here).
+            None => SourceCheck {
+                dst_ip: None,
+                ..SourceCheck::exact(&default)
+            },
         }
     }
 
@@ -1767,6 +1827,13 @@ impl Control {
             latency: percentiles(&s.latency_snapshot()),
             recent_misses,
             older_misses,
+            rejected: ParseError::ALL
+                .iter()
+                .map(|e| (e.name().to_string(), s.rejected[e.index()].get()))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            implausible_timestamps: s.implausible_timestamps.get(),
+            resyncs: s.resyncs.get(),
         }
     }
 
