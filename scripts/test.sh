@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 export CI=${CI:-true}
 
 PKGS=(libdpdk-dev dpdk librte-net-pcap23 libclang-dev clang pkg-config libpcap-dev iproute2
-      libxdp-dev libbpf-dev tcpdump prometheus tshark tmux systemd)
+      libxdp-dev libbpf-dev tcpdump prometheus tshark tmux gcc g++ binutils systemd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
