@@ -344,7 +344,11 @@ fn tcp_listeners(pid: u32) -> Vec<String> {
         .filter_map(|e| {
             let link = std::fs::read_link(e.ok()?.path()).ok()?;
             let link = link.to_str()?;
-            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
         })
         .collect();
     let mut found = Vec::new();

@@ -377,8 +377,14 @@ mod tests {
         let mut e = Exposition::default();
         e.histogram_ns("rtchan_d_seconds", "D.", &[], &h, &[d, 2 * d]);
         let t = e.finish();
-        assert!(t.contains("rtchan_d_seconds_bucket{le=\"0.001\"} 1\n"), "{t}");
-        assert!(t.contains("rtchan_d_seconds_bucket{le=\"0.002\"} 2\n"), "{t}");
+        assert!(
+            t.contains("rtchan_d_seconds_bucket{le=\"0.001\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("rtchan_d_seconds_bucket{le=\"0.002\"} 2\n"),
+            "{t}"
+        );
     }
 
     #[test]
