@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 [[ -d "$HOME/.cargo/bin" ]] && export PATH="$HOME/.cargo/bin:$PATH"
 
 PKGS=(libdpdk-dev dpdk librte-net-pcap23 libclang-dev clang pkg-config libpcap-dev iproute2
-      libxdp-dev libbpf-dev)
+      libxdp-dev libbpf-dev tcpdump prometheus tshark)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -43,7 +43,7 @@ echo "== tests (workspace, no DPDK)"
 cargo test --workspace
 
 echo "== tests (DPDK vdevs; one at a time: they share one EAL and measure timing)"
-cargo test -p rtchan --features dpdk --test dpdk_port --test dpdk_pcap -- --test-threads=1
+cargo test -p rtchan --features dpdk --test dpdk_port --test dpdk_pcap --test daemon_dpdk --test daemon_dpdk_pcap --test daemon_dpdk_netns -- --test-threads=1
 
 echo "== tests (AF_XDP over a veth pair in two namespaces; needs root)"
 cargo test -p rtchan --features af_xdp --test afxdp_veth --test daemon_netns -- --test-threads=1

@@ -9,13 +9,22 @@
 //! thread every [`SAMPLE_EVERY`] and timestamps each sample with `CLOCK_MONOTONIC` (the clock
 //! the dataplane stamps messages with).
 //!
-//! Data flow: polling threads call [`PreemptionProbe::watch_current_thread`] once; the probe
-//! thread appends `(time, cumulative preemption)` samples, where the cumulative preemption grows
-//! in each sample interval by the *largest* wait of any watched thread in that interval (the
+//! Data flow: polling threads call [`PreemptionProbe::watch_current_thread`] once (or a test
+//! watches another process's threads, [`PreemptionProbe::watch_threads_of`]); the probe thread
+//! appends `(time, cumulative preemption)` samples, where the cumulative preemption grows in
+//! each sample interval by the *largest* wait of any watched thread in that interval (the
 //! threads of one path are preempted at the same time when the machine is busy; adding them
 //! would count one stall twice); [`PreemptionProbe::finish`] stops it and returns
-//! [`Preemptions`]. [`Preemptions::waited`] interpolates the cumulative curve linearly between
-//! samples, so a wait is attributed to the part of a sample interval a window covers.
+//! [`Preemptions`].
+//!
+//! Where a wait lies in time: the kernel adds a wait to `run_delay` only when the thread gets
+//! its CPU back, so a wait `w` that first shows in the sample at `t_k` *ended* somewhere in
+//! `(t_(k-1), t_k]` and began `w` earlier; a 5 ms wait reported at one 1 ms sample lies mostly
+//! before that sample interval. [`Preemptions::waited`] places each interval's growth as one
+//! block `[a - w, a]` ending in its interval and counts, for a window, the *least* overlap over
+//! where in the interval the block may have ended (`a = t_(k-1)` or `a = t_k`: the overlap of a
+//! sliding block is unimodal in `a`). So a window is credited only with waiting that certainly
+//! fell inside it; the uncertainty is at most one sample interval per wait.
 //!
 //! The rule ([`Preemptions::excuses`]): a deadline miss is excused only when, during that
 //! message's own life `[submit, delivery]`, the OS kept the watched threads waiting for a CPU
@@ -23,6 +32,16 @@
 //! overlapping `[submit, deadline]`: a wait entirely after the deadline is always shorter than
 //! the lateness, since the message was already late when it began. Misses the probe cannot
 //! explain (including any past the capacity of a [`MissLog`]) are unexcused.
+//!
+//! Submitting threads: a message's life starts at its submit stamp, taken inside
+//! `Sender::submit` just before the message is enqueued, so a preemption of the submitting
+//! thread between the two delays it too. Such a thread is watched *apart*
+//! ([`Watcher::watch_current_thread_apart`]): its waits do not enter the polling threads'
+//! curve, and count for a miss only within that message's own submit call, which the
+//! application bounds by timing its slow calls ([`SlowSubmits`]; the wait in them is still
+//! the kernel's). [`Preemptions::verdict_submitted`] then credits a miss with the submitter's
+//! wait from the stamp to the end of its call plus the polling threads' wait from there to the
+//! delivery.
 //!
 //! What the kernel does not see is not measured: host-level preemption of a virtual CPU
 //! (steal time) and softirq work deferred to `ksoftirqd` are not a watched thread's run-queue
@@ -45,18 +64,17 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(1);
 struct Watched {
     name: String,
     file: File,
+    /// Kept out of the combined curve (a submitting thread, see the module docs).
+    apart: bool,
     /// Run-queue wait at the previous sample (None before the first).
     last: Option<Nanos>,
-    /// Run-queue wait since the first sample.
-    total: Nanos,
-    /// Largest growth of the wait within one sample interval.
-    longest: Nanos,
+    /// This thread's cumulative wait at each sample since it was added.
+    curve: Curve,
 }
 
 #[derive(Default)]
 struct Record {
-    times: Vec<Nanos>,
-    cumulative: Vec<Nanos>,
+    curve: Curve,
 }
 
 struct Shared {
@@ -85,7 +103,8 @@ fn read_wait(file: &File, buf: &mut [u8]) -> Option<Nanos> {
 }
 
 impl PreemptionProbe {
-    /// Starts the probe thread (at nice -20 when allowed, so that its own samples stay regular).
+    /// Starts the probe thread (SCHED_FIFO when allowed, else nice -20 when allowed, so that its
+    /// own samples stay regular).
     pub fn start() -> Result<Self, String> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -120,6 +139,11 @@ impl PreemptionProbe {
         self.watcher().watch_current_thread()
     }
 
+    /// Watches the calling thread apart, as a submitting thread named `name`.
+    pub fn watch_current_thread_apart(&self, name: &str) -> Result<(), String> {
+        self.watcher().watch_current_thread_apart(name)
+    }
+
     /// Watches every thread of process `pid` whose name (`comm`) starts with `prefix`; returns
     /// how many.
     pub fn watch_threads_of(&self, pid: u32, prefix: &str) -> Result<usize, String> {
@@ -131,20 +155,19 @@ impl PreemptionProbe {
         self.stop_thread();
         let record =
             std::mem::take(&mut *self.shared.record.lock().unwrap_or_else(|e| e.into_inner()));
-        let watched = self
+        let mut watched = self
             .shared
             .watched
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         Preemptions {
-            times: record.times,
-            cumulative: record.cumulative,
+            combined: record.curve.finished(),
             threads: watched
-                .iter()
+                .drain(..)
                 .map(|w| ThreadWait {
-                    name: w.name.clone(),
-                    total: w.total,
-                    longest: w.longest,
+                    name: w.name,
+                    apart: w.apart,
+                    curve: w.curve.finished(),
                 })
                 .collect(),
         }
@@ -171,8 +194,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Watches thread `tid` of process `pid` under `name` (in reports).
-    pub fn watch(&self, pid: u32, tid: u32, name: &str) -> Result<(), String> {
+    fn add(&self, pid: u32, tid: u32, name: &str, apart: bool) -> Result<(), String> {
         let path = format!("/proc/{pid}/task/{tid}/schedstat");
         let file = File::open(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
         let mut buf = [0u8; 128];
@@ -186,11 +208,16 @@ impl Watcher {
         w.push(Watched {
             name: name.to_string(),
             file,
+            apart,
             last: Some(first),
-            total: 0,
-            longest: 0,
+            curve: Curve::default(),
         });
         Ok(())
+    }
+
+    /// Watches thread `tid` of process `pid` under `name` (in reports).
+    pub fn watch(&self, pid: u32, tid: u32, name: &str) -> Result<(), String> {
+        self.add(pid, tid, name, false)
     }
 
     /// Watches the calling thread, named after the thread's name.
@@ -200,6 +227,12 @@ impl Watcher {
             .unwrap_or("unnamed")
             .to_string();
         self.watch(std::process::id(), current_tid(), &name)
+    }
+
+    /// Watches the calling thread apart from the polling threads, as a submitting thread
+    /// named `name` (see the module docs).
+    pub fn watch_current_thread_apart(&self, name: &str) -> Result<(), String> {
+        self.add(std::process::id(), current_tid(), name, true)
     }
 
     /// Watches every thread of process `pid` whose name (`comm`) starts with `prefix`; returns
@@ -214,7 +247,7 @@ impl Watcher {
             };
             let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
             let comm = comm.trim_end();
-            if comm.starts_with(prefix) && self.watch(pid, tid, comm).is_ok() {
+            if comm.starts_with(prefix) && self.watch(pid, tid, &format!("{pid}/{comm}")).is_ok() {
                 n += 1;
             }
         }
@@ -222,33 +255,48 @@ impl Watcher {
     }
 }
 
+/// The probe's SCHED_FIFO priority when allowed: above every CFS thread, so that its samples
+/// stay 1 ms apart however loaded the machine is (it runs a few µs per sample, far below the
+/// kernel's real-time throttling), and below the threads of real real-time applications.
+const PROBE_FIFO_PRIORITY: i32 = 1;
+
 fn probe_loop(s: &Shared) {
-    let _ = dataplane::core::raise_priority();
+    if dataplane::core::set_realtime_priority(PROBE_FIFO_PRIORITY).is_err() {
+        let _ = dataplane::core::raise_priority();
+    }
     let mut buf = [0u8; 128];
     let mut cumulative: Nanos = 0;
     loop {
         let stop = s.stop.load(Ordering::Acquire);
-        let now = monotonic_now();
+        // A wait first seen by these reads ended after the previous reads and before these:
+        // within (previous `before`, this `after`].
+        let before = monotonic_now();
         let mut largest = 0;
         {
             let mut watched = s.watched.lock().unwrap_or_else(|e| e.into_inner());
-            for w in watched.iter_mut() {
+            let after_reads = |w: &mut Watched, buf: &mut [u8]| {
                 // A thread that exited keeps what it had: its file no longer reads.
-                let Some(v) = read_wait(&w.file, &mut buf) else {
-                    continue;
-                };
+                let v = read_wait(&w.file, buf)?;
                 let grew = w.last.map_or(0, |l| v.saturating_sub(l));
                 w.last = Some(v);
-                w.total += grew;
-                w.longest = w.longest.max(grew);
-                largest = largest.max(grew);
+                Some(grew)
+            };
+            let grown: Vec<Option<Nanos>> = watched
+                .iter_mut()
+                .map(|w| after_reads(w, &mut buf))
+                .collect();
+            let after = monotonic_now();
+            for (w, g) in watched.iter_mut().zip(grown) {
+                let grew = g.unwrap_or(0);
+                let c = w.curve.last_cumulative() + grew;
+                w.curve.push(before, after, c);
+                if !w.apart {
+                    largest = largest.max(grew);
+                }
             }
-        }
-        cumulative += largest;
-        {
+            cumulative += largest;
             let mut r = s.record.lock().unwrap_or_else(|e| e.into_inner());
-            r.times.push(now);
-            r.cumulative.push(cumulative);
+            r.curve.push(before, after, cumulative);
         }
         if stop {
             return;
@@ -257,24 +305,105 @@ fn probe_loop(s: &Shared) {
     }
 }
 
+/// A cumulative run-queue wait sampled over time: at sample `k` the reads began at `starts[k]`
+/// and ended by `times[k]`, and the wait had reached `cumulative[k]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Curve {
+    starts: Vec<Nanos>,
+    times: Vec<Nanos>,
+    cumulative: Vec<Nanos>,
+    /// The largest growth between two samples (bounds how far back a wait may reach).
+    longest_block: Nanos,
+}
+
+impl Curve {
+    fn push(&mut self, start: Nanos, time: Nanos, cumulative: Nanos) {
+        let grew = cumulative.saturating_sub(self.last_cumulative());
+        if !self.cumulative.is_empty() {
+            self.longest_block = self.longest_block.max(grew);
+        }
+        self.starts.push(start);
+        self.times.push(time);
+        self.cumulative.push(cumulative);
+    }
+
+    fn last_cumulative(&self) -> Nanos {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    fn finished(self) -> Self {
+        self
+    }
+
+    /// Builds a curve from `(time, cumulative wait)` samples (reads taking no time).
+    pub fn from_samples(samples: &[(Nanos, Nanos)]) -> Self {
+        let mut c = Self::default();
+        for &(t, w) in samples {
+            c.push(t, t, w);
+        }
+        c
+    }
+
+    /// How long the thread(s) certainly waited for a CPU during `[from, to]`: each sample
+    /// interval's wait placed as one block ending within the interval, at the end that
+    /// overlaps the window least (see the module docs).
+    pub fn waited(&self, from: Nanos, to: Nanos) -> Nanos {
+        if to <= from || self.times.len() < 2 {
+            return 0;
+        }
+        let overlap = |a: Nanos, w: Nanos| {
+            let (s, e) = (a.saturating_sub(w).max(from), a.min(to));
+            e.saturating_sub(s)
+        };
+        let mut sum = 0;
+        // Blocks ending before `from` cannot overlap; the first interval that can ends at or
+        // after it. Past `to + longest block` none can.
+        let first = self.times.partition_point(|&t| t < from).max(1);
+        for k in first..self.times.len() {
+            let (t0, t1) = (self.starts[k - 1], self.times[k]);
+            if t0.saturating_sub(self.longest_block) > to {
+                break;
+            }
+            let w = self.cumulative[k] - self.cumulative[k - 1];
+            if w > 0 {
+                sum += overlap(t0, w).min(overlap(t1, w));
+            }
+        }
+        sum
+    }
+
+    /// Total wait measured.
+    pub fn total(&self) -> Nanos {
+        self.last_cumulative() - self.cumulative.first().copied().unwrap_or(0)
+    }
+
+    /// The largest wait within one sample interval.
+    pub fn longest(&self) -> Nanos {
+        self.longest_block
+    }
+
+    /// The number of samples taken.
+    pub fn samples(&self) -> usize {
+        self.times.len()
+    }
+}
+
 /// One watched thread's run-queue wait over the probe's life.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadWait {
     /// The thread's name.
     pub name: String,
-    /// Total wait for a CPU, ns.
-    pub total: Nanos,
-    /// Largest wait within one sample interval, ns.
-    pub longest: Nanos,
+    /// Watched apart (a submitting thread): not part of the combined curve.
+    pub apart: bool,
+    /// Its wait over time.
+    pub curve: Curve,
 }
 
 /// What a probe measured: the watched threads' OS preemption over time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Preemptions {
-    /// Sample times (monotonic ns), increasing.
-    times: Vec<Nanos>,
-    /// Cumulative preemption at each sample (see the module docs).
-    cumulative: Vec<Nanos>,
+    /// The polling threads' combined wait (see the module docs).
+    combined: Curve,
     /// Per watched thread.
     pub threads: Vec<ThreadWait>,
 }
@@ -339,6 +468,52 @@ impl MissLog {
     }
 }
 
+/// A submit call slower than this is recorded by [`SlowSubmits`]: below it a preemption inside
+/// the call could not make a message late by more than this, which no bound here is close to.
+pub const SLOW_SUBMIT: Nanos = 50_000;
+
+/// The submit calls of one channel that took at least [`SLOW_SUBMIT`], `[start, end]` as the
+/// submitting thread timed them, in order; up to a capacity fixed in advance (calls past it
+/// are not recorded, so a miss in one gets no credit for the submitter's wait).
+#[derive(Clone, Debug, Default)]
+pub struct SlowSubmits {
+    calls: Vec<(Nanos, Nanos)>,
+}
+
+impl SlowSubmits {
+    /// Holds up to `capacity` slow calls.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            calls: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Records the call `[start, end]` if it was slow (calls come in order, one thread).
+    #[inline]
+    pub fn record(&mut self, start: Nanos, end: Nanos) {
+        if end.saturating_sub(start) >= SLOW_SUBMIT && self.calls.len() < self.calls.capacity() {
+            self.calls.push((start, end));
+        }
+    }
+
+    /// The recorded call during which a message was stamped at `t`.
+    pub fn containing(&self, t: Nanos) -> Option<(Nanos, Nanos)> {
+        let i = self.calls.partition_point(|c| c.0 <= t);
+        let c = *self.calls.get(i.checked_sub(1)?)?;
+        (t <= c.1).then_some(c)
+    }
+
+    /// Calls recorded.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// No call recorded.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+}
+
 /// How a channel's misses divide.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MissVerdict {
@@ -350,6 +525,18 @@ pub struct MissVerdict {
     pub worst_unexcused: Nanos,
     /// The largest lateness among the excused, ns.
     pub worst_excused: Nanos,
+}
+
+impl MissVerdict {
+    fn add(&mut self, m: &Miss, excused: bool) {
+        if excused {
+            self.excused += 1;
+            self.worst_excused = self.worst_excused.max(m.lateness());
+        } else {
+            self.unexcused += 1;
+            self.worst_unexcused = self.worst_unexcused.max(m.lateness());
+        }
+    }
 }
 
 impl std::fmt::Display for MissVerdict {
@@ -367,41 +554,61 @@ impl std::fmt::Display for MissVerdict {
 }
 
 impl Preemptions {
-    /// Builds a record from samples (for tests of the rule): `(time, cumulative preemption)`.
+    /// Builds a record from samples of the combined curve (for tests of the rule):
+    /// `(time, cumulative preemption)`.
     pub fn from_samples(samples: &[(Nanos, Nanos)]) -> Self {
         Self {
-            times: samples.iter().map(|s| s.0).collect(),
-            cumulative: samples.iter().map(|s| s.1).collect(),
+            combined: Curve::from_samples(samples),
             threads: Vec::new(),
         }
     }
 
-    /// The cumulative preemption at time `t`, interpolated between samples (flat outside them).
-    fn at(&self, t: Nanos) -> Nanos {
-        let i = self.times.partition_point(|&x| x <= t);
-        if i == 0 {
-            return self.cumulative.first().copied().unwrap_or(0);
-        }
-        if i == self.times.len() {
-            return *self.cumulative.last().unwrap();
-        }
-        let (t0, t1) = (self.times[i - 1], self.times[i]);
-        let (c0, c1) = (self.cumulative[i - 1], self.cumulative[i]);
-        let span = (t1 - t0).max(1) as u128;
-        c0 + ((c1 - c0) as u128 * (t - t0) as u128 / span) as Nanos
+    /// Adds a thread watched apart with its samples (for tests of the rule).
+    pub fn with_submitter(mut self, name: &str, samples: &[(Nanos, Nanos)]) -> Self {
+        self.threads.push(ThreadWait {
+            name: name.into(),
+            apart: true,
+            curve: Curve::from_samples(samples),
+        });
+        self
     }
 
-    /// How long the watched threads waited for a CPU during `[from, to]` (see the module docs).
+    /// How long the polling threads certainly waited for a CPU during `[from, to]` (see the
+    /// module docs).
     pub fn waited(&self, from: Nanos, to: Nanos) -> Nanos {
-        if to <= from {
-            return 0;
-        }
-        self.at(to) - self.at(from)
+        self.combined.waited(from, to)
     }
 
-    /// Whether the measured preemption explains `m` (the rule in the module docs).
+    /// The curve of the thread named `name`.
+    pub fn thread(&self, name: &str) -> Option<&Curve> {
+        self.threads
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| &t.curve)
+    }
+
+    /// Whether the measured preemption of the polling threads explains `m` (the rule in the
+    /// module docs).
     pub fn excuses(&self, m: &Miss) -> bool {
         m.lateness() > 0 && self.waited(m.submit, m.delivered) >= m.lateness()
+    }
+
+    /// Whether the measured preemption explains `m`, counting the submitting thread's wait
+    /// within the message's own submit call `call` (from its stamp to the call's end) and the
+    /// polling threads' wait from there to the delivery.
+    pub fn excuses_submitted(
+        &self,
+        m: &Miss,
+        submitter: Option<&Curve>,
+        call: Option<(Nanos, Nanos)>,
+    ) -> bool {
+        match (submitter, call) {
+            (Some(sub), Some((_, end))) if end > m.submit && end < m.delivered => {
+                m.lateness() > 0
+                    && sub.waited(m.submit, end) + self.waited(end, m.delivered) >= m.lateness()
+            }
+            _ => self.excuses(m),
+        }
     }
 
     /// Divides a channel's misses into excused and unexcused.
@@ -411,25 +618,38 @@ impl Preemptions {
             ..MissVerdict::default()
         };
         for m in &log.misses {
-            if self.excuses(m) {
-                v.excused += 1;
-                v.worst_excused = v.worst_excused.max(m.lateness());
-            } else {
-                v.unexcused += 1;
-                v.worst_unexcused = v.worst_unexcused.max(m.lateness());
-            }
+            v.add(m, self.excuses(m));
         }
         v
     }
 
-    /// Total preemption measured.
+    /// Divides a channel's misses, with its slow submit calls made on the thread watched apart
+    /// as `submitter` ([`Preemptions::excuses_submitted`]).
+    pub fn verdict_submitted(
+        &self,
+        log: &MissLog,
+        submitter: &str,
+        slow: &SlowSubmits,
+    ) -> MissVerdict {
+        let sub = self.thread(submitter);
+        let mut v = MissVerdict {
+            unexcused: log.unrecorded,
+            ..MissVerdict::default()
+        };
+        for m in &log.misses {
+            v.add(m, self.excuses_submitted(m, sub, slow.containing(m.submit)));
+        }
+        v
+    }
+
+    /// Total preemption of the polling threads measured.
     pub fn total(&self) -> Nanos {
-        self.cumulative.last().copied().unwrap_or(0)
+        self.combined.total()
     }
 
     /// The number of samples taken.
     pub fn samples(&self) -> usize {
-        self.times.len()
+        self.combined.samples()
     }
 }
 
@@ -437,17 +657,19 @@ impl std::fmt::Display for Preemptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "OS preemption (run-queue wait, /proc schedstat, {} samples): {:.3} ms in all",
+            "OS preemption (run-queue wait, /proc schedstat, {} samples): {:.3} ms of the polling \
+             threads",
             self.samples(),
             self.total() as f64 / 1e6
         )?;
         for t in &self.threads {
             write!(
                 f,
-                "; {} waited {:.3} ms (at most {:.3} ms in one {} ms sample)",
+                "; {}{} waited {:.3} ms (at most {:.3} ms in one {} ms sample)",
                 t.name,
-                t.total as f64 / 1e6,
-                t.longest as f64 / 1e6,
+                if t.apart { " (submitting)" } else { "" },
+                t.curve.total() as f64 / 1e6,
+                t.curve.longest() as f64 / 1e6,
                 SAMPLE_EVERY.as_millis()
             )?;
         }
@@ -470,19 +692,37 @@ mod tests {
     }
 
     #[test]
-    fn waits_interpolate_between_samples() {
-        // 4 ms of waiting between 10 and 12 ms, nothing else.
+    fn a_wait_is_placed_before_the_sample_that_reports_it() {
+        // 4 ms of waiting reported between the samples at 10 and 12 ms: it ended in (10, 12]
+        // and began 4 ms earlier, so it lies within [6, 12].
         let p = Preemptions::from_samples(&[
             (0, 0),
             (10 * MS, 0),
             (12 * MS, 4 * MS),
             (20 * MS, 4 * MS),
         ]);
-        assert_eq!(p.waited(0, 10 * MS), 0);
-        assert_eq!(p.waited(11 * MS, 12 * MS), 2 * MS);
         assert_eq!(p.waited(0, 30 * MS), 4 * MS);
+        assert_eq!(p.waited(6 * MS, 12 * MS), 4 * MS);
+        // Ending at 10 it covers [6, 10]; at 12, [8, 12]: at least 2 ms of [0, 10] is certain.
+        assert_eq!(p.waited(0, 10 * MS), 2 * MS);
+        // Neither placement reaches into [12, 20], nor is [11, 12] certain.
         assert_eq!(p.waited(12 * MS, 20 * MS), 0);
+        assert_eq!(p.waited(11 * MS, 12 * MS), 0);
+        assert_eq!(p.waited(0, 6 * MS), 0);
         assert_eq!(p.waited(5 * MS, 5 * MS), 0);
+    }
+
+    #[test]
+    fn a_long_wait_reported_in_one_sample_covers_the_messages_it_delayed() {
+        // Samples every ms; a 5 ms wait shows at 11 ms (the thread got its CPU back in
+        // (10, 11]): a message that lived [6, 9.9] ms waited through it.
+        let mut samples: Vec<(Nanos, Nanos)> = (0..=10).map(|i| (i * MS, 0)).collect();
+        samples.extend((11..=20).map(|i| (i * MS, 5 * MS)));
+        let p = Preemptions::from_samples(&samples);
+        assert_eq!(p.waited(6 * MS, 9 * MS + 900_000), 3 * MS + 900_000);
+        assert!(p.excuses(&miss(6 * MS, 8 * MS, 9 * MS + 900_000)));
+        // Not one that lived entirely before 5 ms.
+        assert_eq!(p.waited(0, 5 * MS), 0);
     }
 
     #[test]
@@ -505,18 +745,52 @@ mod tests {
 
     #[test]
     fn the_verdict_counts_unrecorded_misses_as_unexcused() {
-        let p = Preemptions::from_samples(&[(0, 0), (10 * MS, 5 * MS)]);
+        // A 5 ms wait ending in (10, 11]: within [5, 10] at the earliest, [6, 11] at the latest.
+        let p = Preemptions::from_samples(&[(0, 0), (10 * MS, 0), (11 * MS, 5 * MS)]);
         let mut log = MissLog::with_capacity(2);
-        log.record(0, 4 * MS, 5 * MS); // 1 ms late, 5 ms waited in [0, 5]: 2.5 ms → excused
-        log.record(0, 4 * MS, 9 * MS); // 5 ms late, 4.5 ms waited: unexcused
-        log.record(0, 4 * MS, 5 * MS); // past capacity
+        log.record(4 * MS, 8 * MS, 9 * MS); // 1 ms late, at least 3 ms waited → excused
+        log.record(4 * MS, 8 * MS, 14 * MS); // 6 ms late, 5 ms waited: unexcused
+        log.record(4 * MS, 8 * MS, 9 * MS); // past capacity
         log.record(0, 4 * MS, 3 * MS); // not a miss
         log.record(0, 0, 3 * MS); // best-effort
         assert_eq!(log.count(), 3);
         let v = p.verdict(&log);
         assert_eq!((v.excused, v.unexcused), (1, 2));
-        assert_eq!(v.worst_unexcused, 5 * MS);
+        assert_eq!(v.worst_unexcused, 6 * MS);
         assert_eq!(v.worst_excused, MS);
+    }
+
+    #[test]
+    fn a_submitter_wait_counts_only_within_the_message_s_own_submit_call() {
+        // The polling threads never waited; the submitting thread waited 5 ms, reported at
+        // 11 ms (so within [5, 11]).
+        let flat: Vec<(Nanos, Nanos)> = (0..=30).map(|i| (i * MS, 0)).collect();
+        let sub: Vec<(Nanos, Nanos)> = (0..=30)
+            .map(|i| (i * MS, if i >= 11 { 5 * MS } else { 0 }))
+            .collect();
+        let p = Preemptions::from_samples(&flat).with_submitter("app", &sub);
+        let mut slow = SlowSubmits::with_capacity(4);
+        slow.record(MS, MS + 10); // fast: not recorded
+        slow.record(4 * MS, 12 * MS); // the preempted call
+        slow.record(20 * MS, 20 * MS + SLOW_SUBMIT);
+        assert_eq!(slow.len(), 2);
+        assert_eq!(slow.containing(6 * MS), Some((4 * MS, 12 * MS)));
+        assert_eq!(slow.containing(13 * MS), None);
+        let mut log = MissLog::with_capacity(4);
+        // Stamped at 4.5 ms inside the preempted call, 3 ms late: at least 4 ms waited in
+        // [4.5, 12] (the block lies within [5, 11]): excused.
+        log.record(4 * MS + MS / 2, 10 * MS, 13 * MS);
+        // Stamped at 4.5 ms, 6 ms late: more than the wait.
+        log.record(4 * MS + MS / 2, 10 * MS, 16 * MS);
+        // Stamped in a call the submitter was not preempted in: the submitter's wait, though
+        // within the message's life, is not credited.
+        log.record(20 * MS, 22 * MS, 23 * MS);
+        // Stamped outside any slow call while the submitter waited: not credited either.
+        log.record(3 * MS, 4 * MS, 12 * MS);
+        let v = p.verdict_submitted(&log, "app", &slow);
+        assert_eq!((v.excused, v.unexcused), (1, 3), "{v}");
+        // Without the call windows nothing is excused (the polling threads never waited).
+        assert_eq!(p.verdict(&log).excused, 0);
     }
 
     #[test]

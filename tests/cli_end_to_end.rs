@@ -359,7 +359,7 @@ fn an_unreachable_daemon_is_exit_3_and_a_bad_config_is_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("not supported"), "{}", text(&out));
+    assert!(text(&out).contains("port.device"), "{}", text(&out));
     std::fs::write(&cfg, "[policy]\ngranularty = 2\n").unwrap();
     let out = Command::new(DAEMON)
         .arg("--config")

@@ -431,3 +431,389 @@ fn list_as_nobody(sock: &std::path::Path) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+// ----- memory budget (issue 12 item 1) -----
+
+fn open_line(mmax: &str, bmax: u64, extra: &str) -> String {
+    format!(
+        "{{\"version\":1,\"request\":{{\"open\":{{\"mmax\":\"{mmax}\",\"imin\":\"1ms\",\"bmax\":{bmax},\"deadline\":\"5ms\",\"dst\":\"local\"{extra}}}}}}}\n"
+    )
+}
+
+#[test]
+fn a_channel_whose_buffers_exceed_the_budget_is_refused_before_anything_is_allocated() {
+    let dir = temp_dir("membudget");
+    let d = Daemon::start(config(&dir, "", "")).unwrap();
+    let sock = d.socket.clone();
+    assert!(raw(&sock, &format!("{OPEN}\n")).ok);
+    let (before, _) = timed_list(&sock);
+    // The issue's requests: 4294967295 x 1500 bytes aborted the daemon; 1,000,000 x 1500
+    // held every client for seconds. Both are refused at once, naming bmax and the figure.
+    for bmax in [4_294_967_295u64, 1_000_000] {
+        let t = Instant::now();
+        let r = raw(&sock, &open_line("1500", bmax, ""));
+        let took = t.elapsed();
+        let e = r.error.expect("refused");
+        assert_eq!(e.kind, ErrorKind::Limit, "{e:?}");
+        assert_eq!(e.field.as_deref(), Some("bmax"), "{e:?}");
+        let figure = control::admission::memory::sending_bytes(1500, bmax as u32);
+        assert!(e.message.starts_with("bmax: "), "{}", e.message);
+        assert!(e.message.contains(&figure.to_string()), "{}", e.message);
+        assert!(
+            e.message.contains("limits.memory_per_channel"),
+            "{}",
+            e.message
+        );
+        assert!(took < PROMPT, "refusing bmax {bmax} took {took:?}");
+        let (after, took) = timed_list(&sock);
+        assert_eq!(after, before);
+        assert!(took < PROMPT);
+    }
+    // A dry run is refused the same way; a best-effort queue too.
+    let e = raw(&sock, &open_line("1500", 1_000_000, ",\"dry_run\":true"))
+        .error
+        .unwrap();
+    assert_eq!(
+        (e.kind, e.field.as_deref()),
+        (ErrorKind::Limit, Some("bmax"))
+    );
+    let e = raw(
+        &sock,
+        &open_line("1500", 1_000_000, ",\"best_effort\":true"),
+    )
+    .error
+    .unwrap();
+    assert_eq!(
+        (e.kind, e.field.as_deref()),
+        (ErrorKind::Limit, Some("bmax"))
+    );
+    assert_eq!(list_now(&sock), before);
+    assert_eq!(d.shutdown().channels.len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_host_budget_counts_both_sides_of_every_channel_and_frees_on_close() {
+    use control::admission::memory::{receiving_bytes, sending_bytes};
+    let dir = temp_dir("hostbudget");
+    let pair = sending_bytes(1500, 2) + receiving_bytes(1500, 1024);
+    let host = 3 * pair + pair / 2;
+    let d = Daemon::start(config(
+        &dir,
+        "",
+        &format!("memory_per_channel = {pair}\nmemory_per_host = {host}"),
+    ))
+    .unwrap();
+    let sock = d.socket.clone();
+    for i in 0..3 {
+        let r = raw(&sock, &format!("{OPEN}\n"));
+        assert!(r.ok, "open {i}: {:?}", r.error);
+    }
+    let e = raw(&sock, &format!("{OPEN}\n"))
+        .error
+        .expect("the fourth does not fit");
+    assert_eq!(e.kind, ErrorKind::Limit, "{e:?}");
+    assert!(
+        e.message.contains("limits.memory_per_host"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains(&(3 * pair).to_string()), "{}", e.message);
+    assert!(e.message.contains(&pair.to_string()), "{}", e.message);
+    assert_eq!(list_now(&sock).channels.len(), 3);
+    let close = r#"{"version":1,"request":{"close":{"id":1}}}"#;
+    assert!(raw(&sock, &format!("{close}\n")).ok);
+    assert!(
+        raw(&sock, &format!("{OPEN}\n")).ok,
+        "freed memory is reusable"
+    );
+    d.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn other_clients_are_answered_while_a_large_channel_allocates() {
+    let dir = temp_dir("bigalloc");
+    let d = Daemon::start(config(&dir, "", "memory_per_channel = \"1GiB\"")).unwrap();
+    let sock = d.socket.clone();
+    assert!(raw(&sock, &format!("{OPEN}\n")).ok);
+    let (before, _) = timed_list(&sock);
+    // 200,000 buffers of 1500 bytes: 300 MB to allocate and fault in.
+    let sock2 = sock.clone();
+    let opener = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = raw(&sock2, &open_line("1500", 200_000, ""));
+        (r, t.elapsed(), Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(5));
+    let mut answered = Vec::new();
+    while !opener.is_finished() && answered.len() < 1000 {
+        let (l, took) = timed_list(&sock);
+        if l == before {
+            answered.push((took, Instant::now()));
+        } else {
+            // Answered after the open was: the new channel and nothing else.
+            assert_eq!(l.channels.len(), before.channels.len() + 1, "{l:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (r, open_took, open_done) = opener.join().unwrap();
+    assert!(r.ok, "{:?}", r.error);
+    let during: Vec<Duration> = answered
+        .iter()
+        .filter(|(_, at)| *at < open_done)
+        .map(|(t, _)| *t)
+        .collect();
+    let worst = during.iter().max().copied().unwrap_or_default();
+    println!(
+        "open of 300 MB took {open_took:?}; {} lists answered meanwhile, slowest {worst:?}",
+        during.len()
+    );
+    assert!(
+        !during.is_empty(),
+        "no list was answered while the open ran"
+    );
+    assert!(
+        worst < PROMPT,
+        "a list took {worst:?} while a channel allocated"
+    );
+    let close = r#"{"version":1,"request":{"close":{"id":1,"discard":true}}}"#;
+    assert!(raw(&sock, &format!("{close}\n")).ok);
+    d.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_restored_record_over_the_budget_is_refused_and_the_rest_restored() {
+    use control::protocol::OpenArgs;
+    use control::state::{ChannelRecord, StateFile, STATE_VERSION};
+    let dir = temp_dir("restorebudget");
+    let state = dir.join("state.json");
+    let args = |bmax: u64| -> OpenArgs {
+        serde_json::from_str(&format!(
+            r#"{{"mmax":"1500","imin":"1ms","bmax":{bmax},"deadline":"5ms","dst":"local"}}"#
+        ))
+        .unwrap()
+    };
+    StateFile {
+        version: STATE_VERSION,
+        channels: vec![
+            ChannelRecord {
+                id: 0,
+                open: args(2),
+            },
+            ChannelRecord {
+                id: 1,
+                open: args(4_294_967_295),
+            },
+        ],
+    }
+    .save(&state)
+    .unwrap();
+    let d = Daemon::start(config(
+        &dir,
+        &format!("state_file = \"{}\"", state.display()),
+        "",
+    ))
+    .unwrap();
+    assert_eq!(d.restored, 1);
+    assert_eq!(d.restore_errors.len(), 1, "{:?}", d.restore_errors);
+    let e = &d.restore_errors[0];
+    assert!(e.contains("channel 1") && e.contains("bmax"), "{e}");
+    assert!(e.contains("limits.memory_per_channel"), "{e}");
+    assert_eq!(list_now(&d.socket).channels.len(), 1);
+    d.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ----- the state file (issue 12 item 2) -----
+
+const GOOD_RECORD: &str =
+    r#"{"id":0,"open":{"mmax":"1500","imin":"1ms","bmax":2,"deadline":"5ms","dst":"local"}}"#;
+
+fn config_text(dir: &Path, state: &Path) -> String {
+    format!(
+        r#"
+socket = "{dir}/ctl.sock"
+state_file = "{state}"
+[policy]
+idle = "sleep"
+idle_sleep = "200us"
+[cost]
+per_message_ns = 2000
+per_packet_ns = 1000
+link_rate_bps = 1000000000
+"#,
+        dir = dir.display(),
+        state = state.display()
+    )
+}
+
+fn kept_aside(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".unreadable-"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn an_unreadable_state_file_stops_the_start_and_is_kept_aside_only_when_told() {
+    let good = format!("{{\"version\":1,\"channels\":[{GOOD_RECORD}]}}");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", good.as_bytes()[..good.len() - 7].to_vec()),
+        ("empty", Vec::new()),
+        (
+            "random bytes",
+            (0..200u32).map(|i| (i * 167 + 13) as u8).collect(),
+        ),
+        (
+            "unknown version",
+            b"{\"version\":7,\"channels\":[]}".to_vec(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let dir = temp_dir(&format!("state-{}", what.replace(' ', "")));
+        let state = dir.join("state.json");
+        std::fs::write(&state, &bytes).unwrap();
+        let cfg = DaemonConfig::parse(&config_text(&dir, &state)).unwrap();
+        let e = match Daemon::start(cfg.clone()) {
+            Err(e) => e.to_string(),
+            Ok(d) => {
+                d.shutdown();
+                panic!("{what}: started on an unreadable state file");
+            }
+        };
+        assert!(e.contains("--discard-state"), "{what}: {e}");
+        assert!(e.contains(&state.display().to_string()), "{what}: {e}");
+        assert_eq!(
+            std::fs::read(&state).unwrap(),
+            bytes,
+            "{what}: file touched"
+        );
+        assert!(!dir.join("ctl.sock").exists(), "{what}: served anyway");
+        // The binary says the same and exits 2.
+        let cfg_path = dir.join("rtchand.toml");
+        std::fs::write(&cfg_path, config_text(&dir, &state)).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_rtchand"))
+            .arg("--config")
+            .arg(&cfg_path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--discard-state"),
+            "{what}: {out:?}"
+        );
+        assert_eq!(std::fs::read(&state).unwrap(), bytes);
+
+        // Told to discard: kept aside byte for byte, the daemon starts empty and saves anew.
+        let d = Daemon::start_with(
+            cfg,
+            rtchan::daemon::StartOptions {
+                discard_state: true,
+            },
+        )
+        .unwrap();
+        let kept = kept_aside(&dir);
+        assert_eq!(kept.len(), 1, "{what}: {kept:?}");
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), bytes);
+        assert_eq!(list_now(&d.socket), ChannelList::default());
+        assert!(raw(&d.socket, &format!("{OPEN}\n")).ok);
+        d.shutdown();
+        let saved = control::state::StateFile::read(&state).unwrap();
+        assert_eq!(saved.records.len(), 1, "{what}");
+        assert_eq!(
+            std::fs::read(&kept[0]).unwrap(),
+            bytes,
+            "{what}: kept file touched"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_bad_record_is_reported_kept_and_the_others_restored() {
+    let dir = temp_dir("state-badrecord");
+    let state = dir.join("state.json");
+    let bad = r#"{"id":3,"open":{"mmax":"1500","imin":"1ms","bmax":"two","deadline":"5ms","dst":"local"}}"#;
+    let text = format!("{{\"version\":1,\"channels\":[{GOOD_RECORD},{bad}]}}");
+    std::fs::write(&state, &text).unwrap();
+    let d = Daemon::start(DaemonConfig::parse(&config_text(&dir, &state)).unwrap()).unwrap();
+    assert_eq!(d.restored, 1);
+    assert_eq!(d.restore_errors.len(), 1);
+    assert!(
+        d.restore_errors[0].contains("open.bmax"),
+        "{:?}",
+        d.restore_errors
+    );
+    let sock = d.socket.clone();
+    let l = list_now(&sock);
+    assert_eq!(l.channels.len(), 1);
+    assert_eq!(l.unrestored.len(), 1);
+    assert_eq!(l.unrestored[0].id, Some(3));
+    assert!(l.unrestored[0].error.starts_with("open.bmax"), "{l:?}");
+    // The CLI lists it and says so in its exit code.
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rtchanctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&["channel", "list"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("open.bmax"),
+        "{out:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not re-established"));
+    // A new channel does not take its id; the file keeps the record verbatim.
+    let r = raw(&sock, &format!("{OPEN}\n"));
+    assert_ne!(r.result.unwrap()["id"], 3);
+    let on_disk = control::state::StateFile::read(&state).unwrap();
+    assert_eq!(on_disk.records.len(), 2);
+    assert_eq!(on_disk.rejected.len(), 1);
+    assert_eq!(
+        on_disk.rejected[0].record,
+        serde_json::from_str::<serde_json::Value>(bad).unwrap()
+    );
+    d.shutdown();
+    let after = control::state::StateFile::read(&state).unwrap();
+    assert_eq!((after.records.len(), after.rejected.len()), (2, 1));
+
+    // Next start: the same; closing the record discards it, and the list is clean.
+    let d = Daemon::start(DaemonConfig::parse(&config_text(&dir, &state)).unwrap()).unwrap();
+    assert_eq!(d.restored, 2);
+    let sock = d.socket.clone();
+    let out = ctl(&["channel", "close", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("discarded"));
+    let out = ctl(&["channel", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(list_now(&sock).unrestored.is_empty());
+    d.shutdown();
+    assert!(control::state::StateFile::read(&state)
+        .unwrap()
+        .rejected
+        .is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_state_file_that_cannot_be_written_is_refused_at_start_up() {
+    let dir = temp_dir("state-nodir");
+    let state = dir.join("missing-dir/state.json");
+    let e = match Daemon::start(DaemonConfig::parse(&config_text(&dir, &state)).unwrap()) {
+        Err(e) => e.to_string(),
+        Ok(d) => {
+            d.shutdown();
+            panic!("started with an unwritable state file");
+        }
+    };
+    assert!(e.contains("state_file") && e.contains("missing-dir"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,10 +1,22 @@
 //! The demo (the README's main command) runs end to end on each link it offers and reports
-//! every channel. Deadline misses are not asserted here: the test machine runs other tests at
-//! the same time, and the demo itself reports the OS stalls that cause them; losses would be a
-//! dataplane fault and are asserted.
+//! every channel. Losses are asserted on every link, and that every deadline miss was judged
+//! against the OS preemption of the polling and application threads measured independently of
+//! them (`rtchan::preemption`: excused only when the run-queue wait during that message's own
+//! life covers its lateness). The verdict is printed, excused and unexcused apart.
+//!
+//! Unexcused misses are not asserted yet: on this 2-core test machine every run has some
+//! (issue 15, item 6). A debug build runs the generic polling core unoptimised (a 64-packet
+//! best-effort batch costs ~1.8 ms of the polling thread's CPU in one poll, ~30 times the
+//! demo's cost model, and the demo runs both hosts' cores in that one thread), and even with
+//! the workspace at opt-level 3 a few misses per run remain that the measured preemption
+//! does not cover.
 
 use rtchan::demo::{run, DemoArgs, LinkChoice};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// The two demos run one at a time: each wants a CPU for its polling thread.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn args(link: LinkChoice) -> DemoArgs {
     DemoArgs {
@@ -18,7 +30,22 @@ fn args(link: LinkChoice) -> DemoArgs {
 }
 
 fn check(link: LinkChoice) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let r = run(&args(link)).expect("the demo runs");
+    eprintln!("{}", r.preempted);
+    for c in &r.channels {
+        eprintln!(
+            "{}: submitted {} delivered {} misses {} ({}) lost {} (violator: {})",
+            c.name, c.submitted, c.delivered, c.misses, c.verdict, c.lost, c.violator
+        );
+        // Every miss was judged (none slipped past the receivers' drain).
+        assert_eq!(
+            c.verdict.excused + c.verdict.unexcused,
+            c.misses,
+            "{}: misses counted and misses judged differ",
+            c.name
+        );
+    }
     assert_eq!(r.channels.len(), 5);
     for c in &r.channels {
         assert!(c.delivered > 0, "{}: nothing delivered", c.name);

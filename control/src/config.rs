@@ -73,6 +73,9 @@ pub struct DaemonConfig {
     /// What clients may make the daemon hold (connections, timeouts).
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
+    /// The Prometheus/OpenMetrics endpoint (`[metrics]`); off when `listen` is absent.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 fn default_socket() -> PathBuf {
@@ -117,7 +120,9 @@ pub enum PortKind {
     /// Linux AF_XDP on one queue of one interface (`device`, `queue`): one core sends and
     /// receives. Needs an `rtchand` built with the `af_xdp` feature.
     AfXdp,
-    /// DPDK (not supported by the daemon yet).
+    /// DPDK on one ethdev port (`device`: a PCI address bound to vfio-pci, or a vdev): every
+    /// `[[cores]]` entry owns its own TX queue and RX queue of that port. Needs an `rtchand`
+    /// built with the `dpdk` feature.
     Dpdk,
 }
 
@@ -207,6 +212,16 @@ pub struct PortConfig {
     /// the wire). Off, the link scheduler paces at `link_rate_bps` alone, which veth (and copy
     /// mode, where a frame completes once copied) needs.
     pub report_completions: bool,
+    /// dpdk: extra EAL arguments, appended after the ones rtchand derives (`-l`, `--in-memory`
+    /// or `--file-prefix`, `--no-huge`, `--vdev`/`-a`); e.g. `["-m", "512"]`.
+    pub eal_args: Vec<String>,
+    /// dpdk: the EAL file prefix (`--file-prefix`): the runtime directory
+    /// `/var/run/dpdk/<prefix>` holds the telemetry socket. Absent: `--in-memory` (no shared
+    /// files, so several rtchand processes never collide).
+    pub file_prefix: Option<String>,
+    /// dpdk: run without hugepages (`--no-huge`; tests, vdevs). Off by default: a NIC's DMA
+    /// wants hugepages.
+    pub no_huge: bool,
 }
 
 impl Default for PortConfig {
@@ -230,8 +245,26 @@ impl Default for PortConfig {
             bind: XdpBindMode::Copy,
             rx_frames: 2048,
             report_completions: false,
+            eal_args: Vec::new(),
+            file_prefix: None,
+            no_huge: false,
         }
     }
+}
+
+/// Whether `device` is written as a PCI address (`0000:3b:00.0` or `3b:00.0`), not a vdev.
+pub fn is_pci_address(device: &str) -> bool {
+    let parts: Vec<&str> = device.split(':').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let (bus, devfn) = match parts.as_slice() {
+        [dom, bus, devfn] if hex(dom, 4) => (*bus, *devfn),
+        [bus, devfn] => (*bus, *devfn),
+        _ => return false,
+    };
+    let Some((dev, func)) = devfn.split_once('.') else {
+        return false;
+    };
+    hex(bus, 2) && hex(dev, 2) && func.len() == 1 && matches!(func.as_bytes()[0], b'0'..=b'7')
 }
 
 /// Parses a MAC address written `aa:bb:cc:dd:ee:ff` (or with `-`).
@@ -339,6 +372,16 @@ impl Default for RxCost {
     }
 }
 
+/// The `[metrics]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served (TCP, plain HTTP; e.g. `"127.0.0.1:9877"`); no endpoint
+    /// when absent. Anyone who can connect can read it: keep it on loopback or a management
+    /// network.
+    pub listen: Option<SocketAddr>,
+}
+
 /// The `[peering]` table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -426,12 +469,6 @@ pub enum ConfigError {
     /// The resource model built from the file is unusable.
     #[error("{0}")]
     Model(#[from] ModelError),
-    /// The port backend exists but the daemon cannot drive it yet.
-    #[error(
-        "port.kind: '{0}' is not supported by the daemon yet (use 'memlink', 'null', 'af_packet' \
-         or 'af_xdp')"
-    )]
-    PortNotSupported(&'static str),
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -460,6 +497,7 @@ impl Default for DaemonConfig {
             peering: PeeringConfig::default(),
             peers: Vec::new(),
             limits: crate::limits::LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -512,7 +550,7 @@ impl DaemonConfig {
                 self.validate_wire_port()?;
                 self.validate_af_xdp()?;
             }
-            other => return Err(ConfigError::PortNotSupported(other.name())),
+            PortKind::Dpdk => self.validate_dpdk()?,
         }
         if self.port.link_rate_bps == Some(0) {
             return Err(invalid("port.link_rate_bps", "must be greater than zero"));
@@ -533,6 +571,18 @@ impl DaemonConfig {
         }
         if self.cores.len() > 64 {
             return Err(invalid("cores", "at most 64 cores"));
+        }
+        let shares: u64 = self.cores.iter().map(|c| u64::from(c.tx_share_ppm)).sum();
+        if shares > 1_000_000 {
+            return Err(invalid(
+                "cores[].tx_share_ppm",
+                format!(
+                    "the {} cores' TX queue shares add up to {shares} ppm ({:.1} %), more than \
+                     the link (1000000 ppm, 100 %)",
+                    self.cores.len(),
+                    shares as f64 / 10_000.0
+                ),
+            ));
         }
         for (i, c) in self.cores.iter().enumerate() {
             if c.max_channels == 0 {
@@ -619,6 +669,91 @@ impl DaemonConfig {
                     least - 1024
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// The `[port]` keys of `kind = "dpdk"` that can be checked without DPDK (the device's
+    /// existence and queue counts are checked when the port is opened, before any channel).
+    fn validate_dpdk(&self) -> Result<(), ConfigError> {
+        let p = &self.port;
+        match p.device.as_deref() {
+            None | Some("") => {
+                return Err(invalid(
+                    "port.device",
+                    "required with port.kind = \"dpdk\": a PCI address bound to vfio-pci \
+                     (\"0000:3b:00.0\") or a vdev (\"net_null0\", \"net_pcap0,tx_pcap=...\", \
+                     \"net_ring0\", \"net_af_packet0,iface=eth1\")",
+                ))
+            }
+            Some(d) if d.chars().any(char::is_whitespace) || d.starts_with('-') => {
+                return Err(invalid(
+                    "port.device",
+                    format!("'{d}' is not a PCI address or a vdev string (no spaces, no options)"),
+                ))
+            }
+            Some(d) if !is_pci_address(d) && !d.starts_with("net_") => {
+                return Err(invalid(
+                    "port.device",
+                    format!(
+                        "'{d}' is neither a PCI address (\"0000:3b:00.0\") nor a DPDK ethdev \
+                         vdev (\"net_<driver><n>[,args]\")"
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        if let Some(f) = &p.file_prefix {
+            if f.is_empty()
+                || !f
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            {
+                return Err(invalid(
+                    "port.file_prefix",
+                    format!("'{f}' must be non-empty letters, digits, '_', '-' or '.'"),
+                ));
+            }
+        }
+        for (i, a) in p.eal_args.iter().enumerate() {
+            if a.contains('\0') {
+                return Err(invalid(
+                    format!("port.eal_args[{i}]"),
+                    "contains a NUL byte",
+                ));
+            }
+            let key = a.split('=').next().unwrap_or_default();
+            if [
+                "--in-memory",
+                "--file-prefix",
+                "--no-huge",
+                "--vdev",
+                "-a",
+                "--allow",
+            ]
+            .contains(&key)
+            {
+                return Err(invalid(
+                    format!("port.eal_args[{i}]"),
+                    format!(
+                        "'{a}' is set by rtchand from port.file_prefix, port.no_huge and \
+                         port.device; use those keys"
+                    ),
+                ));
+            }
+        }
+        if p.ip.is_none() {
+            return Err(invalid(
+                "port.ip",
+                "required with port.kind = \"dpdk\": the source IPv4 address of this host's \
+                 frames (a DPDK port has no kernel interface to take it from)",
+            ));
+        }
+        if let Some(m) = &p.mac {
+            parse_mac(m).map_err(|e| invalid("port.mac", e))?;
+        }
+        if self.cores.len() > usize::from(u16::MAX) {
+            return Err(invalid("cores", "too many cores for one port's queues"));
         }
         Ok(())
     }
@@ -758,7 +893,7 @@ mod tests {
         let e = DaemonConfig::parse("socket_mode = \"0999\"\n").unwrap_err();
         assert!(e.to_string().starts_with("socket_mode"), "{e}");
         let e = DaemonConfig::parse("[port]\nkind = \"dpdk\"\n").unwrap_err();
-        assert!(e.to_string().contains("not supported"), "{e}");
+        assert!(e.to_string().starts_with("port.device"), "{e}");
         let e = DaemonConfig::parse("[[cores]]\ntx_share_ppm = 0\n").unwrap_err();
         assert!(e.to_string().contains("tx_queue_share_ppm"), "{e}");
         let e = DaemonConfig::parse("[peering]\nheartbeat = \"0ms\"\n").unwrap_err();
@@ -829,6 +964,39 @@ mod tests {
         assert!(e.to_string().starts_with("port.frame_size"), "{e}");
         let e = DaemonConfig::parse(&format!("{ok}[[cores]]\n[[cores]]\n")).unwrap_err();
         assert!(e.to_string().starts_with("cores:"), "{e}");
+    }
+
+    #[test]
+    fn dpdk_keys_are_checked_and_named() {
+        let base = "[port]\nkind = \"dpdk\"\nip = \"10.0.0.1\"\n";
+        let e = DaemonConfig::parse(base).unwrap_err();
+        assert!(e.to_string().starts_with("port.device"), "{e}");
+        let ok = format!("{base}device = \"net_null0\"\n");
+        let cfg = DaemonConfig::parse(&ok).unwrap();
+        assert!(!cfg.port.no_huge);
+        assert_eq!(cfg.port.file_prefix, None);
+        for bad in ["eth0", "net null0", "--vdev=net_null0", "3b:00"] {
+            let e = DaemonConfig::parse(&format!("{base}device = \"{bad}\"\n")).unwrap_err();
+            assert!(e.to_string().starts_with("port.device"), "{bad}: {e}");
+        }
+        for good in ["0000:3b:00.0", "3b:00.1", "net_pcap0,tx_pcap=/tmp/a.pcap"] {
+            DaemonConfig::parse(&format!("{base}device = \"{good}\"\n")).unwrap();
+        }
+        let e = DaemonConfig::parse(&format!("{ok}eal_args = [\"--no-huge\"]\n")).unwrap_err();
+        assert!(e.to_string().starts_with("port.eal_args[0]"), "{e}");
+        let e = DaemonConfig::parse(&format!("{ok}file_prefix = \"a/b\"\n")).unwrap_err();
+        assert!(e.to_string().starts_with("port.file_prefix"), "{e}");
+        let e =
+            DaemonConfig::parse("[port]\nkind = \"dpdk\"\ndevice = \"net_null0\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("port.ip"), "{e}");
+        let e = DaemonConfig::parse(&format!(
+            "{ok}[[cores]]\ntx_share_ppm = 600000\n[[cores]]\ntx_share_ppm = 500000\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().starts_with("cores[].tx_share_ppm"), "{e}");
+        assert!(e.to_string().contains("110.0 %"), "{e}");
+        assert!(is_pci_address("0000:af:00.7"));
+        assert!(!is_pci_address("0000:af:00.8"));
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! Connection limits bound the control socket's server (how many connections in total and per
 //! user id, how long one may sit idle or keep a request line unfinished). Everything here is
 //! plain data validated at start-up, so a bad value is refused with the key named before the
-//! daemon serves anyone.
+//! daemon serves anyone. Memory limits bound the buffers channels make the host allocate
+//! (per channel side and for the host; [`crate::admission::memory`] applies them).
 
 use serde::{Deserialize, Serialize};
 
-use crate::units::Duration;
+use crate::admission::memory::{MachineMemory, MemoryBudget};
+use crate::units::{Duration, Size};
 
 /// The `[limits]` table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +24,12 @@ pub struct LimitsConfig {
     pub idle_timeout: Duration,
     /// A request line must be complete (newline received) this long after its first byte.
     pub line_timeout: Duration,
+    /// Most buffer memory one side of one channel may make this host allocate; absent: an
+    /// eighth of the host's budget, at most 256 MiB (see [`crate::admission::memory`]).
+    pub memory_per_channel: Option<Size>,
+    /// Most buffer memory all channels together may make this host allocate; absent: a
+    /// quarter of the machine's memory (the least of MemTotal, the rlimits, the cgroup).
+    pub memory_per_host: Option<Size>,
 }
 
 /// Connections the server keeps for admins (root, the daemon's user, `group`) once everybody
@@ -43,6 +51,8 @@ impl Default for LimitsConfig {
             // A request line is written at once by every client; 10 s covers a person typing
             // one into socat.
             line_timeout: Duration(10_000_000_000),
+            memory_per_channel: None,
+            memory_per_host: None,
         }
     }
 }
@@ -72,7 +82,29 @@ impl LimitsConfig {
                 ),
             );
         }
+        if let (Some(c), Some(h)) = (self.memory_per_channel, self.memory_per_host) {
+            if c.0 > h.0 {
+                return bad(
+                    "memory_per_channel",
+                    format!(
+                        "{} bytes exceeds limits.memory_per_host ({} bytes)",
+                        c.0, h.0
+                    ),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The memory budget in force on `machine`: the configured figures, or its defaults.
+    pub fn memory_budget(&self, machine: &MachineMemory) -> MemoryBudget {
+        let host = self
+            .memory_per_host
+            .map_or_else(|| machine.default_per_host(), |s| s.0);
+        let channel = self
+            .memory_per_channel
+            .map_or_else(|| machine.default_per_channel().min(host), |s| s.0);
+        MemoryBudget::new(channel, host)
     }
 
     /// Connections a caller without admin rights may fill: all but the admins' reserve (never

@@ -252,6 +252,10 @@ pub struct ChannelList {
     pub channels: Vec<ChannelInfo>,
     /// Channels this host receives.
     pub incoming: Vec<IncomingInfo>,
+    /// Records of the state file that were not re-established at start-up (kept in the file
+    /// until `close`d), with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unrestored: Vec<crate::state::RejectedRecord>,
 }
 
 /// Latency percentiles of a histogram, ns.
@@ -309,6 +313,27 @@ pub struct RxCounters {
     pub reordered: u64,
     /// Submit to delivery.
     pub latency: Percentiles,
+    /// The most recent deadline misses with their times (up to a fixed number per channel,
+    /// oldest first; `deadline_misses` counts them all), to hold against measured OS
+    /// preemption. Empty when the daemon does not drain the channel itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_misses: Vec<MissTimes>,
+    /// Misses drained before those in `recent_misses` and no longer held (the list is full).
+    /// A miss delivered but not drained yet is in `deadline_misses` and in neither of these.
+    #[serde(default)]
+    pub older_misses: u64,
+}
+
+/// One deadline miss: the message's times (CLOCK_MONOTONIC ns of the receiving host; the
+/// submit time is the sender's, on synchronised clocks across hosts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissTimes {
+    /// Submit time at the sender.
+    pub submit: Nanos,
+    /// Absolute end-to-end deadline.
+    pub deadline: Nanos,
+    /// Delivery time (after the deadline).
+    pub delivered: Nanos,
 }
 
 /// `stats` of one channel.

@@ -29,7 +29,7 @@
 //!    concurrently is seen by one side or the other: none is stranded.
 
 use crate::spec::{ChannelConfig, OverflowPolicy};
-use crate::stats::ChannelStats;
+use crate::stats::{ChannelStats, SampleSink};
 use crate::time::{monotonic_now, Nanos};
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
@@ -122,9 +122,51 @@ pub enum Submit {
     QueuedDroppedOldest,
 }
 
+/// Heap bytes one allocation costs beyond what it asks for (the allocator's chunk header and
+/// rounding), so a memory budget counts what the process really holds.
+pub const ALLOC_OVERHEAD: u64 = 16;
+
+/// A channel's shared state apart from its buffers and rings (counters, the delay histogram,
+/// the `Arc`), rounded up; `tests/reservation_bytes.rs` measures it.
+pub const CHANNEL_FIXED_BYTES: u64 = 64 * 1024;
+
+/// Bytes of one slot of an `ArrayQueue<T>` (the value and its stamp).
+pub(crate) fn queue_slot_bytes<T>() -> u64 {
+    std::mem::size_of::<(usize, T)>() as u64
+}
+
+/// The heap bytes [`ChannelShared::new`] allocates for a channel of `messages` buffered
+/// messages of `bytes_per_message` (its buffer reservation, rings and free list included),
+/// saturating; computed without allocating, so admission can refuse before anything is
+/// allocated.
+pub fn reservation_bytes(messages: u32, bytes_per_message: u32) -> u64 {
+    let m = u64::from(messages);
+    let inline = bytes_per_message as usize <= INLINE_MAX;
+    let submit = m.saturating_mul(queue_slot_bytes::<Submitted>()) + ALLOC_OVERHEAD;
+    let (free, buffers) = if inline {
+        (queue_slot_bytes::<Box<[u8]>>() + ALLOC_OVERHEAD, 0)
+    } else {
+        let n = m + 1;
+        (
+            n.saturating_mul(queue_slot_bytes::<Box<[u8]>>()) + ALLOC_OVERHEAD,
+            n.saturating_mul(u64::from(bytes_per_message) + ALLOC_OVERHEAD),
+        )
+    };
+    submit
+        .saturating_add(free)
+        .saturating_add(buffers)
+        .saturating_add(CHANNEL_FIXED_BYTES)
+}
+
 impl ChannelShared {
-    /// Creates the shared state and preallocates the channel's buffers (control path).
-    pub fn new(config: ChannelConfig, slot: u32, doorbell: Arc<Doorbell>) -> Arc<Self> {
+    /// Creates the shared state and preallocates the channel's buffers, with its delay
+    /// histogram registered in the core's `sink` (control path).
+    pub fn new(
+        config: ChannelConfig,
+        slot: u32,
+        doorbell: Arc<Doorbell>,
+        sink: &Arc<SampleSink>,
+    ) -> Arc<Self> {
         let messages = config.reservation.messages as usize;
         let inline = config.mmax() as usize <= INLINE_MAX;
         let free = ArrayQueue::new(if inline { 1 } else { messages + 1 });
@@ -144,7 +186,7 @@ impl ChannelShared {
             armed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             doorbell,
-            stats: ChannelStats::default(),
+            stats: ChannelStats::new(sink),
         })
     }
 
@@ -388,7 +430,10 @@ mod tests {
         let mut c = ChannelConfig::real_time(5, spec);
         c.overflow = policy;
         let bell = Arc::new(Doorbell::new(4));
-        (ChannelShared::new(c, 3, bell.clone()), bell)
+        (
+            ChannelShared::new(c, 3, bell.clone(), &SampleSink::new()),
+            bell,
+        )
     }
 
     #[test]

@@ -28,6 +28,18 @@
 //! phase as a sporadic interference of its summed bounds every [`SERVICE_INTERVAL_NS`], a TX
 //! stage per window or per [`MAX_BURST`] packets, one run as blocking.
 //!
+//! # Nothing on the core allocates, locks or frees
+//! After [`Core::new`], the polling thread neither allocates nor frees nor takes a lock,
+//! commands included: a command carries everything already built on the control thread (a
+//! channel's [`ChannelShared`], a receiver's [`ReceiverState`]); what a command takes off the
+//! core (a closed channel's shared state, a closed receiver's state, anything refused) rides
+//! back on its acknowledgement and is dropped by the control thread when it takes the ack
+//! ([`ControlRing::take_ack`]). Delay and latency samples go into the core's sample rings
+//! ([`crate::stats`]), which the control side folds into the histograms. A core polled by its
+//! owner thread (tests, benches, tools) is its own control thread, so it folds at the end of
+//! each [`Core::poll`] unless told not to ([`Core::set_fold_on_poll`]); a [`RunningCore`]
+//! folds on a companion thread every [`crate::stats::FOLD_INTERVAL`] instead.
+//!
 //! The core is generic over the [`Port`] and takes its clock and cycle meter as arguments, so
 //! the whole loop runs in virtual time in tests (the meter's hooks let a virtual CPU charge
 //! each phase its modelled cost).
@@ -36,9 +48,12 @@ use crate::channel::{ChannelShared, Doorbell, Sender};
 use crate::handler::Handler;
 use crate::link::{LinkConfig, LinkConfigError, LinkScheduler, LinkStats, Released};
 use crate::port::{Batch, PacketBuf, Port, MAX_BURST};
-use crate::rx::{Receiver, RxPath, RxPathStats, RxShared, DEFAULT_REASSEMBLY_TIMEOUT};
+use crate::rx::{
+    Receiver, ReceiverState, RxOpenError, RxPath, RxPathStats, RxShared, DEFAULT_REASSEMBLY_TIMEOUT,
+};
 use crate::sched::{Class, CpuScheduler, PolicyError, SchedPolicy};
 use crate::spec::{ChannelConfig, ChannelId, SpecError};
+use crate::stats::{SampleProducer, SampleSink, SampleSource, FOLD_INTERVAL};
 use crate::time::{Clock, CycleMeter, Nanos};
 use crate::wire::{wire_bytes, FRAME_OVERHEAD, RTCHAN_UDP_PORT};
 use crossbeam_queue::ArrayQueue;
@@ -73,12 +88,8 @@ pub const RUNS_PER_ITERATION: usize = 64;
 /// Packets written per iteration, at most (the last run may add up to k − 1 more): 256
 /// packets, so the publish check and the service gate are looked at regularly.
 pub const PACKETS_PER_ITERATION: usize = 256;
-/// Delay histograms published per iteration: merging one costs a few microseconds.
-pub const PUBLISH_PER_ITERATION: usize = 2;
-/// How often a dirty delay histogram is published, ns: readers see data at most this old.
-pub const PUBLISH_INTERVAL: Nanos = 10_000_000;
-/// Reassembly maintenance period, ns.
-pub const MAINTAIN_INTERVAL: Nanos = 1_000_000;
+/// Commands the control ring holds.
+pub const CONTROL_RING_DEPTH: usize = 256;
 
 /// How a core is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,33 +182,53 @@ pub enum Command {
         /// Drain the queue first.
         drain: bool,
     },
-    /// Open the receive side of a channel.
-    OpenReceiver {
-        /// Shared receive state.
-        shared: Arc<RxShared>,
-        /// Reassembly slots.
-        reassembly: u32,
-    },
+    /// Open the receive side of a channel with its state built on the control thread
+    /// ([`RxPath::prepare`]).
+    OpenReceiver(ReceiverState),
     /// Close the receive side of a channel.
     CloseReceiver(ChannelId),
     /// Replace the scheduling policy.
     SetPolicy(SchedPolicy),
 }
 
+/// What a command took off the core, handed back on its acknowledgement so that the control
+/// thread, not the core, drops it (a receiver's state is over a thousand heap blocks).
+#[derive(Debug)]
+pub enum Retired {
+    /// A closed (or refused) channel's shared state.
+    Channel(Arc<ChannelShared>),
+    /// A closed (or refused) receiver's state.
+    Receiver(ReceiverState),
+}
+
+/// One acknowledgement: the command's sequence number, its outcome, what it hands back.
+#[derive(Debug)]
+struct Ack {
+    seq: u64,
+    result: Result<(), CoreError>,
+    retired: Option<Retired>,
+}
+
 /// The lock-free rings between the control thread and one core.
+///
+/// The acknowledgement ring has room for one ack per command the ring holds plus one per
+/// channel slot (a draining close acknowledges later), and the core takes a command only while
+/// the acks it owes fit: so an ack push never fails, and nothing the core hands back is ever
+/// dropped on the core.
 #[derive(Debug)]
 pub struct ControlRing {
     commands: ArrayQueue<(u64, Command)>,
-    acks: ArrayQueue<(u64, Result<(), CoreError>)>,
+    acks: ArrayQueue<Ack>,
     next_seq: AtomicU64,
 }
 
 impl ControlRing {
-    /// Rings of `depth` commands and acknowledgements.
-    pub fn new(depth: usize) -> Arc<Self> {
+    /// Rings of `depth` commands, and acknowledgements for them and for `channels` draining
+    /// closes.
+    pub fn new(depth: usize, channels: usize) -> Arc<Self> {
         Arc::new(Self {
             commands: ArrayQueue::new(depth),
-            acks: ArrayQueue::new(depth),
+            acks: ArrayQueue::new(depth + channels.max(1)),
             next_seq: AtomicU64::new(1),
         })
     }
@@ -209,9 +240,15 @@ impl ControlRing {
             .map(|_| seq)
             .map_err(|(_, c)| c)
     }
-    /// Takes one acknowledgement.
+    /// Takes one acknowledgement, dropping what it hands back here, on the calling (control)
+    /// thread.
     pub fn take_ack(&self) -> Option<(u64, Result<(), CoreError>)> {
-        self.acks.pop()
+        self.take_ack_retired().map(|(seq, r, _)| (seq, r))
+    }
+
+    /// Takes one acknowledgement with what it hands back (for the caller to drop or keep).
+    pub fn take_ack_retired(&self) -> Option<(u64, Result<(), CoreError>, Option<Retired>)> {
+        self.acks.pop().map(|a| (a.seq, a.result, a.retired))
     }
 }
 
@@ -240,6 +277,9 @@ pub struct CoreStats {
     pub tx_packets: u64,
     /// `tx_burst` calls.
     pub tx_bursts: u64,
+    /// Acknowledgements that found the ack ring full (impossible while the control side only
+    /// posts through [`ControlRing::post`]; counted so that it would show).
+    pub ack_overflows: u64,
 }
 
 /// What one iteration did, for the runner's idle policy.
@@ -280,8 +320,8 @@ pub struct TraceEntry {
 /// One polling core.
 pub struct Core<P: Port> {
     trace: Option<Vec<TraceEntry>>,
-    /// Slots for [`Core::open`], lowest first.
-    direct_free: Vec<u32>,
+    /// Lowest slot that may be free, where [`Core::open`] starts looking.
+    direct_cursor: u32,
     cfg: CoreConfig,
     port: P,
     payload_per_packet: u32,
@@ -293,6 +333,8 @@ pub struct Core<P: Port> {
     pending_close_ack: Vec<Option<u64>>,
     doorbell: Arc<Doorbell>,
     control: Arc<ControlRing>,
+    /// Acknowledgements owed for draining closes (reserved room in the ack ring).
+    owed_acks: usize,
     tx_batch: Batch<P::Buf>,
     /// TX buffers allocated ahead, refilled a burst at a time.
     tx_stash: Batch<P::Buf>,
@@ -304,9 +346,9 @@ pub struct Core<P: Port> {
     /// The last iteration found nothing to run.
     idle: bool,
     rx: RxPath,
-    dirty: Vec<u32>,
-    last_publish: Nanos,
-    last_maintain: Nanos,
+    /// Delay samples to the control side (the receive path holds the latency ring's producer).
+    samples: SampleProducer,
+    fold_on_poll: bool,
     last_slot: u32,
     stats: CoreStats,
 }
@@ -336,28 +378,36 @@ impl<P: Port> Core<P> {
             return Err(CoreError::FrameTooSmall(caps.max_frame));
         }
         let n = cfg.max_channels as usize;
+        let sink = SampleSink::new();
         Ok(Self {
             trace: None,
-            direct_free: (0..n as u32).rev().collect(),
+            direct_cursor: 0,
             payload_per_packet: (caps.max_frame - FRAME_OVERHEAD) as u32,
             sched: CpuScheduler::new(n, cfg.sched),
             link: LinkScheduler::new(cfg.link),
             handlers: (0..n).map(|_| None).collect(),
             generations: vec![0; n],
-            by_id: std::collections::HashMap::with_capacity(n),
+            // Twice the entries it holds: inserts after removals rehash in place, never into a
+            // new allocation.
+            by_id: std::collections::HashMap::with_capacity(2 * n + 2),
             pending_close_ack: vec![None; n],
             doorbell: Arc::new(Doorbell::new(n.max(1))),
-            control: ControlRing::new(256),
+            control: ControlRing::new(CONTROL_RING_DEPTH, n),
+            owed_acks: 0,
             tx_batch: Batch::new(),
             tx_stash: Batch::new(),
             last_stage: 0,
             since_stage: 0,
             next_service: 0,
             idle: true,
-            rx: RxPath::new(cfg.udp_port, cfg.reassembly_timeout),
-            dirty: Vec::with_capacity(n),
-            last_publish: 0,
-            last_maintain: 0,
+            rx: RxPath::with_capacity(
+                cfg.udp_port,
+                cfg.reassembly_timeout,
+                n,
+                sink.producer(SampleSource::Latency),
+            ),
+            samples: sink.producer(SampleSource::Delay),
+            fold_on_poll: true,
             last_slot: u32::MAX,
             stats: CoreStats::default(),
             cfg,
@@ -378,6 +428,17 @@ impl<P: Port> Core<P> {
     /// The control ring.
     pub fn control(&self) -> &Arc<ControlRing> {
         &self.control
+    }
+
+    /// The sample sink this core's delay and latency histograms are registered in.
+    pub fn sink(&self) -> &Arc<SampleSink> {
+        self.samples.sink()
+    }
+
+    /// Whether [`Core::poll`] folds the sample rings at its end (default: yes, for a core
+    /// whose polling thread is also its control thread; off when another thread folds).
+    pub fn set_fold_on_poll(&mut self, on: bool) {
+        self.fold_on_poll = on;
     }
 
     /// The configuration.
@@ -426,14 +487,13 @@ impl<P: Port> Core<P> {
         self.trace.as_deref().unwrap_or(&[])
     }
 
-    /// A free handler slot, for direct opens (the control side keeps its own when running).
+    /// The lowest free handler slot, for direct opens (the control side keeps its own when
+    /// running). Slots below the cursor are in use, so a run of opens scans each slot once.
     fn free_slot(&mut self) -> Option<u32> {
-        while let Some(s) = self.direct_free.pop() {
-            if self.handlers[s as usize].is_none() {
-                return Some(s);
-            }
-        }
-        None
+        let from = self.direct_cursor as usize;
+        let i = from + self.handlers[from..].iter().position(Option::is_none)?;
+        self.direct_cursor = i as u32 + 1;
+        Some(i as u32)
     }
 
     /// Opens a channel directly (the core is not running yet, or in virtual-time tests):
@@ -443,7 +503,7 @@ impl<P: Port> Core<P> {
             .free_slot()
             .ok_or(CoreError::Full(self.cfg.max_channels))?;
         let shared = self.prepare(config, slot)?;
-        self.start_handler(shared.clone())?;
+        self.start_handler(shared.clone()).map_err(|(e, _)| e)?;
         Ok(Sender::new(shared))
     }
 
@@ -460,25 +520,41 @@ impl<P: Port> Core<P> {
                 count: self.port.capabilities().tx_queues,
             });
         }
-        Ok(ChannelShared::new(config, slot, self.doorbell.clone()))
+        Ok(ChannelShared::new(
+            config,
+            slot,
+            self.doorbell.clone(),
+            self.sink(),
+        ))
     }
 
     /// Opens the receive side of a channel directly; returns the application's handle.
+    ///
+    /// # Panics
+    /// If the channel already has a receiver here, or all `max_channels` receivers are open
+    /// (the control side checks both before posting [`Command::OpenReceiver`]).
     pub fn open_receiver(&mut self, id: ChannelId, mmax: u32, ring: u32) -> Receiver {
         let reassembly = ring.clamp(1, 64);
-        let shared = RxShared::new(id, mmax, ring, reassembly);
-        self.rx.open(shared.clone(), reassembly);
+        let shared = RxShared::new(id, mmax, ring, reassembly, self.sink());
+        if let Err(e) = self.rx.open(RxPath::prepare(shared.clone(), reassembly)) {
+            panic!("cannot open receiver {id}: {e:?}");
+        }
         Receiver::new(shared)
     }
 
-    fn start_handler(&mut self, shared: Arc<ChannelShared>) -> Result<(), CoreError> {
+    /// Starts a handler; on refusal hands the shared state back (it is not dropped here).
+    #[allow(clippy::result_large_err)]
+    fn start_handler(
+        &mut self,
+        shared: Arc<ChannelShared>,
+    ) -> Result<(), (CoreError, Arc<ChannelShared>)> {
         let id = shared.config.id;
         let slot = shared.slot;
         if self.by_id.contains_key(&id) {
-            return Err(CoreError::Duplicate(id));
+            return Err((CoreError::Duplicate(id), shared));
         }
         if slot as usize >= self.handlers.len() || self.handlers[slot as usize].is_some() {
-            return Err(CoreError::Full(self.cfg.max_channels));
+            return Err((CoreError::Full(self.cfg.max_channels), shared));
         }
         let generation = self.generations[slot as usize].wrapping_add(1);
         self.generations[slot as usize] = generation;
@@ -492,8 +568,13 @@ impl<P: Port> Core<P> {
         Ok(())
     }
 
-    /// Closes a channel: returns `Ok(true)` when done now, `Ok(false)` when draining.
-    fn close(&mut self, id: ChannelId, drain: bool) -> Result<bool, CoreError> {
+    /// Closes a channel: returns `Ok(Some(shared))` when done now (for the ack to hand back),
+    /// `Ok(None)` when draining.
+    fn close(
+        &mut self,
+        id: ChannelId,
+        drain: bool,
+    ) -> Result<Option<Arc<ChannelShared>>, CoreError> {
         let slot = *self.by_id.get(&id).ok_or(CoreError::NoSuchChannel(id))?;
         let h = self.handlers[slot as usize]
             .as_mut()
@@ -505,52 +586,82 @@ impl<P: Port> Core<P> {
                 // Idle with messages racing in: wake it so the drain makes progress.
                 let _ = self.doorbell.push(slot);
             }
-            return Ok(false);
+            return Ok(None);
         }
-        self.finish_close(slot);
-        Ok(true)
+        Ok(self.finish_close(slot))
     }
 
-    fn finish_close(&mut self, slot: u32) {
+    /// Ends a channel's handler. A draining close is acknowledged here, handing the shared
+    /// state back; otherwise the shared state is returned for the caller's ack.
+    fn finish_close(&mut self, slot: u32) -> Option<Arc<ChannelShared>> {
         self.sched.remove(slot);
-        self.direct_free.push(slot);
-        if let Some(mut h) = self.handlers[slot as usize].take() {
-            let n = h.discard();
-            h.shared.stats.dropped_on_close.add(n);
-            // Control path: a final publish may wait for a reader.
-            h.flush_delay(true);
-            self.by_id.remove(&h.shared.config.id);
-        }
+        self.direct_cursor = self.direct_cursor.min(slot);
         // Packets still in the link scheduler go out; their stats go nowhere (generation).
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
-        if let Some(seq) = self.pending_close_ack[slot as usize].take() {
-            let _ = self.control.acks.push((seq, Ok(())));
+        let mut h = self.handlers[slot as usize].take()?;
+        let n = h.discard();
+        h.shared.stats.dropped_on_close.add(n);
+        self.by_id.remove(&h.shared.config.id);
+        let shared = h.shared;
+        match self.pending_close_ack[slot as usize].take() {
+            Some(seq) => {
+                self.owed_acks -= 1;
+                self.ack(seq, Ok(()), Some(Retired::Channel(shared)));
+                None
+            }
+            None => Some(shared),
         }
+    }
+
+    /// Pushes an acknowledgement (room is reserved before a command is taken).
+    fn ack(&mut self, seq: u64, result: Result<(), CoreError>, retired: Option<Retired>) {
+        let a = Ack {
+            seq,
+            result,
+            retired,
+        };
+        if let Err(a) = self.control.acks.push(a) {
+            self.stats.ack_overflows += 1;
+            drop(a); // unreachable while room is reserved (see ControlRing)
+        }
+    }
+
+    /// Whether the ack ring has room for one more command's acknowledgement.
+    fn ack_room(&self) -> bool {
+        self.control.acks.len() + self.owed_acks < self.control.acks.capacity()
     }
 
     fn apply(&mut self, seq: u64, cmd: Command) {
-        let result = match cmd {
-            Command::Open(shared) => self.start_handler(shared),
+        let (result, retired) = match cmd {
+            Command::Open(shared) => match self.start_handler(shared) {
+                Ok(()) => (Ok(()), None),
+                Err((e, shared)) => (Err(e), Some(Retired::Channel(shared))),
+            },
             Command::Close { id, drain } => match self.close(id, drain) {
-                Ok(true) => Ok(()),
-                Ok(false) => {
+                Ok(Some(shared)) => (Ok(()), Some(Retired::Channel(shared))),
+                Ok(None) => {
                     let slot = self.by_id[&id];
                     self.pending_close_ack[slot as usize] = Some(seq);
+                    self.owed_acks += 1;
                     return; // acknowledged when drained
                 }
-                Err(e) => Err(e),
+                Err(e) => (Err(e), None),
             },
-            Command::OpenReceiver { shared, reassembly } => {
-                self.rx.open(shared, reassembly);
-                Ok(())
-            }
-            Command::CloseReceiver(id) => {
-                if self.rx.close(id) {
-                    Ok(())
-                } else {
-                    Err(CoreError::NoSuchChannel(id))
-                }
-            }
+            Command::OpenReceiver(state) => match self.rx.open(state) {
+                Ok(()) => (Ok(()), None),
+                Err(RxOpenError::Duplicate(state)) => (
+                    Err(CoreError::Duplicate(state.id())),
+                    Some(Retired::Receiver(state)),
+                ),
+                Err(RxOpenError::Full(state, n)) => (
+                    Err(CoreError::Full(n as u32)),
+                    Some(Retired::Receiver(state)),
+                ),
+            },
+            Command::CloseReceiver(id) => match self.rx.close(id) {
+                Some(state) => (Ok(()), Some(Retired::Receiver(state))),
+                None => (Err(CoreError::NoSuchChannel(id)), None),
+            },
             Command::SetPolicy(p) => match p.validate().and(if p.fifo == self.cfg.sched.fifo {
                 Ok(())
             } else {
@@ -559,12 +670,12 @@ impl<P: Port> Core<P> {
                 Ok(()) => {
                     self.sched.set_policy(p);
                     self.cfg.sched = p;
-                    Ok(())
+                    (Ok(()), None)
                 }
-                Err(e) => Err(e.into()),
+                Err(e) => (Err(e.into()), None),
             },
         };
-        let _ = self.control.acks.push((seq, result));
+        self.ack(seq, result, retired);
     }
 
     /// Queues a handler that has a message by its class and key.
@@ -596,7 +707,7 @@ impl<P: Port> Core<P> {
         if h.fetch() {
             self.enqueue(slot, now);
         } else if h.draining {
-            self.finish_close(slot);
+            let _undrained = self.finish_close(slot); // None: a drain was acknowledged
         }
     }
 
@@ -675,18 +786,9 @@ impl<P: Port> Core<P> {
         }
         self.idle = idle;
 
-        // Publish delay histograms now and then.
-        if start.saturating_sub(self.last_publish) >= PUBLISH_INTERVAL {
-            self.last_publish = start;
-            for _ in 0..PUBLISH_PER_ITERATION {
-                let Some(slot) = self.dirty.pop() else { break };
-                if let Some(h) = self.handlers[slot as usize].as_mut() {
-                    if !h.flush_delay(false) {
-                        self.dirty.push(slot); // a reader holds it: next time
-                        break;
-                    }
-                }
-            }
+        // Owner-polled only (a running core folds on its companion thread): never waits.
+        if self.fold_on_poll {
+            self.sink().fold(false);
         }
         progress
     }
@@ -724,15 +826,17 @@ impl<P: Port> Core<P> {
             }
         }
         let now = Self::point_time(anchor, meter);
-        if now.saturating_sub(self.last_maintain) >= MAINTAIN_INTERVAL {
-            self.rx.maintain(now);
-            self.last_maintain = now;
+        if self.rx.maintenance_due(now) {
+            self.rx.maintain_step(now); // bounded: MAINTAIN_SLOTS_PER_STEP
         }
         // Commands are only taken here, between runs: a handler never sees its configuration
         // change mid-run.
         for _ in 0..CONTROL_PER_SERVICE {
             if self.control.commands.is_empty() {
                 break; // as for the doorbell: no fence when there is nothing
+            }
+            if !self.ack_room() {
+                break; // the control side has not taken its acks: nothing may be lost
             }
             let Some((seq, cmd)) = self.control.commands.pop() else {
                 break;
@@ -761,7 +865,6 @@ impl<P: Port> Core<P> {
         let h = self.handlers[slot as usize]
             .as_mut()
             .expect("queued handler is live");
-        h.prefetch_sample_slot();
         loop {
             if self.tx_stash.is_empty() {
                 // One bulk allocation per MAX_BURST packets (rte_pktmbuf_alloc_bulk on DPDK).
@@ -817,7 +920,7 @@ impl<P: Port> Core<P> {
         if h.fetch() {
             self.enqueue(slot, end);
         } else if h.draining {
-            self.finish_close(slot);
+            let _undrained = self.finish_close(slot); // None: a drain was acknowledged
         }
         (written as usize, end)
     }
@@ -862,7 +965,7 @@ impl<P: Port> Core<P> {
             });
             let handlers = &mut self.handlers;
             let generations = &self.generations;
-            let dirty = &mut self.dirty;
+            let samples = &mut self.samples;
             self.link
                 .release(now, in_flight, &mut self.tx_batch, |r: Released| {
                     let m = r.meta;
@@ -884,11 +987,7 @@ impl<P: Port> Core<P> {
                     st.bytes.add(m.frame_len as u64);
                     if m.last_of_message {
                         st.messages_sent.inc();
-                        h.record_delay(m.submit_ts, now);
-                        if !h.delay_dirty {
-                            h.delay_dirty = true;
-                            dirty.push(m.slot);
-                        }
+                        h.record_delay(samples, m.submit_ts, now);
                     }
                 });
         }
@@ -907,14 +1006,10 @@ impl<P: Port> Core<P> {
         meter.on_tx_stage(n);
     }
 
-    /// Publishes every pending statistic (delay and latency histograms), waiting for readers if
-    /// need be. For the control path: call it on a stopped core, or between polls.
+    /// Folds every pending delay and latency sample into the histograms, waiting for readers
+    /// if need be. For the control path: call it on a stopped core, or between polls.
     pub fn flush_stats(&mut self) {
-        for h in self.handlers.iter_mut().flatten() {
-            h.flush_delay(true);
-        }
-        self.dirty.clear();
-        self.rx.flush();
+        self.sink().fold(true);
     }
 
     /// When the core next has timed work (an early message becoming current), if any.
@@ -1001,11 +1096,13 @@ pub enum IdlePolicy {
     Sleep(Nanos),
 }
 
-/// A core running on its own thread.
+/// A core running on its own thread, with a companion thread that folds its sample rings into
+/// the histograms every [`FOLD_INTERVAL`] (the core itself never touches a histogram).
 #[derive(Debug)]
 pub struct RunningCore<P: Port> {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Core<P>>>,
+    folder: Option<std::thread::JoinHandle<()>>,
 }
 
 impl<P: Port + 'static> RunningCore<P> {
@@ -1022,6 +1119,18 @@ impl<P: Port + 'static> RunningCore<P> {
     {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        core.set_fold_on_poll(false);
+        let sink = core.sink().clone();
+        let stop3 = stop.clone();
+        let folder = std::thread::Builder::new()
+            .name(format!("rtchan-fold{}", cpu.map_or(-1, |c| c as i64)))
+            .spawn(move || {
+                while !stop3.load(Ordering::Relaxed) {
+                    sink.fold(false);
+                    std::thread::sleep(FOLD_INTERVAL);
+                }
+                sink.fold(true);
+            })?;
         let thread = std::thread::Builder::new()
             .name(format!("rtchan-core{}", cpu.map_or(-1, |c| c as i64)))
             .spawn(move || {
@@ -1042,21 +1151,37 @@ impl<P: Port + 'static> RunningCore<P> {
                     }
                 }
                 core
-            })?;
+            });
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = folder.join();
+                return Err(e);
+            }
+        };
         Ok(Self {
             stop,
             thread: Some(thread),
+            folder: Some(folder),
         })
     }
 
-    /// Stops the loop and returns the core (for final statistics).
+    /// Stops the loop and returns the core (for final statistics), every sample folded.
     pub fn stop(mut self) -> Core<P> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread
+        let mut core = self
+            .thread
             .take()
             .expect("joined once")
             .join()
-            .expect("polling core panicked")
+            .expect("polling core panicked");
+        if let Some(f) = self.folder.take() {
+            let _ = f.join();
+        }
+        core.set_fold_on_poll(true);
+        core.flush_stats();
+        core
     }
 }
 
@@ -1065,6 +1190,9 @@ impl<P: Port> Drop for RunningCore<P> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Some(f) = self.folder.take() {
+            let _ = f.join();
         }
     }
 }

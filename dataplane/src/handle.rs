@@ -3,14 +3,17 @@
 //! Each change is a [`Command`] posted on the core's lock-free control ring; the call waits
 //! until the core acknowledges it, which the core does only once the change is applied (at its
 //! next preemption point; a draining close when the channel's queue is empty). Everything here
-//! runs on the control thread and may allocate.
+//! runs on the control thread and may allocate: shared state and receiver state are built here
+//! and moved to the core, and what the core hands back on an ack (a closed channel, a closed
+//! receiver) is dropped here, in [`ControlRing::take_ack`](crate::core::ControlRing::take_ack).
 
 use crate::channel::{ChannelShared, Doorbell, Sender};
 use crate::core::{Command, ControlRing, Core, CoreError};
 use crate::port::Port;
-use crate::rx::{Receiver, RxShared};
+use crate::rx::{Receiver, ReceiverState, RxPath, RxShared};
 use crate::sched::SchedPolicy;
 use crate::spec::{ChannelConfig, ChannelId};
+use crate::stats::SampleSink;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +22,60 @@ use std::time::{Duration, Instant};
 /// applies commands within one iteration (microseconds); a second means it is stuck or gone.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A channel validated for a core, its buffers not yet allocated (see
+/// [`CoreHandle::prepare_open`]).
+#[derive(Debug)]
+pub struct PendingOpen {
+    config: ChannelConfig,
+    slot: u32,
+    doorbell: Arc<Doorbell>,
+    sink: Arc<SampleSink>,
+}
+
+impl PendingOpen {
+    /// Allocates the channel's shared state and buffers (any thread; may take a while for a
+    /// large reservation).
+    pub fn build(self) -> Arc<ChannelShared> {
+        ChannelShared::new(self.config, self.slot, self.doorbell, &self.sink)
+    }
+}
+
+/// A receive side validated by [`CoreHandle::prepare_receiver`], not yet allocated.
+#[derive(Debug)]
+pub struct PendingReceiver {
+    id: ChannelId,
+    mmax: u32,
+    ring: u32,
+    sink: Arc<SampleSink>,
+}
+
+impl PendingReceiver {
+    /// Allocates the receive side: the application's shared state and the core's reassembly
+    /// state (any thread; never the polling core).
+    pub fn build(self) -> BuiltReceiver {
+        let reassembly = CoreHandle::reassembly_slots(self.ring);
+        let shared = RxShared::new(self.id, self.mmax, self.ring, reassembly, &self.sink);
+        BuiltReceiver {
+            state: RxPath::prepare(shared.clone(), reassembly),
+            shared,
+        }
+    }
+}
+
+/// A receive side allocated by [`PendingReceiver::build`], for
+/// [`CoreHandle::open_built_receiver`].
+#[derive(Debug)]
+pub struct BuiltReceiver {
+    shared: Arc<RxShared>,
+    state: ReceiverState,
+}
+
 /// The control thread's view of one core.
 #[derive(Debug)]
 pub struct CoreHandle {
     control: Arc<ControlRing>,
     doorbell: Arc<Doorbell>,
+    sink: Arc<SampleSink>,
     payload_per_packet: u32,
     tx_queue: u16,
     slots: Vec<bool>,
@@ -37,6 +89,7 @@ impl CoreHandle {
         Self {
             control: core.control().clone(),
             doorbell: core.doorbell().clone(),
+            sink: core.sink().clone(),
             payload_per_packet: core.payload_per_packet(),
             tx_queue: core.config().tx_queue,
             slots: vec![false; core.config().max_channels as usize],
@@ -76,6 +129,15 @@ impl CoreHandle {
 
     /// Opens a sending channel; returns its sender once the core runs its handler.
     pub fn open(&mut self, config: ChannelConfig) -> Result<Sender, CoreError> {
+        let pending = self.prepare_open(config)?;
+        self.open_built(pending.build())
+    }
+
+    /// The allocation-free first half of [`CoreHandle::open`]: validates `config` and picks
+    /// the handler's slot. [`PendingOpen::build`] then allocates the channel's buffers on any
+    /// thread (so the control thread can answer others meanwhile), and
+    /// [`CoreHandle::open_built`] hands the result to the core.
+    pub fn prepare_open(&self, config: ChannelConfig) -> Result<PendingOpen, CoreError> {
         config.validate(self.payload_per_packet)?;
         if config.txq != self.tx_queue {
             return Err(CoreError::NoSuchQueue {
@@ -91,10 +153,27 @@ impl CoreHandle {
             .iter()
             .position(|used| !used)
             .ok_or(CoreError::Full(self.slots.len() as u32))? as u32;
-        let shared = ChannelShared::new(config, slot, self.doorbell.clone());
+        Ok(PendingOpen {
+            config,
+            slot,
+            doorbell: self.doorbell.clone(),
+            sink: self.sink.clone(),
+        })
+    }
+
+    /// The second half of [`CoreHandle::open`]: opens the channel `shared` (from
+    /// [`PendingOpen::build`] of this handle's [`CoreHandle::prepare_open`]) on the core.
+    pub fn open_built(&mut self, shared: Arc<ChannelShared>) -> Result<Sender, CoreError> {
+        let (id, slot) = (shared.config.id, shared.slot);
+        if self.slot_of.contains_key(&id) {
+            return Err(CoreError::Duplicate(id));
+        }
+        if self.slots.get(slot as usize) != Some(&false) {
+            return Err(CoreError::Full(self.slots.len() as u32));
+        }
         self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
         self.slots[slot as usize] = true;
-        self.slot_of.insert(config.id, slot);
+        self.slot_of.insert(id, slot);
         Ok(Sender::new(shared))
     }
 
@@ -116,16 +195,35 @@ impl CoreHandle {
         mmax: u32,
         ring: u32,
     ) -> Result<Receiver, CoreError> {
-        let reassembly = ring.clamp(1, 64);
-        let shared = RxShared::new(id, mmax, ring, reassembly);
-        self.send(
-            Command::OpenReceiver {
-                shared: shared.clone(),
-                reassembly,
-            },
-            ACK_TIMEOUT,
-        )?;
-        Ok(Receiver::new(shared))
+        self.open_built_receiver(self.prepare_receiver(id, mmax, ring).build())
+    }
+
+    /// Reassembly slots of a receive side whose application ring holds `ring` messages.
+    pub fn reassembly_slots(ring: u32) -> u32 {
+        ring.clamp(1, 64)
+    }
+
+    /// Heap bytes [`CoreHandle::open_receiver`] allocates for `mmax` and `ring`.
+    pub fn receiver_bytes(mmax: u32, ring: u32) -> u64 {
+        crate::rx::reservation_bytes(mmax, ring, Self::reassembly_slots(ring))
+    }
+
+    /// The allocation-free first half of [`CoreHandle::open_receiver`]: what
+    /// [`PendingReceiver::build`] needs to allocate the receive side on any thread.
+    pub fn prepare_receiver(&self, id: ChannelId, mmax: u32, ring: u32) -> PendingReceiver {
+        PendingReceiver {
+            id,
+            mmax,
+            ring,
+            sink: self.sink.clone(),
+        }
+    }
+
+    /// Opens a receive side built by [`PendingReceiver::build`] on this core: the core only
+    /// moves the prepared state into a slot.
+    pub fn open_built_receiver(&mut self, built: BuiltReceiver) -> Result<Receiver, CoreError> {
+        self.send(Command::OpenReceiver(built.state), ACK_TIMEOUT)?;
+        Ok(Receiver::new(built.shared))
     }
 
     /// Closes the receive side of a channel.

@@ -9,7 +9,7 @@ use crate::channel::{ChannelShared, Submitted};
 use crate::link::PacketMeta;
 use crate::port::PacketBuf;
 use crate::spec::{ChannelSpec, TrafficClass};
-use crate::stats::SampleBuffer;
+use crate::stats::SampleProducer;
 use crate::time::Nanos;
 use crate::wire::{HeaderTemplate, RtHeader, FLAG_BEST_EFFORT, FRAME_OVERHEAD};
 use std::sync::Arc;
@@ -60,14 +60,12 @@ pub(crate) struct Written {
     pub message_done: bool,
 }
 
-/// Cache lines at the start of a [`Handler`] that hold everything a packet reads or writes
-/// except the one delay-sample slot (see the field order): what the core prefetches for the
-/// handler that runs next.
+/// Cache lines of a [`Handler`], all of which a packet may read or write: what the core
+/// prefetches for the handler that runs next.
 pub(crate) const HOT_LINES: usize = 5;
 
-/// One channel's handler on a core. `repr(C)`, line-aligned: the fields a packet touches come
-/// first and fill [`HOT_LINES`] cache lines; the delay samples (four more lines, one touched
-/// per message) come last.
+/// One channel's handler on a core. `repr(C)`, line-aligned, [`HOT_LINES`] lines in all (delay
+/// samples go to the core's sample ring, not into the handler).
 #[derive(Debug)]
 #[repr(C, align(64))]
 pub(crate) struct Handler {
@@ -86,13 +84,12 @@ pub(crate) struct Handler {
     ip_id: u16,
     /// Traffic enforcement on (off only for the FIFO baseline).
     pub enforce: bool,
-    pub delay_dirty: bool,
     /// Closing: finish what is queued, then go.
     pub draining: bool,
     /// Messages travel in the submit ring's slots: no free list to touch.
     inline: bool,
-    /// Delay samples not yet in `shared.stats`.
-    pub pending_delay: SampleBuffer,
+    /// `shared.stats`' delay histogram key in the core's sample sink, copied like `id`.
+    delay_key: u32,
 }
 
 impl Handler {
@@ -102,6 +99,7 @@ impl Handler {
             TrafficClass::BestEffort { .. } => None,
         };
         let shared_inline = shared.is_inline();
+        let shared_key = shared.stats.delay_key();
         Self {
             template: HeaderTemplate::new(&shared.config.endpoint),
             id: shared.config.id,
@@ -115,8 +113,7 @@ impl Handler {
             next_seq: 0,
             ip_id: 0,
             current: None,
-            pending_delay: SampleBuffer::default(),
-            delay_dirty: false,
+            delay_key: shared_key,
             draining: false,
             inline: shared_inline,
         }
@@ -127,13 +124,6 @@ impl Handler {
     #[inline(always)]
     pub fn prefetch_shared(&self) {
         self.shared.prefetch_hot(!self.inline);
-    }
-
-    /// Prefetches the delay-sample slot the next recorded delay goes to (a run's message is
-    /// released right after it; the slot is the one handler line not prefetched ahead).
-    #[inline(always)]
-    pub fn prefetch_sample_slot(&self) {
-        self.pending_delay.prefetch_next();
     }
 
     /// Starts on `msg`: assigns its sequence number, logical arrival time and deadlines.
@@ -268,24 +258,13 @@ impl Handler {
         n
     }
 
-    /// Moves pending delay samples into the shared histogram (waiting only if `wait`).
-    pub fn flush_delay(&mut self, wait: bool) -> bool {
-        let ok = self.pending_delay.flush(&self.shared.stats.delay, wait);
-        if ok {
-            self.delay_dirty = false;
-        }
-        ok
-    }
-
-    /// Records the delay of a message whose last packet was released at `now`.
+    /// Records the delay of a message whose last packet was released at `now`: one slot of
+    /// the core's sample ring, or a counted drop when the ring is full (never a wait).
     #[inline]
-    pub fn record_delay(&mut self, submit_ts: Nanos, now: Nanos) {
-        let st = &self.shared.stats;
-        self.pending_delay.record(
-            now.saturating_sub(submit_ts),
-            &st.delay,
-            &st.delay_samples_dropped,
-        );
+    pub fn record_delay(&self, samples: &mut SampleProducer, submit_ts: Nanos, now: Nanos) {
+        if !samples.push(self.delay_key, now.saturating_sub(submit_ts)) {
+            self.shared.stats.delay_samples_dropped.inc();
+        }
     }
 
     /// Smallest buffer a packet of this handler needs.
@@ -300,10 +279,10 @@ mod tests {
 
     #[test]
     fn hot_fields_fit_the_prefetched_lines() {
-        use std::mem::{align_of, offset_of};
+        use std::mem::align_of;
         assert_eq!(align_of::<Handler>(), 64);
-        let hot_end = offset_of!(Handler, pending_delay) + std::mem::size_of::<usize>();
-        assert!(hot_end <= HOT_LINES * 64, "hot fields end at {hot_end}");
+        let size = std::mem::size_of::<Handler>();
+        assert!(size <= HOT_LINES * 64, "a handler takes {size} bytes");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! Port::rx_burst ─▶ parse ─▶ demultiplex by channel ─▶ reassemble ─▶ Receiver (per channel)
 //! ```
 //! # Modules
+//! - [`shm`]: shared-memory rings between the daemon and client processes.
 //! - [`spec`]: channel specifications, validated once.
 //! - [`channel`]: the sender handle, submit ring, buffer pool and doorbell.
 //! - `handler` (private): per-channel state machine: enforcement and fragmentation.
@@ -42,6 +43,7 @@ pub mod memlink;
 pub mod port;
 pub mod rx;
 pub mod sched;
+pub mod shm;
 pub mod source;
 pub mod spec;
 pub mod stats;

@@ -8,18 +8,35 @@
 //! its end-to-end latency (submit stamp to delivery; one CLOCK_MONOTONIC on one host, PTP-synced
 //! clocks across hosts), a deadline miss when delivered after the header's deadline, and
 //! losses, duplicates and reordering from the message sequence numbers.
+//!
+//! Nothing here allocates, locks or frees on the core: a receiver's state (its reassembly slots
+//! and their bitmaps) is built on the control thread ([`RxPath::prepare`]) and moved in by a
+//! command; a closed receiver's state goes back to the control thread to be dropped
+//! ([`RxPath::close`] returns it); latency samples go to the core's sample ring
+//! ([`crate::stats`]); timed-out slots are swept a bounded step at a time
+//! ([`MAINTAIN_SLOTS_PER_STEP`]).
 
 use crate::spec::ChannelId;
-use crate::stats::{new_histogram, Counter, SampleBuffer};
+use crate::stats::{Counter, SampleProducer, SampleSink, SharedHistogram};
 use crate::time::Nanos;
 use crate::wire::{parse_frame, ParseError, RtHeader};
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// How long an incomplete message may wait for its fragments by default: 100 ms.
 pub const DEFAULT_REASSEMBLY_TIMEOUT: Nanos = 100_000_000;
+/// How often a sweep over every reassembly slot starts, ns.
+pub const MAINTAIN_INTERVAL: Nanos = 1_000_000;
+/// Reassembly slots one maintenance step examines (whole channels: it may run over by a
+/// channel's slots, at most 63). A slot check is a couple of loads, a cache miss at worst
+/// (≈ 100 ns), so a step stays within a few microseconds however many receivers the core has
+/// (1,000 receivers swept at once took 0.25–0.29 ms); a sweep of 100,000 receivers × 16 slots
+/// takes 6,250 steps, one per iteration, so a slot is freed within the timeout plus a few ms.
+pub const MAINTAIN_SLOTS_PER_STEP: usize = 256;
+/// Receivers a receive path serves unless told otherwise ([`RxPath::with_capacity`]).
+pub const DEFAULT_MAX_RECEIVERS: usize = 1024;
 
 /// A delivered message's metadata.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,13 +72,14 @@ pub struct RxStats {
     pub incomplete: Counter,
     /// Messages dropped because the application's ring was full.
     pub ring_full: Counter,
-    /// Latency samples lost because a reader held the histogram while the batch was full.
+    /// Latency samples lost because the core's sample ring was full.
     pub latency_samples_dropped: Counter,
-    latency: Mutex<Histogram<u64>>,
+    latency: SharedHistogram,
 }
 
-impl Default for RxStats {
-    fn default() -> Self {
+impl RxStats {
+    /// Zeroed counters and a latency histogram registered in `sink` (control path).
+    pub fn new(sink: &Arc<SampleSink>) -> Self {
         Self {
             delivered: Counter::default(),
             bytes: Counter::default(),
@@ -72,18 +90,19 @@ impl Default for RxStats {
             incomplete: Counter::default(),
             ring_full: Counter::default(),
             latency_samples_dropped: Counter::default(),
-            latency: Mutex::new(new_histogram()),
+            latency: sink.register(),
         }
     }
-}
 
-impl RxStats {
-    /// A copy of the end-to-end latency histogram (control path).
+    /// A copy of the end-to-end latency histogram with every sample the core pushed before
+    /// the call (control path: folds the core's sample rings, allocates).
     pub fn latency_snapshot(&self) -> Histogram<u64> {
-        match self.latency.lock() {
-            Ok(h) => h.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.latency.snapshot()
+    }
+
+    /// The latency histogram itself (tests hold its lock to play a stalled reader).
+    pub fn latency_histogram(&self) -> &SharedHistogram {
+        &self.latency
     }
 }
 
@@ -94,16 +113,50 @@ pub struct RxShared {
     pub id: ChannelId,
     /// Largest message.
     pub mmax: u32,
+    /// Messages that may be incomplete at once (the receive path's reassembly slots).
+    pub reassembly: u32,
     deliver: ArrayQueue<(Box<[u8]>, Delivery)>,
     free: ArrayQueue<Box<[u8]>>,
     /// Counters and latency.
     pub stats: RxStats,
 }
 
+/// A receive side's state apart from its buffers and rings (counters, the latency histogram,
+/// the `Arc`, the receive path's slot headers), rounded up; `tests/reservation_bytes.rs`
+/// measures it.
+pub const RX_FIXED_BYTES: u64 = 64 * 1024;
+
+/// The heap bytes a channel's receive side allocates ([`RxShared::new`] with `ring` and
+/// `reassembly`, and its slots in [`RxPath::prepare`]) for messages of up to `mmax` bytes,
+/// saturating; computed without allocating.
+pub fn reservation_bytes(mmax: u32, ring: u32, reassembly: u32) -> u64 {
+    use crate::channel::{queue_slot_bytes, ALLOC_OVERHEAD};
+    let buffers = u64::from(ring) + u64::from(reassembly) + 1;
+    let bufs = buffers.saturating_mul(u64::from(mmax) + ALLOC_OVERHEAD);
+    let free = buffers.saturating_mul(queue_slot_bytes::<Box<[u8]>>()) + ALLOC_OVERHEAD;
+    let deliver = u64::from(ring.max(1))
+        .saturating_mul(queue_slot_bytes::<(Box<[u8]>, Delivery)>())
+        + ALLOC_OVERHEAD;
+    let words = (mmax as u64).min(1 << 16).div_ceil(64).max(1);
+    let slots = u64::from(reassembly.max(1))
+        .saturating_mul(words * 8 + ALLOC_OVERHEAD + std::mem::size_of::<Slot>() as u64);
+    bufs.saturating_add(free)
+        .saturating_add(deliver)
+        .saturating_add(slots)
+        .saturating_add(RX_FIXED_BYTES)
+}
+
 impl RxShared {
     /// Receive state for channel `id`: `ring` delivered messages may wait for the application;
-    /// `reassembly` messages may be incomplete at once.
-    pub fn new(id: ChannelId, mmax: u32, ring: u32, reassembly: u32) -> Arc<Self> {
+    /// `reassembly` messages may be incomplete at once; the latency histogram is registered in
+    /// the receiving core's `sink` (control path: allocates).
+    pub fn new(
+        id: ChannelId,
+        mmax: u32,
+        ring: u32,
+        reassembly: u32,
+        sink: &Arc<SampleSink>,
+    ) -> Arc<Self> {
         let buffers = ring as usize + reassembly as usize + 1;
         let free = ArrayQueue::new(buffers);
         for _ in 0..buffers {
@@ -112,9 +165,10 @@ impl RxShared {
         Arc::new(Self {
             id,
             mmax,
+            reassembly,
             deliver: ArrayQueue::new(ring.max(1) as usize),
             free,
-            stats: RxStats::default(),
+            stats: RxStats::new(sink),
         })
     }
 }
@@ -164,7 +218,38 @@ struct RxChannel {
     started: bool,
     /// Bit i: sequence `next_expected - 1 - i` was delivered.
     recent: u64,
-    pending_latency: SampleBuffer,
+    /// `shared.stats`' latency histogram key in the core's sample sink.
+    latency_key: u32,
+}
+
+/// A receiver's core-side state, built on the control thread ([`RxPath::prepare`]) and moved
+/// to the core by `Command::OpenReceiver`; the core hands it back when the receiver closes so
+/// that it is dropped (1,000-odd frees) on the control thread, not on the core.
+pub struct ReceiverState(Box<RxChannel>);
+
+impl std::fmt::Debug for ReceiverState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiverState")
+            .field("id", &self.0.shared.id)
+            .field("slots", &self.0.slots.len())
+            .finish()
+    }
+}
+
+impl ReceiverState {
+    /// The channel.
+    pub fn id(&self) -> ChannelId {
+        self.0.shared.id
+    }
+}
+
+/// Why a receive path refused a receiver (the state comes back to be dropped by the caller).
+#[derive(Debug)]
+pub enum RxOpenError {
+    /// The channel already has a receiver here.
+    Duplicate(ReceiverState),
+    /// Every receiver slot is in use.
+    Full(ReceiverState, usize),
 }
 
 /// Counters of the receive path as a whole.
@@ -179,9 +264,13 @@ pub struct RxPathStats {
 /// The receive path of one core.
 pub struct RxPath {
     udp_port: u16,
-    channels: Vec<Option<RxChannel>>,
+    channels: Vec<Option<ReceiverState>>,
     by_id: HashMap<ChannelId, u32>,
     timeout: Nanos,
+    samples: SampleProducer,
+    /// Next channel the maintenance sweep examines; `None` between sweeps.
+    sweep: Option<usize>,
+    last_sweep: Nanos,
     stats: RxPathStats,
 }
 
@@ -195,13 +284,30 @@ impl std::fmt::Debug for RxPath {
 }
 
 impl RxPath {
-    /// A receive path for frames to `udp_port`.
-    pub fn new(udp_port: u16, timeout: Nanos) -> Self {
+    /// A receive path for frames to `udp_port` serving up to [`DEFAULT_MAX_RECEIVERS`]
+    /// receivers, pushing latency samples through `samples`.
+    pub fn new(udp_port: u16, timeout: Nanos, samples: SampleProducer) -> Self {
+        Self::with_capacity(udp_port, timeout, DEFAULT_MAX_RECEIVERS, samples)
+    }
+
+    /// [`RxPath::new`] for up to `max_receivers` receivers: every table is sized now, so no
+    /// open on the core allocates.
+    pub fn with_capacity(
+        udp_port: u16,
+        timeout: Nanos,
+        max_receivers: usize,
+        samples: SampleProducer,
+    ) -> Self {
         Self {
             udp_port,
-            channels: Vec::new(),
-            by_id: HashMap::new(),
+            channels: (0..max_receivers).map(|_| None).collect(),
+            // Twice the entries it will hold: inserts after removals rehash in place, never
+            // into a new allocation.
+            by_id: HashMap::with_capacity(2 * max_receivers + 2),
             timeout,
+            samples,
+            sweep: None,
+            last_sweep: 0,
             stats: RxPathStats::default(),
         }
     }
@@ -211,8 +317,13 @@ impl RxPath {
         self.stats
     }
 
-    /// Opens receive for a channel with `reassembly` slots (control path: allocates).
-    pub fn open(&mut self, shared: Arc<RxShared>, reassembly: u32) {
+    /// The sample sink latency samples go to.
+    pub fn sink(&self) -> &Arc<SampleSink> {
+        self.samples.sink()
+    }
+
+    /// Builds a receiver's core-side state with `reassembly` slots (control path: allocates).
+    pub fn prepare(shared: Arc<RxShared>, reassembly: u32) -> ReceiverState {
         // Every fragment but a lone empty one carries at least a byte, and counts are 16-bit.
         let words = (shared.mmax as usize).min(1 << 16).div_ceil(64).max(1);
         let slots = (0..reassembly.max(1))
@@ -225,38 +336,34 @@ impl RxPath {
                 first_seen: 0,
             })
             .collect();
-        let ch = RxChannel {
-            shared: shared.clone(),
+        ReceiverState(Box::new(RxChannel {
+            latency_key: shared.stats.latency.key(),
+            shared,
             slots,
             next_expected: 0,
             started: false,
             recent: 0,
-            pending_latency: SampleBuffer::default(),
-        };
-        let idx = match self.channels.iter().position(Option::is_none) {
-            Some(i) => {
-                self.channels[i] = Some(ch);
-                i
-            }
-            None => {
-                self.channels.push(Some(ch));
-                self.channels.len() - 1
-            }
-        };
-        self.by_id.insert(shared.id, idx as u32);
+        }))
     }
 
-    /// Closes receive for a channel; returns whether it was open.
-    pub fn close(&mut self, id: ChannelId) -> bool {
-        match self.by_id.remove(&id) {
-            Some(i) => {
-                if let Some(mut ch) = self.channels[i as usize].take() {
-                    ch.publish(true);
-                }
-                true
-            }
-            None => false,
+    /// Starts serving a prepared receiver. Moves it into a preallocated slot: no allocation.
+    pub fn open(&mut self, state: ReceiverState) -> Result<(), RxOpenError> {
+        let id = state.id();
+        if self.by_id.contains_key(&id) {
+            return Err(RxOpenError::Duplicate(state));
         }
+        let Some(idx) = self.channels.iter().position(Option::is_none) else {
+            return Err(RxOpenError::Full(state, self.channels.len()));
+        };
+        self.channels[idx] = Some(state);
+        self.by_id.insert(id, idx as u32);
+        Ok(())
+    }
+
+    /// Stops serving a channel; returns its state for the caller to drop off the core.
+    pub fn close(&mut self, id: ChannelId) -> Option<ReceiverState> {
+        let i = self.by_id.remove(&id)?;
+        self.channels[i as usize].take()
     }
 
     /// Handles one received frame at `now`.
@@ -275,47 +382,68 @@ impl RxPath {
             self.stats.rejected[ParseError::UnknownChannel.index()] += 1;
             return;
         };
-        let ch = self.channels[idx as usize]
+        let ch = &mut self.channels[idx as usize]
             .as_mut()
-            .expect("indexed channel");
+            .expect("indexed channel")
+            .0;
         if h.msg_len > ch.shared.mmax {
             self.stats.rejected[ParseError::LengthMismatch.index()] += 1;
             return;
         }
-        ch.fragment(&h, parsed.payload, now);
+        ch.fragment(&h, parsed.payload, now, &mut self.samples);
     }
 
-    /// Publishes every channel's pending latency samples, waiting for readers (control path).
-    pub fn flush(&mut self) {
-        for ch in self.channels.iter_mut().flatten() {
-            ch.publish(true);
-        }
+    /// True when a maintenance step has work at `now`: a sweep is under way, or
+    /// [`MAINTAIN_INTERVAL`] has passed since the last one started.
+    #[inline]
+    pub fn maintenance_due(&self, now: Nanos) -> bool {
+        self.sweep.is_some() || now.saturating_sub(self.last_sweep) >= MAINTAIN_INTERVAL
     }
 
-    /// Frees timed-out reassembly slots and publishes latency samples (call every ms or so).
-    pub fn maintain(&mut self, now: Nanos) {
-        for ch in self.channels.iter_mut().flatten() {
-            for s in ch.slots.iter_mut() {
-                if s.active && now.saturating_sub(s.first_seen) > self.timeout {
-                    ch.shared.stats.incomplete.inc();
-                    s.active = false;
-                    if let Some(b) = s.buf.take() {
-                        let _ = ch.shared.free.push(b);
+    /// One bounded step of the sweep that frees timed-out reassembly slots: at most
+    /// [`MAINTAIN_SLOTS_PER_STEP`] slots (rounded up to whole channels). Returns true when the
+    /// sweep is complete.
+    pub fn maintain_step(&mut self, now: Nanos) -> bool {
+        let mut i = match self.sweep {
+            Some(i) => i,
+            None => {
+                self.last_sweep = now;
+                0
+            }
+        };
+        let mut examined = 0;
+        while i < self.channels.len() && examined < MAINTAIN_SLOTS_PER_STEP {
+            if let Some(ReceiverState(ch)) = self.channels[i].as_mut() {
+                examined += ch.slots.len();
+                for s in ch.slots.iter_mut() {
+                    if s.active && now.saturating_sub(s.first_seen) > self.timeout {
+                        ch.shared.stats.incomplete.inc();
+                        s.active = false;
+                        if let Some(b) = s.buf.take() {
+                            let _ = ch.shared.free.push(b);
+                        }
                     }
                 }
+            } else {
+                examined += 1; // an empty slot of the table costs a load too
             }
-            ch.publish(false);
+            i += 1;
         }
+        let done = i >= self.channels.len();
+        self.sweep = (!done).then_some(i);
+        done
+    }
+
+    /// A whole sweep at once (control path and tests; the core takes it step by step).
+    pub fn maintain(&mut self, now: Nanos) {
+        self.sweep = None;
+        while !self.maintain_step(now) {}
     }
 }
 
 impl RxChannel {
-    fn publish(&mut self, wait: bool) {
-        self.pending_latency.flush(&self.shared.stats.latency, wait);
-    }
-
     #[inline]
-    fn fragment(&mut self, h: &RtHeader, payload: &[u8], now: Nanos) {
+    fn fragment(&mut self, h: &RtHeader, payload: &[u8], now: Nanos, samples: &mut SampleProducer) {
         if h.frag_count == 1 {
             if h.frag_len as u32 != h.msg_len {
                 return;
@@ -325,7 +453,7 @@ impl RxChannel {
                 return;
             };
             buf[..payload.len()].copy_from_slice(payload);
-            self.complete(h, buf, now);
+            self.complete(h, buf, now, samples);
             return;
         }
         // Find the slot for this message, or a free one, or evict the oldest.
@@ -401,7 +529,7 @@ impl RxChannel {
             s.active = false;
             let buf = s.buf.take().expect("active slot has a buffer");
             let header = s.header;
-            self.complete(&header, buf, now);
+            self.complete(&header, buf, now, samples);
         }
     }
 
@@ -417,7 +545,7 @@ impl RxChannel {
         behind > 64 || self.recent & (1 << (behind - 1)) == 0
     }
 
-    fn complete(&mut self, h: &RtHeader, buf: Box<[u8]>, now: Nanos) {
+    fn complete(&mut self, h: &RtHeader, buf: Box<[u8]>, now: Nanos, samples: &mut SampleProducer) {
         let st = &self.shared.stats;
         let seq = h.msg_seq;
         let ahead = seq.wrapping_sub(self.next_expected);
@@ -465,11 +593,9 @@ impl RxChannel {
         if h.deadline != 0 && now > h.deadline {
             st.deadline_misses.inc();
         }
-        self.pending_latency.record(
-            now.saturating_sub(h.submit_ts),
-            &self.shared.stats.latency,
-            &self.shared.stats.latency_samples_dropped,
-        );
+        if !samples.push(self.latency_key, now.saturating_sub(h.submit_ts)) {
+            st.latency_samples_dropped.inc();
+        }
     }
 }
 
@@ -507,9 +633,14 @@ mod tests {
     }
 
     fn setup() -> (RxPath, Receiver) {
-        let mut rx = RxPath::new(RTCHAN_UDP_PORT, 1000);
-        let sh = RxShared::new(9, 100, 8, 2);
-        rx.open(sh.clone(), 2);
+        let sink = SampleSink::new();
+        let mut rx = RxPath::new(
+            RTCHAN_UDP_PORT,
+            1000,
+            sink.producer(crate::stats::SampleSource::Latency),
+        );
+        let sh = RxShared::new(9, 100, 8, 2, &sink);
+        rx.open(RxPath::prepare(sh.clone(), 2)).unwrap();
         (rx, Receiver::new(sh))
     }
 
@@ -557,6 +688,77 @@ mod tests {
         rx.maintain(2000);
         assert_eq!(r.stats().incomplete.get(), 1);
         assert_eq!(r.shared().free.len(), 8 + 2 + 1);
+    }
+
+    #[test]
+    fn maintenance_runs_a_bounded_step_per_call() {
+        let sink = SampleSink::new();
+        let mut rx = RxPath::with_capacity(
+            RTCHAN_UDP_PORT,
+            1000,
+            100,
+            sink.producer(crate::stats::SampleSource::Latency),
+        );
+        let mut last = None;
+        for id in 0..100 {
+            let sh = RxShared::new(id, 100, 16, 16, &sink);
+            rx.open(RxPath::prepare(sh.clone(), 16)).unwrap();
+            last = Some(Receiver::new(sh));
+        }
+        let last = last.unwrap();
+        // An incomplete message on the last receiver (channel 99).
+        let mut f = frames(0, &[7u8; 40], 16).remove(0);
+        f[42 + 8..42 + 12].copy_from_slice(&99u32.to_be_bytes());
+        f[40] = 0;
+        f[41] = 0;
+        rx.handle(&f, 0);
+        let t = MAINTAIN_INTERVAL + 5000;
+        assert!(rx.maintenance_due(t));
+        let mut steps = 1;
+        while !rx.maintain_step(t) {
+            assert_eq!(last.stats().incomplete.get(), 0, "freed before its step");
+            steps += 1;
+        }
+        assert_eq!(last.stats().incomplete.get(), 1);
+        // 1,600 slots, at most MAINTAIN_SLOTS_PER_STEP + 15 per step.
+        assert!(
+            steps >= 1600 / (MAINTAIN_SLOTS_PER_STEP + 15),
+            "{steps} steps"
+        );
+        assert!(!rx.maintenance_due(t + MAINTAIN_INTERVAL - 1));
+        assert!(rx.maintenance_due(t + MAINTAIN_INTERVAL));
+    }
+
+    #[test]
+    fn duplicate_and_excess_receivers_are_refused_and_handed_back() {
+        let sink = SampleSink::new();
+        let mut rx = RxPath::with_capacity(
+            RTCHAN_UDP_PORT,
+            1000,
+            1,
+            sink.producer(crate::stats::SampleSource::Latency),
+        );
+        rx.open(RxPath::prepare(RxShared::new(1, 10, 2, 2, &sink), 2))
+            .unwrap();
+        match rx.open(RxPath::prepare(RxShared::new(1, 10, 2, 2, &sink), 2)) {
+            Err(RxOpenError::Duplicate(s)) => assert_eq!(s.id(), 1),
+            other => panic!("{other:?}"),
+        }
+        match rx.open(RxPath::prepare(RxShared::new(2, 10, 2, 2, &sink), 2)) {
+            Err(RxOpenError::Full(s, 1)) => assert_eq!(s.id(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rx.close(1).map(|s| s.id()), Some(1));
+        assert!(rx.close(1).is_none());
+    }
+
+    #[test]
+    fn latency_samples_reach_the_histogram_when_folded() {
+        let (mut rx, r) = setup();
+        rx.handle(&frames(0, b"a", 16)[0], 600);
+        assert_eq!(r.stats().latency_histogram().lock().len(), 0);
+        let h = r.stats().latency_snapshot();
+        assert_eq!((h.len(), h.max()), (1, h.highest_equivalent(500)));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use control::admission::offline::{run_json, Decision};
 use control::protocol::{
-    ChannelInfo, ChannelList, ChannelStatsInfo, CloseArgs, IdArgs, OpenArgs, PolicyUpdate, Reply,
-    Request, StatsArgs,
+    ChannelList, ChannelStatsInfo, CloseArgs, IdArgs, OpenArgs, PolicyUpdate, Reply, Request,
+    StatsArgs,
 };
 use control::units::{self, fmt_ns};
 use rtchan::daemon::client::{self, Client};
@@ -283,14 +283,39 @@ fn run(cli: &Cli) -> ExitCode {
                     discard: *discard,
                 }),
             ) {
-                Ok(r) => show(cli, r, |c: &ChannelInfo| {
-                    format!("closed channel {}\n", c.id)
+                Ok(r) => show(cli, r, |c: &serde_json::Value| {
+                    if c.get("state").and_then(|s| s.as_str()) == Some("discarded") {
+                        format!(
+                            "discarded the state file's record of channel {}, which was not \
+                             re-established\n",
+                            c["id"]
+                        )
+                    } else {
+                        format!("closed channel {}\n", c["id"])
+                    }
                 }),
                 Err(code) => code,
             }
         }
         Command::Channel(ChannelCmd::List) => match call(cli, &Request::List) {
-            Ok(r) => show(cli, r, client::list_table),
+            Ok(r) => {
+                let unrestored = r
+                    .result
+                    .as_ref()
+                    .and_then(|v| v.get("unrestored"))
+                    .and_then(|u| u.as_array())
+                    .map_or(0, Vec::len);
+                let code = show(cli, r, client::list_table);
+                if unrestored > 0 && code == ExitCode::SUCCESS {
+                    // Listed, but the table is not what was persisted: say so in the exit code.
+                    eprintln!(
+                        "rtchanctl: {unrestored} channel(s) of the state file were not \
+                         re-established (see above; `channel close ID` discards a record)"
+                    );
+                    return ExitCode::from(EXIT_REFUSED);
+                }
+                code
+            }
             Err(code) => code,
         },
         Command::Channel(ChannelCmd::Show { id }) => {
@@ -299,8 +324,14 @@ fn run(cli: &Cli) -> ExitCode {
                     let mut s: String = l.channels.iter().map(client::channel_detail).collect();
                     if !l.incoming.is_empty() {
                         s.push_str(&client::list_table(&ChannelList {
-                            channels: vec![],
                             incoming: l.incoming.clone(),
+                            ..ChannelList::default()
+                        }));
+                    }
+                    if !l.unrestored.is_empty() {
+                        s.push_str(&client::list_table(&ChannelList {
+                            unrestored: l.unrestored.clone(),
+                            ..ChannelList::default()
                         }));
                     }
                     s

@@ -15,6 +15,10 @@ struct Cli {
     /// Run the daemon with this configuration file (TOML; see docs/config.md).
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Start with no channels if the state file is unreadable (it is kept aside, renamed
+    /// with a timestamp); without it the daemon refuses to start on such a file.
+    #[arg(long)]
+    discard_state: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -26,6 +30,9 @@ enum Command {
         /// Configuration file.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
+        /// Start with no channels if the state file is unreadable (kept aside).
+        #[arg(long)]
+        discard_state: bool,
     },
     /// Measure the CPU cost per message and per packet and print a `[cost]` fragment.
     Calibrate(CalibrateArgs),
@@ -55,8 +62,8 @@ struct CalibrateArgs {
     json: bool,
 }
 
-fn daemon(path: &std::path::Path) -> ExitCode {
-    match rtchan::daemon::run(path) {
+fn daemon(path: &std::path::Path, discard_state: bool) -> ExitCode {
+    match rtchan::daemon::run(path, rtchan::daemon::StartOptions { discard_state }) {
         Ok(report) => {
             print!(
                 "{}",
@@ -129,7 +136,14 @@ fn main() -> ExitCode {
             }
         },
         (Some(Command::Calibrate(a)), _) => calibrate(&a),
-        (Some(Command::Run { config }), _) | (None, Some(config)) => daemon(&config),
+        (
+            Some(Command::Run {
+                config,
+                discard_state,
+            }),
+            _,
+        ) => daemon(&config, discard_state),
+        (None, Some(config)) => daemon(&config, cli.discard_state),
         (None, None) => {
             eprintln!(
                 "rtchand: give --config FILE to run the daemon, or a subcommand (see --help)"

@@ -193,7 +193,7 @@ fn pct(ppm: u32) -> String {
 /// `channel list`.
 pub fn list_table(l: &ChannelList) -> String {
     let mut s = String::new();
-    if l.channels.is_empty() && l.incoming.is_empty() {
+    if l.channels.is_empty() && l.incoming.is_empty() && l.unrestored.is_empty() {
         return "no channels\n".into();
     }
     if !l.channels.is_empty() {
@@ -258,6 +258,16 @@ pub fn list_table(l: &ChannelList) -> String {
                     "setting up"
                 }
             ));
+        }
+    }
+    if !l.unrestored.is_empty() {
+        if !l.channels.is_empty() || !l.incoming.is_empty() {
+            s.push('\n');
+        }
+        s.push_str("not re-established from the state file (kept in it until closed):\n");
+        for r in &l.unrestored {
+            let id = r.id.map_or("?".to_string(), |i| i.to_string());
+            s.push_str(&format!("{id:>5}  record {}: {}\n", r.index, r.error));
         }
     }
     s

@@ -21,6 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use control::admission::memory::{
+    receiving_bytes, sending_bytes, sending_field, MachineMemory, MemoryBudget, MemoryRefusal, Side,
+};
 use control::admission::{
     Admission, AdmitError, Admitted, ChannelRequest, Nanos, RequestError, ResourceModel,
 };
@@ -31,7 +34,7 @@ use control::protocol::{
     IncomingInfo, OpenArgs, PeerRequest, PolicyInfo, PolicyUpdate, PrepareArgs, Refusal, Reply,
     Request, RxCounters, TxCounters,
 };
-use control::state::{ChannelRecord, StateFile, STATE_VERSION};
+use control::state::{ChannelRecord, LoadedState, RejectedRecord, StateFile, STATE_VERSION};
 use control::units::fmt_ns;
 use dataplane::channel::{ChannelShared, Sender};
 use dataplane::core::CoreStats;
@@ -48,6 +51,13 @@ use super::Msg;
 const RX_RING: u32 = 1024;
 /// Attempts at a channel id the receiver does not already use.
 const ID_ATTEMPTS: u32 = 32;
+/// Reservations from this size up are allocated on a helper thread while the control thread
+/// answers others ([`Control::off_thread`]); below it, faulting the pages in takes well under
+/// a millisecond and a thread would cost more than it saves.
+const OFF_THREAD_BYTES: u64 = 4 << 20;
+/// How often the control thread looks up from other clients to see whether the helper
+/// thread finished: short against the 100 ms other clients may wait, long enough not to spin.
+const OFF_THREAD_POLL: Duration = Duration::from_millis(1);
 
 /// Where a channel goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +107,8 @@ pub struct Control {
     cfg: DaemonConfig,
     tx_adm: Admission,
     rx_adm: Admission,
+    /// Buffer memory of every channel side on this host, against `[limits]`.
+    memory: MemoryBudget,
     dp: Dataplane,
     sink: Sink,
     out: BTreeMap<u32, Outgoing>,
@@ -110,6 +122,10 @@ pub struct Control {
     inbox: Option<std::sync::mpsc::Receiver<Msg>>,
     /// Client messages that arrived while waiting for a peer; handled next, in order.
     deferred: std::collections::VecDeque<Msg>,
+    /// `channel open` requests refused, by (side, reason), for the metrics.
+    refusals: BTreeMap<(String, String), u64>,
+    /// Records of the state file that were not re-established: listed and written back.
+    unrestored: Vec<RejectedRecord>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -147,11 +163,13 @@ impl Control {
                 CloseMode::Discard => "discard".into(),
             },
         };
+        let memory = cfg.limits.memory_budget(&MachineMemory::detect());
         Ok(Self {
             state_path: cfg.state_file.clone(),
             cfg,
             tx_adm,
             rx_adm,
+            memory,
             dp,
             sink,
             out: BTreeMap::new(),
@@ -162,6 +180,8 @@ impl Control {
             last_heartbeat: Instant::now(),
             inbox: None,
             deferred: std::collections::VecDeque::new(),
+            refusals: BTreeMap::new(),
+            unrestored: Vec::new(),
         })
     }
 
@@ -211,26 +231,93 @@ impl Control {
         self.inbox = Some(rx);
     }
 
-    /// Re-establishes the channels of the state file; returns how many came back and the
-    /// errors of those that did not.
-    pub fn restore(&mut self) -> (usize, Vec<String>) {
-        let Some(path) = self.state_path.clone() else {
-            return (0, Vec::new());
-        };
-        let state = match StateFile::load(&path) {
-            Ok(s) => s,
-            Err(e) => return (0, vec![e.to_string()]),
-        };
-        self.next_id = state.channels.iter().map(|c| c.id + 1).max().unwrap_or(0);
+    /// Runs `build` (allocating and faulting in a channel's buffers: seconds for a large
+    /// reservation) on a helper thread when it is `bytes` large, answering reads and peers
+    /// meanwhile as while waiting for a peer; other requests wait their turn.
+    fn off_thread<T: Send + 'static>(
+        &mut self,
+        bytes: u64,
+        build: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if bytes < OFF_THREAD_BYTES {
+            return Ok(build());
+        }
+        let worker = std::thread::Builder::new()
+            .name("rtchan-alloc".into())
+            .spawn(build)
+            .map_err(|e| internal(format!("cannot start the allocating thread: {e}")))?;
+        while !worker.is_finished() {
+            self.serve_peers_while_waiting();
+            std::thread::sleep(OFF_THREAD_POLL);
+        }
+        worker
+            .join()
+            .map_err(|_| internal("allocating the channel's buffers failed"))
+    }
+
+    /// A memory-budget refusal as the client sees it.
+    fn memory_error(&self, e: MemoryRefusal) -> ApiError {
+        ApiError {
+            kind: ErrorKind::Limit,
+            field: Some(e.field.into()),
+            message: format!("{e} (host '{}')", self.cfg.peering.name),
+            refusal: None,
+        }
+    }
+
+    /// The memory budget's check for a new channel's sides on this host, before anything is
+    /// prepared: the sending side, and the receiving side too when it is local.
+    fn check_memory(&self, mmax: u32, bmax: u32, local: bool) -> Result<(), ApiError> {
+        if mmax > self.cfg.max_message {
+            // Refused by admission naming `mmax` and `max_message`; nothing is allocated.
+            return Ok(());
+        }
+        let mut sides = vec![(
+            Side::Sending,
+            sending_field(bmax),
+            sending_bytes(mmax, bmax),
+        )];
+        if local && self.dp.receive_cores() > 0 {
+            sides.push((Side::Receiving, "mmax", receiving_bytes(mmax, RX_RING)));
+        }
+        self.memory
+            .check_sides(&sides)
+            .map_err(|e| self.memory_error(e))
+    }
+
+    /// Re-establishes the channels of a state file read record by record; returns how many
+    /// came back and, for the log, why the others did not. Those stay in the table as
+    /// `unrestored` (listed, written back to the file) until closed: none is dropped.
+    pub fn restore(&mut self, state: LoadedState) -> (usize, Vec<String>) {
+        let ids = state
+            .records
+            .iter()
+            .map(|(_, c)| c.id)
+            .chain(state.rejected.iter().filter_map(|r| r.id));
+        self.next_id = ids.map(|id| id.wrapping_add(1)).max().unwrap_or(0);
+        self.unrestored = state.rejected;
         let mut ok = 0;
-        let mut errors = Vec::new();
-        for rec in state.channels {
+        for (index, rec) in state.records {
             match self.open(&rec.open, Some(rec.id)) {
                 Ok(_) => ok += 1,
-                Err(e) => errors.push(format!("channel {}: {}", rec.id, e.message)),
+                Err(e) => self.unrestored.push(RejectedRecord {
+                    index,
+                    id: Some(rec.id),
+                    error: e.message,
+                    record: serde_json::to_value(&rec).expect("a record serialises"),
+                }),
             }
         }
+        self.unrestored.sort_by_key(|r| r.index);
         self.persist();
+        let errors = self
+            .unrestored
+            .iter()
+            .map(|r| match r.id {
+                Some(id) => format!("channel {id} (record {}): {}", r.index, r.error),
+                None => format!("record {}: {}", r.index, r.error),
+            })
+            .collect();
         (ok, errors)
     }
 
@@ -253,16 +340,297 @@ impl Control {
                 let _ = reply.send(r);
             }
             Msg::SessionClosed { session } => self.session_closed(session),
+            Msg::Reload { update, reply } => {
+                let _ = reply.send(Reply::from_result(self.policy_set(&update)));
+            }
+            Msg::Metrics { reply } => {
+                let _ = reply.send(self.metrics());
+            }
         }
+    }
+
+    /// Counts a refused `channel open` by side and reason (for the metrics).
+    fn count_refusal(&mut self, e: &ApiError) {
+        let key = match &e.refusal {
+            Some(r) => {
+                let resource = match r.rejection.resource {
+                    control::admission::Resource::Cpu(_) => "cpu",
+                    control::admission::Resource::Link(_) => "link",
+                };
+                let test = match r.rejection.test {
+                    control::admission::FailedTest::Utilisation { .. } => "utilisation",
+                    control::admission::FailedTest::Demand { .. } => "demand",
+                };
+                (r.side.clone(), format!("{resource}_{test}"))
+            }
+            None => (
+                "request".to_string(),
+                serde_json::to_value(e.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "other".into()),
+            ),
+        };
+        *self.refusals.entry(key).or_default() += 1;
+    }
+
+    /// The metrics endpoint's text: what `stats` reads (the channels' shared counters and
+    /// histograms), the admission controllers and this thread's own counters; nothing from a
+    /// polling core (see [`super::metrics`]).
+    pub fn metrics(&self) -> String {
+        use super::metrics::{bound_buckets, Exposition};
+        let mut e = Exposition::default();
+        for (&id, o) in &self.out {
+            let ch = id.to_string();
+            let l = [("channel", ch.as_str()), ("dst", o.info.dst.as_str())];
+            let st = o.shared.stats.snapshot();
+            e.counter(
+                "rtchan_channel_submitted_messages_total",
+                "Messages accepted by submit on the sending host.",
+                &l,
+                st.submitted,
+            );
+            e.counter(
+                "rtchan_channel_sent_messages_total",
+                "Messages whose last packet left the sending host.",
+                &l,
+                st.messages_sent,
+            );
+            e.counter(
+                "rtchan_channel_sent_packets_total",
+                "Packets sent.",
+                &l,
+                st.packets,
+            );
+            e.counter(
+                "rtchan_channel_sent_bytes_total",
+                "Bytes sent.",
+                &l,
+                st.bytes,
+            );
+            for (reason, v) in [
+                ("would_block", st.would_block),
+                ("drop_newest", st.dropped_newest),
+                ("drop_oldest", st.dropped_oldest),
+                ("on_close", st.dropped_on_close),
+            ] {
+                e.counter(
+                    "rtchan_channel_drops_total",
+                    "Messages not sent, by reason: refused with a full buffer (would_block), \
+                     dropped by the overflow policy, or discarded at close.",
+                    &[l[0], l[1], ("reason", reason)],
+                    v,
+                );
+            }
+            e.counter(
+                "rtchan_channel_late_packets_total",
+                "Packets released after their link deadline.",
+                &l,
+                st.late_packets,
+            );
+            e.counter(
+                "rtchan_channel_budget_overruns_total",
+                "Handler runs over their cycle budget.",
+                &l,
+                st.budget_overruns,
+            );
+            let bound = if o.info.best_effort {
+                0
+            } else {
+                o.info.sender.link_deadline
+            };
+            e.gauge(
+                "rtchan_channel_host_bound_seconds",
+                "The sending host's admitted bound d_s (0: best-effort).",
+                &l,
+                bound as f64 / 1e9,
+            );
+            e.histogram_ns(
+                "rtchan_channel_host_delay_seconds",
+                "Submit to last packet released on the sending host; buckets around d_s.",
+                &l,
+                &o.shared.stats.delay_snapshot(),
+                &bound_buckets(bound),
+            );
+        }
+        for (&id, i) in &self.inc {
+            let Some(r) = i.receiver.as_ref() else {
+                continue;
+            };
+            let ch = id.to_string();
+            let l = [("channel", ch.as_str()), ("src", i.info.from.as_str())];
+            let st = r.stats();
+            e.counter(
+                "rtchan_channel_delivered_messages_total",
+                "Messages delivered on the receiving host.",
+                &l,
+                st.delivered.get(),
+            );
+            e.counter(
+                "rtchan_channel_delivered_bytes_total",
+                "Payload bytes delivered.",
+                &l,
+                st.bytes.get(),
+            );
+            e.counter(
+                "rtchan_channel_deadline_misses_total",
+                "Messages delivered after their end-to-end deadline.",
+                &l,
+                st.deadline_misses.get(),
+            );
+            e.counter(
+                "rtchan_channel_lost_messages_total",
+                "Messages never received (sequence gaps).",
+                &l,
+                st.lost.get(),
+            );
+            e.counter(
+                "rtchan_channel_duplicate_messages_total",
+                "Messages or fragments received twice.",
+                &l,
+                st.duplicates.get(),
+            );
+            e.counter(
+                "rtchan_channel_reordered_messages_total",
+                "Messages that arrived after a later one.",
+                &l,
+                st.reordered.get(),
+            );
+            e.counter(
+                "rtchan_channel_receive_drops_total",
+                "Messages dropped on the receiving host, by reason.",
+                &[l[0], l[1], ("reason", "ring_full")],
+                st.ring_full.get(),
+            );
+            e.counter(
+                "rtchan_channel_receive_drops_total",
+                "Messages dropped on the receiving host, by reason.",
+                &[l[0], l[1], ("reason", "incomplete")],
+                st.incomplete.get(),
+            );
+            let bound = if i.info.best_effort {
+                0
+            } else {
+                i.info.end_to_end
+            };
+            e.gauge(
+                "rtchan_channel_bound_seconds",
+                "The channel's end-to-end bound D (0: best-effort).",
+                &l,
+                bound as f64 / 1e9,
+            );
+            e.histogram_ns(
+                "rtchan_channel_latency_seconds",
+                "Submit to delivery (end to end); buckets around D.",
+                &l,
+                &st.latency_snapshot(),
+                &bound_buckets(bound),
+            );
+        }
+        // Per TX queue (admission's queue i is core i's port queue): what the sending
+        // channels on it report, and what admission has granted of it.
+        let rate = self.cfg.link_rate_bps();
+        let util = self.tx_adm.utilisation();
+        for (q, ppm) in util.tx_queues.iter().enumerate() {
+            let qs = q.to_string();
+            let l = [("txq", qs.as_str())];
+            let on_q = self
+                .out
+                .values()
+                .filter(|o| usize::from(o.info.sender.txq) == q);
+            let (late, packets) = on_q.fold((0, 0), |(a, b), o| {
+                let st = o.shared.stats.snapshot();
+                (a + st.late_packets, b + st.packets)
+            });
+            e.gauge(
+                "rtchan_txq_paced_rate_bytes_per_second",
+                "The rate the link scheduler paces the queue at.",
+                &l,
+                rate as f64 / 8.0,
+            );
+            e.counter(
+                "rtchan_txq_late_packets_total",
+                "Packets of the queue's open channels released after their link deadline.",
+                &l,
+                late,
+            );
+            e.counter(
+                "rtchan_txq_packets_total",
+                "Packets of the queue's open channels sent.",
+                &l,
+                packets,
+            );
+            e.gauge(
+                "rtchan_admission_utilisation_ratio",
+                "Real-time utilisation admitted on a resource (of 1).",
+                &[("side", "tx"), ("resource", "link"), ("index", qs.as_str())],
+                f64::from(*ppm) / 1e6,
+            );
+        }
+        for (side, u) in [("tx", &util), ("rx", &self.rx_adm.utilisation())] {
+            for (c, ppm) in u.cores.iter().enumerate() {
+                let cs = c.to_string();
+                e.gauge(
+                    "rtchan_admission_utilisation_ratio",
+                    "Real-time utilisation admitted on a resource (of 1).",
+                    &[("side", side), ("resource", "cpu"), ("index", cs.as_str())],
+                    f64::from(*ppm) / 1e6,
+                );
+            }
+        }
+        e.gauge(
+            "rtchan_admission_limit_ratio",
+            "The utilisation admission allows a resource (1 - best-effort reserve).",
+            &[],
+            1.0 - f64::from(self.policy.best_effort_reserve_ppm) / 1e6,
+        );
+        for ((side, reason), n) in &self.refusals {
+            e.counter(
+                "rtchan_admission_refusals_total",
+                "channel open requests refused, by side (sender, receiver, request) and reason.",
+                &[("side", side.as_str()), ("reason", reason.as_str())],
+                *n,
+            );
+        }
+        e.gauge(
+            "rtchan_channels",
+            "Channels open on this host, by direction.",
+            &[("direction", "out")],
+            self.out.len() as f64,
+        );
+        e.gauge(
+            "rtchan_channels",
+            "Channels open on this host, by direction.",
+            &[("direction", "in")],
+            self.inc.values().filter(|i| i.info.from != "local").count() as f64,
+        );
+        e.finish()
     }
 
     fn client(&mut self, request: Request) -> Reply {
         match request {
-            Request::Open(args) => Reply::from_result(self.open(&args, None)),
+            Request::Open(args) => {
+                let r = self.open(&args, None);
+                if let Err(e) = &r {
+                    self.count_refusal(e);
+                }
+                Reply::from_result(r)
+            }
+            Request::Close(args) if self.unrestored_index(args.id).is_some() => {
+                let i = self.unrestored_index(args.id).expect("just found");
+                let r = self.unrestored.remove(i);
+                self.persist();
+                Reply::ok(
+                    serde_json::json!({"id": args.id, "state": "discarded", "record": r.record}),
+                )
+            }
             Request::Close(args) => Reply::from_result(self.close(&args)),
             Request::List => Reply::ok(self.list(None)),
             Request::Show(a) => {
-                if self.out.contains_key(&a.id) || self.inc.contains_key(&a.id) {
+                if self.out.contains_key(&a.id)
+                    || self.inc.contains_key(&a.id)
+                    || self.unrestored_index(a.id).is_some()
+                {
                     Reply::ok(self.list(Some(a.id)))
                 } else {
                     Reply::err(not_found(a.id))
@@ -389,8 +757,16 @@ impl Control {
         Ok(v)
     }
 
+    /// Where channel `id` is among the records not re-established.
+    fn unrestored_index(&self, id: u32) -> Option<usize> {
+        self.unrestored.iter().position(|r| r.id == Some(id))
+    }
+
     fn fresh_id(&mut self) -> u32 {
-        while self.out.contains_key(&self.next_id) || self.inc.contains_key(&self.next_id) {
+        while self.out.contains_key(&self.next_id)
+            || self.inc.contains_key(&self.next_id)
+            || self.unrestored_index(self.next_id).is_some()
+        {
             self.next_id = self.next_id.wrapping_add(1);
         }
         self.next_id
@@ -429,6 +805,7 @@ impl Control {
             ));
         }
         let (dst, net) = self.destination(&args.dst)?;
+        self.check_memory(mmax, args.bmax, dst == Dst::Local)?;
         if d <= net {
             return Err(ApiError::invalid(
                 "deadline",
@@ -652,6 +1029,7 @@ impl Control {
             ));
         }
         let (dst, net) = self.destination(&args.dst)?;
+        self.check_memory(mmax, queue, dst == Dst::Local)?;
         let core = self.candidates(args)?[0];
         let (id, grant) = self.prepare_with_id(&dst, fixed_id, |id| PrepareArgs {
             id,
@@ -704,11 +1082,34 @@ impl Control {
         id: u32,
         undo: impl FnOnce(&mut Self),
     ) -> Result<SenderParts, ApiError> {
-        let sender = match self.dp.tx[usize::from(core)].handle.open(cfg) {
+        let (messages, mmax) = (cfg.reservation.messages, cfg.reservation.bytes_per_message);
+        let bytes = sending_bytes(mmax, messages);
+        if let Err(e) = self
+            .memory
+            .reserve(Side::Sending, id, sending_field(messages), bytes)
+        {
+            undo(self);
+            return Err(self.memory_error(e));
+        }
+        let undo = |this: &mut Self| {
+            this.memory.release(Side::Sending, id);
+            undo(this);
+        };
+        let built = match self.dp.tx[usize::from(core)].handle.prepare_open(cfg) {
+            Ok(pending) => self.off_thread(bytes, move || pending.build()),
+            Err(e) => Err(internal(format!("core {core} refused the channel: {e}"))),
+        };
+        let opened = built.and_then(|shared| {
+            self.dp.tx[usize::from(core)]
+                .handle
+                .open_built(shared)
+                .map_err(|e| internal(format!("core {core} refused the channel: {e}")))
+        });
+        let sender = match opened {
             Ok(s) => s,
             Err(e) => {
                 undo(self);
-                return Err(internal(format!("core {core} refused the channel: {e}")));
+                return Err(e);
             }
         };
         let shared = sender.shared().clone();
@@ -958,6 +1359,12 @@ impl Control {
                 ),
             ));
         }
+        let rx_bytes = receiving_bytes(p.mmax, RX_RING);
+        if self.dp.receive_cores() > 0 && p.mmax <= self.cfg.max_message {
+            self.memory
+                .check(Side::Receiving, "mmax", rx_bytes)
+                .map_err(|e| self.memory_error(e))?;
+        }
         if p.best_effort {
             return self.prepare_best_effort(from, session, p);
         }
@@ -1046,18 +1453,16 @@ impl Control {
             .admit(&req)
             .map_err(|e| internal(e.to_string()))?;
         let core = admitted.core;
-        let receiver = match self.dp.receive_core(core) {
-            Some(handle) => match handle.open_receiver(p.id, p.mmax, RX_RING) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    let _ = self.rx_adm.release(admitted.id);
-                    return Err(internal(format!("receive core {core}: {e}")));
-                }
-            },
-            None => None,
+        let receiver = match self.open_receiver(core, p.id, p.mmax) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.rx_adm.release(admitted.id);
+                return Err(e);
+            }
         };
         if let Some(r) = &receiver {
             self.sink.add(p.id, r.clone());
+            self.dp.steer(p.id, Some(core));
         }
         let mut shown = admitted.clone();
         shown.id = p.id;
@@ -1122,16 +1527,10 @@ impl Control {
         if p.dry_run {
             return Ok(grant);
         }
-        let receiver = match self.dp.receive_core(core) {
-            Some(handle) => Some(
-                handle
-                    .open_receiver(p.id, p.mmax, RX_RING)
-                    .map_err(|e| internal(format!("receive core {core}: {e}")))?,
-            ),
-            None => None,
-        };
+        let receiver = self.open_receiver(core, p.id, p.mmax)?;
         if let Some(r) = &receiver {
             self.sink.add(p.id, r.clone());
+            self.dp.steer(p.id, Some(core));
         }
         self.inc.insert(
             p.id,
@@ -1155,10 +1554,47 @@ impl Control {
         Ok(grant)
     }
 
+    /// Opens channel `id`'s receive side on receive core `core` (none without a receive
+    /// path): reserves its memory, allocates it off the request path, hands it to the core.
+    fn open_receiver(
+        &mut self,
+        core: u16,
+        id: u32,
+        mmax: u32,
+    ) -> Result<Option<Receiver>, ApiError> {
+        if self.dp.receive_core(core).is_none() {
+            return Ok(None);
+        }
+        let bytes = receiving_bytes(mmax, RX_RING);
+        self.memory
+            .reserve(Side::Receiving, id, "mmax", bytes)
+            .map_err(|e| self.memory_error(e))?;
+        let pending = self
+            .dp
+            .receive_core(core)
+            .expect("checked above")
+            .prepare_receiver(id, mmax, RX_RING);
+        let opened = self
+            .off_thread(bytes, move || pending.build())
+            .and_then(|shared| {
+                self.dp
+                    .receive_core(core)
+                    .expect("checked above")
+                    .open_built_receiver(shared)
+                    .map_err(|e| internal(format!("receive core {core}: {e}")))
+            });
+        if opened.is_err() {
+            self.memory.release(Side::Receiving, id);
+        }
+        opened.map(Some)
+    }
+
     fn release_incoming(&mut self, id: u32) {
         if let Some(i) = self.inc.remove(&id) {
+            self.memory.release(Side::Receiving, id);
             self.sink.remove(id);
             if i.receiver.is_some() {
+                self.dp.steer(id, None);
                 if let Some(handle) = self.dp.receive_core(i.core) {
                     let _ = handle.close_receiver(id);
                 }
@@ -1193,6 +1629,7 @@ impl Control {
             o.sender = src.stop();
         }
         let _ = self.dp.tx[usize::from(o.core)].handle.close(id, drain);
+        self.memory.release(Side::Sending, id);
         if let Some(a) = o.adm_id {
             let _ = self.tx_adm.release(a);
         }
@@ -1246,11 +1683,18 @@ impl Control {
                 .filter(|(id, i)| only.is_none_or(|o| o == **id) && i.info.from != "local")
                 .map(|(_, i)| i.info.clone())
                 .collect(),
+            unrestored: self
+                .unrestored
+                .iter()
+                .filter(|r| only.is_none() || r.id == only)
+                .cloned()
+                .collect(),
         }
     }
 
-    fn rx_counters(r: &Receiver) -> RxCounters {
+    fn rx_counters(&self, id: u32, r: &Receiver) -> RxCounters {
         let s = r.stats();
+        let (recent_misses, older_misses) = self.sink.recent_misses(id);
         RxCounters {
             delivered: s.delivered.get(),
             bytes: s.bytes.get(),
@@ -1259,6 +1703,8 @@ impl Control {
             duplicates: s.duplicates.get(),
             reordered: s.reordered.get(),
             latency: percentiles(&s.latency_snapshot()),
+            recent_misses,
+            older_misses,
         }
     }
 
@@ -1284,7 +1730,7 @@ impl Control {
                     .inc
                     .get(&id)
                     .and_then(|i| i.receiver.as_ref())
-                    .map(Self::rx_counters),
+                    .map(|r| self.rx_counters(id, r)),
                 Dst::Peer(_) => None,
             };
             v.push(ChannelStatsInfo {
@@ -1316,7 +1762,7 @@ impl Control {
                 peer: i.info.from.clone(),
                 uptime_s: i.opened.elapsed().as_secs_f64(),
                 tx: None,
-                rx: i.receiver.as_ref().map(Self::rx_counters),
+                rx: i.receiver.as_ref().map(|r| self.rx_counters(id, r)),
             });
         }
         v
@@ -1417,7 +1863,7 @@ impl Control {
                 })
                 .collect(),
         };
-        if let Err(e) = state.save(path) {
+        if let Err(e) = state.save_with(&self.unrestored, path) {
             eprintln!("rtchand: {e}");
         }
     }

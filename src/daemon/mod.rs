@@ -30,6 +30,7 @@ pub mod calibrate;
 pub mod client;
 pub mod controller;
 pub mod dp;
+pub mod metrics;
 pub mod peer;
 pub mod server;
 pub mod traffic;
@@ -43,6 +44,7 @@ use std::time::Duration;
 
 use control::config::{resolve_group, ConfigError, DaemonConfig};
 use control::protocol::{PeerRequest, Reply, Request};
+use control::state::{check_writable, keep_aside, LoadedState, StateFile};
 
 pub use self::controller::FinalReport;
 
@@ -80,6 +82,18 @@ pub enum Msg {
         /// The session.
         session: u64,
     },
+    /// SIGHUP: apply the run-time policy of a re-read configuration file.
+    Reload {
+        /// The policy as the file now has it.
+        update: control::protocol::PolicyUpdate,
+        /// The outcome (the policy now in force, or why nothing changed).
+        reply: mpsc::Sender<Reply>,
+    },
+    /// A scrape of the metrics endpoint: the exposition text goes back on `reply`.
+    Metrics {
+        /// Where the text goes.
+        reply: mpsc::Sender<String>,
+    },
 }
 
 /// The daemon could not start.
@@ -107,9 +121,69 @@ pub enum DaemonError {
         /// The error.
         source: std::io::Error,
     },
+    /// The metrics endpoint could not be bound.
+    #[error("metrics.listen {addr}: {source} (another process, or another rtchand, holds it?)")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
     /// Signal handlers could not be installed.
     #[error("signals: {0}")]
     Signals(std::io::Error),
+    /// The state file cannot be read or written: starting would lose its channels.
+    #[error("{0}")]
+    State(String),
+}
+
+/// How to start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// Start with no channels when the state file is unreadable, keeping it aside under a
+    /// timestamped name (`rtchand --discard-state`).
+    pub discard_state: bool,
+}
+
+/// Reads the state file at start-up: refuses an unwritable `state_file`, and an unreadable
+/// one unless `discard` (which keeps it aside, never overwriting it).
+fn load_state(path: &Path, discard: bool) -> Result<LoadedState, DaemonError> {
+    check_writable(path).map_err(|m| {
+        DaemonError::State(format!(
+            "state_file {}: {m}; refusing to start, since no channel could be saved",
+            path.display()
+        ))
+    })?;
+    match StateFile::read(path) {
+        Ok(l) => Ok(l),
+        Err(e) if discard => {
+            let kept = keep_aside(path).map_err(|k| {
+                DaemonError::State(format!("{e}; --discard-state could not keep it aside: {k}"))
+            })?;
+            eprintln!(
+                "rtchand: {e}; --discard-state: kept it as {} and starting with no channels",
+                kept.display()
+            );
+            Ok(LoadedState::default())
+        }
+        Err(e) => Err(DaemonError::State(format!(
+            "{e}; refusing to start so the channels in it are not lost: repair or move the \
+             file, or start with --discard-state to keep it aside as {}.unreadable-<time> and \
+             start with no channels",
+            path.display()
+        ))),
+    }
+}
+
+/// Sets the daemon's stop flag when dropped armed (a start that failed part-way).
+struct StopOnError(Option<Arc<AtomicBool>>);
+
+impl Drop for StopOnError {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A running daemon.
@@ -118,8 +192,13 @@ pub struct Daemon {
     control: Option<JoinHandle<FinalReport>>,
     server: server::Server,
     peer: Option<peer::PeerServer>,
+    metrics: Option<metrics::MetricsServer>,
+    /// The control thread's inbox (for SIGHUP reloads).
+    inbox: mpsc::Sender<Msg>,
     /// Where peers connect (the bound address of `peering.listen`).
     pub peer_addr: Option<SocketAddr>,
+    /// Where `GET /metrics` is served (the bound address of `metrics.listen`).
+    pub metrics_addr: Option<SocketAddr>,
     /// The control socket.
     pub socket: PathBuf,
     /// Channels re-established from the state file.
@@ -132,7 +211,16 @@ impl Daemon {
     /// Starts the cores, the control thread, the peer server and the control socket, after
     /// re-establishing the persisted channels.
     pub fn start(cfg: DaemonConfig) -> Result<Self, DaemonError> {
+        Self::start_with(cfg, StartOptions::default())
+    }
+
+    /// [`Daemon::start`] with options.
+    pub fn start_with(cfg: DaemonConfig, opts: StartOptions) -> Result<Self, DaemonError> {
         cfg.validate()?;
+        let state = match &cfg.state_file {
+            Some(p) => load_state(p, opts.discard_state)?,
+            None => LoadedState::default(),
+        };
         let group = cfg.group.as_deref().map(resolve_group).transpose();
         let read_group = cfg.read_group.as_deref().map(resolve_group).transpose();
         let (group, read_group) = match (group, read_group) {
@@ -143,6 +231,17 @@ impl Daemon {
         let mode = cfg.socket_mode()?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Msg>();
+        // A start that fails part-way stops what it had started (the metrics thread, the
+        // control thread).
+        let mut stop_on_error = StopOnError(Some(stop.clone()));
+        // Bound before the cores start, so that an address in use fails the start at once.
+        let metrics = match cfg.metrics.listen {
+            Some(addr) => Some(
+                metrics::MetricsServer::start(addr, tx.clone(), stop.clone())
+                    .map_err(|source| DaemonError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
         let mut control = controller::Control::new(cfg.clone()).map_err(DaemonError::Setup)?;
         let heartbeat = Duration::from_nanos(cfg.peering.heartbeat.0);
         let idle = (heartbeat * 3).max(Duration::from_nanos(cfg.peering.timeout.0));
@@ -153,7 +252,7 @@ impl Daemon {
             ),
             None => None,
         };
-        let (restored, restore_errors) = control.restore();
+        let (restored, restore_errors) = control.restore(state);
         let stop2 = stop.clone();
         control.attach_inbox(rx);
         let control = std::thread::Builder::new()
@@ -173,6 +272,7 @@ impl Daemon {
                 control.shutdown()
             })
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        let reload_tx = tx.clone();
         let server = server::Server::start(
             &cfg.socket,
             mode,
@@ -186,15 +286,51 @@ impl Daemon {
             path: cfg.socket.clone(),
             source,
         })?;
+        stop_on_error.0 = None;
         Ok(Self {
             stop,
             control: Some(control),
             server,
             peer_addr: peer.as_ref().map(|p| p.local_addr),
             peer,
+            metrics_addr: metrics.as_ref().map(|m| m.local_addr),
+            metrics,
+            inbox: reload_tx,
             socket: cfg.socket,
             restored,
             restore_errors,
+        })
+    }
+
+    /// Applies the run-time changeable part of `cfg` (the `[policy]` table, `overflow`,
+    /// `close`) as `policy set` would; the policy now in force, or why nothing changed.
+    pub fn reload(&self, cfg: &DaemonConfig) -> Reply {
+        let update = control::protocol::PolicyUpdate {
+            granularity: Some(cfg.policy.granularity),
+            work_conserving: Some(cfg.policy.work_conserving),
+            best_effort_reserve_ppm: Some(cfg.policy.best_effort_reserve_ppm),
+            run_budget_cycles: Some(cfg.policy.run_budget_cycles),
+            overflow: Some(cfg.overflow.clone()),
+            close: Some(
+                match cfg.close {
+                    control::config::CloseMode::Drain => "drain",
+                    control::config::CloseMode::Discard => "discard",
+                }
+                .into(),
+            ),
+        };
+        let (tx, rx) = mpsc::channel();
+        if self.inbox.send(Msg::Reload { update, reply: tx }).is_err() {
+            return Reply::err(control::protocol::ApiError::new(
+                control::protocol::ErrorKind::Internal,
+                "the control thread has stopped",
+            ));
+        }
+        rx.recv().unwrap_or_else(|_| {
+            Reply::err(control::protocol::ApiError::new(
+                control::protocol::ErrorKind::Internal,
+                "the control thread has stopped",
+            ))
         })
     }
 
@@ -211,6 +347,9 @@ impl Daemon {
         if let Some(p) = self.peer.as_mut() {
             p.join();
         }
+        if let Some(m) = self.metrics.as_mut() {
+            m.join();
+        }
         self.control
             .take()
             .and_then(|t| t.join().ok())
@@ -218,28 +357,98 @@ impl Daemon {
     }
 }
 
+/// SIGHUP: re-reads `path`, applies its run-time policy, and names what else changed (which
+/// needs a restart). A file that does not load changes nothing.
+fn reload(d: &Daemon, path: &Path, running: &DaemonConfig) {
+    let cfg = match DaemonConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            // One line per event: the parser's multi-line excerpt folded.
+            let e = e.to_string();
+            let e: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            eprintln!("rtchand: SIGHUP: {}; nothing changed", e.join(" "));
+            return;
+        }
+    };
+    let reply = d.reload(&cfg);
+    match reply.into_result::<control::protocol::PolicyInfo>() {
+        Ok(p) => eprintln!(
+            "rtchand: SIGHUP: policy reloaded from {}: granularity {}, work_conserving {}, \
+             best_effort_reserve_ppm {}, run_budget_cycles {}, overflow {}, close {}",
+            path.display(),
+            p.granularity,
+            p.work_conserving,
+            p.best_effort_reserve_ppm,
+            p.run_budget_cycles,
+            p.overflow,
+            p.close
+        ),
+        Err(e) => eprintln!("rtchand: SIGHUP: policy not changed: {}", e.message),
+    }
+    let (new, old) = (
+        serde_json::to_value(&cfg).unwrap_or_default(),
+        serde_json::to_value(running).unwrap_or_default(),
+    );
+    if let (Some(new), Some(old)) = (new.as_object(), old.as_object()) {
+        let mut policy_new = new.get("policy").cloned().unwrap_or_default();
+        let mut policy_old = old.get("policy").cloned().unwrap_or_default();
+        // idle and idle_sleep are read when the cores start.
+        for p in [&mut policy_new, &mut policy_old] {
+            if let Some(o) = p.as_object_mut() {
+                o.retain(|k, _| k == "idle" || k == "idle_sleep");
+            }
+        }
+        let mut stale: Vec<String> = new
+            .iter()
+            .filter(|(k, v)| {
+                !matches!(k.as_str(), "policy" | "overflow" | "close") && old.get(*k) != Some(*v)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if policy_new != policy_old {
+            stale.push("policy.idle/idle_sleep".into());
+        }
+        if !stale.is_empty() {
+            eprintln!(
+                "rtchand: SIGHUP: changed but not applied until a restart: {}",
+                stale.join(", ")
+            );
+        }
+    }
+}
+
 /// `rtchand --config FILE`: runs until SIGINT or SIGTERM, then shuts down; the final
 /// statistics.
-pub fn run(path: &Path) -> Result<FinalReport, DaemonError> {
+pub fn run(path: &Path, opts: StartOptions) -> Result<FinalReport, DaemonError> {
     let cfg = DaemonConfig::load(path)?;
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, term.clone()).map_err(DaemonError::Signals)?;
     }
-    let d = Daemon::start(cfg)?;
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .map_err(DaemonError::Signals)?;
+    let started_with = cfg.clone();
+    let d = Daemon::start_with(cfg, opts)?;
     for e in &d.restore_errors {
-        eprintln!("rtchand: not re-established: {e}");
+        eprintln!("rtchand: not re-established (kept in the state file and listed): {e}");
     }
     eprintln!(
-        "rtchand: serving {}{}; {} channel(s) re-established",
+        "rtchand: serving {}{}{}; {} channel(s) re-established",
         d.socket.display(),
         d.peer_addr
             .map(|a| format!(", peers on {a}"))
+            .unwrap_or_default(),
+        d.metrics_addr
+            .map(|a| format!(", metrics on http://{a}/metrics"))
             .unwrap_or_default(),
         d.restored
     );
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if hup.swap(false, Ordering::Relaxed) {
+            reload(&d, path, &started_with);
+        }
     }
     eprintln!("rtchand: stopping: no new requests; draining channels");
     Ok(d.shutdown())

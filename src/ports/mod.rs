@@ -2,8 +2,9 @@
 //!
 //! Each backend is a module with the same shape: a `…Config` (how it is set up), a `…Port`
 //! implementing [`dataplane::port::Port`] (opened with `…Port::open`), and a `…Error` naming the
-//! device and the call that failed. The daemon builds any of them through one function (see
-//! `crate::daemon::dp`), so no backend's set-up leaks into the daemon.
+//! device and the call that failed. The daemon builds any of them through one function,
+//! [`open::open`], which maps the `[port]` table to a backend and every failure to the key at
+//! fault, so no backend's set-up (and no `unsafe`) leaks into the daemon.
 //!
 //! - [`afpacket`]: a Linux `AF_PACKET` socket with a TPACKET_V3 ring (veth, any NIC);
 //! - [`afxdp`] (feature `af_xdp`): an AF_XDP socket on one interface queue, over libxdp;
@@ -18,4 +19,7 @@ pub mod afxdp;
 pub mod dpdk;
 pub mod iface;
 pub mod netns;
+pub mod open;
 pub mod pcap;
+
+pub use open::{open, OpenError, Opened, Ports, WireAddr};

@@ -32,6 +32,7 @@
 //! for the CLI's `admission check FILE`.
 
 pub mod demand;
+pub mod memory;
 pub mod model;
 pub mod offline;
 

@@ -54,9 +54,11 @@ pub struct CostModel {
     pub per_packet_ns: Nanos,
     /// Longest non-preemptive run of best-effort work on a core.
     pub best_effort_run_ns: Nanos,
-    /// Longest RX burst (poll, demultiplex, reassemble, free) on a core.
+    /// Longest RX burst (poll, demultiplex, reassemble, free, plus one bounded reassembly
+    /// maintenance step of `dataplane::rx::MAINTAIN_SLOTS_PER_STEP` slots) on a core.
     pub rx_burst_ns: Nanos,
-    /// Longest control command (take it from the ring, apply it) on a core.
+    /// Longest control command (take it from the ring, apply it: state built on the control
+    /// thread is moved in or out, nothing allocated, freed or locked) on a core.
     pub control_poll_ns: Nanos,
     /// Longest TX stage on a core: the link scheduler's release of one TX batch and one
     /// `tx_burst`.

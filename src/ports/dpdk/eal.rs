@@ -92,6 +92,27 @@ impl Eal {
         })
     }
 
+    /// [`Eal::init`], then puts the calling thread's CPU affinity back as it was: EAL pins the
+    /// calling thread to the main lcore, and every thread it spawns afterwards (a daemon's
+    /// polling cores, its control thread) would inherit that one CPU.
+    pub fn init_keep_affinity<I, S>(args: I) -> Result<Eal>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid 0 is the calling thread; set is a valid cpu_set_t of the size passed.
+        let got =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        let eal = Eal::init(args)?;
+        if got == 0 {
+            // SAFETY: as above; set holds the mask read before rte_eal_init.
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        }
+        Ok(eal)
+    }
+
     /// The EAL arguments this process was initialised with (without the program name).
     pub fn args(&self) -> &[String] {
         &self.inner.args

@@ -268,6 +268,35 @@ impl EthPort {
         Ok(())
     }
 
+    /// The most RX and TX queues `port` can be configured with (`rte_eth_dev_info_get`).
+    pub fn max_queues(_eal: &Eal, port: PortId) -> Result<(u16, u16)> {
+        let info = dev_info(port.raw())?;
+        Ok((info.max_rx_queues, info.max_tx_queues))
+    }
+
+    /// Per-queue packet and byte counters of queue `q` (`rte_eth_stats` keeps the first
+    /// `RTE_ETHDEV_QUEUE_STAT_CNTRS` queues): `(rx packets, rx bytes, tx packets, tx bytes)`.
+    pub fn queue_stats(&self, q: u16) -> Result<(u64, u64, u64, u64)> {
+        let mut s = ffi::rte_eth_stats::default();
+        // SAFETY: valid port owned by self; s is a valid out pointer.
+        check("rte_eth_stats_get", unsafe {
+            ffi::rte_eth_stats_get(self.id.raw(), &mut s)
+        })?;
+        let q = usize::from(q);
+        if q >= s.q_ipackets.len() {
+            return Err(Error::InvalidArgument(format!(
+                "queue {q} is beyond the {} queues ethdev counts",
+                s.q_ipackets.len()
+            )));
+        }
+        Ok((
+            s.q_ipackets[q],
+            s.q_ibytes[q],
+            s.q_opackets[q],
+            s.q_obytes[q],
+        ))
+    }
+
     /// Starts the port (`rte_eth_dev_start`). Idempotent.
     pub fn start(&mut self) -> Result<()> {
         if self.started {

@@ -11,6 +11,10 @@
 //! [`Eal`] handle, and a port holds its RX pool, so teardown happens in the right order by
 //! itself; `rte_eal_cleanup` runs when the last handle goes.
 //!
+//! The daemon's port ([`DaemonPort`], `[port] kind = "dpdk"`) shares one ethdev port between
+//! its polling cores: core `i` owns queue pair `i` through a [`QueuePort`], and received
+//! frames reach the core of their channel's receiver through [`Steering`].
+//!
 //! [`SchedPort`] wraps DPDK's own QoS scheduler (`librte_sched`) for the comparison benchmark
 //! (`dpdk-bench`).
 //!
@@ -35,6 +39,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod daemon;
 mod eal;
 mod error;
 mod ethdev;
@@ -42,12 +47,15 @@ pub mod ffi;
 mod mbuf;
 mod mempool;
 mod port;
+mod queues;
 mod sched;
 
+pub use daemon::{eal_args, pool_sizes, port_name, DaemonPort, PortReport, QueueReport};
 pub use eal::Eal;
 pub use error::{last_rte_errno, strerror, Error, Result};
 pub use ethdev::{EthConfig, EthPort, EthStats, LinkStatus, PortId};
 pub use mbuf::Mbuf;
 pub use mempool::{Mempool, MempoolConfig, MAX_POOL_NAME};
 pub use port::DpdkPort;
+pub use queues::{peek_channel, QueuePort, Steering, HANDOFF_RING};
 pub use sched::{SchedConfig, SchedPort};

@@ -1,0 +1,339 @@
+//! [`DaemonPort`]: the DPDK port of `rtchand` (`[port] kind = "dpdk"`), opened from the
+//! daemon's configuration.
+//!
+//! Bring-up, each step's failure named by the key at fault:
+//! 1. EAL (`port.eal_args`): `-l <first CPU of this process>` (unless the arguments pick
+//!    lcores), `--file-prefix=<port.file_prefix>`, else `--in-memory` (with hugepages) or
+//!    `--no-shconf --file-prefix=rtchan-<pid>` (without), `--no-huge` when `port.no_huge`; for a PCI device `-a <address>`, for a vdev `--no-pci`. The calling
+//!    thread's CPU affinity is restored afterwards, so the cores the daemon spawns are not all
+//!    pinned to the main lcore.
+//! 2. The device (`port.device`): a vdev is hot-plugged (`rte_dev_probe`), a PCI port looked up
+//!    by address (it must be bound to vfio-pci).
+//! 3. Queues (`cores`): one TX and one RX queue per `[[cores]]` entry; more than the device
+//!    has is refused.
+//! 4. Pools (sized from the model, see [`pool_sizes`]), then `rte_eth_dev_configure` and the
+//!    queue set-up, start, and one [`QueuePort`] per core.
+
+use std::sync::Arc;
+
+use control::config::{is_pci_address, DaemonConfig};
+use dataplane::link::LinkConfig;
+use dataplane::port::MAX_BURST;
+use dataplane::wire::RTCHAN_UDP_PORT;
+
+use super::eal::Eal;
+use super::ethdev::{EthConfig, EthPort, EthStats, LinkStatus};
+use super::mempool::{Mempool, MempoolConfig};
+use super::queues::{QueuePort, Steering, HANDOFF_RING};
+use crate::ports::open::OpenError;
+
+/// TX descriptors per queue: small, because everything in the NIC ring is FIFO and the link
+/// scheduler's pacing keeps it nearly empty anyway; enough for several bursts.
+pub const TX_DESC: u16 = 512;
+/// RX descriptors per queue: room for a polling core to miss a few iterations at line rate.
+pub const RX_DESC: u16 = 1024;
+
+fn err(key: &str, message: impl Into<String>) -> OpenError {
+    OpenError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Mbufs of each core's TX pool and of the shared RX pool for `cores` cores.
+///
+/// TX: the link scheduler holds at most `LinkConfig::capacity` packets (real-time and
+/// best-effort together: admission's reservations live inside it), the NIC ring `TX_DESC`
+/// more until the PMD frees them, and the core holds one burst being written. RX: every
+/// queue's ring, one burst in hand and one full hand-off ring per core.
+pub fn pool_sizes(cores: usize, link: &LinkConfig) -> (u32, u32) {
+    let tx = link.capacity as usize + usize::from(TX_DESC) + 2 * MAX_BURST;
+    let rx = cores * (usize::from(RX_DESC) + MAX_BURST + HANDOFF_RING) + MAX_BURST;
+    (tx as u32, rx as u32)
+}
+
+/// The EAL arguments for `cfg` (see the module docs).
+pub fn eal_args(cfg: &DaemonConfig) -> Vec<String> {
+    let p = &cfg.port;
+    let dev = p.device.as_deref().unwrap_or_default();
+    let mut args = Vec::new();
+    let picks_lcores = p
+        .eal_args
+        .iter()
+        .any(|a| matches!(a.as_str(), "-l" | "-c" | "--lcores") || a.starts_with("--lcores="));
+    if !picks_lcores {
+        let cpu = core_affinity::get_core_ids()
+            .and_then(|ids| ids.first().map(|c| c.id))
+            .unwrap_or(0);
+        args.extend(["-l".to_owned(), cpu.to_string()]);
+    }
+    match (&p.file_prefix, p.no_huge) {
+        (Some(f), _) => args.push(format!("--file-prefix={f}")),
+        (None, false) => args.push("--in-memory".into()),
+        // --no-huge implies legacy memory, which --in-memory refuses: no shared config files
+        // instead, under a prefix of this process's own.
+        (None, true) => args.extend([
+            "--no-shconf".to_owned(),
+            format!("--file-prefix=rtchan-{}", std::process::id()),
+        ]),
+    }
+    if p.no_huge {
+        args.push("--no-huge".into());
+    }
+    if is_pci_address(dev) {
+        args.extend(["-a".to_owned(), dev.to_owned()]);
+    } else {
+        args.push("--no-pci".into());
+    }
+    args.extend(p.eal_args.iter().cloned());
+    args
+}
+
+/// The ethdev name of `device`: the vdev name before its arguments, or the PCI address with
+/// its domain.
+pub fn port_name(device: &str) -> String {
+    if is_pci_address(device) {
+        if device.matches(':').count() == 1 {
+            format!("0000:{device}")
+        } else {
+            device.to_owned()
+        }
+    } else {
+        device.split(',').next().unwrap_or_default().to_owned()
+    }
+}
+
+/// The daemon's DPDK port: one queue pair per core, and what the reports read.
+pub struct DaemonPort {
+    eth: Arc<EthPort>,
+    queues: Vec<QueuePort>,
+    steering: Arc<Steering>,
+    tx_pools: Vec<Mempool>,
+    rx_pool: Mempool,
+    mac: [u8; 6],
+    _eal: Eal,
+}
+
+impl std::fmt::Debug for DaemonPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonPort")
+            .field("eth", &self.eth)
+            .field("queues", &self.queues.len())
+            .finish()
+    }
+}
+
+impl DaemonPort {
+    /// Brings up the port of `cfg` (see the module docs); frames up to `max_frame` bytes.
+    pub fn open(cfg: &DaemonConfig, max_frame: usize) -> Result<Self, OpenError> {
+        let p = &cfg.port;
+        let dev = p.device.as_deref().unwrap_or_default();
+        let cores = cfg.cores.len();
+        let args = eal_args(cfg);
+        let eal = Eal::init_keep_affinity(&args).map_err(|e| {
+            err(
+                "port.eal_args",
+                format!("DPDK EAL initialisation with {args:?} failed: {e}"),
+            )
+        })?;
+        if !is_pci_address(dev) {
+            eal.probe_device(dev).map_err(|e| {
+                err(
+                    "port.device",
+                    format!("'{dev}': no such DPDK vdev, or its arguments are wrong: {e}"),
+                )
+            })?;
+        }
+        let name = port_name(dev);
+        let id = eal.port_by_name(&name).map_err(|_| {
+            err(
+                "port.device",
+                if is_pci_address(dev) {
+                    format!(
+                        "'{dev}': no DPDK port at this PCI address (is it bound to vfio-pci? \
+                         `dpdk-devbind.py --status`)"
+                    )
+                } else {
+                    format!("'{dev}': the vdev made no ethdev port named '{name}'")
+                },
+            )
+        })?;
+        let (max_rx, max_tx) = EthPort::max_queues(&eal, id)
+            .map_err(|e| err("port.device", format!("'{dev}': {e}")))?;
+        if cores > usize::from(max_rx) || cores > usize::from(max_tx) {
+            return Err(err(
+                "cores",
+                format!(
+                    "{cores} [[cores]] entries need {cores} TX and {cores} RX queues of '{name}', \
+                     which has at most {max_tx} TX and {max_rx} RX queues"
+                ),
+            ));
+        }
+        let link = LinkConfig::default();
+        let (tx_n, rx_n) = pool_sizes(cores, &link);
+        let pool = |name: String, n: u32| {
+            Mempool::create(&eal, &MempoolConfig::new(name.as_str(), n)).map_err(|e| {
+                err(
+                    "port.eal_args",
+                    format!(
+                        "mbuf pool '{name}' of {n} buffers: {e} (give EAL more memory: \
+                         hugepages, or \"-m\" in port.eal_args)"
+                    ),
+                )
+            })
+        };
+        let rx_pool = pool("rtchan_rx".into(), rx_n)?;
+        let tx_pools = (0..cores)
+            .map(|i| pool(format!("rtchan_tx{i}"), tx_n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let queues = cores as u16;
+        let mut eth = EthPort::configure(
+            &eal,
+            id,
+            &EthConfig {
+                rx_queues: queues,
+                tx_queues: queues,
+                rx_desc: RX_DESC,
+                tx_desc: TX_DESC,
+                mtu: None,
+                promiscuous: false,
+            },
+            &rx_pool,
+        )
+        .map_err(|e| err("port.device", format!("'{name}': {e}")))?;
+        eth.start()
+            .map_err(|e| err("port.device", format!("'{name}': {e}")))?;
+        let mtu = eth.mtu().unwrap_or(1500);
+        let frame = (usize::from(mtu) + 14).min(rx_pool.buf_capacity());
+        if frame < max_frame {
+            return Err(err(
+                "cost.mtu",
+                format!(
+                    "{} exceeds what '{name}' carries (MTU {mtu}, {frame}-byte frames)",
+                    cfg.cost.mtu
+                ),
+            ));
+        }
+        let mac = eth
+            .mac_addr()
+            .map_err(|e| err("port.mac", format!("the MAC address of '{name}': {e}")))?;
+        let eth = Arc::new(eth);
+        let max_channels: usize = cfg.cores.iter().map(|c| c.max_channels as usize).sum();
+        let steering = Steering::new(cores, max_channels);
+        let steer = (cores > 1).then(|| steering.clone());
+        let ports = tx_pools
+            .iter()
+            .enumerate()
+            .map(|(i, tx)| {
+                QueuePort::new(
+                    eth.clone(),
+                    i as u16,
+                    tx.clone(),
+                    steer.clone(),
+                    RTCHAN_UDP_PORT,
+                )
+            })
+            .collect();
+        eprintln!(
+            "rtchand: dpdk {name} ({}): {cores} TX/RX queue pair(s), {} TX / {} RX descriptors, \
+             TX pools {tx_n} mbufs per core, RX pool {rx_n}",
+            eth.driver(),
+            eth.tx_desc(),
+            eth.rx_desc()
+        );
+        Ok(Self {
+            eth,
+            queues: ports,
+            steering,
+            tx_pools,
+            rx_pool,
+            mac,
+            _eal: eal,
+        })
+    }
+
+    /// The device's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Takes the queue ports, core `i`'s at index `i` (once; later calls get none).
+    pub fn take_queues(&mut self) -> Vec<QueuePort> {
+        std::mem::take(&mut self.queues)
+    }
+
+    /// The steering table (channel → receiving core).
+    pub fn steering(&self) -> &Arc<Steering> {
+        &self.steering
+    }
+
+    /// The port's report: link, counters, per-queue counters, pools.
+    pub fn report(&self) -> PortReport {
+        let queues = (0..self.eth.tx_queues())
+            .map(|q| {
+                let (rx_packets, rx_bytes, tx_packets, tx_bytes) =
+                    self.eth.queue_stats(q).unwrap_or_default();
+                let (handed_in, handoff_dropped) = self.steering.counters(usize::from(q));
+                QueueReport {
+                    queue: q,
+                    rx_packets,
+                    rx_bytes,
+                    tx_packets,
+                    tx_bytes,
+                    handed_in,
+                    handoff_dropped,
+                    tx_pool_in_use: self.tx_pools.get(usize::from(q)).map_or(0, Mempool::in_use),
+                }
+            })
+            .collect();
+        PortReport {
+            name: self.eth.name().to_owned(),
+            driver: self.eth.driver().to_owned(),
+            link: self.eth.link().ok(),
+            stats: self.eth.stats().unwrap_or_default(),
+            queues,
+            rx_pool_in_use: self.rx_pool.in_use(),
+            rx_pool_size: self.rx_pool.size(),
+        }
+    }
+}
+
+/// One queue pair's counters.
+#[derive(Clone, Debug, Default)]
+pub struct QueueReport {
+    /// Queue index (= polling core).
+    pub queue: u16,
+    /// Packets received on this RX queue.
+    pub rx_packets: u64,
+    /// Bytes received on this RX queue.
+    pub rx_bytes: u64,
+    /// Packets sent on this TX queue.
+    pub tx_packets: u64,
+    /// Bytes sent on this TX queue.
+    pub tx_bytes: u64,
+    /// Frames other cores handed to this core (software steering).
+    pub handed_in: u64,
+    /// Frames for this core dropped because its hand-off ring was full.
+    pub handoff_dropped: u64,
+    /// Mbufs of this core's TX pool out of the pool.
+    pub tx_pool_in_use: u32,
+}
+
+/// The port's state and counters.
+#[derive(Clone, Debug, Default)]
+pub struct PortReport {
+    /// Ethdev name.
+    pub name: String,
+    /// PMD.
+    pub driver: String,
+    /// Link state, when the driver tells.
+    pub link: Option<LinkStatus>,
+    /// Whole-port counters.
+    pub stats: EthStats,
+    /// Per queue pair.
+    pub queues: Vec<QueueReport>,
+    /// RX pool mbufs in use.
+    pub rx_pool_in_use: u32,
+    /// RX pool size.
+    pub rx_pool_size: u32,
+}

@@ -1,0 +1,362 @@
+//! Helpers of the DPDK daemon tests (`tests/daemon_dpdk*.rs`; included with `#[path]`, not a
+//! test target): a daemon process killed on drop, `rtchanctl` calls bounded in time, a
+//! nanosecond pcap reader, and the capture checks (pacing per queue, EDF order per queue).
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use dataplane::time::Nanos;
+use dataplane::wire::{parse_frame, wire_bytes, RtHeader, FLAG_BEST_EFFORT, RTCHAN_UDP_PORT};
+
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_rtchand");
+pub const CTL: &str = env!("CARGO_BIN_EXE_rtchanctl");
+/// How long one step (start, one rtchanctl call, stop) may take.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A fresh directory for one test.
+pub fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rtchan-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A daemon this test started; killed (SIGKILL, by its pid) on drop if still running.
+pub struct DaemonProc {
+    pub name: String,
+    child: Option<Child>,
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl DaemonProc {
+    /// `[prefix...] rtchand --config dir/NAME.toml` with `config`, output to `dir/NAME.log`;
+    /// waits until its control socket (`dir/NAME.sock`, which `config` must name) answers.
+    pub fn start(name: &str, prefix: &[&str], dir: &Path, config: &str) -> Result<Self, String> {
+        let cfg_path = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg_path, config).map_err(|e| e.to_string())?;
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log).map_err(|e| e.to_string())?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(DAEMON);
+                c
+            }
+            None => Command::new(DAEMON),
+        };
+        let child = cmd
+            .arg("--config")
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        let mut d = Self {
+            name: name.into(),
+            child: Some(child),
+            socket: dir.join(format!("{name}.sock")),
+            log,
+        };
+        let t = Instant::now();
+        loop {
+            if let Some(st) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(format!(
+                    "daemon {name} exited at start ({st}):\n{}",
+                    d.log_text()
+                ));
+            }
+            match ctl(&d.socket, &["channel", "list"]) {
+                Ok(o) if o.status.code() != Some(3) => return Ok(d),
+                _ => {}
+            }
+            if t.elapsed() > STEP_TIMEOUT {
+                return Err(format!("daemon {name} did not answer:\n{}", d.log_text()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The daemon's pid (the `rtchand` process itself when the prefix commands exec).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn stop(&mut self) -> Result<i32, String> {
+        let Some(mut child) = self.child.take() else {
+            return Err("already stopped".into());
+        };
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let t = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(st.code().unwrap_or(-1));
+            }
+            if t.elapsed() > STEP_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("daemon {} did not stop on SIGTERM", self.name));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `rtchanctl --socket S ARGS`, bounded in time.
+pub fn ctl(socket: &Path, args: &[&str]) -> Result<Output, String> {
+    let mut child = Command::new(CTL)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run rtchanctl: {e}"))?;
+    let t = Instant::now();
+    loop {
+        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            return child.wait_with_output().map_err(|e| e.to_string());
+        }
+        if t.elapsed() > STEP_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("rtchanctl {args:?} did not finish"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `rtchanctl --json ARGS`: the reply's `result`, or the error text.
+pub fn ctl_json(socket: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = ctl(socket, &all)?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "rtchanctl {args:?}: not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if v["ok"] != serde_json::Value::Bool(true) {
+        return Err(format!("rtchanctl {args:?}: {v}"));
+    }
+    Ok(v["result"].clone())
+}
+
+/// One captured frame: its pcap timestamp (ns) and bytes.
+pub struct Captured {
+    pub ts: Nanos,
+    pub frame: Vec<u8>,
+}
+
+/// Reads a nanosecond pcap file (what net_pcap writes).
+pub fn read_pcap_ns(path: &Path) -> Result<Vec<Captured>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if data.len() < 24 {
+        return Err(format!("{}: shorter than a pcap header", path.display()));
+    }
+    let magic = u32::from_le_bytes(data[0..4].try_into().unwrap());
+    let le = match magic {
+        0xa1b2_3c4d => true,
+        m if m.swap_bytes() == 0xa1b2_3c4d => false,
+        m => {
+            return Err(format!(
+                "{}: not a nanosecond pcap ({m:#x})",
+                path.display()
+            ))
+        }
+    };
+    let u32_at = |off: usize| {
+        let b: [u8; 4] = data[off..off + 4].try_into().unwrap();
+        if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
+    let mut frames = Vec::new();
+    let mut off = 24;
+    while off + 16 <= data.len() {
+        let ts = u64::from(u32_at(off)) * 1_000_000_000 + u64::from(u32_at(off + 4));
+        let incl = u32_at(off + 8) as usize;
+        if incl != u32_at(off + 12) as usize {
+            return Err(format!("{}: a frame was truncated", path.display()));
+        }
+        off += 16;
+        if off + incl > data.len() {
+            return Err(format!("{}: truncated record", path.display()));
+        }
+        frames.push(Captured {
+            ts,
+            frame: data[off..off + incl].to_vec(),
+        });
+        off += incl;
+    }
+    if off != data.len() {
+        return Err(format!("{}: trailing bytes", path.display()));
+    }
+    Ok(frames)
+}
+
+/// A parsed captured packet.
+#[derive(Clone, Copy, Debug)]
+pub struct Pkt {
+    /// pcap timestamp, ns (the capture's own clock).
+    pub ts: Nanos,
+    /// Bytes on the wire (padding, FCS, preamble, gap included).
+    pub wire: u64,
+    pub header: RtHeader,
+}
+
+impl Pkt {
+    pub fn best_effort(&self) -> bool {
+        self.header.flags & FLAG_BEST_EFFORT != 0
+    }
+}
+
+/// Parses every captured frame as rtchan; errors name the first frame that is not.
+pub fn parse_capture(frames: &[Captured]) -> Result<Vec<Pkt>, String> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let p = parse_frame(&c.frame, RTCHAN_UDP_PORT)
+                .map_err(|e| format!("frame {i} is not a valid rtchan frame: {e}"))?;
+            Ok(Pkt {
+                ts: c.ts,
+                wire: wire_bytes(c.frame.len()),
+                header: p.header,
+            })
+        })
+        .collect()
+}
+
+/// The pacing check: replaying the link scheduler's model (`busy_until`) at `rate_bps` on the
+/// capture's timestamps, the wire time queued ahead of a packet (its own included) may not
+/// exceed `limit_ns` (the in-flight limit) plus `slack(ts)`: what the packet's stamp may lag
+/// behind its release. Returns one line per violation.
+pub fn pacing_violations(
+    pkts: &[Pkt],
+    rate_bps: u64,
+    limit_ns: Nanos,
+    slack: impl Fn(Nanos) -> Nanos,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut busy: Nanos = 0;
+    for (i, p) in pkts.iter().enumerate() {
+        let tx = (p.wire as u128 * 8 * 1_000_000_000).div_ceil(u128::from(rate_bps)) as Nanos;
+        busy = busy.max(p.ts) + tx;
+        let backlog = busy - p.ts;
+        let allowed = limit_ns + slack(p.ts);
+        if backlog > allowed {
+            out.push(format!(
+                "packet {i}: {backlog} ns of wire time queued at {rate_bps} b/s, more than the \
+                 in-flight limit {limit_ns} ns + slack {} ns",
+                allowed - limit_ns
+            ));
+        }
+    }
+    out
+}
+
+/// What the EDF check needs to know of a real-time channel.
+#[derive(Clone, Copy, Debug)]
+pub struct RtChannel {
+    /// End-to-end bound D: the header deadline is ℓ + D.
+    pub deadline: Nanos,
+    /// Admitted relative CPU deadline: every packet of a message is written by ℓ + this.
+    pub cpu_deadline: Nanos,
+    /// Admitted relative link deadline: the link scheduler's key is ℓ + this.
+    pub link_deadline: Nanos,
+}
+
+/// The EDF check on one queue's capture, with `to_mono` mapping capture times to the clock of
+/// the headers. For packets k before j on the wire, both real-time: if j's message was
+/// certainly written before k was released (ℓ_j + cpu_deadline_j + `stamp_slack` < t_k) and
+/// j's link deadline is earlier than k's, the link scheduler broke EDF — unless `excused(from,
+/// to)` (the polling threads' measured OS preemption over `[ℓ_j, t_k]`) covers the time by
+/// which the certainty margin was exceeded (the handler may have written j late because the OS
+/// took its CPU). Best-effort packets are not compared: the best-effort reserve lifts them
+/// ahead while it has credit. Returns one line per violation.
+pub fn edf_violations(
+    pkts: &[Pkt],
+    channels: &std::collections::HashMap<u32, RtChannel>,
+    to_mono: impl Fn(Nanos) -> Nanos,
+    stamp_slack: Nanos,
+    excused: impl Fn(Nanos, Nanos) -> Nanos,
+) -> Vec<String> {
+    struct Rt {
+        idx: usize,
+        t: Nanos,
+        written_by: Nanos,
+        ell: Nanos,
+        link_deadline: Nanos,
+    }
+    let rt: Vec<Rt> = pkts
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.best_effort())
+        .filter_map(|(i, p)| {
+            let c = channels.get(&p.header.channel)?;
+            let ell = p.header.deadline.saturating_sub(c.deadline);
+            Some(Rt {
+                idx: i,
+                t: to_mono(p.ts),
+                written_by: ell + c.cpu_deadline,
+                ell,
+                link_deadline: ell + c.link_deadline,
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (a, k) in rt.iter().enumerate() {
+        for j in &rt[a + 1..] {
+            if j.link_deadline >= k.link_deadline || j.written_by + stamp_slack >= k.t {
+                continue;
+            }
+            let over = k.t - (j.written_by + stamp_slack);
+            if excused(j.ell, k.t) >= over {
+                continue;
+            }
+            let (pk, pj) = (&pkts[k.idx].header, &pkts[j.idx].header);
+            out.push(format!(
+                "packet {} (ch {} seq {}) left {} ns after packet {} (ch {} seq {}, link deadline \
+                 {} ns earlier) must have been written",
+                k.idx,
+                pk.channel,
+                pk.msg_seq,
+                over,
+                j.idx,
+                pj.channel,
+                pj.msg_seq,
+                k.link_deadline - j.link_deadline
+            ));
+            if out.len() >= 20 {
+                return out;
+            }
+        }
+    }
+    out
+}

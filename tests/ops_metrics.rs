@@ -1,0 +1,336 @@
+//! The metrics endpoint of a running `rtchand` (in-memory link, loopback channels): a scrape
+//! over HTTP is valid Prometheus text (checked by Prometheus' own `promtool check metrics`,
+//! Debian package `prometheus`), carries every family the operator needs, and its counters
+//! equal what `rtchanctl stats --json` reports for the same channel; a refused open shows up
+//! among the refusals; an address already in use stops the start with a clear error; and the
+//! endpoint is off without `[metrics]`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use control::protocol::{ChannelInfo, ChannelStatsInfo, Reply};
+
+const CTL: &str = env!("CARGO_BIN_EXE_rtchanctl");
+const DAEMON: &str = env!("CARGO_BIN_EXE_rtchand");
+const STEP: Duration = Duration::from_secs(20);
+
+struct Daemon {
+    dir: PathBuf,
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config(dir: &Path, metrics: &str) -> String {
+    format!(
+        r#"socket = "{}/ctl.sock"
+[policy]
+idle = "sleep"
+idle_sleep = "200us"
+[cost]
+per_message_ns = 2000
+per_packet_ns = 1000
+link_rate_bps = 1000000000
+{metrics}
+"#,
+        dir.display()
+    )
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rtchan-ops-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Starts `rtchand` and waits until its control socket answers.
+fn start(name: &str, metrics: &str) -> Daemon {
+    let dir = dir(name);
+    let cfg = dir.join("rtchand.toml");
+    std::fs::write(&cfg, config(&dir, metrics)).unwrap();
+    let child = Command::new(DAEMON)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        socket: dir.join("ctl.sock"),
+        dir,
+        child: Some(child),
+    };
+    let t = Instant::now();
+    while ctl(&d.socket, &["channel", "list"]).status.code() != Some(0) {
+        assert!(t.elapsed() < STEP, "rtchand did not answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d
+}
+
+fn ctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(CTL)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ctl_json<T: serde::de::DeserializeOwned>(socket: &Path, args: &[&str]) -> T {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let out = ctl(socket, &a);
+    let r: Reply = serde_json::from_slice(&out.stdout).unwrap();
+    r.into_result().unwrap()
+}
+
+/// `GET path` on `addr`: (status line, body).
+fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// A free local port (bound, then released).
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_scrape_is_valid_prometheus_text_and_agrees_with_stats() {
+    let addr = free_addr();
+    let d = start("scrape", &format!("[metrics]\nlisten = \"{addr}\"\n"));
+    let ch: ChannelInfo = ctl_json(
+        &d.socket,
+        &[
+            "channel",
+            "open",
+            "--mmax",
+            "200",
+            "--imin",
+            "1ms",
+            "--bmax",
+            "2",
+            "--deadline",
+            "5ms",
+            "--dst",
+            "local",
+            "--source",
+            "periodic",
+        ],
+    );
+    // A request no link carries: refused by the sending host's admission.
+    let refused = ctl(
+        &d.socket,
+        &[
+            "channel",
+            "open",
+            "--mmax",
+            "60000",
+            "--imin",
+            "10us",
+            "--bmax",
+            "1",
+            "--deadline",
+            "1ms",
+            "--dst",
+            "local",
+        ],
+    );
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "the oversized open is refused"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, text) = get(addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let id = ch.id.to_string();
+    let out = format!("{{channel=\"{id}\",dst=\"local\"}}");
+    let inc = format!("{{channel=\"{id}\",src=\"local\"}}");
+    // Each family the operator needs is there, with HELP and TYPE.
+    for family in [
+        "rtchan_channel_submitted_messages_total",
+        "rtchan_channel_sent_packets_total",
+        "rtchan_channel_sent_bytes_total",
+        "rtchan_channel_drops_total",
+        "rtchan_channel_late_packets_total",
+        "rtchan_channel_budget_overruns_total",
+        "rtchan_channel_host_delay_seconds",
+        "rtchan_channel_delivered_messages_total",
+        "rtchan_channel_deadline_misses_total",
+        "rtchan_channel_lost_messages_total",
+        "rtchan_channel_latency_seconds",
+        "rtchan_txq_late_packets_total",
+        "rtchan_admission_utilisation_ratio",
+        "rtchan_admission_refusals_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{text}"
+        );
+    }
+    // The histogram's buckets sit around the channel's bound: D itself is one.
+    let d_s = ch.deadline as f64 / 1e9;
+    assert!(
+        text.contains(&format!(
+            "rtchan_channel_latency_seconds_bucket{{channel=\"{id}\",src=\"local\",le=\"{d_s}\"}}"
+        )),
+        "no bucket at D = {d_s} s:\n{text}"
+    );
+    // The refusal is counted under the sending host's reason.
+    let refusals: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("rtchan_admission_refusals_total{side=\"sender\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refusals, 1.0, "{text}");
+    // Counters agree with stats taken after the scrape: never more than stats, and traffic
+    // flowed (the source sends every ms).
+    let stats: Vec<ChannelStatsInfo> = ctl_json(&d.socket, &["stats", &id]);
+    let tx = stats[0].tx.clone().unwrap();
+    let rx = stats[0].rx.clone().unwrap();
+    let submitted = sample(
+        &text,
+        &format!("rtchan_channel_submitted_messages_total{out}"),
+    )
+    .unwrap();
+    let delivered = sample(
+        &text,
+        &format!("rtchan_channel_delivered_messages_total{inc}"),
+    )
+    .unwrap();
+    assert!(
+        submitted > 100.0 && submitted <= tx.submitted as f64,
+        "{submitted} vs {tx:?}"
+    );
+    assert!(
+        delivered > 100.0 && delivered <= rx.delivered as f64,
+        "{delivered} vs {rx:?}"
+    );
+    let count = sample(&text, &format!("rtchan_channel_latency_seconds_count{inc}")).unwrap();
+    // (The histogram is read after the counters in one scrape, so it is held to the later
+    // stats.)
+    assert!(
+        count > 0.0 && count <= rx.delivered as f64,
+        "{count} latency samples, {} delivered",
+        rx.delivered
+    );
+    // Other paths are not found.
+    assert_eq!(get(addr, "/").0, "HTTP/1.1 404 Not Found");
+
+    // Prometheus' own checker, on the scrape.
+    let scrape = d.dir.join("scrape.txt");
+    std::fs::write(&scrape, &text).unwrap();
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&scrape).unwrap())
+        .output()
+    {
+        Ok(o) => assert!(
+            o.status.success(),
+            "promtool check metrics failed:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("promtool not available in CI ({e}): install the Debian package prometheus");
+            }
+            eprintln!(
+                "SKIPPED promtool check metrics: promtool not found ({e}); install the Debian \
+                 package prometheus (scripts/test.sh does)"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_metrics_address_in_use_stops_the_start_with_a_clear_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = dir("inuse");
+    let cfg = dir.join("rtchand.toml");
+    std::fs::write(
+        &cfg,
+        config(&dir, &format!("[metrics]\nlisten = \"{addr}\"\n")),
+    )
+    .unwrap();
+    let mut child = Command::new(DAEMON)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > STEP {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rtchand kept running with its metrics address in use");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("metrics.listen {addr}")) && err.contains("in use"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("ctl.sock").exists(),
+        "the control socket was served anyway"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(taken);
+}
+
+#[test]
+fn without_a_metrics_table_nothing_listens() {
+    let d = start("off", "");
+    let out = ctl(&d.socket, &["channel", "list"]);
+    assert_eq!(out.status.code(), Some(0));
+    // The daemon names its endpoint at start when it has one; here its threads include no
+    // metrics thread.
+    let pid = d.child.as_ref().unwrap().id();
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with("rtchan-metrics")),
+        "{names:?}"
+    );
+}
