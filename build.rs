@@ -149,6 +149,8 @@ mod dpdk {
         "rte_eth_link_get_nowait",
         "rte_eth_stats_get",
         "rte_eth_stats_reset",
+        "rte_eth_xstats_get",
+        "rte_eth_xstats_get_names",
         "rte_eth_rx_burst",
         "rte_eth_tx_burst",
         // mbuf / mempool
@@ -195,6 +197,8 @@ mod dpdk {
         "rte_eth_dev_info",
         "rte_eth_link",
         "rte_eth_stats",
+        "rte_eth_xstat",
+        "rte_eth_xstat_name",
         "rte_eth_rxconf",
         "rte_eth_txconf",
         "rte_ether_addr",

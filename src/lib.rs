@@ -4,6 +4,7 @@
 //! plane in `control`: port backends (`ports`: DPDK behind the `dpdk` feature, AF_XDP behind `af_xdp`), the daemon, the demo
 //! and the binaries `rtchand` and `rtchanctl`.
 
+pub mod client;
 pub mod daemon;
 pub mod demo;
 pub mod eval;

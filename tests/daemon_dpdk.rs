@@ -202,6 +202,8 @@ fn good_port_brings_up_one_queue_pair_per_core() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let policy = ctl(&sock, &["--json", "policy", "show"]);
+    let port = ctl(&sock, &["--json", "stats", "--port"]);
+    let table = ctl(&sock, &["stats", "--port"]);
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -213,6 +215,19 @@ fn good_port_brings_up_one_queue_pair_per_core() {
         err.contains("net_null0 (net_null): 3 TX/RX queue pair(s)"),
         "{err}"
     );
+    let port: serde_json::Value = serde_json::from_slice(&port.stdout).unwrap();
+    let d = &port["result"]["dpdk"];
+    assert_eq!(port["result"]["kind"], "dpdk", "{port}");
+    assert_eq!(d["driver"], "net_null", "{port}");
+    assert_eq!(d["name"], "net_null0", "{port}");
+    let queues = d["queues"].as_array().expect("queues");
+    assert_eq!(queues.len(), 3, "{port}");
+    for (i, q) in queues.iter().enumerate() {
+        assert_eq!(q["queue"], i, "{port}");
+        assert_eq!(q["handoff_dropped"], 0, "{port}");
+    }
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("port dpdk net_null0 (net_null)"), "{table}");
     let report = String::from_utf8_lossy(&out.stdout);
     for c in 0..3 {
         assert!(report.contains(&format!("core {c}:")), "{report}");

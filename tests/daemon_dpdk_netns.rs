@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use control::config::DaemonConfig;
-use control::protocol::{ChannelInfo, ChannelStatsInfo, Reply};
+use control::protocol::{ChannelInfo, ChannelStatsInfo, PortStatsInfo, Reply};
 use dataplane::time::Nanos;
 use rtchan::preemption::{MissLog, PreemptionProbe};
 
@@ -388,6 +388,8 @@ fn scenario(
     let r_b = stats(recv)?;
     let s2 = stats(send)?;
     let judge_to = dataplane::time::monotonic_now();
+    let send_port: PortStatsInfo = typed(send, &["stats", "--port"])?;
+    let recv_port: PortStatsInfo = typed(recv, &["stats", "--port"])?;
     let tcpdump = capture.stop();
     let preempted = probe.finish();
     eprintln!("{preempted}");
@@ -459,6 +461,39 @@ fn scenario(
         );
         if rx.delivered == 0 {
             problems.push(format!("best-effort channel {}: nothing delivered", ch.id));
+        }
+    }
+
+    // Both daemons' ports: the sender sent on both TX queues, the receiver's hand-off between
+    // its cores lost nothing.
+    for (who, p) in [("sender", &send_port), ("receiver", &recv_port)] {
+        let d = p
+            .dpdk
+            .as_ref()
+            .ok_or(format!("{who}: no DPDK port counters"))?;
+        eprintln!(
+            "{who} port {} ({}): link up {}; per queue (rx, tx, handed in, hand-off drops): {:?}",
+            d.name,
+            d.driver,
+            d.link_up,
+            d.queues
+                .iter()
+                .map(|q| (q.rx_packets, q.tx_packets, q.handed_in, q.handoff_dropped))
+                .collect::<Vec<_>>()
+        );
+        if d.queues.len() != 2 {
+            problems.push(format!("{who}: {} queue pairs, not 2", d.queues.len()));
+        }
+        for q in &d.queues {
+            if q.handoff_dropped != 0 {
+                problems.push(format!(
+                    "{who}: queue {} dropped {} handed-off frames",
+                    q.queue, q.handoff_dropped
+                ));
+            }
+            if who == "sender" && q.tx_packets == 0 {
+                problems.push(format!("sender: nothing sent on TX queue {}", q.queue));
+            }
         }
     }
 

@@ -503,7 +503,12 @@ data_ip = "{peer_data_ip}"
         Ok(d) => d,
         Err(e) => panic!("{e}"),
     };
-    let run = scenario(&sender, &receiver);
+    let hostile = Hostile {
+        ns: ns_s.clone(),
+        ifname: if_s.clone(),
+        real: real_endpoint(&ip_s, &ip_r),
+    };
+    let run = scenario(&sender, &receiver, &hostile);
     // Stop both whatever happened: the sender first (it drains and ends its sessions).
     match sender.stop() {
         Ok(c) => outcome.sender_exit = Some(c),
@@ -541,7 +546,127 @@ data_ip = "{peer_data_ip}"
 }
 
 /// Opens the channels, lets them run, reads the statistics; the failed checks.
-fn scenario(sender: &DaemonProc, receiver: &DaemonProc) -> Result<Vec<String>, String> {
+/// A hostile host on the sender's side of the link (issue 12): it writes frames onto the
+/// sender's interface with an AF_PACKET socket of its own.
+struct Hostile {
+    ns: String,
+    ifname: String,
+    /// The addresses the sender's frames carry.
+    real: dataplane::spec::Endpoint,
+}
+
+fn real_endpoint(ip_s: &str, ip_r: &str) -> dataplane::spec::Endpoint {
+    let mac = |s: &str| control::config::parse_mac(s).unwrap();
+    let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    dataplane::spec::Endpoint {
+        src_mac: mac(MAC_S),
+        dst_mac: mac(MAC_R),
+        src_ip: ip(ip_s),
+        dst_ip: ip(ip_r),
+        ..Default::default()
+    }
+}
+
+impl Hostile {
+    /// Sends the issue's forged frames to channel `id` (largest message `mmax`): another
+    /// host's MAC, a spoofed source IP, broadcast, a foreign destination IP, a sequence
+    /// number 2^31 ahead, and two 200-byte fragments at offset 0 claiming 2 fragments and a
+    /// length of `mmax`. Returns the reasons they should be counted under.
+    fn send(&self, id: u32, next_seq: u32, mmax: u32) -> Result<Vec<(&'static str, u64)>, String> {
+        use dataplane::port::{Batch, PacketBuf, Port};
+        use dataplane::spec::Endpoint;
+        use dataplane::wire::{HeaderTemplate, RtHeader};
+        use rtchan::ports::afpacket::{AfPacketConfig, AfPacketPort};
+        let real = self.real;
+        let h = |seq: u32| RtHeader {
+            flags: 0,
+            frag_index: 0,
+            frag_count: 1,
+            frag_len: 8,
+            channel: id,
+            msg_seq: seq,
+            msg_len: 8,
+            frag_offset: 0,
+            submit_ts: 1,
+            deadline: 2,
+        };
+        let mut frames: Vec<(Endpoint, RtHeader, usize)> = vec![
+            (
+                Endpoint {
+                    src_mac: [0x02, 0x66, 0, 0, 0, 1],
+                    ..real
+                },
+                h(next_seq),
+                8,
+            ),
+            (
+                Endpoint {
+                    src_ip: [10, 66, 0, 1],
+                    ..real
+                },
+                h(next_seq),
+                8,
+            ),
+            (
+                Endpoint {
+                    dst_mac: [0xff; 6],
+                    ..real
+                },
+                h(next_seq),
+                8,
+            ),
+            (
+                Endpoint {
+                    dst_ip: [10, 66, 0, 2],
+                    ..real
+                },
+                h(next_seq),
+                8,
+            ),
+            (real, h(next_seq.wrapping_add(1 << 31)), 8),
+        ];
+        for index in 0..2 {
+            // Far ahead in the window: no real message reaches that number during the test.
+            let mut f = h(next_seq.wrapping_add(60_000));
+            f.frag_index = index;
+            f.frag_count = 2;
+            f.frag_len = 200;
+            f.msg_len = mmax;
+            frames.push((real, f, 200));
+        }
+        let (ns, ifname) = (self.ns.clone(), self.ifname.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            rtchan::ports::netns::enter_netns(&rtchan::ports::netns::netns_path(&ns))
+                .map_err(|e| format!("enter {ns}: {e}"))?;
+            let mut port = AfPacketPort::open(&ifname, AfPacketConfig::default())
+                .map_err(|e| e.to_string())?;
+            for (ep, hdr, len) in frames {
+                let mut b = port.alloc_tx().ok_or("no TX buffer")?;
+                let n =
+                    HeaderTemplate::new(&ep).write_frame(b.buf_mut(), 1, &hdr, &vec![0x66; len]);
+                b.set_len(n);
+                let mut batch = Batch::new();
+                batch.push(b);
+                port.tx_burst(0, &mut batch).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| "the hostile sender panicked".to_string())??;
+        Ok(vec![
+            ("wrong_source", 2),
+            ("wrong_destination", 2),
+            ("seq_out_of_window", 1),
+            ("bad_fragment", 1),
+        ])
+    }
+}
+
+fn scenario(
+    sender: &DaemonProc,
+    receiver: &DaemonProc,
+    hostile: &Hostile,
+) -> Result<Vec<String>, String> {
     let (send, recv) = (sender.socket.as_path(), receiver.socket.as_path());
     // Both daemons' polling threads, watched from before the first channel opens.
     let probe = PreemptionProbe::start()?;
@@ -613,7 +738,45 @@ fn scenario(sender: &DaemonProc, receiver: &DaemonProc) -> Result<Vec<String>, S
     let preempted = probe.finish();
     eprintln!("{preempted}");
 
+    // After the measurement: a hostile host injects the issue's forged frames into channel
+    // 1 (mmax 4000); each is rejected and counted under its reason, nothing is delivered.
+    let target = &rt[1].0;
+    let before = find(&r_b, target.id)?.rx.clone().ok_or("no receiver")?;
+    let expect = hostile.send(
+        target.id,
+        before.delivered as u32,
+        target.sender.request.mmax,
+    )?;
+    std::thread::sleep(SETTLE);
+    let after = find(&stats(recv)?, target.id)?
+        .rx
+        .clone()
+        .ok_or("no receiver")?;
+    let host: control::protocol::ChannelList = ctl_json(recv, &["channel", "list"])?;
+    eprintln!(
+        "forged frames: channel {} rejected {:?}; receive path rejected {:?}",
+        target.id, after.rejected, host.receive_rejected
+    );
+
     let mut problems = Vec::new();
+    for (reason, n) in expect {
+        let got = after.rejected.get(reason).copied().unwrap_or(0);
+        if got < n {
+            problems.push(format!(
+                "channel {}: {got} frames rejected as {reason}, expected {n}",
+                target.id
+            ));
+        }
+        if host.receive_rejected.get(reason).copied().unwrap_or(0) < n {
+            problems.push(format!("channel list shows no {reason} rejects: {host:?}"));
+        }
+    }
+    if after.lost > before.lost {
+        problems.push(format!(
+            "forged frames moved lost from {} to {}",
+            before.lost, after.lost
+        ));
+    }
     for (ch, source) in &rt {
         let id = ch.id;
         let tx1 = find(&s1, id)?.tx.clone().ok_or("no tx counters")?;

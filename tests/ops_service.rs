@@ -180,6 +180,19 @@ fn sighup_reloads_the_run_time_policy() {
     hup(pid);
     let text = wait_log(&log, "nothing changed", 1);
     assert_eq!(policy(&socket).granularity, 2, "{text}");
+    // Logs: one line per event, with its level (journald filters on it).
+    let line = |what: &str| {
+        text.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no '{what}' line in:\n{text}"))
+            .to_string()
+    };
+    assert!(line("policy reloaded").contains(" INFO "), "{text}");
+    let bad = line("TOML parse error");
+    assert!(
+        bad.contains(" WARN ") && bad.contains("nothing changed"),
+        "{text}"
+    );
 
     // A policy the daemon refuses (no granularity 0) is reported, the old one kept.
     std::fs::write(&cfg, config(&d, 0, "0600")).unwrap();

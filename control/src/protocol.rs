@@ -56,12 +56,39 @@ pub enum Request {
     Show(IdArgs),
     /// Statistics of one or every channel.
     Stats(StatsArgs),
+    /// The port's link state and counters, per queue too (`rtchanctl stats --port`).
+    PortStats,
     /// The scheduling policy.
     PolicyShow,
     /// Change the scheduling policy.
     PolicySet(PolicyUpdate),
     /// Liveness.
     Ping,
+    /// Hand this connection the shared-memory ring of a channel (client library): the reply
+    /// carries the ring's memfd (and, for `recv`, an eventfd) with `SCM_RIGHTS`.
+    Attach(AttachArgs),
+    /// Give back a receiving ring taken with `attach` (the daemon's sink drains it again).
+    Detach(IdArgs),
+}
+
+/// `attach`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachArgs {
+    /// The channel.
+    pub id: u32,
+    /// Which end.
+    pub role: AttachRole,
+}
+
+/// Which end of a channel a client attaches to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachRole {
+    /// The submit ring of a client-fed channel this host sends on.
+    Send,
+    /// The delivery ring of a channel this host receives.
+    Recv,
 }
 
 impl Request {
@@ -69,8 +96,13 @@ impl Request {
     pub fn is_write(&self) -> bool {
         match self {
             Self::Open(o) => !o.dry_run,
-            Self::Close(_) | Self::PolicySet(_) => true,
-            Self::List | Self::Show(_) | Self::Stats(_) | Self::PolicyShow | Self::Ping => false,
+            Self::Close(_) | Self::PolicySet(_) | Self::Attach(_) | Self::Detach(_) => true,
+            Self::List
+            | Self::Show(_)
+            | Self::Stats(_)
+            | Self::PortStats
+            | Self::PolicyShow
+            | Self::Ping => false,
         }
     }
 }
@@ -112,6 +144,11 @@ pub struct OpenArgs {
     /// best-effort class, which gets at least `best_effort_reserve_ppm` of the core and link.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub best_effort: bool,
+    /// A client-fed channel: its messages come from the requesting process through a
+    /// shared-memory ring, whose memfd the reply carries (`SCM_RIGHTS`). The channel belongs
+    /// to the connection: it is closed when the connection ends. Not with `source`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attach: bool,
 }
 
 /// `close`.
@@ -223,6 +260,9 @@ pub struct ChannelInfo {
     /// A best-effort channel (no bound; the admission numbers are zero).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub best_effort: bool,
+    /// Fed by a client process through a shared-memory ring.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attach: bool,
 }
 
 /// An incoming channel on the receiving host.
@@ -256,6 +296,10 @@ pub struct ChannelList {
     /// until `close`d), with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unrestored: Vec<crate::state::RejectedRecord>,
+    /// Frames this host's receive path rejected, by reason, all channels and none
+    /// (`unknown_channel`, checksums, ...); reasons with no frames left out.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub receive_rejected: std::collections::BTreeMap<String, u64>,
 }
 
 /// Latency percentiles of a histogram, ns.
@@ -292,6 +336,9 @@ pub struct TxCounters {
     pub late_packets: u64,
     /// Handler runs over their cycle budget.
     pub budget_overruns: u64,
+    /// Descriptors a client wrote into its ring that failed validation (refused).
+    #[serde(default)]
+    pub invalid: u64,
     /// Submit to last packet released.
     pub delay: Percentiles,
 }
@@ -322,6 +369,18 @@ pub struct RxCounters {
     /// A miss delivered but not drained yet is in `deadline_misses` and in neither of these.
     #[serde(default)]
     pub older_misses: u64,
+    /// Frames naming this channel that the receive path rejected, by reason
+    /// (`wrong_source`, `wrong_destination`, `bad_fragment`, `seq_out_of_window`, ...;
+    /// reasons with no frames left out).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rejected: std::collections::BTreeMap<String, u64>,
+    /// Messages delivered with an implausible submit timestamp, kept out of `latency` and
+    /// `deadline_misses`.
+    #[serde(default)]
+    pub implausible_timestamps: u64,
+    /// Times the receiver followed the sender's sequence numbers out of its window.
+    #[serde(default)]
+    pub resyncs: u64,
 }
 
 /// One deadline miss: the message's times (CLOCK_MONOTONIC ns of the receiving host; the
@@ -334,6 +393,79 @@ pub struct MissTimes {
     pub deadline: Nanos,
     /// Delivery time (after the deadline).
     pub delivered: Nanos,
+}
+
+/// `port_stats`: the daemon's port. Counters are kept for `kind = "dpdk"` (`dpdk`); other
+/// kinds report their kind and device only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatsInfo {
+    /// `[port] kind`.
+    pub kind: String,
+    /// `[port] device`.
+    pub device: Option<String>,
+    /// The DPDK port's state and counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpdk: Option<DpdkPortStats>,
+}
+
+/// A DPDK ethdev port's link, counters (`rte_eth_stats`, xstats) and per-queue counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DpdkPortStats {
+    /// Ethdev name (`net_pcap0`, `0000:3b:00.0`).
+    pub name: String,
+    /// PMD (`net_i40e`, `net_ice`).
+    pub driver: String,
+    /// Link up (false also when the driver does not tell).
+    pub link_up: bool,
+    /// Link speed, Mb/s, when the driver tells.
+    pub link_speed_mbps: Option<u32>,
+    /// Full duplex.
+    pub full_duplex: bool,
+    /// Packets received.
+    pub ipackets: u64,
+    /// Packets sent.
+    pub opackets: u64,
+    /// Bytes received.
+    pub ibytes: u64,
+    /// Bytes sent.
+    pub obytes: u64,
+    /// Received packets the NIC dropped (RX ring full).
+    pub imissed: u64,
+    /// Erroneous received packets.
+    pub ierrors: u64,
+    /// Failed transmissions.
+    pub oerrors: u64,
+    /// RX mbuf allocation failures.
+    pub rx_nombuf: u64,
+    /// RX pool mbufs in use, and its size.
+    pub rx_pool_in_use: u32,
+    /// RX pool size.
+    pub rx_pool_size: u32,
+    /// Per queue pair (= polling core).
+    pub queues: Vec<QueueStatsInfo>,
+    /// The driver's extended statistics (`rte_eth_xstats_get`), by name.
+    pub xstats: std::collections::BTreeMap<String, u64>,
+}
+
+/// One TX/RX queue pair of a DPDK port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatsInfo {
+    /// Queue index (= polling core).
+    pub queue: u16,
+    /// Packets received on this RX queue.
+    pub rx_packets: u64,
+    /// Bytes received on this RX queue.
+    pub rx_bytes: u64,
+    /// Packets sent on this TX queue.
+    pub tx_packets: u64,
+    /// Bytes sent on this TX queue.
+    pub tx_bytes: u64,
+    /// Frames other cores' RX queues handed to this core (software steering).
+    pub handed_in: u64,
+    /// Frames for this core dropped because its hand-off ring was full.
+    pub handoff_dropped: u64,
+    /// This core's TX pool mbufs in use.
+    pub tx_pool_in_use: u32,
 }
 
 /// `stats` of one channel.
@@ -823,6 +955,7 @@ mod tests {
             source: None,
             message_size: None,
             best_effort: false,
+            attach: false,
         });
         let line = encode_request(&r);
         assert_eq!(dec(line.trim_end()).unwrap().request, r);

@@ -111,6 +111,11 @@ impl StateFile {
     /// Writes `channels` and the `kept` records verbatim, ordered by id, atomically
     /// (temporary file, fsync, rename, fsync of the directory).
     pub fn save_with(&self, kept: &[RejectedRecord], path: &Path) -> Result<(), StateError> {
+        write_atomically(path, self.to_text(kept).as_bytes())
+    }
+
+    /// The file's text: `channels` and the `kept` records verbatim, ordered by id.
+    pub fn to_text(&self, kept: &[RejectedRecord]) -> String {
         let mut all: Vec<(Option<u32>, serde_json::Value)> = self
             .channels
             .iter()
@@ -127,8 +132,7 @@ impl StateFile {
             "version": self.version,
             "channels": all.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
         });
-        let text = serde_json::to_string_pretty(&doc).expect("state serialises");
-        write_atomically(path, text.as_bytes())
+        serde_json::to_string_pretty(&doc).expect("state serialises")
     }
 
     /// Writes the table atomically.
@@ -317,6 +321,7 @@ mod tests {
             source: Some("periodic".into()),
             message_size: None,
             best_effort: false,
+            attach: false,
         }
     }
 

@@ -48,6 +48,8 @@ fn model(reserve_ppm: u32) -> ResourceModel {
             rx_burst_ns: 3_000,
             control_poll_ns: 500,
             tx_stage_ns: 500,
+            // No client-fed channels here: the scan finds nothing to check.
+            client_scan_ns: 0,
             mtu: 1500,
             link_rate_bps: LINK_BPS,
         },

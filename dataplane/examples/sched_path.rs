@@ -1,6 +1,6 @@
 //! The scheduling path alone (enforcement, CPU EDF, header write, link EDF) for N channels
 //! (first argument, default 10) and P packets (second, default 1,000,000), optionally with an
-//! ablation (third: `cpu-fifo`, `no-channel-memory`, `no-link` or `neither`; see
+//! ablation (third: `cpu-fifo`, `no-channel-memory`, `no-link`, `neither` or `no-lookahead`; see
 //! `bench_path::Ablation`): a target for `valgrind --tool=callgrind`, whose instruction counts
 //! do not depend on machine load.
 
@@ -27,6 +27,10 @@ fn main() {
             no_link: true,
             ..Ablation::default()
         },
+        Some("no-lookahead") => Ablation {
+            no_lookahead: true,
+            ..Ablation::default()
+        },
         Some("neither") => Ablation {
             no_channel_memory: true,
             no_link: true,
@@ -34,8 +38,8 @@ fn main() {
         },
         Some(other) => {
             eprintln!(
-                "unknown ablation {other:?}: expected whole, cpu-fifo, no-channel-memory, no-link \
-                 or neither"
+                "unknown ablation {other:?}: expected whole, cpu-fifo, no-channel-memory, no-link, \
+                 neither or no-lookahead"
             );
             std::process::exit(2);
         }

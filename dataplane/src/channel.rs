@@ -16,6 +16,15 @@
 //! every channel's ring slot is 96 bytes (40 before), pooled channels' included: a memory cost
 //! of 56 bytes per reserved message, accepted to keep one ring type.
 //!
+//! # Client-fed channels
+//! A channel whose messages come from another process ([`ChannelShared::new_client`]) has no
+//! [`Sender`] here: the client writes into the channel's shared-memory submit ring
+//! ([`crate::shm`], a sealed memfd) and the handler takes from that ring, validating every
+//! descriptor and counting bad ones in [`ChannelStats::invalid_descriptors`]. The buffers
+//! are the ring's (`messages + 1`, one more for drop-oldest), so a message is never copied
+//! between the client's write and its packets. A client cannot ring the doorbell: the core
+//! looks at client-fed channels' tails once per iteration instead (`Core`'s client scan).
+//!
 //! # Wake-up protocol (numbered invariants)
 //! 1. `armed == true` means the core will look at the submit ring again without another
 //!    doorbell: the slot is in the doorbell, or the handler is active (holds a message or is
@@ -28,6 +37,7 @@
 //!    two fences order each side's write before its read (a Dekker pair), so a message pushed
 //!    concurrently is seen by one side or the other: none is stranded.
 
+use crate::shm::{Consumer, Event, Params, Region, ShmError, SubmitDesc, Taken};
 use crate::spec::{ChannelConfig, OverflowPolicy};
 use crate::stats::{ChannelStats, SampleSink};
 use crate::time::{monotonic_now, Nanos};
@@ -47,6 +57,9 @@ pub enum Payload {
     Inline([u8; INLINE_MAX]),
     /// In a buffer from the channel's free list (capacity `mmax`).
     Pooled(Box<[u8]>),
+    /// In a buffer of a client-fed channel's shared-memory ring (read through the channel:
+    /// [`ChannelShared::message`]).
+    Shm(Taken<SubmitDesc>),
 }
 
 /// A message on its way from the sender to the handler.
@@ -61,12 +74,14 @@ pub struct Submitted {
 }
 
 impl Submitted {
-    /// The message.
+    /// The message of an in-process channel (empty for a client-fed one: see
+    /// [`ChannelShared::message`]).
     #[inline]
     pub fn data(&self) -> &[u8] {
         match &self.payload {
             Payload::Inline(a) => &a[..self.len as usize],
             Payload::Pooled(b) => &b[..self.len as usize],
+            Payload::Shm(_) => &[],
         }
     }
 }
@@ -88,6 +103,8 @@ pub struct ChannelShared {
     armed: AtomicBool,
     closed: AtomicBool,
     doorbell: Arc<Doorbell>,
+    /// The shared-memory submit ring of a client-fed channel.
+    client: Option<Consumer<SubmitDesc>>,
     /// Counters and the delay histogram.
     pub stats: ChannelStats,
 }
@@ -186,14 +203,107 @@ impl ChannelShared {
             armed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             doorbell,
+            client: None,
             stats: ChannelStats::new(sink),
         })
+    }
+
+    /// Creates the shared state of a client-fed channel: its submit ring is a sealed memfd
+    /// region (`messages` descriptors, their buffers of `mmax` bytes) to hand to the client.
+    pub fn new_client(
+        config: ChannelConfig,
+        slot: u32,
+        doorbell: Arc<Doorbell>,
+        sink: &Arc<SampleSink>,
+    ) -> Result<Arc<Self>, ShmError> {
+        let p = Self::ring_params(&config);
+        let region = Region::memfd::<SubmitDesc>(&p, &format!("rtchan-submit-{}", config.id))?;
+        Self::with_ring(config, slot, doorbell, sink, region)
+    }
+
+    /// The ring a client-fed channel needs.
+    pub fn ring_params(config: &ChannelConfig) -> Params {
+        Params {
+            mmax: config.mmax(),
+            capacity: config.reservation.messages.max(1),
+            drop_oldest: config.overflow == OverflowPolicy::DropOldest,
+            channel: config.id,
+        }
+    }
+
+    /// A client-fed channel over an existing region (heap regions in tests).
+    pub fn with_ring(
+        config: ChannelConfig,
+        slot: u32,
+        doorbell: Arc<Doorbell>,
+        sink: &Arc<SampleSink>,
+        region: Arc<Region>,
+    ) -> Result<Arc<Self>, ShmError> {
+        let consumer = Consumer::new(region)?;
+        Ok(Arc::new(Self {
+            config,
+            slot,
+            submit: ArrayQueue::new(1),
+            free: ArrayQueue::new(1),
+            inline: false,
+            armed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            doorbell,
+            client: Some(consumer),
+            stats: ChannelStats::new(sink),
+        }))
+    }
+
+    /// The submit ring's region of a client-fed channel (its fd goes to the client).
+    pub fn region(&self) -> Option<&Arc<Region>> {
+        self.client.as_ref().map(|c| c.region())
+    }
+
+    /// Whether the channel's messages come from a client's shared-memory ring.
+    #[inline]
+    pub fn is_client(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// A client-fed channel has messages the handler has not taken (one shared load).
+    #[inline]
+    pub(crate) fn client_has_new(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| c.has_new())
     }
 
     /// The core takes the next submitted message, if any.
     #[inline]
     pub(crate) fn take(&self) -> Option<Submitted> {
-        self.submit.pop()
+        match &self.client {
+            None => self.submit.pop(),
+            Some(c) => self.take_client(c),
+        }
+    }
+
+    /// A validated message from the client's ring; bad descriptors are counted and skipped.
+    #[inline]
+    fn take_client(&self, c: &Consumer<SubmitDesc>) -> Option<Submitted> {
+        let st = &self.stats;
+        let t = c.take(|e| match e {
+            Event::Invalid(_) => st.invalid_descriptors.inc(),
+            Event::DroppedOldest => st.dropped_oldest.inc(),
+        })?;
+        // The daemon counts what it accepted from the client's ring.
+        st.submitted.inc();
+        Some(Submitted {
+            len: t.desc.len,
+            submit_ts: t.desc.submit_ts,
+            payload: Payload::Shm(t),
+        })
+    }
+
+    /// The bytes of a message this channel's handler holds.
+    #[inline]
+    pub(crate) fn message<'a>(&'a self, msg: &'a Submitted) -> &'a [u8] {
+        match (&msg.payload, &self.client) {
+            (Payload::Shm(t), Some(c)) => c.bytes(t),
+            _ => msg.data(),
+        }
     }
 
     /// Prefetches what the core touches when this channel's handler runs next: the submit
@@ -228,15 +338,27 @@ impl ChannelShared {
     /// The core gives a message's buffer back once the message is fully written.
     #[inline]
     pub(crate) fn recycle(&self, msg: Submitted) {
-        if let Payload::Pooled(buf) = msg.payload {
+        match msg.payload {
             // Cannot fail: there are exactly `messages + 1` buffers and the list holds that many.
-            let _ = self.free.push(buf);
+            Payload::Pooled(buf) => {
+                let _ = self.free.push(buf);
+            }
+            Payload::Shm(t) => {
+                if let Some(c) = &self.client {
+                    c.release(t);
+                }
+            }
+            Payload::Inline(_) => {}
         }
     }
 
     /// The core found the handler idle: disarm, then take a message that raced in (invariant 3).
     #[inline]
     pub(crate) fn disarm_or_take(&self) -> Option<Submitted> {
+        if self.client.is_some() {
+            // No doorbell: the core's client scan finds later messages.
+            return None;
+        }
         self.armed.store(false, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if self.submit.is_empty() || self.armed.swap(true, Ordering::AcqRel) {
@@ -259,17 +381,24 @@ impl ChannelShared {
 
     /// Messages waiting in the submit ring.
     pub fn queued(&self) -> usize {
-        self.submit.len()
+        match &self.client {
+            None => self.submit.len(),
+            Some(c) => c.region().queued() as usize,
+        }
     }
 
-    /// Marks the channel closed: later submits fail with `Closed`.
+    /// Marks the channel closed: later submits fail with `Closed` (a client sees the flag in
+    /// its ring).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        if let Some(c) = &self.client {
+            c.region().close();
+        }
     }
 
-    /// True once closed.
+    /// True once closed (for a client-fed channel also when its ring was poisoned).
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.closed.load(Ordering::Acquire) || self.client.as_ref().is_some_and(|c| c.is_closed())
     }
 }
 
@@ -356,7 +485,7 @@ impl Sender {
                     outcome = Submit::QueuedDroppedOldest;
                     match old.payload {
                         Payload::Pooled(b) => b,
-                        Payload::Inline(_) => unreachable!("pooled channel"),
+                        Payload::Inline(_) | Payload::Shm(_) => unreachable!("pooled channel"),
                     }
                 }
                 // The core took the last one between our two pops.

@@ -5,7 +5,10 @@
 //! 1. **Service phase** (at most once per [`SERVICE_INTERVAL_NS`] while there is work to run,
 //!    every iteration when the core is idle): up to [`RX_BURSTS_PER_SERVICE`] RX bursts into
 //!    the receive path (each burst's buffers go back to the pool in one
-//!    [`Port::free_bulk`]), reassembly maintenance, then up to [`CONTROL_PER_SERVICE`]
+//!    [`Port::free_bulk`]), reassembly maintenance, the client scan ([`Core::scan_clients`]:
+//!    up to [`CLIENT_SCAN_PER_ITERATION`] client-fed channels, whose messages come through a
+//!    shared-memory ring from another process that cannot ring the doorbell, checked
+//!    round-robin and woken like a doorbell slot), then up to [`CONTROL_PER_SERVICE`]
 //!    commands from the control thread's ring, each acknowledged once applied. Commands are
 //!    only taken here, between runs: a handler never sees its configuration change mid-run.
 //! 2. **Preemption points**, up to [`RUNS_PER_ITERATION`] (and [`PACKETS_PER_ITERATION`]
@@ -82,6 +85,11 @@ pub const TX_WINDOW_NS: Nanos = 4_000;
 /// bounds the step to a few microseconds while draining a mass wake-up in a few steps. Wake-ups
 /// are taken at every preemption point, so a new message waits at most one handler run.
 pub const WAKEUPS_PER_POINT: usize = 64;
+/// Client-fed channels whose rings the core checks per iteration: a check is one load of the
+/// ring's tail line (tens of ns when the client just wrote it, a few when not), so 64 bound the
+/// scan to a few microseconds (charged in admission as `cost.client_scan_ns`, in the service
+/// phase) and a core with at most 64 client-fed channels sees each one every iteration.
+pub const CLIENT_SCAN_PER_ITERATION: usize = 64;
 /// Handler runs per iteration: with [`PACKETS_PER_ITERATION`] it keeps an iteration's fixed
 /// costs (a clock read, the service check, the publish check) amortised over many packets.
 pub const RUNS_PER_ITERATION: usize = 64;
@@ -165,6 +173,9 @@ pub enum CoreError {
     /// The port's frames are too small to carry a header and one payload byte.
     #[error("port frames of {0} bytes cannot carry rtchan's {FRAME_OVERHEAD}-byte headers")]
     FrameTooSmall(usize),
+    /// A client-fed channel's shared-memory ring could not be created.
+    #[error("shared-memory ring: {0}")]
+    Ring(String),
     /// The core stopped before applying the command.
     #[error("the polling core is not running")]
     NotRunning,
@@ -349,6 +360,9 @@ pub struct Core<P: Port> {
     /// Delay samples to the control side (the receive path holds the latency ring's producer).
     samples: SampleProducer,
     fold_on_poll: bool,
+    /// Slots of client-fed channels, and where the next scan starts.
+    clients: Vec<u32>,
+    client_cursor: usize,
     last_slot: u32,
     stats: CoreStats,
 }
@@ -408,6 +422,8 @@ impl<P: Port> Core<P> {
             ),
             samples: sink.producer(SampleSource::Delay),
             fold_on_poll: true,
+            clients: Vec::with_capacity(n),
+            client_cursor: 0,
             last_slot: u32::MAX,
             stats: CoreStats::default(),
             cfg,
@@ -461,6 +477,11 @@ impl<P: Port> Core<P> {
         self.rx.stats()
     }
 
+    /// The receive path's reject counters, shared with the control side.
+    pub fn rx_rejects(&self) -> Arc<crate::rx::RxRejects> {
+        self.rx.rejects().clone()
+    }
+
     /// The port.
     pub fn port(&self) -> &P {
         &self.port
@@ -505,6 +526,24 @@ impl<P: Port> Core<P> {
         let shared = self.prepare(config, slot)?;
         self.start_handler(shared.clone()).map_err(|(e, _)| e)?;
         Ok(Sender::new(shared))
+    }
+
+    /// Opens a client-fed channel directly over `region` (its submit ring; a heap region in
+    /// virtual-time tests, a memfd in a daemon): validates and starts its handler.
+    pub fn open_ring(
+        &mut self,
+        config: ChannelConfig,
+        region: Arc<crate::shm::Region>,
+    ) -> Result<Arc<ChannelShared>, CoreError> {
+        config.validate(self.payload_per_packet)?;
+        let slot = self
+            .free_slot()
+            .ok_or(CoreError::Full(self.cfg.max_channels))?;
+        let shared =
+            ChannelShared::with_ring(config, slot, self.doorbell.clone(), self.sink(), region)
+                .map_err(|e| CoreError::Ring(e.to_string()))?;
+        self.start_handler(shared.clone()).map_err(|(e, _)| e)?;
+        Ok(shared)
     }
 
     /// Validates a channel and builds its shared state for `slot` (control side; allocates).
@@ -559,6 +598,9 @@ impl<P: Port> Core<P> {
         let generation = self.generations[slot as usize].wrapping_add(1);
         self.generations[slot as usize] = generation;
         shared.arm();
+        if shared.is_client() {
+            self.clients.push(slot);
+        }
         let mut h = Handler::new(shared, generation, self.payload_per_packet);
         h.enforce = !self.cfg.sched.fifo;
         self.handlers[slot as usize] = Some(h);
@@ -596,6 +638,9 @@ impl<P: Port> Core<P> {
     fn finish_close(&mut self, slot: u32) -> Option<Arc<ChannelShared>> {
         self.sched.remove(slot);
         self.direct_cursor = self.direct_cursor.min(slot);
+        if let Some(i) = self.clients.iter().position(|&s| s == slot) {
+            self.clients.swap_remove(i);
+        }
         // Packets still in the link scheduler go out; their stats go nowhere (generation).
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
         let mut h = self.handlers[slot as usize].take()?;
@@ -829,6 +874,8 @@ impl<P: Port> Core<P> {
         if self.rx.maintenance_due(now) {
             self.rx.maintain_step(now); // bounded: MAINTAIN_SLOTS_PER_STEP
         }
+        // Client-fed channels' rings (bounded: CLIENT_SCAN_PER_ITERATION).
+        self.scan_clients(now);
         // Commands are only taken here, between runs: a handler never sees its configuration
         // change mid-run.
         for _ in 0..CONTROL_PER_SERVICE {
@@ -844,6 +891,29 @@ impl<P: Port> Core<P> {
             self.apply(seq, cmd);
             meter.on_command();
             progress.commands += 1;
+        }
+    }
+
+    /// Wakes client-fed channels with new messages in their rings: up to
+    /// [`CLIENT_SCAN_PER_ITERATION`] of them, round-robin, one tail load each.
+    pub fn scan_clients(&mut self, now: Nanos) {
+        let n = self.clients.len();
+        if n == 0 {
+            return;
+        }
+        for _ in 0..n.min(CLIENT_SCAN_PER_ITERATION) {
+            if self.client_cursor >= n {
+                self.client_cursor = 0;
+            }
+            let slot = self.clients[self.client_cursor];
+            self.client_cursor += 1;
+            let Some(h) = self.handlers[slot as usize].as_ref() else {
+                continue;
+            };
+            // An active handler takes its next message itself when its current one is done.
+            if h.current.is_none() && h.shared.client_has_new() {
+                self.wake(slot, now);
+            }
         }
     }
 

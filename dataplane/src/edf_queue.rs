@@ -37,6 +37,16 @@
 //! the bucket, which only closing a channel does (a control command the core applies between
 //! runs); the packet path removes minimums.
 //!
+//! # The sorted run
+//! Sorting bucket `base` leaves its elements in order in one contiguous array (the sort's
+//! scratch), which the queue keeps as a *run* while the bucket only loses its minimums: the
+//! run's next entries are the ids the next pops will return, so [`EdfQueue::upcoming`] names
+//! the element several pops ahead with one load, where the list yields one step per pop. The
+//! caller prefetches that element's state (the CPU scheduler's channel, `bench_path`'s
+//! lookahead), so at 100,000 channels the miss on it overlaps the picks before it. Any other
+//! change to bucket `base` (an insert into it, a removal) ends the run; the lists stay the
+//! queue's truth, so a stale run could only waste a prefetch.
+//!
 //! `base` is kept at the first non-empty bucket whenever the queue is not empty (invariant 3):
 //! the minimum is always the head of bucket `base`, so [`EdfQueue::peek`] is two loads, and the
 //! bitmap is searched only when an operation empties bucket `base`, starting with the rest of
@@ -188,6 +198,12 @@ pub struct EdfQueue {
     /// pop follows it one step and prefetches the next, so that bucket's list is cached when
     /// `base` reaches it. A hint only: any id or `NIL`, never relied on for correctness.
     ahead: u32,
+    /// The sorted run: after a lazy queue sorts bucket `base` (`sort_narrow`), its elements
+    /// in order, as a contiguous copy (`scratch_narrow`, descending: the next pop is the last
+    /// of the first `run_left`). Each pop of the run's next element shortens it by one; any
+    /// other change to bucket `base` ends it. A hint for [`EdfQueue::upcoming`] only: the
+    /// lists stay the queue's truth.
+    run_left: usize,
 }
 
 impl std::fmt::Debug for EdfQueue {
@@ -238,6 +254,7 @@ impl EdfQueue {
             scratch: Vec::new(),
             scratch_narrow: Vec::new(),
             ahead: NIL,
+            run_left: 0,
         };
         // Mapped now, not on first use by the packet path (see `crate::mem`).
         crate::mem::prefault(&mut q.l0[..]);
@@ -332,6 +349,7 @@ impl EdfQueue {
         } else if self.lazy && abs > self.base {
             self.push_front(id, key, (abs & MASK) as usize);
         } else {
+            self.run_left = 0; // bucket `base` changes: the run no longer matches it
             self.link_sorted(id, key, tie, true, (abs.max(self.base) & MASK) as usize);
         }
     }
@@ -419,6 +437,7 @@ impl EdfQueue {
         node.at = ABSENT;
         let next = node.next;
         self.len -= 1;
+        self.run_left = 0; // the run may hold it
         if at == OVERFLOW {
             if self.len == 0 {
                 // The queue is empty: every heap entry is stale now (invariant 7).
@@ -481,6 +500,19 @@ impl EdfQueue {
         }
     }
 
+    /// The id `d` places after the minimum (`d = 0`: the minimum), when the sorted run of a
+    /// lazy queue's bucket `base` still holds it: lets the caller prefetch the state of the
+    /// elements it will pop several pops ahead, which a linked list only yields one step at a
+    /// time. A hint: `None` past the run, in small queues, and after the bucket changed.
+    #[inline(always)]
+    pub fn upcoming(&self, d: usize) -> Option<u32> {
+        if d < self.run_left {
+            Some(self.scratch_narrow[self.run_left - 1 - d] as u32)
+        } else {
+            None
+        }
+    }
+
     /// Removes and returns the minimum `(key, id)`.
     #[inline(always)]
     pub fn pop(&mut self) -> Option<(u64, u32)> {
@@ -507,6 +539,10 @@ impl EdfQueue {
         let (key, next) = (node.key, node.next);
         self.len -= 1;
         self.buckets[slot][0] = next;
+        if self.run_left > 0 {
+            let expected = self.scratch_narrow[self.run_left - 1] as u32;
+            self.run_left = if expected == id { self.run_left - 1 } else { 0 };
+        }
         if next == NIL {
             self.advance();
         } else if self.ahead != NIL {
@@ -558,6 +594,7 @@ impl EdfQueue {
     /// same level-0 word. An empty queue needs nothing: its bitmap is all clear already.
     #[inline(always)]
     fn advance(&mut self) {
+        self.run_left = 0; // a new bucket `base`: only its sort starts a run
         if self.len == 0 {
             // Everything left in the heap is stale (invariant 7).
             self.overflow.clear();
@@ -658,6 +695,7 @@ impl EdfQueue {
         }
         let (first, last) = (scratch[scratch.len() - 1] as u32, scratch[0] as u32);
         nodes[last as usize].next = NIL;
+        self.run_left = scratch.len();
         (first, last)
     }
 
@@ -1256,6 +1294,50 @@ mod tests {
             q.check();
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn upcoming_names_the_ids_popped_next_until_the_base_bucket_changes() {
+        let n = LAZY_MIN_IDS + 1;
+        let mut q = EdfQueue::new(n, 10);
+        // ~25 ids per 1024-ns bucket, scrambled; every 7th pop re-inserts, some into bucket
+        // `base` itself (which ends the run) and some later.
+        for id in 0..5000u32 {
+            q.insert(id, 1024 + (u64::from(id) * 7919) % 200_000);
+        }
+        let mut hints: Vec<(usize, usize, u32)> = Vec::new(); // (made at pop #, d, id)
+        let mut popped = Vec::new();
+        let mut changed_at = 0; // pop # after the last change to bucket `base` by an insert
+        let mut named = 0;
+        while let Some((k, id)) = q.pop() {
+            let t = popped.len();
+            popped.push(id);
+            if t % 7 == 3 && t < 20_000 {
+                let again = if t % 2 == 0 { k } else { k + 50_000 };
+                q.insert(id, again);
+                changed_at = t + 1;
+            }
+            for d in 0..8 {
+                if let Some(x) = q.upcoming(d) {
+                    hints.push((t + 1, d, x));
+                    named += 1;
+                }
+            }
+            hints.retain(|&(at, d, x)| {
+                if at < changed_at {
+                    return false; // made before a change: no promise
+                }
+                match popped.get(at + d) {
+                    Some(&got) => {
+                        assert_eq!(got, x, "hint made before pop {at}, {d} ahead");
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
+        assert!(named > 5_000, "the run names ids ahead: {named}");
+        assert_eq!(q.upcoming(0), None);
     }
 
     #[derive(Debug, Clone)]

@@ -10,10 +10,11 @@
 use crate::channel::{ChannelShared, Doorbell, Sender};
 use crate::core::{Command, ControlRing, Core, CoreError};
 use crate::port::Port;
-use crate::rx::{Receiver, ReceiverState, RxPath, RxShared};
+use crate::rx::{Receiver, ReceiverState, RxPath, RxRejects, RxShared};
 use crate::sched::SchedPolicy;
 use crate::spec::{ChannelConfig, ChannelId};
 use crate::stats::SampleSink;
+use crate::wire::SourceCheck;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,14 +48,28 @@ pub struct PendingReceiver {
     mmax: u32,
     ring: u32,
     sink: Arc<SampleSink>,
+    source: Option<SourceCheck>,
 }
 
 impl PendingReceiver {
+    /// Accepts only frames carrying `check`'s addresses.
+    pub fn with_source(mut self, check: SourceCheck) -> Self {
+        self.source = Some(check);
+        self
+    }
+
     /// Allocates the receive side: the application's shared state and the core's reassembly
     /// state (any thread; never the polling core).
     pub fn build(self) -> BuiltReceiver {
         let reassembly = CoreHandle::reassembly_slots(self.ring);
-        let shared = RxShared::new(self.id, self.mmax, self.ring, reassembly, &self.sink);
+        let shared = RxShared::with_source(
+            self.id,
+            self.mmax,
+            self.ring,
+            reassembly,
+            &self.sink,
+            self.source,
+        );
         BuiltReceiver {
             state: RxPath::prepare(shared.clone(), reassembly),
             shared,
@@ -81,6 +96,7 @@ pub struct CoreHandle {
     slots: Vec<bool>,
     slot_of: HashMap<ChannelId, u32>,
     early_acks: HashMap<u64, Result<(), CoreError>>,
+    rx_rejects: Arc<RxRejects>,
 }
 
 impl CoreHandle {
@@ -95,7 +111,13 @@ impl CoreHandle {
             slots: vec![false; core.config().max_channels as usize],
             slot_of: HashMap::new(),
             early_acks: HashMap::new(),
+            rx_rejects: core.rx_rejects(),
         }
+    }
+
+    /// The core's receive-path reject counters (frames refused before or at a channel).
+    pub fn rx_rejects(&self) -> &Arc<RxRejects> {
+        &self.rx_rejects
     }
 
     /// Payload bytes per packet on this core.
@@ -177,6 +199,19 @@ impl CoreHandle {
         Ok(Sender::new(shared))
     }
 
+    /// Opens a client-fed channel: its submit ring is a sealed memfd region (hand
+    /// `shared.region().fd()` to the client); returns the shared state once the core runs it.
+    pub fn open_client(&mut self, config: ChannelConfig) -> Result<Arc<ChannelShared>, CoreError> {
+        let p = self.prepare_open(config)?;
+        let shared = ChannelShared::new_client(p.config, p.slot, p.doorbell, &p.sink)
+            .map_err(|e| CoreError::Ring(e.to_string()))?;
+        let (id, slot) = (shared.config.id, shared.slot);
+        self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
+        self.slots[slot as usize] = true;
+        self.slot_of.insert(id, slot);
+        Ok(shared)
+    }
+
     /// Closes a sending channel, draining its queue first when `drain`.
     pub fn close(&mut self, id: ChannelId, drain: bool) -> Result<(), CoreError> {
         let slot = *self.slot_of.get(&id).ok_or(CoreError::NoSuchChannel(id))?;
@@ -216,6 +251,7 @@ impl CoreHandle {
             mmax,
             ring,
             sink: self.sink.clone(),
+            source: None,
         }
     }
 
@@ -224,6 +260,24 @@ impl CoreHandle {
     pub fn open_built_receiver(&mut self, built: BuiltReceiver) -> Result<Receiver, CoreError> {
         self.send(Command::OpenReceiver(built.state), ACK_TIMEOUT)?;
         Ok(Receiver::new(built.shared))
+    }
+
+    /// Opens the receive side of a channel whose application is another process: messages
+    /// go into the client's delivery ring `region`, and `wake` is signalled when it sleeps.
+    /// The returned receiver only reads the statistics (its in-process queue stays empty).
+    pub fn open_receiver_app(
+        &mut self,
+        id: ChannelId,
+        mmax: u32,
+        region: Arc<crate::shm::Region>,
+        wake: std::os::fd::OwnedFd,
+    ) -> Result<Receiver, CoreError> {
+        let reassembly = Self::reassembly_slots(region.params().capacity);
+        let shared = RxShared::with_app(id, mmax, reassembly, region, wake, &self.sink);
+        self.open_built_receiver(BuiltReceiver {
+            state: RxPath::prepare(shared.clone(), reassembly),
+            shared,
+        })
     }
 
     /// Closes the receive side of a channel.

@@ -216,7 +216,7 @@ impl Handler {
             buf.buf_mut(),
             self.ip_id,
             &rt,
-            &cur.msg.data()[off as usize..end as usize],
+            &self.shared.message(&cur.msg)[off as usize..end as usize],
         );
         buf.set_len(len);
         self.ip_id = self.ip_id.wrapping_add(1);

@@ -404,6 +404,17 @@ impl CpuScheduler {
         self.current.peek_id()
     }
 
+    /// The current handler `d` picks after the next one, when the current queue's sorted run
+    /// knows it ([`crate::edf_queue::EdfQueue::upcoming`]): a prefetch hint several picks
+    /// ahead. `None` when unknown (small queues, the end of a bucket, FIFO).
+    #[inline(always)]
+    pub fn upcoming_current(&self, d: usize) -> Option<u32> {
+        if self.policy.fifo {
+            return None;
+        }
+        self.current.upcoming(d)
+    }
+
     /// The key (the CPU deadline) of the current handler [`CpuScheduler::peek_current`] names.
     #[inline]
     pub fn current_deadline(&self) -> Option<Nanos> {

@@ -133,7 +133,7 @@ impl Descriptor for SubmitDesc {
 /// [`DeliverDesc::flags`]: delivered after its end-to-end deadline.
 pub const DELIVER_LATE: u32 = 1;
 
-/// A delivered message: receiving core → application. 32 bytes.
+/// A delivered message: receiving core → application. 40 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct DeliverDesc {
@@ -149,6 +149,8 @@ pub struct DeliverDesc {
     pub submit_ts: u64,
     /// Delivery time here (CLOCK_MONOTONIC ns).
     pub delivered_ts: u64,
+    /// Absolute end-to-end deadline from the header (ℓ + D; 0 for best-effort).
+    pub deadline: u64,
 }
 
 impl Descriptor for DeliverDesc {
@@ -520,8 +522,8 @@ impl Region {
     fn desc_ptr<D: Descriptor>(&self, pos: u64) -> *mut D {
         debug_assert_eq!(std::mem::size_of::<D>(), self.hdr.desc_size as usize);
         let i = (pos & u64::from(self.hdr.slots - 1)) as usize;
-        // SAFETY: `i < slots`: inside the descriptor array, aligned to the descriptor's size
-        // (OFF_DESCS is a multiple of LINE and descriptors are 16 or 32 bytes).
+        // SAFETY: `i < slots`: inside the descriptor array, 8-aligned (OFF_DESCS is a
+        // multiple of LINE and descriptors are 16 or 40 bytes, of u32/u64 fields).
         unsafe {
             self.base
                 .as_ptr()
@@ -1064,6 +1066,58 @@ impl<D: Descriptor> Consumer<D> {
     }
 }
 
+/// A non-blocking eventfd: the receiving core signals it when the reader sleeps
+/// (invariant 7); the daemon hands it to the client with the region.
+pub fn eventfd() -> Result<OwnedFd, ShmError> {
+    // SAFETY: eventfd has no memory preconditions; a non-negative return is a new fd.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(os("eventfd"));
+    }
+    // SAFETY: just created, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd (a full counter means a wake-up is pending already: ignored).
+#[inline]
+pub fn signal(fd: BorrowedFd<'_>) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64 to a live fd; the result is not needed.
+    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
+/// Waits until `fd` is readable or `timeout_ms` passed (−1: forever), then resets its
+/// counter. Returns whether it was signalled.
+pub fn wait(fd: BorrowedFd<'_>, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    if n <= 0 {
+        return false;
+    }
+    let mut v: u64 = 0;
+    // SAFETY: reads 8 bytes into a valid u64 from a non-blocking eventfd.
+    unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    true
+}
+
+/// Whether the peer of a connected stream socket hung up: a zero-timeout poll for
+/// `POLLRDHUP`/`POLLHUP`/`POLLERR` (the client library's daemon-death check).
+pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1116,7 +1170,7 @@ mod tests {
         assert!(cons - prod >= 128 && descs % LINE == 0 && free % LINE == 0);
         assert!(bufs % LINE == 0 && r.len() % PAGE == 0);
         assert_eq!(std::mem::size_of::<SubmitDesc>(), 16);
-        assert_eq!(std::mem::size_of::<DeliverDesc>(), 32);
+        assert_eq!(std::mem::size_of::<DeliverDesc>(), 40);
         assert!(std::mem::size_of::<Header>() <= LINE);
     }
 

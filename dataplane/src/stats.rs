@@ -418,6 +418,9 @@ pub struct ChannelStats {
     pub handler_cycles: Counter,
     /// Delay samples lost because the core's sample ring was full (core).
     pub delay_samples_dropped: Counter,
+    /// Descriptors a client wrote into its shared-memory ring that failed validation
+    /// (refused, not sent; see `shm`; core).
+    pub invalid_descriptors: Counter,
     /// Delay from submit to the release of the message's last packet (read-only after open).
     pub(crate) delay: SharedHistogram,
 }
@@ -441,6 +444,7 @@ impl ChannelStats {
             overrun_cycles: Counter::default(),
             handler_cycles: Counter::default(),
             delay_samples_dropped: Counter::default(),
+            invalid_descriptors: Counter::default(),
             delay: sink.register(),
         }
     }
@@ -478,6 +482,7 @@ impl ChannelStats {
             overrun_cycles: self.overrun_cycles.get(),
             handler_cycles: self.handler_cycles.get(),
             delay_samples_dropped: self.delay_samples_dropped.get(),
+            invalid_descriptors: self.invalid_descriptors.get(),
         }
     }
 }
@@ -513,6 +518,8 @@ pub struct StatsSnapshot {
     pub handler_cycles: u64,
     /// See [`ChannelStats::delay_samples_dropped`].
     pub delay_samples_dropped: u64,
+    /// See [`ChannelStats::invalid_descriptors`].
+    pub invalid_descriptors: u64,
 }
 
 #[cfg(test)]

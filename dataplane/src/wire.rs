@@ -154,11 +154,25 @@ pub enum ParseError {
     /// No channel with that id is open for receive.
     #[error("unknown channel")]
     UnknownChannel,
+    /// The source MAC, IPv4 address or UDP port is not the one the channel's peer set up.
+    #[error("wrong source")]
+    WrongSource,
+    /// The destination MAC or IPv4 address is not this host's for the channel.
+    #[error("wrong destination")]
+    WrongDestination,
+    /// A fragment that does not fit the message's layout: offset not its index times the
+    /// fragment size, a last fragment not ending the message, or fields disagreeing with the
+    /// message's other fragments.
+    #[error("fragment does not fit the message")]
+    BadFragment,
+    /// A message sequence number too far ahead of (or behind) the channel's window.
+    #[error("sequence number outside the window")]
+    SeqOutOfWindow,
 }
 
 impl ParseError {
     /// Number of reasons (size of a counter array).
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 15;
     /// Every reason, in counter-index order.
     pub const ALL: [ParseError; Self::COUNT] = [
         Self::Short,
@@ -172,6 +186,10 @@ impl ParseError {
         Self::FragmentIndexBeyondCount,
         Self::FragmentBeyondMessage,
         Self::UnknownChannel,
+        Self::WrongSource,
+        Self::WrongDestination,
+        Self::BadFragment,
+        Self::SeqOutOfWindow,
     ];
     /// Index into a counter array.
     pub fn index(self) -> usize {
@@ -191,6 +209,10 @@ impl ParseError {
             Self::FragmentIndexBeyondCount => "fragment_index_beyond_count",
             Self::FragmentBeyondMessage => "fragment_beyond_message",
             Self::UnknownChannel => "unknown_channel",
+            Self::WrongSource => "wrong_source",
+            Self::WrongDestination => "wrong_destination",
+            Self::BadFragment => "bad_fragment",
+            Self::SeqOutOfWindow => "seq_out_of_window",
         }
     }
 }
@@ -309,6 +331,72 @@ pub struct ParsedFrame<'a> {
     pub header: RtHeader,
     /// This fragment's payload.
     pub payload: &'a [u8],
+    /// Its addresses.
+    pub addr: FrameAddr,
+}
+
+/// The addresses of a received frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameAddr {
+    /// Ethernet source.
+    pub src_mac: [u8; 6],
+    /// Ethernet destination.
+    pub dst_mac: [u8; 6],
+    /// IPv4 source.
+    pub src_ip: [u8; 4],
+    /// IPv4 destination.
+    pub dst_ip: [u8; 4],
+    /// UDP source port.
+    pub src_port: u16,
+}
+
+/// The addresses a channel's frames must carry, as its peer set it up (`None`: not checked,
+/// e.g. an address this host does not know). Not authentication against an on-path host,
+/// which can forge any of them (see `docs/wire.md`); it stops other hosts of the link, and
+/// frames to someone else, from reaching the channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceCheck {
+    /// The sender's MAC.
+    pub src_mac: Option<[u8; 6]>,
+    /// This host's MAC.
+    pub dst_mac: Option<[u8; 6]>,
+    /// The sender's IPv4 address.
+    pub src_ip: Option<[u8; 4]>,
+    /// This host's IPv4 address.
+    pub dst_ip: Option<[u8; 4]>,
+    /// The sender's UDP source port.
+    pub src_port: Option<u16>,
+}
+
+impl SourceCheck {
+    /// Every address of `ep`, the endpoint the sender writes its frames with.
+    pub fn exact(ep: &Endpoint) -> Self {
+        Self {
+            src_mac: Some(ep.src_mac),
+            dst_mac: Some(ep.dst_mac),
+            src_ip: Some(ep.src_ip),
+            dst_ip: Some(ep.dst_ip),
+            src_port: Some(ep.src_port),
+        }
+    }
+
+    /// Whether frame addresses `a` are the channel's: a few compares, no allocation.
+    #[inline]
+    pub fn check(&self, a: &FrameAddr) -> Result<(), ParseError> {
+        let differs = |want: Option<&[u8]>, got: &[u8]| want.is_some_and(|w| w != got);
+        if differs(self.dst_mac.as_ref().map(|m| &m[..]), &a.dst_mac)
+            || differs(self.dst_ip.as_ref().map(|m| &m[..]), &a.dst_ip)
+        {
+            return Err(ParseError::WrongDestination);
+        }
+        if differs(self.src_mac.as_ref().map(|m| &m[..]), &a.src_mac)
+            || differs(self.src_ip.as_ref().map(|m| &m[..]), &a.src_ip)
+            || self.src_port.is_some_and(|p| p != a.src_port)
+        {
+            return Err(ParseError::WrongSource);
+        }
+        Ok(())
+    }
 }
 
 /// Parses and checks a frame: Ethernet II, IPv4 (checksum, no fragments), UDP to the rtchan
@@ -368,7 +456,19 @@ pub fn parse_frame(f: &[u8], port: u16) -> Result<ParsedFrame<'_>, ParseError> {
     if payload.len() != header.frag_len as usize {
         return Err(ParseError::LengthMismatch);
     }
-    Ok(ParsedFrame { header, payload })
+    let mut addr = FrameAddr {
+        src_port: u16::from_be_bytes([udp[0], udp[1]]),
+        ..FrameAddr::default()
+    };
+    addr.dst_mac.copy_from_slice(&f[0..6]);
+    addr.src_mac.copy_from_slice(&f[6..12]);
+    addr.src_ip.copy_from_slice(&ip[12..16]);
+    addr.dst_ip.copy_from_slice(&ip[16..20]);
+    Ok(ParsedFrame {
+        header,
+        payload,
+        addr,
+    })
 }
 
 #[cfg(test)]

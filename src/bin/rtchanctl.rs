@@ -50,6 +50,9 @@ enum Command {
     Channel(ChannelCmd),
     /// Per-channel statistics (throughput, latency percentiles, deadline misses, drops).
     Stats(StatsCmd),
+    /// A live full-screen view of every channel (rate, p99, misses, drops), refreshed each
+    /// second; q quits. Falls back to `stats --watch` when stdout is not a terminal.
+    Top(TopCmd),
     /// Show or change the scheduling policy.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -152,6 +155,16 @@ struct StatsCmd {
     /// Stop --watch after this many refreshes.
     #[arg(long)]
     count: Option<u64>,
+    /// The port instead: link state, port and per-queue counters, xstats (dpdk).
+    #[arg(long, conflicts_with = "id")]
+    port: bool,
+}
+
+#[derive(Args, Debug)]
+struct TopCmd {
+    /// Refresh period.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    interval: units::Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,6 +207,41 @@ enum AdmissionCmd {
 }
 
 /// The daemon's reply to one request, or how to exit.
+/// `stats [--watch]`.
+fn stats_cmd(cli: &Cli, s: &StatsCmd) -> ExitCode {
+    let req = if s.port {
+        Request::PortStats
+    } else {
+        Request::Stats(StatsArgs { id: s.id })
+    };
+    let mut n = 0u64;
+    loop {
+        let code = match call(cli, &req) {
+            Ok(r) => {
+                let failed = r.error.is_some();
+                let code = if s.port {
+                    show(cli, r, client::port_table)
+                } else {
+                    show(cli, r, |v: &Vec<ChannelStatsInfo>| client::stats_table(v))
+                };
+                if failed {
+                    return code;
+                }
+                code
+            }
+            Err(code) => return code,
+        };
+        n += 1;
+        if !s.watch || s.count.is_some_and(|c| n >= c) {
+            return code;
+        }
+        std::thread::sleep(Duration::from_nanos(s.interval.0));
+        if !cli.json {
+            println!();
+        }
+    }
+}
+
 fn call(cli: &Cli, req: &Request) -> Result<Reply, ExitCode> {
     let path = cli.socket.clone().unwrap_or_else(|| {
         std::env::var_os("RTCHAN_SOCKET")
@@ -269,6 +317,7 @@ fn run(cli: &Cli) -> ExitCode {
                 source: o.source.clone(),
                 message_size: o.message_size,
                 best_effort: o.best_effort,
+                attach: false,
             });
             match call(cli, &req) {
                 Ok(r) => show(cli, r, client::channel_detail),
@@ -328,9 +377,10 @@ fn run(cli: &Cli) -> ExitCode {
                             ..ChannelList::default()
                         }));
                     }
-                    if !l.unrestored.is_empty() {
+                    if !l.unrestored.is_empty() || !l.receive_rejected.is_empty() {
                         s.push_str(&client::list_table(&ChannelList {
                             unrestored: l.unrestored.clone(),
+                            receive_rejected: l.receive_rejected.clone(),
                             ..ChannelList::default()
                         }));
                     }
@@ -339,31 +389,30 @@ fn run(cli: &Cli) -> ExitCode {
                 Err(code) => code,
             }
         }
-        Command::Stats(s) => {
-            let req = Request::Stats(StatsArgs { id: s.id });
-            let mut n = 0u64;
-            loop {
-                let code = match call(cli, &req) {
-                    Ok(r) => {
-                        let failed = r.error.is_some();
-                        let code = show(cli, r, |v: &Vec<ChannelStatsInfo>| client::stats_table(v));
-                        if failed {
-                            return code;
-                        }
-                        code
-                    }
-                    Err(code) => return code,
-                };
-                n += 1;
-                if !s.watch || s.count.is_some_and(|c| n >= c) {
-                    return code;
-                }
-                std::thread::sleep(Duration::from_nanos(s.interval.0));
-                if !cli.json {
-                    println!();
-                }
+        Command::Top(t) => {
+            use std::io::IsTerminal;
+            if !std::io::stdout().is_terminal() {
+                return stats_cmd(
+                    cli,
+                    &StatsCmd {
+                        id: None,
+                        watch: true,
+                        interval: t.interval,
+                        count: None,
+                        port: false,
+                    },
+                );
             }
+            top::run(t.interval, || {
+                match call(cli, &Request::Stats(StatsArgs { id: None })) {
+                    Ok(r) => r
+                        .into_result::<Vec<ChannelStatsInfo>>()
+                        .map_err(|e| e.message),
+                    Err(_) => Err("the daemon does not answer".into()),
+                }
+            })
         }
+        Command::Stats(s) => stats_cmd(cli, s),
         Command::Policy(PolicyCmd::Show) => match call(cli, &Request::PolicyShow) {
             Ok(r) => show(cli, r, client::policy_table),
             Err(code) => code,
@@ -530,5 +579,116 @@ mod tests {
             "x",
         ])
         .is_err());
+    }
+}
+
+/// `rtchanctl top`: the full-screen loop (crossterm: raw mode, the alternate screen, key
+/// events), restored on every exit path.
+mod top {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use control::protocol::ChannelStatsInfo;
+    use control::units;
+    use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyModifiers};
+    use crossterm::{cursor, execute, queue, terminal};
+    use rtchan::daemon::client::top_screen;
+    use std::process::ExitCode;
+
+    /// Leaves raw mode and the alternate screen when dropped.
+    struct Screen;
+
+    impl Screen {
+        fn enter() -> std::io::Result<Self> {
+            terminal::enable_raw_mode()?;
+            let s = Screen;
+            execute!(
+                std::io::stdout(),
+                terminal::EnterAlternateScreen,
+                cursor::Hide
+            )?;
+            Ok(s)
+        }
+    }
+
+    impl Drop for Screen {
+        fn drop(&mut self) {
+            let _ = execute!(
+                std::io::stdout(),
+                cursor::Show,
+                terminal::LeaveAlternateScreen
+            );
+            let _ = terminal::disable_raw_mode();
+        }
+    }
+
+    fn quits(k: &KeyEvent) -> bool {
+        matches!(
+            k.code,
+            KeyCode::Char('q') | KeyCode::Char('Q') | KeyCode::Esc
+        ) || (k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL))
+    }
+
+    pub fn run(
+        interval: units::Duration,
+        mut fetch: impl FnMut() -> Result<Vec<ChannelStatsInfo>, String>,
+    ) -> ExitCode {
+        let period = Duration::from_nanos(interval.0.max(100_000_000));
+        let screen = match Screen::enter() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("rtchanctl top: cannot use the terminal: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let mut before: Vec<ChannelStatsInfo> = Vec::new();
+        let mut last = Instant::now();
+        loop {
+            let (now, note) = match fetch() {
+                Ok(v) => (v, None),
+                Err(e) => (before.clone(), Some(e)),
+            };
+            let dt = last.elapsed().as_secs_f64();
+            last = Instant::now();
+            let (_, rows) = terminal::size().unwrap_or((80, 24));
+            let mut lines = top_screen(&now, &before, dt, rows as usize);
+            if let Some(n) = note {
+                lines.insert(1, format!("(stale: {n})"));
+            }
+            let mut out = std::io::stdout();
+            let _ = queue!(
+                out,
+                terminal::Clear(terminal::ClearType::All),
+                cursor::MoveTo(0, 0)
+            );
+            for l in &lines {
+                let _ = write!(out, "{l}\r\n");
+            }
+            let _ = out.flush();
+            before = now;
+            // Wait for the next refresh, quitting on q.
+            let until = Instant::now() + period;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match event::poll(left) {
+                    Ok(true) => {
+                        if let Ok(Event::Key(k)) = event::read() {
+                            if quits(&k) {
+                                drop(screen);
+                                return ExitCode::SUCCESS;
+                            }
+                        }
+                    }
+                    Ok(false) => break,
+                    Err(_) => {
+                        drop(screen);
+                        return ExitCode::from(1);
+                    }
+                }
+            }
+        }
     }
 }

@@ -62,7 +62,31 @@ struct CalibrateArgs {
     json: bool,
 }
 
+/// Logs of the daemon: one line per event on stderr, with its level; `RTCHAN_LOG` (error,
+/// warn, info, debug, trace) sets the least level shown, info by default.
+fn init_logs() {
+    use std::io::IsTerminal;
+    let asked = std::env::var("RTCHAN_LOG").ok();
+    let level = asked.as_deref().map(str::parse::<tracing::Level>);
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(match level {
+            Some(Ok(l)) => l,
+            _ => tracing::Level::INFO,
+        })
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+    if let (Some(v), Some(Err(_))) = (asked, level) {
+        tracing::warn!(
+            "rtchand: RTCHAN_LOG={v:?} is not a level (error, warn, info, debug, trace); \
+             logging at info"
+        );
+    }
+}
+
 fn daemon(path: &std::path::Path, discard_state: bool) -> ExitCode {
+    init_logs();
     match rtchan::daemon::run(path, rtchan::daemon::StartOptions { discard_state }) {
         Ok(report) => {
             print!(
@@ -72,7 +96,7 @@ fn daemon(path: &std::path::Path, discard_state: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("rtchand: {e}");
+            tracing::error!("rtchand: {}", rtchan::daemon::one_line(&e));
             ExitCode::from(2)
         }
     }

@@ -4,7 +4,7 @@
 //! replies into aligned text (every command also has `--json`, which prints the reply's
 //! result as it came).
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -95,6 +95,31 @@ fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Resul
     Ok(n as usize)
 }
 
+/// Writes all of `data` with `MSG_NOSIGNAL`: a daemon that went away is an error here, never a
+/// SIGPIPE that kills the calling program (the client library runs inside applications).
+fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: `fd` is a live socket; `data` is valid for reads of its length.
+        let n = unsafe {
+            libc::send(
+                fd,
+                data.as_ptr().cast::<libc::c_void>(),
+                data.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
 impl Client {
     /// Connects to the socket at `path`.
     pub fn connect(path: &Path) -> Result<Self, Unreachable> {
@@ -139,7 +164,7 @@ impl Client {
     pub fn call_raw_with_fds(&mut self, line: &str) -> Result<(Reply, Vec<OwnedFd>), Unreachable> {
         // A daemon that refuses the connection at accept (permission, connection caps)
         // answers one line and closes: the write may fail, the answer is still there to read.
-        let written = self.stream.write_all(line.as_bytes());
+        let written = send_all(self.stream.as_raw_fd(), line.as_bytes());
         match self.read_reply() {
             Ok(r) => Ok(r),
             Err(e) => match written {
@@ -194,7 +219,14 @@ fn pct(ppm: u32) -> String {
 pub fn list_table(l: &ChannelList) -> String {
     let mut s = String::new();
     if l.channels.is_empty() && l.incoming.is_empty() && l.unrestored.is_empty() {
-        return "no channels\n".into();
+        let mut s = String::from("no channels\n");
+        if !l.receive_rejected.is_empty() {
+            s.push_str(&format!(
+                "receive path rejected: {}\n",
+                reasons(&l.receive_rejected)
+            ));
+        }
+        return s;
     }
     if !l.channels.is_empty() {
         s.push_str(&format!(
@@ -259,6 +291,12 @@ pub fn list_table(l: &ChannelList) -> String {
                 }
             ));
         }
+    }
+    if !l.receive_rejected.is_empty() {
+        s.push_str(&format!(
+            "receive path rejected: {}\n",
+            reasons(&l.receive_rejected)
+        ));
     }
     if !l.unrestored.is_empty() {
         if !l.channels.is_empty() || !l.incoming.is_empty() {
@@ -335,6 +373,72 @@ pub fn channel_detail(c: &ChannelInfo) -> String {
     s
 }
 
+/// The `stats --port` table: link, port counters, one line per queue pair, non-zero xstats.
+pub fn port_table(p: &control::protocol::PortStatsInfo) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let dev = p.device.as_deref().unwrap_or("-");
+    let Some(d) = &p.dpdk else {
+        let _ = writeln!(
+            s,
+            "port {} ({dev}): no port counters kept for this kind (dpdk only)",
+            p.kind
+        );
+        return s;
+    };
+    let link = match (d.link_up, d.link_speed_mbps) {
+        (true, Some(m)) => format!(
+            "up {m} Mb/s{}",
+            if d.full_duplex { " full-duplex" } else { "" }
+        ),
+        (true, None) => "up".into(),
+        (false, _) => "down".into(),
+    };
+    let _ = writeln!(s, "port dpdk {} ({}): link {link}", d.name, d.driver);
+    let _ = writeln!(
+        s,
+        "  rx {} packets {} bytes, missed {} errors {} no-mbuf {}; tx {} packets {} bytes, \
+         errors {}; RX pool {}/{} in use",
+        d.ipackets,
+        d.ibytes,
+        d.imissed,
+        d.ierrors,
+        d.rx_nombuf,
+        d.opackets,
+        d.obytes,
+        d.oerrors,
+        d.rx_pool_in_use,
+        d.rx_pool_size
+    );
+    let _ = writeln!(
+        s,
+        "{:>5} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10} {:>8}",
+        "QUEUE", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "HANDED IN", "HO DROPS", "TX POOL"
+    );
+    for q in &d.queues {
+        let _ = writeln!(
+            s,
+            "{:>5} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10} {:>8}",
+            q.queue,
+            q.rx_packets,
+            q.rx_bytes,
+            q.tx_packets,
+            q.tx_bytes,
+            q.handed_in,
+            q.handoff_dropped,
+            q.tx_pool_in_use
+        );
+    }
+    let nonzero: Vec<_> = d.xstats.iter().filter(|(_, &v)| v != 0).collect();
+    if !nonzero.is_empty() {
+        let _ = writeln!(s, "  xstats (non-zero; all in --json):");
+        for (k, v) in nonzero {
+            let _ = writeln!(s, "    {k} {v}");
+        }
+    }
+    s
+}
+
 /// `stats`.
 pub fn stats_table(v: &[ChannelStatsInfo]) -> String {
     if v.is_empty() {
@@ -397,7 +501,31 @@ pub fn stats_table(v: &[ChannelStatsInfo]) -> String {
     if v.iter().any(|c| c.rx.is_none() && c.tx.is_some()) {
         s.push_str("(* sending host only: submit to last packet on the wire; the receiver has end-to-end latency)\n");
     }
+    for c in v {
+        if let Some(r) = &c.rx {
+            if !r.rejected.is_empty() || r.implausible_timestamps > 0 || r.resyncs > 0 {
+                s.push_str(&format!(
+                    "channel {} receive: rejected {}; implausible timestamps {}; resyncs {}\n",
+                    c.id,
+                    reasons(&r.rejected),
+                    r.implausible_timestamps,
+                    r.resyncs
+                ));
+            }
+        }
+    }
     s
+}
+
+/// `reason=count, ...`, or `none`.
+fn reasons(m: &std::collections::BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `policy show`.
@@ -425,4 +553,69 @@ pub fn final_report(channels: &[ChannelStatsInfo], cores: &[CoreStats]) -> Strin
         ));
     }
     s
+}
+
+/// One channel's row of `rtchanctl top`: rate over the last refresh, p99, misses, drops.
+fn top_row(now: &ChannelStatsInfo, before: Option<&ChannelStatsInfo>, dt: f64) -> String {
+    let count = |c: &ChannelStatsInfo| match (&c.rx, &c.tx) {
+        (Some(r), _) => r.delivered,
+        (None, Some(t)) => t.sent,
+        _ => 0,
+    };
+    let rate = match before {
+        Some(b) if dt > 0.0 => format!("{:.0}/s", count(now).saturating_sub(count(b)) as f64 / dt),
+        _ => "-".into(),
+    };
+    let p99 = match (&now.rx, &now.tx) {
+        (Some(r), _) if r.latency.count > 0 => fmt_ns(r.latency.p99),
+        (None, Some(t)) if t.delay.count > 0 => fmt_ns(t.delay.p99),
+        _ => "-".into(),
+    };
+    let misses = now
+        .rx
+        .as_ref()
+        .map_or("-".into(), |r| r.deadline_misses.to_string());
+    let lost = now.rx.as_ref().map_or("-".into(), |r| r.lost.to_string());
+    let drops = now
+        .tx
+        .as_ref()
+        .map_or("-".into(), |t| (t.dropped + t.would_block).to_string());
+    let late = now
+        .tx
+        .as_ref()
+        .map_or("-".into(), |t| t.late_packets.to_string());
+    format!(
+        "{:>6} {:<4} {:<12} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        now.id, now.direction, now.peer, rate, p99, misses, lost, drops, late
+    )
+}
+
+/// The screen of `rtchanctl top`: a header, then one row per channel (rates over `dt` seconds
+/// since `before`), cut to `height` lines.
+pub fn top_screen(
+    now: &[ChannelStatsInfo],
+    before: &[ChannelStatsInfo],
+    dt: f64,
+    height: usize,
+) -> Vec<String> {
+    let mut lines = vec![
+        format!(
+            "rtchan top: {} channel(s), refreshed every second; q quits",
+            now.len()
+        ),
+        "per-core busy share: not published by the daemon yet (see docs/cli.md)".to_string(),
+        String::new(),
+        format!(
+            "{:>6} {:<4} {:<12} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "id", "dir", "peer", "rate", "p99", "misses", "lost", "drops", "late-pk"
+        ),
+    ];
+    for c in now {
+        let b = before
+            .iter()
+            .find(|b| b.id == c.id && b.direction == c.direction);
+        lines.push(top_row(c, b, dt));
+    }
+    lines.truncate(height.max(1));
+    lines
 }

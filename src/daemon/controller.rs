@@ -40,12 +40,16 @@ use dataplane::channel::{ChannelShared, Sender};
 use dataplane::core::CoreStats;
 use dataplane::rx::Receiver;
 use dataplane::sched::SchedPolicy;
-use dataplane::spec::{ChannelConfig, ChannelSpec, OverflowPolicy};
+use dataplane::spec::{ChannelConfig, ChannelSpec, Endpoint, OverflowPolicy};
+use dataplane::wire::{ParseError, SourceCheck};
 
 use super::dp::{Dataplane, PORT_QUEUE};
 use super::peer::PeerSession;
+use super::server::ConnId;
 use super::traffic::{parse_source, Sink, SourceThread};
 use super::Msg;
+
+mod attach;
 
 /// Receive ring of an incoming channel, messages.
 const RX_RING: u32 = 1024;
@@ -77,6 +81,8 @@ struct Outgoing {
     sender: Option<Sender>,
     source: Option<SourceThread>,
     opened: Instant,
+    /// The client connection holding the submit ring of a client-fed channel.
+    conn: Option<ConnId>,
 }
 
 /// An opened channel's sending side: its shared state, and the application's sender or the
@@ -91,6 +97,8 @@ struct Incoming {
     receiver: Option<Receiver>,
     info: IncomingInfo,
     opened: Instant,
+    /// The client connection whose delivery ring receives the channel.
+    app: Option<ConnId>,
 }
 
 /// Final statistics the daemon prints when it stops.
@@ -221,6 +229,7 @@ impl Control {
                         Request::List
                         | Request::Show(_)
                         | Request::Stats(_)
+                        | Request::PortStats
                         | Request::PolicyShow
                         | Request::Ping,
                     ..
@@ -324,12 +333,23 @@ impl Control {
     /// Handles one message.
     pub fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Client { request, reply, .. } => {
-                let r = self.client(request);
-                let _ = reply.send(r);
+            Msg::Client {
+                conn,
+                caller,
+                request,
+                reply,
+            } => {
+                if attach::carries_fds(&request) {
+                    let (r, fds, holds) = self.client_with_fds(conn, caller, request);
+                    let _ = reply.send_full(r, fds, holds);
+                } else {
+                    let r = self.client(request);
+                    let _ = reply.send(r);
+                }
             }
-            // No per-connection resources yet (the client library's channels will be).
-            Msg::ClientClosed { .. } => {}
+            // Client-fed channels close with their connection; attached receivers go back to
+            // the sink.
+            Msg::ClientClosed { conn } => self.client_closed(conn),
             Msg::Peer {
                 session,
                 from,
@@ -637,9 +657,14 @@ impl Control {
                 }
             }
             Request::Stats(a) => Reply::from_result(self.stats(a.id)),
+            Request::PortStats => Reply::ok(self.dp.port_stats(&self.cfg)),
             Request::PolicyShow => Reply::ok(&self.policy),
             Request::PolicySet(u) => Reply::from_result(self.policy_set(&u)),
             Request::Ping => Reply::ok(serde_json::json!({})),
+            // Routed to `client_with_fds` by `handle`.
+            Request::Attach(_) | Request::Detach(_) => Reply::err(internal(
+                "attach/detach must come from a control-socket connection",
+            )),
         }
     }
 
@@ -778,6 +803,13 @@ impl Control {
         args: &OpenArgs,
         fixed_id: Option<u32>,
     ) -> Result<ChannelInfo, ApiError> {
+        if args.attach && args.source.is_some() {
+            return Err(ApiError::invalid(
+                "attach",
+                "attach: a client-fed channel takes its messages from the client; it cannot \
+                 also have a built-in source",
+            ));
+        }
         if args.best_effort {
             return self.open_best_effort(args, fixed_id);
         }
@@ -819,11 +851,14 @@ impl Control {
         }
         let cands = self.candidates(args)?;
         let host_max = d - net;
+        // A client-fed channel's messages wait up to one loop iteration for the client scan:
+        // admitted with that much less of the host's bound, given back in its deadlines.
+        let jitter = self.client_jitter(args);
         let base = |c: u16, deadline: Nanos| ChannelRequest {
             mmax,
             imin,
             bmax: args.bmax,
-            deadline,
+            deadline: deadline.saturating_sub(jitter),
             core: Some(c),
             txq: Some(c),
         };
@@ -831,8 +866,8 @@ impl Control {
         let mut chosen = None;
         for &c in &cands {
             if let Ok(least) = least_deadline(&self.tx_adm, &base(c, host_max)) {
-                if least < host_max {
-                    chosen = Some((c, least));
+                if least + jitter < host_max {
+                    chosen = Some((c, least + jitter));
                     break;
                 }
             }
@@ -899,6 +934,10 @@ impl Control {
                 .tx_adm
                 .check(&req)
                 .map_err(|e| self.sender_error(e, d, net, &args.dst))?;
+            let mut sender = sender;
+            sender.cpu_deadline += jitter;
+            sender.link_deadline += jitter;
+            sender.request.deadline += jitter;
             return Ok(self.info(id, "dry_run", args, net, sender, grant, &policy_name));
         }
         let undo_remote = |this: &mut Self| this.abort_remote(&dst, id);
@@ -909,6 +948,10 @@ impl Control {
                 return Err(self.sender_error(e, d, net, &args.dst));
             }
         };
+        let mut sender_adm = sender_adm;
+        sender_adm.cpu_deadline += jitter;
+        sender_adm.link_deadline += jitter;
+        sender_adm.request.deadline += jitter;
         let mut cfg = ChannelConfig::real_time(
             id,
             ChannelSpec {
@@ -927,7 +970,8 @@ impl Control {
             let _ = this.tx_adm.release(sender_adm.id);
             undo_remote(this);
         };
-        let (shared, sender, source) = self.start_sender(core, cfg, pattern, msg_size, id, undo)?;
+        let (shared, sender, source) =
+            self.start_sender(core, cfg, pattern, msg_size, (id, args.attach), undo)?;
         let adm_id = Some(sender_adm.id);
         let info = self.info(id, "open", args, net, sender_adm, grant, &policy_name);
         self.commit_outgoing(
@@ -963,6 +1007,7 @@ impl Control {
             policy: policy.into(),
             source: args.source.clone(),
             best_effort: args.best_effort,
+            attach: args.attach,
         }
     }
 
@@ -1059,7 +1104,8 @@ impl Control {
         cfg.txq = PORT_QUEUE;
         self.address(&mut cfg, &dst);
         let undo = |this: &mut Self| this.abort_remote(&dst, id);
-        let (shared, sender, source) = self.start_sender(core, cfg, pattern, msg_size, id, undo)?;
+        let (shared, sender, source) =
+            self.start_sender(core, cfg, pattern, msg_size, (id, args.attach), undo)?;
         let info = self.info(id, "open", args, net, sender_numbers, grant, &policy_name);
         self.commit_outgoing(
             id,
@@ -1079,7 +1125,7 @@ impl Control {
         cfg: ChannelConfig,
         pattern: Option<dataplane::source::Pattern>,
         msg_size: u64,
-        id: u32,
+        (id, client): (u32, bool),
         undo: impl FnOnce(&mut Self),
     ) -> Result<SenderParts, ApiError> {
         let (messages, mmax) = (cfg.reservation.messages, cfg.reservation.bytes_per_message);
@@ -1095,6 +1141,16 @@ impl Control {
             this.memory.release(Side::Sending, id);
             undo(this);
         };
+        if client {
+            // Client-fed: the ring's memfd goes to the client; no sender in this process.
+            return match self.dp.tx[usize::from(core)].handle.open_client(cfg) {
+                Ok(shared) => Ok((shared, None, None)),
+                Err(e) => {
+                    undo(self);
+                    Err(internal(format!("core {core} refused the channel: {e}")))
+                }
+            };
+        }
         let built = match self.dp.tx[usize::from(core)].handle.prepare_open(cfg) {
             Ok(pending) => self.off_thread(bytes, move || pending.build()),
             Err(e) => Err(internal(format!("core {core} refused the channel: {e}"))),
@@ -1153,6 +1209,7 @@ impl Control {
                 sender,
                 source,
                 opened: Instant::now(),
+                conn: None,
             },
         );
         if let Err(e) = self.commit_remote(&dst, id) {
@@ -1300,7 +1357,7 @@ impl Control {
             self.teardown(id, false, false);
         }
         if !ids.is_empty() {
-            eprintln!(
+            tracing::warn!(
                 "rtchand: lost peer '{peer}': closed channels {ids:?} and freed their reservations"
             );
             self.persist();
@@ -1453,7 +1510,7 @@ impl Control {
             .admit(&req)
             .map_err(|e| internal(e.to_string()))?;
         let core = admitted.core;
-        let receiver = match self.open_receiver(core, p.id, p.mmax) {
+        let receiver = match self.open_receiver(core, p.id, p.mmax, from) {
             Ok(r) => r,
             Err(e) => {
                 let _ = self.rx_adm.release(admitted.id);
@@ -1483,6 +1540,7 @@ impl Control {
                     best_effort: false,
                 },
                 opened: Instant::now(),
+                app: None,
             },
         );
         Ok(Grant {
@@ -1527,7 +1585,7 @@ impl Control {
         if p.dry_run {
             return Ok(grant);
         }
-        let receiver = self.open_receiver(core, p.id, p.mmax)?;
+        let receiver = self.open_receiver(core, p.id, p.mmax, from)?;
         if let Some(r) = &receiver {
             self.sink.add(p.id, r.clone());
             self.dp.steer(p.id, Some(core));
@@ -1549,6 +1607,7 @@ impl Control {
                     best_effort: true,
                 },
                 opened: Instant::now(),
+                app: None,
             },
         );
         Ok(grant)
@@ -1561,6 +1620,7 @@ impl Control {
         core: u16,
         id: u32,
         mmax: u32,
+        from: &str,
     ) -> Result<Option<Receiver>, ApiError> {
         if self.dp.receive_core(core).is_none() {
             return Ok(None);
@@ -1569,11 +1629,13 @@ impl Control {
         self.memory
             .reserve(Side::Receiving, id, "mmax", bytes)
             .map_err(|e| self.memory_error(e))?;
+        let check = self.source_check(from);
         let pending = self
             .dp
             .receive_core(core)
             .expect("checked above")
-            .prepare_receiver(id, mmax, RX_RING);
+            .prepare_receiver(id, mmax, RX_RING)
+            .with_source(check);
         let opened = self
             .off_thread(bytes, move || pending.build())
             .and_then(|shared| {
@@ -1593,6 +1655,10 @@ impl Control {
         if let Some(i) = self.inc.remove(&id) {
             self.memory.release(Side::Receiving, id);
             self.sink.remove(id);
+            // An attached client sees the channel closed in its ring.
+            if let Some(r) = i.receiver.as_ref().and_then(|r| r.shared().app_region()) {
+                r.close();
+            }
             if i.receiver.is_some() {
                 self.dp.steer(id, None);
                 if let Some(handle) = self.dp.receive_core(i.core) {
@@ -1616,7 +1682,7 @@ impl Control {
             self.release_incoming(id);
         }
         if !ids.is_empty() {
-            eprintln!("rtchand: a peer's session ended: released incoming channels {ids:?}");
+            tracing::warn!("rtchand: a peer's session ended: released incoming channels {ids:?}");
         }
     }
 
@@ -1689,6 +1755,50 @@ impl Control {
                 .filter(|r| only.is_none() || r.id == only)
                 .cloned()
                 .collect(),
+            receive_rejected: self.receive_rejected(),
+        }
+    }
+
+    /// Frames every receive path of this host rejected, by reason (non-zero only).
+    fn receive_rejected(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for slot in self.dp.tx.iter().chain(self.dp.rx.iter()) {
+            let r = slot.handle.rx_rejects();
+            for e in ParseError::ALL {
+                let n = r.rejected[e.index()].get();
+                if n > 0 {
+                    *m.entry(e.name().to_string()).or_insert(0) += n;
+                }
+            }
+        }
+        m
+    }
+
+    /// The addresses frames of a channel from `from` must carry: what its sender writes
+    /// (`address` on the sending side, mirrored), as far as this host knows them.
+    fn source_check(&self, from: &str) -> SourceCheck {
+        let default = Endpoint::default();
+        if from == "local" {
+            return SourceCheck::exact(&default);
+        }
+        let peer = self.cfg.peer(from);
+        let peer_ip = peer.and_then(|p| p.data_ipv4()).map(|ip| ip.octets());
+        match self.dp.wire {
+            Some(w) => SourceCheck {
+                src_mac: peer
+                    .and_then(|p| p.mac.as_deref())
+                    .and_then(|m| parse_mac(m).ok()),
+                dst_mac: Some(w.mac),
+                src_ip: peer_ip,
+                dst_ip: Some(w.ip),
+                src_port: Some(default.src_port),
+            },
+            // No data link: the sender writes the default addresses, to our data IPv4 as
+            // it has us configured (unknown here).
+            None => SourceCheck {
+                dst_ip: None,
+                ..SourceCheck::exact(&default)
+            },
         }
     }
 
@@ -1705,6 +1815,13 @@ impl Control {
             latency: percentiles(&s.latency_snapshot()),
             recent_misses,
             older_misses,
+            rejected: ParseError::ALL
+                .iter()
+                .map(|e| (e.name().to_string(), s.rejected[e.index()].get()))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            implausible_timestamps: s.implausible_timestamps.get(),
+            resyncs: s.resyncs.get(),
         }
     }
 
@@ -1747,6 +1864,7 @@ impl Control {
                     dropped: snap.dropped_newest + snap.dropped_oldest + snap.dropped_on_close,
                     late_packets: snap.late_packets,
                     budget_overruns: snap.budget_overruns,
+                    invalid: snap.invalid_descriptors,
                     delay: percentiles(&s.delay_snapshot()),
                 }),
                 rx,
@@ -1864,7 +1982,7 @@ impl Control {
                 .collect(),
         };
         if let Err(e) = state.save_with(&self.unrestored, path) {
-            eprintln!("rtchand: {e}");
+            tracing::error!("rtchand: {e}");
         }
     }
 

@@ -227,6 +227,19 @@ impl Dataplane {
         let _ = (id, core);
     }
 
+    /// The port's state and counters (`port_stats`): kept for the DPDK port, which the cores
+    /// share; the other backends' ports are owned by their cores.
+    pub fn port_stats(&self, cfg: &DaemonConfig) -> control::protocol::PortStatsInfo {
+        control::protocol::PortStatsInfo {
+            kind: cfg.port.kind.name().into(),
+            device: cfg.port.device.clone(),
+            #[cfg(feature = "dpdk")]
+            dpdk: self.dpdk.as_ref().map(|p| dpdk_stats(&p.report())),
+            #[cfg(not(feature = "dpdk"))]
+            dpdk: None,
+        }
+    }
+
     /// Whether channels to `local` can be delivered here (the memlink loopback).
     pub fn has_loopback(&self) -> bool {
         !self.rx.is_empty()
@@ -265,5 +278,42 @@ impl Dataplane {
             r.stop();
         }
         stats
+    }
+}
+
+#[cfg(feature = "dpdk")]
+fn dpdk_stats(r: &crate::ports::dpdk::PortReport) -> control::protocol::DpdkPortStats {
+    use control::protocol::{DpdkPortStats, QueueStatsInfo};
+    DpdkPortStats {
+        name: r.name.clone(),
+        driver: r.driver.clone(),
+        link_up: r.link.is_some_and(|l| l.up),
+        link_speed_mbps: r.link.and_then(|l| l.speed_mbps),
+        full_duplex: r.link.is_some_and(|l| l.full_duplex),
+        ipackets: r.stats.ipackets,
+        opackets: r.stats.opackets,
+        ibytes: r.stats.ibytes,
+        obytes: r.stats.obytes,
+        imissed: r.stats.imissed,
+        ierrors: r.stats.ierrors,
+        oerrors: r.stats.oerrors,
+        rx_nombuf: r.stats.rx_nombuf,
+        rx_pool_in_use: r.rx_pool_in_use,
+        rx_pool_size: r.rx_pool_size,
+        queues: r
+            .queues
+            .iter()
+            .map(|q| QueueStatsInfo {
+                queue: q.queue,
+                rx_packets: q.rx_packets,
+                rx_bytes: q.rx_bytes,
+                tx_packets: q.tx_packets,
+                tx_bytes: q.tx_bytes,
+                handed_in: q.handed_in,
+                handoff_dropped: q.handoff_dropped,
+                tx_pool_in_use: q.tx_pool_in_use,
+            })
+            .collect(),
+        xstats: r.xstats.iter().cloned().collect(),
     }
 }

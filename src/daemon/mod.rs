@@ -17,6 +17,9 @@
 //! stops the cores and returns the final statistics. [`run`] adds SIGINT/SIGTERM handling
 //! for `rtchand --config FILE`.
 //!
+//! Logs go through `tracing` (one line per event, with its level; `rtchand` installs a
+//! subscriber writing to stderr, which journald keeps under the service).
+//!
 //! # Modules
 //! - [`controller`]: the control thread's state and request handling.
 //! - [`server`]: the control socket and its permission checks.
@@ -160,7 +163,7 @@ fn load_state(path: &Path, discard: bool) -> Result<LoadedState, DaemonError> {
             let kept = keep_aside(path).map_err(|k| {
                 DaemonError::State(format!("{e}; --discard-state could not keep it aside: {k}"))
             })?;
-            eprintln!(
+            tracing::warn!(
                 "rtchand: {e}; --discard-state: kept it as {} and starting with no channels",
                 kept.display()
             );
@@ -357,22 +360,30 @@ impl Daemon {
     }
 }
 
+/// `e` on one line (a log event is one line): a parser's multi-line excerpt folded.
+pub fn one_line(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    parts.join(" ")
+}
+
 /// SIGHUP: re-reads `path`, applies its run-time policy, and names what else changed (which
 /// needs a restart). A file that does not load changes nothing.
 fn reload(d: &Daemon, path: &Path, running: &DaemonConfig) {
     let cfg = match DaemonConfig::load(path) {
         Ok(c) => c,
         Err(e) => {
-            // One line per event: the parser's multi-line excerpt folded.
-            let e = e.to_string();
-            let e: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-            eprintln!("rtchand: SIGHUP: {}; nothing changed", e.join(" "));
+            tracing::warn!("rtchand: SIGHUP: {}; nothing changed", one_line(&e));
             return;
         }
     };
     let reply = d.reload(&cfg);
     match reply.into_result::<control::protocol::PolicyInfo>() {
-        Ok(p) => eprintln!(
+        Ok(p) => tracing::info!(
             "rtchand: SIGHUP: policy reloaded from {}: granularity {}, work_conserving {}, \
              best_effort_reserve_ppm {}, run_budget_cycles {}, overflow {}, close {}",
             path.display(),
@@ -383,7 +394,7 @@ fn reload(d: &Daemon, path: &Path, running: &DaemonConfig) {
             p.overflow,
             p.close
         ),
-        Err(e) => eprintln!("rtchand: SIGHUP: policy not changed: {}", e.message),
+        Err(e) => tracing::warn!("rtchand: SIGHUP: policy not changed: {}", e.message),
     }
     let (new, old) = (
         serde_json::to_value(&cfg).unwrap_or_default(),
@@ -409,7 +420,7 @@ fn reload(d: &Daemon, path: &Path, running: &DaemonConfig) {
             stale.push("policy.idle/idle_sleep".into());
         }
         if !stale.is_empty() {
-            eprintln!(
+            tracing::warn!(
                 "rtchand: SIGHUP: changed but not applied until a restart: {}",
                 stale.join(", ")
             );
@@ -431,9 +442,9 @@ pub fn run(path: &Path, opts: StartOptions) -> Result<FinalReport, DaemonError> 
     let started_with = cfg.clone();
     let d = Daemon::start_with(cfg, opts)?;
     for e in &d.restore_errors {
-        eprintln!("rtchand: not re-established (kept in the state file and listed): {e}");
+        tracing::warn!("rtchand: not re-established (kept in the state file and listed): {e}");
     }
-    eprintln!(
+    tracing::info!(
         "rtchand: serving {}{}{}; {} channel(s) re-established",
         d.socket.display(),
         d.peer_addr
@@ -450,6 +461,6 @@ pub fn run(path: &Path, opts: StartOptions) -> Result<FinalReport, DaemonError> 
             reload(&d, path, &started_with);
         }
     }
-    eprintln!("rtchand: stopping: no new requests; draining channels");
+    tracing::info!("rtchand: stopping: no new requests; draining channels");
     Ok(d.shutdown())
 }

@@ -54,6 +54,7 @@ pub fn model(
             rx_burst_ns: step,
             control_poll_ns: 0,
             tx_stage_ns: 0,
+            client_scan_ns: 0,
             mtu: 1500,
             link_rate_bps: link_bps,
         },

@@ -63,6 +63,10 @@ pub struct CostModel {
     /// Longest TX stage on a core: the link scheduler's release of one TX batch and one
     /// `tx_burst`.
     pub tx_stage_ns: Nanos,
+    /// Longest scan of client-fed channels' shared-memory rings in one iteration
+    /// (`dataplane::core::CLIENT_SCAN_PER_ITERATION` tail loads, each a cache miss at worst).
+    /// It runs in the service phase, after the RX burst ([`Self::service_phase_ns`]).
+    pub client_scan_ns: Nanos,
     /// IP MTU of the port in bytes.
     pub mtu: u32,
     /// Line rate of the port in bits per second.
@@ -78,6 +82,7 @@ impl Default for CostModel {
             rx_burst_ns: 3_000,
             control_poll_ns: 500,
             tx_stage_ns: 500,
+            client_scan_ns: 2_000,
             mtu: 1500,
             link_rate_bps: 10_000_000_000,
         }
@@ -127,11 +132,13 @@ impl CostModel {
                 * (self.per_packet_ns + self.tx_stage_ns.div_ceil(MAX_BURST as u64))
     }
 
-    /// The service phase, which runs without a preemption point: every RX burst and every
-    /// control command it may take, summed (`dataplane::core::RX_BURSTS_PER_SERVICE` ×
-    /// `rx_burst_ns` + `CONTROL_PER_SERVICE` × `control_poll_ns`).
+    /// The service phase, which runs without a preemption point: every RX burst, the client
+    /// scan and every control command it may take, summed
+    /// (`dataplane::core::RX_BURSTS_PER_SERVICE` × `rx_burst_ns` + `client_scan_ns` +
+    /// `CONTROL_PER_SERVICE` × `control_poll_ns`).
     pub fn service_phase_ns(&self) -> Nanos {
         RX_BURSTS_PER_SERVICE as u64 * self.rx_burst_ns
+            + self.client_scan_ns
             + CONTROL_PER_SERVICE as u64 * self.control_poll_ns
     }
 
@@ -340,12 +347,12 @@ impl ResourceModel {
 
     /// Longest stretch between two preemption points of a core, where no TX stage can run:
     /// a handler run of `granularity` packets (its message's cost included), a best-effort
-    /// run, one RX burst or one control command, followed by a TX stage.
+    /// run, or the service phase from its last RX burst on (at most the whole phase),
+    /// followed by a TX stage.
     pub fn longest_stretch(&self) -> Nanos {
         let run = self.cost.handler_chunk(self.granularity, self.granularity);
         run.max(self.cost.best_effort_run_ns)
-            .max(self.cost.rx_burst_ns)
-            .max(self.cost.control_poll_ns)
+            .max(self.cost.service_phase_ns())
             + self.cost.tx_stage_ns
     }
 
@@ -388,6 +395,27 @@ impl ResourceModel {
     /// The daemon configures every TX queue's link scheduler with exactly this.
     pub fn link_in_flight_bytes(&self) -> u64 {
         u64::from(self.link_in_flight_frames()) * self.cost.max_packet_wire_bytes()
+    }
+
+    /// The longest a client-fed channel's message can wait, after the client published it,
+    /// before the core's client scan sees it: the scan is in the service phase, due
+    /// `dataplane::core::SERVICE_INTERVAL_NS` after the previous one, then waiting for the
+    /// iteration under way (every run and TX stage it may hold, at their bounds) and for the
+    /// phase's own RX burst before it. The daemon admits such a
+    /// channel with this much less of its host bound and adds it back to the deadlines it
+    /// configures: release jitter, which EDF's demand test charges exactly that way.
+    pub fn client_release_jitter(&self) -> Nanos {
+        use dataplane::core::RUNS_PER_ITERATION;
+        let c = &self.cost;
+        let run = c
+            .best_effort_run_ns
+            .max(c.handler_chunk(self.granularity, self.granularity));
+        // The scan is in the service phase: due SERVICE_INTERVAL_NS after the last one, it
+        // waits for the iteration under way (its runs, a TX stage after each) and runs last
+        // in its phase.
+        SERVICE_INTERVAL_NS
+            + RUNS_PER_ITERATION as Nanos * (run + c.tx_stage_ns)
+            + c.service_phase_ns()
     }
 
     /// The link's blocking on TX queue `txq`: a packet that becomes the most urgent can find

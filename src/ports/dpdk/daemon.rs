@@ -294,6 +294,7 @@ impl DaemonPort {
             queues,
             rx_pool_in_use: self.rx_pool.in_use(),
             rx_pool_size: self.rx_pool.size(),
+            xstats: self.eth.xstats().unwrap_or_default(),
         }
     }
 }
@@ -336,4 +337,6 @@ pub struct PortReport {
     pub rx_pool_in_use: u32,
     /// RX pool size.
     pub rx_pool_size: u32,
+    /// The driver's extended statistics.
+    pub xstats: Vec<(String, u64)>,
 }

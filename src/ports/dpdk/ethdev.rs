@@ -424,6 +424,34 @@ impl EthPort {
         })
     }
 
+    /// The driver's extended statistics (`rte_eth_xstats_get_names`, `rte_eth_xstats_get`),
+    /// as (name, value) pairs. Control path: allocates.
+    pub fn xstats(&self) -> Result<Vec<(String, u64)>> {
+        let id = self.id.raw();
+        // SAFETY: valid port owned by self; NULL with size 0 asks for the count.
+        let n = unsafe { ffi::rte_eth_xstats_get_names(id, std::ptr::null_mut(), 0) };
+        check("rte_eth_xstats_get_names", n)?;
+        let n = n as usize;
+        let mut names = vec![ffi::rte_eth_xstat_name::default(); n];
+        let mut values = vec![ffi::rte_eth_xstat::default(); n];
+        // SAFETY: names has room for n entries, as passed.
+        let got = unsafe { ffi::rte_eth_xstats_get_names(id, names.as_mut_ptr(), n as u32) };
+        check("rte_eth_xstats_get_names", got)?;
+        // SAFETY: values has room for n entries, as passed.
+        let got_v = unsafe { ffi::rte_eth_xstats_get(id, values.as_mut_ptr(), n as u32) };
+        check("rte_eth_xstats_get", got_v)?;
+        let (got, got_v) = ((got as usize).min(n), (got_v as usize).min(n));
+        Ok(values[..got_v]
+            .iter()
+            .filter_map(|v| {
+                let name = names.get(v.id as usize).filter(|_| (v.id as usize) < got)?;
+                // SAFETY: DPDK wrote a NUL-terminated name into the fixed-size array.
+                let name = unsafe { cstr_or_empty(name.name.as_ptr()) };
+                Some((name, v.value))
+            })
+            .collect())
+    }
+
     /// Resets the port counters.
     pub fn reset_stats(&mut self) -> Result<()> {
         // SAFETY: valid port owned by self.

@@ -1,0 +1,255 @@
+//! The client library's requests: opening a client-fed channel, attaching a connection to a
+//! channel's shared-memory ring, and freeing what a connection held when it ends.
+//!
+//! The rings are `dataplane::shm` regions in sealed memfds: the submit ring of a client-fed
+//! channel (created with the channel), the delivery ring of an attached receiver (created at
+//! attach, with an eventfd). The reply to `open` with `attach` and to `attach` carries their
+//! fds (`SCM_RIGHTS`). Each ring belongs to one connection at a time; when that connection
+//! ends (the process exited or was killed), its client-fed channels are closed per the close
+//! mode with their reservations freed, and its attached receivers go back to the sink.
+
+use std::os::fd::OwnedFd;
+
+use control::admission::Nanos;
+use control::protocol::{
+    ApiError, AttachArgs, AttachRole, ErrorKind, IdArgs, OpenArgs, Reply, Request,
+};
+use dataplane::shm::{self, DeliverDesc, Params, Region};
+
+use super::{internal, not_found, Control, RX_RING};
+use crate::daemon::server::{Caller, ConnId};
+
+/// Requests whose replies carry file descriptors.
+pub(super) fn carries_fds(req: &Request) -> bool {
+    match req {
+        Request::Open(a) => a.attach && !a.dry_run,
+        Request::Attach(_) | Request::Detach(_) => true,
+        _ => false,
+    }
+}
+
+/// A reply, the fds it carries, and whether the connection now holds daemon resources.
+type FdReply = (Reply, Vec<OwnedFd>, Option<bool>);
+
+fn busy(what: String) -> ApiError {
+    ApiError::new(ErrorKind::Refused, what)
+}
+
+fn dup(fd: Option<std::os::fd::BorrowedFd<'_>>) -> Result<OwnedFd, ApiError> {
+    fd.ok_or_else(|| internal("the channel has no shared-memory ring"))?
+        .try_clone_to_owned()
+        .map_err(|e| internal(format!("cannot duplicate the ring's fd: {e}")))
+}
+
+impl Control {
+    /// The release jitter a client-fed channel is admitted with (0 for the others).
+    pub(super) fn client_jitter(&self, args: &OpenArgs) -> Nanos {
+        if args.attach && !args.best_effort {
+            self.tx_adm.model().client_release_jitter()
+        } else {
+            0
+        }
+    }
+
+    pub(super) fn client_with_fds(
+        &mut self,
+        conn: ConnId,
+        _caller: Caller,
+        request: Request,
+    ) -> FdReply {
+        let r = match request {
+            Request::Open(args) => self.open_attached(conn, &args),
+            Request::Attach(AttachArgs {
+                id,
+                role: AttachRole::Send,
+            }) => self.attach_send(conn, id),
+            Request::Attach(AttachArgs {
+                id,
+                role: AttachRole::Recv,
+            }) => self.attach_recv(conn, id),
+            Request::Detach(IdArgs { id }) => self.detach(conn, id).map(|r| (r, Vec::new(), None)),
+            other => Ok((self.client(other), Vec::new(), None)),
+        };
+        r.unwrap_or_else(|e| (Reply::err(e), Vec::new(), None))
+    }
+
+    fn open_attached(&mut self, conn: ConnId, args: &OpenArgs) -> Result<FdReply, ApiError> {
+        let info = self.open(args, None)?;
+        let id = info.id;
+        let fd = self
+            .out
+            .get(&id)
+            .map(|o| dup(o.shared.region().and_then(|r| r.fd())))
+            .unwrap_or_else(|| Err(not_found(id)));
+        match fd {
+            Ok(fd) => {
+                if let Some(o) = self.out.get_mut(&id) {
+                    o.conn = Some(conn);
+                }
+                Ok((Reply::ok(&info), vec![fd], Some(true)))
+            }
+            Err(e) => {
+                self.teardown(id, false, true);
+                self.persist();
+                Err(e)
+            }
+        }
+    }
+
+    fn attach_send(&mut self, conn: ConnId, id: u32) -> Result<FdReply, ApiError> {
+        let o = self.out.get_mut(&id).ok_or_else(|| not_found(id))?;
+        if !o.args.attach {
+            return Err(ApiError::invalid(
+                "id",
+                format!(
+                    "id: channel {id} was opened without attach: its messages come from the \
+                     daemon{}, not from a client",
+                    o.args
+                        .source
+                        .as_deref()
+                        .map(|s| format!(" (source '{s}')"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        if let Some(c) = o.conn {
+            return Err(busy(format!(
+                "channel {id} already has a sending client (connection {c}); a channel's \
+                 ring belongs to one client at a time"
+            )));
+        }
+        let fd = dup(o.shared.region().and_then(|r| r.fd()))?;
+        o.conn = Some(conn);
+        Ok((Reply::ok(&o.info), vec![fd], Some(true)))
+    }
+
+    fn attach_recv(&mut self, conn: ConnId, id: u32) -> Result<FdReply, ApiError> {
+        let i = self.inc.get(&id).ok_or_else(|| not_found(id))?;
+        if let Some(c) = i.app {
+            return Err(busy(format!(
+                "channel {id} already has a receiving client (connection {c})"
+            )));
+        }
+        if i.receiver.is_none() {
+            return Err(ApiError::invalid(
+                "id",
+                format!("id: this host has no receive path for channel {id}"),
+            ));
+        }
+        let core = i.core;
+        let req = &i.info.admitted.request;
+        let mmax = req.mmax;
+        let capacity = req.bmax.saturating_mul(4).clamp(64, RX_RING);
+        let region = Region::memfd::<DeliverDesc>(
+            &Params {
+                mmax,
+                capacity,
+                drop_oldest: false,
+                channel: id,
+            },
+            &format!("rtchan-deliver-{id}"),
+        )
+        .map_err(|e| internal(format!("delivery ring: {e}")))?;
+        let wake = shm::eventfd().map_err(|e| internal(format!("eventfd: {e}")))?;
+        let fds = vec![
+            dup(region.fd())?,
+            dup(Some(std::os::fd::AsFd::as_fd(&wake)))?,
+        ];
+        let handle = self
+            .dp
+            .receive_core(core)
+            .ok_or_else(|| internal(format!("receive core {core} is gone")))?;
+        handle
+            .close_receiver(id)
+            .map_err(|e| internal(format!("receive core {core}: {e}")))?;
+        self.sink.remove(id);
+        let opened = handle.open_receiver_app(id, mmax, region, wake);
+        let receiver = match opened {
+            Ok(r) => r,
+            Err(e) => {
+                // Put the in-process receiver back so the channel keeps being received.
+                let back = handle.open_receiver(id, mmax, RX_RING).ok();
+                if let Some(r) = &back {
+                    self.sink.add(id, r.clone());
+                }
+                if let Some(i) = self.inc.get_mut(&id) {
+                    i.receiver = back;
+                }
+                return Err(internal(format!("receive core {core}: {e}")));
+            }
+        };
+        let i = self.inc.get_mut(&id).expect("checked above");
+        i.receiver = Some(receiver);
+        i.app = Some(conn);
+        Ok((Reply::ok(&i.info), fds, Some(true)))
+    }
+
+    /// Gives an attached receiver back to the sink.
+    fn detach(&mut self, conn: ConnId, id: u32) -> Result<Reply, ApiError> {
+        match self.inc.get(&id) {
+            Some(i) if i.app == Some(conn) => {
+                self.detach_receiver(id);
+                Ok(Reply::ok(serde_json::json!({})))
+            }
+            Some(_) => Err(ApiError::invalid(
+                "id",
+                format!("id: this connection has no receiving ring of channel {id}"),
+            )),
+            None => Err(not_found(id)),
+        }
+    }
+
+    fn detach_receiver(&mut self, id: u32) {
+        let Some(i) = self.inc.get_mut(&id) else {
+            return;
+        };
+        i.app = None;
+        if let Some(r) = i.receiver.as_ref().and_then(|r| r.shared().app_region()) {
+            r.close();
+        }
+        let core = i.core;
+        let mmax = i.info.admitted.request.mmax;
+        let Some(handle) = self.dp.receive_core(core) else {
+            return;
+        };
+        let _ = handle.close_receiver(id);
+        let r = handle.open_receiver(id, mmax, RX_RING).ok();
+        if let Some(r) = &r {
+            self.sink.add(id, r.clone());
+        }
+        if let Some(i) = self.inc.get_mut(&id) {
+            i.receiver = r;
+        }
+    }
+
+    /// A control-socket connection ended: close its client-fed channels (per the close mode,
+    /// reservations freed on both hosts) and give its receivers back to the sink.
+    pub(super) fn client_closed(&mut self, conn: ConnId) {
+        let ids: Vec<u32> = self
+            .out
+            .iter()
+            .filter(|(_, o)| o.conn == Some(conn))
+            .map(|(&id, _)| id)
+            .collect();
+        let drain = self.policy.close == "drain";
+        for &id in &ids {
+            self.teardown(id, drain, true);
+        }
+        if !ids.is_empty() {
+            eprintln!(
+                "rtchand: a client went away: closed its channels {ids:?} and freed their \
+                 reservations"
+            );
+            self.persist();
+        }
+        let rx: Vec<u32> = self
+            .inc
+            .iter()
+            .filter(|(_, i)| i.app == Some(conn))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in rx {
+            self.detach_receiver(id);
+        }
+    }
+}
