@@ -151,6 +151,9 @@ mod dpdk {
         "rte_eth_stats_reset",
         "rte_eth_xstats_get",
         "rte_eth_xstats_get_names",
+        // telemetry
+        "rte_telemetry_register_cmd",
+        "rte_tel_data_.*",
         "rte_eth_rx_burst",
         "rte_eth_tx_burst",
         // mbuf / mempool
@@ -199,6 +202,7 @@ mod dpdk {
         "rte_eth_stats",
         "rte_eth_xstat",
         "rte_eth_xstat_name",
+        "rte_tel_value_type",
         "rte_eth_rxconf",
         "rte_eth_txconf",
         "rte_ether_addr",

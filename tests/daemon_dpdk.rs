@@ -68,14 +68,13 @@ fn run_daemon(dir: &Path, name: &str, text: &str) -> Output {
 fn refused(dir: &Path, name: &str, text: &str, key: &str, words: &str) {
     let out = run_daemon(dir, name, text);
     let err = String::from_utf8_lossy(&out.stderr);
+    // The line may carry a timestamp and level before "rtchand: ".
     let line = err
         .lines()
-        .find(|l| l.starts_with("rtchand: "))
+        .find_map(|l| l.split_once("rtchand: ").map(|(_, m)| m))
         .unwrap_or_else(|| panic!("{name}: no rtchand error line in:\n{err}"));
     assert_eq!(out.status.code(), Some(2), "{name}: {line}");
-    let msg = line
-        .trim_start_matches("rtchand: ")
-        .trim_start_matches("configuration: ");
+    let msg = line.trim_start_matches("configuration: ");
     assert!(
         msg.starts_with(key),
         "{name}: wanted key {key}, got: {line}"
@@ -233,4 +232,127 @@ fn good_port_brings_up_one_queue_pair_per_core() {
         assert!(report.contains(&format!("core {c}:")), "{report}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[path = "common/dpdk_daemon.rs"]
+mod dpdk_daemon;
+
+/// The telemetry endpoints answer over DPDK's telemetry socket with the channel table: a
+/// daemon on `net_null` (file prefix of its own) sending on core 1 to a memlink peer; the
+/// socket is queried the way `dpdk-telemetry.py` does (SOCK_SEQPACKET: greeting, command,
+/// reply), with python3.
+#[test]
+fn telemetry_endpoints_answer_with_the_channel_table() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root || Command::new("python3").arg("-V").output().is_err() {
+        eprintln!("SKIPPED telemetry test: needs root (/var/run/dpdk) and python3");
+        return;
+    }
+    let dir = tmpdir("tel");
+    let pid = std::process::id();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (pa, pb) = (free(), free());
+    let b_cfg = format!(
+        "socket = \"{}\"\n[peering]\nname = \"b\"\nlisten = \"127.0.0.1:{pb}\"\n[[peers]]\n\
+         name = \"a\"\naddress = \"127.0.0.1:{pa}\"\nnetwork_bound = \"1ms\"\n",
+        dir.join("b.sock").display()
+    );
+    let prefix = format!("rtchan-tel-{pid}");
+    let a_cfg = format!(
+        "socket = \"{}\"\n[port]\nkind = \"dpdk\"\ndevice = \"net_null0\"\nip = \"10.9.0.1\"\n\
+         no_huge = true\nfile_prefix = \"{prefix}\"\neal_args = [\"-m\", \"256\"]\n\
+         link_rate_bps = 100000000\n[policy]\nidle = \"sleep\"\n[peering]\nname = \"a\"\n\
+         listen = \"127.0.0.1:{pa}\"\n[[peers]]\nname = \"b\"\naddress = \"127.0.0.1:{pb}\"\n\
+         network_bound = \"1ms\"\nmac = \"02:00:00:00:00:0b\"\n[[cores]]\ntx_share_ppm = 500000\n\
+         [[cores]]\ntx_share_ppm = 400000\n",
+        dir.join("a.sock").display()
+    );
+    let mut b = dpdk_daemon::DaemonProc::start("b", &[], &dir, &b_cfg).unwrap();
+    let mut a = dpdk_daemon::DaemonProc::start("a", &[], &dir, &a_cfg).unwrap();
+    let opened = dpdk_daemon::ctl_json(
+        &a.socket,
+        &[
+            "channel",
+            "open",
+            "--mmax",
+            "1000",
+            "--imin",
+            "2ms",
+            "--bmax",
+            "4",
+            "--deadline",
+            "20ms",
+            "--dst",
+            "b",
+            "--core",
+            "1",
+            "--source",
+            "periodic",
+        ],
+    )
+    .unwrap();
+    let id = opened["id"].as_u64().unwrap();
+    // Two publication periods and some traffic.
+    std::thread::sleep(Duration::from_millis(700));
+    let sock = format!("/var/run/dpdk/{prefix}/dpdk_telemetry.v2");
+    let script = format!(
+        "import socket, json, sys\n\
+         out = {{}}\n\
+         for cmd in ['/rtchan/channels', '/rtchan/channel,{id}', '/rtchan/cores', '/rtchan/channel,999999']:\n\
+         \x20   s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+         \x20   s.connect('{sock}')\n\
+         \x20   json.loads(s.recv(4096))\n\
+         \x20   s.send(cmd.encode())\n\
+         \x20   out[cmd] = json.loads(s.recv(1 << 20))\n\
+         \x20   s.close()\n\
+         print(json.dumps(out))\n"
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let _ = a.stop();
+    let _ = b.stop();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let t = &v["/rtchan/channels"]["/rtchan/channels"];
+    assert_eq!(t["channels"], 1, "{v}");
+    assert_eq!(t["id"], serde_json::json!([id]), "{v}");
+    assert_eq!(t["direction"], serde_json::json!(["out"]), "{v}");
+    assert_eq!(t["peer"], serde_json::json!(["b"]), "{v}");
+    assert!(t["sent"][0].as_u64().unwrap() > 0, "{v}");
+    let c = &v[format!("/rtchan/channel,{id}").as_str()]["/rtchan/channel"];
+    assert_eq!(c["id"], id, "{v}");
+    assert!(
+        c["submitted"].as_u64().unwrap() >= c["sent"].as_u64().unwrap(),
+        "{v}"
+    );
+    let cores = &v["/rtchan/cores"]["/rtchan/cores"];
+    assert_eq!(cores["core"], serde_json::json!([0, 1]), "{v}");
+    // Core 1 sends the channel: its TX queue counted packets, core 0's none.
+    assert_eq!(cores["tx_packets"][0], 0, "{v}");
+    assert!(cores["tx_packets"][1].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["/rtchan/channel,999999"]["/rtchan/channel"].is_null(),
+        "{v}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
 }

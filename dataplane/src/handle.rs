@@ -271,9 +271,10 @@ impl CoreHandle {
         mmax: u32,
         region: Arc<crate::shm::Region>,
         wake: std::os::fd::OwnedFd,
+        source: Option<SourceCheck>,
     ) -> Result<Receiver, CoreError> {
         let reassembly = Self::reassembly_slots(region.params().capacity);
-        let shared = RxShared::with_app(id, mmax, reassembly, region, wake, &self.sink);
+        let shared = RxShared::with_app(id, mmax, reassembly, region, wake, &self.sink, source);
         self.open_built_receiver(BuiltReceiver {
             state: RxPath::prepare(shared.clone(), reassembly),
             shared,

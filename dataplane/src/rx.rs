@@ -244,6 +244,7 @@ impl RxShared {
         region: Arc<Region>,
         wake: OwnedFd,
         sink: &Arc<SampleSink>,
+        source: Option<SourceCheck>,
     ) -> Arc<Self> {
         let buffers = reassembly as usize + 1;
         let free = ArrayQueue::new(buffers);
@@ -254,6 +255,7 @@ impl RxShared {
             id,
             mmax,
             reassembly,
+            source,
             deliver: ArrayQueue::new(1),
             free,
             app: Some(AppRing { region, wake }),

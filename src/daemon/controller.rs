@@ -53,6 +53,10 @@ mod attach;
 
 /// Receive ring of an incoming channel, messages.
 const RX_RING: u32 = 1024;
+/// How often the channel table is published to the DPDK telemetry endpoints: fresh enough for
+/// an operator's `dpdk-telemetry.py`, rare enough that the control thread's statistics pass
+/// (histogram snapshots) costs nothing noticeable.
+const TELEMETRY_PERIOD: Duration = Duration::from_millis(200);
 /// Attempts at a channel id the receiver does not already use.
 const ID_ATTEMPTS: u32 = 32;
 /// Reservations from this size up are allocated on a helper thread while the control thread
@@ -126,6 +130,8 @@ pub struct Control {
     policy: PolicyInfo,
     state_path: Option<PathBuf>,
     last_heartbeat: Instant,
+    /// When the DPDK telemetry snapshot was last published.
+    last_telemetry: Instant,
     /// The control thread's inbox (clients and peers), once attached.
     inbox: Option<std::sync::mpsc::Receiver<Msg>>,
     /// Client messages that arrived while waiting for a peer; handled next, in order.
@@ -186,6 +192,7 @@ impl Control {
             next_id: 0,
             policy,
             last_heartbeat: Instant::now(),
+            last_telemetry: Instant::now(),
             inbox: None,
             deferred: std::collections::VecDeque::new(),
             refusals: BTreeMap::new(),
@@ -1366,6 +1373,11 @@ impl Control {
 
     /// Heartbeats every session that is due.
     pub fn tick(&mut self) {
+        if self.dp.has_telemetry() && self.last_telemetry.elapsed() >= TELEMETRY_PERIOD {
+            self.last_telemetry = Instant::now();
+            let stats = self.all_stats(None);
+            self.dp.publish_telemetry(&stats);
+        }
         let period = Duration::from_nanos(self.cfg.peering.heartbeat.0);
         if self.last_heartbeat.elapsed() < period {
             return;

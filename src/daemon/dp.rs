@@ -240,6 +240,58 @@ impl Dataplane {
         }
     }
 
+    /// Publishes the channel table and the cores' counters to the DPDK telemetry endpoints
+    /// (`/rtchan/*`); nothing for other ports.
+    pub fn publish_telemetry(&self, stats: &[control::protocol::ChannelStatsInfo]) {
+        #[cfg(feature = "dpdk")]
+        if let Some(p) = &self.dpdk {
+            use crate::ports::dpdk::telemetry::{publish, Snapshot, TelChannel, TelCore};
+            let r = p.report();
+            publish(Snapshot {
+                channels: stats
+                    .iter()
+                    .map(|c| TelChannel {
+                        id: c.id,
+                        direction: c.direction.clone(),
+                        peer: c.peer.clone(),
+                        submitted: c.tx.as_ref().map_or(0, |t| t.submitted),
+                        sent: c.tx.as_ref().map_or(0, |t| t.sent),
+                        late_packets: c.tx.as_ref().map_or(0, |t| t.late_packets),
+                        delivered: c.rx.as_ref().map_or(0, |r| r.delivered),
+                        deadline_misses: c.rx.as_ref().map_or(0, |r| r.deadline_misses),
+                        lost: c.rx.as_ref().map_or(0, |r| r.lost),
+                        latency_p99_ns: c
+                            .rx
+                            .as_ref()
+                            .map(|r| r.latency.p99)
+                            .or(c.tx.as_ref().map(|t| t.delay.p99))
+                            .unwrap_or(0),
+                    })
+                    .collect(),
+                cores: r
+                    .queues
+                    .iter()
+                    .map(|q| TelCore {
+                        core: q.queue,
+                        rx_packets: q.rx_packets,
+                        tx_packets: q.tx_packets,
+                        handed_in: q.handed_in,
+                        handoff_dropped: q.handoff_dropped,
+                    })
+                    .collect(),
+            });
+        }
+        let _ = stats;
+    }
+
+    /// Whether the port has telemetry endpoints to publish to.
+    pub fn has_telemetry(&self) -> bool {
+        #[cfg(feature = "dpdk")]
+        return self.dpdk.is_some();
+        #[cfg(not(feature = "dpdk"))]
+        false
+    }
+
     /// Whether channels to `local` can be delivered here (the memlink loopback).
     pub fn has_loopback(&self) -> bool {
         !self.rx.is_empty()

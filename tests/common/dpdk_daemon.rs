@@ -360,3 +360,38 @@ pub fn edf_violations(
     }
     out
 }
+
+/// A map from a capture's clock to the headers' clock (CLOCK_MONOTONIC), from `marks`:
+/// (capture stamp, stamp − submit) of every captured packet. The capture clock may run at a
+/// slightly different rate (net_pcap's TSC-frequency estimate: ~0.1 %), so the map is the line
+/// through two anchors, each the packet with the smallest (stamp − submit) in a window of
+/// `window` at either end of `[from, to]` (header clock), inside the steady part of the run.
+/// Every packet was stamped after its submit, so at both anchors the offset is estimated at
+/// least as large as the true one, by that packet's submit-to-wire time; with both clocks
+/// linear so is the line in between: mapped times come out early by at most the larger of the
+/// two anchors' submit-to-wire times (which only makes an EDF check more lenient) and the
+/// rate is off by at most their difference over the anchors' distance.
+pub fn clock_map(
+    marks: &[(Nanos, i128)],
+    from: Nanos,
+    to: Nanos,
+    window: Nanos,
+) -> impl Fn(Nanos) -> Nanos {
+    let c = marks.iter().map(|m| m.1).min().unwrap_or(0);
+    let pcap = |t: Nanos| (t as i128 + c) as Nanos;
+    let anchor = |lo: Nanos, hi: Nanos| {
+        marks
+            .iter()
+            .filter(|m| m.0 >= lo && m.0 <= hi)
+            .min_by_key(|m| m.1)
+            .copied()
+            .unwrap_or((lo, c))
+    };
+    let a0 = anchor(pcap(from), pcap(from + window));
+    let a1 = anchor(pcap(to.saturating_sub(window)), pcap(to));
+    move |ts: Nanos| {
+        let span = (a1.0 as i128 - a0.0 as i128).max(1);
+        let off = a0.1 + (a1.1 - a0.1) * (ts as i128 - a0.0 as i128) / span;
+        (ts as i128 - off) as Nanos
+    }
+}

@@ -155,6 +155,7 @@ impl Control {
             dup(region.fd())?,
             dup(Some(std::os::fd::AsFd::as_fd(&wake)))?,
         ];
+        let check = self.source_check(&i.info.from.clone());
         let handle = self
             .dp
             .receive_core(core)
@@ -163,12 +164,15 @@ impl Control {
             .close_receiver(id)
             .map_err(|e| internal(format!("receive core {core}: {e}")))?;
         self.sink.remove(id);
-        let opened = handle.open_receiver_app(id, mmax, region, wake);
+        let opened = handle.open_receiver_app(id, mmax, region, wake, Some(check));
         let receiver = match opened {
             Ok(r) => r,
             Err(e) => {
                 // Put the in-process receiver back so the channel keeps being received.
-                let back = handle.open_receiver(id, mmax, RX_RING).ok();
+                let pending = handle
+                    .prepare_receiver(id, mmax, RX_RING)
+                    .with_source(check);
+                let back = handle.open_built_receiver(pending.build()).ok();
                 if let Some(r) = &back {
                     self.sink.add(id, r.clone());
                 }

@@ -136,6 +136,9 @@ impl DaemonPort {
                 format!("DPDK EAL initialisation with {args:?} failed: {e}"),
             )
         })?;
+        if let Err(e) = super::telemetry::register() {
+            eprintln!("rtchand: dpdk: rtchan's telemetry endpoints not registered: {e}");
+        }
         if !is_pci_address(dev) {
             eal.probe_device(dev).map_err(|e| {
                 err(

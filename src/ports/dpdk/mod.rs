@@ -49,6 +49,7 @@ mod mempool;
 mod port;
 mod queues;
 mod sched;
+pub mod telemetry;
 
 pub use daemon::{eal_args, pool_sizes, port_name, DaemonPort, PortReport, QueueReport};
 pub use eal::Eal;

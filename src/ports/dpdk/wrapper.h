@@ -21,6 +21,7 @@
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
 #include <rte_sched.h>
+#include <rte_telemetry.h>
 
 /* `rte_errno` is a per-lcore (thread-local) variable: Rust cannot bind `__thread` data. */
 static inline int rtchan_rte_errno(void)
