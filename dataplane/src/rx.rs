@@ -259,7 +259,6 @@ impl RxShared {
             deliver: ArrayQueue::new(1),
             free,
             app: Some(AppRing { region, wake }),
-            source: None,
             stats: RxStats::new(sink),
         })
     }
