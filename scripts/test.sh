@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 [[ -d "$HOME/.cargo/bin" ]] && export PATH="$HOME/.cargo/bin:$PATH"
 
 PKGS=(libdpdk-dev dpdk librte-net-pcap23 libclang-dev clang pkg-config libpcap-dev iproute2
-      libxdp-dev libbpf-dev tcpdump prometheus tshark tmux)
+      libxdp-dev libbpf-dev tcpdump prometheus tshark tmux gcc g++ binutils)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
