@@ -161,6 +161,7 @@ mod dpdk {
         "rte_pktmbuf_alloc",
         "rte_pktmbuf_alloc_bulk",
         "rte_pktmbuf_free",
+        "rte_pktmbuf_free_bulk",
         "rte_pktmbuf_data_room_size",
         "rte_pktmbuf_headroom",
         "rte_pktmbuf_tailroom",

@@ -49,7 +49,10 @@ fn cost_model_arithmetic() {
     // 1538 bytes at 10 Gb/s is 1230.4 ns: rounded up.
     assert_eq!(c.link_ns(1538, 1_000_000), 1231);
     assert_eq!(c.link_ns(1538, 500_000), 2461);
-    assert_eq!(c.cpu_cost(3), 400 + 3 * 150);
+    // Per packet: its handler work and a 32nd of a TX stage (500 / 32, rounded up).
+    assert_eq!(c.cpu_cost(3), 400 + 3 * (150 + 16));
+    // One RX burst, the client scan and one control command per service phase.
+    assert_eq!(c.service_phase_ns(), 3_000 + 2_000 + 500);
     assert_eq!(c.handler_chunk(10, 4), 400 + 4 * 150);
     assert_eq!(c.handler_chunk(2, 4), 400 + 2 * 150);
 }
@@ -85,6 +88,17 @@ fn models_are_validated() {
         ModelError::MtuTooSmall { mtu: 68, .. }
     ));
     assert_eq!(bad(|m| m.max_message = 0), ModelError::MaxMessage(0));
+    // Costs that contradict the loop they describe are refused, naming the keys.
+    let e = bad(|m| m.cost.rx_burst_ns = 19_600);
+    assert_eq!(e, ModelError::ServicePhaseTooLong { phase: 22_100 });
+    let text = e.to_string();
+    assert!(
+        text.contains("cost.rx_burst_ns") && text.contains("cost.control_poll_ns"),
+        "{text}"
+    );
+    let e = bad(|m| m.cost.tx_stage_ns = 4_000);
+    assert_eq!(e, ModelError::TxStageTooLong(4_000));
+    assert!(e.to_string().contains("cost.tx_stage_ns"), "{e}");
 }
 
 #[test]
@@ -203,7 +217,22 @@ fn overlap_makes_the_host_bound_tighter_than_the_sum() {
             ..r
         })
         .unwrap();
-    let cpu_whole = ok.cpu_cost + m.cost.background_chunk();
+    // The CPU alone: the least t with cost + blocking + the loop's overheads due by t <= t.
+    let blocking = m.cost.background_chunk() + m.cpu_blocking_extra();
+    let overheads = m.cpu_overheads();
+    let mut cpu_whole = ok.cpu_cost + blocking;
+    loop {
+        let h = ok.cpu_cost
+            + blocking
+            + overheads
+                .iter()
+                .map(|k| k.dbf(cpu_whole) as u64)
+                .sum::<u64>();
+        if h <= cpu_whole {
+            break;
+        }
+        cpu_whole = h;
+    }
     let link_whole = ok.link_cost + m.link_blocking(0);
     assert!(
         minimum < cpu_whole + link_whole,
@@ -228,12 +257,13 @@ fn admitted_channel_reports_reservation_and_costs() {
     assert_eq!(a.packets, 3);
     assert_eq!(a.buffer_messages, 3);
     assert_eq!(a.buffer_bytes, 9000);
-    assert_eq!(a.cpu_cost, 400 + 3 * 150);
+    assert_eq!(a.cpu_cost, 400 + 3 * (150 + 16));
     assert_eq!(a.link_deadline, 200_000);
     assert!(a.cpu_deadline > 0 && a.cpu_deadline < a.link_deadline);
-    assert_eq!(a.cpu_utilisation_ppm, 850);
-    assert_eq!(a.core_utilisation_ppm, 850);
-    assert_eq!(adm.utilisation().cores, vec![850]);
+    // The channel's own share (the loop's overheads are the core's, not the channel's).
+    assert_eq!(a.cpu_utilisation_ppm, 898);
+    assert_eq!(a.core_utilisation_ppm, 898);
+    assert_eq!(adm.utilisation().cores, vec![898]);
     assert_eq!(adm.channel(0), Some(&a));
 }
 
@@ -265,7 +295,7 @@ fn demand_rejection_names_the_check_point_and_a_deadline_that_works() {
     // Heavy CPU work with short deadlines on core 0.
     let heavy = ChannelRequest {
         core: Some(0),
-        ..req(20 * 1432, 100_000, 50_000)
+        ..req(20 * 1432, 100_000, 80_000)
     };
     while adm.admit(&heavy).is_ok() {}
     let rej = rejected(&adm, &heavy);
@@ -499,19 +529,25 @@ fn worked_example_in_the_docs() {
         granularity: 1,
         ..ResourceModel::default()
     };
-    assert_eq!(minimum(cpu_bound.clone(), r), 14_400 + 3_218);
+    assert_eq!(cpu_bound.batch_window_ns(), 4_000 + 5_500 + 500);
+    assert_eq!(cpu_bound.link_in_flight_frames(), 10);
+    assert_eq!(cpu_bound.link_blocking(0), 13_535 + 10_000);
+    assert_eq!(minimum(cpu_bound.clone(), r), 28_496 + 24_292);
     let a = Admission::new(cpu_bound)
         .unwrap()
         .check(&ChannelRequest {
-            deadline: 30_000,
+            deadline: 60_000,
             ..r
         })
         .unwrap();
     assert_eq!(
         (a.packets, a.cpu_cost, a.link_cost),
-        (6, 9_400, 5 * 1_231 + 757)
+        (6, 9_496, 5 * 1_231 + 757)
     );
-    assert_eq!((a.cpu_deadline, a.link_deadline), (24_520, 30_000));
+    assert_eq!((a.cpu_deadline, a.link_deadline), (32_389, 60_000));
     // Link-bound: the defaults (150 ns per packet, granularity 4).
-    assert_eq!(minimum(ResourceModel::default(), r), 6_300 + 11_532);
+    // The CPU share is 18 896, not the 12 896 a lone job needs: d_c in 14 600..18 895 counts
+    // a second service phase and fails, and the split search takes the first d_c from which
+    // the test passes throughout (docs/admission.md §8, "pessimism").
+    assert_eq!(minimum(ResourceModel::default(), r), 18_896 + 30_145);
 }

@@ -281,6 +281,7 @@ fn host_case() -> impl Strategy<Value = (ResourceModel, Vec<ChannelRequest>, boo
                 best_effort_run_ns: bg,
                 rx_burst_ns: bg / 2,
                 control_poll_ns: 300,
+                tx_stage_ns: 0,
                 client_scan_ns: 0,
                 mtu: 1500,
                 link_rate_bps: 10_000_000_000,

@@ -1,28 +1,35 @@
 //! The polling core: one pinned thread's loop over RX, control, the scheduler, the link
-//! scheduler and TX.
+//! scheduler and TX, staged like a DPDK pipeline.
 //!
 //! # One iteration ([`Core::poll`])
-//! 1. **RX**: up to [`RX_BURSTS_PER_ITERATION`] bursts from the port into the receive path.
-//! 2. **Control**: up to [`CONTROL_PER_ITERATION`] commands from the control thread's ring
-//!    (open, close, policy), each acknowledged once applied. Commands are only taken here, which
-//!    is a preemption point: a handler never sees its configuration change mid-run.
-//! 3. **Client scan** ([`Core::scan_clients`]), once per iteration: up to
-//!    [`CLIENT_SCAN_PER_ITERATION`] client-fed channels (their messages come through a
-//!    shared-memory ring from another process, which cannot ring the doorbell) are checked
-//!    round-robin; one whose handler is idle and whose ring's tail moved is woken like a
-//!    doorbell slot.
-//! 4. **Doorbell**: before every pick (every preemption point), up to [`WAKEUPS_PER_POINT`]
-//!    channels that received messages are woken: each takes its head message, gets its logical
-//!    arrival time and is queued by class.
-//! 5. **CPU**: up to [`RUNS_PER_ITERATION`] handler runs. The scheduler picks; the handler writes
-//!    packets into port buffers until the next preemption point (k packets, the end of its
-//!    message, or the cycle budget); each packet goes to the TX queue's link scheduler; the
-//!    handler is re-queued with its new key; the link scheduler releases what it may.
-//! 6. **TX**: the link scheduler releases packets in deadline order within the in-flight limit
-//!    and the core hands them to the port in one burst.
+//! 1. **Service phase** (at most once per [`SERVICE_INTERVAL_NS`] while there is work to run,
+//!    every iteration when the core is idle): up to [`RX_BURSTS_PER_SERVICE`] RX bursts into
+//!    the receive path (each burst's buffers go back to the pool in one
+//!    [`Port::free_bulk`]), reassembly maintenance, the client scan ([`Core::scan_clients`]:
+//!    up to [`CLIENT_SCAN_PER_ITERATION`] client-fed channels, whose messages come through a
+//!    shared-memory ring from another process that cannot ring the doorbell, checked
+//!    round-robin and woken like a doorbell slot), then up to [`CONTROL_PER_SERVICE`]
+//!    commands from the control thread's ring, each acknowledged once applied. Commands are
+//!    only taken here, between runs: a handler never sees its configuration change mid-run.
+//! 2. **Preemption points**, up to [`RUNS_PER_ITERATION`] (and [`PACKETS_PER_ITERATION`]
+//!    packets): at each, a TX stage if one is due, then up to [`WAKEUPS_PER_POINT`] channels
+//!    that received messages are woken (each takes its head message, gets its logical arrival
+//!    time and is queued by class), then the scheduler picks and the handler runs: it writes
+//!    packets into buffers from the core's stash (refilled [`MAX_BURST`] at a time with
+//!    [`Port::alloc_bulk`]) until its next preemption point (k packets, the end of its
+//!    message, or the cycle budget); each packet goes to the TX queue's link scheduler.
+//! 3. **TX stage**: the link scheduler releases packets in deadline order within the in-flight
+//!    limit into the TX batch, and the batch goes to the port in one `tx_burst`. A stage is
+//!    due once [`MAX_BURST`] packets were written since the last one (the batch fills) or
+//!    [`TX_WINDOW_NS`] passed since it, and at the end of an iteration that found nothing to
+//!    run. A written packet therefore waits for its release at most the window plus one
+//!    stretch between two points: the *batch window* admission charges on the link.
 //!
-//! Each bound keeps one iteration short so that control commands, wake-ups and received
-//! packets are never starved by a long backlog; its reason is beside the constant.
+//! Time inside an iteration is the clock read at its start plus the cycles since, so every
+//! phase is counted. Every stretch without a preemption point is bounded by a constant here,
+//! and `control::admission` charges each as what it is (docs/admission.md §7): the service
+//! phase as a sporadic interference of its summed bounds every [`SERVICE_INTERVAL_NS`], a TX
+//! stage per window or per [`MAX_BURST`] packets, one run as blocking.
 //!
 //! # Nothing on the core allocates, locks or frees
 //! After [`Core::new`], the polling thread neither allocates nor frees nor takes a lock,
@@ -37,7 +44,8 @@
 //! folds on a companion thread every [`crate::stats::FOLD_INTERVAL`] instead.
 //!
 //! The core is generic over the [`Port`] and takes its clock and cycle meter as arguments, so
-//! the whole loop runs in virtual time in tests.
+//! the whole loop runs in virtual time in tests (the meter's hooks let a virtual CPU charge
+//! each phase its modelled cost).
 
 use crate::channel::{ChannelShared, Doorbell, Sender};
 use crate::handler::Handler;
@@ -55,32 +63,39 @@ use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// RX bursts per iteration: 4 × 32 packets. Enough to keep up with a line-rate burst between
-/// two iterations; bounded so a receive flood cannot hold the transmit side for long.
-pub const RX_BURSTS_PER_ITERATION: usize = 4;
-/// Control commands per iteration: configuration is rare; one bad burst of commands should not
-/// delay packet work by more than a few microseconds.
-pub const CONTROL_PER_ITERATION: usize = 8;
+/// RX bursts per service phase: one burst of 32 frames every [`SERVICE_INTERVAL_NS`] under
+/// load (1.6 Mpps of receive per core while it also sends), every iteration when idle. One,
+/// because the whole phase runs without a preemption point and admission charges all of it
+/// (`RX_BURSTS_PER_SERVICE × rx_burst_ns`) as blocking: a receive-heavy core is idle more.
+pub const RX_BURSTS_PER_SERVICE: usize = 1;
+/// Control commands per service phase: configuration is rare, and every command slot is
+/// charged `control_poll_ns` in every service phase whether a command comes or not.
+pub const CONTROL_PER_SERVICE: usize = 1;
+/// Least time between two service phases while there is work to run, ns: 20 µs. It turns RX
+/// and control into a sporadic load on the core (at most one phase per interval), which is
+/// what admission charges; it also bounds how long a received frame or a command waits.
+pub const SERVICE_INTERVAL_NS: Nanos = 20_000;
+/// TX stage window, ns: a stage is due this long after the previous one while the link
+/// scheduler holds packets. At saturation the [`MAX_BURST`] trigger comes first (full
+/// bursts); the window serves lighter loads. 4 µs keeps a written packet's wait for its
+/// release small against link deadlines, and a stage per window (charged by admission as a
+/// sporadic load, `tx_stage_ns` every 4 µs) a small share of the core.
+pub const TX_WINDOW_NS: Nanos = 4_000;
 /// Wake-ups per preemption point: a wake-up is a ring pop and a queue insert (tens of ns); 64
 /// bounds the step to a few microseconds while draining a mass wake-up in a few steps. Wake-ups
 /// are taken at every preemption point, so a new message waits at most one handler run.
 pub const WAKEUPS_PER_POINT: usize = 64;
 /// Client-fed channels whose rings the core checks per iteration: a check is one load of the
 /// ring's tail line (tens of ns when the client just wrote it, a few when not), so 64 bound the
-/// scan to a few microseconds (charged in admission as `cost.client_scan_ns`, next to the RX
-/// burst) and a core with at most 64 client-fed channels sees each one every iteration.
+/// scan to a few microseconds (charged in admission as `cost.client_scan_ns`, in the service
+/// phase) and a core with at most 64 client-fed channels sees each one every iteration.
 pub const CLIENT_SCAN_PER_ITERATION: usize = 64;
-/// Handler runs per iteration: with [`PACKETS_PER_ITERATION`] it keeps RX and control latency
-/// within one iteration's worth of packet work. 64 runs of one packet amortise the iteration's
-/// fixed costs (a clock read, an RX poll, the control ring) over many packets.
+/// Handler runs per iteration: with [`PACKETS_PER_ITERATION`] it keeps an iteration's fixed
+/// costs (a clock read, the service check, the publish check) amortised over many packets.
 pub const RUNS_PER_ITERATION: usize = 64;
-/// Packets written per iteration, at most (the last run may add up to k − 1 more): 256 packets
-/// (≈ 100 µs of work at the slowest measured per-packet cost) bound the time between two RX
-/// polls, which must stay well inside what the RX ring holds at line rate.
+/// Packets written per iteration, at most (the last run may add up to k − 1 more): 256
+/// packets, so the publish check and the service gate are looked at regularly.
 pub const PACKETS_PER_ITERATION: usize = 256;
-/// When the port does not report in-flight bytes, it is "running low" once the modelled queue
-/// drains within this time: 2 µs, about two full frames at 10 Gb/s.
-pub const TX_LOW_WATER_NS: Nanos = 2_000;
 /// Commands the control ring holds.
 pub const CONTROL_RING_DEPTH: usize = 256;
 
@@ -271,6 +286,8 @@ pub struct CoreStats {
     pub rx_errors: u64,
     /// Packets handed to the port.
     pub tx_packets: u64,
+    /// `tx_burst` calls.
+    pub tx_bursts: u64,
     /// Acknowledgements that found the ack ring full (impossible while the control side only
     /// posts through [`ControlRing::post`]; counted so that it would show).
     pub ack_overflows: u64,
@@ -330,6 +347,15 @@ pub struct Core<P: Port> {
     /// Acknowledgements owed for draining closes (reserved room in the ack ring).
     owed_acks: usize,
     tx_batch: Batch<P::Buf>,
+    /// TX buffers allocated ahead, refilled a burst at a time.
+    tx_stash: Batch<P::Buf>,
+    /// When the last TX stage ran, and packets written since.
+    last_stage: Nanos,
+    since_stage: usize,
+    /// When the next service phase is due while there is work.
+    next_service: Nanos,
+    /// The last iteration found nothing to run.
+    idle: bool,
     rx: RxPath,
     /// Delay samples to the control side (the receive path holds the latency ring's producer).
     samples: SampleProducer,
@@ -383,6 +409,11 @@ impl<P: Port> Core<P> {
             control: ControlRing::new(CONTROL_RING_DEPTH, n),
             owed_acks: 0,
             tx_batch: Batch::new(),
+            tx_stash: Batch::new(),
+            last_stage: 0,
+            since_stage: 0,
+            next_service: 0,
+            idle: true,
             rx: RxPath::with_capacity(
                 cfg.udp_port,
                 cfg.reassembly_timeout,
@@ -725,62 +756,37 @@ impl<P: Port> Core<P> {
         }
     }
 
-    /// One loop iteration at the clock's time. See the module docs for the steps.
+    /// Time at this point of the iteration: the clock read at its start plus the cycles since,
+    /// so every phase's time (RX, control, runs, TX stages) is counted. A clock read costs
+    /// tens of nanoseconds, a TSC read a few.
+    #[inline(always)]
+    fn point_time(anchor: (Nanos, u64), meter: &mut impl CycleMeter) -> Nanos {
+        let c = meter.cycles();
+        anchor.0 + meter.cycles_to_ns(c.wrapping_sub(anchor.1))
+    }
+
+    /// One loop iteration at the clock's time. See the module docs for the stages.
     pub fn poll(&mut self, clock: &dyn Clock, meter: &mut impl CycleMeter) -> Progress {
         self.stats.iterations += 1;
         let mut progress = Progress::default();
-        let now = clock.now();
+        let start = clock.now();
+        let anchor = (start, meter.cycles());
 
-        // 1. RX.
-        for _ in 0..RX_BURSTS_PER_ITERATION {
-            let mut batch: Batch<P::Buf> = Batch::new();
-            match self.port.rx_burst(self.cfg.rx_queue, &mut batch) {
-                Ok(0) => break,
-                Ok(n) => {
-                    progress.rx += n;
-                    for b in batch.drain(..) {
-                        self.rx.handle(b.data(), now);
-                    }
-                    if n < MAX_BURST {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    self.stats.rx_errors += 1;
-                    break;
-                }
-            }
-        }
-        if self.rx.maintenance_due(now) {
-            self.rx.maintain_step(now); // bounded: MAINTAIN_SLOTS_PER_STEP
+        // 1 + 2. The service phase (RX, control), at most once per SERVICE_INTERVAL_NS while
+        // there is work to run, every iteration when the core is idle.
+        if self.idle || start >= self.next_service {
+            self.next_service = start + SERVICE_INTERVAL_NS;
+            self.service(&mut progress, anchor, meter);
         }
 
-        // 2. Control.
-        for _ in 0..CONTROL_PER_ITERATION {
-            if self.control.commands.is_empty() {
-                break; // as for the doorbell: no fence when there is nothing
-            }
-            if !self.ack_room() {
-                break; // the control side has not taken its acks: nothing may be lost
-            }
-            let Some((seq, cmd)) = self.control.commands.pop() else {
-                break;
-            };
-            self.apply(seq, cmd);
-            progress.commands += 1;
-        }
-
-        // 3. Client-fed channels' rings.
-        self.scan_clients(now);
-
-        // 4, 5 + 6. Wake-ups and a CPU run at each preemption point, then link release and TX.
-        // Time inside the iteration is the clock read above plus the cycles since, converted:
-        // a clock read costs tens of nanoseconds, a TSC read a few.
-        let anchor = (now, meter.cycles());
-        let mut t = now;
-        self.transmit(t, &mut progress, false);
+        // 3 + 4 + 5. At each preemption point: a TX stage if due, wake-ups, a pick, a run.
+        let mut now = Self::point_time(anchor, meter);
+        let mut idle = false;
+        let mut stalled = false;
         for _ in 0..RUNS_PER_ITERATION {
-            let now = t;
+            if self.stage_if_due(now, &mut progress, meter) {
+                now = Self::point_time(anchor, meter);
+            }
             // Two plain loads: an empty pop costs a full fence, and the doorbell is empty at
             // most points. A slot rung meanwhile is taken at the next point, as after a pop.
             if !self.doorbell.is_empty() {
@@ -791,14 +797,16 @@ impl<P: Port> Core<P> {
                     self.wake(slot, now);
                 }
             }
-            if self.link.room() < self.cfg.sched.granularity as usize {
+            let k = self.cfg.sched.granularity as usize;
+            if self.link.room() < k {
                 self.stats.link_backpressure += 1;
+                stalled = true;
                 break;
             }
-            let k = self.cfg.sched.granularity as usize;
             let be_ok = self.link.best_effort_room() >= k;
             let early_ok = self.link.early_room() >= k;
             let Some((slot, class)) = self.sched.pick(now, be_ok, early_ok) else {
+                idle = true;
                 break;
             };
             // The handler likely to run next: its state is fetched while this one runs.
@@ -811,19 +819,79 @@ impl<P: Port> Core<P> {
                 h.prefetch_shared();
             }
             progress.written += written;
-            t = end;
-            self.transmit(t, &mut progress, false);
+            now = end;
             if progress.written >= PACKETS_PER_ITERATION {
                 break;
             }
         }
-        self.transmit(t, &mut progress, true);
+        // Nothing to run (or the link scheduler full): hand the port what may go now rather
+        // than wait for the window, since no run would fill the batch meanwhile.
+        if idle || stalled {
+            self.stage(now, &mut progress, meter);
+        }
+        self.idle = idle;
 
         // Owner-polled only (a running core folds on its companion thread): never waits.
         if self.fold_on_poll {
             self.sink().fold(false);
         }
         progress
+    }
+
+    /// RX bursts, reassembly maintenance and control commands, each bounded; a TX stage is
+    /// checked between bursts so the link is fed while the phase runs.
+    fn service(
+        &mut self,
+        progress: &mut Progress,
+        anchor: (Nanos, u64),
+        meter: &mut impl CycleMeter,
+    ) {
+        let mut batch: Batch<P::Buf> = Batch::new();
+        for _ in 0..RX_BURSTS_PER_SERVICE {
+            let now = Self::point_time(anchor, meter);
+            self.stage_if_due(now, progress, meter);
+            match self.port.rx_burst(self.cfg.rx_queue, &mut batch) {
+                Ok(0) => break,
+                Ok(n) => {
+                    progress.rx += n;
+                    for b in &batch {
+                        self.rx.handle(b.data(), now);
+                    }
+                    // Back to the pool in one call (rte_pktmbuf_free_bulk on DPDK).
+                    self.port.free_bulk(&mut batch);
+                    meter.on_rx_burst(n);
+                    if n < MAX_BURST {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    self.stats.rx_errors += 1;
+                    break;
+                }
+            }
+        }
+        let now = Self::point_time(anchor, meter);
+        if self.rx.maintenance_due(now) {
+            self.rx.maintain_step(now); // bounded: MAINTAIN_SLOTS_PER_STEP
+        }
+        // Client-fed channels' rings (bounded: CLIENT_SCAN_PER_ITERATION).
+        self.scan_clients(now);
+        // Commands are only taken here, between runs: a handler never sees its configuration
+        // change mid-run.
+        for _ in 0..CONTROL_PER_SERVICE {
+            if self.control.commands.is_empty() {
+                break; // as for the doorbell: no fence when there is nothing
+            }
+            if !self.ack_room() {
+                break; // the control side has not taken its acks: nothing may be lost
+            }
+            let Some((seq, cmd)) = self.control.commands.pop() else {
+                break;
+            };
+            self.apply(seq, cmd);
+            meter.on_command();
+            progress.commands += 1;
+        }
     }
 
     /// Wakes client-fed channels with new messages in their rings: up to
@@ -868,7 +936,11 @@ impl<P: Port> Core<P> {
             .as_mut()
             .expect("queued handler is live");
         loop {
-            let Some(mut buf) = self.port.alloc_tx() else {
+            if self.tx_stash.is_empty() {
+                // One bulk allocation per MAX_BURST packets (rte_pktmbuf_alloc_bulk on DPDK).
+                self.port.alloc_bulk(&mut self.tx_stash, MAX_BURST);
+            }
+            let Some(mut buf) = self.tx_stash.pop() else {
                 self.stats.alloc_failures += 1;
                 break;
             };
@@ -897,6 +969,7 @@ impl<P: Port> Core<P> {
                 break;
             }
         }
+        self.since_stage += written as usize;
         let c_end = meter.cycles();
         let used = c_end.wrapping_sub(c0);
         let end = anchor.0 + meter.cycles_to_ns(c_end.wrapping_sub(anchor.1));
@@ -922,12 +995,33 @@ impl<P: Port> Core<P> {
         (written as usize, end)
     }
 
-    /// Releases what the link scheduler allows into the TX batch, and hands the batch to the
-    /// port when it is half full, when the port is running low (under half the in-flight
-    /// limit), or when `flush` (the end of an iteration). Fewer, larger bursts save a doorbell
-    /// write per packet; the low-water rule keeps the link from idling meanwhile.
+    /// A TX stage when one is due: [`MAX_BURST`] packets were written since the last stage
+    /// (the batch would fill), or [`TX_WINDOW_NS`] passed since it while the link scheduler
+    /// holds packets. The window bounds how long a written packet waits for its release; the
+    /// burst trigger keeps bursts full at saturation.
+    /// Returns whether a stage ran.
     #[inline]
-    fn transmit(&mut self, now: Nanos, progress: &mut Progress, flush: bool) {
+    fn stage_if_due(
+        &mut self,
+        now: Nanos,
+        progress: &mut Progress,
+        meter: &mut impl CycleMeter,
+    ) -> bool {
+        let due = self.since_stage >= MAX_BURST
+            || (now.saturating_sub(self.last_stage) >= TX_WINDOW_NS
+                && !(self.link.is_empty() && self.tx_batch.is_empty()));
+        if due {
+            self.stage(now, progress, meter);
+        }
+        due
+    }
+
+    /// The TX stage: the link scheduler releases what it may into the TX batch (at most one
+    /// batch, within the in-flight limit) and the batch goes to the port in one `tx_burst`.
+    #[inline]
+    fn stage(&mut self, now: Nanos, progress: &mut Progress, meter: &mut impl CycleMeter) {
+        self.last_stage = now;
+        self.since_stage = 0;
         let q = self.cfg.tx_queue;
         let reported = self.port.tx_in_flight_bytes(q);
         if !self.tx_batch.is_full() {
@@ -970,20 +1064,16 @@ impl<P: Port> Core<P> {
         if self.tx_batch.is_empty() {
             return;
         }
-        let low = match reported {
-            Some(b) => b < self.cfg.link.in_flight_limit / 2,
-            None => self.link.busy_until() < now + TX_LOW_WATER_NS,
-        };
-        if !(flush || low || self.tx_batch.len() >= MAX_BURST / 2) {
-            return;
-        }
+        let n = self.tx_batch.len();
         match self.port.tx_burst(q, &mut self.tx_batch) {
-            Ok(n) => {
-                self.stats.tx_packets += n as u64;
-                progress.tx += n;
+            Ok(sent) => {
+                self.stats.tx_packets += sent as u64;
+                self.stats.tx_bursts += 1;
+                progress.tx += sent;
             }
             Err(_) => self.stats.tx_errors += 1,
         }
+        meter.on_tx_stage(n);
     }
 
     /// Folds every pending delay and latency sample into the histograms, waiting for readers

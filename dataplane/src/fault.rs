@@ -128,6 +128,14 @@ impl<P: Port> Port for FaultInjector<P> {
         self.inner.alloc_tx()
     }
 
+    fn alloc_bulk(&mut self, batch: &mut Batch<Self::Buf>, n: usize) -> usize {
+        self.inner.alloc_bulk(batch, n)
+    }
+
+    fn free_bulk(&mut self, batch: &mut Batch<Self::Buf>) {
+        self.inner.free_bulk(batch)
+    }
+
     fn tx_burst(&mut self, queue: u16, batch: &mut Batch<Self::Buf>) -> Result<usize, PortError> {
         // Decide the fate of each packet once; dropped ones count as sent (the wire lost them).
         let mut keep: Batch<Self::Buf> = Batch::new();

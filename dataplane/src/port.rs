@@ -4,8 +4,9 @@
 //! buffer from the port ([`Port::alloc_tx`]), a channel handler writes the packet into it in
 //! place (headers included: zero copy), the link scheduler holds it in deadline order, and
 //! [`Port::tx_burst`] hands a batch to the link. Receive is the mirror: [`Port::rx_burst`]
-//! fills a batch that the RX path parses and then drops (dropping a buffer returns it to the
-//! port's pool).
+//! fills a batch that the RX path parses and then returns with [`Port::free_bulk`] (dropping
+//! a buffer also returns it to the port's pool). TX buffers come in bulk too
+//! ([`Port::alloc_bulk`]): the core keeps a small stash refilled a burst at a time.
 //!
 //! Backends: the in-memory link ([`crate::memlink`]), DPDK (root crate, `dpdk` feature),
 //! af_packet and AF_XDP (socket backends), and wrappers (pcap writer, fault injector) that
@@ -102,6 +103,26 @@ pub trait Port: Send {
 
     /// A TX buffer from the port's pool, or `None` when the pool is empty (counted).
     fn alloc_tx(&mut self) -> Option<Self::Buf>;
+
+    /// Appends up to `n` TX buffers to `batch` (never past its capacity); returns how many.
+    /// The core refills its buffer stash with this once per stash, not once per packet;
+    /// backends with a bulk allocator (DPDK's `rte_pktmbuf_alloc_bulk`) override it.
+    fn alloc_bulk(&mut self, batch: &mut Batch<Self::Buf>, n: usize) -> usize {
+        let want = n.min(batch.remaining_capacity());
+        let mut got = 0;
+        while got < want {
+            let Some(b) = self.alloc_tx() else { break };
+            batch.push(b);
+            got += 1;
+        }
+        got
+    }
+
+    /// Returns every buffer of `batch` to its pool (received packets once parsed). The
+    /// default drops them one by one; DPDK overrides it with `rte_pktmbuf_free_bulk`.
+    fn free_bulk(&mut self, batch: &mut Batch<Self::Buf>) {
+        batch.clear();
+    }
 
     /// Sends packets from the front of `batch` on `queue`; sent buffers are removed from the
     /// batch, the rest stay (in order) for the caller to retry. Returns how many were sent.

@@ -75,6 +75,15 @@ pub trait CycleMeter {
     /// advances its clock by the packet's cost here.
     #[inline]
     fn on_packet(&mut self) {}
+    /// Called after an RX burst of `frames` frames was parsed (virtual CPUs charge it).
+    #[inline]
+    fn on_rx_burst(&mut self, _frames: usize) {}
+    /// Called after a control command was applied (virtual CPUs charge it).
+    #[inline]
+    fn on_command(&mut self) {}
+    /// Called after a TX stage released `packets` and handed them to the port.
+    #[inline]
+    fn on_tx_stage(&mut self, _packets: usize) {}
     /// Converts a cycle count to nanoseconds.
     fn cycles_to_ns(&self, cycles: u64) -> Nanos;
 }

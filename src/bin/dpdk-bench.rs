@@ -300,6 +300,14 @@ impl Port for Counted {
         self.inner.alloc_tx()
     }
     #[inline]
+    fn alloc_bulk(&mut self, batch: &mut Batch<Mbuf>, n: usize) -> usize {
+        self.inner.alloc_bulk(batch, n)
+    }
+    #[inline]
+    fn free_bulk(&mut self, batch: &mut Batch<Mbuf>) {
+        self.inner.free_bulk(batch)
+    }
+    #[inline]
     fn tx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
         self.bursts += 1;
         self.inner.tx_burst(queue, batch)

@@ -53,6 +53,7 @@ pub fn model(
             best_effort_run_ns: u64::from(k) * per_packet,
             rx_burst_ns: step,
             control_poll_ns: 0,
+            tx_stage_ns: 0,
             client_scan_ns: 0,
             mtu: 1500,
             link_rate_bps: link_bps,

@@ -16,7 +16,10 @@
 //!
 //! Expected: under the three-class order best-effort keeps everything real-time traffic is not
 //! entitled to; under real-time first it starves as soon as real-time senders exceed the link,
-//! except for what a reserve guarantees it.
+//! reserve or not: the reserve lifts best-effort ahead of current real-time work at most once
+//! per busy window (so that admission can charge it as one run), and an unenforced real-time
+//! overload never ends its busy window. Best-effort's share is protected by enforcement and
+//! admission (the three-class order), not by the reserve.
 
 use super::bounds::RtReq;
 use super::out::{f, Chart, Csv, Series};
@@ -221,10 +224,11 @@ pub fn run(opts: &Opts) -> Result<Report, String> {
         );
         if let Some(first_res) = g("real-time first + 10% reserve") {
             rep.check(
-                first_res >= 60.0 && first_res < three,
+                first_res <= 0.1 * three,
                 format!(
-                    "{m}x: the 10% reserve gives best-effort its share under real-time first: \
-                     {first_res:.0} Mb/s (>= 60, < three-class's {three:.0})"
+                    "{m}x: the 10% reserve lifts best-effort once per busy window, which an \
+                     unenforced overload never ends: {first_res:.0} Mb/s (<= 10% of \
+                     three-class's {three:.0})"
                 ),
             );
         }

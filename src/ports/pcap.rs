@@ -158,6 +158,14 @@ impl<P: Port> Port for PcapPort<P> {
         self.inner.alloc_tx()
     }
 
+    fn alloc_bulk(&mut self, batch: &mut Batch<Self::Buf>, n: usize) -> usize {
+        self.inner.alloc_bulk(batch, n)
+    }
+
+    fn free_bulk(&mut self, batch: &mut Batch<Self::Buf>) {
+        self.inner.free_bulk(batch)
+    }
+
     fn tx_burst(&mut self, queue: u16, batch: &mut Batch<Self::Buf>) -> Result<usize, PortError> {
         if !self.dirs.tx {
             return self.inner.tx_burst(queue, batch);

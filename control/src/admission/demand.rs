@@ -139,17 +139,33 @@ pub enum Unschedulable {
 pub struct TaskSet<'a> {
     sorted: &'a [Task],
     extra: &'a [Task],
+    interference: &'a [Task],
 }
 
 impl<'a> TaskSet<'a> {
     /// `sorted` must be sorted by ascending deadline (checked in debug builds).
     pub fn new(sorted: &'a [Task], extra: &'a [Task]) -> Self {
         debug_assert!(sorted.windows(2).all(|w| w[0].deadline <= w[1].deadline));
-        Self { sorted, extra }
+        Self {
+            sorted,
+            extra,
+            interference: &[],
+        }
+    }
+
+    /// Adds work without deadlines of its own that the resource runs at most as often as
+    /// these sporadic tasks (the polling loop's service phase and TX stages): it counts in
+    /// `dbf` and `U`, but its "deadlines" are not check points (nothing is due there).
+    pub fn with_interference(mut self, interference: &'a [Task]) -> Self {
+        self.interference = interference;
+        self
     }
 
     fn iter(&self) -> impl Iterator<Item = &'a Task> + 'a {
-        self.sorted.iter().chain(self.extra.iter())
+        self.sorted
+            .iter()
+            .chain(self.extra.iter())
+            .chain(self.interference.iter())
     }
 
     /// `dbf(t)` and the largest absolute deadline `<= t`, in one pass.
@@ -165,6 +181,9 @@ impl<'a> TaskSet<'a> {
             demand += u128::from(jobs + 1) * u128::from(k.cost);
             let d = k.deadline + jobs * k.period;
             last = Some(last.map_or(d, |l| l.max(d)));
+        }
+        for k in self.interference.iter().filter(|k| k.deadline <= t) {
+            demand += u128::from((t - k.deadline) / k.period + 1) * u128::from(k.cost);
         }
         (demand, last)
     }
@@ -249,6 +268,12 @@ pub fn check_from(
             let (demand, last) = set.eval(t);
             let Some(p) = last.filter(|&p| p >= start) else {
                 break;
+            };
+            // Interference may step up between the check point and t: take it at p.
+            let demand = if set.interference.is_empty() || p == t {
+                demand
+            } else {
+                set.eval(p).0
             };
             let h = demand + beta128;
             let p128 = u128::from(p);

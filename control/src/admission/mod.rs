@@ -313,10 +313,12 @@ impl Ledger {
         }
     }
 
-    /// CPU blocking: background work plus each handler's chunk while its deadline is later.
-    fn cpu_blocking(&self, floor: Nanos, work_conserving: bool) -> Blocking {
+    /// CPU blocking: background work plus each handler's chunk while its deadline is later,
+    /// each with `extra` (what may follow the chunk before a pick) added.
+    fn cpu_blocking(&self, floor: Nanos, work_conserving: bool, extra: Nanos) -> Blocking {
         let mut by_chunk: BTreeMap<Nanos, Nanos> = BTreeMap::new();
         for (task, &(_, chunk)) in self.tasks.iter().zip(&self.owners) {
+            let chunk = chunk + extra;
             if chunk > floor {
                 let d = by_chunk.entry(chunk).or_default();
                 *d = (*d).max(task.deadline);
@@ -362,7 +364,14 @@ impl Candidates<'_> {
 
     fn cpu_utilisation(&self, core: u16) -> Result<u128, FailedTest> {
         let ledger = &self.adm.cores[usize::from(core)];
-        let u = ledger.utilisation_fp + self.cpu_task(1).utilisation_fp();
+        let overheads: u128 = self
+            .adm
+            .model
+            .cpu_overheads()
+            .iter()
+            .map(Task::utilisation_fp)
+            .sum();
+        let u = ledger.utilisation_fp + self.cpu_task(1).utilisation_fp() + overheads;
         self.adm.within_limit(u)
     }
 
@@ -378,14 +387,15 @@ impl Candidates<'_> {
     }
 
     fn blocking(&mut self, core: Option<u16>) -> Blocking {
-        let floor = self.adm.model.cost.background_chunk();
+        let extra = self.adm.model.cpu_blocking_extra();
+        let floor = self.adm.model.cost.background_chunk() + extra;
         let wc = self.adm.model.work_conserving;
         match core {
             None => Blocking::constant(floor),
             Some(c) => self
                 .cpu_blocking
                 .entry(c)
-                .or_insert_with(|| self.adm.cores[usize::from(c)].cpu_blocking(floor, wc))
+                .or_insert_with(|| self.adm.cores[usize::from(c)].cpu_blocking(floor, wc, extra))
                 .clone(),
         }
     }
@@ -399,14 +409,18 @@ impl Candidates<'_> {
             dc
         };
         // The admitted set passed: below dc nothing changes unless our chunk blocks more.
-        let from = if blocking.at(until.min(dc) - 1) >= self.spec.chunk && until == dc {
+        let chunk = self.spec.chunk + self.adm.model.cpu_blocking_extra();
+        let from = if blocking.at(until.min(dc) - 1) >= chunk && until == dc {
             dc
         } else {
             0
         };
-        blocking.add([(until, self.spec.chunk)]);
+        blocking.add([(until, chunk)]);
         let base: &[Task] = core.map_or(&[], |c| &self.adm.cores[usize::from(c)].tasks);
-        demand_check_from(&TaskSet::new(base, &[self.cpu_task(dc)]), &blocking, from)
+        let overheads = self.adm.model.cpu_overheads();
+        let own = [self.cpu_task(dc)];
+        let set = TaskSet::new(base, &own).with_interference(&overheads);
+        demand_check_from(&set, &blocking, from)
     }
 
     /// `(offset, cost)` per handler run of a message on `txq`: the run's packets may reach

@@ -6,8 +6,14 @@
 //! replaces them with figures calibrated on its own machine (the dataplane's per-packet
 //! benchmark measures them) and loads them from its configuration file through serde.
 
+use dataplane::core::{
+    CONTROL_PER_SERVICE, RX_BURSTS_PER_SERVICE, SERVICE_INTERVAL_NS, TX_WINDOW_NS,
+};
+use dataplane::port::MAX_BURST;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use super::demand::Task;
 
 /// A duration or an instant in nanoseconds.
 pub type Nanos = u64;
@@ -48,15 +54,18 @@ pub struct CostModel {
     pub per_packet_ns: Nanos,
     /// Longest non-preemptive run of best-effort work on a core.
     pub best_effort_run_ns: Nanos,
-    /// Longest RX phase (poll, demultiplex, reassemble, plus one bounded reassembly
+    /// Longest RX burst (poll, demultiplex, reassemble, free, plus one bounded reassembly
     /// maintenance step of `dataplane::rx::MAINTAIN_SLOTS_PER_STEP` slots) on a core.
     pub rx_burst_ns: Nanos,
-    /// Longest control-ring poll (apply a configuration change: state built on the control
+    /// Longest control command (take it from the ring, apply it: state built on the control
     /// thread is moved in or out, nothing allocated, freed or locked) on a core.
     pub control_poll_ns: Nanos,
+    /// Longest TX stage on a core: the link scheduler's release of one TX batch and one
+    /// `tx_burst`.
+    pub tx_stage_ns: Nanos,
     /// Longest scan of client-fed channels' shared-memory rings in one iteration
     /// (`dataplane::core::CLIENT_SCAN_PER_ITERATION` tail loads, each a cache miss at worst).
-    /// It runs right after the RX burst, so it extends that non-preemptive stretch.
+    /// It runs in the service phase, after the RX burst ([`Self::service_phase_ns`]).
     pub client_scan_ns: Nanos,
     /// IP MTU of the port in bytes.
     pub mtu: u32,
@@ -72,6 +81,7 @@ impl Default for CostModel {
             best_effort_run_ns: 2_000,
             rx_burst_ns: 3_000,
             control_poll_ns: 500,
+            tx_stage_ns: 500,
             client_scan_ns: 2_000,
             mtu: 1500,
             link_rate_bps: 10_000_000_000,
@@ -114,9 +124,22 @@ impl CostModel {
             .sum()
     }
 
-    /// CPU cost of a whole message of `packets` packets.
+    /// CPU cost of a whole message of `packets` packets: its handler work plus, per packet,
+    /// a [`MAX_BURST`]-th of a TX stage (a stage is due every [`MAX_BURST`] packets written).
     pub fn cpu_cost(&self, packets: u32) -> Nanos {
-        self.per_message_ns + u64::from(packets) * self.per_packet_ns
+        self.per_message_ns
+            + u64::from(packets)
+                * (self.per_packet_ns + self.tx_stage_ns.div_ceil(MAX_BURST as u64))
+    }
+
+    /// The service phase, which runs without a preemption point: every RX burst, the client
+    /// scan and every control command it may take, summed
+    /// (`dataplane::core::RX_BURSTS_PER_SERVICE` × `rx_burst_ns` + `client_scan_ns` +
+    /// `CONTROL_PER_SERVICE` × `control_poll_ns`).
+    pub fn service_phase_ns(&self) -> Nanos {
+        RX_BURSTS_PER_SERVICE as u64 * self.rx_burst_ns
+            + self.client_scan_ns
+            + CONTROL_PER_SERVICE as u64 * self.control_poll_ns
     }
 
     /// Longest non-preemptive handler run for a message of `packets` packets at
@@ -125,13 +148,11 @@ impl CostModel {
         self.per_message_ns + u64::from(packets.min(k)) * self.per_packet_ns
     }
 
-    /// Longest chunk of non-real-time work on a core (best-effort run, RX burst and the
-    /// client scan after it, control poll): these have no deadline, so they can block any
-    /// real-time handler.
+    /// Longest run of non-real-time work between two preemption points on a core (a
+    /// best-effort run): it has no deadline, so it can block any real-time handler. The
+    /// service phase and TX stages are charged apart ([`ResourceModel::cpu_overheads`]).
     pub fn background_chunk(&self) -> Nanos {
         self.best_effort_run_ns
-            .max(self.rx_burst_ns + self.client_scan_ns)
-            .max(self.control_poll_ns)
     }
 
     /// Time to send `bytes` wire bytes at `share_ppm` millionths of the line rate,
@@ -219,6 +240,20 @@ pub enum ModelError {
     /// `max_message` is 0 or absurdly large.
     #[error("max_message: must be between 1 and {MAX_MESSAGE_LIMIT}, got {0}")]
     MaxMessage(u32),
+    /// The service phase the costs describe does not fit in the interval the core runs it at.
+    #[error(
+        "cost.rx_burst_ns and cost.control_poll_ns: the service phase they add up to ({phase} ns) \
+         must be shorter than the core's service interval ({SERVICE_INTERVAL_NS} ns)"
+    )]
+    ServicePhaseTooLong {
+        /// The service phase, ns.
+        phase: Nanos,
+    },
+    /// A TX stage as long as the TX window would leave the core nothing else.
+    #[error(
+        "cost.tx_stage_ns: {0} ns must be shorter than the core's TX window ({TX_WINDOW_NS} ns)"
+    )]
+    TxStageTooLong(Nanos),
 }
 
 impl ResourceModel {
@@ -256,7 +291,77 @@ impl ResourceModel {
         if self.max_message == 0 || self.max_message > MAX_MESSAGE_LIMIT {
             return Err(ModelError::MaxMessage(self.max_message));
         }
+        let phase = self.cost.service_phase_ns();
+        if phase >= SERVICE_INTERVAL_NS {
+            return Err(ModelError::ServicePhaseTooLong { phase });
+        }
+        if self.cost.tx_stage_ns >= TX_WINDOW_NS {
+            return Err(ModelError::TxStageTooLong(self.cost.tx_stage_ns));
+        }
         Ok(())
+    }
+
+    /// What every core runs besides handlers, as sporadic interference the CPU demand test
+    /// adds to every core's channels (demand, not check points): the service phase at most once per
+    /// `dataplane::core::SERVICE_INTERVAL_NS`, and a TX stage at most once per
+    /// `dataplane::core::TX_WINDOW_NS` by its window (stages due by packet count are in
+    /// [`CostModel::cpu_cost`]). Each may run back to back with one already running when a
+    /// busy window starts, so each task's deadline is its period less its cost and the cost is
+    /// also in [`ResourceModel::cpu_blocking_extra`]: `(⌊(t + C)/T⌋ + 1)·C` in all.
+    pub fn cpu_overheads(&self) -> [Task; 2] {
+        let svc = self.cost.service_phase_ns();
+        let stage = self.cost.tx_stage_ns;
+        [
+            Task {
+                cost: svc,
+                period: SERVICE_INTERVAL_NS,
+                deadline: SERVICE_INTERVAL_NS - svc,
+            },
+            Task {
+                cost: stage,
+                period: TX_WINDOW_NS,
+                deadline: TX_WINDOW_NS - stage,
+            },
+        ]
+        .map(|t| Task {
+            // A zero cost is no task; keep the fields valid for the demand test.
+            cost: t.cost,
+            period: t.period,
+            deadline: t.deadline.max(1),
+        })
+    }
+
+    /// CPU blocking added to the longest chunk with a later deadline: one service phase and
+    /// one TX stage (the first of each in a busy window, see [`Self::cpu_overheads`]), and,
+    /// with a best-effort reserve, the one best-effort run the reserve may lift ahead of
+    /// current work in a busy window (`dataplane::sched`), on top of the chunk that was
+    /// running when the window began.
+    pub fn cpu_blocking_extra(&self) -> Nanos {
+        let lifted = if self.best_effort_reserve_ppm > 0 {
+            self.cost.best_effort_run_ns
+        } else {
+            0
+        };
+        self.cost.service_phase_ns() + self.cost.tx_stage_ns + lifted
+    }
+
+    /// Longest stretch between two preemption points of a core, where no TX stage can run:
+    /// a handler run of `granularity` packets (its message's cost included), a best-effort
+    /// run, or the service phase from its last RX burst on (at most the whole phase),
+    /// followed by a TX stage.
+    pub fn longest_stretch(&self) -> Nanos {
+        let run = self.cost.handler_chunk(self.granularity, self.granularity);
+        run.max(self.cost.best_effort_run_ns)
+            .max(self.cost.service_phase_ns())
+            + self.cost.tx_stage_ns
+    }
+
+    /// The batch window: how long a packet written by a run may wait in the link scheduler
+    /// before a TX stage looks at it. A stage is due at the first preemption point
+    /// `dataplane::core::TX_WINDOW_NS` after the previous one, and the points are at most
+    /// [`Self::longest_stretch`] apart.
+    pub fn batch_window_ns(&self) -> Nanos {
+        TX_WINDOW_NS + self.longest_stretch()
     }
 
     /// Number of TX queues.
@@ -264,12 +369,26 @@ impl ResourceModel {
         self.tx_queue_share_ppm.len() as u16
     }
 
-    /// Frames the port may hold beyond the link scheduler (its in-flight limit): two, so the
-    /// next frame is ready when one finishes, or one handler run's worth (`granularity`) when
-    /// that is more, so the link does not idle while a run is written (packets reach the link
-    /// scheduler at the end of a run).
+    /// Frames the port may hold beyond the link scheduler (its in-flight limit): enough that
+    /// the link does not idle between two TX stages while packets wait (the batch window at
+    /// the fastest queue's paced rate, plus the frame that may not fit), and at least two, or
+    /// one handler run's worth (`granularity`), so the next frame is ready when one finishes.
     pub fn link_in_flight_frames(&self) -> u32 {
-        self.granularity.max(2)
+        let frame = self.cost.max_packet_wire_bytes();
+        // At the fastest queue's paced rate, which covers every queue.
+        let share = self
+            .tx_queue_share_ppm
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1_000_000);
+        let window_bytes = u128::from(self.batch_window_ns())
+            * u128::from(self.cost.link_rate_bps)
+            * u128::from(share)
+            / 8_000_000_000_000_000;
+        let cover = u32::try_from((window_bytes.div_ceil(u128::from(frame.max(1)))) + 1)
+            .unwrap_or(u32::MAX);
+        self.granularity.max(2).max(cover)
     }
 
     /// The in-flight limit in wire bytes: [`Self::link_in_flight_frames`] maximum-size frames.
@@ -279,27 +398,40 @@ impl ResourceModel {
     }
 
     /// The longest a client-fed channel's message can wait, after the client published it,
-    /// before the core's client scan sees it: one whole iteration of the polling loop (the
-    /// scan runs once per iteration), i.e. every stretch an iteration may run, summed at
-    /// their bounds (`dataplane::core`'s per-iteration constants). The daemon admits such a
+    /// before the core's client scan sees it: the scan is in the service phase, due
+    /// `dataplane::core::SERVICE_INTERVAL_NS` after the previous one, then waiting for the
+    /// iteration under way (every run and TX stage it may hold, at their bounds) and for the
+    /// phase's own RX burst before it. The daemon admits such a
     /// channel with this much less of its host bound and adds it back to the deadlines it
     /// configures: release jitter, which EDF's demand test charges exactly that way.
     pub fn client_release_jitter(&self) -> Nanos {
-        use dataplane::core::{CONTROL_PER_ITERATION, RUNS_PER_ITERATION, RX_BURSTS_PER_ITERATION};
+        use dataplane::core::RUNS_PER_ITERATION;
         let c = &self.cost;
         let run = c
             .best_effort_run_ns
             .max(c.handler_chunk(self.granularity, self.granularity));
-        RX_BURSTS_PER_ITERATION as Nanos * c.rx_burst_ns
-            + CONTROL_PER_ITERATION as Nanos * c.control_poll_ns
-            + c.client_scan_ns
-            + RUNS_PER_ITERATION as Nanos * run
+        // The scan is in the service phase: due SERVICE_INTERVAL_NS after the last one, it
+        // waits for the iteration under way (its runs, a TX stage after each) and runs last
+        // in its phase.
+        SERVICE_INTERVAL_NS
+            + RUNS_PER_ITERATION as Nanos * (run + c.tx_stage_ns)
+            + c.service_phase_ns()
     }
 
     /// The link's blocking on TX queue `txq`: a packet that becomes the most urgent can find
-    /// the port holding the whole in-flight limit, which it cannot overtake.
+    /// the port holding the whole in-flight limit, which it cannot overtake; it may have
+    /// waited the batch window in the link scheduler before a TX stage saw it (a release
+    /// jitter, which in the demand test is the same as that much more blocking); and with a
+    /// reserve, one best-effort frame may be lifted ahead of it (`dataplane::link`).
     pub fn link_blocking(&self, txq: u16) -> Nanos {
         let share = self.tx_queue_share_ppm[usize::from(txq)];
-        self.cost.link_ns(self.link_in_flight_bytes(), share)
+        let lifted = if self.best_effort_reserve_ppm > 0 {
+            self.cost.max_packet_wire_bytes()
+        } else {
+            0
+        };
+        self.cost
+            .link_ns(self.link_in_flight_bytes() + lifted, share)
+            + self.batch_window_ns()
     }
 }

@@ -101,6 +101,41 @@ impl Port for DpdkPort {
         m
     }
 
+    /// All or nothing underneath (`rte_pktmbuf_alloc_bulk`): when the pool cannot give `n`,
+    /// one buffer is tried alone so a nearly empty pool still serves single packets.
+    #[inline]
+    fn alloc_bulk(&mut self, batch: &mut Batch<Mbuf>, n: usize) -> usize {
+        let n = n.min(batch.remaining_capacity());
+        if n == 0 {
+            return 0;
+        }
+        if self.tx_pool.alloc_bulk(batch, n) {
+            return n;
+        }
+        match self.alloc_tx() {
+            Some(m) => {
+                batch.push(m);
+                1
+            }
+            None => 0,
+        }
+    }
+
+    #[inline]
+    fn free_bulk(&mut self, batch: &mut Batch<Mbuf>) {
+        let n = batch.len();
+        if n == 0 {
+            return;
+        }
+        let mut ptrs = [std::ptr::null_mut::<ffi::rte_mbuf>(); MAX_BURST];
+        for (slot, m) in ptrs.iter_mut().zip(batch.drain(..)) {
+            *slot = m.into_raw().as_ptr();
+        }
+        // SAFETY: ptrs[..n] are mbufs this port owned (taken out of the batch with
+        // `into_raw`, so nothing else frees them); rte_pktmbuf_free_bulk frees each once.
+        unsafe { ffi::rte_pktmbuf_free_bulk(ptrs.as_mut_ptr(), n as u32) };
+    }
+
     fn tx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
         self.check_queue(queue, self.eth.tx_queues())?;
         let n = batch.len();
