@@ -58,7 +58,7 @@ pub enum Payload {
     /// In a buffer from the channel's free list (capacity `mmax`).
     Pooled(Box<[u8]>),
     /// In a buffer of a client-fed channel's shared-memory ring (read through the channel:
-    /// [`ChannelShared::message`]).
+    /// `ChannelShared::message`).
     Shm(Taken<SubmitDesc>),
 }
 
@@ -75,7 +75,7 @@ pub struct Submitted {
 
 impl Submitted {
     /// The message of an in-process channel (empty for a client-fed one: see
-    /// [`ChannelShared::message`]).
+    /// `ChannelShared::message`).
     #[inline]
     pub fn data(&self) -> &[u8] {
         match &self.payload {

@@ -19,7 +19,7 @@
 //!   core receives on its own RX queue; frames of a channel whose receiver is on another core
 //!   are handed to that core ([`Dataplane::steer`] keeps the table).
 //!
-//! Every port comes from one function, [`crate::ports::open`]; this module only starts cores
+//! Every port comes from one function, [`fn@crate::ports::open`]; this module only starts cores
 //! on them. The control thread reaches every core only through its [`CoreHandle`] (the
 //! lock-free control ring), and places receivers with [`Dataplane::receive_core`] (and
 //! [`Dataplane::steer`]).
@@ -129,7 +129,7 @@ pub fn sched_policy(cfg: &DaemonConfig) -> SchedPolicy {
 }
 
 impl Dataplane {
-    /// Builds and starts every core, on the ports [`crate::ports::open`] builds.
+    /// Builds and starts every core, on the ports [`fn@crate::ports::open`] builds.
     pub fn start(cfg: &DaemonConfig) -> Result<Self, DataplaneError> {
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
         let idle = match cfg.policy.idle {
