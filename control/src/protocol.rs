@@ -339,6 +339,11 @@ pub struct TxCounters {
     /// Descriptors a client wrote into its ring that failed validation (refused).
     #[serde(default)]
     pub invalid: u64,
+    /// Client-fed messages whose stamp lay outside [take − admitted release jitter, take]
+    /// and was moved to that window's edge for their deadlines (their delay still counts
+    /// from the client's own stamp).
+    #[serde(default)]
+    pub restamped: u64,
     /// Submit to last packet released.
     pub delay: Percentiles,
 }

@@ -105,6 +105,9 @@ pub struct ChannelShared {
     doorbell: Arc<Doorbell>,
     /// The shared-memory submit ring of a client-fed channel.
     client: Option<Consumer<SubmitDesc>>,
+    /// How long after its stamp a client-fed message may be taken (the release jitter it was
+    /// admitted with; 0 in-process). A stamp is never trusted beyond it.
+    release_jitter: Nanos,
     /// Counters and the delay histogram.
     pub stats: ChannelStats,
 }
@@ -204,21 +207,25 @@ impl ChannelShared {
             closed: AtomicBool::new(false),
             doorbell,
             client: None,
+            release_jitter: 0,
             stats: ChannelStats::new(sink),
         })
     }
 
     /// Creates the shared state of a client-fed channel: its submit ring is a sealed memfd
     /// region (`messages` descriptors, their buffers of `mmax` bytes) to hand to the client.
+    /// `release_jitter` is the wait between a client's stamp and the core's take that the
+    /// channel was admitted with (see [`ChannelShared::arrival_stamp`]).
     pub fn new_client(
         config: ChannelConfig,
         slot: u32,
         doorbell: Arc<Doorbell>,
         sink: &Arc<SampleSink>,
+        release_jitter: Nanos,
     ) -> Result<Arc<Self>, ShmError> {
         let p = Self::ring_params(&config);
         let region = Region::memfd::<SubmitDesc>(&p, &format!("rtchan-submit-{}", config.id))?;
-        Self::with_ring(config, slot, doorbell, sink, region)
+        Self::with_ring(config, slot, doorbell, sink, region, release_jitter)
     }
 
     /// The ring a client-fed channel needs.
@@ -238,6 +245,7 @@ impl ChannelShared {
         doorbell: Arc<Doorbell>,
         sink: &Arc<SampleSink>,
         region: Arc<Region>,
+        release_jitter: Nanos,
     ) -> Result<Arc<Self>, ShmError> {
         let consumer = Consumer::new(region)?;
         Ok(Arc::new(Self {
@@ -250,6 +258,7 @@ impl ChannelShared {
             closed: AtomicBool::new(false),
             doorbell,
             client: Some(consumer),
+            release_jitter,
             stats: ChannelStats::new(sink),
         }))
     }
@@ -295,6 +304,26 @@ impl ChannelShared {
             submit_ts: t.desc.submit_ts,
             payload: Payload::Shm(t),
         })
+    }
+
+    /// The time a message taken at `now` arrived, for its logical arrival and deadlines.
+    /// In-process messages: their stamp (the core's own clock wrote it). Client-fed ones: the
+    /// client's stamp held to [`now` − release jitter, `now`], the window admission allows
+    /// between a submit and its take; a stamp outside it is counted in
+    /// [`ChannelStats::restamped`]. Without the floor a client stamping old times would keep
+    /// its logical arrivals in the past and run ahead of every channel under EDF; without
+    /// the ceiling a stamp near `u64::MAX` would overflow the deadlines.
+    #[inline]
+    pub(crate) fn arrival_stamp(&self, msg: &Submitted, now: Nanos) -> Nanos {
+        if self.client.is_none() {
+            return msg.submit_ts;
+        }
+        let floor = now.saturating_sub(self.release_jitter);
+        let t = msg.submit_ts.clamp(floor, now);
+        if t != msg.submit_ts {
+            self.stats.restamped.inc();
+        }
+        t
     }
 
     /// The bytes of a message this channel's handler holds.

@@ -529,19 +529,27 @@ impl<P: Port> Core<P> {
     }
 
     /// Opens a client-fed channel directly over `region` (its submit ring; a heap region in
-    /// virtual-time tests, a memfd in a daemon): validates and starts its handler.
+    /// virtual-time tests, a memfd in a daemon): validates and starts its handler. `release_jitter`:
+    /// see [`ChannelShared::new_client`].
     pub fn open_ring(
         &mut self,
         config: ChannelConfig,
         region: Arc<crate::shm::Region>,
+        release_jitter: Nanos,
     ) -> Result<Arc<ChannelShared>, CoreError> {
         config.validate(self.payload_per_packet)?;
         let slot = self
             .free_slot()
             .ok_or(CoreError::Full(self.cfg.max_channels))?;
-        let shared =
-            ChannelShared::with_ring(config, slot, self.doorbell.clone(), self.sink(), region)
-                .map_err(|e| CoreError::Ring(e.to_string()))?;
+        let shared = ChannelShared::with_ring(
+            config,
+            slot,
+            self.doorbell.clone(),
+            self.sink(),
+            region,
+            release_jitter,
+        )
+        .map_err(|e| CoreError::Ring(e.to_string()))?;
         self.start_handler(shared.clone()).map_err(|(e, _)| e)?;
         Ok(shared)
     }
@@ -749,7 +757,7 @@ impl<P: Port> Core<P> {
         if h.current.is_some() {
             return; // active: it fetches its next message when this one is done
         }
-        if h.fetch() {
+        if h.fetch(now) {
             self.enqueue(slot, now);
         } else if h.draining {
             let _undrained = self.finish_close(slot); // None: a drain was acknowledged
@@ -987,7 +995,7 @@ impl<P: Port> Core<P> {
             self.last_slot = slot;
         }
         // Re-queue at the preemption point with the (possibly new) head message.
-        if h.fetch() {
+        if h.fetch(end) {
             self.enqueue(slot, end);
         } else if h.draining {
             let _undrained = self.finish_close(slot); // None: a drain was acknowledged

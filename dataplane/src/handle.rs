@@ -14,6 +14,7 @@ use crate::rx::{Receiver, ReceiverState, RxPath, RxRejects, RxShared};
 use crate::sched::SchedPolicy;
 use crate::spec::{ChannelConfig, ChannelId};
 use crate::stats::SampleSink;
+use crate::time::Nanos;
 use crate::wire::SourceCheck;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -201,10 +202,17 @@ impl CoreHandle {
 
     /// Opens a client-fed channel: its submit ring is a sealed memfd region (hand
     /// `shared.region().fd()` to the client); returns the shared state once the core runs it.
-    pub fn open_client(&mut self, config: ChannelConfig) -> Result<Arc<ChannelShared>, CoreError> {
+    /// `release_jitter`: the wait between a client's stamp and the core's take the channel
+    /// was admitted with (stamps are held to it, see [`ChannelShared::new_client`]).
+    pub fn open_client(
+        &mut self,
+        config: ChannelConfig,
+        release_jitter: Nanos,
+    ) -> Result<Arc<ChannelShared>, CoreError> {
         let p = self.prepare_open(config)?;
-        let shared = ChannelShared::new_client(p.config, p.slot, p.doorbell, &p.sink)
-            .map_err(|e| CoreError::Ring(e.to_string()))?;
+        let shared =
+            ChannelShared::new_client(p.config, p.slot, p.doorbell, &p.sink, release_jitter)
+                .map_err(|e| CoreError::Ring(e.to_string()))?;
         let (id, slot) = (shared.config.id, shared.slot);
         self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
         self.slots[slot as usize] = true;

@@ -25,7 +25,7 @@ impl Enforcer {
     #[inline]
     pub fn logical_arrival(&mut self, t: Nanos, imin: Nanos) -> Nanos {
         let l = match self.last {
-            Some(prev) => (prev + imin).max(t),
+            Some(prev) => prev.saturating_add(imin).max(t),
             None => t,
         };
         self.last = Some(l);
@@ -128,24 +128,27 @@ impl Handler {
 
     /// Starts on `msg`: assigns its sequence number, logical arrival time and deadlines.
     #[inline]
-    pub fn start(&mut self, msg: Submitted) {
+    /// `now` is the take time: a client-fed message's stamp is held to the admitted window
+    /// before it (`ChannelShared::arrival_stamp`).
+    pub fn start(&mut self, msg: Submitted, now: Nanos) {
+        let t = self.shared.arrival_stamp(&msg, now);
         let (logical, cpu, link, e2e) = match &self.spec {
             Some(s) if !self.enforce => (
-                msg.submit_ts,
-                msg.submit_ts + s.cpu_deadline,
-                msg.submit_ts + s.link_deadline,
-                msg.submit_ts + s.end_to_end_deadline,
+                t,
+                t.saturating_add(s.cpu_deadline),
+                t.saturating_add(s.link_deadline),
+                t.saturating_add(s.end_to_end_deadline),
             ),
             Some(s) => {
-                let l = self.enforcer.logical_arrival(msg.submit_ts, s.imin);
+                let l = self.enforcer.logical_arrival(t, s.imin);
                 (
                     l,
-                    l + s.cpu_deadline,
-                    l + s.link_deadline,
-                    l + s.end_to_end_deadline,
+                    l.saturating_add(s.cpu_deadline),
+                    l.saturating_add(s.link_deadline),
+                    l.saturating_add(s.end_to_end_deadline),
                 )
             }
-            None => (msg.submit_ts, 0, 0, 0),
+            None => (t, 0, 0, 0),
         };
         // Most messages are one packet: skip the division then.
         let frag_count = if msg.len <= self.payload_per_packet {
@@ -169,17 +172,17 @@ impl Handler {
     /// Takes the next message from the ring if the handler has none. Returns whether it has
     /// work; when it has none it disarms (see the wake-up protocol in [`crate::channel`]).
     #[inline]
-    pub fn fetch(&mut self) -> bool {
+    pub fn fetch(&mut self, now: Nanos) -> bool {
         if self.current.is_some() {
             return true;
         }
         if let Some(m) = self.shared.take() {
-            self.start(m);
+            self.start(m, now);
             return true;
         }
         match self.shared.disarm_or_take() {
             Some(m) => {
-                self.start(m);
+                self.start(m, now);
                 true
             }
             None => false,

@@ -825,12 +825,13 @@ impl RxChannel {
         let plausible = h.submit_ts <= now.saturating_add(TS_FUTURE_SKEW)
             && now.saturating_sub(h.submit_ts) <= TS_MAX_AGE
             && (h.deadline == 0 || h.deadline >= h.submit_ts);
+        // A miss is a miss whatever the stamps say: only the latency sample needs them.
+        if h.deadline != 0 && now > h.deadline {
+            st.deadline_misses.inc();
+        }
         if !plausible {
             st.implausible_timestamps.inc();
             return;
-        }
-        if h.deadline != 0 && now > h.deadline {
-            st.deadline_misses.inc();
         }
         if !samples.push(self.latency_key, now.saturating_sub(h.submit_ts)) {
             st.latency_samples_dropped.inc();
@@ -1227,13 +1228,21 @@ mod tests {
         let mut fine = hdr(2, 0, 1, 1, 0, 1);
         fine.submit_ts = now - 5_000;
         fine.deadline = now + 1_000;
-        for h in [zero, future, fine] {
+        // Stamped 100 s ago with a deadline long past: implausible, and still a miss.
+        let mut old = hdr(3, 0, 1, 1, 0, 1);
+        old.submit_ts = 1;
+        old.deadline = 1_000;
+        for h in [zero, future, fine, old] {
             rx.handle(&raw_frame(&ep, &h, b"x"), now);
         }
         let s = r.stats();
-        assert_eq!(s.delivered.get(), 3);
-        assert_eq!(s.implausible_timestamps.get(), 2);
-        assert_eq!(s.deadline_misses.get(), 0);
+        assert_eq!(s.delivered.get(), 4);
+        assert_eq!(s.implausible_timestamps.get(), 3);
+        assert_eq!(
+            s.deadline_misses.get(),
+            1,
+            "a miss counts whatever its stamps"
+        );
         let hist = s.latency_snapshot();
         assert_eq!(hist.len(), 1);
         assert!(hist.max() < 10_000);

@@ -421,6 +421,9 @@ pub struct ChannelStats {
     /// Descriptors a client wrote into its shared-memory ring that failed validation
     /// (refused, not sent; see `shm`; core).
     pub invalid_descriptors: Counter,
+    /// Client-fed messages whose stamp was outside the admitted window
+    /// [take − release jitter, take] and was clamped to it for their deadlines (core).
+    pub restamped: Counter,
     /// Delay from submit to the release of the message's last packet (read-only after open).
     pub(crate) delay: SharedHistogram,
 }
@@ -445,6 +448,7 @@ impl ChannelStats {
             handler_cycles: Counter::default(),
             delay_samples_dropped: Counter::default(),
             invalid_descriptors: Counter::default(),
+            restamped: Counter::default(),
             delay: sink.register(),
         }
     }
@@ -483,6 +487,7 @@ impl ChannelStats {
             handler_cycles: self.handler_cycles.get(),
             delay_samples_dropped: self.delay_samples_dropped.get(),
             invalid_descriptors: self.invalid_descriptors.get(),
+            restamped: self.restamped.get(),
         }
     }
 }
@@ -520,6 +525,8 @@ pub struct StatsSnapshot {
     pub delay_samples_dropped: u64,
     /// See [`ChannelStats::invalid_descriptors`].
     pub invalid_descriptors: u64,
+    /// See [`ChannelStats::restamped`].
+    pub restamped: u64,
 }
 
 #[cfg(test)]

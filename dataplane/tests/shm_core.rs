@@ -10,6 +10,9 @@ use dataplane::spec::{ChannelConfig, ChannelSpec};
 use dataplane::time::{Clock, ManualClock, Nanos, VirtualCpu};
 use std::sync::Arc;
 
+/// The release jitter the client-fed channels are opened with.
+const JITTER: Nanos = 50_000;
+
 fn spec(mmax: u32, imin: Nanos, d: Nanos) -> ChannelSpec {
     ChannelSpec {
         mmax,
@@ -54,7 +57,7 @@ fn client_ring_messages_arrive_byte_exact_and_garbage_is_counted() {
     let cfg = ChannelConfig::real_time(1, s);
     let region =
         Region::heap::<SubmitDesc>(&dataplane::channel::ChannelShared::ring_params(&cfg)).unwrap();
-    let shared = tx.open_ring(cfg, region.clone()).unwrap();
+    let shared = tx.open_ring(cfg, region.clone(), JITTER).unwrap();
     let mut prod = Producer::<SubmitDesc>::new(region.clone()).unwrap();
     let r1 = rx.open_receiver(1, s.mmax, 64);
     // An in-process channel beside it.
@@ -125,7 +128,7 @@ fn a_poisoned_ring_closes_only_its_channel() {
         channel: 1,
     })
     .unwrap();
-    let shared = tx.open_ring(cfg, region.clone()).unwrap();
+    let shared = tx.open_ring(cfg, region.clone(), JITTER).unwrap();
     let mut other = tx
         .open(ChannelConfig::real_time(2, spec(100, 100_000, 400_000)))
         .unwrap();
@@ -145,4 +148,70 @@ fn a_poisoned_ring_closes_only_its_channel() {
     assert!(region.is_closed() && shared.is_closed());
     assert_eq!(shared.stats.invalid_descriptors.get(), 1);
     assert_eq!(r2.recv_with(|b, _| b.to_vec()).unwrap(), b"still here");
+}
+
+/// A client that stamps its messages far in the past (0) or near `u64::MAX` is held to the
+/// admitted window before the take: its channel still runs at its rate, the stamps are counted
+/// as restamped, no deadline overflows, and an honest channel on the same core keeps its
+/// deadlines. Without the clamp the stamps of 0 keep the channel's logical arrivals a second
+/// in the past, so it sends as fast as it can refill its ring, ahead of everyone under EDF.
+#[test]
+fn client_stamps_are_held_to_the_admitted_window() {
+    let clock = ManualClock::new(1_000_000_000);
+    let (a, b) = MemLink::pair(
+        MemLinkConfig {
+            rate_bps: 1_000_000_000,
+            ..MemLinkConfig::default()
+        },
+        Arc::new(clock.clone()),
+    );
+    let mut tx = Core::new(CoreConfig::default(), a).unwrap();
+    let mut rx = Core::new(CoreConfig::default(), b).unwrap();
+    let imin = 100_000;
+    let s = spec(200, imin, 400_000);
+    let cfg = ChannelConfig::real_time(1, s);
+    let region =
+        Region::heap::<SubmitDesc>(&dataplane::channel::ChannelShared::ring_params(&cfg)).unwrap();
+    let shared = tx.open_ring(cfg, region.clone(), JITTER).unwrap();
+    let mut prod = Producer::<SubmitDesc>::new(region.clone()).unwrap();
+    let _r1 = rx.open_receiver(1, s.mmax, 64);
+    let mut other = tx
+        .open(ChannelConfig::real_time(2, spec(100, imin, 400_000)))
+        .unwrap();
+    let r2 = rx.open_receiver(2, 100, 64);
+    let mut cpu = VirtualCpu {
+        clock: clock.clone(),
+        per_packet: 200,
+    };
+    let start = clock.now();
+    let mut n2 = 0;
+    for k in 0..200u32 {
+        let now = clock.now();
+        other.submit_at(&k.to_le_bytes(), now).unwrap();
+        let end = now + imin;
+        while clock.now() < end {
+            // The hostile client refills its ring with lying stamps whenever there is room.
+            let ts = if k < 150 { 0 } else { u64::MAX - 5 };
+            send(&mut prod, &[0xAB; 200], ts);
+            tx.poll(&clock, &mut cpu);
+            rx.poll(&clock, &mut cpu);
+            clock.advance(1_000);
+        }
+        while r2.recv_with(|_, _| ()).is_some() {
+            n2 += 1;
+        }
+    }
+    let elapsed = clock.now() - start;
+    let sent = shared.stats.messages_sent.get();
+    // Held to its rate: one message per Imin from the first logical arrival, plus the burst.
+    let allowed = elapsed / imin + u64::from(s.bmax) + 1;
+    assert!(
+        sent <= allowed,
+        "the lying client sent {sent} messages in {elapsed} ns; its rate allows {allowed}"
+    );
+    assert!(sent > 0, "the client's messages still go out");
+    assert!(shared.stats.restamped.get() >= sent);
+    assert_eq!(n2, 200, "the honest channel's messages all arrive");
+    assert_eq!(r2.stats().deadline_misses.get(), 0);
+    assert_eq!(other.stats().late_packets.get(), 0);
 }

@@ -1150,7 +1150,16 @@ impl Control {
         };
         if client {
             // Client-fed: the ring's memfd goes to the client; no sender in this process.
-            return match self.dp.tx[usize::from(core)].handle.open_client(cfg) {
+            // Its stamps are held to the wait admission allowed it (client_jitter's figure).
+            let jitter = if matches!(cfg.class, dataplane::spec::TrafficClass::RealTime(_)) {
+                self.tx_adm.model().client_release_jitter()
+            } else {
+                0
+            };
+            return match self.dp.tx[usize::from(core)]
+                .handle
+                .open_client(cfg, jitter)
+            {
                 Ok(shared) => Ok((shared, None, None)),
                 Err(e) => {
                     undo(self);
@@ -1877,6 +1886,7 @@ impl Control {
                     late_packets: snap.late_packets,
                     budget_overruns: snap.budget_overruns,
                     invalid: snap.invalid_descriptors,
+                    restamped: snap.restamped,
                     delay: percentiles(&s.delay_snapshot()),
                 }),
                 rx,
