@@ -215,7 +215,7 @@ impl ChannelShared {
     /// Creates the shared state of a client-fed channel: its submit ring is a sealed memfd
     /// region (`messages` descriptors, their buffers of `mmax` bytes) to hand to the client.
     /// `release_jitter` is the wait between a client's stamp and the core's take that the
-    /// channel was admitted with (see [`ChannelShared::arrival_stamp`]).
+    /// channel was admitted with (see `ChannelShared::arrival_stamp`).
     pub fn new_client(
         config: ChannelConfig,
         slot: u32,
