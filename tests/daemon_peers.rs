@@ -134,12 +134,14 @@ fn a_channel_spans_both_hosts_and_closes_on_both() {
 #[test]
 fn a_refusal_by_the_receiver_refuses_the_whole_and_reserves_nothing() {
     let dir = temp_dir("refuse");
-    // Each channel costs the receiver 300 us of RX CPU per 1 ms: three fit, the fourth not.
-    let b = daemon(&dir, "b", &[("a", sender_addr())], 300_000);
+    // Each channel costs the receiver 150 us of RX CPU per 1 ms, and the RX core's service
+    // phase (charged as recurring load, one RX burst of packets at this per-packet cost) adds
+    // to it: three fit under the 95 % limit, the fourth not.
+    let b = daemon(&dir, "b", &[("a", sender_addr())], 150_000);
     let a = daemon(&dir, "a", &[("b", b.peer_addr.unwrap())], 1000);
-    for _ in 0..3 {
+    for k in 0..3 {
         let r = open(&a.socket, "b", "20ms");
-        assert!(r.ok, "{r:?}");
+        assert!(r.ok, "open {k}: {r:?}");
     }
     let r = open(&a.socket, "b", "20ms");
     let e = r.error.expect("the receiver refuses the fourth");
