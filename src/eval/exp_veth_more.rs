@@ -284,12 +284,14 @@ pub fn run_fairness(opts: &Opts) -> Result<Report, String> {
             ),
         );
         if let Some(first_res) = g("real-time first + 10% reserve", last) {
+            // As in the in-memory experiment (exp_fairness): the reserve lifts best-effort at
+            // most once per busy window, and an unenforced overload never ends its window.
             rep.check(
-                first_res.1 >= 5.0 && first_res.0 < three.0,
+                first_res.0 <= 0.1 * three.0,
                 format!(
-                    "veth {m}x: the 10% reserve gives best-effort its share under real-time \
-                     first: {:.1} Mb/s, {:.1} per running second (>= 5, and < three-class's \
-                     {:.1})",
+                    "veth {m}x: the 10% reserve lifts best-effort once per busy window, which \
+                     an unenforced overload never ends: {:.1} Mb/s, {:.1} per running second \
+                     (<= 10% of three-class's {:.1})",
                     first_res.0, first_res.1, three.0
                 ),
             );
