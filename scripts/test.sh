@@ -52,8 +52,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy (no DPDK)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== cargo clippy (--features dpdk,af_xdp)"
+echo "== cargo clippy (--features dpdk,af_xdp; the evaluation with af_xdp)"
 cargo clippy -p rtchan --all-targets --features dpdk,af_xdp -- -D warnings
+cargo clippy -p rtchan-eval --all-targets --features af_xdp -- -D warnings
 
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --features dpdk,af_xdp --quiet
@@ -68,6 +69,6 @@ echo "== tests (AF_XDP over a veth pair in two namespaces; needs root)"
 cargo test -p rtchan --features af_xdp --test afxdp_veth --test daemon_netns -- --test-threads=1
 # The evaluation's experiments 3 and 4 in real time over AF_XDP (the workspace run above did
 # them over af_packet).
-cargo test -p rtchan --features af_xdp --test eval_quick veth_ -- --test-threads=1
+cargo test -p rtchan-eval --features af_xdp --test eval_quick veth_ -- --test-threads=1
 
 echo "== all checks passed"

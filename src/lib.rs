@@ -7,6 +7,5 @@
 pub mod client;
 pub mod daemon;
 pub mod demo;
-pub mod eval;
 pub mod ports;
 pub mod preemption;

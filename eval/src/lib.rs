@@ -28,7 +28,7 @@
 //!
 //! Every experiment writes `NAME.csv` (and more tables where useful) and `NAME.svg` into the
 //! output directory and checks its qualitative result; `quick` runs shorter versions of the
-//! same checks (`tests/eval_quick.rs`, CI).
+//! same checks (`eval/tests/eval_quick.rs`, CI).
 
 pub mod bounds;
 pub mod exp_baselines;

@@ -7,7 +7,7 @@
 //! a machine allowance for this VM's scheduler (d = 10 ms on the host, D = 50 ms end to end, or
 //! for experiment 4 admission's bound plus 10 ms and 50 ms). A deadline miss fails a check
 //! unless the polling threads' OS preemption, measured independently of them
-//! ([`crate::preemption`]), covers its lateness within that message's own life (the rule the
+//! ([`rtchan::preemption`]), covers its lateness within that message's own life (the rule the
 //! veth tests use); excused and unexcused misses are reported separately. Packets released
 //! after ℓ + d are reported, not checked, as in [`super::exp_veth`]; experiment 4 checks the
 //! host side against admission's own bound instead, through the median host delay.
@@ -865,14 +865,14 @@ pub fn run_overheads(opts: &Opts) -> Result<Report, String> {
         #[cfg(feature = "af_xdp")]
         {
             let (tx, whole, sent, mode) = bed.in_sender_ns(move |ifname| {
-                crate::ports::afxdp::set_library_logging(false);
-                let cfg = crate::ports::afxdp::AfXdpConfig {
+                rtchan::ports::afxdp::set_library_logging(false);
+                let cfg = rtchan::ports::afxdp::AfXdpConfig {
                     // No pacing: the port takes frames as fast as the kernel copies them.
                     report_completions: false,
-                    ..crate::ports::afxdp::AfXdpConfig::default()
+                    ..rtchan::ports::afxdp::AfXdpConfig::default()
                 };
-                let mut p =
-                    crate::ports::afxdp::AfXdpPort::open(ifname, cfg).map_err(|e| e.to_string())?;
+                let mut p = rtchan::ports::afxdp::AfXdpPort::open(ifname, cfg)
+                    .map_err(|e| e.to_string())?;
                 let mode = format!(
                     "AF_XDP {} mode, {}",
                     p.attach_mode(),
@@ -900,12 +900,12 @@ pub fn run_overheads(opts: &Opts) -> Result<Report, String> {
     }
     {
         let (tx, whole, sent) = bed.in_sender_ns(move |ifname| {
-            let cfg = crate::ports::afpacket::AfPacketConfig {
+            let cfg = rtchan::ports::afpacket::AfPacketConfig {
                 tx_batch: 32,
                 qdisc_bypass: true,
-                ..crate::ports::afpacket::AfPacketConfig::default()
+                ..rtchan::ports::afpacket::AfPacketConfig::default()
             };
-            let mut p = crate::ports::afpacket::AfPacketPort::open(ifname, cfg)
+            let mut p = rtchan::ports::afpacket::AfPacketPort::open(ifname, cfg)
                 .map_err(|e| e.to_string())?;
             let tx = port_tx_on(&mut p, n)?;
             let sent = dataplane::port::Port::stats(&p).tx_packets;

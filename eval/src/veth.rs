@@ -23,7 +23,7 @@
 //! applications submitting between packets and stamping messages with their due time, as the
 //! virtual CPU does. Beside each channel's counters the bed records what the checks need to
 //! tell the dataplane from the machine: each miss with its times and the OS preemption of both
-//! polling threads, measured independently of them ([`crate::preemption`]: a miss is excused
+//! polling threads, measured independently of them ([`rtchan::preemption`]: a miss is excused
 //! only when the threads' run-queue wait during that message's own life covers its lateness;
 //! [`VethOut::verdict`]), the time the sender spent in gaps over [`STALL_GAP`] (throughput per
 //! running second), each thread's longest gap between polls (reported only: it includes the
@@ -31,10 +31,6 @@
 //! while the applications were still submitting (throughput without the drain's backlog).
 
 use super::world::{ChanDef, ChanOut, Load, RunOut, Scenario};
-use crate::ports::afpacket::{AfPacketConfig, AfPacketPort};
-use crate::ports::netns::enter_netns;
-use crate::ports::netns::{is_root, netns_path, Namespaces};
-use crate::preemption::{MissLog, MissVerdict, PreemptionProbe, Preemptions, Watcher};
 use dataplane::channel::{Submit, SubmitError};
 use dataplane::core::{raise_priority, Core, CoreConfig, CoreStats, PollStalls};
 use dataplane::link::LinkStats;
@@ -45,6 +41,10 @@ use dataplane::time::{
     monotonic_now, read_tsc, tsc_per_us, Clock, CycleMeter, MonotonicClock, Nanos, TscMeter,
 };
 use hdrhistogram::Histogram;
+use rtchan::ports::afpacket::{AfPacketConfig, AfPacketPort};
+use rtchan::ports::netns::enter_netns;
+use rtchan::ports::netns::{is_root, netns_path, Namespaces};
+use rtchan::preemption::{MissLog, MissVerdict, PreemptionProbe, Preemptions, Watcher};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -336,8 +336,8 @@ fn watch(watcher: &Watcher) -> Result<(), String> {
 fn pick_backend(notes: &mut Vec<String>) -> Backend {
     // libxdp reports on stderr that it attaches without the dispatcher when no bpffs is
     // mounted; expected here.
-    crate::ports::afxdp::set_library_logging(false);
-    match crate::ports::afxdp::probe() {
+    rtchan::ports::afxdp::set_library_logging(false);
+    match rtchan::ports::afxdp::probe() {
         Ok(()) => Backend::AfXdp,
         Err(e) => {
             notes.push(format!(
@@ -355,15 +355,18 @@ fn pick_backend(notes: &mut Vec<String>) -> Backend {
 }
 
 #[cfg(feature = "af_xdp")]
-fn open_afxdp(ifname: &str, rate: u64) -> Result<(crate::ports::afxdp::AfXdpPort, String), String> {
-    let cfg = crate::ports::afxdp::AfXdpConfig {
+fn open_afxdp(
+    ifname: &str,
+    rate: u64,
+) -> Result<(rtchan::ports::afxdp::AfXdpPort, String), String> {
+    let cfg = rtchan::ports::afxdp::AfXdpConfig {
         link_rate_bps: rate,
         // veth has no wire: a frame completes once the kernel copied it, so the link scheduler
         // paces at `rate` instead.
         report_completions: false,
-        ..crate::ports::afxdp::AfXdpConfig::default()
+        ..rtchan::ports::afxdp::AfXdpConfig::default()
     };
-    let port = crate::ports::afxdp::AfXdpPort::open(ifname, cfg).map_err(|e| e.to_string())?;
+    let port = rtchan::ports::afxdp::AfXdpPort::open(ifname, cfg).map_err(|e| e.to_string())?;
     let mode = format!(
         "AF_XDP {} mode, {}",
         port.attach_mode(),

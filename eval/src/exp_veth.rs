@@ -8,7 +8,7 @@
 //! scheduler delays a polling thread by up to ~10 ms several times a second and a message can
 //! meet a stall of the sender, of veth's softirq and of the receiver. What the bounds measure
 //! here is mostly the machine. A miss fails a check unless the polling threads' OS preemption,
-//! measured independently of them ([`crate::preemption`]), covers its lateness within that
+//! measured independently of them ([`rtchan::preemption`]), covers its lateness within that
 //! message's own life; the CSV carries excused and unexcused misses separately, the measured
 //! preemption, and (for information) each thread's longest gap between polls. Each point runs 1.5 s (0.5 s with `--quick`) plus a 0.6 s drain.
 

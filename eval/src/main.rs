@@ -13,7 +13,7 @@
 //! dataplane on a 100 Mb/s paced link, `overheads` with the port TX stage and the whole loop
 //! timed on the kernel ports beside the `NullPort`.
 use clap::Parser;
-use rtchan::eval::{self, Link, Opts, EXPERIMENTS};
+use rtchan_eval::{self as eval, Link, Opts, EXPERIMENTS};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;

@@ -10,7 +10,7 @@
 //! threads' OS preemption, measured independently of them (`rtchan::preemption`), covers that
 //! message's lateness within its own life; anything else fails the run.
 
-use rtchan::eval::{self, Link, Opts};
+use rtchan_eval::{self as eval, Link, Opts};
 use std::sync::{Mutex, MutexGuard};
 
 static SERIAL: Mutex<()> = Mutex::new(());
