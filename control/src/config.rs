@@ -338,6 +338,12 @@ pub struct PolicyConfig {
     pub idle: IdleMode,
     /// Sleep of `idle = "sleep"`.
     pub idle_sleep: Duration,
+    /// Least time between two service phases (RX burst, client scan, control command) of a
+    /// busy core. The phase `[cost]` describes must fit in it; set at start-up only.
+    pub service_interval: Duration,
+    /// TX stage window of the cores: a TX stage is due this long after the previous one while
+    /// packets wait. `cost.tx_stage_ns` must be shorter; set at start-up only.
+    pub tx_window: Duration,
 }
 
 impl Default for PolicyConfig {
@@ -349,6 +355,8 @@ impl Default for PolicyConfig {
             run_budget_cycles: 200_000,
             idle: IdleMode::Yield,
             idle_sleep: Duration(50_000),
+            service_interval: Duration(dataplane::core::SERVICE_INTERVAL_NS),
+            tx_window: Duration(dataplane::core::TX_WINDOW_NS),
         }
     }
 }
@@ -822,6 +830,8 @@ impl DaemonConfig {
             granularity: self.policy.granularity,
             max_message: self.max_message,
             work_conserving: self.policy.work_conserving,
+            service_interval_ns: self.policy.service_interval.0,
+            tx_window_ns: self.policy.tx_window.0,
         }
     }
 
@@ -841,6 +851,8 @@ impl DaemonConfig {
             granularity: self.policy.granularity,
             max_message: self.max_message,
             work_conserving: self.policy.work_conserving,
+            service_interval_ns: self.policy.service_interval.0,
+            tx_window_ns: self.policy.tx_window.0,
         }
     }
 

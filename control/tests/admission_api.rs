@@ -90,15 +90,44 @@ fn models_are_validated() {
     assert_eq!(bad(|m| m.max_message = 0), ModelError::MaxMessage(0));
     // Costs that contradict the loop they describe are refused, naming the keys.
     let e = bad(|m| m.cost.rx_burst_ns = 19_600);
-    assert_eq!(e, ModelError::ServicePhaseTooLong { phase: 22_100 });
+    assert_eq!(
+        e,
+        ModelError::ServicePhaseTooLong {
+            phase: 22_100,
+            interval: 20_000
+        }
+    );
     let text = e.to_string();
     assert!(
         text.contains("cost.rx_burst_ns") && text.contains("cost.control_poll_ns"),
         "{text}"
     );
     let e = bad(|m| m.cost.tx_stage_ns = 4_000);
-    assert_eq!(e, ModelError::TxStageTooLong(4_000));
+    assert_eq!(
+        e,
+        ModelError::TxStageTooLong {
+            stage: 4_000,
+            window: 4_000
+        }
+    );
     assert!(e.to_string().contains("cost.tx_stage_ns"), "{e}");
+    assert!(e.to_string().contains("policy.tx_window"), "{e}");
+    // The same costs fit a loop whose intervals are set longer, and the longer intervals are
+    // what admission charges: the service phase every interval, a stage every window.
+    let slow = ResourceModel {
+        service_interval_ns: 200_000,
+        tx_window_ns: 40_000,
+        ..ResourceModel::default()
+    };
+    let mut m = slow.clone();
+    m.cost.rx_burst_ns = 19_600;
+    m.cost.tx_stage_ns = 4_000;
+    m.validate().unwrap();
+    let [svc, stage] = m.cpu_overheads();
+    assert_eq!((svc.cost, svc.period), (22_100, 200_000));
+    assert_eq!((stage.cost, stage.period), (4_000, 40_000));
+    assert_eq!(m.batch_window_ns(), 40_000 + m.longest_stretch());
+    assert!(m.client_release_jitter() >= 200_000 + 22_100);
 }
 
 #[test]

@@ -316,6 +316,7 @@ fn host_case() -> impl Strategy<Value = (ResourceModel, Vec<ChannelRequest>, boo
                 granularity: k,
                 max_message: 65_536,
                 work_conserving: false,
+                ..ResourceModel::default()
             };
             (model, reqs, exact, seed)
         })

@@ -261,6 +261,9 @@ fn run(admitted_by: &ResourceModel, truth: &ResourceModel, offset: Nanos) -> (u6
             capacity: 4096,
             ..LinkConfig::default()
         },
+        // The loop's own intervals, as the daemon sets them from the same keys.
+        service_interval: truth.service_interval_ns,
+        tx_window: truth.tx_window_ns,
         ..CoreConfig::default()
     };
     let mut core = Core::new(cfg, port).unwrap();
@@ -411,4 +414,20 @@ fn leaving_the_tx_stages_out_of_admission_misses() {
         .sum();
     eprintln!("without the TX stages' charge: {misses} misses");
     assert!(misses > 0, "no miss without the TX stages' charge");
+}
+
+/// The same costs in a loop whose service interval and TX window are stretched (as
+/// `policy.service_interval` and `policy.tx_window` set them for slower builds): admission at
+/// those intervals still holds in the real loop.
+#[test]
+fn stretched_loop_intervals_admitted_at_their_values_meet_both_deadlines() {
+    let m = ResourceModel {
+        service_interval_ns: 50_000,
+        tx_window_ns: 10_000,
+        ..model(50_000)
+    };
+    for off in OFFSETS {
+        let (cpu, link, n) = run(&m, &m, off);
+        assert_eq!((cpu, link), (0, 0), "offset {off}: misses of {n} messages");
+    }
 }

@@ -71,12 +71,15 @@ pub const RX_BURSTS_PER_SERVICE: usize = 1;
 /// Control commands per service phase: configuration is rare, and every command slot is
 /// charged `control_poll_ns` in every service phase whether a command comes or not.
 pub const CONTROL_PER_SERVICE: usize = 1;
-/// Least time between two service phases while there is work to run, ns: 20 µs. It turns RX
-/// and control into a sporadic load on the core (at most one phase per interval), which is
-/// what admission charges; it also bounds how long a received frame or a command waits.
+/// Default least time between two service phases while there is work to run
+/// ([`CoreConfig::service_interval`]), ns: 20 µs. The interval turns RX and control into a
+/// sporadic load on the core (at most one phase per interval), which is what admission
+/// charges; it also bounds how long a received frame or a command waits. 20 µs suits the
+/// default costs (a 5.5 µs phase); costs measured on a slower build need a longer interval,
+/// since the phase must fit in it.
 pub const SERVICE_INTERVAL_NS: Nanos = 20_000;
-/// TX stage window, ns: a stage is due this long after the previous one while the link
-/// scheduler holds packets. At saturation the [`MAX_BURST`] trigger comes first (full
+/// Default TX stage window ([`CoreConfig::tx_window`]), ns: a stage is due this long after
+/// the previous one while the link scheduler holds packets. At saturation the [`MAX_BURST`] trigger comes first (full
 /// bursts); the window serves lighter loads. 4 µs keeps a written packet's wait for its
 /// release small against link deadlines, and a stage per window (charged by admission as a
 /// sporadic load, `tx_stage_ns` every 4 µs) a small share of the core.
@@ -116,6 +119,12 @@ pub struct CoreConfig {
     pub udp_port: u16,
     /// How long incomplete messages wait for fragments.
     pub reassembly_timeout: Nanos,
+    /// Least time between two service phases while there is work to run, ns (see
+    /// [`SERVICE_INTERVAL_NS`]); admission's `ResourceModel::service_interval_ns` must equal it.
+    pub service_interval: Nanos,
+    /// TX stage window, ns (see [`TX_WINDOW_NS`]); admission's `ResourceModel::tx_window_ns`
+    /// must equal it.
+    pub tx_window: Nanos,
 }
 
 impl CoreConfig {
@@ -137,6 +146,8 @@ impl Default for CoreConfig {
             rx_queue: 0,
             udp_port: RTCHAN_UDP_PORT,
             reassembly_timeout: DEFAULT_REASSEMBLY_TIMEOUT,
+            service_interval: SERVICE_INTERVAL_NS,
+            tx_window: TX_WINDOW_NS,
         }
     }
 }
@@ -170,6 +181,9 @@ pub enum CoreError {
         /// Queues the port has.
         count: u16,
     },
+    /// The service interval or the TX window is zero.
+    #[error("service interval and TX window: each must be at least 1 ns")]
+    ZeroInterval,
     /// The port's frames are too small to carry a header and one payload byte.
     #[error("port frames of {0} bytes cannot carry rtchan's {FRAME_OVERHEAD}-byte headers")]
     FrameTooSmall(usize),
@@ -380,6 +394,9 @@ impl<P: Port> Core<P> {
     /// Builds a core over `port` after validating the configuration against it.
     pub fn new(cfg: CoreConfig, port: P) -> Result<Self, CoreError> {
         cfg.sched.validate()?;
+        if cfg.service_interval == 0 || cfg.tx_window == 0 {
+            return Err(CoreError::ZeroInterval);
+        }
         let caps = port.capabilities();
         cfg.link.validate(caps.max_frame)?;
         if cfg.tx_queue >= caps.tx_queues {
@@ -780,10 +797,10 @@ impl<P: Port> Core<P> {
         let start = clock.now();
         let anchor = (start, meter.cycles());
 
-        // 1 + 2. The service phase (RX, control), at most once per SERVICE_INTERVAL_NS while
+        // 1 + 2. The service phase (RX, control), at most once per service interval while
         // there is work to run, every iteration when the core is idle.
         if self.idle || start >= self.next_service {
-            self.next_service = start + SERVICE_INTERVAL_NS;
+            self.next_service = start + self.cfg.service_interval;
             self.service(&mut progress, anchor, meter);
         }
 
@@ -1004,7 +1021,7 @@ impl<P: Port> Core<P> {
     }
 
     /// A TX stage when one is due: [`MAX_BURST`] packets were written since the last stage
-    /// (the batch would fill), or [`TX_WINDOW_NS`] passed since it while the link scheduler
+    /// (the batch would fill), or the TX window passed since it while the link scheduler
     /// holds packets. The window bounds how long a written packet waits for its release; the
     /// burst trigger keeps bursts full at saturation.
     /// Returns whether a stage ran.
@@ -1016,7 +1033,7 @@ impl<P: Port> Core<P> {
         meter: &mut impl CycleMeter,
     ) -> bool {
         let due = self.since_stage >= MAX_BURST
-            || (now.saturating_sub(self.last_stage) >= TX_WINDOW_NS
+            || (now.saturating_sub(self.last_stage) >= self.cfg.tx_window
                 && !(self.link.is_empty() && self.tx_batch.is_empty()));
         if due {
             self.stage(now, progress, meter);

@@ -64,6 +64,7 @@ pub fn model(
         granularity: k,
         max_message: 65_536,
         work_conserving,
+        ..ResourceModel::default()
     }
 }
 

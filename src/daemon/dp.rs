@@ -154,6 +154,8 @@ impl Dataplane {
                 ..LinkConfig::default()
             },
             tx_queue: PORT_QUEUE,
+            service_interval: cfg.policy.service_interval.0,
+            tx_window: cfg.policy.tx_window.0,
             ..CoreConfig::default()
         };
         let opened = crate::ports::open(cfg, clock.clone())?;

@@ -403,10 +403,11 @@ fn reload(d: &Daemon, path: &Path, running: &DaemonConfig) {
     if let (Some(new), Some(old)) = (new.as_object(), old.as_object()) {
         let mut policy_new = new.get("policy").cloned().unwrap_or_default();
         let mut policy_old = old.get("policy").cloned().unwrap_or_default();
-        // idle and idle_sleep are read when the cores start.
+        // These are read when the cores start.
+        const AT_START: [&str; 4] = ["idle", "idle_sleep", "service_interval", "tx_window"];
         for p in [&mut policy_new, &mut policy_old] {
             if let Some(o) = p.as_object_mut() {
-                o.retain(|k, _| k == "idle" || k == "idle_sleep");
+                o.retain(|k, _| AT_START.contains(&k.as_str()));
             }
         }
         let mut stale: Vec<String> = new
@@ -417,7 +418,7 @@ fn reload(d: &Daemon, path: &Path, running: &DaemonConfig) {
             .map(|(k, _)| k.clone())
             .collect();
         if policy_new != policy_old {
-            stale.push("policy.idle/idle_sleep".into());
+            stale.push("policy.idle/idle_sleep/service_interval/tx_window".into());
         }
         if !stale.is_empty() {
             tracing::warn!(

@@ -185,6 +185,13 @@ pub struct ResourceModel {
     /// Whether early real-time messages are processed ahead of time when the core is
     /// otherwise idle. If so, any handler's chunk may block any deadline.
     pub work_conserving: bool,
+    /// Least time between two service phases of a busy core, ns: the cores'
+    /// `dataplane::core::CoreConfig::service_interval` (default
+    /// `dataplane::core::SERVICE_INTERVAL_NS`).
+    pub service_interval_ns: Nanos,
+    /// TX stage window, ns: the cores' `dataplane::core::CoreConfig::tx_window` (default
+    /// `dataplane::core::TX_WINDOW_NS`).
+    pub tx_window_ns: Nanos,
 }
 
 impl Default for ResourceModel {
@@ -197,6 +204,8 @@ impl Default for ResourceModel {
             granularity: 4,
             max_message: 65_536,
             work_conserving: false,
+            service_interval_ns: SERVICE_INTERVAL_NS,
+            tx_window_ns: TX_WINDOW_NS,
         }
     }
 }
@@ -242,18 +251,23 @@ pub enum ModelError {
     MaxMessage(u32),
     /// The service phase the costs describe does not fit in the interval the core runs it at.
     #[error(
-        "cost.rx_burst_ns and cost.control_poll_ns: the service phase they add up to ({phase} ns) \
-         must be shorter than the core's service interval ({SERVICE_INTERVAL_NS} ns)"
+        "cost.rx_burst_ns, cost.client_scan_ns and cost.control_poll_ns: the service phase they \
+         add up to ({phase} ns) must be shorter than policy.service_interval ({interval} ns)"
     )]
     ServicePhaseTooLong {
         /// The service phase, ns.
         phase: Nanos,
+        /// The service interval, ns.
+        interval: Nanos,
     },
     /// A TX stage as long as the TX window would leave the core nothing else.
-    #[error(
-        "cost.tx_stage_ns: {0} ns must be shorter than the core's TX window ({TX_WINDOW_NS} ns)"
-    )]
-    TxStageTooLong(Nanos),
+    #[error("cost.tx_stage_ns: {stage} ns must be shorter than policy.tx_window ({window} ns)")]
+    TxStageTooLong {
+        /// The TX stage, ns.
+        stage: Nanos,
+        /// The TX window, ns.
+        window: Nanos,
+    },
 }
 
 impl ResourceModel {
@@ -292,19 +306,25 @@ impl ResourceModel {
             return Err(ModelError::MaxMessage(self.max_message));
         }
         let phase = self.cost.service_phase_ns();
-        if phase >= SERVICE_INTERVAL_NS {
-            return Err(ModelError::ServicePhaseTooLong { phase });
+        if phase >= self.service_interval_ns {
+            return Err(ModelError::ServicePhaseTooLong {
+                phase,
+                interval: self.service_interval_ns,
+            });
         }
-        if self.cost.tx_stage_ns >= TX_WINDOW_NS {
-            return Err(ModelError::TxStageTooLong(self.cost.tx_stage_ns));
+        if self.cost.tx_stage_ns >= self.tx_window_ns {
+            return Err(ModelError::TxStageTooLong {
+                stage: self.cost.tx_stage_ns,
+                window: self.tx_window_ns,
+            });
         }
         Ok(())
     }
 
     /// What every core runs besides handlers, as sporadic interference the CPU demand test
     /// adds to every core's channels (demand, not check points): the service phase at most once per
-    /// `dataplane::core::SERVICE_INTERVAL_NS`, and a TX stage at most once per
-    /// `dataplane::core::TX_WINDOW_NS` by its window (stages due by packet count are in
+    /// [`Self::service_interval_ns`], and a TX stage at most once per
+    /// [`Self::tx_window_ns`] by its window (stages due by packet count are in
     /// [`CostModel::cpu_cost`]). Each may run back to back with one already running when a
     /// busy window starts, so each task's deadline is its period less its cost and the cost is
     /// also in [`ResourceModel::cpu_blocking_extra`]: `(⌊(t + C)/T⌋ + 1)·C` in all.
@@ -314,13 +334,13 @@ impl ResourceModel {
         [
             Task {
                 cost: svc,
-                period: SERVICE_INTERVAL_NS,
-                deadline: SERVICE_INTERVAL_NS - svc,
+                period: self.service_interval_ns,
+                deadline: self.service_interval_ns.saturating_sub(svc),
             },
             Task {
                 cost: stage,
-                period: TX_WINDOW_NS,
-                deadline: TX_WINDOW_NS - stage,
+                period: self.tx_window_ns,
+                deadline: self.tx_window_ns.saturating_sub(stage),
             },
         ]
         .map(|t| Task {
@@ -358,10 +378,10 @@ impl ResourceModel {
 
     /// The batch window: how long a packet written by a run may wait in the link scheduler
     /// before a TX stage looks at it. A stage is due at the first preemption point
-    /// `dataplane::core::TX_WINDOW_NS` after the previous one, and the points are at most
+    /// [`Self::tx_window_ns`] after the previous one, and the points are at most
     /// [`Self::longest_stretch`] apart.
     pub fn batch_window_ns(&self) -> Nanos {
-        TX_WINDOW_NS + self.longest_stretch()
+        self.tx_window_ns + self.longest_stretch()
     }
 
     /// Number of TX queues.
@@ -399,7 +419,7 @@ impl ResourceModel {
 
     /// The longest a client-fed channel's message can wait, after the client published it,
     /// before the core's client scan sees it: the scan is in the service phase, due
-    /// `dataplane::core::SERVICE_INTERVAL_NS` after the previous one, then waiting for the
+    /// [`Self::service_interval_ns`] after the previous one, then waiting for the
     /// iteration under way (every run and TX stage it may hold, at their bounds) and for the
     /// phase's own RX burst before it. The daemon admits such a
     /// channel with this much less of its host bound and adds it back to the deadlines it
@@ -410,10 +430,10 @@ impl ResourceModel {
         let run = c
             .best_effort_run_ns
             .max(c.handler_chunk(self.granularity, self.granularity));
-        // The scan is in the service phase: due SERVICE_INTERVAL_NS after the last one, it
+        // The scan is in the service phase: due a service interval after the last one, it
         // waits for the iteration under way (its runs, a TX stage after each) and runs last
         // in its phase.
-        SERVICE_INTERVAL_NS
+        self.service_interval_ns
             + RUNS_PER_ITERATION as Nanos * (run + c.tx_stage_ns)
             + c.service_phase_ns()
     }
