@@ -11,6 +11,9 @@
 //! - [`limits`]: the `[limits]` table: connection caps and timeouts of the control socket.
 //! - [`protocol`]: the versioned line-delimited JSON spoken by `rtchanctl` and the daemon,
 //!   and between daemons' control planes.
+//! - [`reservation`]: the reservation protocol between two daemons' control planes
+//!   (prepare, commit, abort, release, heartbeat, loss of the peer) as deterministic state
+//!   machines that take `now` and messages and return what to send and do.
 //! - [`state`]: the persisted channel table, written atomically.
 //! - [`units`]: durations (`500us`) and sizes (`4KiB`) as people write them.
 //!
@@ -22,5 +25,6 @@ pub mod config;
 pub mod e2e;
 pub mod limits;
 pub mod protocol;
+pub mod reservation;
 pub mod state;
 pub mod units;
