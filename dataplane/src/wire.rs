@@ -21,11 +21,20 @@ pub const IPV4_LEN: usize = 20;
 pub const UDP_LEN: usize = 8;
 /// rtchan header bytes.
 pub const RTCHAN_HEADER_LEN: usize = 40;
+/// Header bytes inside the IP packet before the payload (IPv4, UDP, rtchan): an IP MTU less
+/// this is the payload one packet carries.
+pub const IP_OVERHEAD: usize = IPV4_LEN + UDP_LEN + RTCHAN_HEADER_LEN;
 /// All header bytes before the payload.
-pub const FRAME_OVERHEAD: usize = ETH_LEN + IPV4_LEN + UDP_LEN + RTCHAN_HEADER_LEN;
-/// Bytes a frame costs on the wire beyond what the port is handed: preamble and SFD (8),
-/// FCS (4), inter-frame gap (12).
-pub const WIRE_OVERHEAD: usize = 8 + 4 + 12;
+pub const FRAME_OVERHEAD: usize = ETH_LEN + IP_OVERHEAD;
+/// Preamble and start-of-frame delimiter: on the wire, not in the frame.
+pub const PREAMBLE_SFD_LEN: usize = 8;
+/// Ethernet frame check sequence, added by the NIC.
+pub const FCS_LEN: usize = 4;
+/// Minimum inter-frame gap.
+pub const INTER_FRAME_GAP_LEN: usize = 12;
+/// Bytes a frame costs on the wire beyond what the port is handed: preamble and SFD, FCS,
+/// inter-frame gap.
+pub const WIRE_OVERHEAD: usize = PREAMBLE_SFD_LEN + FCS_LEN + INTER_FRAME_GAP_LEN;
 /// Smallest Ethernet frame without FCS; shorter frames are padded by the NIC.
 pub const MIN_FRAME: usize = 60;
 /// Flag: the packet belongs to a best-effort channel.

@@ -10,6 +10,7 @@ use dataplane::core::{
     CONTROL_PER_SERVICE, RX_BURSTS_PER_SERVICE, SERVICE_INTERVAL_NS, TX_WINDOW_NS,
 };
 use dataplane::port::MAX_BURST;
+use dataplane::wire::{self, FRAME_OVERHEAD, IP_OVERHEAD};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -18,25 +19,11 @@ use super::demand::Task;
 /// A duration or an instant in nanoseconds.
 pub type Nanos = u64;
 
-/// The rtchan header carried in every UDP datagram of a channel.
-pub const RTCHAN_HEADER_LEN: u32 = 40;
-/// UDP header.
-pub const UDP_HEADER_LEN: u32 = 8;
-/// IPv4 header without options.
-pub const IPV4_HEADER_LEN: u32 = 20;
-/// Ethernet II header (no VLAN tag).
-pub const ETHERNET_HEADER_LEN: u32 = 14;
-/// Ethernet frame check sequence.
-pub const FCS_LEN: u32 = 4;
-/// Preamble and start-of-frame delimiter: occupy the wire but are not in the frame.
-pub const PREAMBLE_SFD_LEN: u32 = 8;
-/// Minimum inter-frame gap.
-pub const INTER_FRAME_GAP_LEN: u32 = 12;
-/// Smallest Ethernet frame without its FCS; shorter frames are padded.
-pub const MIN_FRAME_LEN: u32 = 60;
+// The wire format's constants are defined once, in `dataplane::wire`.
+pub use dataplane::wire::RTCHAN_HEADER_LEN;
 
 /// The bytes an IP packet of the given MTU spends on headers before the rtchan payload.
-const IP_PAYLOAD_OVERHEAD: u32 = IPV4_HEADER_LEN + UDP_HEADER_LEN + RTCHAN_HEADER_LEN;
+const IP_PAYLOAD_OVERHEAD: u32 = IP_OVERHEAD as u32;
 
 /// Largest `ResourceModel::max_message` accepted, so that byte counts stay far from overflow.
 pub const MAX_MESSAGE_LIMIT: u32 = 1 << 30;
@@ -103,8 +90,7 @@ impl CostModel {
     /// Bytes a packet with `payload` message bytes occupies on the wire, including
     /// preamble, inter-frame gap, FCS and padding to the minimum frame.
     pub fn wire_bytes(&self, payload: u32) -> u64 {
-        let frame = (payload + IP_PAYLOAD_OVERHEAD + ETHERNET_HEADER_LEN).max(MIN_FRAME_LEN);
-        u64::from(frame + FCS_LEN + PREAMBLE_SFD_LEN + INTER_FRAME_GAP_LEN)
+        wire::wire_bytes(payload as usize + FRAME_OVERHEAD)
     }
 
     /// Wire bytes of a maximum-size packet.
