@@ -784,11 +784,20 @@ fn a_bad_record_is_reported_kept_and_the_others_restored() {
     let after = control::state::StateFile::read(&state).unwrap();
     assert_eq!((after.records.len(), after.rejected.len()), (2, 1));
 
-    // Next start: the same; closing the record discards it, and the list is clean.
+    // Next start: the same. `close` does not touch the record (no channel 3 is open); only
+    // the explicit request naming its record number discards it, and the list is clean.
     let d = Daemon::start(DaemonConfig::parse(&config_text(&dir, &state)).unwrap()).unwrap();
     assert_eq!(d.restored, 2);
     let sock = d.socket.clone();
+    let record = list_now(&sock).unrestored[0].index.to_string();
     let out = ctl(&["channel", "close", "3"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("discard-unrestored"),
+        "{out:?}"
+    );
+    assert_eq!(list_now(&sock).unrestored.len(), 1);
+    let out = ctl(&["channel", "discard-unrestored", &record]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("discarded"));
     let out = ctl(&["channel", "list"]);
@@ -799,6 +808,91 @@ fn a_bad_record_is_reported_kept_and_the_others_restored() {
         .unwrap()
         .rejected
         .is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Review finding M2: a duplicate-id record is kept unrestored beside the live channel with
+/// that id; `close ID` must reach the live channel, and the record goes only when named.
+#[test]
+fn close_reaches_the_live_channel_not_a_duplicate_id_record() {
+    let dir = temp_dir("state-dupid");
+    let state = dir.join("state.json");
+    let dup =
+        r#"{"id":0,"open":{"mmax":"1000","imin":"2ms","bmax":1,"deadline":"9ms","dst":"local"}}"#;
+    std::fs::write(
+        &state,
+        format!("{{\"version\":1,\"channels\":[{GOOD_RECORD},{dup}]}}"),
+    )
+    .unwrap();
+    let d = Daemon::start(DaemonConfig::parse(&config_text(&dir, &state)).unwrap()).unwrap();
+    assert_eq!(d.restored, 1);
+    let sock = d.socket.clone();
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rtchanctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let l = list_now(&sock);
+    assert_eq!(l.channels.len(), 1);
+    assert_eq!(l.channels[0].id, 0);
+    assert_eq!(l.unrestored.len(), 1);
+    assert_eq!((l.unrestored[0].index, l.unrestored[0].id), (1, Some(0)));
+    assert!(l.unrestored[0].error.contains("appears twice"), "{l:?}");
+
+    // The close reaches the live channel; the record stays, listed and in the file.
+    let out = ctl(&["channel", "close", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("closed channel 0"),
+        "{out:?}"
+    );
+    let l = list_now(&sock);
+    assert!(l.channels.is_empty(), "{l:?}");
+    assert_eq!(l.unrestored.len(), 1, "{l:?}");
+    let on_disk = control::state::StateFile::read(&state).unwrap();
+    assert_eq!((on_disk.records.len(), on_disk.rejected.len()), (1, 0));
+    assert_eq!(
+        on_disk.records[0].1.open.mmax,
+        control::units::Size(1000),
+        "the kept record is written back verbatim"
+    );
+
+    // A second close finds no open channel and says how to discard the record; nothing changes.
+    let out = ctl(&["channel", "close", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("record 1") && err.contains("discard-unrestored 1"),
+        "{err}"
+    );
+    assert_eq!(list_now(&sock).unrestored.len(), 1);
+    // A record number that is not listed is refused naming the field; nothing changes.
+    let r = raw(
+        &sock,
+        "{\"version\":1,\"request\":{\"discard_unrestored\":{\"record\":0}}}\n",
+    );
+    let e = r.error.expect("record 0 was restored, not kept");
+    assert_eq!(
+        (e.kind, e.field.as_deref()),
+        (ErrorKind::NotFound, Some("record"))
+    );
+    assert_eq!(list_now(&sock).unrestored.len(), 1);
+
+    // Named, it goes: from the list and from the file.
+    let out = ctl(&["--json", "channel", "discard-unrestored", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["result"]["content"],
+        serde_json::from_str::<serde_json::Value>(dup).unwrap()
+    );
+    assert!(ctl(&["channel", "list"]).status.success());
+    let on_disk = control::state::StateFile::read(&state).unwrap();
+    assert_eq!((on_disk.records.len(), on_disk.rejected.len()), (0, 0));
+    d.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
 

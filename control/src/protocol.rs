@@ -50,6 +50,9 @@ pub enum Request {
     Open(OpenArgs),
     /// Close a channel.
     Close(CloseArgs),
+    /// Discard a record of the state file that was not re-established at start-up (listed
+    /// under `unrestored`), by its record number; `close` never touches such records.
+    DiscardUnrestored(RecordArgs),
     /// All channels, outgoing and incoming.
     List,
     /// One channel with its admission numbers.
@@ -96,7 +99,11 @@ impl Request {
     pub fn is_write(&self) -> bool {
         match self {
             Self::Open(o) => !o.dry_run,
-            Self::Close(_) | Self::PolicySet(_) | Self::Attach(_) | Self::Detach(_) => true,
+            Self::Close(_)
+            | Self::DiscardUnrestored(_)
+            | Self::PolicySet(_)
+            | Self::Attach(_)
+            | Self::Detach(_) => true,
             Self::List
             | Self::Show(_)
             | Self::Stats(_)
@@ -160,6 +167,15 @@ pub struct CloseArgs {
     /// Discard queued messages instead of the configured close mode.
     #[serde(default)]
     pub discard: bool,
+}
+
+/// `discard_unrestored`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordArgs {
+    /// The record's number as `list` shows it (`unrestored[].index`: its position in the
+    /// state file read at start-up, from 0).
+    pub record: usize,
 }
 
 /// `show`.
@@ -968,6 +984,14 @@ mod tests {
             dec(r#"{"version":1,"request":"list"}"#).unwrap().request,
             Request::List
         );
+        let d = dec(r#"{"version":1,"request":{"discard_unrestored":{"record":2}}}"#).unwrap();
+        assert_eq!(
+            d.request,
+            Request::DiscardUnrestored(RecordArgs { record: 2 })
+        );
+        assert!(d.request.is_write(), "a reader may not discard records");
+        let e = dec(r#"{"version":1,"request":{"discard_unrestored":{"id":2}}}"#).unwrap_err();
+        assert!(e.message.contains("id"), "{e:?}");
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use control::admission::offline::{run_json, Decision};
 use control::protocol::{
-    ChannelList, ChannelStatsInfo, CloseArgs, IdArgs, OpenArgs, PolicyUpdate, Reply, Request,
-    StatsArgs,
+    ChannelList, ChannelStatsInfo, CloseArgs, IdArgs, OpenArgs, PolicyUpdate, RecordArgs, Reply,
+    Request, StatsArgs,
 };
 use control::units::{self, fmt_ns};
 use rtchan::daemon::client::{self, Client};
@@ -85,6 +85,13 @@ enum ChannelCmd {
         /// Discard queued messages instead of draining them.
         #[arg(long)]
         discard: bool,
+    },
+    /// Discard a record of the state file that was not re-established at start-up (shown
+    /// by `channel list` under "not re-established"), by its record number. `close` never
+    /// discards such records.
+    DiscardUnrestored {
+        /// The record number `channel list` shows (`record N`).
+        record: usize,
     },
     /// List channels.
     List,
@@ -333,15 +340,26 @@ fn run(cli: &Cli) -> ExitCode {
                 }),
             ) {
                 Ok(r) => show(cli, r, |c: &serde_json::Value| {
-                    if c.get("state").and_then(|s| s.as_str()) == Some("discarded") {
-                        format!(
-                            "discarded the state file's record of channel {}, which was not \
-                             re-established\n",
-                            c["id"]
-                        )
-                    } else {
-                        format!("closed channel {}\n", c["id"])
-                    }
+                    format!("closed channel {}\n", c["id"])
+                }),
+                Err(code) => code,
+            }
+        }
+        Command::Channel(ChannelCmd::DiscardUnrestored { record }) => {
+            match call(
+                cli,
+                &Request::DiscardUnrestored(RecordArgs { record: *record }),
+            ) {
+                Ok(r) => show(cli, r, |c: &serde_json::Value| {
+                    let id = c["id"]
+                        .as_u64()
+                        .map_or("no readable id".to_string(), |i| format!("id {i}"));
+                    format!(
+                        "discarded record {} of the state file ({id}), which was not \
+                         re-established: {}\n",
+                        c["record"],
+                        c["error"].as_str().unwrap_or("")
+                    )
                 }),
                 Err(code) => code,
             }
@@ -359,7 +377,7 @@ fn run(cli: &Cli) -> ExitCode {
                     // Listed, but the table is not what was persisted: say so in the exit code.
                     eprintln!(
                         "rtchanctl: {unrestored} channel(s) of the state file were not \
-                         re-established (see above; `channel close ID` discards a record)"
+                         re-established (see above; `channel discard-unrestored RECORD` discards one)"
                     );
                     return ExitCode::from(EXIT_REFUSED);
                 }

@@ -302,7 +302,10 @@ pub fn list_table(l: &ChannelList) -> String {
         if !l.channels.is_empty() || !l.incoming.is_empty() {
             s.push('\n');
         }
-        s.push_str("not re-established from the state file (kept in it until closed):\n");
+        s.push_str(
+            "not re-established from the state file (kept in it until discarded with \
+             `channel discard-unrestored RECORD`):\n",
+        );
         for r in &l.unrestored {
             let id = r.id.map_or("?".to_string(), |i| i.to_string());
             s.push_str(&format!("{id:>5}  record {}: {}\n", r.index, r.error));

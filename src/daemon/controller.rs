@@ -643,15 +643,8 @@ impl Control {
                 }
                 Reply::from_result(r)
             }
-            Request::Close(args) if self.unrestored_index(args.id).is_some() => {
-                let i = self.unrestored_index(args.id).expect("just found");
-                let r = self.unrestored.remove(i);
-                self.persist();
-                Reply::ok(
-                    serde_json::json!({"id": args.id, "state": "discarded", "record": r.record}),
-                )
-            }
             Request::Close(args) => Reply::from_result(self.close(&args)),
+            Request::DiscardUnrestored(a) => Reply::from_result(self.discard_unrestored(a.record)),
             Request::List => Reply::ok(self.list(None)),
             Request::Show(a) => {
                 if self.out.contains_key(&a.id)
@@ -1744,6 +1737,21 @@ impl Control {
                     refusal: None,
                 });
             }
+            if let Some(i) = self.unrestored_index(args.id) {
+                // Never discarded by accident: that takes its own request, naming the record.
+                let r = &self.unrestored[i];
+                return Err(ApiError {
+                    kind: ErrorKind::NotFound,
+                    field: Some("id".into()),
+                    message: format!(
+                        "id: no open channel {} on this host; record {} of the state file has \
+                         that id but was not re-established ({}); `rtchanctl channel \
+                         discard-unrestored {}` discards it",
+                        args.id, r.index, r.error, r.index
+                    ),
+                    refusal: None,
+                });
+            }
             return Err(not_found(args.id));
         }
         let drain = !args.discard && self.policy.close == "drain";
@@ -1752,6 +1760,40 @@ impl Control {
             .ok_or_else(|| not_found(args.id))?;
         self.persist();
         Ok(info)
+    }
+
+    /// Drops record `record` (its number as listed) of those not re-established from the
+    /// state file, and saves the table without it; the reply carries the record verbatim.
+    fn discard_unrestored(&mut self, record: usize) -> Result<serde_json::Value, ApiError> {
+        let Some(i) = self.unrestored.iter().position(|r| r.index == record) else {
+            let listed: Vec<String> = self
+                .unrestored
+                .iter()
+                .map(|r| r.index.to_string())
+                .collect();
+            return Err(ApiError {
+                kind: ErrorKind::NotFound,
+                field: Some("record".into()),
+                message: if listed.is_empty() {
+                    format!("record: no unrestored record {record}: every record of the state file was re-established")
+                } else {
+                    format!(
+                        "record: no unrestored record {record} (unrestored records: {})",
+                        listed.join(", ")
+                    )
+                },
+                refusal: None,
+            });
+        };
+        let r = self.unrestored.remove(i);
+        self.persist();
+        Ok(serde_json::json!({
+            "record": r.index,
+            "id": r.id,
+            "state": "discarded",
+            "error": r.error,
+            "content": r.record,
+        }))
     }
 
     // ----- reading -----
