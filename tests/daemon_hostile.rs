@@ -896,6 +896,153 @@ fn close_reaches_the_live_channel_not_a_duplicate_id_record() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `GET /metrics` of an in-process daemon, the body.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+/// The value of an unlabelled metric.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A save that fails after start-up (the state file's directory replaced by a plain file,
+/// which root cannot write through either) is shown by `channel list` and `stats`, text and
+/// JSON, in their exit codes and the metrics; the table in memory is kept and served, the old
+/// file is untouched, and once the directory is back the retry saves the live table and
+/// clears the condition.
+#[test]
+fn a_save_failure_after_start_is_shown_counted_and_cleared_by_the_next_save() {
+    let dir = temp_dir("state-savefail");
+    let sub = dir.join("st");
+    std::fs::create_dir(&sub).unwrap();
+    let state = sub.join("state.json");
+    let text = format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        config_text(&dir, &state)
+    );
+    let d = Daemon::start(DaemonConfig::parse(&text).unwrap()).unwrap();
+    let sock = d.socket.clone();
+    let maddr = d.metrics_addr.unwrap();
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rtchanctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let first = raw(&sock, &format!("{OPEN}\n"));
+    assert!(first.ok && first.state_save_failed.is_none(), "{first:?}");
+    let a = first.result.unwrap()["id"].as_u64().unwrap();
+    let saved = std::fs::read(&state).unwrap();
+    assert_eq!(
+        metric(&scrape(maddr), "rtchan_state_save_failures_total"),
+        0.0
+    );
+    assert!(ctl(&["channel", "list"]).status.success());
+
+    // The directory becomes a plain file: every save now fails with ENOTDIR.
+    let moved = dir.join("st.moved");
+    std::fs::rename(&sub, &moved).unwrap();
+    std::fs::write(&sub, b"not a directory").unwrap();
+    let second = raw(&sock, &format!("{OPEN}\n"));
+    assert!(second.ok, "the open itself succeeds: {second:?}");
+    let b = second.result.as_ref().unwrap()["id"].as_u64().unwrap();
+    let f = second
+        .state_save_failed
+        .clone()
+        .expect("the reply says the save failed");
+    assert_eq!(f.path, state.display().to_string());
+    assert!(f.error.contains("Not a directory"), "{f:?}");
+    assert_eq!(f.after, format!("the open of channel {b}"));
+    assert!(f.attempts >= 1 && f.since.ends_with('Z'), "{f:?}");
+
+    // Text: the table as served (both channels) and the failure; exit 1.
+    let out = ctl(&["channel", "list"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stderr.contains("could not save its state file")
+            && stderr.contains("Not a directory")
+            && stderr.contains(&format!("the open of channel {b}")),
+        "{stderr}"
+    );
+    assert_eq!(list_now(&sock).channels.len(), 2, "{stdout}");
+    let out = ctl(&["stats"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not save its state file"));
+    // JSON: the same, as `state_save_failed`; exit 1.
+    for args in [&["--json", "channel", "list"][..], &["--json", "stats"][..]] {
+        let out = ctl(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            v["state_save_failed"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("Not a directory"),
+            "{v}"
+        );
+    }
+    let m = scrape(maddr);
+    assert!(metric(&m, "rtchan_state_save_failures_total") >= 1.0, "{m}");
+    assert_eq!(metric(&m, "rtchan_state_unsaved"), 1.0, "{m}");
+
+    // A close while failing: served from memory, the old file untouched.
+    let close = format!("{{\"version\":1,\"request\":{{\"close\":{{\"id\":{a}}}}}}}\n");
+    let r = raw(&sock, &close);
+    assert!(r.ok && r.state_save_failed.is_some(), "{r:?}");
+    let l = list_now(&sock);
+    assert_eq!(
+        l.channels
+            .iter()
+            .map(|c| u64::from(c.id))
+            .collect::<Vec<_>>(),
+        vec![b]
+    );
+    assert_eq!(std::fs::read(moved.join("state.json")).unwrap(), saved);
+
+    // The directory is back: the retry saves the live table and the condition clears.
+    std::fs::remove_file(&sub).unwrap();
+    std::fs::rename(&moved, &sub).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while raw(&sock, LIST).state_save_failed.is_some() {
+        assert!(Instant::now() < until, "the retry never saved the table");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = ctl(&["channel", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(ctl(&["stats"]).status.success());
+    let on_disk = control::state::StateFile::read(&state).unwrap();
+    assert_eq!(
+        on_disk
+            .records
+            .iter()
+            .map(|(_, r)| u64::from(r.id))
+            .collect::<Vec<_>>(),
+        vec![b]
+    );
+    let m = scrape(maddr);
+    assert_eq!(metric(&m, "rtchan_state_unsaved"), 0.0, "{m}");
+    assert!(metric(&m, "rtchan_state_save_failures_total") >= 2.0, "{m}");
+    d.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_state_file_that_cannot_be_written_is_refused_at_start_up() {
     let dir = temp_dir("state-nodir");

@@ -617,6 +617,10 @@ pub struct Reply {
     /// The error on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiError>,
+    /// On replies to clients, while the daemon's last save of its state file failed (and none
+    /// has succeeded since): the table this daemon serves is not what a restart would restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_save_failed: Option<crate::state::SaveFailure>,
 }
 
 impl Reply {
@@ -627,6 +631,7 @@ impl Reply {
             ok: true,
             result: Some(serde_json::to_value(result).unwrap_or(serde_json::Value::Null)),
             error: None,
+            state_save_failed: None,
         }
     }
     /// A failure.
@@ -636,6 +641,7 @@ impl Reply {
             ok: false,
             result: None,
             error: Some(e),
+            state_save_failed: None,
         }
     }
     /// From a result.

@@ -59,6 +59,25 @@ pub struct RejectedRecord {
     pub record: serde_json::Value,
 }
 
+/// The daemon's last failed save of the state file, while no save has succeeded since: the
+/// channel table in memory is intact, but a restart would restore the file's older one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveFailure {
+    /// The state file.
+    pub path: String,
+    /// Why the last attempt failed.
+    pub error: String,
+    /// When the first failed attempt of this run of failures was, UTC (`YYYYMMDDTHHMMSSZ`).
+    pub since: String,
+    /// When the last failed attempt was, UTC (`YYYYMMDDTHHMMSSZ`).
+    pub last: String,
+    /// What the first failed save was for (`open of channel 3`, `close of channel 3`, ...).
+    pub after: String,
+    /// Failed attempts since the last successful save (the daemon retries every second).
+    pub attempts: u64,
+}
+
 /// A readable state file: the valid records and the rejected ones.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadedState {
@@ -282,7 +301,7 @@ pub fn keep_aside(path: &Path) -> Result<PathBuf, StateError> {
 }
 
 /// `YYYYMMDDTHHMMSSZ` for seconds since the epoch (civil-from-days, proleptic Gregorian).
-fn utc_stamp(secs: u64) -> String {
+pub fn utc_stamp(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;

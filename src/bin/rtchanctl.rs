@@ -226,6 +226,7 @@ fn stats_cmd(cli: &Cli, s: &StatsCmd) -> ExitCode {
         let code = match call(cli, &req) {
             Ok(r) => {
                 let failed = r.error.is_some();
+                let unsaved = r.state_save_failed.is_some();
                 let code = if s.port {
                     show(cli, r, client::port_table)
                 } else {
@@ -234,7 +235,12 @@ fn stats_cmd(cli: &Cli, s: &StatsCmd) -> ExitCode {
                 if failed {
                     return code;
                 }
-                code
+                if unsaved && code == ExitCode::SUCCESS {
+                    // The figures are right, but the table is not what a restart restores.
+                    ExitCode::from(EXIT_REFUSED)
+                } else {
+                    code
+                }
             }
             Err(code) => return code,
         };
@@ -271,12 +277,30 @@ fn call(cli: &Cli, req: &Request) -> Result<Reply, ExitCode> {
     })
 }
 
+/// Says on stderr (text mode; `--json` has `state_save_failed`) that the daemon's last save
+/// of its state file failed; whether it did.
+fn save_warning(cli: &Cli, reply: &Reply) -> bool {
+    let Some(f) = &reply.state_save_failed else {
+        return false;
+    };
+    if !cli.json {
+        eprintln!(
+            "rtchanctl: the daemon could not save its state file {} since {} UTC ({} failed \
+             attempt(s), the first after {}, the last at {}): {}; the channels above are open \
+             but a restart would not restore them as they are",
+            f.path, f.since, f.attempts, f.after, f.last, f.error
+        );
+    }
+    true
+}
+
 /// Prints a reply: JSON, or `table` of its typed result; the exit code.
 fn show<T: serde::de::DeserializeOwned>(
     cli: &Cli,
     reply: Reply,
     table: impl Fn(&T) -> String,
 ) -> ExitCode {
+    save_warning(cli, &reply);
     if cli.json {
         println!(
             "{}",
@@ -372,7 +396,12 @@ fn run(cli: &Cli) -> ExitCode {
                     .and_then(|v| v.get("unrestored"))
                     .and_then(|u| u.as_array())
                     .map_or(0, Vec::len);
+                let unsaved = r.state_save_failed.is_some();
                 let code = show(cli, r, client::list_table);
+                if unsaved && unrestored == 0 && code == ExitCode::SUCCESS {
+                    // Listed, but a restart would not restore this table: say so (exit 1).
+                    return ExitCode::from(EXIT_REFUSED);
+                }
                 if unrestored > 0 && code == ExitCode::SUCCESS {
                     // Listed, but the table is not what was persisted: say so in the exit code.
                     eprintln!(

@@ -34,7 +34,10 @@ use control::protocol::{
     IncomingInfo, OpenArgs, PeerRequest, PolicyInfo, PolicyUpdate, PrepareArgs, Refusal, Reply,
     Request, RxCounters, TxCounters,
 };
-use control::state::{ChannelRecord, LoadedState, RejectedRecord, StateFile, STATE_VERSION};
+use control::state::{
+    utc_stamp, ChannelRecord, LoadedState, RejectedRecord, SaveFailure, StateError, StateFile,
+    STATE_VERSION,
+};
 use control::units::fmt_ns;
 use dataplane::channel::{ChannelShared, Sender};
 use dataplane::core::CoreStats;
@@ -66,6 +69,9 @@ const OFF_THREAD_BYTES: u64 = 4 << 20;
 /// How often the control thread looks up from other clients to see whether the helper
 /// thread finished: short against the 100 ms other clients may wait, long enough not to spin.
 const OFF_THREAD_POLL: Duration = Duration::from_millis(1);
+/// How often a failed save of the state file is retried: the failure clears by itself
+/// shortly after the operator fixes its cause, without waiting for the next open or close.
+const SAVE_RETRY: Duration = Duration::from_secs(1);
 
 /// Where a channel goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +146,13 @@ pub struct Control {
     refusals: BTreeMap<(String, String), u64>,
     /// Records of the state file that were not re-established: listed and written back.
     unrestored: Vec<RejectedRecord>,
+    /// The last failed save of the state file while none has succeeded since: on every
+    /// client reply, retried by [`Control::tick`].
+    save_failure: Option<SaveFailure>,
+    /// Failed saves of the state file, retries included (for the metrics).
+    save_failures_total: u64,
+    /// When the state file was last written or tried.
+    last_save_attempt: Instant,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -197,6 +210,9 @@ impl Control {
             deferred: std::collections::VecDeque::new(),
             refusals: BTreeMap::new(),
             unrestored: Vec::new(),
+            save_failure: None,
+            save_failures_total: 0,
+            last_save_attempt: Instant::now(),
         })
     }
 
@@ -325,7 +341,7 @@ impl Control {
             }
         }
         self.unrestored.sort_by_key(|r| r.index);
-        self.persist();
+        self.persist("the restore at start-up");
         let errors = self
             .unrestored
             .iter()
@@ -347,10 +363,12 @@ impl Control {
                 reply,
             } => {
                 if attach::carries_fds(&request) {
-                    let (r, fds, holds) = self.client_with_fds(conn, caller, request);
+                    let (mut r, fds, holds) = self.client_with_fds(conn, caller, request);
+                    r.state_save_failed = self.save_failure.clone();
                     let _ = reply.send_full(r, fds, holds);
                 } else {
-                    let r = self.client(request);
+                    let mut r = self.client(request);
+                    r.state_save_failed = self.save_failure.clone();
                     let _ = reply.send(r);
                 }
             }
@@ -619,6 +637,22 @@ impl Control {
                 *n,
             );
         }
+        e.counter(
+            "rtchan_state_save_failures_total",
+            "Failed saves of the state file, retries included.",
+            &[],
+            self.save_failures_total,
+        );
+        e.gauge(
+            "rtchan_state_unsaved",
+            "1 while the last save of the state file failed (the table in memory is not on disk).",
+            &[],
+            if self.save_failure.is_some() {
+                1.0
+            } else {
+                0.0
+            },
+        );
         e.gauge(
             "rtchan_channels",
             "Channels open on this host, by direction.",
@@ -1226,7 +1260,7 @@ impl Control {
             return Err(e);
         }
         self.next_id = self.next_id.max(id.wrapping_add(1));
-        self.persist();
+        self.persist(&format!("the open of channel {id}"));
         Ok(info)
     }
 
@@ -1369,12 +1403,15 @@ impl Control {
             tracing::warn!(
                 "rtchand: lost peer '{peer}': closed channels {ids:?} and freed their reservations"
             );
-            self.persist();
+            self.persist(&format!("closing the channels of lost peer '{peer}'"));
         }
     }
 
-    /// Heartbeats every session that is due.
+    /// Retries a failed save of the state file and heartbeats every session, when due.
     pub fn tick(&mut self) {
+        if self.save_failure.is_some() && self.last_save_attempt.elapsed() >= SAVE_RETRY {
+            self.persist("a retry");
+        }
         if self.dp.has_telemetry() && self.last_telemetry.elapsed() >= TELEMETRY_PERIOD {
             self.last_telemetry = Instant::now();
             let stats = self.all_stats(None);
@@ -1758,7 +1795,7 @@ impl Control {
         let info = self
             .teardown(args.id, drain, true)
             .ok_or_else(|| not_found(args.id))?;
-        self.persist();
+        self.persist(&format!("the close of channel {}", args.id));
         Ok(info)
     }
 
@@ -1786,7 +1823,7 @@ impl Control {
             });
         };
         let r = self.unrestored.remove(i);
-        self.persist();
+        self.persist(&format!("discarding unrestored record {record}"));
         Ok(serde_json::json!({
             "record": r.index,
             "id": r.id,
@@ -2030,8 +2067,11 @@ impl Control {
 
     // ----- persistence and shutdown -----
 
-    fn persist(&self) {
-        let Some(path) = &self.state_path else {
+    /// Writes the table to the state file. A failure changes nothing in memory: it is logged,
+    /// counted, carried on every client reply (`state_save_failed`) and retried every
+    /// [`SAVE_RETRY`] until a save succeeds, which clears it. `after` says what the save was for.
+    fn persist(&mut self, after: &str) {
+        let Some(path) = self.state_path.clone() else {
             return;
         };
         let state = StateFile {
@@ -2045,15 +2085,62 @@ impl Control {
                 })
                 .collect(),
         };
-        if let Err(e) = state.save_with(&self.unrestored, path) {
-            tracing::error!("rtchand: {e}");
+        self.last_save_attempt = Instant::now();
+        let e = match state.save_with(&self.unrestored, &path) {
+            Ok(()) => {
+                if let Some(f) = self.save_failure.take() {
+                    tracing::warn!(
+                        "rtchand: state file {} saved again after {} failed attempt(s) since {}",
+                        f.path,
+                        f.attempts,
+                        f.since
+                    );
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        self.save_failures_total += 1;
+        let why = match &e {
+            StateError::Io { source, .. } => source.to_string(),
+            StateError::Unreadable { message, .. } => message.clone(),
+        };
+        let now = utc_stamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        );
+        match &mut self.save_failure {
+            Some(f) => {
+                f.attempts += 1;
+                f.last = now;
+                if f.error != why {
+                    tracing::error!("rtchand: {e} (still not saved since {})", f.since);
+                    f.error = why;
+                }
+            }
+            None => {
+                tracing::error!(
+                    "rtchand: {e} (saving after {after}); the channel table is kept in memory, \
+                     the save retried every {}s, and `channel list`/`stats` show it",
+                    SAVE_RETRY.as_secs()
+                );
+                self.save_failure = Some(SaveFailure {
+                    path: path.display().to_string(),
+                    error: why,
+                    since: now.clone(),
+                    last: now,
+                    after: after.to_string(),
+                    attempts: 1,
+                });
+            }
         }
     }
 
     /// Stops every source, closes every channel (draining per the close mode) without
     /// touching the persisted table, stops the cores; the final statistics.
     pub fn shutdown(mut self) -> FinalReport {
-        self.persist();
+        self.persist("the shutdown");
         for o in self.out.values_mut() {
             if let Some(src) = o.source.take() {
                 o.sender = src.stop();

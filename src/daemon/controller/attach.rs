@@ -90,7 +90,9 @@ impl Control {
             }
             Err(e) => {
                 self.teardown(id, false, true);
-                self.persist();
+                self.persist(&format!(
+                    "closing channel {id} (its ring could not be handed over)"
+                ));
                 Err(e)
             }
         }
@@ -244,7 +246,7 @@ impl Control {
                 "rtchand: a client went away: closed its channels {ids:?} and freed their \
                  reservations"
             );
-            self.persist();
+            self.persist("closing the channels of a client that went away");
         }
         let rx: Vec<u32> = self
             .inc
