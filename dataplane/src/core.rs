@@ -55,6 +55,7 @@ use crate::rx::{
     Receiver, ReceiverState, RxOpenError, RxPath, RxPathStats, RxShared, DEFAULT_REASSEMBLY_TIMEOUT,
 };
 use crate::sched::{Class, CpuScheduler, PolicyError, SchedPolicy};
+use crate::slots::Slots;
 use crate::spec::{ChannelConfig, ChannelId, SpecError};
 use crate::stats::{SampleProducer, SampleSink, SampleSource, FOLD_INTERVAL};
 use crate::time::{Clock, CycleMeter, Nanos};
@@ -345,16 +346,13 @@ pub struct TraceEntry {
 /// One polling core.
 pub struct Core<P: Port> {
     trace: Option<Vec<TraceEntry>>,
-    /// Lowest slot that may be free, where [`Core::open`] starts looking.
-    direct_cursor: u32,
     cfg: CoreConfig,
     port: P,
     payload_per_packet: u32,
     sched: CpuScheduler,
     link: LinkScheduler<P::Buf>,
-    handlers: Vec<Option<Handler>>,
+    handlers: Slots<Handler>,
     generations: Vec<u32>,
-    by_id: std::collections::HashMap<ChannelId, u32>,
     pending_close_ack: Vec<Option<u64>>,
     doorbell: Arc<Doorbell>,
     control: Arc<ControlRing>,
@@ -412,15 +410,11 @@ impl<P: Port> Core<P> {
         let sink = SampleSink::new();
         Ok(Self {
             trace: None,
-            direct_cursor: 0,
             payload_per_packet: (caps.max_frame - FRAME_OVERHEAD) as u32,
             sched: CpuScheduler::new(n, cfg.sched),
             link: LinkScheduler::new(cfg.link),
-            handlers: (0..n).map(|_| None).collect(),
+            handlers: Slots::new(n),
             generations: vec![0; n],
-            // Twice the entries it holds: inserts after removals rehash in place, never into a
-            // new allocation.
-            by_id: std::collections::HashMap::with_capacity(2 * n + 2),
             pending_close_ack: vec![None; n],
             doorbell: Arc::new(Doorbell::new(n.max(1))),
             control: ControlRing::new(CONTROL_RING_DEPTH, n),
@@ -525,19 +519,11 @@ impl<P: Port> Core<P> {
         self.trace.as_deref().unwrap_or(&[])
     }
 
-    /// The lowest free handler slot, for direct opens (the control side keeps its own when
-    /// running). Slots below the cursor are in use, so a run of opens scans each slot once.
-    fn free_slot(&mut self) -> Option<u32> {
-        let from = self.direct_cursor as usize;
-        let i = from + self.handlers[from..].iter().position(Option::is_none)?;
-        self.direct_cursor = i as u32 + 1;
-        Some(i as u32)
-    }
-
     /// Opens a channel directly (the core is not running yet, or in virtual-time tests):
     /// validates, starts its handler, and returns the sender.
     pub fn open(&mut self, config: ChannelConfig) -> Result<Sender, CoreError> {
         let slot = self
+            .handlers
             .free_slot()
             .ok_or(CoreError::Full(self.cfg.max_channels))?;
         let shared = self.prepare(config, slot)?;
@@ -556,6 +542,7 @@ impl<P: Port> Core<P> {
     ) -> Result<Arc<ChannelShared>, CoreError> {
         config.validate(self.payload_per_packet)?;
         let slot = self
+            .handlers
             .free_slot()
             .ok_or(CoreError::Full(self.cfg.max_channels))?;
         let shared = ChannelShared::with_ring(
@@ -614,10 +601,10 @@ impl<P: Port> Core<P> {
     ) -> Result<(), (CoreError, Arc<ChannelShared>)> {
         let id = shared.config.id;
         let slot = shared.slot;
-        if self.by_id.contains_key(&id) {
+        if self.handlers.contains(id) {
             return Err((CoreError::Duplicate(id), shared));
         }
-        if slot as usize >= self.handlers.len() || self.handlers[slot as usize].is_some() {
+        if !self.handlers.is_free(slot) {
             return Err((CoreError::Full(self.cfg.max_channels), shared));
         }
         let generation = self.generations[slot as usize].wrapping_add(1);
@@ -628,8 +615,7 @@ impl<P: Port> Core<P> {
         }
         let mut h = Handler::new(shared, generation, self.payload_per_packet);
         h.enforce = !self.cfg.sched.fifo;
-        self.handlers[slot as usize] = Some(h);
-        self.by_id.insert(id, slot);
+        self.handlers.insert(id, slot, h);
         // Messages may already wait (submitted before the open was applied).
         let _ = self.doorbell.push(slot);
         Ok(())
@@ -642,10 +628,11 @@ impl<P: Port> Core<P> {
         id: ChannelId,
         drain: bool,
     ) -> Result<Option<Arc<ChannelShared>>, CoreError> {
-        let slot = *self.by_id.get(&id).ok_or(CoreError::NoSuchChannel(id))?;
-        let h = self.handlers[slot as usize]
-            .as_mut()
-            .expect("indexed handler");
+        let slot = self
+            .handlers
+            .slot_of(id)
+            .ok_or(CoreError::NoSuchChannel(id))?;
+        let h = self.handlers.get_mut(slot).expect("indexed handler");
         h.shared.close();
         if drain && (h.current.is_some() || h.shared.queued() > 0) {
             h.draining = true;
@@ -662,16 +649,14 @@ impl<P: Port> Core<P> {
     /// state back; otherwise the shared state is returned for the caller's ack.
     fn finish_close(&mut self, slot: u32) -> Option<Arc<ChannelShared>> {
         self.sched.remove(slot);
-        self.direct_cursor = self.direct_cursor.min(slot);
         if let Some(i) = self.clients.iter().position(|&s| s == slot) {
             self.clients.swap_remove(i);
         }
         // Packets still in the link scheduler go out; their stats go nowhere (generation).
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
-        let mut h = self.handlers[slot as usize].take()?;
+        let mut h = self.handlers.remove(slot)?;
         let n = h.discard();
         h.shared.stats.dropped_on_close.add(n);
-        self.by_id.remove(&h.shared.config.id);
         let shared = h.shared;
         match self.pending_close_ack[slot as usize].take() {
             Some(seq) => {
@@ -710,7 +695,7 @@ impl<P: Port> Core<P> {
             Command::Close { id, drain } => match self.close(id, drain) {
                 Ok(Some(shared)) => (Ok(()), Some(Retired::Channel(shared))),
                 Ok(None) => {
-                    let slot = self.by_id[&id];
+                    let slot = self.handlers.slot_of(id).expect("draining channel");
                     self.pending_close_ack[slot as usize] = Some(seq);
                     self.owed_acks += 1;
                     return; // acknowledged when drained
@@ -751,7 +736,7 @@ impl<P: Port> Core<P> {
     /// Queues a handler that has a message by its class and key.
     #[inline]
     fn enqueue(&mut self, slot: u32, now: Nanos) {
-        let h = self.handlers[slot as usize].as_ref().expect("live handler");
+        let h = self.handlers.get(slot).expect("live handler");
         match (&h.spec, &h.current) {
             (Some(_), Some(cur)) => {
                 self.sched
@@ -764,11 +749,7 @@ impl<P: Port> Core<P> {
 
     #[inline]
     fn wake(&mut self, slot: u32, now: Nanos) {
-        let Some(h) = self
-            .handlers
-            .get_mut(slot as usize)
-            .and_then(Option::as_mut)
-        else {
+        let Some(h) = self.handlers.get_mut(slot) else {
             return; // closed meanwhile
         };
         if h.current.is_some() {
@@ -836,11 +817,11 @@ impl<P: Port> Core<P> {
             };
             // The handler likely to run next: its state is fetched while this one runs.
             let next = self.sched.peek_current();
-            if let Some(h) = next.and_then(|n| self.handlers.get(n as usize)) {
+            if let Some(h) = next.and_then(|n| self.handlers.entry(n)) {
                 crate::mem::prefetch_lines::<Option<Handler>, { crate::handler::HOT_LINES }>(h);
             }
             let (written, end) = self.run(slot, class, now, anchor, meter);
-            if let Some(Some(h)) = next.and_then(|n| self.handlers.get(n as usize)) {
+            if let Some(h) = next.and_then(|n| self.handlers.get(n)) {
                 h.prefetch_shared();
             }
             progress.written += written;
@@ -932,7 +913,7 @@ impl<P: Port> Core<P> {
             }
             let slot = self.clients[self.client_cursor];
             self.client_cursor += 1;
-            let Some(h) = self.handlers[slot as usize].as_ref() else {
+            let Some(h) = self.handlers.get(slot) else {
                 continue;
             };
             // An active handler takes its next message itself when its current one is done.
@@ -957,9 +938,7 @@ impl<P: Port> Core<P> {
         let budget = self.cfg.sched.run_budget_cycles;
         let c0 = meter.cycles();
         let mut written = 0u32;
-        let h = self.handlers[slot as usize]
-            .as_mut()
-            .expect("queued handler is live");
+        let h = self.handlers.get_mut(slot).expect("queued handler is live");
         loop {
             if self.tx_stash.is_empty() {
                 // One bulk allocation per MAX_BURST packets (rte_pktmbuf_alloc_bulk on DPDK).
@@ -1067,7 +1046,7 @@ impl<P: Port> Core<P> {
                     if generations.get(m.slot as usize) != Some(&m.generation) {
                         return;
                     }
-                    let Some(h) = handlers[m.slot as usize].as_mut() else {
+                    let Some(h) = handlers.get_mut(m.slot) else {
                         return;
                     };
                     let st = &h.shared.stats;

@@ -12,6 +12,7 @@ use crate::core::{Command, ControlRing, Core, CoreError};
 use crate::port::Port;
 use crate::rx::{Receiver, ReceiverState, RxPath, RxRejects, RxShared};
 use crate::sched::SchedPolicy;
+use crate::slots::Slots;
 use crate::spec::{ChannelConfig, ChannelId};
 use crate::stats::SampleSink;
 use crate::time::Nanos;
@@ -94,8 +95,7 @@ pub struct CoreHandle {
     sink: Arc<SampleSink>,
     payload_per_packet: u32,
     tx_queue: u16,
-    slots: Vec<bool>,
-    slot_of: HashMap<ChannelId, u32>,
+    slots: Slots<()>,
     early_acks: HashMap<u64, Result<(), CoreError>>,
     rx_rejects: Arc<RxRejects>,
 }
@@ -109,8 +109,7 @@ impl CoreHandle {
             sink: core.sink().clone(),
             payload_per_packet: core.payload_per_packet(),
             tx_queue: core.config().tx_queue,
-            slots: vec![false; core.config().max_channels as usize],
-            slot_of: HashMap::new(),
+            slots: Slots::new(core.config().max_channels as usize),
             early_acks: HashMap::new(),
             rx_rejects: core.rx_rejects(),
         }
@@ -168,14 +167,13 @@ impl CoreHandle {
                 count: self.tx_queue + 1,
             });
         }
-        if self.slot_of.contains_key(&config.id) {
+        if self.slots.contains(config.id) {
             return Err(CoreError::Duplicate(config.id));
         }
         let slot = self
             .slots
-            .iter()
-            .position(|used| !used)
-            .ok_or(CoreError::Full(self.slots.len() as u32))? as u32;
+            .free_slot()
+            .ok_or(CoreError::Full(self.slots.capacity()))?;
         Ok(PendingOpen {
             config,
             slot,
@@ -188,15 +186,14 @@ impl CoreHandle {
     /// [`PendingOpen::build`] of this handle's [`CoreHandle::prepare_open`]) on the core.
     pub fn open_built(&mut self, shared: Arc<ChannelShared>) -> Result<Sender, CoreError> {
         let (id, slot) = (shared.config.id, shared.slot);
-        if self.slot_of.contains_key(&id) {
+        if self.slots.contains(id) {
             return Err(CoreError::Duplicate(id));
         }
-        if self.slots.get(slot as usize) != Some(&false) {
-            return Err(CoreError::Full(self.slots.len() as u32));
+        if !self.slots.is_free(slot) {
+            return Err(CoreError::Full(self.slots.capacity()));
         }
         self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
-        self.slots[slot as usize] = true;
-        self.slot_of.insert(id, slot);
+        self.slots.insert(id, slot, ());
         Ok(Sender::new(shared))
     }
 
@@ -215,19 +212,17 @@ impl CoreHandle {
                 .map_err(|e| CoreError::Ring(e.to_string()))?;
         let (id, slot) = (shared.config.id, shared.slot);
         self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
-        self.slots[slot as usize] = true;
-        self.slot_of.insert(id, slot);
+        self.slots.insert(id, slot, ());
         Ok(shared)
     }
 
     /// Closes a sending channel, draining its queue first when `drain`.
     pub fn close(&mut self, id: ChannelId, drain: bool) -> Result<(), CoreError> {
-        let slot = *self.slot_of.get(&id).ok_or(CoreError::NoSuchChannel(id))?;
+        let slot = self.slots.slot_of(id).ok_or(CoreError::NoSuchChannel(id))?;
         // A drain waits for the queue to empty: allow for a full buffer's worth of sending.
         let timeout = if drain { ACK_TIMEOUT * 5 } else { ACK_TIMEOUT };
         self.send(Command::Close { id, drain }, timeout)?;
-        self.slots[slot as usize] = false;
-        self.slot_of.remove(&id);
+        self.slots.remove(slot);
         Ok(())
     }
 

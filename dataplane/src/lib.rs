@@ -44,6 +44,7 @@ pub mod port;
 pub mod rx;
 pub mod sched;
 pub mod shm;
+mod slots;
 pub mod source;
 pub mod spec;
 pub mod stats;

@@ -184,12 +184,6 @@ impl Fifo {
             len: 0,
         }
     }
-    fn reserve(&mut self, cap: usize) {
-        if cap > self.next.len() {
-            self.next.resize(cap, NIL);
-            self.queued.resize(cap, false);
-        }
-    }
     fn push(&mut self, id: u32) {
         assert!(!self.queued[id as usize], "slot {id} queued twice");
         self.queued[id as usize] = true;
@@ -272,16 +266,6 @@ impl CpuScheduler {
             best_effort_waited: false,
             last_was_best_effort: false,
             lifted_in_window: false,
-        }
-    }
-
-    /// Makes room for slots `0..capacity` (control path).
-    pub fn reserve_slots(&mut self, capacity: usize) {
-        self.current.reserve_ids(capacity);
-        self.early.reserve_ids(capacity);
-        self.best_effort.reserve(capacity);
-        if capacity > self.deadline.len() {
-            self.deadline.resize(capacity, 0);
         }
     }
 

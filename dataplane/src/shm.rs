@@ -1011,14 +1011,6 @@ impl<D: Descriptor> Consumer<D> {
         self.flush_free();
     }
 
-    /// Gives the buffers of taken messages back with one publish.
-    pub fn release_many(&self, ts: impl IntoIterator<Item = Taken<D>>) {
-        for t in ts {
-            self.give_back(t.desc.buf());
-        }
-        self.flush_free();
-    }
-
     fn give_back(&self, buf: u32) {
         if !self.is_held(buf) {
             return; // not ours (a stale copy): never hand a buffer back twice

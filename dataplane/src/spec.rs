@@ -43,10 +43,6 @@ impl BufferReservation {
             bytes_per_message: spec.mmax,
         }
     }
-    /// Total bytes reserved (the in-progress message's buffer included).
-    pub fn total_bytes(&self) -> u64 {
-        (self.messages as u64 + 1) * self.bytes_per_message as u64
-    }
 }
 
 /// What a full channel buffer does to a new message.

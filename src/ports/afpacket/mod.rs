@@ -524,11 +524,6 @@ impl AfPacketPort {
         self.qdisc_bypass
     }
 
-    /// Whether outgoing frames are filtered in user space (no `PACKET_IGNORE_OUTGOING`).
-    pub fn filters_outgoing(&self) -> bool {
-        self.filter_outgoing
-    }
-
     /// What fell back during set-up, in words (empty when everything asked for is in effect).
     pub fn notes(&self) -> &[String] {
         &self.notes

@@ -33,7 +33,6 @@ pub struct AfXdpPort {
     in_flight: u64,
     stats: PortStats,
     rx_invalid: u64,
-    kicks: u64,
     notes: Vec<String>,
 }
 
@@ -175,7 +174,6 @@ impl AfXdpPort {
             in_flight: 0,
             stats: PortStats::default(),
             rx_invalid: 0,
-            kicks: 0,
             notes,
         })
     }
@@ -210,11 +208,6 @@ impl AfXdpPort {
         self.sock.statistics()
     }
 
-    /// `sendto` calls made to kick the TX ring.
-    pub fn tx_kicks(&self) -> u64 {
-        self.kicks
-    }
-
     /// Returns sent frames from the completion ring to their free lists.
     #[inline]
     fn reap(&mut self) {
@@ -232,7 +225,6 @@ impl AfXdpPort {
         if self.sock.tx_unconsumed() == 0 || !self.sock.tx_needs_wakeup() {
             return Ok(());
         }
-        self.kicks += 1;
         match self.sock.kick_tx() {
             Ok(()) => Ok(()),
             Err(e) => match e.raw_os_error() {

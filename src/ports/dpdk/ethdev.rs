@@ -452,14 +452,6 @@ impl EthPort {
             .collect())
     }
 
-    /// Resets the port counters.
-    pub fn reset_stats(&mut self) -> Result<()> {
-        // SAFETY: valid port owned by self.
-        check("rte_eth_stats_reset", unsafe {
-            ffi::rte_eth_stats_reset(self.id.raw())
-        })
-    }
-
     /// The port's MAC address.
     pub fn mac_addr(&self) -> Result<[u8; 6]> {
         let mut addr = ffi::rte_ether_addr::default();
