@@ -321,3 +321,18 @@ fn packet_headers_carry_the_deadlines_and_fragments() {
         assert_eq!(h.deadline, 1_000 + 40_000);
     }
 }
+
+#[test]
+fn a_refused_open_leaves_its_slot_free() {
+    let mut v = virtual_core(policy(4, true), 1);
+    // A zero deadline is refused after the slot was picked.
+    let bad = rt(1, 1_000_000, 1, 0, 100);
+    assert!(v.core.open(bad).is_err());
+    let ok = rt(2, 1_000_000, 1, 1_000_000, 100);
+    v.core.open(ok).expect("the only slot is still free");
+    let e = v
+        .core
+        .open(rt(3, 1_000_000, 1, 1_000_000, 100))
+        .unwrap_err();
+    assert!(e.to_string().contains("full"), "{e}");
+}
