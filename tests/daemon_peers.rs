@@ -251,6 +251,9 @@ fn a_sender_that_goes_away_leaves_nothing_reserved_on_the_receiver() {
     eventually("released after the session falls silent", || {
         list(&b.socket).incoming.is_empty()
     });
+    // And its connection is closed by the receiver.
+    let mut rest = String::new();
+    assert_eq!(s.r.read_line(&mut rest).unwrap_or(0), 0, "{rest}");
     drop(s);
     // Malformed peer requests are refused and change nothing.
     let mut s = FakeSender::connect(addr);

@@ -27,13 +27,15 @@ use control::admission::memory::{
 use control::admission::{
     Admission, AdmitError, Admitted, ChannelRequest, Nanos, RequestError, ResourceModel,
 };
-use control::config::{parse_mac, CloseMode, DaemonConfig, PeerConfig};
+use control::config::{parse_mac, CloseMode, DaemonConfig};
 use control::e2e::{least_deadline, receiver_share};
 use control::protocol::{
     percentiles, ApiError, ChannelInfo, ChannelList, ChannelStatsInfo, CloseArgs, ErrorKind, Grant,
-    IncomingInfo, OpenArgs, PeerRequest, PolicyInfo, PolicyUpdate, PrepareArgs, Refusal, Reply,
-    Request, RxCounters, TxCounters,
+    IncomingInfo, OpenArgs, PolicyInfo, PolicyUpdate, PrepareArgs, Refusal, Reply, Request,
+    RxCounters, TxCounters,
 };
+pub(crate) use control::reservation::not_found;
+use control::reservation::{id_in_use, Inbound, Op, Timers};
 use control::state::{
     utc_stamp, ChannelRecord, LoadedState, RejectedRecord, SaveFailure, StateError, StateFile,
     STATE_VERSION,
@@ -47,12 +49,13 @@ use dataplane::spec::{ChannelConfig, ChannelSpec, Endpoint, OverflowPolicy};
 use dataplane::wire::{ParseError, SourceCheck};
 
 use super::dp::{Dataplane, PORT_QUEUE};
-use super::peer::PeerSession;
+use super::peer::SessionCloser;
 use super::server::ConnId;
 use super::traffic::{parse_source, Sink, SourceThread};
 use super::Msg;
 
 mod attach;
+mod peering;
 
 /// Receive ring of an incoming channel, messages.
 const RX_RING: u32 = 1024;
@@ -100,7 +103,6 @@ struct Outgoing {
 type SenderParts = (Arc<ChannelShared>, Option<Sender>, Option<SourceThread>);
 
 struct Incoming {
-    session: Option<u64>,
     /// The receiving host's admission id; none for a best-effort channel.
     adm_id: Option<u32>,
     core: u16,
@@ -131,11 +133,17 @@ pub struct Control {
     sink: Sink,
     out: BTreeMap<u32, Outgoing>,
     inc: BTreeMap<u32, Incoming>,
-    sessions: HashMap<String, PeerSession>,
+    /// The sender's side of the reservation protocol, per peer used.
+    peers: HashMap<String, peering::PeerOut>,
+    /// The receiver's side: every session peers opened to this host.
+    inbound: Inbound,
+    /// Closes incoming sessions the inbound machine ends (none without `peering.listen`).
+    closer: Option<SessionCloser>,
+    /// The origin of the machines' clock.
+    epoch: Instant,
     next_id: u32,
     policy: PolicyInfo,
     state_path: Option<PathBuf>,
-    last_heartbeat: Instant,
     /// When the DPDK telemetry snapshot was last published.
     last_telemetry: Instant,
     /// The control thread's inbox (clients and peers), once attached.
@@ -159,12 +167,11 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorKind::Internal, e.to_string())
 }
 
-fn not_found(id: u32) -> ApiError {
-    ApiError {
-        kind: ErrorKind::NotFound,
-        field: Some("id".into()),
-        message: format!("id: no channel {id} on this host"),
-        refusal: None,
+/// The protocol's timers as `[peering]` sets them.
+fn timers(cfg: &DaemonConfig) -> Timers {
+    Timers {
+        heartbeat: cfg.peering.heartbeat.0,
+        timeout: cfg.peering.timeout.0,
     }
 }
 
@@ -191,6 +198,7 @@ impl Control {
             },
         };
         let memory = cfg.limits.memory_budget(&MachineMemory::detect());
+        let inbound = Inbound::new(cfg.peering.name.clone(), timers(&cfg));
         Ok(Self {
             state_path: cfg.state_file.clone(),
             cfg,
@@ -201,10 +209,12 @@ impl Control {
             sink,
             out: BTreeMap::new(),
             inc: BTreeMap::new(),
-            sessions: HashMap::new(),
+            peers: HashMap::new(),
+            inbound,
+            closer: None,
+            epoch: Instant::now(),
             next_id: 0,
             policy,
-            last_heartbeat: Instant::now(),
             last_telemetry: Instant::now(),
             inbox: None,
             deferred: std::collections::VecDeque::new(),
@@ -214,6 +224,11 @@ impl Control {
             save_failures_total: 0,
             last_save_attempt: Instant::now(),
         })
+    }
+
+    /// Lets the controller close incoming peer sessions (those its machine ends).
+    pub fn attach_peer_closer(&mut self, closer: SessionCloser) {
+        self.closer = Some(closer);
     }
 
     /// Gives the control thread's inbox to the controller, so it can keep serving peers while
@@ -246,7 +261,9 @@ impl Control {
             match m {
                 // These reads only look at the table (never call a peer, unlike a dry-run
                 // open), so other clients are answered at once instead of after the peer.
-                Msg::Peer { .. } => self.handle(m),
+                Msg::Peer { .. } | Msg::PeerAccepted { .. } | Msg::SessionClosed { .. } => {
+                    self.handle(m)
+                }
                 Msg::Client {
                     request:
                         Request::List
@@ -375,16 +392,25 @@ impl Control {
             // Client-fed channels close with their connection; attached receivers go back to
             // the sink.
             Msg::ClientClosed { conn } => self.client_closed(conn),
+            Msg::PeerAccepted { session, allowed } => {
+                let now = self.now();
+                self.inbound.accept(now, session, allowed);
+            }
             Msg::Peer {
                 session,
-                from,
+                seq,
                 request,
                 reply,
             } => {
-                let r = self.peer_request(session, &from, request);
-                let _ = reply.send(r);
+                let now = self.now();
+                self.inbound.handle_request(now, session, seq, request);
+                let _ = reply.send(self.run_inbound(Some((session, seq))));
             }
-            Msg::SessionClosed { session } => self.session_closed(session),
+            Msg::SessionClosed { session } => {
+                let now = self.now();
+                self.inbound.handle_closed(now, session);
+                self.run_inbound(None);
+            }
             Msg::Reload { update, reply } => {
                 let _ = reply.send(Reply::from_result(self.policy_set(&update)));
             }
@@ -1319,10 +1345,17 @@ impl Control {
 
     fn prepare_remote(&mut self, dst: &Dst, prep: &PrepareArgs) -> Result<Grant, ApiError> {
         match dst {
-            Dst::Local => self.prepare("local", None, prep),
-            Dst::Peer(p) => self
-                .peer_call(p, &PeerRequest::Prepare(prep.clone()))?
-                .into_result(),
+            Dst::Local => self.prepare("local", prep),
+            Dst::Peer(p) => {
+                let granted = self.peer_call(p, Op::Prepare(prep.clone()))?;
+                let ok = granted.ok;
+                let r = granted.into_result();
+                if r.is_err() && ok && !prep.dry_run {
+                    // Granted, but not in words this host reads: give it back.
+                    let _ = self.peer_call(p, Op::Abort { id: prep.id });
+                }
+                r
+            }
         }
     }
 
@@ -1335,7 +1368,7 @@ impl Control {
                 Ok(())
             }
             Dst::Peer(p) => self
-                .peer_call(p, &PeerRequest::Commit { id })?
+                .peer_call(p, Op::Commit { id })?
                 .into_result::<serde_json::Value>()
                 .map(|_| ()),
         }
@@ -1345,69 +1378,13 @@ impl Control {
         match dst {
             Dst::Local => self.release_incoming(id),
             Dst::Peer(p) => {
-                let _ = self.peer_call(p, &PeerRequest::Abort { id });
+                let _ = self.peer_call(p, Op::Abort { id });
             }
         }
     }
 
-    fn peer_call(&mut self, peer: &str, req: &PeerRequest) -> Result<Reply, ApiError> {
-        let timeout = Duration::from_nanos(self.cfg.peering.timeout.0);
-        if !self.sessions.contains_key(peer) {
-            let cfg: PeerConfig = self
-                .cfg
-                .peer(peer)
-                .cloned()
-                .ok_or_else(|| internal(format!("peer '{peer}' is not configured")))?;
-            let me = self.cfg.peering.name.clone();
-            let s = PeerSession::connect_serving(&cfg, &me, timeout, || {
-                self.serve_peers_while_waiting()
-            })
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorKind::Peer,
-                    format!("peer '{peer}' is unreachable: {e}; nothing was reserved"),
-                )
-            })?;
-            self.sessions.insert(peer.to_owned(), s);
-        }
-        // Out of the map while waiting, so the wait can serve incoming peer requests.
-        let mut session = self.sessions.remove(peer).expect("just inserted");
-        match session.call(req, || self.serve_peers_while_waiting()) {
-            Ok(r) => {
-                self.sessions.insert(peer.to_owned(), session);
-                Ok(r)
-            }
-            Err(e) => {
-                self.peer_lost(peer);
-                Err(ApiError::new(
-                    ErrorKind::Peer,
-                    format!("lost peer '{peer}': {e}; its channels were closed"),
-                ))
-            }
-        }
-    }
-
-    /// The session to `peer` broke: close every channel to it.
-    fn peer_lost(&mut self, peer: &str) {
-        self.sessions.remove(peer);
-        let ids: Vec<u32> = self
-            .out
-            .iter()
-            .filter(|(_, o)| o.dst == Dst::Peer(peer.to_owned()))
-            .map(|(&id, _)| id)
-            .collect();
-        for &id in &ids {
-            self.teardown(id, false, false);
-        }
-        if !ids.is_empty() {
-            tracing::warn!(
-                "rtchand: lost peer '{peer}': closed channels {ids:?} and freed their reservations"
-            );
-            self.persist(&format!("closing the channels of lost peer '{peer}'"));
-        }
-    }
-
-    /// Retries a failed save of the state file and heartbeats every session, when due.
+    /// Retries a failed save of the state file, publishes telemetry, and runs the peer
+    /// protocol's timers (heartbeats, reply timeouts, silent sessions), when due.
     pub fn tick(&mut self) {
         if self.save_failure.is_some() && self.last_save_attempt.elapsed() >= SAVE_RETRY {
             self.persist("a retry");
@@ -1417,55 +1394,17 @@ impl Control {
             let stats = self.all_stats(None);
             self.dp.publish_telemetry(&stats);
         }
-        let period = Duration::from_nanos(self.cfg.peering.heartbeat.0);
-        if self.last_heartbeat.elapsed() < period {
-            return;
-        }
-        self.last_heartbeat = Instant::now();
-        let peers: Vec<String> = self.sessions.keys().cloned().collect();
-        for p in peers {
-            let _ = self.peer_call(&p, &PeerRequest::Ping);
-        }
+        self.peer_timers();
     }
 
     // ----- the receiving side's handlers -----
 
-    fn peer_request(&mut self, session: u64, from: &str, req: PeerRequest) -> Reply {
-        match req {
-            PeerRequest::Prepare(p) => Reply::from_result(self.prepare(from, Some(session), &p)),
-            PeerRequest::Commit { id } => match self.inc.get_mut(&id) {
-                Some(i) if i.session == Some(session) => {
-                    i.info.committed = true;
-                    Reply::ok(serde_json::json!({}))
-                }
-                _ => Reply::err(not_found(id)),
-            },
-            PeerRequest::Abort { id } | PeerRequest::Release { id } => match self.inc.get(&id) {
-                Some(i) if i.session == Some(session) => {
-                    self.release_incoming(id);
-                    Reply::ok(serde_json::json!({}))
-                }
-                _ => Reply::err(not_found(id)),
-            },
-            PeerRequest::Hello { .. } | PeerRequest::Ping => Reply::ok(serde_json::json!({})),
-        }
-    }
-
-    fn prepare(
-        &mut self,
-        from: &str,
-        session: Option<u64>,
-        p: &PrepareArgs,
-    ) -> Result<Grant, ApiError> {
+    /// Reserves (or, with `dry_run`, decides) the receiving side of a channel from `from`
+    /// (`local`, or a peer whose inbound machine asked).
+    pub(super) fn prepare(&mut self, from: &str, p: &PrepareArgs) -> Result<Grant, ApiError> {
         let me = self.cfg.peering.name.clone();
         if !p.dry_run && self.inc.contains_key(&p.id) {
-            return Err(ApiError::invalid(
-                "id",
-                format!(
-                    "id: channel {} is already in use at the receiving host '{me}'",
-                    p.id
-                ),
-            ));
+            return Err(id_in_use(p.id, &me));
         }
         let rx_bytes = receiving_bytes(p.mmax, RX_RING);
         if self.dp.receive_cores() > 0 && p.mmax <= self.cfg.max_message {
@@ -1474,7 +1413,7 @@ impl Control {
                 .map_err(|e| self.memory_error(e))?;
         }
         if p.best_effort {
-            return self.prepare_best_effort(from, session, p);
+            return self.prepare_best_effort(from, p);
         }
         let req = ChannelRequest {
             mmax: p.mmax,
@@ -1577,7 +1516,6 @@ impl Control {
         self.inc.insert(
             p.id,
             Incoming {
-                session,
                 adm_id: Some(admitted.id),
                 core,
                 receiver,
@@ -1604,12 +1542,7 @@ impl Control {
     }
 
     /// The receiving side of a best-effort channel: a receiver, no admission.
-    fn prepare_best_effort(
-        &mut self,
-        from: &str,
-        session: Option<u64>,
-        p: &PrepareArgs,
-    ) -> Result<Grant, ApiError> {
+    fn prepare_best_effort(&mut self, from: &str, p: &PrepareArgs) -> Result<Grant, ApiError> {
         let me = self.cfg.peering.name.clone();
         if p.mmax == 0 || p.mmax > self.cfg.max_message {
             return Err(ApiError::invalid(
@@ -1644,7 +1577,6 @@ impl Control {
         self.inc.insert(
             p.id,
             Incoming {
-                session,
                 adm_id: None,
                 core,
                 receiver,
@@ -1722,21 +1654,6 @@ impl Control {
         }
     }
 
-    fn session_closed(&mut self, session: u64) {
-        let ids: Vec<u32> = self
-            .inc
-            .iter()
-            .filter(|(_, i)| i.session == Some(session))
-            .map(|(&id, _)| id)
-            .collect();
-        for &id in &ids {
-            self.release_incoming(id);
-        }
-        if !ids.is_empty() {
-            tracing::warn!("rtchand: a peer's session ended: released incoming channels {ids:?}");
-        }
-    }
-
     // ----- closing -----
 
     /// Stops the source, closes the channel on its core, frees both sides' reservations.
@@ -1752,9 +1669,9 @@ impl Control {
         }
         match &o.dst {
             Dst::Local => self.release_incoming(id),
-            Dst::Peer(p) if tell_peer && self.sessions.contains_key(p) => {
+            Dst::Peer(p) if tell_peer && self.peer_has_open(p, id) => {
                 let p = p.clone();
-                let _ = self.peer_call(&p, &PeerRequest::Release { id });
+                let _ = self.peer_call(&p, Op::Release { id });
             }
             Dst::Peer(_) => {}
         }
@@ -2156,7 +2073,7 @@ impl Control {
         let channels = self.all_stats(None);
         let cores = self.dp.stop();
         // Sessions end with the process: peers release what they held for us.
-        self.sessions.clear();
+        self.close_peers();
         FinalReport { channels, cores }
     }
 }

@@ -7,7 +7,7 @@
 //!                            thread ──ReplyTo (JSON line + SCM_RIGHTS fds)──▶ server
 //! peer daemon ──TCP──▶ peer server (one thread per session) ──Msg──▶ control thread
 //! control thread ──CoreHandle (lock-free control ring, waits for the ack)──▶ polling cores
-//! control thread ──TCP (PeerSession)──▶ peer daemons' control threads
+//! control thread ──TCP (PeerLink)──▶ peer daemons' control threads
 //! source threads ──Sender::submit──▶ channels;  sink thread ◀── Receivers
 //! ```
 //! The control thread ([`controller`]) owns the channel table and the admission controllers,
@@ -23,7 +23,9 @@
 //! # Modules
 //! - [`controller`]: the control thread's state and request handling.
 //! - [`server`]: the control socket and its permission checks.
-//! - [`peer`]: control-plane sessions between daemons.
+//! - [`peer`]: control-plane sessions between daemons: bytes and timers only; the
+//!   reservation protocol's rules are `control::reservation`'s machines, driven by the
+//!   control thread.
 //! - [`dp`]: building the polling cores from the `[port]` and `[[cores]]` tables.
 //! - [`traffic`]: built-in sources and the receivers' sink.
 //! - [`client`]: the socket client and the tables `rtchanctl` prints.
@@ -69,16 +71,23 @@ pub enum Msg {
         /// The connection.
         conn: server::ConnId,
     },
+    /// A peer's connection was accepted as session `session`.
+    PeerAccepted {
+        /// The session.
+        session: u64,
+        /// The peer names its `hello` may give (those configured at its address).
+        allowed: Vec<String>,
+    },
     /// A request from a peer's control plane.
     Peer {
         /// The session it came on.
         session: u64,
-        /// The peer's name.
-        from: String,
+        /// Its position in the session, from 0.
+        seq: u64,
         /// The request.
         request: PeerRequest,
-        /// Where the reply goes.
-        reply: mpsc::Sender<Reply>,
+        /// Where the answer goes.
+        reply: mpsc::Sender<peer::PeerAnswer>,
     },
     /// A peer's session ended: free what it held.
     SessionClosed {
@@ -246,15 +255,16 @@ impl Daemon {
             None => None,
         };
         let mut control = controller::Control::new(cfg.clone()).map_err(DaemonError::Setup)?;
-        let heartbeat = Duration::from_nanos(cfg.peering.heartbeat.0);
-        let idle = (heartbeat * 3).max(Duration::from_nanos(cfg.peering.timeout.0));
         let peer = match cfg.peering.listen {
             Some(addr) => Some(
-                peer::PeerServer::start(addr, cfg.peers.clone(), idle, tx.clone(), stop.clone())
+                peer::PeerServer::start(addr, cfg.peers.clone(), tx.clone(), stop.clone())
                     .map_err(|source| DaemonError::Peering { addr, source })?,
             ),
             None => None,
         };
+        if let Some(p) = &peer {
+            control.attach_peer_closer(p.closer());
+        }
         let (restored, restore_errors) = control.restore(state);
         let stop2 = stop.clone();
         control.attach_inbox(rx);
