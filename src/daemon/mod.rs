@@ -217,6 +217,19 @@ pub struct Daemon {
     pub restored: usize,
     /// Channels of the state file that could not be re-established, with the reason.
     pub restore_errors: Vec<String>,
+    /// Kernel thread ids of the threads every control request passes through: the control
+    /// thread and the socket's event loop. Tests watch their run-queue wait
+    /// ([`crate::preemption`]) to tell OS preemption from a slow daemon.
+    pub request_tids: RequestTids,
+}
+
+/// The kernel thread ids ([`crate::preemption::current_tid`]) on a control request's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestTids {
+    /// The control thread (`rtchan-control`).
+    pub control: u32,
+    /// The control socket's event loop (`rtchan-ctl-server`).
+    pub server: u32,
 }
 
 impl Daemon {
@@ -268,9 +281,11 @@ impl Daemon {
         let (restored, restore_errors) = control.restore(state);
         let stop2 = stop.clone();
         control.attach_inbox(rx);
+        let (tid_tx, tid_rx) = mpsc::channel();
         let control = std::thread::Builder::new()
             .name("rtchan-control".into())
             .spawn(move || {
+                let _ = tid_tx.send(crate::preemption::current_tid());
                 loop {
                     match control.next_msg(Duration::from_millis(50)) {
                         Ok(m) => control.handle(m),
@@ -285,6 +300,9 @@ impl Daemon {
                 control.shutdown()
             })
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        let control_tid = tid_rx
+            .recv()
+            .map_err(|_| DaemonError::Setup("the control thread did not start".into()))?;
         let reload_tx = tx.clone();
         let server = server::Server::start(
             &cfg.socket,
@@ -300,6 +318,7 @@ impl Daemon {
             source,
         })?;
         stop_on_error.0 = None;
+        let server_tid = server.tid;
         Ok(Self {
             stop,
             control: Some(control),
@@ -312,6 +331,10 @@ impl Daemon {
             socket: cfg.socket,
             restored,
             restore_errors,
+            request_tids: RequestTids {
+                control: control_tid,
+                server: server_tid,
+            },
         })
     }
 

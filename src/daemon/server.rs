@@ -319,6 +319,8 @@ pub struct Server {
     waker: Arc<Waker>,
     /// Counters of the event loop.
     pub counters: Arc<ServerCounters>,
+    /// The event loop thread's kernel thread id.
+    pub tid: u32,
 }
 
 impl Server {
@@ -371,11 +373,19 @@ impl Server {
             accept_rest_until: None,
             counters: counters.clone(),
         };
+        let (tid_tx, tid_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("rtchan-ctl-server".into())
-            .spawn(move || ev.run())?;
+            .spawn(move || {
+                let _ = tid_tx.send(crate::preemption::current_tid());
+                ev.run()
+            })?;
+        let tid = tid_rx
+            .recv()
+            .map_err(|_| io::Error::other("the control socket's thread did not start"))?;
         Ok(Self {
             path: path.to_owned(),
+            tid,
             thread: Some(thread),
             waker,
             counters,
