@@ -758,7 +758,42 @@ fn scenario(
         target.id, after.rejected, host.receive_rejected
     );
 
+    // The operator's text views show the same reasons: `stats` per channel, `channel list`
+    // and `channel show` for the host.
+    let text = |args: &[&str]| -> Result<String, String> {
+        let out = ctl(recv, args)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let stats_text = text(&["stats", &target.id.to_string()])?;
+    let list_text = text(&["channel", "list"])?;
+    let show_text = text(&["channel", "show", &target.id.to_string()])?;
+    let channel_line = stats_text
+        .lines()
+        .find(|l| l.starts_with(&format!("channel {} receive: rejected", target.id)))
+        .unwrap_or("");
+    let host_line = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("receive path rejected:"))
+            .unwrap_or("")
+            .to_string()
+    };
+
     let mut problems = Vec::new();
+    for &(reason, _) in &expect {
+        let got = after.rejected.get(reason).copied().unwrap_or(0);
+        let shown = format!("{reason}={got}");
+        if !channel_line.contains(&shown) {
+            problems.push(format!(
+                "`stats {}` does not show {shown}: {stats_text}",
+                target.id
+            ));
+        }
+        for (what, t) in [("channel list", &list_text), ("channel show", &show_text)] {
+            if !host_line(t).contains(&format!("{reason}=")) {
+                problems.push(format!("`{what}` does not show {reason} rejects: {t}"));
+            }
+        }
+    }
     for (reason, n) in expect {
         let got = after.rejected.get(reason).copied().unwrap_or(0);
         if got < n {
