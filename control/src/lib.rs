@@ -16,10 +16,14 @@
 //!   machines that take `now` and messages and return what to send and do.
 //! - [`state`]: the persisted channel table, written atomically.
 //! - [`units`]: durations (`500us`) and sizes (`4KiB`) as people write them.
+//! - `sys` (private): the crate's only `unsafe` (`getrlimit`); the rest is
+//!   `#![deny(unsafe_code)]`.
 //!
 //! Data flow: `rtchanctl` encodes a [`protocol::Request`]; the daemon (crate `rtchan`,
 //! module `daemon`) decodes it, runs [`admission`] on both hosts as [`e2e`] describes, applies
 //! the result to the dataplane's cores, and saves the table with [`state`].
+#![deny(unsafe_code)]
+
 pub mod admission;
 pub mod config;
 pub mod e2e;
@@ -27,4 +31,5 @@ pub mod limits;
 pub mod protocol;
 pub mod reservation;
 pub mod state;
+mod sys;
 pub mod units;

@@ -1098,30 +1098,14 @@ impl<P: Port> Core<P> {
 /// ([`IdlePolicy::Sleep`]): the kernel throttles real-time threads that never sleep (by default
 /// for 50 ms of every second), which would be a stall far worse than the sleep.
 pub fn set_realtime_priority(priority: i32) -> std::io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
-    // SAFETY: `param` is a valid sched_param for the duration of the call; pid 0 is the
-    // calling thread; the call only changes scheduling attributes.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::sys::os::sched_fifo(priority)
 }
 
 /// Raises the calling thread's CFS priority to nice −20 (root or `CAP_SYS_NICE`): a polling
 /// core on a machine that is not isolated then loses far less time to other threads, without
 /// the real-time throttling that [`set_realtime_priority`] risks.
 pub fn raise_priority() -> std::io::Result<()> {
-    // SAFETY: plain syscall wrapper; who = 0 is the calling thread on Linux.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::sys::os::set_nice(-20)
 }
 
 /// Gaps between a polling thread's iterations: how long the OS (or the host) kept it off its

@@ -28,6 +28,11 @@
 //! - [`wire`]: the frame format.
 //! - [`port`], [`memlink`], [`fault`]: the port trait, the in-memory link, a fault injector.
 //! - [`source`]: traffic sources; [`stats`]: counters and histograms; [`time`]: clocks.
+//! - `slots` (private): the channel-to-slot table of a core and of its control handle.
+//! - [`sys`]: every `unsafe` of the crate (the rings, prefetch and TSC, libc calls); the rest
+//!   is `#![deny(unsafe_code)]`.
+
+#![deny(unsafe_code)]
 
 #[doc(hidden)]
 pub mod bench_path;
@@ -43,12 +48,13 @@ pub mod memlink;
 pub mod port;
 pub mod rx;
 pub mod sched;
-pub mod shm;
 mod slots;
 pub mod source;
 pub mod spec;
 pub mod stats;
+pub mod sys;
 pub mod time;
 pub mod wire;
 
 pub use handler::Enforcer;
+pub use sys::shm;

@@ -24,20 +24,7 @@ pub fn prefault<T: Copy>(s: &mut [T]) {
     }
 }
 
-/// Asks the CPU to bring the cache line holding `p` into its caches ahead of use: the packet
-/// path prefetches the next handler's state while the current one runs, so at 100,000
-/// channels the miss overlaps useful work instead of stalling it. A hint only.
-#[inline(always)]
-pub fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `prefetcht0` is a hint: it never faults, whatever the address, and neither reads
-    // into nor writes program state; SSE, which it needs, is part of the x86_64 baseline.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
+pub use crate::sys::cpu::prefetch;
 
 /// [`prefetch`] for every cache line of `*p`, up to `MAX_LINES` lines.
 #[inline(always)]

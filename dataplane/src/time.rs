@@ -33,13 +33,8 @@ impl Clock for MonotonicClock {
 
 /// Reads `CLOCK_MONOTONIC` in nanoseconds.
 pub fn monotonic_now() -> Nanos {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * NANOS_PER_SEC + ts.tv_nsec as u64
+    let (sec, nsec) = crate::sys::os::clock_monotonic();
+    sec * NANOS_PER_SEC + nsec
 }
 
 /// A clock that only moves when told to; shared between the test and the code under test.
@@ -153,11 +148,7 @@ pub fn tsc_per_us() -> u64 {
 pub fn read_tsc() -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: RDTSC has no preconditions on x86_64; it only reads a counter.
-        #[allow(unused_unsafe)]
-        unsafe {
-            core::arch::x86_64::_rdtsc()
-        }
+        crate::sys::cpu::rdtsc()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -175,13 +175,7 @@ impl MachineMemory {
 }
 
 fn rlimit(resource: libc::__rlimit_resource_t) -> Option<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `r` is a valid, writable rlimit; getrlimit only writes it.
-    let rc = unsafe { libc::getrlimit(resource, &mut r) };
-    (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
+    crate::sys::rlimit_cur(resource)
 }
 
 fn cgroup_memory_max() -> Option<u64> {

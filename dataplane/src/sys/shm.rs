@@ -60,7 +60,7 @@
 //! are read as plain bytes (any value is valid), copied once by the consumer, and only that
 //! channel's content can suffer.
 //!
-//! All `unsafe` of the rings is in this module.
+//! All `unsafe` of the rings is in this module (part of [`crate::sys`]).
 
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
