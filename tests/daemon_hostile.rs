@@ -1175,7 +1175,17 @@ fn a_save_failure_after_start_is_shown_counted_and_cleared_by_the_next_save() {
     let m = scrape(maddr);
     assert_eq!(metric(&m, "rtchan_state_unsaved"), 0.0, "{m}");
     assert!(metric(&m, "rtchan_state_save_failures_total") >= 2.0, "{m}");
-    d.shutdown();
+
+    // Broken again at shutdown: the final report says the file is stale (rtchand exits 1).
+    let saved = std::fs::read(&state).unwrap();
+    std::fs::rename(&sub, &moved).unwrap();
+    std::fs::write(&sub, b"not a directory").unwrap();
+    let report = d.shutdown();
+    let f = report
+        .state_save_failed
+        .expect("the shutdown's failed save is reported");
+    assert_eq!(f.after, "the shutdown");
+    assert_eq!(std::fs::read(moved.join("state.json")).unwrap(), saved);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -93,7 +93,22 @@ fn daemon(path: &std::path::Path, discard_state: bool) -> ExitCode {
                 "{}",
                 rtchan::daemon::client::final_report(&report.channels, &report.cores)
             );
-            ExitCode::SUCCESS
+            match report.state_save_failed {
+                None => ExitCode::SUCCESS,
+                Some(f) => {
+                    // Stopped cleanly, but the next start would restore an older table.
+                    tracing::error!(
+                        "rtchand: the state file {} was not saved at shutdown either ({}; \
+                         failing since {} UTC, {} attempts): the next start restores the \
+                         table saved before",
+                        f.path,
+                        f.error,
+                        f.since,
+                        f.attempts
+                    );
+                    ExitCode::from(1)
+                }
+            }
         }
         Err(e) => {
             tracing::error!("rtchand: {}", rtchan::daemon::one_line(&e));

@@ -120,6 +120,9 @@ pub struct FinalReport {
     pub channels: Vec<ChannelStatsInfo>,
     /// Per sending core.
     pub cores: Vec<CoreStats>,
+    /// The state file's save failure when even the save at shutdown failed: the file holds an
+    /// older table than the one this run served, which the next start will restore.
+    pub state_save_failed: Option<SaveFailure>,
 }
 
 /// The control thread's state.
@@ -2074,7 +2077,11 @@ impl Control {
         let cores = self.dp.stop();
         // Sessions end with the process: peers release what they held for us.
         self.close_peers();
-        FinalReport { channels, cores }
+        FinalReport {
+            channels,
+            cores,
+            state_save_failed: self.save_failure.take(),
+        }
     }
 }
 
