@@ -14,9 +14,10 @@ use control::admission::Nanos;
 use control::protocol::{
     ApiError, AttachArgs, AttachRole, ErrorKind, IdArgs, OpenArgs, Reply, Request,
 };
+use control::reservation::not_found;
 use dataplane::shm::{self, DeliverDesc, Params, Region};
 
-use super::{internal, not_found, Control, RX_RING};
+use super::{internal, Control, RX_RING};
 use crate::daemon::server::{Caller, ConnId};
 
 /// Requests whose replies carry file descriptors.

@@ -22,6 +22,7 @@ use control::reservation::{Failure, InAction, Op, OutEvent, Outbound, Seq, Sessi
 
 use super::{internal, timers, Control, Dst};
 use crate::daemon::peer::{PeerAnswer, PeerLink};
+use control::protocol::{Grant, PrepareArgs};
 
 /// The sender's protocol state with one peer and its connection, when it has one.
 pub(super) struct PeerOut {
@@ -264,5 +265,74 @@ impl Control {
             }
         }
         answer
+    }
+
+    pub(super) fn receiver_least(
+        &mut self,
+        dst: &Dst,
+        mmax: u32,
+        imin: Nanos,
+        bmax: u32,
+        d: Nanos,
+        core: Option<u16>,
+    ) -> Option<Nanos> {
+        let prep = PrepareArgs {
+            id: u32::MAX,
+            mmax,
+            imin,
+            bmax,
+            budget: Nanos::MAX / 4,
+            end_to_end: d,
+            core,
+            dry_run: true,
+            best_effort: false,
+        };
+        self.prepare_remote(dst, &prep)
+            .ok()
+            .map(|g| g.least_deadline)
+    }
+
+    pub(super) fn prepare_remote(
+        &mut self,
+        dst: &Dst,
+        prep: &PrepareArgs,
+    ) -> Result<Grant, ApiError> {
+        match dst {
+            Dst::Local => self.prepare("local", prep),
+            Dst::Peer(p) => {
+                let granted = self.peer_call(p, Op::Prepare(prep.clone()))?;
+                let ok = granted.ok;
+                let r = granted.into_result();
+                if r.is_err() && ok && !prep.dry_run {
+                    // Granted, but not in words this host reads: give it back.
+                    let _ = self.peer_call(p, Op::Abort { id: prep.id });
+                }
+                r
+            }
+        }
+    }
+
+    pub(super) fn commit_remote(&mut self, dst: &Dst, id: u32) -> Result<(), ApiError> {
+        match dst {
+            Dst::Local => {
+                if let Some(i) = self.inc.get_mut(&id) {
+                    i.info.committed = true;
+                }
+                Ok(())
+            }
+            Dst::Peer(p) => self
+                .peer_call(p, Op::Commit { id })?
+                .into_result::<serde_json::Value>()
+                .map(|_| ()),
+        }
+    }
+
+    pub(super) fn abort_remote(&mut self, dst: &Dst, id: u32) {
+        match dst {
+            Dst::Local => self.release_incoming(id),
+            Dst::Peer(p) => {
+                let _ = self.peer_call(p, Op::Abort { id });
+            }
+        }
     }
 }
