@@ -7,5 +7,6 @@
 pub mod client;
 pub mod daemon;
 pub mod demo;
+pub mod pcapng;
 pub mod ports;
 pub mod preemption;

@@ -76,6 +76,10 @@ pub struct DaemonConfig {
     /// The Prometheus/OpenMetrics endpoint (`[metrics]`); off when `listen` is absent.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Captures on demand (`[capture]`, `rtchanctl capture`); off by default, since admission
+    /// charges the polling cores' copy only where they can be armed.
+    #[serde(default)]
+    pub capture: CaptureConfig,
 }
 
 fn default_socket() -> PathBuf {
@@ -390,6 +394,33 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// Default cost of one capture copy when `[capture] enabled` and `cost.capture_frame_ns` is
+/// not given, ns: an upper bound of a 1,514-byte frame's copy into a capture ring
+/// (`cargo bench -p dataplane --bench capture` prints the measured figure).
+pub const DEFAULT_CAPTURE_FRAME_NS: Nanos = 400;
+
+/// The `[capture]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Whether `rtchanctl capture` may arm the polling cores. When true, admission charges
+    /// every packet sent and every frame received one copy (`cost.capture_frame_ns`, else
+    /// [`DEFAULT_CAPTURE_FRAME_NS`]), whether a capture runs or not; when false, captures are
+    /// refused and nothing is charged. Not changed by a reload.
+    pub enabled: bool,
+    /// Frames each core's capture ring holds (a power of two, 1 to 65536).
+    pub slots: usize,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            slots: dataplane::capture::DEFAULT_CAPTURE_SLOTS,
+        }
+    }
+}
+
 /// The `[peering]` table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -506,6 +537,7 @@ impl Default for DaemonConfig {
             peers: Vec::new(),
             limits: crate::limits::LimitsConfig::default(),
             metrics: MetricsConfig::default(),
+            capture: CaptureConfig::default(),
         }
     }
 }
@@ -551,6 +583,16 @@ impl DaemonConfig {
         self.overflow
             .parse::<dataplane::spec::OverflowPolicy>()
             .map_err(|m| invalid("overflow", m))?;
+        let slots = self.capture.slots;
+        if slots == 0 || !slots.is_power_of_two() || slots > dataplane::capture::MAX_CAPTURE_SLOTS {
+            return Err(invalid(
+                "capture.slots",
+                format!(
+                    "{slots} is not a power of two between 1 and {}",
+                    dataplane::capture::MAX_CAPTURE_SLOTS
+                ),
+            ));
+        }
         match self.port.kind {
             PortKind::Memlink | PortKind::Null => {}
             PortKind::AfPacket => self.validate_wire_port()?,
@@ -817,11 +859,22 @@ impl DaemonConfig {
         Ok(mode)
     }
 
+    /// What admission charges per capture copy: 0 unless `[capture] enabled`, then
+    /// `cost.capture_frame_ns` or [`DEFAULT_CAPTURE_FRAME_NS`].
+    pub fn capture_frame_ns(&self) -> Nanos {
+        match (self.capture.enabled, self.cost.capture_frame_ns) {
+            (false, _) => 0,
+            (true, 0) => DEFAULT_CAPTURE_FRAME_NS,
+            (true, c) => c,
+        }
+    }
+
     /// The sending host's resource model: one core and one TX queue per `[[cores]]` entry.
     pub fn tx_model(&self) -> ResourceModel {
         ResourceModel {
             cost: CostModel {
                 link_rate_bps: self.link_rate_bps(),
+                capture_frame_ns: self.capture_frame_ns(),
                 ..self.cost.clone()
             },
             cores: self.cores.len() as u16,
@@ -843,6 +896,7 @@ impl DaemonConfig {
                 per_message_ns: self.rx_cost.per_message_ns,
                 per_packet_ns: self.rx_cost.per_packet_ns,
                 link_rate_bps: self.link_rate_bps(),
+                capture_frame_ns: self.capture_frame_ns(),
                 ..self.cost.clone()
             },
             cores: self.cores.len() as u16,

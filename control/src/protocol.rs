@@ -72,6 +72,69 @@ pub enum Request {
     Attach(AttachArgs),
     /// Give back a receiving ring taken with `attach` (the daemon's sink drains it again).
     Detach(IdArgs),
+    /// Arm every polling core's capture ring for this connection (`rtchanctl capture`).
+    CaptureStart(CaptureArgs),
+    /// Frames captured since the last take, oldest first, at most [`CAPTURE_TAKE_BYTES`].
+    CaptureTake,
+    /// Disarm the cores; the last frames are lost unless taken before.
+    CaptureStop,
+}
+
+/// `capture_start`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureArgs {
+    /// Only frames of this channel (sent or received here); every frame when absent.
+    #[serde(default)]
+    pub channel: Option<u32>,
+    /// Stop after this many frames (at least 1); until `capture_stop` when absent.
+    #[serde(default)]
+    pub count: Option<u64>,
+}
+
+/// Frame bytes one `capture_take` reply carries at most (hex-encoded twice that), so the
+/// reply stays within what `rtchanctl` reads.
+pub const CAPTURE_TAKE_BYTES: usize = 256 * 1024;
+
+/// `capture_start`'s reply: one capture interface per polling core and direction role.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStarted {
+    /// Interface names, indexed by [`CaptureFrameInfo::iface`] (`tx0`: sending core 0,
+    /// `rx0`: receive core 0).
+    pub interfaces: Vec<String>,
+    /// Bytes kept of each frame.
+    pub snaplen: u32,
+    /// Frames each core's ring holds.
+    pub slots: usize,
+}
+
+/// One captured frame.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureFrameInfo {
+    /// Index into [`CaptureStarted::interfaces`].
+    pub iface: u16,
+    /// When the core copied it: ns since the Unix epoch (the core's monotonic clock shifted
+    /// by the offset to the wall clock).
+    pub ts: u64,
+    /// True for a frame received, false for one sent.
+    pub inbound: bool,
+    /// Its length on the port.
+    pub orig_len: u32,
+    /// Its bytes (at most the snap length), hex.
+    pub data: String,
+}
+
+/// `capture_take` and `capture_stop`'s reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureChunk {
+    /// Frames, oldest first per core.
+    pub frames: Vec<CaptureFrameInfo>,
+    /// Frames the cores copied since the start.
+    pub copied: u64,
+    /// Copies the cores dropped since the start because a ring was full (the frames went on).
+    pub dropped: u64,
+    /// The capture ended (its count reached, or stopped): the cores are disarmed.
+    pub done: bool,
 }
 
 /// `attach`.
@@ -104,6 +167,8 @@ impl Request {
             | Self::PolicySet(_)
             | Self::Attach(_)
             | Self::Detach(_) => true,
+            // Frames carry the traffic's contents: admins only.
+            Self::CaptureStart(_) | Self::CaptureTake | Self::CaptureStop => true,
             Self::List
             | Self::Show(_)
             | Self::Stats(_)

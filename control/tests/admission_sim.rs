@@ -283,6 +283,7 @@ fn host_case() -> impl Strategy<Value = (ResourceModel, Vec<ChannelRequest>, boo
                 control_poll_ns: 300,
                 tx_stage_ns: 0,
                 client_scan_ns: 0,
+                capture_frame_ns: 0,
                 mtu: 1500,
                 link_rate_bps: 10_000_000_000,
             },

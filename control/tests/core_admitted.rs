@@ -50,6 +50,7 @@ fn model(reserve_ppm: u32) -> ResourceModel {
             tx_stage_ns: 500,
             // No client-fed channels here: the scan finds nothing to check.
             client_scan_ns: 0,
+            capture_frame_ns: 0,
             mtu: 1500,
             link_rate_bps: LINK_BPS,
         },

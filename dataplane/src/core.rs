@@ -47,6 +47,7 @@
 //! the whole loop runs in virtual time in tests (the meter's hooks let a virtual CPU charge
 //! each phase its modelled cost).
 
+use crate::capture::{CaptureRing, CaptureTap, Direction};
 use crate::channel::{ChannelShared, Doorbell, Sender};
 use crate::handler::Handler;
 use crate::link::{LinkConfig, LinkConfigError, LinkScheduler, LinkStats, Released};
@@ -215,6 +216,9 @@ pub enum Command {
     CloseReceiver(ChannelId),
     /// Replace the scheduling policy.
     SetPolicy(SchedPolicy),
+    /// Arm captures with this ring (`Some`), or disarm (`None`); the ring the core held comes
+    /// back on the acknowledgement ([`crate::capture`]).
+    Capture(Option<Arc<CaptureRing>>),
 }
 
 /// What a command took off the core, handed back on its acknowledgement so that the control
@@ -225,6 +229,8 @@ pub enum Retired {
     Channel(Arc<ChannelShared>),
     /// A closed (or refused) receiver's state.
     Receiver(ReceiverState),
+    /// The capture ring a disarmed (or re-armed) core held.
+    Capture(Arc<CaptureRing>),
 }
 
 /// One acknowledgement: the command's sequence number, its outcome, what it hands back.
@@ -377,6 +383,8 @@ pub struct Core<P: Port> {
     client_cursor: usize,
     last_slot: u32,
     stats: CoreStats,
+    /// Armed captures: frames sent and received are copied into its ring.
+    capture: Option<CaptureTap>,
 }
 
 impl<P: Port> std::fmt::Debug for Core<P> {
@@ -437,6 +445,7 @@ impl<P: Port> Core<P> {
             client_cursor: 0,
             last_slot: u32::MAX,
             stats: CoreStats::default(),
+            capture: None,
             cfg,
             port,
         })
@@ -729,6 +738,10 @@ impl<P: Port> Core<P> {
                 }
                 Err(e) => (Err(e.into()), None),
             },
+            Command::Capture(ring) => {
+                let old = std::mem::replace(&mut self.capture, ring.map(CaptureTap::new));
+                (Ok(()), old.map(|t| Retired::Capture(t.into_ring())))
+            }
         };
         self.ack(seq, result, retired);
     }
@@ -862,6 +875,11 @@ impl<P: Port> Core<P> {
                     progress.rx += n;
                     for b in &batch {
                         self.rx.handle(b.data(), now);
+                    }
+                    if let Some(tap) = self.capture.as_mut() {
+                        for b in &batch {
+                            tap.offer(b.data(), now, Direction::In);
+                        }
                     }
                     // Back to the pool in one call (rte_pktmbuf_free_bulk on DPDK).
                     self.port.free_bulk(&mut batch);
@@ -1028,6 +1046,7 @@ impl<P: Port> Core<P> {
         self.since_stage = 0;
         let q = self.cfg.tx_queue;
         let reported = self.port.tx_in_flight_bytes(q);
+        let held = self.tx_batch.len();
         if !self.tx_batch.is_full() {
             // Packets in the batch are released but not yet the port's: count them in flight.
             let in_flight = reported.map(|b| {
@@ -1067,6 +1086,12 @@ impl<P: Port> Core<P> {
         }
         if self.tx_batch.is_empty() {
             return;
+        }
+        // Frames this stage released (those held from a partial burst were copied before).
+        if let Some(tap) = self.capture.as_mut() {
+            for p in &self.tx_batch[held..] {
+                tap.offer(p.data(), now, Direction::Out);
+            }
         }
         let n = self.tx_batch.len();
         match self.port.tx_burst(q, &mut self.tx_batch) {

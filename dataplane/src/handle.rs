@@ -98,6 +98,7 @@ pub struct CoreHandle {
     slots: Slots<()>,
     early_acks: HashMap<u64, Result<(), CoreError>>,
     rx_rejects: Arc<RxRejects>,
+    max_frame: usize,
 }
 
 impl CoreHandle {
@@ -112,12 +113,27 @@ impl CoreHandle {
             slots: Slots::new(core.config().max_channels as usize),
             early_acks: HashMap::new(),
             rx_rejects: core.rx_rejects(),
+            max_frame: core.port().capabilities().max_frame,
         }
     }
 
     /// The core's receive-path reject counters (frames refused before or at a channel).
     pub fn rx_rejects(&self) -> &Arc<RxRejects> {
         &self.rx_rejects
+    }
+
+    /// The largest frame the core's port carries (a capture slot that keeps whole frames).
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Arms captures into `ring` (`Some`) or disarms them (`None`); returns once the core
+    /// applied it (the ring it held is dropped here, on the control thread).
+    pub fn set_capture(
+        &mut self,
+        ring: Option<Arc<crate::capture::CaptureRing>>,
+    ) -> Result<(), CoreError> {
+        self.send(Command::Capture(ring), ACK_TIMEOUT)
     }
 
     /// Payload bytes per packet on this core.

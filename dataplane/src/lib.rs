@@ -36,6 +36,7 @@
 
 #[doc(hidden)]
 pub mod bench_path;
+pub mod capture;
 pub mod channel;
 pub mod core;
 pub mod edf_queue;

@@ -55,6 +55,7 @@ pub fn model(
             control_poll_ns: 0,
             tx_stage_ns: 0,
             client_scan_ns: 0,
+            capture_frame_ns: 0,
             mtu: 1500,
             link_rate_bps: link_bps,
         },

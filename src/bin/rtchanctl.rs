@@ -53,6 +53,9 @@ enum Command {
     /// A live full-screen view of every channel (rate, p99, misses, drops), refreshed each
     /// second; q quits. Falls back to `stats --watch` when stdout is not a terminal.
     Top(TopCmd),
+    /// Capture frames sent and received by the running daemon's polling cores into a pcapng
+    /// file, without stopping traffic (needs `[capture] enabled = true` in the daemon).
+    Capture(CaptureCmd),
     /// Show or change the scheduling policy.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -168,6 +171,22 @@ struct StatsCmd {
 }
 
 #[derive(Args, Debug)]
+struct CaptureCmd {
+    /// Only frames of this channel.
+    #[arg(long)]
+    channel: Option<u32>,
+    /// Stop after this many frames (until interrupted, or --duration, when absent).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this long.
+    #[arg(long, value_parser = duration)]
+    duration: Option<units::Duration>,
+    /// The pcapng file to write (created or truncated).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
 struct TopCmd {
     /// Refresh period.
     #[arg(long, default_value = "1s", value_parser = duration)]
@@ -256,12 +275,21 @@ fn stats_cmd(cli: &Cli, s: &StatsCmd) -> ExitCode {
 }
 
 fn call(cli: &Cli, req: &Request) -> Result<Reply, ExitCode> {
+    let mut c = connect(cli)?;
+    c.call(req).map_err(|e| {
+        eprintln!("rtchanctl: {e}");
+        ExitCode::from(EXIT_UNREACHABLE)
+    })
+}
+
+/// A connection to the daemon, or how to exit.
+fn connect(cli: &Cli) -> Result<Client, ExitCode> {
     let path = cli.socket.clone().unwrap_or_else(|| {
         std::env::var_os("RTCHAN_SOCKET")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(control::config::DEFAULT_SOCKET))
     });
-    let mut c = Client::connect(&path).map_err(|e| {
+    Client::connect(&path).map_err(|e| {
         if e.permission_denied() {
             // The socket's mode refused us: a permission error, as docs/cli.md says (exit 2).
             eprintln!("rtchanctl: permission denied: {e}");
@@ -270,10 +298,6 @@ fn call(cli: &Cli, req: &Request) -> Result<Reply, ExitCode> {
             eprintln!("rtchanctl: {e}");
             ExitCode::from(EXIT_UNREACHABLE)
         }
-    })?;
-    c.call(req).map_err(|e| {
-        eprintln!("rtchanctl: {e}");
-        ExitCode::from(EXIT_UNREACHABLE)
     })
 }
 
@@ -292,6 +316,171 @@ fn save_warning(cli: &Cli, reply: &Reply) -> bool {
         );
     }
     true
+}
+
+/// `capture`: arms the daemon's capture for this connection, takes frames every
+/// [`CAPTURE_POLL`] into the pcapng file until the count, the duration or a signal, then
+/// disarms (closing the connection disarms too, whatever happens here).
+fn capture_cmd(cli: &Cli, c: &CaptureCmd) -> ExitCode {
+    use control::protocol::{CaptureArgs, CaptureChunk, CaptureStarted};
+    use rtchan::pcapng::PcapngWriter;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const CAPTURE_POLL: Duration = Duration::from_millis(20);
+    let bad = |m: String| {
+        eprintln!("rtchanctl: {m}");
+        ExitCode::from(EXIT_BAD_INPUT)
+    };
+    if c.count == Some(0) {
+        return bad("--count 0 captures nothing: give at least 1".into());
+    }
+    if c.duration.is_some_and(|d| d.0 == 0) {
+        return bad("--duration 0 captures nothing: give a positive duration".into());
+    }
+    let out = c.out.display().to_string();
+    // The file first: one that cannot be written stops here, before the daemon is asked.
+    let file = match std::fs::File::create(&c.out) {
+        Ok(f) => f,
+        Err(e) => return bad(format!("cannot write the capture file {out}: {e}")),
+    };
+    let mut w = match PcapngWriter::new(std::io::BufWriter::new(file)) {
+        Ok(w) => w,
+        Err(e) => return bad(format!("cannot write the capture file {out}: {e}")),
+    };
+    let mut conn = match connect(cli) {
+        Ok(conn) => conn,
+        Err(code) => {
+            let _ = std::fs::remove_file(&c.out);
+            return code;
+        }
+    };
+    let mut ask = |req: &Request| -> Result<Reply, ExitCode> {
+        conn.call(req).map_err(|e| {
+            eprintln!("rtchanctl: {e}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        })
+    };
+    let started = ask(&Request::CaptureStart(CaptureArgs {
+        channel: c.channel,
+        count: c.count,
+    }))
+    .and_then(|r| {
+        r.into_result::<CaptureStarted>().map_err(|e| {
+            eprintln!("rtchanctl: {}", e.message);
+            ExitCode::from(e.kind.exit_code())
+        })
+    });
+    let started = match started {
+        Ok(s) => s,
+        Err(code) => {
+            let _ = std::fs::remove_file(&c.out);
+            return code;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    let t0 = std::time::Instant::now();
+    let mut frames = 0u64;
+    let mut last = CaptureChunk::default();
+    let mut failure: Option<(String, u8)> = None;
+    for name in &started.interfaces {
+        if let Err(e) = w.add_interface(name, started.snaplen) {
+            failure = Some((
+                format!("cannot write the capture file {out}: {e}"),
+                EXIT_REFUSED,
+            ));
+            break;
+        }
+    }
+    if failure.is_none() {
+        // Armed: said on stderr, so a caller knows from when frames are captured.
+        eprintln!(
+            "rtchanctl: capturing on {} into {out}",
+            started.interfaces.join(", ")
+        );
+    }
+    let mut stop_sent = false;
+    while failure.is_none() {
+        let ending = stop.load(Ordering::Relaxed)
+            || c.duration
+                .is_some_and(|d| t0.elapsed() >= Duration::from_nanos(d.0));
+        // After the stop the cores are disarmed, and takes hand out what the rings still hold.
+        let req = if ending && !stop_sent {
+            stop_sent = true;
+            Request::CaptureStop
+        } else {
+            Request::CaptureTake
+        };
+        let chunk = match ask(&req) {
+            Ok(r) => match r.into_result::<CaptureChunk>() {
+                Ok(ch) => ch,
+                Err(e) => {
+                    failure = Some((e.message, e.kind.exit_code()));
+                    break;
+                }
+            },
+            Err(code) => return code,
+        };
+        let full = chunk.frames.len() >= 64;
+        for f in &chunk.frames {
+            let data = match unhex(&f.data) {
+                Some(d) => d,
+                None => {
+                    failure = Some(("the daemon sent a frame that is not hex".into(), 1));
+                    break;
+                }
+            };
+            if let Err(e) = w.write_packet(u32::from(f.iface), f.ts, f.inbound, f.orig_len, &data) {
+                failure = Some((format!("cannot write the capture file {out}: {e}"), 1));
+                break;
+            }
+            frames += 1;
+        }
+        let done = chunk.done;
+        last = chunk;
+        if done {
+            break;
+        }
+        if !full {
+            std::thread::sleep(CAPTURE_POLL);
+        }
+    }
+    if let Err(e) = w.flush() {
+        failure.get_or_insert((format!("cannot write the capture file {out}: {e}"), 1));
+    }
+    if let Some((m, code)) = failure {
+        // Disarm now rather than when the connection closes.
+        let _ = ask(&Request::CaptureStop);
+        eprintln!("rtchanctl: {m}");
+        return ExitCode::from(code);
+    }
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "file": out, "frames": frames, "copied": last.copied, "dropped": last.dropped,
+            })
+        );
+    } else {
+        println!(
+            "{frames} frames written to {out}; the cores copied {} and dropped {} copies              (ring full; the traffic itself is never dropped)",
+            last.copied, last.dropped
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    if b.len() % 2 != 0 {
+        return None;
+    }
+    b.chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
 }
 
 /// Prints a reply: JSON, or `table` of its typed result; the exit code.
@@ -460,6 +649,7 @@ fn run(cli: &Cli) -> ExitCode {
             })
         }
         Command::Stats(s) => stats_cmd(cli, s),
+        Command::Capture(c) => capture_cmd(cli, c),
         Command::Policy(PolicyCmd::Show) => match call(cli, &Request::PolicyShow) {
             Ok(r) => show(cli, r, client::policy_table),
             Err(code) => code,

@@ -57,6 +57,7 @@ use super::traffic::{Sink, SourceThread};
 use super::Msg;
 
 mod attach;
+mod capture;
 mod open;
 mod peering;
 mod persist;
@@ -173,6 +174,8 @@ pub struct Control {
     save_failures_total: u64,
     /// When the state file was last written or tried.
     last_save_attempt: Instant,
+    /// The capture running, if any (`rtchanctl capture`).
+    capture: Option<capture::Session>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -231,6 +234,7 @@ impl Control {
             save_failure: None,
             save_failures_total: 0,
             last_save_attempt: Instant::now(),
+            capture: None,
         })
     }
 
@@ -321,7 +325,10 @@ impl Control {
                 request,
                 reply,
             } => {
-                if attach::carries_fds(&request) {
+                if let Some(mut r) = self.capture_request(conn, &request) {
+                    r.state_save_failed = self.save_failure.clone();
+                    let _ = reply.send(r);
+                } else if attach::carries_fds(&request) {
                     let (mut r, fds, holds) = self.client_with_fds(conn, caller, request);
                     r.state_save_failed = self.save_failure.clone();
                     let _ = reply.send_full(r, fds, holds);
@@ -333,7 +340,10 @@ impl Control {
             }
             // Client-fed channels close with their connection; attached receivers go back to
             // the sink.
-            Msg::ClientClosed { conn } => self.client_closed(conn),
+            Msg::ClientClosed { conn } => {
+                self.capture_closed(conn);
+                self.client_closed(conn)
+            }
             Msg::PeerAccepted { session, allowed } => {
                 let now = self.now();
                 self.inbound.accept(now, session, allowed);
@@ -360,6 +370,16 @@ impl Control {
                 let _ = reply.send(self.metrics());
             }
         }
+    }
+
+    /// The capture requests, which belong to their connection; `None` for the others.
+    fn capture_request(&mut self, conn: ConnId, request: &Request) -> Option<Reply> {
+        Some(match request {
+            Request::CaptureStart(a) => Reply::from_result(self.capture_start(conn, a)),
+            Request::CaptureTake => Reply::from_result(self.capture_take(conn, false)),
+            Request::CaptureStop => Reply::from_result(self.capture_take(conn, true)),
+            _ => return None,
+        })
     }
 
     fn client(&mut self, request: Request) -> Reply {
@@ -393,6 +413,9 @@ impl Control {
             Request::Attach(_) | Request::Detach(_) => Reply::err(internal(
                 "attach/detach must come from a control-socket connection",
             )),
+            Request::CaptureStart(_) | Request::CaptureTake | Request::CaptureStop => Reply::err(
+                internal("captures must come from a control-socket connection"),
+            ),
         }
     }
 

@@ -54,6 +54,12 @@ pub struct CostModel {
     /// (`dataplane::core::CLIENT_SCAN_PER_ITERATION` tail loads, each a cache miss at worst).
     /// It runs in the service phase, after the RX burst ([`Self::service_phase_ns`]).
     pub client_scan_ns: Nanos,
+    /// Copy of one frame into a core's capture ring (`dataplane::capture`), charged only
+    /// where captures can be armed; 0 (the default) where they cannot. It runs in the TX
+    /// stage for each frame it releases and in the RX burst for each frame received, so it is
+    /// charged per packet ([`Self::cpu_cost`]), per received frame ([`Self::service_phase_ns`])
+    /// and in the longest TX stage ([`Self::tx_stage_longest_ns`]).
+    pub capture_frame_ns: Nanos,
     /// IP MTU of the port in bytes.
     pub mtu: u32,
     /// Line rate of the port in bits per second.
@@ -70,6 +76,7 @@ impl Default for CostModel {
             control_poll_ns: 500,
             tx_stage_ns: 500,
             client_scan_ns: 2_000,
+            capture_frame_ns: 0,
             mtu: 1500,
             link_rate_bps: 10_000_000_000,
         }
@@ -111,11 +118,28 @@ impl CostModel {
     }
 
     /// CPU cost of a whole message of `packets` packets: its handler work plus, per packet,
-    /// a [`MAX_BURST`]-th of a TX stage (a stage is due every [`MAX_BURST`] packets written).
+    /// a [`MAX_BURST`]-th of a TX stage (a stage is due every [`MAX_BURST`] packets written)
+    /// and, where captures can be armed, the packet's copy into the capture ring (the TX
+    /// stage that releases it makes it).
     pub fn cpu_cost(&self, packets: u32) -> Nanos {
         self.per_message_ns
             + u64::from(packets)
-                * (self.per_packet_ns + self.tx_stage_ns.div_ceil(MAX_BURST as u64))
+                * (self.per_packet_ns
+                    + self.tx_stage_ns.div_ceil(MAX_BURST as u64)
+                    + self.capture_frame_ns)
+    }
+
+    /// Longest RX burst: `rx_burst_ns`, plus a capture copy of each of its [`MAX_BURST`]
+    /// frames where captures can be armed.
+    pub fn rx_burst_longest_ns(&self) -> Nanos {
+        self.rx_burst_ns + MAX_BURST as u64 * self.capture_frame_ns
+    }
+
+    /// Longest TX stage without a preemption point: `tx_stage_ns`, plus a capture copy of each
+    /// of the [`MAX_BURST`] frames it may release where captures can be armed. (The copies'
+    /// CPU time is in [`Self::cpu_cost`], per packet; this is the stage's length as blocking.)
+    pub fn tx_stage_longest_ns(&self) -> Nanos {
+        self.tx_stage_ns + MAX_BURST as u64 * self.capture_frame_ns
     }
 
     /// The service phase, which runs without a preemption point: every RX burst, the client
@@ -123,7 +147,7 @@ impl CostModel {
     /// (`dataplane::core::RX_BURSTS_PER_SERVICE` × `rx_burst_ns` + `client_scan_ns` +
     /// `CONTROL_PER_SERVICE` × `control_poll_ns`).
     pub fn service_phase_ns(&self) -> Nanos {
-        RX_BURSTS_PER_SERVICE as u64 * self.rx_burst_ns
+        RX_BURSTS_PER_SERVICE as u64 * self.rx_burst_longest_ns()
             + self.client_scan_ns
             + CONTROL_PER_SERVICE as u64 * self.control_poll_ns
     }
@@ -348,7 +372,7 @@ impl ResourceModel {
         } else {
             0
         };
-        self.cost.service_phase_ns() + self.cost.tx_stage_ns + lifted
+        self.cost.service_phase_ns() + self.cost.tx_stage_longest_ns() + lifted
     }
 
     /// Longest stretch between two preemption points of a core, where no TX stage can run:
@@ -359,7 +383,7 @@ impl ResourceModel {
         let run = self.cost.handler_chunk(self.granularity, self.granularity);
         run.max(self.cost.best_effort_run_ns)
             .max(self.cost.service_phase_ns())
-            + self.cost.tx_stage_ns
+            + self.cost.tx_stage_longest_ns()
     }
 
     /// The batch window: how long a packet written by a run may wait in the link scheduler
@@ -420,7 +444,7 @@ impl ResourceModel {
         // waits for the iteration under way (its runs, a TX stage after each) and runs last
         // in its phase.
         self.service_interval_ns
-            + RUNS_PER_ITERATION as Nanos * (run + c.tx_stage_ns)
+            + RUNS_PER_ITERATION as Nanos * (run + c.tx_stage_longest_ns())
             + c.service_phase_ns()
     }
 
