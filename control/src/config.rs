@@ -1066,6 +1066,37 @@ mod tests {
     }
 
     #[test]
+    fn captures_are_charged_only_where_they_can_be_armed() {
+        let off = DaemonConfig::parse("[cost]\ncapture_frame_ns = 250\n").unwrap();
+        assert_eq!(off.tx_model().cost.capture_frame_ns, 0);
+        assert_eq!(off.rx_model().cost.capture_frame_ns, 0);
+        let on = DaemonConfig::parse("[capture]\nenabled = true\n").unwrap();
+        assert_eq!(
+            on.tx_model().cost.capture_frame_ns,
+            DEFAULT_CAPTURE_FRAME_NS
+        );
+        let given =
+            DaemonConfig::parse("[capture]\nenabled = true\n[cost]\ncapture_frame_ns = 250\n")
+                .unwrap();
+        let (m, base) = (given.tx_model(), off.tx_model());
+        assert_eq!(m.cost.capture_frame_ns, 250);
+        // Per packet in the channel's cost, 32 per RX burst and per TX stage as blocking.
+        assert_eq!(m.cost.cpu_cost(3), base.cost.cpu_cost(3) + 3 * 250);
+        assert_eq!(
+            m.cost.service_phase_ns(),
+            base.cost.service_phase_ns() + 32 * 250
+        );
+        assert_eq!(
+            m.cpu_blocking_extra(),
+            base.cpu_blocking_extra() + 2 * 32 * 250
+        );
+        for bad in ["0", "3", "131072"] {
+            let e = DaemonConfig::parse(&format!("[capture]\nslots = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("capture.slots"), "{e}");
+        }
+    }
+
+    #[test]
     fn models_follow_the_cores() {
         let cfg = DaemonConfig::parse(
             "[[cores]]\ntx_share_ppm = 600000\n[[cores]]\ntx_share_ppm = 400000\n",

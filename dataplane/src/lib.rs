@@ -17,6 +17,7 @@
 //! ```
 //! # Modules
 //! - [`shm`]: shared-memory rings between the daemon and client processes.
+//! - [`capture`]: the per-core capture rings of `rtchanctl capture`.
 //! - [`spec`]: channel specifications, validated once.
 //! - [`channel`]: the sender handle, submit ring, buffer pool and doorbell.
 //! - `handler` (private): per-channel state machine: enforcement and fragmentation.
@@ -36,7 +37,6 @@
 
 #[doc(hidden)]
 pub mod bench_path;
-pub mod capture;
 pub mod channel;
 pub mod core;
 pub mod edf_queue;
@@ -58,4 +58,5 @@ pub mod time;
 pub mod wire;
 
 pub use handler::Enforcer;
+pub use sys::capture;
 pub use sys::shm;

@@ -319,7 +319,7 @@ fn save_warning(cli: &Cli, reply: &Reply) -> bool {
 }
 
 /// `capture`: arms the daemon's capture for this connection, takes frames every
-/// [`CAPTURE_POLL`] into the pcapng file until the count, the duration or a signal, then
+/// 20 ms into the pcapng file until the count, the duration or a signal, then
 /// disarms (closing the connection disarms too, whatever happens here).
 fn capture_cmd(cli: &Cli, c: &CaptureCmd) -> ExitCode {
     use control::protocol::{CaptureArgs, CaptureChunk, CaptureStarted};

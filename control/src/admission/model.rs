@@ -261,8 +261,9 @@ pub enum ModelError {
     MaxMessage(u32),
     /// The service phase the costs describe does not fit in the interval the core runs it at.
     #[error(
-        "cost.rx_burst_ns, cost.client_scan_ns and cost.control_poll_ns: the service phase they \
-         add up to ({phase} ns) must be shorter than policy.service_interval ({interval} ns)"
+        "cost.rx_burst_ns, cost.client_scan_ns and cost.control_poll_ns (and 32 x \
+         cost.capture_frame_ns with [capture] enabled): the service phase they add up to \
+         ({phase} ns) must be shorter than policy.service_interval ({interval} ns)"
     )]
     ServicePhaseTooLong {
         /// The service phase, ns.
