@@ -198,6 +198,10 @@ fn a_scrape_is_valid_prometheus_text_and_agrees_with_stats() {
         "rtchan_txq_late_packets_total",
         "rtchan_admission_utilisation_ratio",
         "rtchan_admission_refusals_total",
+        "rtchan_core_iterations_total",
+        "rtchan_core_busy_seconds_total",
+        "rtchan_core_busy_ratio",
+        "rtchan_core_longest_stretch_seconds",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
@@ -249,6 +253,34 @@ fn a_scrape_is_valid_prometheus_text_and_agrees_with_stats() {
         count > 0.0 && count <= rx.delivered as f64,
         "{count} latency samples, {} delivered",
         rx.delivered
+    );
+    // The cores' own figures: the scrape's never more than `stats --cores` after it, and the
+    // cores ran (iterations, busy time and a measured stretch while the source sends).
+    let cores: Vec<control::protocol::CoreStatsInfo> = ctl_json(&d.socket, &["stats", "--cores"]);
+    let names: Vec<&str> = cores.iter().map(|c| c.core.as_str()).collect();
+    assert_eq!(
+        names,
+        ["tx0", "rx0"],
+        "one sending and one receive core (memlink)"
+    );
+    for c in &cores {
+        let l = format!("{{core=\"{}\"}}", c.core);
+        let it = sample(&text, &format!("rtchan_core_iterations_total{l}")).unwrap();
+        let busy = sample(&text, &format!("rtchan_core_busy_seconds_total{l}")).unwrap();
+        let stretch = sample(&text, &format!("rtchan_core_longest_stretch_seconds{l}")).unwrap();
+        assert!(it > 0.0 && it <= c.iterations as f64, "{it} vs {c:?}");
+        assert!(
+            busy > 0.0 && busy <= c.busy_ns as f64 / 1e9 + 1e-9,
+            "{busy} vs {c:?}"
+        );
+        assert!(stretch > 0.0 && stretch <= c.longest_stretch_ns as f64 / 1e9 + 1e-9);
+        assert!(c.busy_share > 0.0 && c.busy_share <= 1.0, "{c:?}");
+        assert!(c.busy_ns <= c.uptime_ns, "{c:?}");
+    }
+    let table = String::from_utf8_lossy(&ctl(&d.socket, &["stats", "--cores"]).stdout).into_owned();
+    assert!(
+        table.contains("tx0") && table.contains("longest"),
+        "{table}"
     );
     // Other paths are not found.
     assert_eq!(get(addr, "/").0, "HTTP/1.1 404 Not Found");

@@ -169,6 +169,11 @@ fn top_shows_the_channels_live_and_q_quits() {
         }
     };
     assert!(screen.contains("rtchan top: 1 channel(s)"), "{screen}");
+    // The cores' line: each core's busy share over the refresh and its longest stretch.
+    assert!(
+        screen.contains("cores: tx0 busy") && screen.contains("rx0 busy"),
+        "{screen}"
+    );
     assert!(
         screen.contains("p99") && screen.contains("misses"),
         "{screen}"

@@ -61,6 +61,8 @@ pub enum Request {
     Stats(StatsArgs),
     /// The port's link state and counters, per queue too (`rtchanctl stats --port`).
     PortStats,
+    /// Every polling core's busy share, iterations and longest stretch (`stats --cores`).
+    CoreStats,
     /// The scheduling policy.
     PolicyShow,
     /// Change the scheduling policy.
@@ -173,6 +175,7 @@ impl Request {
             | Self::Show(_)
             | Self::Stats(_)
             | Self::PortStats
+            | Self::CoreStats
             | Self::PolicyShow
             | Self::Ping => false,
         }
@@ -552,6 +555,26 @@ pub struct QueueStatsInfo {
     pub handoff_dropped: u64,
     /// This core's TX pool mbufs in use.
     pub tx_pool_in_use: u32,
+}
+
+/// `core_stats`: one polling core, as it published itself while running (read from its
+/// padded counters; the core takes no lock and allocates nothing for it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoreStatsInfo {
+    /// `tx0`, `tx1`, ... (sending cores, = admission core and TX queue), `rx0`, ... (receive
+    /// cores of the in-memory link).
+    pub core: String,
+    /// Loop iterations.
+    pub iterations: u64,
+    /// Time in iterations that did work, ns.
+    pub busy_ns: u64,
+    /// Time from its first to its latest iteration, ns.
+    pub uptime_ns: u64,
+    /// `busy_ns / uptime_ns`.
+    pub busy_share: f64,
+    /// Longest stretch without a preemption point seen, ns (OS preemption inside it included);
+    /// compare with the model's, `docs/admission.md` §8.
+    pub longest_stretch_ns: u64,
 }
 
 /// `stats` of one channel.

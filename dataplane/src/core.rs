@@ -385,6 +385,8 @@ pub struct Core<P: Port> {
     stats: CoreStats,
     /// Armed captures: frames sent and received are copied into its ring.
     capture: Option<CaptureTap>,
+    /// Busy time, iterations, longest stretch: published each iteration.
+    gauges: Arc<crate::stats::CoreGauges>,
 }
 
 impl<P: Port> std::fmt::Debug for Core<P> {
@@ -446,6 +448,7 @@ impl<P: Port> Core<P> {
             last_slot: u32::MAX,
             stats: CoreStats::default(),
             capture: None,
+            gauges: Arc::default(),
             cfg,
             port,
         })
@@ -480,6 +483,11 @@ impl<P: Port> Core<P> {
     /// The configuration.
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
+    }
+
+    /// What the core publishes while it runs (busy time, iterations, longest stretch).
+    pub fn gauges(&self) -> &Arc<crate::stats::CoreGauges> {
+        &self.gauges
     }
 
     /// Core-wide counters.
@@ -800,9 +808,11 @@ impl<P: Port> Core<P> {
 
         // 3 + 4 + 5. At each preemption point: a TX stage if due, wake-ups, a pick, a run.
         let mut now = Self::point_time(anchor, meter);
+        let mut longest = now - start;
         let mut idle = false;
         let mut stalled = false;
         for _ in 0..RUNS_PER_ITERATION {
+            let point = now;
             if self.stage_if_due(now, &mut progress, meter) {
                 now = Self::point_time(anchor, meter);
             }
@@ -838,6 +848,7 @@ impl<P: Port> Core<P> {
                 h.prefetch_shared();
             }
             progress.written += written;
+            longest = longest.max(end.saturating_sub(point));
             now = end;
             if progress.written >= PACKETS_PER_ITERATION {
                 break;
@@ -849,6 +860,15 @@ impl<P: Port> Core<P> {
             self.stage(now, &mut progress, meter);
         }
         self.idle = idle;
+        let end = Self::point_time(anchor, meter);
+        longest = longest.max(end.saturating_sub(now));
+        self.gauges.publish(
+            self.stats.iterations,
+            start,
+            end,
+            !progress.is_idle(),
+            longest,
+        );
 
         // Owner-polled only (a running core folds on its companion thread): never waits.
         if self.fold_on_poll {

@@ -99,6 +99,7 @@ pub struct CoreHandle {
     early_acks: HashMap<u64, Result<(), CoreError>>,
     rx_rejects: Arc<RxRejects>,
     max_frame: usize,
+    gauges: Arc<crate::stats::CoreGauges>,
 }
 
 impl CoreHandle {
@@ -114,12 +115,18 @@ impl CoreHandle {
             early_acks: HashMap::new(),
             rx_rejects: core.rx_rejects(),
             max_frame: core.port().capabilities().max_frame,
+            gauges: core.gauges().clone(),
         }
     }
 
     /// The core's receive-path reject counters (frames refused before or at a channel).
     pub fn rx_rejects(&self) -> &Arc<RxRejects> {
         &self.rx_rejects
+    }
+
+    /// What the core publishes while it runs (busy time, iterations, longest stretch).
+    pub fn gauges(&self) -> crate::stats::CoreGaugesSnapshot {
+        self.gauges.snapshot()
     }
 
     /// The largest frame the core's port carries (a capture slot that keeps whole frames).

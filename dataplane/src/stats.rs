@@ -621,3 +621,81 @@ mod tests {
         assert_eq!(c.get(), 5);
     }
 }
+
+/// What a polling core publishes about itself while it runs, for the control side's `stats`,
+/// `top` and metrics: written by the core only (plain `Relaxed` stores at the end of each
+/// iteration, on a line of its own), read by anyone without a lock.
+#[derive(Debug, Default)]
+#[repr(C, align(64))]
+pub struct CoreGauges {
+    iterations: AtomicU64,
+    busy_ns: AtomicU64,
+    longest_stretch_ns: AtomicU64,
+    first_ns: AtomicU64,
+    last_ns: AtomicU64,
+}
+
+/// One reading of a core's [`CoreGauges`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreGaugesSnapshot {
+    /// Loop iterations.
+    pub iterations: u64,
+    /// Time spent in iterations that did something (received, wrote, sent or applied a
+    /// command), ns of the core's clock.
+    pub busy_ns: u64,
+    /// Longest stretch without a preemption point measured (a service phase, a handler run
+    /// with the TX stage before it, or the last TX stage of an iteration), ns; it includes any
+    /// time the OS took the thread off its CPU meanwhile.
+    pub longest_stretch_ns: u64,
+    /// The core's clock at its first and at its latest iteration.
+    pub first_ns: u64,
+    /// See `first_ns`.
+    pub last_ns: u64,
+}
+
+impl CoreGaugesSnapshot {
+    /// Share of the time between the first and the latest iteration the core was busy.
+    pub fn busy_share(&self) -> f64 {
+        let span = self.last_ns.saturating_sub(self.first_ns);
+        if span == 0 {
+            0.0
+        } else {
+            (self.busy_ns as f64 / span as f64).min(1.0)
+        }
+    }
+}
+
+impl CoreGauges {
+    /// Publishes one iteration that ran from `start` to `end` (busy or not) whose longest
+    /// stretch was `stretch`; the core's only writer calls it.
+    #[inline]
+    pub fn publish(&self, iterations: u64, start: u64, end: u64, busy: bool, stretch: u64) {
+        let r = Ordering::Relaxed;
+        if self.first_ns.load(r) == 0 {
+            self.first_ns.store(start.max(1), r);
+        }
+        self.iterations.store(iterations, r);
+        if busy {
+            self.busy_ns.store(
+                self.busy_ns.load(r).wrapping_add(end.saturating_sub(start)),
+                r,
+            );
+        }
+        if stretch > self.longest_stretch_ns.load(r) {
+            self.longest_stretch_ns.store(stretch, r);
+        }
+        self.last_ns.store(end, r);
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> CoreGaugesSnapshot {
+        let r = Ordering::Relaxed;
+        CoreGaugesSnapshot {
+            iterations: self.iterations.load(r),
+            busy_ns: self.busy_ns.load(r),
+            longest_stretch_ns: self.longest_stretch_ns.load(r),
+            first_ns: self.first_ns.load(r),
+            last_ns: self.last_ns.load(r),
+        }
+    }
+}

@@ -336,3 +336,34 @@ fn a_refused_open_leaves_its_slot_free() {
         .unwrap_err();
     assert!(e.to_string().contains("full"), "{e}");
 }
+
+#[test]
+fn the_core_publishes_its_busy_time_iterations_and_longest_stretch() {
+    let mut v = virtual_core(policy(4, true), 2);
+    v.clock.set(10_000);
+    let per = v.core.payload_per_packet() as usize;
+    let mut tx = v
+        .core
+        .open(rt(1, 1_000_000, 1, 1_000_000, 10 * per as u32))
+        .unwrap();
+    let gauges = v.core.gauges().clone();
+    // Nothing published before the first iteration.
+    assert_eq!(gauges.snapshot().iterations, 0);
+    tx.submit_at(&vec![7u8; 10 * per], 10_000).unwrap();
+    v.core.enable_trace(10);
+    v.run_until(10, 100);
+    // Idle for 1 ms of virtual time, then one more (idle) iteration.
+    v.clock.set(v.clock_now() + 1_000_000);
+    v.core.poll(&v.clock, &mut v.cpu);
+    let g = gauges.snapshot();
+    assert_eq!(g.iterations, v.core.stats().iterations);
+    // Ten packets at PACKET_COST each, in busy iterations only; the longest stretch is one run
+    // of k = 4 packets (stages and the service phase cost nothing on this virtual CPU).
+    assert_eq!(g.busy_ns, 10 * PACKET_COST);
+    assert_eq!(g.longest_stretch_ns, 4 * PACKET_COST);
+    assert_eq!(g.first_ns, 10_000);
+    assert_eq!(g.last_ns, v.clock_now());
+    let share = g.busy_share();
+    let want = (10 * PACKET_COST) as f64 / (v.clock_now() - 10_000) as f64;
+    assert!((share - want).abs() < 1e-12, "{share} vs {want}");
+}

@@ -168,6 +168,10 @@ struct StatsCmd {
     /// The port instead: link state, port and per-queue counters, xstats (dpdk).
     #[arg(long, conflicts_with = "id")]
     port: bool,
+    /// The polling cores instead: busy share, iterations, longest stretch without a
+    /// preemption point.
+    #[arg(long, conflicts_with_all = ["id", "port"])]
+    cores: bool,
 }
 
 #[derive(Args, Debug)]
@@ -237,6 +241,8 @@ enum AdmissionCmd {
 fn stats_cmd(cli: &Cli, s: &StatsCmd) -> ExitCode {
     let req = if s.port {
         Request::PortStats
+    } else if s.cores {
+        Request::CoreStats
     } else {
         Request::Stats(StatsArgs { id: s.id })
     };
@@ -248,6 +254,10 @@ fn stats_cmd(cli: &Cli, s: &StatsCmd) -> ExitCode {
                 let unsaved = r.state_save_failed.is_some();
                 let code = if s.port {
                     show(cli, r, client::port_table)
+                } else if s.cores {
+                    show(cli, r, |v: &Vec<control::protocol::CoreStatsInfo>| {
+                        client::cores_table(v)
+                    })
                 } else {
                     show(cli, r, |v: &Vec<ChannelStatsInfo>| client::stats_table(v))
                 };
@@ -636,16 +646,24 @@ fn run(cli: &Cli) -> ExitCode {
                         interval: t.interval,
                         count: None,
                         port: false,
+                        cores: false,
                     },
                 );
             }
             top::run(t.interval, || {
-                match call(cli, &Request::Stats(StatsArgs { id: None })) {
+                let channels = match call(cli, &Request::Stats(StatsArgs { id: None })) {
                     Ok(r) => r
                         .into_result::<Vec<ChannelStatsInfo>>()
-                        .map_err(|e| e.message),
-                    Err(_) => Err("the daemon does not answer".into()),
-                }
+                        .map_err(|e| e.message)?,
+                    Err(_) => return Err("the daemon does not answer".into()),
+                };
+                let cores = match call(cli, &Request::CoreStats) {
+                    Ok(r) => r
+                        .into_result::<Vec<control::protocol::CoreStatsInfo>>()
+                        .map_err(|e| e.message)?,
+                    Err(_) => return Err("the daemon does not answer".into()),
+                };
+                Ok((channels, cores))
             })
         }
         Command::Stats(s) => stats_cmd(cli, s),
@@ -825,11 +843,11 @@ mod top {
     use std::io::Write;
     use std::time::{Duration, Instant};
 
-    use control::protocol::ChannelStatsInfo;
+    use control::protocol::{ChannelStatsInfo, CoreStatsInfo};
     use control::units;
     use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyModifiers};
     use crossterm::{cursor, execute, queue, terminal};
-    use rtchan::daemon::client::top_screen;
+    use rtchan::daemon::client::top_screen_with_cores;
     use std::process::ExitCode;
 
     /// Leaves raw mode and the alternate screen when dropped.
@@ -868,7 +886,7 @@ mod top {
 
     pub fn run(
         interval: units::Duration,
-        mut fetch: impl FnMut() -> Result<Vec<ChannelStatsInfo>, String>,
+        mut fetch: impl FnMut() -> Result<(Vec<ChannelStatsInfo>, Vec<CoreStatsInfo>), String>,
     ) -> ExitCode {
         let period = Duration::from_nanos(interval.0.max(100_000_000));
         let screen = match Screen::enter() {
@@ -878,7 +896,7 @@ mod top {
                 return ExitCode::from(1);
             }
         };
-        let mut before: Vec<ChannelStatsInfo> = Vec::new();
+        let mut before: (Vec<ChannelStatsInfo>, Vec<CoreStatsInfo>) = Default::default();
         let mut last = Instant::now();
         loop {
             let (now, note) = match fetch() {
@@ -888,7 +906,8 @@ mod top {
             let dt = last.elapsed().as_secs_f64();
             last = Instant::now();
             let (_, rows) = terminal::size().unwrap_or((80, 24));
-            let mut lines = top_screen(&now, &before, dt, rows as usize);
+            let mut lines =
+                top_screen_with_cores(&now.0, &before.0, &now.1, &before.1, dt, rows as usize);
             if let Some(n) = note {
                 lines.insert(1, format!("(stale: {n})"));
             }

@@ -376,6 +376,27 @@ pub fn channel_detail(c: &ChannelInfo) -> String {
     s
 }
 
+/// `stats --cores`: one line per polling core.
+pub fn cores_table(cores: &[control::protocol::CoreStatsInfo]) -> String {
+    use std::fmt::Write;
+    let mut s = format!(
+        "{:<6} {:>14} {:>8} {:>12} {:>12}\n",
+        "core", "iterations", "busy", "uptime", "longest"
+    );
+    for c in cores {
+        let _ = writeln!(
+            s,
+            "{:<6} {:>14} {:>7.1}% {:>12} {:>12}",
+            c.core,
+            c.iterations,
+            c.busy_share * 100.0,
+            fmt_ns(c.uptime_ns),
+            fmt_ns(c.longest_stretch_ns)
+        );
+    }
+    s
+}
+
 /// The `stats --port` table: link, port counters, one line per queue pair, non-zero xstats.
 pub fn port_table(p: &control::protocol::PortStatsInfo) -> String {
     use std::fmt::Write;
@@ -601,12 +622,54 @@ pub fn top_screen(
     dt: f64,
     height: usize,
 ) -> Vec<String> {
+    top_screen_with_cores(now, before, &[], &[], dt, height)
+}
+
+/// One line of per-core figures for `top`: each core's busy share over the refresh (from the
+/// change of its busy time and uptime since `before`; since its start without one) and its
+/// longest stretch without a preemption point.
+pub fn core_line(
+    now: &[control::protocol::CoreStatsInfo],
+    before: &[control::protocol::CoreStatsInfo],
+) -> String {
+    if now.is_empty() {
+        return "cores: (no figures from the daemon)".into();
+    }
+    let parts: Vec<String> = now
+        .iter()
+        .map(|c| {
+            let share = match before.iter().find(|b| b.core == c.core) {
+                Some(b) if c.uptime_ns > b.uptime_ns => {
+                    c.busy_ns.saturating_sub(b.busy_ns) as f64 / (c.uptime_ns - b.uptime_ns) as f64
+                }
+                _ => c.busy_share,
+            };
+            format!(
+                "{} busy {:5.1}% longest {}",
+                c.core,
+                share.min(1.0) * 100.0,
+                fmt_ns(c.longest_stretch_ns)
+            )
+        })
+        .collect();
+    format!("cores: {}", parts.join(" | "))
+}
+
+/// [`top_screen`] with the cores' line ([`core_line`]).
+pub fn top_screen_with_cores(
+    now: &[ChannelStatsInfo],
+    before: &[ChannelStatsInfo],
+    cores: &[control::protocol::CoreStatsInfo],
+    cores_before: &[control::protocol::CoreStatsInfo],
+    dt: f64,
+    height: usize,
+) -> Vec<String> {
     let mut lines = vec![
         format!(
             "rtchan top: {} channel(s), refreshed every second; q quits",
             now.len()
         ),
-        "per-core busy share: not published by the daemon yet (see docs/cli.md)".to_string(),
+        core_line(cores, cores_before),
         String::new(),
         format!(
             "{:>6} {:<4} {:<12} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",

@@ -282,6 +282,7 @@ impl Control {
                         | Request::Show(_)
                         | Request::Stats(_)
                         | Request::PortStats
+                        | Request::CoreStats
                         | Request::PolicyShow
                         | Request::Ping,
                     ..
@@ -406,6 +407,7 @@ impl Control {
             }
             Request::Stats(a) => Reply::from_result(self.stats(a.id)),
             Request::PortStats => Reply::ok(self.dp.port_stats(&self.cfg)),
+            Request::CoreStats => Reply::ok(self.dp.core_stats()),
             Request::PolicyShow => Reply::ok(&self.policy),
             Request::PolicySet(u) => Reply::from_result(self.policy_set(&u)),
             Request::Ping => Reply::ok(serde_json::json!({})),

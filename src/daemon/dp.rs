@@ -229,6 +229,31 @@ impl Dataplane {
         let _ = (id, core);
     }
 
+    /// Every core's published figures (`core_stats`), sending cores first.
+    pub fn core_stats(&self) -> Vec<control::protocol::CoreStatsInfo> {
+        let info = |name: String, g: dataplane::stats::CoreGaugesSnapshot| {
+            control::protocol::CoreStatsInfo {
+                core: name,
+                iterations: g.iterations,
+                busy_ns: g.busy_ns,
+                uptime_ns: g.last_ns.saturating_sub(g.first_ns),
+                busy_share: g.busy_share(),
+                longest_stretch_ns: g.longest_stretch_ns,
+            }
+        };
+        self.tx
+            .iter()
+            .enumerate()
+            .map(|(i, c)| info(format!("tx{i}"), c.handle.gauges()))
+            .chain(
+                self.rx
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| info(format!("rx{i}"), c.handle.gauges())),
+            )
+            .collect()
+    }
+
     /// The port's state and counters (`port_stats`): kept for the DPDK port, which the cores
     /// share; the other backends' ports are owned by their cores.
     pub fn port_stats(&self, cfg: &DaemonConfig) -> control::protocol::PortStatsInfo {

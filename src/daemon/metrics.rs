@@ -124,6 +124,20 @@ impl Exposition {
         let _ = writeln!(f.lines, "{name}{l} {v}");
     }
 
+    /// A counter sample of a non-integer quantity (seconds), `name` ending in `_total`.
+    pub fn counter_f64(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        v: f64,
+    ) {
+        debug_assert!(name.ends_with("_total"), "{name}: counters end in _total");
+        let l = labels_text(labels, None);
+        let f = self.family(name, Kind::Counter, help);
+        let _ = writeln!(f.lines, "{name}{l} {}", num(v));
+    }
+
     /// A gauge sample.
     pub fn gauge(
         &mut self,

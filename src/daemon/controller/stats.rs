@@ -284,6 +284,36 @@ impl Control {
             &[("direction", "in")],
             self.inc.values().filter(|i| i.info.from != "local").count() as f64,
         );
+        // Per polling core: what it publishes on its own padded line (no lock on the core).
+        for c in self.dp.core_stats() {
+            let l = [("core", c.core.as_str())];
+            e.counter(
+                "rtchan_core_iterations_total",
+                "Polling loop iterations of the core.",
+                &l,
+                c.iterations,
+            );
+            e.counter_f64(
+                "rtchan_core_busy_seconds_total",
+                "Time the core spent in iterations that did work (rate() of it is the busy \
+                 share).",
+                &l,
+                c.busy_ns as f64 / 1e9,
+            );
+            e.gauge(
+                "rtchan_core_busy_ratio",
+                "Share of the core's time busy since its first iteration.",
+                &l,
+                c.busy_share,
+            );
+            e.gauge(
+                "rtchan_core_longest_stretch_seconds",
+                "Longest stretch without a preemption point the core measured (OS \
+                 preemption within it included).",
+                &l,
+                c.longest_stretch_ns as f64 / 1e9,
+            );
+        }
         e.finish()
     }
 
