@@ -326,6 +326,11 @@ const GRAN_MODEL_PER_PACKET: Nanos = GRAN_PER_PACKET + 10 * US;
 /// The longest background chunk admission is told: experiment 4's 1 µs step, times 100 (an
 /// idle poll's 20 µs sleep overshoots to about this).
 const GRAN_STEP: Nanos = 100 * US;
+/// The loop's service interval and TX window, scaled like every other time (100 times the
+/// cores' 20 µs and 4 µs): the service phase admission is told ([`GRAN_STEP`]) must fit in the
+/// interval, and the cores run at the intervals admission charges.
+const GRAN_SERVICE_INTERVAL: Nanos = 100 * dataplane::core::SERVICE_INTERVAL_NS;
+const GRAN_TX_WINDOW: Nanos = 100 * dataplane::core::TX_WINDOW_NS;
 /// The machine's allowance on the host bound (the veth runs' d = 10 ms).
 pub const MACHINE_HOST: Nanos = 10 * MS;
 /// The machine's further allowance end to end (the veth runs' D − d = 40 ms).
@@ -415,8 +420,14 @@ pub fn run_granularity(opts: &Opts) -> Result<Report, String> {
     let mut rows: Vec<(u32, Nanos, u64, f64)> = Vec::new();
     let mut mode = String::new();
     for &k in &ks {
-        let model = bounds::model(RATE_BPS, GRAN_MODEL_PER_PACKET, k, GRAN_STEP, false, 0);
+        let model = control::admission::ResourceModel {
+            service_interval_ns: GRAN_SERVICE_INTERVAL,
+            tx_window_ns: GRAN_TX_WINDOW,
+            ..bounds::model(RATE_BPS, GRAN_MODEL_PER_PACKET, k, GRAN_STEP, false, 0)
+        };
         let mut cfg = core_config(false);
+        cfg.service_interval = GRAN_SERVICE_INTERVAL;
+        cfg.tx_window = GRAN_TX_WINDOW;
         cfg.sched.granularity = k;
         // A run of k packets takes k x 200 µs: the budget must not cut it short.
         cfg.sched.run_budget_cycles = 100 * MS / 1000 * tsc_per_us();

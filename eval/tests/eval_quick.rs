@@ -101,9 +101,6 @@ fn veth_fairness() {
 }
 
 #[test]
-#[ignore = "known regression, issue 11: since admission charges the batched loop's service phase \
-            and TX stages, its model of the veth granularity experiment (200 us emulated per \
-            packet) admits the tight channel at no deadline; run with --ignored to see it"]
 fn veth_granularity() {
     if let Some(why) = eval::veth::skip_reason() {
         eprintln!("SKIPPED (veth): {why}");
