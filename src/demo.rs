@@ -20,8 +20,10 @@
 //! and prints its counters, the link scheduler's counters and packets per (channel, class) at
 //! the end: how the scheduler divided the core.
 //!
-//! The polling cores share one thread (the demo must run on a two-core laptop beside the
-//! application thread); on a server each would have its own pinned core.
+//! Each host's polling core has a thread of its own, as on two hosts: the sender's is pinned to
+//! the last CPU, the receiver's shares the first with the application thread (which sleeps
+//! between submissions). Idle loops sleep 20 µs, so the demo leaves room on a two-core laptop;
+//! on a server each core would be isolated and spin.
 
 use crate::preemption::{MissLog, MissVerdict, PreemptionProbe, Preemptions, SlowSubmits, Watcher};
 use control::admission::{Admission, AdmitError, ChannelRequest, CostModel, ResourceModel};
@@ -173,9 +175,11 @@ pub struct DemoReport {
     pub link_bps: u64,
     /// How long traffic ran.
     pub elapsed: Duration,
-    /// The polling thread's longest gaps between polls (they include the dataplane's own
-    /// work, so they are reported only).
+    /// The sending core's polling thread's longest gaps between polls (they include the
+    /// dataplane's own work, so they are reported only).
     pub stalls: PollStalls,
+    /// The same for the receiving core's thread.
+    pub rx_stalls: PollStalls,
     /// The polling and application threads' run-queue wait over the run, measured by a probe
     /// thread.
     pub preempted: Preemptions,
@@ -307,7 +311,7 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             args.link_mbps
         ),
         network_bound: NETWORK_AND_RECEIVE_BOUND,
-        idle_sleep: None,
+        idle_sleep: Some(Duration::from_micros(20)),
     };
     run_on(args, clock, a, b, &info)
 }
@@ -395,54 +399,65 @@ where
     });
     let be_rx = rx_core.open_receiver(1000, 1400, 4096);
 
-    // Start the two hosts' polling loop, then open the channels through the control ring.
-    // The probe measures the polling thread's OS preemption from its first iteration.
+    // Start the two hosts' polling loops, one thread each as on two hosts, then open the
+    // channels through the control ring. The probe measures both polling threads' OS
+    // preemption from their first iteration.
     let probe = PreemptionProbe::start().map_err(DemoError::Probe)?;
-    let (watched_tx, watched_rx) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = Arc::new(AtomicBool::new(false));
-    let poller = {
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    // The sender's core gets the last CPU to itself; the receiver's shares the first with the
+    // application thread (which sleeps between submissions).
+    let placement = [cpus.last().copied(), cpus.first().copied()];
+    let spawn = |name: &str, core: Core<P>, cpu: Option<core_affinity::CoreId>| {
+        let (watched_tx, watched_rx) = std::sync::mpsc::channel();
         let stop = stop.clone();
         let traffic = traffic.clone();
         let clock = clock.clone();
         let idle_sleep = link.idle_sleep;
         let watcher: Watcher = probe.watcher();
-        std::thread::Builder::new()
-            .name("rtchan-cores".into())
+        let pin = cpu.filter(|_| cpus.len() > 1);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
             .spawn(move || {
                 // A polling core of its own, at the highest ordinary priority when allowed.
                 // (Not SCHED_FIFO: the kernel's real-time throttling stalls such threads for
                 // tens of milliseconds every second unless it is turned off system-wide.)
-                let cpus = core_affinity::get_core_ids().unwrap_or_default();
-                if let Some(last) = cpus.last().filter(|_| cpus.len() > 1) {
-                    core_affinity::set_for_current(*last);
+                if let Some(c) = pin {
+                    core_affinity::set_for_current(c);
                 }
                 let rt = dataplane::core::raise_priority();
                 let _ = watched_tx.send(watcher.watch_current_thread());
-                poll_loop(tx_core, rx_core, &*clock, &stop, &traffic, rt, idle_sleep)
+                poll_loop(core, &*clock, &stop, &traffic, rt, idle_sleep)
             })
-            .expect("spawn polling thread")
+            .expect("spawn polling thread");
+        let watched = watched_rx
+            .recv()
+            .unwrap_or_else(|_| Err("the polling thread ended at start".into()));
+        (thread, watched)
     };
-    let watched = watched_rx
-        .recv()
-        .unwrap_or_else(|_| Err("the polling thread ended at start".into()));
-    if let Err(e) = watched {
+    let (tx_poller, tx_watched) = spawn("rtchan-core-a", tx_core, placement[0]);
+    let (rx_poller, rx_watched) = spawn("rtchan-core-b", rx_core, placement[1]);
+    let pollers = [tx_poller, rx_poller];
+    let stop_all = |pollers: [std::thread::JoinHandle<Polled<P>>; 2], e: String| {
         stop.store(true, Ordering::Relaxed);
-        let _ = poller.join();
-        return Err(DemoError::Probe(e));
+        for p in pollers {
+            let _ = p.join();
+        }
+        DemoError::Probe(e)
+    };
+    if let Err(e) = tx_watched.and(rx_watched) {
+        return Err(stop_all(pollers, e));
     }
-    // The application thread stays off the polling thread's CPU.
-    let cpus = core_affinity::get_core_ids().unwrap_or_default();
-    if cpus.len() > 1 {
-        core_affinity::set_for_current(cpus[0]);
+    // The application thread stays off the sender's CPU.
+    if let Some(c) = placement[1].filter(|_| cpus.len() > 1) {
+        core_affinity::set_for_current(c);
     }
     // It is watched too, apart: a message's life starts at its submit stamp, and a preemption
     // between the stamp and the enqueue delays it as much as one of the polling thread; its
     // waits count only within that message's own (timed) submit call.
     if let Err(e) = probe.watch_current_thread_apart(APP_THREAD) {
-        stop.store(true, Ordering::Relaxed);
-        let _ = poller.join();
-        return Err(DemoError::Probe(e));
+        return Err(stop_all(pollers, e));
     }
     let mut senders: Vec<Sender> = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
@@ -581,8 +596,10 @@ where
         std::thread::sleep(Duration::from_millis(1));
     }
     stop.store(true, Ordering::Relaxed);
-    let (mut tx_core, mut rx_core, realtime, stalls) =
-        poller.join().expect("polling thread panicked");
+    let [tx_poller, rx_poller] = pollers;
+    let (mut tx_core, realtime, stalls) = tx_poller.join().expect("polling thread panicked");
+    let (mut rx_core, rx_realtime, rx_stalls) = rx_poller.join().expect("polling thread panicked");
+    let realtime = realtime.and(rx_realtime);
     let preempted = probe.finish();
     if let Err(e) = realtime {
         println!(
@@ -621,6 +638,7 @@ where
         link_bps,
         elapsed,
         stalls,
+        rx_stalls,
         preempted,
         violation: args.violation,
     };
@@ -672,11 +690,11 @@ fn drain(receivers: &[Receiver], be: &Receiver, logs: &mut [MissLog]) {
     while be.recv_with(|_, _| ()).is_some() {}
 }
 
-type Polled<P> = (Core<P>, Core<P>, std::io::Result<()>, PollStalls);
+type Polled<P> = (Core<P>, std::io::Result<()>, PollStalls);
 
+/// One host's polling loop, until `stop`.
 fn poll_loop<P: Port>(
-    mut tx: Core<P>,
-    mut rx: Core<P>,
+    mut core: Core<P>,
     clock: &dyn Clock,
     stop: &AtomicBool,
     traffic: &AtomicBool,
@@ -690,16 +708,14 @@ fn poll_loop<P: Port>(
         if traffic.load(Ordering::Relaxed) {
             stalls.tick(clock.now());
         }
-        let a = tx.poll(clock, &mut tsc);
-        let b = rx.poll(clock, &mut tsc);
-        if a.is_idle() && b.is_idle() {
+        if core.poll(clock, &mut tsc).is_idle() {
             match idle_sleep {
                 Some(d) => std::thread::sleep(d),
                 None => std::thread::yield_now(),
             }
         }
     }
-    (tx, rx, realtime, stalls)
+    (core, realtime, stalls)
 }
 
 /// Formats nanoseconds with a unit people read.
