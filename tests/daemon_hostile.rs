@@ -274,14 +274,18 @@ fn hold_as(sock: &Path, uid: u32, gid: u32, n: usize) -> (std::process::Child, u
         .stdout(Stdio::piped())
         .spawn()
         .expect("setpriv runs");
-    let out = BufReader::new(child.stdout.take().unwrap());
-    for line in out.lines() {
-        let line = line.unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
         // libtest prints `test NAME ... ` before the test's own output, on the same line.
         if let Some(rest) = line.find("HELD ").map(|i| &line[i + 5..]) {
             let v: Vec<&str> = rest.split_whitespace().collect();
-            return (child, v[0].parse().unwrap(), v[2].parse().unwrap());
+            let counts = (v[0].parse().unwrap(), v[2].parse().unwrap());
+            // Keep reading what libtest prints after it, so its writes find a reader.
+            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+            return (child, counts.0, counts.1);
         }
+        line.clear();
     }
     let _ = child.kill();
     let _ = child.wait();
