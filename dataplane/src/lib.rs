@@ -35,27 +35,55 @@
 
 #![deny(unsafe_code)]
 
+// The files are grouped by stage (`tx/`, `queue/`, `core/`, `port/`, `rx/`, `sys/`); the
+// modules keep their flat paths (`dataplane::link`, `dataplane::core`, ...).
+
+// Sending: the application's handle and submit ring, the handler, the CPU and link schedulers.
+#[path = "tx/bench_path.rs"]
 #[doc(hidden)]
 pub mod bench_path;
+#[path = "tx/channel.rs"]
 pub mod channel;
-pub mod core;
-pub mod edf_queue;
-pub mod fault;
-pub mod handle;
+#[path = "tx/handler.rs"]
 mod handler;
+#[path = "tx/link.rs"]
 pub mod link;
-pub mod mem;
+#[path = "tx/sched.rs"]
+pub mod sched;
+#[path = "tx/source.rs"]
+pub mod source;
+
+// The EDF queue both schedulers use.
+#[path = "queue/edf_queue.rs"]
+pub mod edf_queue;
+
+// The polling core, its control-side handle and their slot table.
+pub mod core;
+#[path = "core/handle.rs"]
+pub mod handle;
+#[path = "core/slots.rs"]
+mod slots;
+
+// The port trait, the frame format, the in-memory link and the fault injector.
+#[path = "port/fault.rs"]
+pub mod fault;
+#[path = "port/memlink.rs"]
 pub mod memlink;
 pub mod port;
+#[path = "port/wire.rs"]
+pub mod wire;
+
+// Receiving.
 pub mod rx;
-pub mod sched;
-mod slots;
-pub mod source;
+
+// Shared by every stage.
+pub mod mem;
 pub mod spec;
 pub mod stats;
-pub mod sys;
 pub mod time;
-pub mod wire;
+
+// Every unsafe of the crate.
+pub mod sys;
 
 pub use handler::Enforcer;
 pub use sys::capture;
