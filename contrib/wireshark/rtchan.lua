@@ -1,7 +1,7 @@
 -- Wireshark dissector for rtchan (real-time channels), UDP port 7447.
 --
 -- The 40-byte rtchan header follows Ethernet / IPv4 / UDP (docs/wire.md,
--- dataplane/src/wire.rs). All fields are big-endian.
+-- dataplane/src/port/wire.rs). All fields are big-endian.
 --
 --   +0  u8   version (1)           +12 u32  message sequence number
 --   +1  u8   flags (bit 0: b-e)    +16 u32  message length
