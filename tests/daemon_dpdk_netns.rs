@@ -174,6 +174,10 @@ fn find(v: &[ChannelStatsInfo], id: u32) -> Result<&ChannelStatsInfo, String> {
 }
 
 #[test]
+#[ignore = "issue 11/14: its debug-build costs need a service interval of 4 ms, and a busy \
+            receiving core then takes one RX burst per 4 ms: in 1 of 3 runs the software hand-off \
+            dropped 582 frames (65 messages lost); the receive path's capacity at a stretched \
+            interval is not yet in admission; run with --ignored"]
 fn two_daemons_over_dpdk_vdevs_two_queues_each() {
     let test = "daemon_dpdk_netns";
     if !is_root() {
