@@ -575,8 +575,8 @@ fn worked_example_in_the_docs() {
     );
     assert_eq!((a.cpu_deadline, a.link_deadline), (32_389, 60_000));
     // Link-bound: the defaults (150 ns per packet, granularity 4).
-    // The CPU share is 18 896, not the 12 896 a lone job needs: d_c in 14 600..18 895 counts
-    // a second service phase and fails, and the split search takes the first d_c from which
-    // the test passes throughout (docs/admission.md §8, "pessimism").
-    assert_eq!(minimum(ResourceModel::default(), r), 18_896 + 30_145);
+    // The CPU share is the 12 896 a lone job needs, although d_c in 14 600..18 895 counts a
+    // second service phase and fails: the search walks over that gap, it does not bisect
+    // (docs/admission.md §3, "Split").
+    assert_eq!(minimum(ResourceModel::default(), r), 12_896 + 30_145);
 }

@@ -95,6 +95,12 @@ impl Blocking {
         self.steps.get(i).map_or(self.floor, |&(_, c)| c)
     }
 
+    /// The least `t' > t` with `B(t') != B(t)`, or `None` if `B` is constant after `t`.
+    pub fn next_change_after(&self, t: Nanos) -> Option<Nanos> {
+        let i = self.steps.partition_point(|&(d, _)| d <= t);
+        self.steps.get(i).map(|&(d, _)| d)
+    }
+
     /// `B(0)`, the largest value.
     pub fn max(&self) -> Nanos {
         self.at(0)

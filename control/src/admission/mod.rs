@@ -44,6 +44,7 @@ use thiserror::Error;
 
 use demand::{
     check_from as demand_check_from, least_passing, Blocking, Task, TaskSet, Unschedulable,
+    SEARCH_LIMIT,
 };
 pub use model::{CostModel, ModelError, Nanos, ResourceModel, RTCHAN_HEADER_LEN};
 
@@ -353,7 +354,23 @@ struct Candidates<'a> {
     link_groups: HashMap<u16, Vec<(Nanos, Nanos)>>,
 }
 
-impl Candidates<'_> {
+impl<'a> Candidates<'a> {
+    fn new(adm: &'a Admission, req: &'a ChannelRequest) -> Self {
+        let cost = &adm.model.cost;
+        let packets = cost.packets(req.mmax);
+        Candidates {
+            adm,
+            req,
+            spec: Spec {
+                packets,
+                cpu_cost: cost.cpu_cost(packets),
+                chunk: cost.handler_chunk(packets, adm.model.granularity),
+            },
+            cpu_blocking: HashMap::new(),
+            link_groups: HashMap::new(),
+        }
+    }
+
     fn cpu_task(&self, cpu_deadline: Nanos) -> Task {
         Task {
             cost: self.spec.cpu_cost,
@@ -398,6 +415,77 @@ impl Candidates<'_> {
                 .or_insert_with(|| self.adm.cores[usize::from(c)].cpu_blocking(floor, wc, extra))
                 .clone(),
         }
+    }
+
+    /// The least CPU deadline `>= lo` at which [`Self::cpu_test`] passes on `core`, or
+    /// `None` if none does up to [`SEARCH_LIMIT`].
+    ///
+    /// The test is not monotone in `d_c` (docs/admission.md §3, "Split"): the loop's service
+    /// phase and TX stages are no check points, so the own job can fail just past one of
+    /// their steps and pass before it; and without work conservation the own chunk blocks
+    /// every check point below `d_c`. So no bisection: the search walks up from `lo`, and
+    /// after each failure jumps to the least `d_c` at which the failing check point could
+    /// pass (every value skipped fails at that same point), the way response-time analysis
+    /// iterates. Each step moves at least 1 ns and is usually a whole slack.
+    fn least_cpu_deadline(&mut self, core: Option<u16>, lo: Nanos) -> Option<Nanos> {
+        let mut dc = lo.max(1);
+        while dc <= SEARCH_LIMIT {
+            let Err(e) = self.cpu_test(core, dc) else {
+                return Some(dc);
+            };
+            dc = self.next_cpu_candidate(core, dc, e)?;
+        }
+        None
+    }
+
+    /// After `cpu_test(core, dc)` failed with `e`: a `d_c' > dc` such that every value in
+    /// `(dc, d_c')` fails too, or `None` if every value above `dc` fails.
+    fn next_cpu_candidate(
+        &mut self,
+        core: Option<u16>,
+        dc: Nanos,
+        e: Unschedulable,
+    ) -> Option<Nanos> {
+        let Unschedulable::Demand {
+            t,
+            demand,
+            blocking,
+        } = e
+        else {
+            // U >= 1 does not depend on d_c.
+            return None;
+        };
+        let imin = self.req.imin;
+        // How far the check point's left side is above it (> 0: the point failed).
+        let excess = demand.saturating_add(blocking).saturating_sub(t).max(1);
+        let base: &[Task] = core.map_or(&[], |c| &self.adm.cores[usize::from(c)].tasks);
+        let fixed_point = base
+            .iter()
+            .any(|k| t >= k.deadline && (t - k.deadline) % k.period == 0);
+        let mut next: Nanos = dc + 1;
+        if fixed_point {
+            if t < dc {
+                // Our chunk may block it, our demand is 0 there: larger d_c cannot help.
+                return None;
+            }
+            // It stays put and fails until one of our jobs leaves the window [0, t].
+            let jobs = (t - dc) / imin + 1;
+            next = next.max(t - (jobs - 1) * imin + 1);
+        }
+        if t >= dc && (t - dc) % imin == 0 {
+            // One of our own deadlines: it moves with d_c, the demand before it does not
+            // drop, so it fails until it has moved by the excess or past a step down of B.
+            let mut b = self.blocking(core);
+            let until = if self.adm.model.work_conserving {
+                Nanos::MAX
+            } else {
+                dc
+            };
+            b.add([(until, self.spec.chunk + self.adm.model.cpu_blocking_extra())]);
+            let step = b.next_change_after(t).map_or(Nanos::MAX, |s| s - t);
+            next = next.max(dc.saturating_add(excess.min(step)));
+        }
+        Some(next)
     }
 
     /// The CPU test on `core` (`None`: an idle core) with CPU deadline `dc`.
@@ -634,19 +722,7 @@ impl Admission {
 
     fn decide(&self, req: &ChannelRequest) -> Result<Plan, AdmitError> {
         self.validate(req)?;
-        let cost = &self.model.cost;
-        let packets = cost.packets(req.mmax);
-        let mut cand = Candidates {
-            adm: self,
-            req,
-            spec: Spec {
-                packets,
-                cpu_cost: cost.cpu_cost(packets),
-                chunk: cost.handler_chunk(packets, self.model.granularity),
-            },
-            cpu_blocking: HashMap::new(),
-            link_groups: HashMap::new(),
-        };
+        let mut cand = Candidates::new(self, req);
         let d = req.deadline;
         let cores = Self::order(&self.cores, req.core);
         let txqs = Self::order(&self.txqs, req.txq);
@@ -657,7 +733,7 @@ impl Admission {
         // What an idle host could do: lower bounds for every search below.
         let alone_fits = cand.cpu_task(1).utilisation_fp() <= self.limit_fp();
         let cpu_idle = if alone_fits {
-            least_passing(1, |dc| cand.cpu_test(None, dc).is_ok())
+            cand.least_cpu_deadline(None, 1)
         } else {
             None
         };
@@ -723,7 +799,7 @@ impl Admission {
             .map(|&c| {
                 let ci = cpu_idle?;
                 cand.cpu_utilisation(c).ok()?;
-                least_passing(ci, |dc| cand.cpu_test(Some(c), dc).is_ok())
+                cand.least_cpu_deadline(Some(c), ci)
             })
             .collect();
         let x_min: Vec<Option<Nanos>> = txqs
@@ -738,7 +814,11 @@ impl Admission {
             for (qi, &q) in txqs.iter().enumerate() {
                 if let (Some(lo), Some(x)) = (dc_min[ci], x_min[qi]) {
                     if lo.saturating_add(x) <= d {
-                        let dc = split(lo, d - x, link_idle[&q].unwrap_or(x));
+                        // The test is not monotone in d_c: keep the split only if it passes.
+                        let mut dc = split(lo, d - x, link_idle[&q].unwrap_or(x));
+                        if dc != lo && cand.cpu_test(Some(c), dc).is_err() {
+                            dc = lo;
+                        }
                         return Ok(self.plan(&mut cand, c, q, dc));
                     }
                 }
@@ -882,3 +962,6 @@ fn ppm_up(fp: u128) -> u32 {
         u32::try_from(x.div_ceil(1 << 64)).unwrap_or(u32::MAX)
     })
 }
+
+#[cfg(test)]
+mod search_tests;
