@@ -91,8 +91,7 @@ pub struct PreemptionProbe {
 
 /// The calling thread's kernel thread id.
 pub fn current_tid() -> u32 {
-    // SAFETY: gettid has no arguments and cannot fail.
-    unsafe { libc::gettid() as u32 }
+    crate::sys::unix::thread_id()
 }
 
 /// Reads the run-queue wait (ns) from an open schedstat file.

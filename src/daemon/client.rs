@@ -5,7 +5,7 @@
 //! result as it came).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -16,7 +16,7 @@ use control::protocol::{
 use control::units::{fmt_ns, fmt_size};
 use dataplane::core::CoreStats;
 
-use super::server::MAX_REPLY_FDS;
+use crate::sys::unix::{recv_with_fds, send_all};
 
 /// Longest reply line read (a `list` of many channels is long; requests are capped at
 /// [`MAX_LINE`]).
@@ -49,75 +49,6 @@ impl Unreachable {
     pub fn permission_denied(&self) -> bool {
         self.kind == io::ErrorKind::PermissionDenied
     }
-}
-
-/// Receives into `buf`, appending any `SCM_RIGHTS` descriptors to `fds`; bytes read.
-fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast::<libc::c_void>(),
-        iov_len: buf.len(),
-    };
-    // u64 storage keeps the control buffer aligned for `cmsghdr`.
-    let mut control = [0u64; 16 + MAX_REPLY_FDS / 2];
-    // SAFETY: `msghdr` is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast::<libc::c_void>();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: `fd` is a live socket; `msg` points at `iov` (into `buf`) and `control`, both
-    // valid for writes of the sizes given and alive across the call.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel filled `msg`'s control area; CMSG_FIRSTHDR/NXTHDR walk it within
-    // `msg_controllen`, and each SCM_RIGHTS payload holds `(cmsg_len - CMSG_LEN(0)) / 4`
-    // descriptors now owned by this process.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::other(format!(
-            "the daemon sent more than {MAX_REPLY_FDS} file descriptors; some were lost"
-        )));
-    }
-    Ok(n as usize)
-}
-
-/// Writes all of `data` with `MSG_NOSIGNAL`: a daemon that went away is an error here, never a
-/// SIGPIPE that kills the calling program (the client library runs inside applications).
-fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        // SAFETY: `fd` is a live socket; `data` is valid for reads of its length.
-        let n = unsafe {
-            libc::send(
-                fd,
-                data.as_ptr().cast::<libc::c_void>(),
-                data.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        data = &data[n as usize..];
-    }
-    Ok(())
 }
 
 impl Client {

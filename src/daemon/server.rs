@@ -29,7 +29,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -42,13 +42,14 @@ use control::limits::LimitsConfig;
 use control::protocol::{decode, ApiError, ErrorKind, Reply, RequestLine, MAX_LINE};
 
 use super::Msg;
+use crate::sys::unix::{poll, send_with_fds, EventFd};
 
 /// Identifies one control-socket connection for the daemon's lifetime (never reused).
 pub type ConnId = u64;
 
 /// Most file descriptors one reply may carry (the kernel's `SCM_MAX_FD` is 253; a channel
 /// needs a few).
-pub const MAX_REPLY_FDS: usize = 16;
+pub const MAX_REPLY_FDS: usize = crate::sys::unix::MAX_FDS;
 
 /// Bytes read from a connection at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -85,34 +86,11 @@ pub struct Caller {
 }
 
 /// Reads the peer's credentials of a connected Unix socket.
-pub fn peer_credentials(s: &UnixStream) -> io::Result<(i32, u32, u32)> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: the fd is a live socket owned by `s`; `cred` and `len` are valid, writable and
-    // sized for SO_PEERCRED's `struct ucred`; the kernel writes at most `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast::<libc::c_void>(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((cred.pid, cred.uid, cred.gid))
-}
+pub use crate::sys::unix::peer_credentials;
 
 /// The daemon's effective user id.
 pub fn own_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    crate::sys::unix::effective_uid()
 }
 
 /// Supplementary groups of process `pid`, from `/proc/PID/status`.
@@ -157,42 +135,19 @@ impl Access {
 }
 
 /// An eventfd that wakes the event loop from another thread.
-struct Waker(OwnedFd);
+struct Waker(EventFd);
 
 impl Waker {
     fn new() -> io::Result<Self> {
-        // SAFETY: eventfd has no memory preconditions; a non-negative return is a new fd we own.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+        EventFd::new().map(Self)
     }
 
     fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to our eventfd. A full counter (EAGAIN)
-        // means a wake-up is pending already, so the result is not needed.
-        unsafe {
-            libc::write(
-                self.0.as_raw_fd(),
-                (&one as *const u64).cast::<libc::c_void>(),
-                8,
-            )
-        };
+        self.0.signal();
     }
 
     fn clear(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a valid u64 from our non-blocking eventfd.
-        unsafe {
-            libc::read(
-                self.0.as_raw_fd(),
-                (&mut v as *mut u64).cast::<libc::c_void>(),
-                8,
-            )
-        };
+        self.0.drain();
     }
 }
 
@@ -485,48 +440,6 @@ fn protocol_error(message: impl Into<String>) -> Reply {
     Reply::err(ApiError::new(ErrorKind::Protocol, message))
 }
 
-/// Sends `data` (and `fds` with its first byte) without raising SIGPIPE.
-fn send_with_fds(fd: RawFd, data: &[u8], fds: &[OwnedFd]) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let fd_bytes = std::mem::size_of_val(&0 as &RawFd) * fds.len();
-    // u64 storage keeps the control buffer aligned for `cmsghdr`.
-    let mut control = [0u64; 16 + MAX_REPLY_FDS / 2];
-    // SAFETY: `msghdr` is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        // SAFETY: CMSG_SPACE only computes a size.
-        let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-        debug_assert!(space <= std::mem::size_of_val(&control));
-        msg.msg_control = control.as_mut_ptr().cast::<libc::c_void>();
-        msg.msg_controllen = space as _;
-        // SAFETY: `msg` points at `control`, large enough for one cmsghdr with
-        // `fds.len() <= MAX_REPLY_FDS` descriptors, so CMSG_FIRSTHDR is non-null and the
-        // header and data writes stay inside `control`.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-            for (i, f) in fds.iter().enumerate() {
-                data.add(i).write_unaligned(f.as_raw_fd());
-            }
-        }
-    }
-    // SAFETY: `fd` is a live socket; `msg` and everything it points at outlive the call.
-    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 impl EventLoop {
     fn run(&mut self) {
         let mut fds: Vec<libc::pollfd> = Vec::new();
@@ -578,10 +491,8 @@ impl EventLoop {
             }
             let wait = self.next_deadline(now).min(MAX_POLL_WAIT);
             let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
-            // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            if n < 0 {
-                continue; // EINTR
+            if poll(&mut fds, ms).is_err() {
+                continue;
             }
             if fds[0].revents != 0 {
                 self.waker.clear();
