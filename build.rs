@@ -121,6 +121,7 @@ mod dpdk {
         // EAL
         "rte_eal_init",
         "rte_eal_cleanup",
+        "rte_eal_get_runtime_dir",
         "rte_strerror",
         "rte_lcore_id",
         "rte_socket_id",

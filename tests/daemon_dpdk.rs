@@ -206,10 +206,18 @@ fn good_port_brings_up_one_queue_pair_per_core() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
+    let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(policy.status.success(), "policy show: {policy:?}\n{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
+    // EAL's runtime directory of the daemon's own prefix is gone with it.
+    let runtime = rtchan::ports::dpdk::runtime_root().join(format!("rtchan-{pid}"));
+    assert!(
+        !runtime.exists(),
+        "{} left behind\n{err}",
+        runtime.display()
+    );
     assert!(
         err.contains("net_null0 (net_null): 3 TX/RX queue pair(s)"),
         "{err}"
@@ -232,6 +240,36 @@ fn good_port_brings_up_one_queue_pair_per_core() {
         assert!(report.contains(&format!("core {c}:")), "{report}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A daemon killed before EAL cleanup leaves `rtchan-<pid>`; the next daemon removes such
+/// directories of processes that are gone, and nothing else.
+#[test]
+fn stale_runtime_directories_of_dead_daemons_are_removed() {
+    let root = tmpdir("runtime-root");
+    let dead = (4_000_000u32..)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let mine = std::process::id();
+    for name in [
+        format!("rtchan-{dead}"),
+        format!("rtchan-{mine}"),
+        "rtchan-abc".to_owned(),
+        format!("other-{dead}"),
+    ] {
+        std::fs::create_dir_all(root.join(&name)).unwrap();
+    }
+    std::fs::write(root.join(format!("rtchan-{dead}/dpdk_telemetry.v2")), b"").unwrap();
+    assert_eq!(rtchan::ports::dpdk::remove_stale_runtime_dirs(&root), 1);
+    assert!(!root.join(format!("rtchan-{dead}")).exists());
+    for kept in [
+        format!("rtchan-{mine}"),
+        "rtchan-abc".to_owned(),
+        format!("other-{dead}"),
+    ] {
+        assert!(root.join(&kept).exists(), "{kept} was removed");
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[path = "common/dpdk_daemon.rs"]

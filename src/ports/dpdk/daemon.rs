@@ -74,7 +74,7 @@ pub fn eal_args(cfg: &DaemonConfig) -> Vec<String> {
         // instead, under a prefix of this process's own.
         (None, true) => args.extend([
             "--no-shconf".to_owned(),
-            format!("--file-prefix=rtchan-{}", std::process::id()),
+            format!("--file-prefix={OWN_PREFIX}{}", std::process::id()),
         ]),
     }
     if p.no_huge {
@@ -87,6 +87,47 @@ pub fn eal_args(cfg: &DaemonConfig) -> Vec<String> {
     }
     args.extend(p.eal_args.iter().cloned());
     args
+}
+
+/// Prefix of the per-process EAL file prefix `rtchan-<pid>` (see [`eal_args`]).
+const OWN_PREFIX: &str = "rtchan-";
+
+/// Where EAL puts runtime directories: `/var/run/dpdk` for root, else
+/// `$XDG_RUNTIME_DIR/dpdk` or `/tmp/dpdk` (EAL's `eal_create_runtime_dir`).
+pub fn runtime_root() -> std::path::PathBuf {
+    if crate::sys::unix::effective_uid() == 0 {
+        return "/var/run/dpdk".into();
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map_or_else(|| "/tmp".into(), std::path::PathBuf::from)
+        .join("dpdk")
+}
+
+/// Removes the runtime directories `rtchan-<pid>` under `root` whose process is gone (a
+/// daemon killed before EAL cleanup leaves its directory behind); how many. Only that
+/// name, made by this daemon for itself, is touched, and only when `/proc/<pid>` is absent.
+pub fn remove_stale_runtime_dirs(root: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(OWN_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if std::fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// The ethdev name of `device`: the vdev name before its arguments, or the PCI address with
@@ -111,7 +152,20 @@ pub struct DaemonPort {
     tx_pools: Vec<Mempool>,
     rx_pool: Mempool,
     mac: [u8; 6],
+    /// The runtime directory of this process's own file prefix, removed on drop.
+    own_runtime_dir: Option<std::path::PathBuf>,
     _eal: Eal,
+}
+
+impl Drop for DaemonPort {
+    fn drop(&mut self) {
+        // EAL is never cleaned up while a pool may have mbufs out (see `Mempool`), and it
+        // leaves its directory behind even when it is (its telemetry socket goes at exit).
+        // The directory of this process's own prefix is nobody else's: remove it whole.
+        if let Some(dir) = &self.own_runtime_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl std::fmt::Debug for DaemonPort {
@@ -130,6 +184,9 @@ impl DaemonPort {
         let dev = p.device.as_deref().unwrap_or_default();
         let cores = cfg.cores.len();
         let args = eal_args(cfg);
+        if p.file_prefix.is_none() && p.no_huge {
+            remove_stale_runtime_dirs(&runtime_root());
+        }
         let eal = Eal::init_keep_affinity(&args).map_err(|e| {
             err(
                 "port.eal_args",
@@ -251,6 +308,9 @@ impl DaemonPort {
             tx_pools,
             rx_pool,
             mac,
+            own_runtime_dir: (p.file_prefix.is_none() && p.no_huge)
+                .then(|| eal.runtime_dir().map(std::path::Path::to_path_buf))
+                .flatten(),
             _eal: eal,
         })
     }

@@ -32,6 +32,9 @@ pub struct Eal {
 
 struct EalInner {
     args: Vec<String>,
+    /// EAL's runtime directory (`/var/run/dpdk/<file-prefix>` for root), removed after
+    /// cleanup if EAL left it empty.
+    runtime_dir: Option<std::path::PathBuf>,
     /// Set once `rte_eal_cleanup` ran (explicitly), so `Drop` does not run it twice.
     cleaned: AtomicBool,
 }
@@ -84,9 +87,18 @@ impl Eal {
         if ret < 0 {
             return Err(Error::from_rte_errno("rte_eal_init"));
         }
+        // SAFETY: EAL is initialised; the call returns a pointer to a NUL-terminated string
+        // in EAL's static storage (or NULL), valid until cleanup; it is copied at once.
+        let dir = unsafe { ffi::rte_eal_get_runtime_dir() };
+        let runtime_dir = (!dir.is_null()).then(|| {
+            // SAFETY: non-NULL, NUL-terminated, alive (see above).
+            let s = unsafe { std::ffi::CStr::from_ptr(dir) };
+            std::path::PathBuf::from(s.to_string_lossy().into_owned())
+        });
         Ok(Eal {
             inner: Arc::new(EalInner {
                 args,
+                runtime_dir,
                 cleaned: AtomicBool::new(false),
             }),
         })
@@ -204,6 +216,11 @@ impl Eal {
         }
     }
 
+    /// EAL's runtime directory (`rte_eal_get_runtime_dir`), if it reported one.
+    pub fn runtime_dir(&self) -> Option<&std::path::Path> {
+        self.inner.runtime_dir.as_deref()
+    }
+
     /// Runs `rte_eal_cleanup` now. Fails with [`Error::EalInUse`] (and does nothing) while
     /// other clones of this handle, pools or ports, are alive. Without an explicit call,
     /// cleanup runs when the last handle is dropped. EAL cannot be initialised again after.
@@ -225,6 +242,11 @@ impl EalInner {
         let ret = unsafe { ffi::rte_eal_cleanup() };
         if ret < 0 {
             return Err(Error::rte("rte_eal_cleanup", ret));
+        }
+        // EAL removes its sockets but not their directory: one empty directory per process
+        // would pile up under /var/run/dpdk. `remove_dir` leaves a non-empty one alone.
+        if let Some(dir) = &self.runtime_dir {
+            let _ = std::fs::remove_dir(dir);
         }
         Ok(())
     }

@@ -51,7 +51,10 @@ mod queues;
 mod sched;
 pub mod telemetry;
 
-pub use daemon::{eal_args, pool_sizes, port_name, DaemonPort, PortReport, QueueReport};
+pub use daemon::{
+    eal_args, pool_sizes, port_name, remove_stale_runtime_dirs, runtime_root, DaemonPort,
+    PortReport, QueueReport,
+};
 pub use eal::Eal;
 pub use error::{last_rte_errno, strerror, Error, Result};
 pub use ethdev::{EthConfig, EthPort, EthStats, LinkStatus, PortId};
