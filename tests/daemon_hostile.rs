@@ -340,7 +340,14 @@ fn a_connection_flood_is_capped_and_the_operator_still_gets_in() {
     assert_eq!((held_c, refused_c), (0, 10), "the readers' share is full");
 
     // The daemon holds the helpers' 16 connections, not 3,110 (this test's own are closed).
-    let held = daemon_connections(&sock);
+    // A refused connection is closed by the daemon after its line is written, so the last
+    // few may still be open for a moment: wait for the count to stop falling.
+    let settle = Instant::now();
+    let mut held = daemon_connections(&sock);
+    while held > 16 && settle.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        held = daemon_connections(&sock);
+    }
     assert_eq!(held, 16, "the connections the daemon holds");
     assert!(counters.refused_cap.load(Ordering::Relaxed) >= 3000 - 8 + 92 + 10);
 
