@@ -79,6 +79,13 @@ pub trait CycleMeter {
     /// Called after a TX stage released `packets` and handed them to the port.
     #[inline]
     fn on_tx_stage(&mut self, _packets: usize) {}
+    /// Called after the service phase's reassembly-maintenance check (and its step, when one
+    /// was due), which follows the RX bursts (`rtchand calibrate` times the phase's parts).
+    #[inline]
+    fn on_maintain(&mut self) {}
+    /// Called after the service phase's client scan looked at `rings` client-fed channels.
+    #[inline]
+    fn on_client_scan(&mut self, _rings: usize) {}
     /// Converts a cycle count to nanoseconds.
     fn cycles_to_ns(&self, cycles: u64) -> Nanos;
 }

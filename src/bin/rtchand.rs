@@ -34,7 +34,8 @@ enum Command {
         #[arg(long)]
         discard_state: bool,
     },
-    /// Measure the CPU cost per message and per packet and print a `[cost]` fragment.
+    /// Measure every CPU cost admission charges, through the real loop, and print a
+    /// `[cost]`/`[rx_cost]` fragment.
     Calibrate(CalibrateArgs),
     /// Show real-time channels holding their deadlines under a best-effort flood (no NIC needed).
     Demo(rtchan::demo::DemoArgs),
@@ -42,7 +43,7 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct CalibrateArgs {
-    /// Samples per message size.
+    /// Samples per measured stretch (at least 1000).
     #[arg(long, default_value_t = 20_000)]
     samples: u32,
     /// Packets of the multi-packet message.
@@ -54,7 +55,7 @@ struct CalibrateArgs {
     /// IP MTU.
     #[arg(long, default_value_t = 1500)]
     mtu: u32,
-    /// Also write the `[cost]` fragment to this file.
+    /// Also write the fragment to this file.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
     /// Print the measurements as JSON.
@@ -136,19 +137,13 @@ fn calibrate(a: &CalibrateArgs) -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&c).expect("serialises"));
     } else {
         println!(
-            "{:<10} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8}",
-            "message", "samples", "mean", "p50", "p99", "p99.9", "max"
+            "{:<42} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "stretch", "samples", "mean", "p50", "p99", "p99.9", "max"
         );
-        for d in [&c.single, &c.multi] {
+        for d in &c.distributions {
             println!(
-                "{:<10} {:>8} {:>8.0}ns {:>6}ns {:>6}ns {:>6}ns {:>6}ns",
-                format!("{} pkt", d.packets),
-                d.samples,
-                d.mean,
-                d.p50,
-                d.p99,
-                d.p999,
-                d.max
+                "{:<42} {:>8} {:>8.0}ns {:>6}ns {:>6}ns {:>6}ns {:>6}ns",
+                d.what, d.samples, d.mean, d.p50, d.p99, d.p999, d.max
             );
         }
         println!();

@@ -2,9 +2,10 @@
 //! TX queue, and what the host has to offer.
 //!
 //! Everything here is integer arithmetic in nanoseconds and bytes. The defaults are
-//! conservative placeholders for a 10 Gb/s port and a modern server core; a deployment
-//! replaces them with figures calibrated on its own machine (the dataplane's per-packet
-//! benchmark measures them) and loads them from its configuration file through serde.
+//! placeholders for a 10 Gb/s port and a modern server core, not bounds of any machine
+//! (docs/admission.md §8); a deployment replaces them with figures `rtchand calibrate`
+//! measures on its own machine through the real polling loop, and loads them from its
+//! configuration file through serde.
 
 use dataplane::core::{
     CONTROL_PER_SERVICE, RX_BURSTS_PER_SERVICE, SERVICE_INTERVAL_NS, TX_WINDOW_NS,

@@ -918,8 +918,10 @@ impl<P: Port> Core<P> {
         if self.rx.maintenance_due(now) {
             self.rx.maintain_step(now); // bounded: MAINTAIN_SLOTS_PER_STEP
         }
+        meter.on_maintain();
         // Client-fed channels' rings (bounded: CLIENT_SCAN_PER_ITERATION).
         self.scan_clients(now);
+        meter.on_client_scan(self.clients.len().min(CLIENT_SCAN_PER_ITERATION));
         // Commands are only taken here, between runs: a handler never sees its configuration
         // change mid-run.
         for _ in 0..CONTROL_PER_SERVICE {
