@@ -134,7 +134,8 @@ fn a_poisoned_ring_closes_only_its_channel() {
         .unwrap();
     let r2 = rx.open_receiver(2, 100, 64);
     let (prod_line, ..) = region.offsets();
-    region.scribble(prod_line, &u64::MAX.to_le_bytes());
+    // SAFETY: the core is polled on this thread only, after the write.
+    unsafe { region.scribble(prod_line, &u64::MAX.to_le_bytes()) };
     let mut cpu = VirtualCpu {
         clock: clock.clone(),
         per_packet: 200,
@@ -214,4 +215,39 @@ fn client_stamps_are_held_to_the_admitted_window() {
     assert_eq!(n2, 200, "the honest channel's messages all arrive");
     assert_eq!(r2.stats().deadline_misses.get(), 0);
     assert_eq!(other.stats().late_packets.get(), 0);
+}
+
+/// A core serves at most `CLIENT_SCAN_PER_ITERATION` client-fed channels, the number its client
+/// scan checks each service phase (the release jitter they are admitted with assumes it); the
+/// next one is refused with the reason, and in-process channels still open.
+#[test]
+fn a_core_refuses_more_client_fed_channels_than_one_scan_checks() {
+    use dataplane::core::{CoreError, CLIENT_SCAN_PER_ITERATION};
+    let clock = ManualClock::new(1_000);
+    let (a, _b) = MemLink::pair(MemLinkConfig::default(), Arc::new(clock.clone()));
+    let mut tx = Core::new(CoreConfig::default(), a).unwrap();
+    let ring = |id: u32| {
+        Region::heap::<SubmitDesc>(&Params {
+            mmax: 100,
+            capacity: 4,
+            drop_oldest: false,
+            channel: id,
+        })
+        .unwrap()
+    };
+    let n = CLIENT_SCAN_PER_ITERATION as u32;
+    for id in 1..=n {
+        let cfg = ChannelConfig::real_time(id, spec(100, 100_000, 400_000));
+        tx.open_ring(cfg, ring(id), JITTER).unwrap();
+    }
+    let cfg = ChannelConfig::real_time(n + 1, spec(100, 100_000, 400_000));
+    match tx.open_ring(cfg, ring(n + 1), JITTER) {
+        Err(e @ CoreError::ClientsFull(max)) => {
+            assert_eq!(max, CLIENT_SCAN_PER_ITERATION);
+            assert!(e.to_string().contains("client-fed"), "{e}");
+        }
+        other => panic!("the 65th client-fed channel was not refused: {other:?}"),
+    }
+    tx.open(ChannelConfig::real_time(n + 2, spec(100, 100_000, 400_000)))
+        .unwrap();
 }

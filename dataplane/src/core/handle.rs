@@ -8,7 +8,7 @@
 //! receiver) is dropped here, in [`ControlRing::take_ack`](crate::core::ControlRing::take_ack).
 
 use crate::channel::{ChannelShared, Doorbell, Sender};
-use crate::core::{Command, ControlRing, Core, CoreError};
+use crate::core::{Command, ControlRing, Core, CoreError, CLIENT_SCAN_PER_ITERATION};
 use crate::port::Port;
 use crate::rx::{Receiver, ReceiverState, RxPath, RxRejects, RxShared};
 use crate::sched::SchedPolicy;
@@ -95,7 +95,10 @@ pub struct CoreHandle {
     sink: Arc<SampleSink>,
     payload_per_packet: u32,
     tx_queue: u16,
-    slots: Slots<()>,
+    /// Open sending channels; the flag says client-fed.
+    slots: Slots<bool>,
+    /// How many of them are client-fed (at most [`CLIENT_SCAN_PER_ITERATION`]).
+    clients: usize,
     early_acks: HashMap<u64, Result<(), CoreError>>,
     rx_rejects: Arc<RxRejects>,
     max_frame: usize,
@@ -112,6 +115,7 @@ impl CoreHandle {
             payload_per_packet: core.payload_per_packet(),
             tx_queue: core.config().tx_queue,
             slots: Slots::new(core.config().max_channels as usize),
+            clients: 0,
             early_acks: HashMap::new(),
             rx_rejects: core.rx_rejects(),
             max_frame: core.port().capabilities().max_frame,
@@ -216,7 +220,7 @@ impl CoreHandle {
             return Err(CoreError::Full(self.slots.capacity()));
         }
         self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
-        self.slots.insert(id, slot, ());
+        self.slots.insert(id, slot, false);
         Ok(Sender::new(shared))
     }
 
@@ -229,13 +233,19 @@ impl CoreHandle {
         config: ChannelConfig,
         release_jitter: Nanos,
     ) -> Result<Arc<ChannelShared>, CoreError> {
+        // The release jitter admission charges assumes the core's client scan sees every
+        // client-fed ring each service phase: one more would wait several phases.
+        if self.clients >= CLIENT_SCAN_PER_ITERATION {
+            return Err(CoreError::ClientsFull(CLIENT_SCAN_PER_ITERATION));
+        }
         let p = self.prepare_open(config)?;
         let shared =
             ChannelShared::new_client(p.config, p.slot, p.doorbell, &p.sink, release_jitter)
                 .map_err(|e| CoreError::Ring(e.to_string()))?;
         let (id, slot) = (shared.config.id, shared.slot);
         self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
-        self.slots.insert(id, slot, ());
+        self.slots.insert(id, slot, true);
+        self.clients += 1;
         Ok(shared)
     }
 
@@ -245,7 +255,9 @@ impl CoreHandle {
         // A drain waits for the queue to empty: allow for a full buffer's worth of sending.
         let timeout = if drain { ACK_TIMEOUT * 5 } else { ACK_TIMEOUT };
         self.send(Command::Close { id, drain }, timeout)?;
-        self.slots.remove(slot);
+        if self.slots.remove(slot) == Some(true) {
+            self.clients -= 1;
+        }
         Ok(())
     }
 
@@ -301,10 +313,9 @@ impl CoreHandle {
     ) -> Result<Receiver, CoreError> {
         let reassembly = Self::reassembly_slots(region.params().capacity);
         let shared = RxShared::with_app(id, mmax, reassembly, region, wake, &self.sink, source);
-        self.open_built_receiver(BuiltReceiver {
-            state: RxPath::prepare(shared.clone(), reassembly),
-            shared,
-        })
+        let state = RxPath::prepare_app(shared.clone(), reassembly)
+            .map_err(|e| CoreError::Ring(format!("channel {id}'s delivery ring: {e}")))?;
+        self.open_built_receiver(BuiltReceiver { state, shared })
     }
 
     /// Closes the receive side of a channel.

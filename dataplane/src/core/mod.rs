@@ -192,6 +192,10 @@ pub enum CoreError {
     /// A client-fed channel's shared-memory ring could not be created.
     #[error("shared-memory ring: {0}")]
     Ring(String),
+    /// The core already has as many client-fed channels as one client scan checks: another
+    /// would wait more than the release jitter it is admitted with.
+    #[error("the core already serves {0} client-fed channels, as many as its client scan checks each service phase; open it on another core")]
+    ClientsFull(usize),
     /// The core stopped before applying the command.
     #[error("the polling core is not running")]
     NotRunning,
@@ -623,6 +627,9 @@ impl<P: Port> Core<P> {
         }
         if !self.handlers.is_free(slot) {
             return Err((CoreError::Full(self.cfg.max_channels), shared));
+        }
+        if shared.is_client() && self.clients.len() >= CLIENT_SCAN_PER_ITERATION {
+            return Err((CoreError::ClientsFull(CLIENT_SCAN_PER_ITERATION), shared));
         }
         let generation = self.generations[slot as usize].wrapping_add(1);
         self.generations[slot as usize] = generation;

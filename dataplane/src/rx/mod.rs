@@ -22,7 +22,7 @@
 //! ring buffer, published, and the application's eventfd is signalled only when it said it
 //! sleeps (at most one `write` per sleep).
 
-use crate::shm::{DeliverDesc, Producer, Region, DELIVER_LATE};
+use crate::shm::{DeliverDesc, Producer, Region, ShmError, DELIVER_LATE};
 use crate::spec::ChannelId;
 use crate::stats::{Counter, SampleProducer, SampleSink, SharedHistogram};
 use crate::time::Nanos;
@@ -454,8 +454,39 @@ impl RxPath {
         self.samples.sink()
     }
 
-    /// Builds a receiver's core-side state with `reassembly` slots (control path: allocates).
+    /// Builds an in-process receiver's core-side state with `reassembly` slots (control path:
+    /// allocates).
+    ///
+    /// # Panics
+    /// If `shared` delivers into a client's ring: use [`RxPath::prepare_app`], which can fail.
     pub fn prepare(shared: Arc<RxShared>, reassembly: u32) -> ReceiverState {
+        assert!(
+            shared.app.is_none(),
+            "a receiver delivering into a client's ring is prepared with prepare_app"
+        );
+        Self::prepare_with(shared, reassembly, None)
+    }
+
+    /// Builds the core-side state of a receiver whose application is another process: takes
+    /// the producing end of its delivery ring, or says why it cannot (the end already taken,
+    /// a region of another kind).
+    pub fn prepare_app(shared: Arc<RxShared>, reassembly: u32) -> Result<ReceiverState, ShmError> {
+        let app = match shared.app.as_ref() {
+            Some(a) => Producer::new(a.region.clone())?,
+            None => {
+                return Err(ShmError::Params(
+                    "the receiver has no delivery ring to produce into".into(),
+                ))
+            }
+        };
+        Ok(Self::prepare_with(shared, reassembly, Some(app)))
+    }
+
+    fn prepare_with(
+        shared: Arc<RxShared>,
+        reassembly: u32,
+        app: Option<Producer<DeliverDesc>>,
+    ) -> ReceiverState {
         // Every fragment but a lone empty one carries at least a byte, and counts are 16-bit.
         let words = (shared.mmax as usize).min(1 << 16).div_ceil(64).max(1);
         let slots = (0..reassembly.max(1))
@@ -471,10 +502,7 @@ impl RxPath {
             .collect();
         ReceiverState(Box::new(RxChannel {
             latency_key: shared.stats.latency.key(),
-            app: shared
-                .app
-                .as_ref()
-                .and_then(|a| Producer::new(a.region.clone()).ok()),
+            app,
             shared,
             slots,
             next_expected: 0,
@@ -1294,5 +1322,26 @@ mod tests {
             s.lost.get()
         );
         assert!(s.lost.get() < 10 * u64::from(SEQ_WINDOW_AHEAD));
+    }
+
+    /// A delivery ring whose producing end cannot be taken is refused with the reason, not
+    /// opened with nowhere to deliver.
+    #[test]
+    fn a_delivery_ring_that_cannot_be_produced_into_is_refused() {
+        let sink = SampleSink::new();
+        let region = Region::heap::<DeliverDesc>(&crate::shm::Params {
+            mmax: 10,
+            capacity: 2,
+            drop_oldest: false,
+            channel: 1,
+        })
+        .unwrap();
+        let _taken = Producer::<DeliverDesc>::new(region.clone()).unwrap();
+        let wake = crate::shm::eventfd().unwrap();
+        let shared = RxShared::with_app(1, 10, 2, region, wake, &sink, None);
+        match RxPath::prepare_app(shared, 2) {
+            Err(ShmError::EndTaken("producer")) => {}
+            other => panic!("expected the producer end to be refused, got {other:?}"),
+        }
     }
 }

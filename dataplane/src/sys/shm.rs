@@ -16,7 +16,7 @@
 //! 0        header      written once by the creator, read-only after: magic, version, sizes
 //! LINE     producer    tail, woken_seq, free_head  (written by the producer only)
 //! 2·LINE   consumer    head, free_tail, sleep_seq  (written by the consumer only)
-//! 3·LINE   daemon      closed, invalid             (written by the daemon only)
+//! 3·LINE   daemon      closed, invalid             (written by the daemon only, never read back)
 //! 4·LINE   descriptors slots × desc_size (slots a power of two ≥ max_queued)
 //!          free ring   free_slots × 4 bytes (a power of two ≥ nbufs), buffer indices
 //!          buffers     nbufs × buf_stride (mmax rounded up to 64 bytes)
@@ -55,6 +55,13 @@
 //!    reads `sleep_seq`: when it differs from its `woken_seq` it stores it and signals the
 //!    consumer's eventfd. Each side writes before it reads (a Dekker pair), so a message
 //!    published while the consumer goes to sleep is seen by one side or the other.
+//!
+//! 8. The daemon line is the creator's (the daemon's) *publication* of its own state: the
+//!    creating side keeps `closed` and the invalid count in process memory and only stores
+//!    them to the line; it never loads them back, so a client writing that line (it maps the
+//!    whole region) cannot reopen a channel the daemon closed, close one the daemon still
+//!    serves, or change the counts the daemon reports. Only a mapping side (the client) reads
+//!    the line, and it never writes it (its own closing and counting stay in its memory).
 //!
 //! Message bytes in a buffer may change under the reader if the other process misbehaves; they
 //! are read as plain bytes (any value is valid), copied once by the consumer, and only that
@@ -306,6 +313,13 @@ pub struct Region {
     backing: Backing,
     producer_taken: AtomicBool,
     consumer_taken: AtomicBool,
+    /// This process created the region (the daemon; heap regions too): it publishes the
+    /// daemon line and never reads it back (invariant 8).
+    creator: bool,
+    /// Closed as this process knows it (authoritative for the creator).
+    closed_here: AtomicBool,
+    /// Invalid entries this process counted (authoritative for the creator).
+    invalid_here: AtomicU64,
 }
 
 // SAFETY: the region is plain memory; every access to the shared parts goes through atomics or
@@ -343,6 +357,9 @@ impl Region {
             backing: Backing::Heap(layout),
             producer_taken: AtomicBool::new(false),
             consumer_taken: AtomicBool::new(false),
+            creator: true,
+            closed_here: AtomicBool::new(false),
+            invalid_here: AtomicU64::new(0),
         };
         r.prefault();
         r.init();
@@ -380,6 +397,9 @@ impl Region {
             backing: Backing::Mapped(fd),
             producer_taken: AtomicBool::new(false),
             consumer_taken: AtomicBool::new(false),
+            creator: true,
+            closed_here: AtomicBool::new(false),
+            invalid_here: AtomicU64::new(0),
         };
         r.init();
         Ok(Arc::new(r))
@@ -451,6 +471,9 @@ impl Region {
             backing: Backing::Mapped(fd),
             producer_taken: AtomicBool::new(false),
             consumer_taken: AtomicBool::new(false),
+            creator: false,
+            closed_here: AtomicBool::new(false),
+            invalid_here: AtomicU64::new(0),
         }))
     }
 
@@ -577,37 +600,65 @@ impl Region {
         tail.wrapping_sub(head).min(u64::from(self.hdr.max_queued))
     }
 
-    /// Marks the channel closed (the daemon's line): both ends see it.
+    /// Marks the channel closed. The creator (the daemon) also publishes it on the daemon
+    /// line, where the other process sees it; a mapping side only notes it for itself.
     pub fn close(&self) {
-        self.atomic32(OFF_DAEMON + DAEMON_CLOSED)
-            .store(1, Ordering::Release);
+        self.closed_here.store(true, Ordering::Release);
+        if self.creator {
+            self.atomic32(OFF_DAEMON + DAEMON_CLOSED)
+                .store(1, Ordering::Release);
+        }
     }
 
-    /// True once [`Region::close`] was called (by the daemon, or on a poisoned ring).
+    /// True once closed: for the creator only by its own [`Region::close`] (or a poisoned
+    /// ring), never by what the daemon line says (invariant 8); for a mapping side also when
+    /// the daemon published it.
     pub fn is_closed(&self) -> bool {
-        self.atomic32(OFF_DAEMON + DAEMON_CLOSED)
-            .load(Ordering::Acquire)
-            != 0
+        self.closed_here.load(Ordering::Acquire)
+            || (!self.creator
+                && self
+                    .atomic32(OFF_DAEMON + DAEMON_CLOSED)
+                    .load(Ordering::Acquire)
+                    != 0)
     }
 
-    /// Invalid descriptors or entries the daemon counted in this ring.
+    /// Invalid descriptors or entries counted in this ring: the creator's own count, or, on a
+    /// mapping side, what the daemon published.
     pub fn invalid(&self) -> u64 {
-        self.atomic64(OFF_DAEMON + DAEMON_INVALID)
-            .load(Ordering::Relaxed)
+        if self.creator {
+            self.invalid_here.load(Ordering::Relaxed)
+        } else {
+            self.atomic64(OFF_DAEMON + DAEMON_INVALID)
+                .load(Ordering::Relaxed)
+        }
     }
 
     fn count_invalid(&self) {
-        let a = self.atomic64(OFF_DAEMON + DAEMON_INVALID);
-        a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        // One consumer thread counts (see `Consumer`): a plain load and store suffice.
+        let n = self.invalid_here.load(Ordering::Relaxed).wrapping_add(1);
+        self.invalid_here.store(n, Ordering::Relaxed);
+        if self.creator {
+            self.atomic64(OFF_DAEMON + DAEMON_INVALID)
+                .store(n, Ordering::Relaxed);
+        }
     }
 
-    /// Writes raw bytes at `offset` (tests: what a misbehaving process could do).
+    /// Writes raw bytes at `offset` (tests: what a misbehaving process could do to its
+    /// mapping). Panics when the bytes are not inside the region.
+    ///
+    /// # Safety
+    /// No other thread of this process may access these bytes during the call (a plain store
+    /// racing with this process's atomics is a data race). Another process writing them is
+    /// what the ring is built to survive (invariant 4); within one process, call it only
+    /// while no ring end is in use on another thread.
     #[doc(hidden)]
-    pub fn scribble(&self, offset: usize, bytes: &[u8]) {
-        assert!(offset + bytes.len() <= self.len());
+    pub unsafe fn scribble(&self, offset: usize, bytes: &[u8]) {
+        assert!(offset
+            .checked_add(bytes.len())
+            .is_some_and(|end| end <= self.len()));
         for (i, &b) in bytes.iter().enumerate() {
-            // SAFETY: inside the region (checked above); a byte store racing with atomics of
-            // this process is what the module is built to survive (invariant 4).
+            // SAFETY: inside the region (checked above); the caller excludes concurrent
+            // accesses from this process.
             unsafe { self.base.as_ptr().add(offset + i).write_volatile(b) };
         }
     }
@@ -845,8 +896,8 @@ impl<D: Descriptor> Producer<D> {
 }
 
 /// A validated descriptor the consumer took: its buffer is the consumer's until
-/// [`Consumer::release`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// [`Consumer::release`], which consumes it (neither `Clone` nor `Copy`: one release per take).
+#[derive(Debug, PartialEq, Eq)]
 pub struct Taken<D> {
     /// The descriptor as read (validated: `buf < nbufs`, `len ≤ mmax`).
     pub desc: D,
@@ -1282,13 +1333,15 @@ mod tests {
         let (_p, c) = pair(4, false);
         let region = c.region().clone();
         let (prod, ..) = region.offsets();
-        region.scribble(prod, &1_000_000u64.to_le_bytes());
+        // SAFETY: single-threaded test: no ring end is in use meanwhile.
+        unsafe { region.scribble(prod, &1_000_000u64.to_le_bytes()) };
         let mut seen = Vec::new();
         assert!(c.take(|e| seen.push(e)).is_none());
         assert_eq!(seen, vec![Event::Invalid(Invalid::Index)]);
         assert!(region.is_closed() && c.is_poisoned());
         // Nothing more is read from it.
-        region.scribble(prod, &1u64.to_le_bytes());
+        // SAFETY: single-threaded test: no ring end is in use meanwhile.
+        unsafe { region.scribble(prod, &1u64.to_le_bytes()) };
         assert!(c.take(|_| {}).is_none());
     }
 
@@ -1299,7 +1352,8 @@ mod tests {
         let (_, _, _, free, _) = region.offsets();
         // Every entry says buffer 999.
         for i in 0..4 {
-            region.scribble(free + i * 4, &999u32.to_le_bytes());
+            // SAFETY: single-threaded test: no ring end is in use meanwhile.
+            unsafe { region.scribble(free + i * 4, &999u32.to_le_bytes()) };
         }
         let mut bad = 0;
         assert_eq!(p.grant(|_| bad += 1), None);
@@ -1337,6 +1391,47 @@ mod tests {
         assert!(p.publish_and_check_wake(), "the sleeper is woken");
         assert!(!p.publish_and_check_wake(), "once");
         assert!(!c.prepare_sleep(), "a message is there: do not sleep");
+    }
+
+    /// Invariant 8: the daemon's closed flag and invalid count are what it decided, whatever
+    /// the client writes on the daemon line; the client reads what the daemon published.
+    #[test]
+    fn the_daemon_line_is_published_never_read_back() {
+        let daemon = Region::memfd::<SubmitDesc>(&params(4, false), "rtchan-test").unwrap();
+        let fd = daemon.fd().unwrap().try_clone_to_owned().unwrap();
+        let client = Region::from_fd::<SubmitDesc>(fd).unwrap();
+        let (.., descs, _, _) = daemon.offsets();
+        let line = descs - LINE;
+        // The client closes the daemon's channel and inflates its count: nothing changes.
+        // SAFETY: single-threaded test: no ring end is in use meanwhile.
+        unsafe { client.scribble(line, &1u32.to_le_bytes()) };
+        // SAFETY: as above.
+        unsafe { client.scribble(line + 8, &77u64.to_le_bytes()) };
+        assert!(!daemon.is_closed());
+        assert_eq!(daemon.invalid(), 0);
+        // The daemon counts and closes; the client sees both, and a client that scribbles
+        // the flag back to open does not reopen the channel for the daemon.
+        let mut p = Producer::<SubmitDesc>::new(client.clone()).unwrap();
+        let c = Consumer::<SubmitDesc>::new(daemon.clone()).unwrap();
+        p.push(SubmitDesc {
+            buf: 999,
+            len: 1,
+            submit_ts: 0,
+        });
+        p.publish();
+        assert!(c.take(|_| {}).is_none());
+        assert_eq!((daemon.invalid(), client.invalid()), (1, 1));
+        daemon.close();
+        assert!(client.is_closed() && p.is_closed());
+        // SAFETY: as above.
+        unsafe { client.scribble(line, &0u32.to_le_bytes()) };
+        assert!(daemon.is_closed() && c.is_closed());
+        // A client's own close (a poisoned delivery ring, say) stays in its memory.
+        let other = Region::memfd::<SubmitDesc>(&params(4, false), "rtchan-test").unwrap();
+        let fd = other.fd().unwrap().try_clone_to_owned().unwrap();
+        let mapped = Region::from_fd::<SubmitDesc>(fd).unwrap();
+        mapped.close();
+        assert!(mapped.is_closed() && !other.is_closed());
     }
 
     #[test]
@@ -1419,7 +1514,8 @@ mod tests {
             let end = (off + bytes.len()).min(region.offsets().4);
             prop_assume!(end > off);
             send(&mut p, b"before", 0);
-            region.scribble(off, &bytes[..end - off]);
+            // SAFETY: single-threaded test: no ring end is in use meanwhile.
+            unsafe { region.scribble(off, &bytes[..end - off]) };
             for _ in 0..8 {
                 if let Some(t) = c.take(|_| {}) {
                     prop_assert!(c.bytes(&t).len() <= 100);
