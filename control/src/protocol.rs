@@ -74,6 +74,10 @@ pub enum Request {
     Attach(AttachArgs),
     /// Give back a receiving ring taken with `attach` (the daemon's sink drains it again).
     Detach(IdArgs),
+    /// This connection has mapped the ring `attach` (or `open` with `attach`) handed it: the
+    /// daemon seals the ring against new writers and hole punching, then starts reading it
+    /// (`send`) or delivering into it (`recv`). Until then the ring is left alone.
+    Mapped(AttachArgs),
     /// Arm every polling core's capture ring for this connection (`rtchanctl capture`).
     CaptureStart(CaptureArgs),
     /// Frames captured since the last take, oldest first, at most [`CAPTURE_TAKE_BYTES`].
@@ -168,7 +172,8 @@ impl Request {
             | Self::DiscardUnrestored(_)
             | Self::PolicySet(_)
             | Self::Attach(_)
-            | Self::Detach(_) => true,
+            | Self::Detach(_)
+            | Self::Mapped(_) => true,
             // Frames carry the traffic's contents: admins only.
             Self::CaptureStart(_) | Self::CaptureTake | Self::CaptureStop => true,
             Self::List

@@ -251,3 +251,50 @@ fn a_core_refuses_more_client_fed_channels_than_one_scan_checks() {
     tx.open(ChannelConfig::real_time(n + 2, spec(100, 100_000, 400_000)))
         .unwrap();
 }
+
+/// The core does not read a client's memfd ring before the client said it mapped it (and the
+/// ring was sealed against hole punching): what is published before waits, then goes.
+#[test]
+fn a_memfd_ring_is_read_only_once_mapped_and_sealed() {
+    let clock = ManualClock::new(1_000);
+    let (a, b) = MemLink::pair(MemLinkConfig::default(), Arc::new(clock.clone()));
+    let mut tx = Core::new(CoreConfig::default(), a).unwrap();
+    let mut rx = Core::new(CoreConfig::default(), b).unwrap();
+    let cfg = ChannelConfig::real_time(1, spec(100, 100_000, 400_000));
+    let region = Region::memfd::<SubmitDesc>(
+        &dataplane::channel::ChannelShared::ring_params(&cfg),
+        "rtchan-test",
+    )
+    .unwrap();
+    let theirs =
+        Region::from_fd::<SubmitDesc>(region.fd().unwrap().try_clone_to_owned().unwrap()).unwrap();
+    let shared = tx.open_ring(cfg, region.clone(), JITTER).unwrap();
+    let r = rx.open_receiver(1, 100, 64);
+    let mut p = Producer::<SubmitDesc>::new(theirs).unwrap();
+    let mut cpu = VirtualCpu {
+        clock: clock.clone(),
+        per_packet: 200,
+    };
+    assert!(send(&mut p, b"early", clock.now()));
+    for _ in 0..50 {
+        tx.poll(&clock, &mut cpu);
+        rx.poll(&clock, &mut cpu);
+        clock.advance(1_000);
+    }
+    assert!(!shared.ring_ready());
+    assert_eq!(
+        shared.stats.submitted.get(),
+        0,
+        "the unsealed ring was read"
+    );
+    assert!(r.recv_with(|b, _| b.to_vec()).is_none());
+    shared.client_mapped().unwrap();
+    assert!(shared.ring_ready());
+    shared.client_mapped().unwrap(); // idempotent
+    for _ in 0..50 {
+        tx.poll(&clock, &mut cpu);
+        rx.poll(&clock, &mut cpu);
+        clock.advance(1_000);
+    }
+    assert_eq!(r.recv_with(|b, _| b.to_vec()).unwrap(), b"early");
+}

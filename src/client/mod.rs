@@ -302,6 +302,13 @@ impl Conn {
         Ok((v, fds))
     }
 
+    /// Tells the daemon this process mapped the ring of channel `id`'s `role` end.
+    fn mapped(&self, id: u32, role: AttachRole) -> Result<(), Error> {
+        let _: (serde_json::Value, _) =
+            self.call_result(&Request::Mapped(AttachArgs { id, role }))?;
+        Ok(())
+    }
+
     fn stats(&self, id: u32) -> Result<ChannelStats, Error> {
         let (v, _): (Vec<ChannelStats>, _) =
             self.call_result(&Request::Stats(StatsArgs { id: Some(id) }))?;
@@ -444,7 +451,7 @@ impl Sender {
             )));
         }
         let ring = Producer::new(region).map_err(|e| Error::Protocol(e.to_string()))?;
-        Ok(Self {
+        let sender = Self {
             id: info.id,
             mmax: p.mmax,
             capacity: u64::from(p.capacity),
@@ -455,7 +462,11 @@ impl Sender {
             conn,
             last_check: monotonic_now(),
             closed: false,
-        })
+        };
+        // Mapped: the daemon seals the ring and starts reading it (on failure the sender's
+        // drop closes the channel).
+        sender.conn.mapped(sender.id, AttachRole::Send)?;
+        Ok(sender)
     }
 
     /// The channel id.
@@ -668,7 +679,7 @@ impl Receiver {
             )));
         }
         let ring = Consumer::new(region).map_err(|e| Error::Protocol(e.to_string()))?;
-        Ok(Self {
+        let receiver = Self {
             id: info.id,
             mmax: p.mmax,
             info,
@@ -678,7 +689,10 @@ impl Receiver {
             last_check: monotonic_now(),
             detached: false,
             pending: None,
-        })
+        };
+        // Mapped: the daemon seals the ring and delivers into it from now on.
+        receiver.conn.mapped(receiver.id, AttachRole::Recv)?;
+        Ok(receiver)
     }
 
     /// The channel id.

@@ -121,6 +121,9 @@ struct Incoming {
     opened: Instant,
     /// The client connection whose delivery ring receives the channel.
     app: Option<ConnId>,
+    /// The delivery ring handed to `app` that it has not said it mapped yet: the daemon's
+    /// own receiver keeps receiving until `mapped` seals the ring and switches to it.
+    pending_app: Option<attach::PendingApp>,
 }
 
 /// Final statistics the daemon prints when it stops.
@@ -412,8 +415,8 @@ impl Control {
             Request::PolicySet(u) => Reply::from_result(self.policy_set(&u)),
             Request::Ping => Reply::ok(serde_json::json!({})),
             // Routed to `client_with_fds` by `handle`.
-            Request::Attach(_) | Request::Detach(_) => Reply::err(internal(
-                "attach/detach must come from a control-socket connection",
+            Request::Attach(_) | Request::Detach(_) | Request::Mapped(_) => Reply::err(internal(
+                "attach/detach/mapped must come from a control-socket connection",
             )),
             Request::CaptureStart(_) | Request::CaptureTake | Request::CaptureStop => Reply::err(
                 internal("captures must come from a control-socket connection"),

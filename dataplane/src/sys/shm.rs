@@ -384,8 +384,10 @@ impl Region {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), hdr.len as libc::off_t) } != 0 {
             return Err(os("ftruncate"));
         }
-        // A client that could shrink the file would make the daemon's next access SIGBUS.
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // A client that could shrink the file would make the daemon's next access SIGBUS. The
+        // seals are not sealed yet: `seal_writers` adds F_SEAL_FUTURE_WRITE once the client has
+        // mapped the region (a writable mapping cannot be made after it).
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
         // SAFETY: as above.
         if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
             return Err(os("fcntl(F_ADD_SEALS)"));
@@ -403,6 +405,41 @@ impl Region {
         };
         r.init();
         Ok(Arc::new(r))
+    }
+
+    /// Seals a memfd region against every writer but the mappings already made: no new
+    /// writable mapping, no `write(2)` and no hole punching (`fallocate(PUNCH_HOLE)`,
+    /// `MADV_REMOVE`) from now on (`F_SEAL_FUTURE_WRITE`), and no seal added or removed after
+    /// (`F_SEAL_SEAL`). The daemon calls it once the client has mapped the ring: a punched hole
+    /// would cost the polling core a page fault at its next touch of that page, which nothing
+    /// charges. Fails when the client sealed the seals itself first. A heap region has no file:
+    /// nothing to seal.
+    pub fn seal_writers(&self) -> Result<(), ShmError> {
+        let Backing::Mapped(fd) = &self.backing else {
+            return Ok(());
+        };
+        let want =
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
+        // SAFETY: plain fcntl calls on our own fd.
+        let (added, seals) = unsafe {
+            (
+                libc::fcntl(
+                    fd.as_raw_fd(),
+                    libc::F_ADD_SEALS,
+                    libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL,
+                ),
+                libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS),
+            )
+        };
+        if added != 0 {
+            return Err(os("fcntl(F_ADD_SEALS, F_SEAL_FUTURE_WRITE)"));
+        }
+        if seals < 0 || seals & want != want {
+            return Err(ShmError::BadRegion(format!(
+                "the memfd's seals are {seals:#x} after sealing, not {want:#x}"
+            )));
+        }
+        Ok(())
     }
 
     /// Maps a region received from the daemon, after checking its seals, size and header.
@@ -1432,6 +1469,50 @@ mod tests {
         let mapped = Region::from_fd::<SubmitDesc>(fd).unwrap();
         mapped.close();
         assert!(mapped.is_closed() && !other.is_closed());
+    }
+
+    /// Once sealed, a mapped client can still write its ring, but can no longer punch holes
+    /// in it (which would fault the daemon's next access) nor map it writable again.
+    #[test]
+    fn sealed_writers_keep_their_mapping_and_cannot_punch_holes() {
+        let r = Region::memfd::<SubmitDesc>(&params(4, false), "rtchan-test").unwrap();
+        let fd = r.fd().unwrap().try_clone_to_owned().unwrap();
+        let theirs = Region::from_fd::<SubmitDesc>(fd).unwrap();
+        let punch = |r: &Region| {
+            let fd = r.fd().unwrap().as_raw_fd();
+            // SAFETY: a plain syscall on a live fd; the range is inside the file.
+            let rc = unsafe {
+                libc::fallocate(
+                    fd,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    PAGE as libc::off_t,
+                    PAGE as libc::off_t,
+                )
+            };
+            (rc, std::io::Error::last_os_error().raw_os_error())
+        };
+        r.seal_writers().unwrap();
+        assert_eq!(punch(&theirs), (-1, Some(libc::EPERM)));
+        let mut p = Producer::<SubmitDesc>::new(theirs).unwrap();
+        let c = Consumer::<SubmitDesc>::new(r.clone()).unwrap();
+        assert!(send(&mut p, b"still writable", 9));
+        assert_eq!(recv(&c), Some((b"still writable".to_vec(), 9)));
+        let fd = r.fd().unwrap().try_clone_to_owned().unwrap();
+        assert!(matches!(
+            Region::from_fd::<SubmitDesc>(fd),
+            Err(ShmError::Os { call: "mmap", .. })
+        ));
+        // A client that sealed the seals first makes sealing fail, with the reason.
+        let r = Region::memfd::<SubmitDesc>(&params(4, false), "rtchan-test").unwrap();
+        // SAFETY: a plain fcntl on a live fd.
+        unsafe {
+            libc::fcntl(
+                r.fd().unwrap().as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SEAL,
+            )
+        };
+        assert!(matches!(r.seal_writers(), Err(ShmError::Os { .. })));
     }
 
     #[test]

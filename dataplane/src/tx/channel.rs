@@ -24,6 +24,9 @@
 //! are the ring's (`messages + 1`, one more for drop-oldest), so a message is never copied
 //! between the client's write and its packets. A client cannot ring the doorbell: the core
 //! looks at client-fed channels' tails once per iteration instead (`Core`'s client scan).
+//! The core leaves a memfd ring alone until the client has mapped it and the daemon sealed it
+//! against hole punching ([`ChannelShared::client_mapped`]): from then on no page of it can
+//! vanish under the core.
 //!
 //! # Wake-up protocol (numbered invariants)
 //! 1. `armed == true` means the core will look at the submit ring again without another
@@ -105,6 +108,10 @@ pub struct ChannelShared {
     doorbell: Arc<Doorbell>,
     /// The shared-memory submit ring of a client-fed channel.
     client: Option<Consumer<SubmitDesc>>,
+    /// The core may read the client's ring: set once the client mapped it and the daemon
+    /// sealed it against hole punching ([`ChannelShared::client_mapped`]); heap rings from the
+    /// start. Before, the core does not touch the ring.
+    ring_ready: AtomicBool,
     /// How long after its stamp a client-fed message may be taken (the release jitter it was
     /// admitted with; 0 in-process). A stamp is never trusted beyond it.
     release_jitter: Nanos,
@@ -207,6 +214,7 @@ impl ChannelShared {
             closed: AtomicBool::new(false),
             doorbell,
             client: None,
+            ring_ready: AtomicBool::new(false),
             release_jitter: 0,
             stats: ChannelStats::new(sink),
         })
@@ -247,6 +255,8 @@ impl ChannelShared {
         region: Arc<Region>,
         release_jitter: Nanos,
     ) -> Result<Arc<Self>, ShmError> {
+        // A memfd ring waits for the client's `mapped` (and the seal); a heap ring is ours.
+        let ready = region.fd().is_none();
         let consumer = Consumer::new(region)?;
         Ok(Arc::new(Self {
             config,
@@ -258,6 +268,7 @@ impl ChannelShared {
             closed: AtomicBool::new(false),
             doorbell,
             client: Some(consumer),
+            ring_ready: AtomicBool::new(ready),
             release_jitter,
             stats: ChannelStats::new(sink),
         }))
@@ -274,10 +285,32 @@ impl ChannelShared {
         self.client.is_some()
     }
 
+    /// The client has mapped the ring: seal it against new writers and hole punching
+    /// ([`Region::seal_writers`]), then let the core read it (control path; idempotent). An
+    /// in-process channel has no ring to map: `Ok`.
+    pub fn client_mapped(&self) -> Result<(), ShmError> {
+        let Some(c) = &self.client else {
+            return Ok(());
+        };
+        if self.ring_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        c.region().seal_writers()?;
+        self.ring_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the core reads the client's ring yet (see [`ChannelShared::client_mapped`]).
+    pub fn ring_ready(&self) -> bool {
+        self.client.is_none() || self.ring_ready.load(Ordering::Acquire)
+    }
+
     /// A client-fed channel has messages the handler has not taken (one shared load).
     #[inline]
     pub(crate) fn client_has_new(&self) -> bool {
-        self.client.as_ref().is_some_and(|c| c.has_new())
+        self.client
+            .as_ref()
+            .is_some_and(|c| self.ring_ready.load(Ordering::Acquire) && c.has_new())
     }
 
     /// The core takes the next submitted message, if any.
@@ -292,6 +325,9 @@ impl ChannelShared {
     /// A validated message from the client's ring; bad descriptors are counted and skipped.
     #[inline]
     fn take_client(&self, c: &Consumer<SubmitDesc>) -> Option<Submitted> {
+        if !self.ring_ready.load(Ordering::Acquire) {
+            return None;
+        }
         let st = &self.stats;
         let t = c.take(|e| match e {
             Event::Invalid(_) => st.invalid_descriptors.inc(),

@@ -4,11 +4,16 @@
 //! The rings are `dataplane::shm` regions in sealed memfds: the submit ring of a client-fed
 //! channel (created with the channel), the delivery ring of an attached receiver (created at
 //! attach, with an eventfd). The reply to `open` with `attach` and to `attach` carries their
-//! fds (`SCM_RIGHTS`). Each ring belongs to one connection at a time; when that connection
+//! fds (`SCM_RIGHTS`). The client maps the ring and says so with `mapped`: only then does the
+//! daemon seal it against new writers and hole punching (`Region::seal_writers`: a punched
+//! page would fault the polling core) and start using it, reading a submit ring or switching
+//! the channel's receive side from the daemon's own receiver to the delivery ring. Each ring
+//! belongs to one connection at a time; when that connection
 //! ends (the process exited or was killed), its client-fed channels are closed per the close
 //! mode with their reservations freed, and its attached receivers go back to the sink.
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use control::admission::Nanos;
 use control::protocol::{
@@ -16,17 +21,26 @@ use control::protocol::{
 };
 use control::reservation::not_found;
 use dataplane::shm::{self, DeliverDesc, Params, Region};
+use dataplane::wire::SourceCheck;
 
 use super::{internal, Control, RX_RING};
 use crate::daemon::server::{Caller, ConnId};
 
-/// Requests whose replies carry file descriptors.
+/// Requests whose replies may carry file descriptors, or that belong to their connection.
 pub(super) fn carries_fds(req: &Request) -> bool {
     match req {
         Request::Open(a) => a.attach && !a.dry_run,
-        Request::Attach(_) | Request::Detach(_) => true,
+        Request::Attach(_) | Request::Detach(_) | Request::Mapped(_) => true,
         _ => false,
     }
+}
+
+/// A delivery ring handed to a client that has not said it mapped it yet.
+#[derive(Debug)]
+pub(super) struct PendingApp {
+    region: Arc<Region>,
+    wake: OwnedFd,
+    check: SourceCheck,
 }
 
 /// A reply, the fds it carries, and whether the connection now holds daemon resources.
@@ -69,6 +83,14 @@ impl Control {
                 role: AttachRole::Recv,
             }) => self.attach_recv(conn, id),
             Request::Detach(IdArgs { id }) => self.detach(conn, id).map(|r| (r, Vec::new(), None)),
+            Request::Mapped(AttachArgs {
+                id,
+                role: AttachRole::Send,
+            }) => self.mapped_send(conn, id).map(|r| (r, Vec::new(), None)),
+            Request::Mapped(AttachArgs {
+                id,
+                role: AttachRole::Recv,
+            }) => self.mapped_recv(conn, id).map(|r| (r, Vec::new(), None)),
             other => Ok((self.client(other), Vec::new(), None)),
         };
         r.unwrap_or_else(|e| (Reply::err(e), Vec::new(), None))
@@ -140,6 +162,10 @@ impl Control {
             ));
         }
         let core = i.core;
+        if self.dp.receive_core(core).is_none() {
+            return Err(internal(format!("receive core {core} is gone")));
+        }
+        let i = self.inc.get(&id).expect("checked above");
         let req = &i.info.admitted.request;
         let mmax = req.mmax;
         let capacity = req.bmax.saturating_mul(4).clamp(64, RX_RING);
@@ -159,13 +185,75 @@ impl Control {
             dup(Some(std::os::fd::AsFd::as_fd(&wake)))?,
         ];
         let check = self.source_check(&i.info.from.clone());
-        let handle = self
-            .dp
-            .receive_core(core)
-            .ok_or_else(|| internal(format!("receive core {core} is gone")))?;
-        handle
-            .close_receiver(id)
-            .map_err(|e| internal(format!("receive core {core}: {e}")))?;
+        // The daemon's own receiver keeps the channel until the client has mapped the ring.
+        let i = self.inc.get_mut(&id).expect("checked above");
+        i.app = Some(conn);
+        i.pending_app = Some(PendingApp {
+            region,
+            wake,
+            check,
+        });
+        Ok((Reply::ok(&i.info), fds, Some(true)))
+    }
+
+    /// The client mapped its submit ring: seal it and let the core read it. A ring that
+    /// cannot be sealed (the client sealed the seals itself) closes the channel.
+    fn mapped_send(&mut self, conn: ConnId, id: u32) -> Result<Reply, ApiError> {
+        let o = self.out.get(&id).ok_or_else(|| not_found(id))?;
+        if o.conn != Some(conn) {
+            return Err(ApiError::invalid(
+                "id",
+                format!("id: this connection has no sending ring of channel {id}"),
+            ));
+        }
+        if let Err(e) = o.shared.client_mapped() {
+            self.teardown(id, false, true);
+            self.persist(&format!(
+                "closing channel {id} (its ring could not be sealed)"
+            ));
+            return Err(busy(format!(
+                "channel {id} is closed: its ring could not be sealed against hole punching \
+                 ({e})"
+            )));
+        }
+        Ok(Reply::ok(&o.info))
+    }
+
+    /// The client mapped its delivery ring: seal it and move the channel's receive side from
+    /// the daemon's receiver to it. Again after that: nothing to do.
+    fn mapped_recv(&mut self, conn: ConnId, id: u32) -> Result<Reply, ApiError> {
+        let i = self.inc.get_mut(&id).ok_or_else(|| not_found(id))?;
+        if i.app != Some(conn) {
+            return Err(ApiError::invalid(
+                "id",
+                format!("id: this connection has no receiving ring of channel {id}"),
+            ));
+        }
+        let Some(PendingApp {
+            region,
+            wake,
+            check,
+        }) = i.pending_app.take()
+        else {
+            return Ok(Reply::ok(&i.info));
+        };
+        if let Err(e) = region.seal_writers() {
+            i.app = None;
+            return Err(busy(format!(
+                "channel {id}'s delivery ring could not be sealed against hole punching ({e}); \
+                 attach again"
+            )));
+        }
+        let core = i.core;
+        let mmax = i.info.admitted.request.mmax;
+        let Some(handle) = self.dp.receive_core(core) else {
+            i.app = None;
+            return Err(internal(format!("receive core {core} is gone")));
+        };
+        if let Err(e) = handle.close_receiver(id) {
+            i.app = None;
+            return Err(internal(format!("receive core {core}: {e}")));
+        }
         self.sink.remove(id);
         let opened = handle.open_receiver_app(id, mmax, region, wake, Some(check));
         let receiver = match opened {
@@ -181,14 +269,14 @@ impl Control {
                 }
                 if let Some(i) = self.inc.get_mut(&id) {
                     i.receiver = back;
+                    i.app = None;
                 }
                 return Err(internal(format!("receive core {core}: {e}")));
             }
         };
         let i = self.inc.get_mut(&id).expect("checked above");
         i.receiver = Some(receiver);
-        i.app = Some(conn);
-        Ok((Reply::ok(&i.info), fds, Some(true)))
+        Ok(Reply::ok(&i.info))
     }
 
     /// Gives an attached receiver back to the sink.
@@ -211,6 +299,10 @@ impl Control {
             return;
         };
         i.app = None;
+        if i.pending_app.take().is_some() {
+            // Never switched: the daemon's own receiver still has the channel.
+            return;
+        }
         if let Some(r) = i.receiver.as_ref().and_then(|r| r.shared().app_region()) {
             r.close();
         }

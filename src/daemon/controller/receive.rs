@@ -150,6 +150,7 @@ impl Control {
                 },
                 opened: Instant::now(),
                 app: None,
+                pending_app: None,
             },
         );
         Ok(Grant {
@@ -215,6 +216,7 @@ impl Control {
                 },
                 opened: Instant::now(),
                 app: None,
+                pending_app: None,
             },
         );
         Ok(grant)
