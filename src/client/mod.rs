@@ -268,6 +268,12 @@ struct Conn {
 }
 
 impl Conn {
+    /// The daemon was already seen gone (one relaxed load: cheap enough for every call).
+    #[inline]
+    fn known_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
     fn alive(&self) -> bool {
         if self.gone.load(Ordering::Relaxed) {
             return false;
@@ -497,6 +503,9 @@ impl Sender {
             if !self.conn.alive() {
                 return Err(SendError::DaemonGone);
             }
+        } else if self.conn.known_gone() {
+            // Once seen gone, gone for every call, not only those that poll the socket.
+            return Err(SendError::DaemonGone);
         }
         if self.ring.is_closed() {
             return Err(SendError::Closed);
@@ -721,6 +730,8 @@ impl Receiver {
             if !self.conn.alive() {
                 return RecvError::DaemonGone;
             }
+        } else if self.conn.known_gone() {
+            return RecvError::DaemonGone;
         }
         RecvError::WouldBlock
     }

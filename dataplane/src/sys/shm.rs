@@ -825,7 +825,10 @@ impl<D: Descriptor> Producer<D> {
         q
     }
 
-    /// Room for this many more descriptors (up to `max_queued`).
+    /// Room for this many more descriptors (up to `max_queued`). Whether there is room at all
+    /// is exact; a larger figure may be less than the real room, since the consumer's head is
+    /// reloaded only when the cached view says full (invariant 5): wait for `room() > 0`, one
+    /// descriptor at a time, never for `room() >= k`.
     #[inline]
     pub fn room(&mut self) -> u64 {
         u64::from(self.region.hdr.max_queued) - self.queued()
