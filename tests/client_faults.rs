@@ -5,7 +5,7 @@
 //!   every bad descriptor refused and counted by the daemon, and its ring closed when poisoned,
 //!   while another client's channel on the same core (`rt_sender`/`rt_receiver` processes)
 //!   delivers byte-exact with no deadline miss unexcused by measured OS preemption.
-//! * A daemon killed with SIGKILL (or stopped with SIGTERM) under an attached sender and
+//! * A daemon killed with SIGKILL or stopped with SIGTERM under an attached sender and
 //!   receiver: their next calls get typed errors (no hang, no panic); the restarted daemon
 //!   restores the channel from its state file, and a client re-attaches both ends by id and
 //!   sends again, byte-exact.
@@ -461,9 +461,9 @@ impl Drop for Running {
     }
 }
 
-/// Open and attach, the daemon dies by `sig`, the calls' errors; then, when `restore`, a
-/// restart and a re-attach.
-fn daemon_dies_under_attached_clients(name: &str, sig: i32, restore: bool) {
+/// Open and attach, the daemon dies by `sig`, the calls' errors; then a restart and a
+/// re-attach.
+fn daemon_dies_under_attached_clients(name: &str, sig: i32) {
     let dir = temp_dir(name);
     let sock = dir.join("ctl.sock");
     let mut daemon = start_daemon(&dir);
@@ -517,9 +517,6 @@ fn daemon_dies_under_attached_clients(name: &str, sig: i32, restore: bool) {
     if sig == libc::SIGTERM {
         assert!(status.success(), "{status}");
     }
-    if !restore {
-        return;
-    }
 
     // The restarted daemon has the channel again; a new client attaches both ends by id.
     let mut daemon = start_daemon(&dir);
@@ -552,13 +549,13 @@ fn daemon_dies_under_attached_clients(name: &str, sig: i32, restore: bool) {
 
 #[test]
 fn a_daemon_killed_under_attached_clients_gives_typed_errors_and_they_reattach() {
-    daemon_dies_under_attached_clients("client-daemon-kill", libc::SIGKILL, true);
+    daemon_dies_under_attached_clients("client-daemon-kill", libc::SIGKILL);
 }
 
-/// A stop (SIGTERM): the same typed errors. Not the restart: a stopping daemon ends its
-/// connections first and so closes their client-fed channels as for a client that went
-/// away, removing them from the state file (a daemon bug, reported; SIGKILL keeps them).
+/// A stop (SIGTERM): the same typed errors, and the stopped daemon's table keeps the
+/// client-fed channel (its connections ending at the stop are not their clients going away),
+/// so the restarted daemon has it for a re-attach.
 #[test]
-fn a_daemon_stopped_under_attached_clients_gives_typed_errors() {
-    daemon_dies_under_attached_clients("client-daemon-term", libc::SIGTERM, false);
+fn a_daemon_stopped_under_attached_clients_gives_typed_errors_and_they_reattach() {
+    daemon_dies_under_attached_clients("client-daemon-term", libc::SIGTERM);
 }

@@ -288,6 +288,9 @@ impl Daemon {
                 let _ = tid_tx.send(crate::preemption::current_tid());
                 loop {
                     match control.next_msg(Duration::from_millis(50)) {
+                        // A stopping server ends every connection: that is not their clients
+                        // going away, and their channels stay in the table for the next start.
+                        Ok(Msg::ClientClosed { .. }) if stop2.load(Ordering::Relaxed) => {}
                         Ok(m) => control.handle(m),
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
