@@ -176,7 +176,7 @@ fn control_commands_allocate_and_free_nothing_on_the_core() {
                 .prepare(ChannelConfig::real_time(id, spec), 10 + i as u32)
                 .unwrap();
             tx_ctl.post(Command::Open(shared.clone())).unwrap();
-            senders.push(Sender::new(shared));
+            senders.push(Sender::new(shared).unwrap());
             let rs = RxShared::new(id, 4000, 16, 16, rx_core.sink());
             rx_ctl
                 .post(Command::OpenReceiver(RxPath::prepare(rs.clone(), 16)))

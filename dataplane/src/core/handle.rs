@@ -38,8 +38,9 @@ pub struct PendingOpen {
 impl PendingOpen {
     /// Allocates the channel's shared state and buffers (any thread; may take a while for a
     /// large reservation).
-    pub fn build(self) -> Arc<ChannelShared> {
+    pub fn build(self) -> Result<Arc<ChannelShared>, CoreError> {
         ChannelShared::new(self.config, self.slot, self.doorbell, &self.sink)
+            .map_err(|e| CoreError::Ring(e.to_string()))
     }
 }
 
@@ -179,7 +180,7 @@ impl CoreHandle {
     /// Opens a sending channel; returns its sender once the core runs its handler.
     pub fn open(&mut self, config: ChannelConfig) -> Result<Sender, CoreError> {
         let pending = self.prepare_open(config)?;
-        self.open_built(pending.build())
+        self.open_built(pending.build()?)
     }
 
     /// The allocation-free first half of [`CoreHandle::open`]: validates `config` and picks
@@ -221,7 +222,7 @@ impl CoreHandle {
         }
         self.send(Command::Open(shared.clone()), ACK_TIMEOUT)?;
         self.slots.insert(id, slot, false);
-        Ok(Sender::new(shared))
+        Sender::new(shared).map_err(|e| CoreError::Ring(e.to_string()))
     }
 
     /// Opens a client-fed channel: its submit ring is a sealed memfd region (hand

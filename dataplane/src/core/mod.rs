@@ -549,7 +549,7 @@ impl<P: Port> Core<P> {
             .ok_or(CoreError::Full(self.cfg.max_channels))?;
         let shared = self.prepare(config, slot)?;
         self.start_handler(shared.clone()).map_err(|(e, _)| e)?;
-        Ok(Sender::new(shared))
+        Sender::new(shared).map_err(|e| CoreError::Ring(e.to_string()))
     }
 
     /// Opens a client-fed channel directly over `region` (its submit ring; a heap region in
@@ -592,12 +592,8 @@ impl<P: Port> Core<P> {
                 count: self.port.capabilities().tx_queues,
             });
         }
-        Ok(ChannelShared::new(
-            config,
-            slot,
-            self.doorbell.clone(),
-            self.sink(),
-        ))
+        ChannelShared::new(config, slot, self.doorbell.clone(), self.sink())
+            .map_err(|e| CoreError::Ring(e.to_string()))
     }
 
     /// Opens the receive side of a channel directly; returns the application's handle.

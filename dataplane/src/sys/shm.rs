@@ -63,6 +63,17 @@
 //!    serves, or change the counts the daemon reports. Only a mapping side (the client) reads
 //!    the line, and it never writes it (its own closing and counting stay in its memory).
 //!
+//! 9. In-process drop-oldest (both ends in this process, a heap region: the in-process
+//!    `Sender`): the producer may *evict* the oldest queued message when the ring is full. The
+//!    consumer's head then has two writers, so each head position is claimed by a
+//!    compare-and-swap `h → h + 1` on the consumer's private head ([`Consumer::new_evictable`]):
+//!    the consumer claims a position before it uses the descriptor it read there, the producer
+//!    claims it to take that descriptor's buffer for the new message
+//!    ([`Producer::evict_oldest`]). Exactly one side wins each position, so each buffer keeps
+//!    one owner; a descriptor read by the losing side is discarded. The producer reads the
+//!    consumer's private head while evicting, never a lagging shared line, and keeps the
+//!    largest head it has seen (heads only grow).
+//!
 //! Message bytes in a buffer may change under the reader if the other process misbehaves; they
 //! are read as plain bytes (any value is valid), copied once by the consumer, and only that
 //! channel's content can suffer.
@@ -343,6 +354,12 @@ impl Drop for Region {
 }
 
 impl Region {
+    /// Bytes a region for `p` takes (what [`Region::heap`] allocates), computed without
+    /// allocating, so admission can refuse before anything is allocated.
+    pub fn bytes_for<D: Descriptor>(p: &Params) -> Result<u64, ShmError> {
+        Header::layout(D::KIND, std::mem::size_of::<D>(), p).map(|h| h.len)
+    }
+
     /// A region in process memory (in-process channels and tests), pages pre-faulted.
     pub fn heap<D: Descriptor>(p: &Params) -> Result<Arc<Self>, ShmError> {
         let hdr = Header::layout(D::KIND, std::mem::size_of::<D>(), p)?;
@@ -813,10 +830,13 @@ impl<D: Descriptor> Producer<D> {
         if q < u64::from(self.region.hdr.capacity) {
             return q;
         }
-        self.cached_head = self
+        // Heads only grow: a line lagging behind a head this producer saw (it evicted up to it,
+        // invariant 9) must not make the ring look fuller than it is.
+        let head = self
             .region
             .atomic64(OFF_CONSUMER + CONS_HEAD)
             .load(Ordering::Acquire);
+        self.cached_head = self.cached_head.max(head);
         let q = self.tail.wrapping_sub(self.cached_head);
         if q > max {
             // The consumer's head is not between our tail and tail - max: it misbehaves.
@@ -894,6 +914,38 @@ impl<D: Descriptor> Producer<D> {
         self.tail = self.tail.wrapping_add(1);
     }
 
+    /// Drop-oldest in process (invariant 9): claims the oldest queued message away from
+    /// `consumer` (this region's consuming end, made with [`Consumer::new_evictable`]) and
+    /// returns its buffer, now this producer's, for the next message; its descriptor's slot
+    /// is free for [`Producer::push`]. `None` when the ring is not full (the consumer took a
+    /// message meanwhile: [`Producer::grant`] has a buffer then) or `consumer` is not
+    /// evictable.
+    pub fn evict_oldest(&mut self, consumer: &Consumer<D>) -> Option<u32> {
+        if !consumer.evictable || !Arc::ptr_eq(&self.region, &consumer.region) {
+            return None;
+        }
+        let head = consumer.head.load(Ordering::Acquire);
+        self.cached_head = self.cached_head.max(head);
+        if self.tail.wrapping_sub(head) < u64::from(self.region.hdr.capacity) {
+            return None;
+        }
+        // SAFETY: `desc_ptr` masks the position into the descriptor array; this producer
+        // wrote the descriptor itself (both ends are in this process), D is plain integers.
+        let d: D = unsafe { self.region.desc_ptr::<D>(head).read_volatile() };
+        consumer
+            .head
+            .compare_exchange(
+                head,
+                head.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .ok()?;
+        self.cached_head = head.wrapping_add(1);
+        // Written by this producer, so in range; checked anyway, never trusted.
+        (d.buf() < self.region.hdr.nbufs).then_some(d.buf())
+    }
+
     /// Makes every pushed descriptor visible: one release store (invariant 3).
     #[inline]
     pub fn publish(&mut self) {
@@ -953,6 +1005,8 @@ pub struct Consumer<D: Descriptor> {
     cached_tail: AtomicU64,
     free_tail: AtomicU64,
     poisoned: AtomicBool,
+    /// The producer may evict (invariant 9): positions are claimed by compare-and-swap.
+    evictable: bool,
     /// Bit per buffer: held by this consumer (taken, not yet released).
     held: Box<[AtomicU64]>,
     _d: PhantomData<D>,
@@ -961,6 +1015,22 @@ pub struct Consumer<D: Descriptor> {
 impl<D: Descriptor> Consumer<D> {
     /// Takes the consuming end of `region`.
     pub fn new(region: Arc<Region>) -> Result<Self, ShmError> {
+        Self::with_eviction(region, false)
+    }
+
+    /// Takes the consuming end of a heap region whose producer, in this process, may evict
+    /// the oldest message (invariant 9; the in-process drop-oldest `Sender`). A memfd region
+    /// is refused: another process cannot take part in the claims.
+    pub fn new_evictable(region: Arc<Region>) -> Result<Self, ShmError> {
+        if region.fd().is_some() {
+            return Err(ShmError::BadRegion(
+                "eviction needs both ends in this process (a heap region)".into(),
+            ));
+        }
+        Self::with_eviction(region, true)
+    }
+
+    fn with_eviction(region: Arc<Region>, evictable: bool) -> Result<Self, ShmError> {
         if region.hdr.kind != D::KIND {
             return Err(ShmError::BadRegion("descriptor kind".into()));
         }
@@ -979,6 +1049,7 @@ impl<D: Descriptor> Consumer<D> {
             cached_tail: AtomicU64::new(head),
             free_tail: AtomicU64::new(free_tail),
             poisoned: AtomicBool::new(false),
+            evictable,
             held: (0..words).map(|_| AtomicU64::new(0)).collect(),
             region,
             _d: PhantomData,
@@ -997,12 +1068,19 @@ impl<D: Descriptor> Consumer<D> {
         if self.poisoned.load(Ordering::Relaxed) {
             return 0;
         }
-        let head = self.head.load(Ordering::Relaxed);
+        let head = self.head.load(Ordering::Acquire);
         let tail = self
             .region
             .atomic64(OFF_PRODUCER + PROD_TAIL)
             .load(Ordering::Acquire);
         let n = tail.wrapping_sub(head);
+        if self.evictable {
+            // Both ends are ours (invariant 9): the producer may have evicted past the tail
+            // read here; nothing to poison, look again next time.
+            let n = if head > tail { 0 } else { n };
+            self.cached_tail.store(tail, Ordering::Relaxed);
+            return n;
+        }
         if n > u64::from(self.region.hdr.max_queued) {
             self.poisoned.store(true, Ordering::Relaxed);
             self.region.count_invalid();
@@ -1029,6 +1107,9 @@ impl<D: Descriptor> Consumer<D> {
     /// (drop-oldest rings), skips at most [`INVALID_PER_TAKE`] invalid ones (reported).
     #[inline]
     pub fn take(&self, mut on: impl FnMut(Event)) -> Option<Taken<D>> {
+        if self.evictable {
+            return self.take_claimed(on);
+        }
         let mut head = self.head.load(Ordering::Relaxed);
         let mut avail = self.cached_tail.load(Ordering::Relaxed).wrapping_sub(head);
         if avail == 0 {
@@ -1083,6 +1164,59 @@ impl<D: Descriptor> Consumer<D> {
             self.flush_free();
         }
         out
+    }
+
+    /// [`Consumer::take`] when the producer may evict (invariant 9): each position is claimed
+    /// by compare-and-swap before its descriptor is used; a lost claim means the producer
+    /// evicted it, and the next position is tried. Lock-free: every lost claim is an eviction
+    /// the producer completed, one per submit at most.
+    fn take_claimed(&self, mut on: impl FnMut(Event)) -> Option<Taken<D>> {
+        let mut skipped = 0;
+        loop {
+            let head = self.head.load(Ordering::Acquire);
+            if head >= self.cached_tail.load(Ordering::Relaxed) && self.available(&mut on) == 0 {
+                return None;
+            }
+            // SAFETY: as in `take`; the copy is used only if the claim below succeeds, so a
+            // slot the producer reused after evicting it is never acted on.
+            let d: D = unsafe { self.region.desc_ptr::<D>(head).read_volatile() };
+            if self
+                .head
+                .compare_exchange(
+                    head,
+                    head.wrapping_add(1),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                continue; // evicted by the producer: the next one
+            }
+            self.region
+                .atomic64(OFF_CONSUMER + CONS_HEAD)
+                .store(head.wrapping_add(1), Ordering::Release);
+            let bad = if d.buf() >= self.region.hdr.nbufs {
+                Some(Invalid::BufferIndex)
+            } else if d.msg_len() > self.region.hdr.mmax {
+                Some(Invalid::Length)
+            } else if self.is_held(d.buf()) {
+                Some(Invalid::Outstanding)
+            } else {
+                None
+            };
+            if let Some(why) = bad {
+                self.region.count_invalid();
+                on(Event::Invalid(why));
+                skipped += 1;
+                if skipped >= INVALID_PER_TAKE {
+                    return None;
+                }
+                continue;
+            }
+            self.set_held(d.buf(), true);
+            self.flush_free();
+            return Some(Taken { desc: d });
+        }
     }
 
     /// The bytes of a taken message (valid until it is released).
@@ -1566,6 +1700,105 @@ mod tests {
             }
         }
         t.join().unwrap();
+    }
+
+    /// Invariant 9 on one thread: a full ring evicts its oldest message, the consumer never
+    /// sees it, the evicted buffer carries the new message; eviction needs an evictable
+    /// consumer of the same region and a full ring.
+    #[test]
+    fn eviction_replaces_the_oldest() {
+        let region = Region::heap::<SubmitDesc>(&params(2, false)).unwrap();
+        let mut p = Producer::<SubmitDesc>::new(region.clone()).unwrap();
+        let c = Consumer::<SubmitDesc>::new_evictable(region).unwrap();
+        assert!(send(&mut p, b"1", 1));
+        assert_eq!(p.evict_oldest(&c), None, "not full");
+        assert!(send(&mut p, b"2", 2));
+        let b = p.evict_oldest(&c).expect("full: evicts 1");
+        p.buffer_mut(b)[0] = b'3';
+        p.push(SubmitDesc {
+            buf: b,
+            len: 1,
+            submit_ts: 3,
+        });
+        p.publish();
+        assert_eq!(recv(&c), Some((b"2".to_vec(), 2)));
+        assert_eq!(recv(&c), Some((b"3".to_vec(), 3)));
+        assert_eq!(recv(&c), None);
+        // Not evictable: a plain consumer, or another region's.
+        let (mut q, plain) = pair(1, false);
+        assert!(send(&mut q, b"x", 0));
+        assert_eq!(q.evict_oldest(&plain), None);
+        assert_eq!(p.evict_oldest(&plain), None);
+        let r = Region::memfd::<SubmitDesc>(&params(1, false), "rtchan-test").unwrap();
+        assert!(matches!(
+            Consumer::<SubmitDesc>::new_evictable(r),
+            Err(ShmError::BadRegion(_))
+        ));
+    }
+
+    /// Invariant 9 under a race: a producer that evicts whenever the ring is full and a
+    /// consumer taking as fast as it can never both own a buffer (every message arrives whole,
+    /// with its own bytes), the consumer sees messages in order, and every message is either
+    /// taken, evicted or still queued.
+    #[test]
+    fn eviction_races_with_the_consumer_without_sharing_a_buffer() {
+        let region = Region::heap::<SubmitDesc>(&Params {
+            mmax: 64,
+            capacity: 4,
+            drop_oldest: false,
+            channel: 1,
+        })
+        .unwrap();
+        let c = Arc::new(Consumer::<SubmitDesc>::new_evictable(region.clone()).unwrap());
+        let mut p = Producer::<SubmitDesc>::new(region).unwrap();
+        let n = 50_000u32;
+        let c2 = c.clone();
+        let producer = std::thread::spawn(move || {
+            let mut evicted = 0u32;
+            for i in 0..n {
+                let b = loop {
+                    if p.queued() < u64::from(p.capacity()) {
+                        if let Some(b) = p.grant(|_| {}) {
+                            break b;
+                        }
+                    }
+                    if let Some(b) = p.evict_oldest(&c2) {
+                        evicted += 1;
+                        break b;
+                    }
+                };
+                p.buffer_mut(b)[..64].fill(i as u8);
+                p.buffer_mut(b)[..4].copy_from_slice(&i.to_le_bytes());
+                p.push(SubmitDesc {
+                    buf: b,
+                    len: 64,
+                    submit_ts: u64::from(i),
+                });
+                p.publish();
+            }
+            evicted
+        });
+        let (mut taken, mut last) = (0u32, None::<u32>);
+        let mut done = false;
+        loop {
+            if let Some(t) = c.take(|e| panic!("{e:?}")) {
+                let b = c.bytes(&t).to_vec();
+                let i = u32::from_le_bytes(b[..4].try_into().unwrap());
+                assert_eq!(t.desc.submit_ts, u64::from(i));
+                assert!(b[4..].iter().all(|&x| x == i as u8), "message {i} torn");
+                assert!(last.is_none_or(|l| i > l), "{i} after {last:?}");
+                last = Some(i);
+                taken += 1;
+                c.release(t);
+            } else if done {
+                break;
+            } else if producer.is_finished() {
+                done = true; // one more pass takes what is still queued
+            }
+        }
+        let evicted = producer.join().unwrap();
+        assert_eq!(taken + evicted, n, "taken {taken} evicted {evicted}");
+        assert!(evicted > 0, "the race was not exercised");
     }
 
     proptest! {

@@ -1,46 +1,41 @@
-//! The application side of a channel: the sender handle, its submit ring and buffer pool, and
-//! the doorbell that wakes the channel's handler on its polling core.
+//! The application side of a channel: the sender handle, its submit ring, and the doorbell
+//! that wakes the channel's handler on its polling core.
 //!
 //! # Data flow
-//! The application calls [`Sender::submit`]: the message is copied into one of the channel's
-//! preallocated buffers (its buffer reservation: `messages + 1` buffers of `mmax` bytes) and the
-//! buffer is pushed onto the channel's submit ring (crossbeam `ArrayQueue`, used single-producer
-//! single-consumer). If the channel's handler was idle, the sender rings the core's doorbell
-//! with the handler's slot. The core pops the ring, fragments the message, and returns the
-//! buffer to the free list when its last packet is written. Nothing allocates after open.
+//! Every channel's messages travel through one ring type, [`crate::shm`]'s single-producer
+//! single-consumer submit ring with its buffers (`messages + 1` of `mmax` bytes, the channel's
+//! buffer reservation). The producer writes a message straight into one of the ring's buffers,
+//! pushes a descriptor (buffer, length, submit stamp) and publishes it; the polling core takes
+//! the descriptor, fragments the message from the buffer and gives the buffer back on the
+//! ring's free list when its last packet is written. Nothing allocates after open, and the
+//! core never copies a message before its packets.
 //!
-//! A channel whose Mmax is at most [`INLINE_MAX`] bytes has no free list: each message travels
-//! inside its ring slot, so the reservation is the ring (`messages` slots) plus the message the
-//! handler holds, `messages + 1` as with buffers, and a submit finds the buffer full exactly
-//! when the ring is full, as with buffers. The ring's element is sized for the inline case, so
-//! every channel's ring slot is 96 bytes (40 before), pooled channels' included: a memory cost
-//! of 56 bytes per reserved message, accepted to keep one ring type.
-//!
-//! # Client-fed channels
-//! A channel whose messages come from another process ([`ChannelShared::new_client`]) has no
-//! [`Sender`] here: the client writes into the channel's shared-memory submit ring
-//! ([`crate::shm`], a sealed memfd) and the handler takes from that ring, validating every
-//! descriptor and counting bad ones in [`ChannelStats::invalid_descriptors`]. The buffers
-//! are the ring's (`messages + 1`, one more for drop-oldest), so a message is never copied
-//! between the client's write and its packets. A client cannot ring the doorbell: the core
-//! looks at client-fed channels' tails once per iteration instead (`Core`'s client scan).
-//! The core leaves a memfd ring alone until the client has mapped it and the daemon sealed it
-//! against hole punching ([`ChannelShared::client_mapped`]): from then on no page of it can
-//! vanish under the core.
+//! * **In-process** ([`ChannelShared::new`], [`Sender`]): the ring is in this process's memory
+//!   (a heap region); [`Sender::submit`] produces, and rings the core's doorbell with the
+//!   handler's slot when the handler was idle. A drop-oldest channel evicts the oldest queued
+//!   message itself when the ring is full (`shm` invariant 9), so a submit never waits.
+//! * **Client-fed** ([`ChannelShared::new_client`]): the ring is a sealed memfd region mapped
+//!   by another process, which produces; the core validates every descriptor and counts bad
+//!   ones in [`ChannelStats::invalid_descriptors`]. A client cannot ring the doorbell: the
+//!   core looks at client-fed channels' tails in its client scan instead (`Core`). The core
+//!   leaves a memfd ring alone until the client has mapped it and the daemon sealed it against
+//!   hole punching ([`ChannelShared::client_mapped`]): from then on no page of it can vanish
+//!   under the core. Drop-oldest rings carry one descriptor and one buffer of slack, trimmed by
+//!   the core (`shm` invariant 6), since the client cannot take messages away from the core.
 //!
 //! # Wake-up protocol (numbered invariants)
 //! 1. `armed == true` means the core will look at the submit ring again without another
 //!    doorbell: the slot is in the doorbell, or the handler is active (holds a message or is
 //!    queued in the scheduler).
-//! 2. The sender pushes the message, then a `SeqCst` fence, then `armed.swap(true)`; only the
-//!    swap that turns `false` into `true` pushes the doorbell, so a slot is in the doorbell at
-//!    most once and the doorbell (sized to the core's channel count) never overflows.
+//! 2. The sender publishes the message, then a `SeqCst` fence, then `armed.swap(true)`; only
+//!    the swap that turns `false` into `true` pushes the doorbell, so a slot is in the doorbell
+//!    at most once and the doorbell (sized to the core's channel count) never overflows.
 //! 3. The core disarms only when the handler is idle: `armed.store(false)`, a `SeqCst` fence,
 //!    then it re-reads the ring; a message found there is taken by re-arming with a swap. The
 //!    two fences order each side's write before its read (a Dekker pair), so a message pushed
 //!    concurrently is seen by one side or the other: none is stranded.
 
-use crate::shm::{Consumer, Event, Params, Region, ShmError, SubmitDesc, Taken};
+use crate::shm::{Consumer, Event, Params, Producer, Region, ShmError, SubmitDesc, Taken};
 use crate::spec::{ChannelConfig, OverflowPolicy};
 use crate::stats::{ChannelStats, SampleSink};
 use crate::time::{monotonic_now, Nanos};
@@ -48,69 +43,38 @@ use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Messages of at most this many bytes (one cache line) travel inside the submit ring's slot:
-/// copying them costs less than a free-list round trip per message (a locked instruction on
-/// each side and two more cache lines shared between the sender and the core).
-pub const INLINE_MAX: usize = 64;
-
-/// Where a submitted message's bytes are.
-#[derive(Debug)]
-pub enum Payload {
-    /// In the ring slot (channels with Mmax ≤ [`INLINE_MAX`]).
-    Inline([u8; INLINE_MAX]),
-    /// In a buffer from the channel's free list (capacity `mmax`).
-    Pooled(Box<[u8]>),
-    /// In a buffer of a client-fed channel's shared-memory ring (read through the channel:
-    /// `ChannelShared::message`).
-    Shm(Taken<SubmitDesc>),
-}
-
-/// A message on its way from the sender to the handler.
+/// A message on its way from the producer to the handler: its descriptor, taken from the
+/// submit ring (the bytes stay in the ring's buffer, read through the channel).
 #[derive(Debug)]
 pub struct Submitted {
-    /// The message bytes (the first `len` of them).
-    pub payload: Payload,
+    /// The descriptor, validated; its buffer is the core's until the message is recycled.
+    pub taken: Taken<SubmitDesc>,
     /// Message length.
     pub len: u32,
     /// Submit time (CLOCK_MONOTONIC ns).
     pub submit_ts: Nanos,
 }
 
-impl Submitted {
-    /// The message of an in-process channel (empty for a client-fed one: see
-    /// `ChannelShared::message`).
-    #[inline]
-    pub fn data(&self) -> &[u8] {
-        match &self.payload {
-            Payload::Inline(a) => &a[..self.len as usize],
-            Payload::Pooled(b) => &b[..self.len as usize],
-            Payload::Shm(_) => &[],
-        }
-    }
-}
-
 /// A core's doorbell: slots of handlers that have new messages.
 pub type Doorbell = ArrayQueue<u32>;
 
-/// State shared between a channel's sender and its handler.
+/// State shared between a channel's producer and its handler.
 #[derive(Debug)]
 pub struct ChannelShared {
     /// The validated configuration.
     pub config: ChannelConfig,
     /// Handler slot on the core (the doorbell's payload).
     pub slot: u32,
-    pub(crate) submit: ArrayQueue<Submitted>,
-    pub(crate) free: ArrayQueue<Box<[u8]>>,
-    /// Messages travel in the ring slot ([`INLINE_MAX`]); the free list is empty.
-    inline: bool,
+    /// The consuming end of the submit ring (the core's).
+    ring: Consumer<SubmitDesc>,
+    /// The ring's producer is another process (a client); in-process otherwise.
+    client: bool,
     armed: AtomicBool,
     closed: AtomicBool,
     doorbell: Arc<Doorbell>,
-    /// The shared-memory submit ring of a client-fed channel.
-    client: Option<Consumer<SubmitDesc>>,
-    /// The core may read the client's ring: set once the client mapped it and the daemon
-    /// sealed it against hole punching ([`ChannelShared::client_mapped`]); heap rings from the
-    /// start. Before, the core does not touch the ring.
+    /// The core may read the ring: a client's memfd ring once the client mapped it and the
+    /// daemon sealed it against hole punching ([`ChannelShared::client_mapped`]); a heap ring
+    /// from the start. Before, the core does not touch the ring.
     ring_ready: AtomicBool,
     /// How long after its stamp a client-fed message may be taken (the release jitter it was
     /// admitted with; 0 in-process). A stamp is never trusted beyond it.
@@ -153,8 +117,8 @@ pub enum Submit {
 /// rounding), so a memory budget counts what the process really holds.
 pub const ALLOC_OVERHEAD: u64 = 16;
 
-/// A channel's shared state apart from its buffers and rings (counters, the delay histogram,
-/// the `Arc`), rounded up; `tests/reservation_bytes.rs` measures it.
+/// A channel's shared state apart from its ring (counters, the delay histogram, the `Arc`),
+/// rounded up; `tests/reservation_bytes.rs` measures it.
 pub const CHANNEL_FIXED_BYTES: u64 = 64 * 1024;
 
 /// Bytes of one slot of an `ArrayQueue<T>` (the value and its stamp).
@@ -162,60 +126,76 @@ pub(crate) fn queue_slot_bytes<T>() -> u64 {
     std::mem::size_of::<(usize, T)>() as u64
 }
 
+/// The in-process submit ring of `messages` buffered messages of up to `bytes_per_message`.
+fn in_process_params(messages: u32, bytes_per_message: u32, channel: u32) -> Params {
+    Params {
+        mmax: bytes_per_message.max(1),
+        capacity: messages.max(1),
+        // Drop-oldest evicts in the producer (shm invariant 9): no slack.
+        drop_oldest: false,
+        channel,
+    }
+}
+
 /// The heap bytes [`ChannelShared::new`] allocates for a channel of `messages` buffered
-/// messages of `bytes_per_message` (its buffer reservation, rings and free list included),
-/// saturating; computed without allocating, so admission can refuse before anything is
-/// allocated.
+/// messages of `bytes_per_message` (its buffer reservation: the submit ring with its
+/// buffers, descriptors and free list, and the core's bitmap of held buffers), saturating
+/// (`u64::MAX` for a ring too large to build); computed without allocating, so admission can
+/// refuse before anything is allocated.
 pub fn reservation_bytes(messages: u32, bytes_per_message: u32) -> u64 {
-    let m = u64::from(messages);
-    let inline = bytes_per_message as usize <= INLINE_MAX;
-    let submit = m.saturating_mul(queue_slot_bytes::<Submitted>()) + ALLOC_OVERHEAD;
-    let (free, buffers) = if inline {
-        (queue_slot_bytes::<Box<[u8]>>() + ALLOC_OVERHEAD, 0)
-    } else {
-        let n = m + 1;
-        (
-            n.saturating_mul(queue_slot_bytes::<Box<[u8]>>()) + ALLOC_OVERHEAD,
-            n.saturating_mul(u64::from(bytes_per_message) + ALLOC_OVERHEAD),
-        )
+    let p = in_process_params(messages, bytes_per_message, 0);
+    let Ok(region) = Region::bytes_for::<SubmitDesc>(&p) else {
+        return u64::MAX;
     };
-    submit
-        .saturating_add(free)
-        .saturating_add(buffers)
+    // The consumer's bitmap: one bit per buffer (capacity + 1), in 64-bit words.
+    let held = (u64::from(p.capacity) + 1).div_ceil(64) * 8 + ALLOC_OVERHEAD;
+    region
+        .saturating_add(ALLOC_OVERHEAD)
+        .saturating_add(held)
         .saturating_add(CHANNEL_FIXED_BYTES)
 }
 
 impl ChannelShared {
-    /// Creates the shared state and preallocates the channel's buffers, with its delay
-    /// histogram registered in the core's `sink` (control path).
+    /// Creates the shared state of an in-process channel and its submit ring in this
+    /// process's memory, with its delay histogram registered in the core's `sink` (control
+    /// path; the ring's pages are faulted in now). Fails only for a ring too large to build.
     pub fn new(
         config: ChannelConfig,
         slot: u32,
         doorbell: Arc<Doorbell>,
         sink: &Arc<SampleSink>,
+    ) -> Result<Arc<Self>, ShmError> {
+        let p = in_process_params(
+            config.reservation.messages,
+            config.reservation.bytes_per_message.max(config.mmax()),
+            config.id,
+        );
+        let region = Region::heap::<SubmitDesc>(&p)?;
+        let ring = Consumer::new_evictable(region)?;
+        Ok(Self::assemble(config, slot, doorbell, sink, ring, false, 0))
+    }
+
+    fn assemble(
+        config: ChannelConfig,
+        slot: u32,
+        doorbell: Arc<Doorbell>,
+        sink: &Arc<SampleSink>,
+        ring: Consumer<SubmitDesc>,
+        client: bool,
+        release_jitter: Nanos,
     ) -> Arc<Self> {
-        let messages = config.reservation.messages as usize;
-        let inline = config.mmax() as usize <= INLINE_MAX;
-        let free = ArrayQueue::new(if inline { 1 } else { messages + 1 });
-        if !inline {
-            for _ in 0..=messages {
-                let _ = free.push(crate::mem::prefaulted_bytes(
-                    config.reservation.bytes_per_message as usize,
-                ));
-            }
-        }
+        // A memfd ring waits for the client's `mapped` (and the seal); a heap ring is ours.
+        let ready = ring.region().fd().is_none();
         Arc::new(Self {
             config,
             slot,
-            submit: ArrayQueue::new(messages),
-            free,
-            inline,
+            ring,
+            client,
             armed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             doorbell,
-            client: None,
-            ring_ready: AtomicBool::new(false),
-            release_jitter: 0,
+            ring_ready: AtomicBool::new(ready),
+            release_jitter,
             stats: ChannelStats::new(sink),
         })
     }
@@ -255,90 +235,73 @@ impl ChannelShared {
         region: Arc<Region>,
         release_jitter: Nanos,
     ) -> Result<Arc<Self>, ShmError> {
-        // A memfd ring waits for the client's `mapped` (and the seal); a heap ring is ours.
-        let ready = region.fd().is_none();
-        let consumer = Consumer::new(region)?;
-        Ok(Arc::new(Self {
+        let ring = Consumer::new(region)?;
+        Ok(Self::assemble(
             config,
             slot,
-            submit: ArrayQueue::new(1),
-            free: ArrayQueue::new(1),
-            inline: false,
-            armed: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
             doorbell,
-            client: Some(consumer),
-            ring_ready: AtomicBool::new(ready),
+            sink,
+            ring,
+            true,
             release_jitter,
-            stats: ChannelStats::new(sink),
-        }))
+        ))
     }
 
-    /// The submit ring's region of a client-fed channel (its fd goes to the client).
+    /// The submit ring's region of a client-fed channel (its fd goes to the client); `None`
+    /// for an in-process channel, whose ring only this process sees.
     pub fn region(&self) -> Option<&Arc<Region>> {
-        self.client.as_ref().map(|c| c.region())
+        self.client.then(|| self.ring.region())
     }
 
     /// Whether the channel's messages come from a client's shared-memory ring.
     #[inline]
     pub fn is_client(&self) -> bool {
-        self.client.is_some()
+        self.client
     }
 
     /// The client has mapped the ring: seal it against new writers and hole punching
     /// ([`Region::seal_writers`]), then let the core read it (control path; idempotent). An
-    /// in-process channel has no ring to map: `Ok`.
+    /// in-process channel's ring is ready from the start: `Ok`.
     pub fn client_mapped(&self) -> Result<(), ShmError> {
-        let Some(c) = &self.client else {
-            return Ok(());
-        };
         if self.ring_ready.load(Ordering::Acquire) {
             return Ok(());
         }
-        c.region().seal_writers()?;
+        self.ring.region().seal_writers()?;
         self.ring_ready.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// Whether the core reads the client's ring yet (see [`ChannelShared::client_mapped`]).
+    /// Whether the core reads the ring yet (see [`ChannelShared::client_mapped`]).
     pub fn ring_ready(&self) -> bool {
-        self.client.is_none() || self.ring_ready.load(Ordering::Acquire)
+        self.ring_ready.load(Ordering::Acquire)
     }
 
     /// A client-fed channel has messages the handler has not taken (one shared load).
     #[inline]
     pub(crate) fn client_has_new(&self) -> bool {
-        self.client
-            .as_ref()
-            .is_some_and(|c| self.ring_ready.load(Ordering::Acquire) && c.has_new())
+        self.client && self.ring_ready.load(Ordering::Acquire) && self.ring.has_new()
     }
 
-    /// The core takes the next submitted message, if any.
+    /// The core takes the next submitted message, if any: a validated descriptor (bad ones,
+    /// only a client can write, are counted and skipped).
     #[inline]
     pub(crate) fn take(&self) -> Option<Submitted> {
-        match &self.client {
-            None => self.submit.pop(),
-            Some(c) => self.take_client(c),
-        }
-    }
-
-    /// A validated message from the client's ring; bad descriptors are counted and skipped.
-    #[inline]
-    fn take_client(&self, c: &Consumer<SubmitDesc>) -> Option<Submitted> {
         if !self.ring_ready.load(Ordering::Acquire) {
             return None;
         }
         let st = &self.stats;
-        let t = c.take(|e| match e {
+        let t = self.ring.take(|e| match e {
             Event::Invalid(_) => st.invalid_descriptors.inc(),
             Event::DroppedOldest => st.dropped_oldest.inc(),
         })?;
-        // The daemon counts what it accepted from the client's ring.
-        st.submitted.inc();
+        if self.client {
+            // The daemon counts what it accepted from the client's ring.
+            st.submitted.inc();
+        }
         Some(Submitted {
             len: t.desc.len,
             submit_ts: t.desc.submit_ts,
-            payload: Payload::Shm(t),
+            taken: t,
         })
     }
 
@@ -351,7 +314,7 @@ impl ChannelShared {
     /// the ceiling a stamp near `u64::MAX` would overflow the deadlines.
     #[inline]
     pub(crate) fn arrival_stamp(&self, msg: &Submitted, now: Nanos) -> Nanos {
-        if self.client.is_none() {
+        if !self.client {
             return msg.submit_ts;
         }
         let floor = now.saturating_sub(self.release_jitter);
@@ -362,24 +325,18 @@ impl ChannelShared {
         t
     }
 
-    /// The bytes of a message this channel's handler holds.
+    /// The bytes of a message this channel's handler holds (in the ring's buffer).
     #[inline]
     pub(crate) fn message<'a>(&'a self, msg: &'a Submitted) -> &'a [u8] {
-        match (&msg.payload, &self.client) {
-            (Payload::Shm(t), Some(c)) => c.bytes(t),
-            _ => msg.data(),
-        }
+        self.ring.bytes(&msg.taken)
     }
 
-    /// Prefetches what the core touches when this channel's handler runs next: the submit
-    /// ring's head, the free list when `pooled`, the counters it bumps per packet.
+    /// Prefetches what the core touches when this channel's handler runs next: the ring's
+    /// indices and the counters it bumps per packet.
     #[inline(always)]
-    pub(crate) fn prefetch_hot(&self, pooled: bool) {
+    pub(crate) fn prefetch_hot(&self) {
         use crate::mem::prefetch;
-        prefetch(&self.submit);
-        if pooled {
-            prefetch(&self.free);
-        }
+        prefetch(&self.ring);
         prefetch(&self.stats.packets);
         prefetch(&self.stats.handler_cycles);
     }
@@ -395,42 +352,26 @@ impl ChannelShared {
         }
     }
 
-    /// Messages travel in the ring's slots ([`INLINE_MAX`]).
-    pub(crate) fn is_inline(&self) -> bool {
-        self.inline
-    }
-
     /// The core gives a message's buffer back once the message is fully written.
     #[inline]
     pub(crate) fn recycle(&self, msg: Submitted) {
-        match msg.payload {
-            // Cannot fail: there are exactly `messages + 1` buffers and the list holds that many.
-            Payload::Pooled(buf) => {
-                let _ = self.free.push(buf);
-            }
-            Payload::Shm(t) => {
-                if let Some(c) = &self.client {
-                    c.release(t);
-                }
-            }
-            Payload::Inline(_) => {}
-        }
+        self.ring.release(msg.taken);
     }
 
     /// The core found the handler idle: disarm, then take a message that raced in (invariant 3).
     #[inline]
     pub(crate) fn disarm_or_take(&self) -> Option<Submitted> {
-        if self.client.is_some() {
+        if self.client {
             // No doorbell: the core's client scan finds later messages.
             return None;
         }
         self.armed.store(false, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if self.submit.is_empty() || self.armed.swap(true, Ordering::AcqRel) {
+        if !self.ring.has_new() || self.armed.swap(true, Ordering::AcqRel) {
             // Empty, or the sender re-armed and rang the doorbell itself.
             return None;
         }
-        match self.submit.pop() {
+        match self.take() {
             Some(m) => Some(m),
             None => {
                 self.armed.store(false, Ordering::Relaxed);
@@ -446,38 +387,48 @@ impl ChannelShared {
 
     /// Messages waiting in the submit ring.
     pub fn queued(&self) -> usize {
-        match &self.client {
-            None => self.submit.len(),
-            Some(c) => c.region().queued() as usize,
-        }
+        self.ring.region().queued() as usize
     }
 
     /// Marks the channel closed: later submits fail with `Closed` (a client sees the flag in
     /// its ring).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        if let Some(c) = &self.client {
-            c.region().close();
-        }
+        self.ring.region().close();
     }
 
     /// True once closed (for a client-fed channel also when its ring was poisoned).
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire) || self.client.as_ref().is_some_and(|c| c.is_closed())
+        self.closed.load(Ordering::Acquire) || self.ring.is_closed()
     }
 }
 
-/// The application's handle for submitting messages on a channel. One per channel (the submit
-/// ring is single-producer); it is `Send`, so it can move to the thread that produces.
+/// The application's handle for submitting messages on an in-process channel: the producing
+/// end of its submit ring. One per channel (the ring is single-producer); it is `Send`, so it
+/// can move to the thread that produces.
 #[derive(Debug)]
 pub struct Sender {
     shared: Arc<ChannelShared>,
+    ring: Producer<SubmitDesc>,
+    capacity: u64,
 }
 
 impl Sender {
-    /// Wraps the shared state (the dataplane hands these out when a channel opens).
-    pub fn new(shared: Arc<ChannelShared>) -> Self {
-        Self { shared }
+    /// Takes the producing end of an in-process channel's ring (the dataplane hands these out
+    /// when a channel opens). Refused for a client-fed channel (its producer is the client)
+    /// and for a second sender of one channel.
+    pub fn new(shared: Arc<ChannelShared>) -> Result<Self, ShmError> {
+        if shared.client {
+            return Err(ShmError::EndTaken(
+                "producer (a client-fed channel's client)",
+            ));
+        }
+        let ring = Producer::new(shared.ring.region().clone())?;
+        Ok(Self {
+            capacity: u64::from(ring.capacity()),
+            shared,
+            ring,
+        })
     }
 
     /// The channel's configuration.
@@ -514,76 +465,44 @@ impl Sender {
             return Err(SubmitError::Closed);
         }
         let policy = s.config.overflow;
-        if s.inline {
-            let mut a = [0u8; INLINE_MAX];
-            a[..data.len()].copy_from_slice(data);
-            let msg = Submitted {
-                payload: Payload::Inline(a),
-                len: data.len() as u32,
-                submit_ts: now,
-            };
-            // Ring full: the buffer is full (the handler may hold one more).
-            let outcome = match s.submit.push(msg) {
-                Ok(()) => Submit::Queued,
-                Err(msg) if policy == OverflowPolicy::DropOldest => {
-                    match s.submit.force_push(msg) {
-                        Some(_old) => {
-                            s.stats.dropped_oldest.inc();
-                            Submit::QueuedDroppedOldest
-                        }
-                        None => Submit::Queued, // the core took one meanwhile
-                    }
-                }
-                Err(_) => return s.refuse(policy),
-            };
-            return Ok(self.publish(outcome));
-        }
-        // With messages + 1 buffers, the free list is empty only when the ring is full and the
-        // handler holds one: the buffer is full.
+        // With `messages + 1` buffers a buffer is free whenever the ring has room (the core
+        // holds at most one), and the oldest can be evicted whenever it is full: two rounds
+        // suffice, the second only after the core took a message during the first.
         let mut outcome = Submit::Queued;
-        let mut buf = match s.free.pop() {
-            Some(b) => b,
-            None if policy != OverflowPolicy::DropOldest => return s.refuse(policy),
-            None => match s.submit.pop() {
-                Some(old) => {
-                    s.stats.dropped_oldest.inc();
-                    outcome = Submit::QueuedDroppedOldest;
-                    match old.payload {
-                        Payload::Pooled(b) => b,
-                        Payload::Inline(_) | Payload::Shm(_) => unreachable!("pooled channel"),
-                    }
+        let mut buf = None;
+        for _ in 0..2 {
+            if self.ring.queued() < self.capacity {
+                buf = self.ring.grant(|_| {});
+                if buf.is_some() {
+                    break;
                 }
-                // The core took the last one between our two pops.
-                None => match s.free.pop() {
-                    Some(b) => b,
-                    None => return s.refuse(OverflowPolicy::Block),
-                },
-            },
-        };
-        buf[..data.len()].copy_from_slice(data);
-        let msg = Submitted {
-            payload: Payload::Pooled(buf),
-            len: data.len() as u32,
-            submit_ts: now,
-        };
-        if let Err(msg) = s.submit.push(msg) {
-            // Ring full while one buffer was still free (the handler holds none right now).
+            }
             if policy != OverflowPolicy::DropOldest {
-                s.recycle(msg);
                 return s.refuse(policy);
             }
-            if let Some(old) = s.submit.force_push(msg) {
-                s.recycle(old);
+            if let Some(b) = self.ring.evict_oldest(&s.ring) {
                 s.stats.dropped_oldest.inc();
                 outcome = Submit::QueuedDroppedOldest;
+                buf = Some(b);
+                break;
             }
         }
-        Ok(self.publish(outcome))
+        let Some(b) = buf else {
+            return s.refuse(OverflowPolicy::Block);
+        };
+        self.ring.buffer_mut(b)[..data.len()].copy_from_slice(data);
+        self.ring.push(SubmitDesc {
+            buf: b,
+            len: data.len() as u32,
+            submit_ts: now,
+        });
+        self.ring.publish();
+        Ok(self.wake(outcome))
     }
 
     /// Counts a queued message and wakes the handler if it was idle.
     #[inline]
-    fn publish(&self, outcome: Submit) -> Submit {
+    fn wake(&self, outcome: Submit) -> Submit {
         let s = &*self.shared;
         s.stats.submitted.inc();
         // Invariant 2: publish the message before arming.
@@ -601,8 +520,8 @@ mod tests {
     use super::*;
     use crate::spec::ChannelSpec;
 
-    /// Both kinds of channel: messages in the ring slot, and in buffers from the free list.
-    const MMAX: [u32; 2] = [8, INLINE_MAX as u32 + 1];
+    /// A message of one cache line's buffer, and one of several.
+    const MMAX: [u32; 2] = [8, 65];
 
     fn shared(policy: OverflowPolicy, bmax: u32) -> (Arc<ChannelShared>, Arc<Doorbell>) {
         shared_with(policy, bmax, 8)
@@ -625,7 +544,7 @@ mod tests {
         c.overflow = policy;
         let bell = Arc::new(Doorbell::new(4));
         (
-            ChannelShared::new(c, 3, bell.clone(), &SampleSink::new()),
+            ChannelShared::new(c, 3, bell.clone(), &SampleSink::new()).unwrap(),
             bell,
         )
     }
@@ -633,19 +552,19 @@ mod tests {
     #[test]
     fn too_long_is_rejected_not_truncated() {
         let (s, bell) = shared(OverflowPolicy::Block, 2);
-        let mut tx = Sender::new(s.clone());
+        let mut tx = Sender::new(s.clone()).unwrap();
         assert_eq!(
             tx.submit_at(&[0; 9], 0),
             Err(SubmitError::TooLong { len: 9, mmax: 8 })
         );
-        assert!(s.submit.is_empty());
+        assert_eq!(s.queued(), 0);
         assert!(bell.is_empty());
     }
 
     #[test]
     fn doorbell_rings_once_until_disarmed() {
         let (s, bell) = shared(OverflowPolicy::Block, 4);
-        let mut tx = Sender::new(s.clone());
+        let mut tx = Sender::new(s.clone()).unwrap();
         tx.submit_at(b"a", 0).unwrap();
         tx.submit_at(b"b", 0).unwrap();
         assert_eq!(bell.len(), 1);
@@ -662,7 +581,7 @@ mod tests {
     fn disarm_takes_a_message_that_raced_in() {
         for mmax in MMAX {
             let (s, bell) = shared_with(OverflowPolicy::Block, 4, mmax);
-            let mut tx = Sender::new(s.clone());
+            let mut tx = Sender::new(s.clone()).unwrap();
             tx.submit_at(b"a", 0).unwrap();
             bell.pop();
             // The handler is active (armed) when the sender submits again: no doorbell.
@@ -671,7 +590,7 @@ mod tests {
             assert!(s.take().is_some());
             // The core now goes idle: it must find "b" instead of stranding it.
             let m = s.disarm_or_take().expect("raced message is taken");
-            assert_eq!(&m.data()[..1], b"b");
+            assert_eq!(&s.message(&m)[..1], b"b");
         }
     }
 
@@ -679,7 +598,7 @@ mod tests {
     fn block_policy_answers_would_block_when_full() {
         for mmax in MMAX {
             let (s, _bell) = shared_with(OverflowPolicy::Block, 2, mmax);
-            let mut tx = Sender::new(s.clone());
+            let mut tx = Sender::new(s.clone()).unwrap();
             tx.submit_at(b"1", 0).unwrap();
             tx.submit_at(b"2", 0).unwrap();
             assert_eq!(tx.submit_at(b"3", 0), Err(SubmitError::WouldBlock));
@@ -697,12 +616,24 @@ mod tests {
     fn drop_newest_keeps_the_queue() {
         for mmax in MMAX {
             let (s, _bell) = shared_with(OverflowPolicy::DropNewest, 2, mmax);
-            let mut tx = Sender::new(s.clone());
+            let mut tx = Sender::new(s.clone()).unwrap();
             tx.submit_at(b"1", 0).unwrap();
             tx.submit_at(b"2", 0).unwrap();
             assert_eq!(tx.submit_at(b"3", 0), Ok(Submit::DroppedNewest));
-            assert_eq!(&s.take().unwrap().data()[..1], b"1");
-            assert_eq!(&s.take().unwrap().data()[..1], b"2");
+            assert_eq!(
+                &{
+                    let m = s.take().unwrap();
+                    s.message(&m)[..1].to_vec()
+                }[..],
+                b"1"
+            );
+            assert_eq!(
+                &{
+                    let m = s.take().unwrap();
+                    s.message(&m)[..1].to_vec()
+                }[..],
+                b"2"
+            );
             assert_eq!(s.stats.dropped_newest.get(), 1);
         }
     }
@@ -711,16 +642,28 @@ mod tests {
     fn drop_oldest_replaces_the_head() {
         for mmax in MMAX {
             let (s, _bell) = shared_with(OverflowPolicy::DropOldest, 2, mmax);
-            let mut tx = Sender::new(s.clone());
+            let mut tx = Sender::new(s.clone()).unwrap();
             tx.submit_at(b"1", 0).unwrap();
             tx.submit_at(b"2", 0).unwrap();
             assert_eq!(tx.submit_at(b"3", 0), Ok(Submit::QueuedDroppedOldest));
             let held = s.take().unwrap(); // handler holds "2"
-            assert_eq!(&held.data()[..1], b"2");
+            assert_eq!(&s.message(&held)[..1], b"2");
             tx.submit_at(b"4", 0).unwrap();
             assert_eq!(tx.submit_at(b"5", 0), Ok(Submit::QueuedDroppedOldest));
-            assert_eq!(&s.take().unwrap().data()[..1], b"4");
-            assert_eq!(&s.take().unwrap().data()[..1], b"5");
+            assert_eq!(
+                &{
+                    let m = s.take().unwrap();
+                    s.message(&m)[..1].to_vec()
+                }[..],
+                b"4"
+            );
+            assert_eq!(
+                &{
+                    let m = s.take().unwrap();
+                    s.message(&m)[..1].to_vec()
+                }[..],
+                b"5"
+            );
             assert_eq!(s.stats.dropped_oldest.get(), 2);
         }
     }
@@ -728,7 +671,7 @@ mod tests {
     #[test]
     fn closed_channel_refuses() {
         let (s, _bell) = shared(OverflowPolicy::Block, 2);
-        let mut tx = Sender::new(s.clone());
+        let mut tx = Sender::new(s.clone()).unwrap();
         s.close();
         assert_eq!(tx.submit_at(b"1", 0), Err(SubmitError::Closed));
     }

@@ -86,8 +86,6 @@ pub(crate) struct Handler {
     pub enforce: bool,
     /// Closing: finish what is queued, then go.
     pub draining: bool,
-    /// Messages travel in the submit ring's slots: no free list to touch.
-    inline: bool,
     /// `shared.stats`' delay histogram key in the core's sample sink, copied like `id`.
     delay_key: u32,
 }
@@ -98,7 +96,6 @@ impl Handler {
             TrafficClass::RealTime(s) => Some(s),
             TrafficClass::BestEffort { .. } => None,
         };
-        let shared_inline = shared.is_inline();
         let shared_key = shared.stats.delay_key();
         Self {
             template: HeaderTemplate::new(&shared.config.endpoint),
@@ -115,7 +112,6 @@ impl Handler {
             current: None,
             delay_key: shared_key,
             draining: false,
-            inline: shared_inline,
         }
     }
 
@@ -123,7 +119,7 @@ impl Handler {
     /// submit ring's head and the channel's counters (see [`ChannelShared::prefetch_hot`]).
     #[inline(always)]
     pub fn prefetch_shared(&self) {
-        self.shared.prefetch_hot(!self.inline);
+        self.shared.prefetch_hot();
     }
 
     /// Starts on `msg`: assigns its sequence number, logical arrival time and deadlines.

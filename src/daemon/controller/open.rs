@@ -365,7 +365,9 @@ impl Control {
             };
         }
         let built = match self.dp.tx[usize::from(core)].handle.prepare_open(cfg) {
-            Ok(pending) => self.off_thread(bytes, move || pending.build()),
+            Ok(pending) => self
+                .off_thread(bytes, move || pending.build())
+                .and_then(|b| b.map_err(|e| internal(format!("core {core}: {e}")))),
             Err(e) => Err(internal(format!("core {core} refused the channel: {e}"))),
         };
         let opened = built.and_then(|shared| {
