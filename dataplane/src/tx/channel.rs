@@ -171,7 +171,13 @@ impl ChannelShared {
             config.id,
         );
         let region = Region::heap::<SubmitDesc>(&p)?;
-        let ring = Consumer::new_evictable(region)?;
+        // Only a drop-oldest sender evicts; the others keep the consumer's head single-writer
+        // (a plain store per take instead of a compare-and-swap).
+        let ring = if config.overflow == OverflowPolicy::DropOldest {
+            Consumer::new_evictable(region)?
+        } else {
+            Consumer::new(region)?
+        };
         Ok(Self::assemble(config, slot, doorbell, sink, ring, false, 0))
     }
 
