@@ -303,7 +303,7 @@ impl CoreHandle {
 
     /// Opens the receive side of a channel whose application is another process: messages
     /// go into the client's delivery ring `region`, and `wake` is signalled when it sleeps.
-    /// The returned receiver only reads the statistics (its in-process queue stays empty).
+    /// The returned receiver only reads the statistics (it has no consuming end here).
     pub fn open_receiver_app(
         &mut self,
         id: ChannelId,

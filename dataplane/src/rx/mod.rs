@@ -16,13 +16,15 @@
 //! ([`crate::stats`]); timed-out slots are swept a bounded step at a time
 //! ([`MAINTAIN_SLOTS_PER_STEP`]).
 //!
-//! A channel whose receiving application is another process ([`RxShared::with_app`]) is
-//! delivered into that application's shared-memory ring ([`crate::shm`], the core produces)
-//! instead of the in-process queue: the message is copied from its reassembly buffer into a
-//! ring buffer, published, and the application's eventfd is signalled only when it said it
-//! sleeps (at most one `write` per sleep).
+//! Every receiver's messages are delivered through one ring type, [`crate::shm`]'s delivery
+//! ring (the core produces): a one-fragment message is copied from the frame straight into a
+//! ring buffer, a longer one from its reassembly buffer; the descriptor is published at once.
+//! An in-process receiver ([`RxShared::new`], [`Receiver`]) consumes a ring in this process's
+//! memory; a receiving application in another process ([`RxShared::with_app`]) consumes its
+//! sealed memfd ring, and its eventfd is signalled only when it said it sleeps (at most one
+//! `write` per sleep).
 
-use crate::shm::{DeliverDesc, Producer, Region, ShmError, DELIVER_LATE};
+use crate::shm::{Consumer, DeliverDesc, Params, Producer, Region, ShmError, DELIVER_LATE};
 use crate::spec::ChannelId;
 use crate::stats::{Counter, SampleProducer, SampleSink, SharedHistogram};
 use crate::time::Nanos;
@@ -31,7 +33,7 @@ use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// How long an incomplete message may wait for its fragments by default: 100 ms.
 pub const DEFAULT_REASSEMBLY_TIMEOUT: Nanos = 100_000_000;
@@ -155,10 +157,10 @@ pub struct RxShared {
     pub reassembly: u32,
     /// The addresses its frames must carry; `None` accepts any (tests, benches).
     pub source: Option<SourceCheck>,
-    deliver: ArrayQueue<(Box<[u8]>, Delivery)>,
+    /// Reassembly buffers (the core's; a slot holds one while its message is incomplete).
     free: ArrayQueue<Box<[u8]>>,
-    /// The receiving application's ring, when it is another process.
-    app: Option<AppRing>,
+    /// The delivery ring the core produces into.
+    ring: DeliveryRing,
     /// Counters and latency.
     pub stats: RxStats,
 }
@@ -170,29 +172,49 @@ pub const RX_FIXED_BYTES: u64 = 64 * 1024;
 
 /// The heap bytes a channel's receive side allocates ([`RxShared::new`] with `ring` and
 /// `reassembly`, and its slots in [`RxPath::prepare`]) for messages of up to `mmax` bytes,
-/// saturating; computed without allocating.
+/// saturating (`u64::MAX` for a ring too large to build); computed without allocating.
 pub fn reservation_bytes(mmax: u32, ring: u32, reassembly: u32) -> u64 {
     use crate::channel::{queue_slot_bytes, ALLOC_OVERHEAD};
-    let buffers = u64::from(ring) + u64::from(reassembly) + 1;
+    let Ok(region) = Region::bytes_for::<DeliverDesc>(&ring_params(0, mmax, ring)) else {
+        return u64::MAX;
+    };
+    // The in-process consumer's bitmap of held buffers (ring + 1 of them).
+    let held = (u64::from(ring.max(1)) + 1).div_ceil(64) * 8 + ALLOC_OVERHEAD;
+    let buffers = u64::from(reassembly) + 1;
     let bufs = buffers.saturating_mul(u64::from(mmax) + ALLOC_OVERHEAD);
     let free = buffers.saturating_mul(queue_slot_bytes::<Box<[u8]>>()) + ALLOC_OVERHEAD;
-    let deliver = u64::from(ring.max(1))
-        .saturating_mul(queue_slot_bytes::<(Box<[u8]>, Delivery)>())
-        + ALLOC_OVERHEAD;
     let words = (mmax as u64).min(1 << 16).div_ceil(64).max(1);
     let slots = u64::from(reassembly.max(1))
         .saturating_mul(words * 8 + ALLOC_OVERHEAD + std::mem::size_of::<Slot>() as u64);
-    bufs.saturating_add(free)
-        .saturating_add(deliver)
+    region
+        .saturating_add(ALLOC_OVERHEAD)
+        .saturating_add(held)
+        .saturating_add(bufs)
+        .saturating_add(free)
         .saturating_add(slots)
         .saturating_add(RX_FIXED_BYTES)
 }
 
-/// A client's delivery ring and the eventfd that wakes it.
+/// The delivery ring of `ring` messages of up to `mmax` bytes for channel `id`.
+fn ring_params(id: ChannelId, mmax: u32, ring: u32) -> Params {
+    Params {
+        mmax: mmax.max(1),
+        capacity: ring.max(1),
+        drop_oldest: false,
+        channel: id,
+    }
+}
+
+/// Where a receiver's messages go: its delivery ring, consumed in this process (the
+/// in-process [`Receiver`]) or by a client process woken through its eventfd.
 #[derive(Debug)]
-struct AppRing {
+struct DeliveryRing {
     region: Arc<Region>,
-    wake: OwnedFd,
+    /// A client's eventfd (client rings only).
+    wake: Option<OwnedFd>,
+    /// The consuming end, for an in-process receiver. Behind a mutex because [`Receiver`] is
+    /// `Clone`: the ring has one consumer at a time (an uncontended `try_lock` per take).
+    local: Option<Mutex<Consumer<DeliverDesc>>>,
 }
 
 impl RxShared {
@@ -210,6 +232,10 @@ impl RxShared {
     }
 
     /// [`RxShared::new`] for frames that must carry `source`'s addresses.
+    ///
+    /// # Panics
+    /// If the delivery ring cannot be laid out (`ring` near 2^20 messages, or `ring × mmax`
+    /// beyond 2^46 bytes): far above what the daemon's memory budget admits.
     pub fn with_source(
         id: ChannelId,
         mmax: u32,
@@ -218,7 +244,32 @@ impl RxShared {
         sink: &Arc<SampleSink>,
         source: Option<SourceCheck>,
     ) -> Arc<Self> {
-        let buffers = ring as usize + reassembly as usize + 1;
+        let region = Region::heap::<DeliverDesc>(&ring_params(id, mmax, ring))
+            .unwrap_or_else(|e| panic!("receiver {id}'s delivery ring: {e}"));
+        let local = Consumer::new(region.clone()).expect("a new ring's consuming end");
+        Self::assemble(
+            id,
+            mmax,
+            reassembly,
+            source,
+            DeliveryRing {
+                region,
+                wake: None,
+                local: Some(Mutex::new(local)),
+            },
+            sink,
+        )
+    }
+
+    fn assemble(
+        id: ChannelId,
+        mmax: u32,
+        reassembly: u32,
+        source: Option<SourceCheck>,
+        ring: DeliveryRing,
+        sink: &Arc<SampleSink>,
+    ) -> Arc<Self> {
+        let buffers = reassembly as usize + 1;
         let free = ArrayQueue::new(buffers);
         for _ in 0..buffers {
             let _ = free.push(crate::mem::prefaulted_bytes(mmax as usize));
@@ -228,9 +279,8 @@ impl RxShared {
             mmax,
             reassembly,
             source,
-            deliver: ArrayQueue::new(ring.max(1) as usize),
             free,
-            app: None,
+            ring,
             stats: RxStats::new(sink),
         })
     }
@@ -246,26 +296,23 @@ impl RxShared {
         sink: &Arc<SampleSink>,
         source: Option<SourceCheck>,
     ) -> Arc<Self> {
-        let buffers = reassembly as usize + 1;
-        let free = ArrayQueue::new(buffers);
-        for _ in 0..buffers {
-            let _ = free.push(crate::mem::prefaulted_bytes(mmax as usize));
-        }
-        Arc::new(Self {
+        Self::assemble(
             id,
             mmax,
             reassembly,
             source,
-            deliver: ArrayQueue::new(1),
-            free,
-            app: Some(AppRing { region, wake }),
-            stats: RxStats::new(sink),
-        })
+            DeliveryRing {
+                region,
+                wake: Some(wake),
+                local: None,
+            },
+            sink,
+        )
     }
 
     /// The client's delivery ring, if the application is another process.
     pub fn app_region(&self) -> Option<&Arc<Region>> {
-        self.app.as_ref().map(|a| &a.region)
+        self.ring.wake.is_some().then_some(&self.ring.region)
     }
 }
 
@@ -280,11 +327,21 @@ impl Receiver {
     pub fn new(shared: Arc<RxShared>) -> Self {
         Self { shared }
     }
-    /// Calls `f` with the next delivered message, if any, then recycles its buffer.
+    /// Calls `f` with the next delivered message, if any, then gives its ring buffer back.
+    /// `None` also while a clone of this receiver is taking a message (one consumer at a
+    /// time), and for a receiver whose application is another process.
     pub fn recv_with<R>(&self, f: impl FnOnce(&[u8], &Delivery) -> R) -> Option<R> {
-        let (buf, d) = self.shared.deliver.pop()?;
-        let r = f(&buf[..d.len as usize], &d);
-        let _ = self.shared.free.push(buf);
+        let c = self.shared.ring.local.as_ref()?.try_lock().ok()?;
+        let t = c.take(|_| {})?;
+        let d = Delivery {
+            seq: t.desc.seq,
+            submit_ts: t.desc.submit_ts,
+            delivered_ts: t.desc.delivered_ts,
+            deadline: t.desc.deadline,
+            len: t.desc.len,
+        };
+        let r = f(c.bytes(&t), &d);
+        c.release(t);
         Some(r)
     }
     /// Statistics.
@@ -322,8 +379,8 @@ struct RxChannel {
     oow_next: u32,
     /// `shared.stats`' latency histogram key in the core's sample sink.
     latency_key: u32,
-    /// The producing end of the client's delivery ring.
-    app: Option<Producer<DeliverDesc>>,
+    /// The producing end of the delivery ring.
+    ring: Producer<DeliverDesc>,
 }
 
 /// The receive path's reject counters, readable by the control thread while the core runs.
@@ -454,38 +511,29 @@ impl RxPath {
         self.samples.sink()
     }
 
-    /// Builds an in-process receiver's core-side state with `reassembly` slots (control path:
-    /// allocates).
+    /// Builds a receiver's core-side state with `reassembly` slots and the producing end of
+    /// its delivery ring (control path: allocates).
     ///
     /// # Panics
-    /// If `shared` delivers into a client's ring: use [`RxPath::prepare_app`], which can fail.
+    /// If `shared` was prepared before (its ring's producing end is taken): use
+    /// [`RxPath::prepare_app`], which says why, where that can happen.
     pub fn prepare(shared: Arc<RxShared>, reassembly: u32) -> ReceiverState {
-        assert!(
-            shared.app.is_none(),
-            "a receiver delivering into a client's ring is prepared with prepare_app"
-        );
-        Self::prepare_with(shared, reassembly, None)
+        Self::prepare_app(shared, reassembly)
+            .unwrap_or_else(|e| panic!("a receive side is prepared once: {e}"))
     }
 
-    /// Builds the core-side state of a receiver whose application is another process: takes
-    /// the producing end of its delivery ring, or says why it cannot (the end already taken,
-    /// a region of another kind).
+    /// [`RxPath::prepare`], or why the delivery ring's producing end cannot be taken (taken
+    /// already, a region of another kind): a client's ring is refused, not opened with
+    /// nowhere to deliver.
     pub fn prepare_app(shared: Arc<RxShared>, reassembly: u32) -> Result<ReceiverState, ShmError> {
-        let app = match shared.app.as_ref() {
-            Some(a) => Producer::new(a.region.clone())?,
-            None => {
-                return Err(ShmError::Params(
-                    "the receiver has no delivery ring to produce into".into(),
-                ))
-            }
-        };
-        Ok(Self::prepare_with(shared, reassembly, Some(app)))
+        let ring = Producer::new(shared.ring.region.clone())?;
+        Ok(Self::prepare_with(shared, reassembly, ring))
     }
 
     fn prepare_with(
         shared: Arc<RxShared>,
         reassembly: u32,
-        app: Option<Producer<DeliverDesc>>,
+        ring: Producer<DeliverDesc>,
     ) -> ReceiverState {
         // Every fragment but a lone empty one carries at least a byte, and counts are 16-bit.
         let words = (shared.mmax as usize).min(1 << 16).div_ceil(64).max(1);
@@ -502,7 +550,7 @@ impl RxPath {
             .collect();
         ReceiverState(Box::new(RxChannel {
             latency_key: shared.stats.latency.key(),
-            app,
+            ring,
             shared,
             slots,
             next_expected: 0,
@@ -688,12 +736,8 @@ impl RxChannel {
                 return Ok(());
             }
             self.in_window(h.msg_seq)?;
-            let Some(mut buf) = self.shared.free.pop() else {
-                self.shared.stats.ring_full.inc();
-                return Ok(());
-            };
-            buf[..payload.len()].copy_from_slice(payload);
-            self.complete(h, buf, now, samples);
+            // Straight from the frame into the delivery ring: no reassembly buffer.
+            self.complete(h, payload, now, samples);
             return Ok(());
         }
         // Find the slot for this message, or a free one, or evict the oldest.
@@ -776,7 +820,8 @@ impl RxChannel {
             s.active = false;
             let buf = s.buf.take().expect("active slot has a buffer");
             let header = s.header;
-            self.complete(&header, buf, now, samples);
+            self.complete(&header, &buf[..header.msg_len as usize], now, samples);
+            let _ = self.shared.free.push(buf);
         }
         Ok(())
     }
@@ -793,7 +838,8 @@ impl RxChannel {
         behind > 64 || self.recent & (1 << (behind - 1)) == 0
     }
 
-    fn complete(&mut self, h: &RtHeader, buf: Box<[u8]>, now: Nanos, samples: &mut SampleProducer) {
+    /// Delivers the whole message `msg` (its `h.msg_len` bytes) unless it is a duplicate.
+    fn complete(&mut self, h: &RtHeader, msg: &[u8], now: Nanos, samples: &mut SampleProducer) {
         let st = &self.shared.stats;
         let seq = h.msg_seq;
         let ahead = seq.wrapping_sub(self.next_expected);
@@ -814,7 +860,6 @@ impl RxChannel {
             let behind = self.next_expected.wrapping_sub(seq); // ≥ 1
             if behind <= 64 && self.recent & (1 << (behind - 1)) != 0 {
                 st.duplicates.inc();
-                let _ = self.shared.free.push(buf);
                 return;
             }
             if behind <= 64 {
@@ -831,22 +876,17 @@ impl RxChannel {
             deadline: h.deadline,
             len: h.msg_len,
         };
-        if let Some(p) = self.app.as_mut() {
-            let ok = deliver_to_app(p, &buf[..h.msg_len as usize], &d);
-            let _ = self.shared.free.push(buf);
-            if !ok {
-                st.ring_full.inc();
-                return;
-            }
-            if p.publish_and_check_wake() {
-                if let Some(a) = &self.shared.app {
-                    crate::shm::signal(a.wake.as_fd());
+        if !deliver_to_ring(&mut self.ring, msg, &d) {
+            st.ring_full.inc();
+            return;
+        }
+        match &self.shared.ring.wake {
+            Some(wake) => {
+                if self.ring.publish_and_check_wake() {
+                    crate::shm::signal(wake.as_fd());
                 }
             }
-        } else if let Err((buf, _)) = self.shared.deliver.push((buf, d)) {
-            st.ring_full.inc();
-            let _ = self.shared.free.push(buf);
-            return;
+            None => self.ring.publish(),
         }
         st.delivered.inc();
         st.bytes.add(h.msg_len as u64);
@@ -867,10 +907,10 @@ impl RxChannel {
     }
 }
 
-/// Copies a delivered message into the client's ring (not yet published); false when the ring
-/// or its buffers are full.
+/// Copies a delivered message into the delivery ring (not yet published); false when the
+/// ring or its buffers are full.
 #[inline]
-fn deliver_to_app(p: &mut Producer<DeliverDesc>, msg: &[u8], d: &Delivery) -> bool {
+fn deliver_to_ring(p: &mut Producer<DeliverDesc>, msg: &[u8], d: &Delivery) -> bool {
     if p.room() == 0 {
         return false;
     }
@@ -983,7 +1023,8 @@ mod tests {
         rx.handle(&f[0], 0);
         rx.maintain(2000);
         assert_eq!(r.stats().incomplete.get(), 1);
-        assert_eq!(r.shared().free.len(), 8 + 2 + 1);
+        // Every reassembly buffer (2 slots + 1) is back.
+        assert_eq!(r.shared().free.len(), 2 + 1);
     }
 
     #[test]
