@@ -1,5 +1,6 @@
 //! The demo (the README's main command) runs end to end on each link it offers and reports
-//! every channel. Losses are asserted on every link, and that every deadline miss was judged
+//! every channel; over the in-memory link its real-time channels come from application
+//! processes through `rtchan::client` (a daemon in this process, `rtchand demo-app` children). Losses are asserted on every link, and that every deadline miss was judged
 //! against the OS preemption of the polling and application threads measured independently of
 //! them (`rtchan::preemption`: excused only when the run-queue wait during that message's own
 //! life covers its lateness). The verdict is printed, excused and unexcused apart.
@@ -25,6 +26,8 @@ fn args(link: LinkChoice) -> DemoArgs {
         quiet: true,
         no_flood: false,
         link,
+        // The application processes run `rtchand demo-app`, not this test binary.
+        app_exe: Some(env!("CARGO_BIN_EXE_rtchand").into()),
     }
 }
 
@@ -50,6 +53,20 @@ fn check(link: LinkChoice) {
         assert!(c.delivered > 0, "{}: nothing delivered", c.name);
         assert_eq!(c.lost, 0, "{}: lost messages", c.name);
         assert!(c.delivered <= c.submitted);
+    }
+    if link == LinkChoice::Memlink {
+        // Every real-time channel was fed by an application process of its own through
+        // rtchan::client: the daemon lists it as client-fed, and its sender and receiver are
+        // processes other than this one.
+        let me = std::process::id();
+        let mut pids = std::collections::HashSet::new();
+        for c in &r.channels {
+            assert!(c.client_fed, "{}: not client-fed", c.name);
+            let (tx, rx) = c
+                .apps
+                .unwrap_or_else(|| panic!("{}: no application", c.name));
+            assert!(tx != me && rx != me && pids.insert(tx) && pids.insert(rx));
+        }
     }
     let violator = r.channels.iter().find(|c| c.violator).unwrap();
     assert!(violator.refused > 0, "the violator's excess was dropped");
