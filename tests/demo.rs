@@ -6,10 +6,10 @@
 //! life covers its lateness). The verdict is printed, excused and unexcused apart.
 //!
 //! Unexcused misses are reported, not asserted yet (issue 15, item 6): on this 2-core machine
-//! some runs of the in-memory demo have a few (0 and 9 in two quiet runs of this debug build),
-//! and under load a preemption's backlog makes later messages late after the preemption
-//! ended, which the verdict (only waits inside a message's own life) does not excuse. Each
-//! host's core polls on its own thread.
+//! some runs of the in-memory demo have a few, and under load a preemption's backlog makes
+//! later messages late after the preemption ended, which the verdict (only waits inside a
+//! message's own life) does not excuse. Each host's core polls on its own thread (over veth,
+//! in a daemon process of its own).
 
 use rtchan::demo::{run, DemoArgs, LinkChoice};
 use std::sync::Mutex;
@@ -21,7 +21,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn args(link: LinkChoice) -> DemoArgs {
     DemoArgs {
         duration: Duration::from_secs(2),
-        link_mbps: 1000,
+        // Over veth, 100 Mb/s: this debug build's receiving daemon cannot take 1 Gb/s of
+        // flood frames (~90,000 a second) off its af_packet ring, which then overflows and
+        // drops real-time frames with the flood's (receive-side best-effort load is not
+        // admitted); the release build carries 1 Gb/s.
+        link_mbps: if link == LinkChoice::Veth { 100 } else { 1000 },
         violation: 10,
         quiet: true,
         no_flood: false,

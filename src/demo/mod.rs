@@ -1,48 +1,45 @@
 //! The demo: real-time channels keeping their deadlines under a best-effort flood, on one
-//! machine with no NIC.
+//! machine with no NIC, run as in production: rtchan daemons, and applications in processes of
+//! their own that send and receive through [`crate::client`].
 //!
-//! Over the in-memory link (`--link memlink`, timed like a real 1 Gb/s Ethernet link:
-//! serialisation, a NIC FIFO) the demo is a daemon and its applications, as in production:
-//! [`procs`] starts an rtchan daemon ([`crate::daemon::Daemon`]) in this process, whose sending
-//! core and loopback receiving core are the two hosts, and for each real-time channel two
-//! application processes ([`app`], this binary run again as `rtchand demo-app`): one opens the
-//! channel through [`crate::client`] (admission on both hosts) and sends on it on the channel's
-//! pattern, one attaches its receiving end and reports every message's times. One channel sends
-//! at ten times its spec; a best-effort channel fed by the daemon's built-in greedy source
-//! floods the link far beyond its capacity.
+//! The two hosts (`hosts.rs`): over the in-memory link (`--link memlink`, timed like a real
+//! 1 Gb/s Ethernet link: serialisation, a NIC FIFO) one daemon ([`crate::daemon::Daemon`]) in
+//! this process, whose sending core and loopback receiving core are the two hosts; over veth
+//! (`--link veth`, or `auto` as root) two daemon processes in two network namespaces joined by
+//! a veth pair, af_packet on each end, peered over TCP.
 //!
-//! Over veth (`--link veth`, or `auto` as root) the two hosts are two dataplane cores of this
-//! process joined by a veth pair between two network namespaces, fed by an application thread
-//! of this process ([`inproc`]).
+//! The applications ([`app`], this binary run again as `rtchand demo-app`): for each
+//! real-time channel one process opens the channel (admission on both hosts) and sends on the
+//! channel's pattern, one attaches its receiving end and reports every message's times. One
+//! channel sends at ten times its spec; a best-effort channel fed by the sending daemon's
+//! built-in greedy source floods the link far beyond its capacity. `procs.rs` runs them and
+//! collects their reports.
 //!
-//! A live progress line runs meanwhile; at the end a table shows, per channel, the spec, the
-//! admitted bound, what was delivered, the latency percentiles and the deadline misses, plus
-//! the best-effort throughput.
+//! A live progress line (from the daemons' counters) runs meanwhile; at the end a table shows,
+//! per channel, the spec, the admitted bound, what was delivered, the latency percentiles and
+//! the deadline misses, plus the best-effort throughput.
 //!
 //! Each miss is held against the OS preemption of the threads on the messages' path, measured
-//! independently of them ([`crate::preemption`]: a probe thread reads the polling threads' and
-//! the submitting threads' run-queue wait from `/proc/PID/task/TID/schedstat`): a miss is
-//! excused only when that wait during the message's own life covers its lateness. A submitting
-//! thread stamps a message inside its submit call; its waits count only within that message's
-//! own (timed) call. The table reports excused and unexcused misses apart; an unexcused miss is
-//! the dataplane's (or the machine's in a way not measured).
+//! independently of them ([`crate::preemption`]: a probe thread reads the daemons' polling
+//! threads' and the sending processes' run-queue wait from `/proc/PID/task/TID/schedstat`): a
+//! miss is excused only when that wait during the message's own life covers its lateness. A
+//! sending process stamps a message inside its submit call; its waits count only within that
+//! message's own (timed) call. The table reports excused and unexcused misses apart; an
+//! unexcused miss is the dataplane's (or the machine's in a way not measured).
 //!
-//! With `RTCHAN_DEMO_DEBUG` set, the in-process path's sending core records a trace of the
-//! first 200,000 packets and prints its counters, the link scheduler's counters and packets
-//! per (channel, class) at the end: how the scheduler divided the core.
+//! With `RTCHAN_DEMO_DEBUG` set, both hosts' statistics of every channel and core are printed
+//! (stderr) at the end of the traffic.
 //!
-//! Each host's polling core has a thread of its own, as on two hosts: the sender's is pinned to
-//! the last CPU, the receiver's shares the first with the applications (which sleep between
-//! messages). Idle loops sleep 20 µs, so the demo leaves room on a two-core laptop; on a
-//! server each core would be isolated and spin.
+//! Each host's polling core has a thread of its own, as on two hosts, at nice −20 when
+//! allowed: the sender's is pinned to the last CPU, the receiver's shares the first with the
+//! applications (which sleep between messages). Idle loops sleep 20 µs, so the demo leaves
+//! room on a two-core laptop; on a server each core would be isolated and spin.
 
 pub mod app;
-mod inproc;
+mod hosts;
 mod procs;
 
 use crate::preemption::{MissVerdict, Preemptions};
-use control::admission::AdmitError;
-use dataplane::core::PollStalls;
 use dataplane::source::Pattern;
 use dataplane::spec::ChannelSpec;
 use dataplane::time::Nanos;
@@ -130,15 +127,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// What the demo can fail on before traffic starts.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    /// The resource model is inconsistent.
-    #[error("resource model: {0}")]
-    Model(String),
-    /// A core could not be built or a channel opened.
-    #[error("dataplane: {0}")]
-    Core(#[from] dataplane::core::CoreError),
-    /// A demo channel that must be admitted was refused.
-    #[error("admission refused demo channel {0}: {1}")]
-    Refused(&'static str, String),
     /// The veth link was asked for and could not be set up.
     #[error("--link veth: {0}")]
     Veth(String),
@@ -197,12 +185,6 @@ pub struct DemoReport {
     pub link_bps: u64,
     /// How long traffic ran.
     pub elapsed: Duration,
-    /// The sending core's polling thread's longest gaps between polls (they include the
-    /// dataplane's own work, so they are reported only); measured on the in-process path only
-    /// (`None` over the daemon).
-    pub stalls: Option<PollStalls>,
-    /// The same for the receiving core's thread.
-    pub rx_stalls: Option<PollStalls>,
     /// The polling and submitting threads' run-queue wait over the run, measured by a probe
     /// thread.
     pub preempted: Preemptions,
@@ -246,15 +228,16 @@ impl DemoChannel {
         })
     }
 
-    /// What its application asks the daemon for: the sending host's bound plus the network's
-    /// and the receiving host's share, to `local`.
-    fn open_spec(&self) -> crate::client::OpenSpec {
+    /// What its application asks the daemon for: to `dst`, within the sending host's bound
+    /// plus `net_and_rx` (the network's and the receiving host's share).
+    fn open_spec(&self, dst: &str, net_and_rx: Duration) -> crate::client::OpenSpec {
         let mut s = crate::client::OpenSpec::new(
             self.mmax,
             Duration::from_nanos(self.imin),
             self.bmax,
-            Duration::from_nanos(self.host_deadline + NETWORK_AND_RECEIVE_BOUND),
+            Duration::from_nanos(self.host_deadline) + net_and_rx,
         );
+        s.dst = dst.into();
         s.policy = Some(if self.violator {
             crate::client::Overflow::DropNewest
         } else {
@@ -315,15 +298,10 @@ const CHANNELS: [DemoChannel; 5] = [
     },
 ];
 
-/// The link the two hosts use, and what it adds to the end-to-end bound.
+/// The link the two hosts use.
 struct LinkInfo {
     /// For the header line.
     desc: String,
-    /// The network's and the receiving host's share of D.
-    network_bound: Nanos,
-    /// Sleep this long when idle (veth: spinning would starve the kernel's softirq work the
-    /// veth pair needs); `None`: yield.
-    idle_sleep: Option<Duration>,
 }
 
 /// Runs the demo and prints its progress and result table.
@@ -331,8 +309,16 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     if !(10..=100_000).contains(&args.link_mbps) {
         return Err(DemoError::LinkRate(args.link_mbps));
     }
+    let link_bps = args.link_mbps * 1_000_000;
     if args.link != LinkChoice::Memlink {
-        match inproc::run_veth(args) {
+        let info = LinkInfo {
+            desc: format!(
+                "a veth pair between two network namespaces (two daemons, af_packet, paced at {} \
+                 Mb/s)",
+                args.link_mbps
+            ),
+        };
+        match procs::run(args, &info, |exe, cpus| hosts::veth(exe, link_bps, cpus)) {
             Err(DemoError::Veth(reason)) if args.link == LinkChoice::Auto => {
                 println!("note: using the in-memory link ({reason})")
             }
@@ -344,10 +330,8 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             "an in-memory link timed like {} Mb/s Ethernet",
             args.link_mbps
         ),
-        network_bound: NETWORK_AND_RECEIVE_BOUND,
-        idle_sleep: Some(Duration::from_micros(20)),
     };
-    procs::run(args, &info)
+    procs::run(args, &info, |_, cpus| hosts::memlink(link_bps, cpus))
 }
 
 /// Prints what traffic will run and what admission granted: per channel, its spec, the
@@ -388,16 +372,8 @@ fn print_header(
 }
 
 /// The request a 1 Gb/s link cannot carry, to show what a refusal says: 60 kB every 200 µs
-/// within 1 ms.
+/// within 1 ms on the sending host (plus the network's and the receiver's share).
 const REFUSED: (u32, Nanos, u32, Nanos) = (60_000, 200_000, 1, 1_000_000);
-
-/// The refusal's text, from an admission check.
-fn refusal_text(r: Result<impl Sized, AdmitError>) -> Option<String> {
-    match r {
-        Err(AdmitError::Rejected(r)) => Some(r.to_string()),
-        _ => None,
-    }
-}
 
 /// The live progress line: every 250 ms on a terminal (rewritten in place), else every 2 s.
 struct Progress {

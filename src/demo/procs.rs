@@ -20,75 +20,24 @@
 //! for its ring shows up as sequence gaps: lost).
 
 use super::app::{ReceiverReport, SenderReport};
+use super::hosts::Hosts;
 use super::{
     print_header, print_report, ChannelRow, DemoArgs, DemoError, DemoReport, LinkInfo, Progress,
     CHANNELS, REFUSED, WARM_UP,
 };
 use crate::daemon::client::Client as Ctl;
-use crate::daemon::Daemon;
 use crate::preemption::{PreemptionProbe, SlowSubmits};
-use control::config::DaemonConfig;
 use control::protocol::{ChannelInfo, ChannelList, CloseArgs, OpenArgs, Request};
 use control::units::{Duration as UDuration, Size};
 use dataplane::spec::ChannelSpec;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The best-effort flood: 1400-byte messages from the daemon's greedy source at ten times one
 /// every 10 µs (about 11 Gb/s asked of a 1 Gb/s link), a 512-message queue.
 const FLOOD: (u64, u64, u32, &str) = (1400, 10_000, 512, "greedy:10");
-
-/// The daemon's configuration: the in-memory link at the demo's rate, the cost model and
-/// scheduling policy of the in-process path, idle loops that sleep 20 µs.
-fn config(dir: &Path, link_bps: u64, cpus: &[usize]) -> Result<DaemonConfig, DemoError> {
-    let pin = match cpus {
-        [first, .., last] => format!("cpu = {last}\nrx_cpu = {first}\n"),
-        _ => String::new(),
-    };
-    DaemonConfig::parse(&format!(
-        r#"
-socket = "{dir}/rtchand.sock"
-socket_mode = "0600"
-[policy]
-granularity = 4
-best_effort_reserve_ppm = 50000
-idle = "sleep"
-idle_sleep = "20us"
-[cost]
-per_message_ns = 2000
-per_packet_ns = 1000
-link_rate_bps = {link_bps}
-[port]
-kind = "memlink"
-fifo_packets = 256
-buffers = 16384
-[[cores]]
-{pin}"#,
-        dir = dir.display()
-    ))
-    .map_err(|e| DemoError::Daemon(e.to_string()))
-}
-
-/// A directory of this run for the daemon's socket, removed when dropped.
-struct RunDir(PathBuf);
-
-impl RunDir {
-    fn new() -> Result<Self, DemoError> {
-        let d = std::env::temp_dir().join(format!("rtchan-demo-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d)
-            .map_err(|e| DemoError::Daemon(format!("{}: {e}", d.display())))?;
-        Ok(Self(d))
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// One application process: its stdin (held open until it should end) and its stdout lines.
 struct App {
@@ -182,9 +131,9 @@ impl Drop for App {
 /// The daemon's polling threads' name prefix.
 const POLLING: &str = "rtchan-core";
 
-/// How many threads of this process are named as polling threads.
-fn polling_threads() -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+/// How many threads of process `pid` are named as polling threads.
+fn polling_threads(pid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
     dir.filter_map(Result::ok)
@@ -214,14 +163,14 @@ fn rx_counters(ctl: &mut Ctl, id: u32) -> Result<(u64, u64, u64), DemoError> {
         .map_or((0, 0, 0), |r| (r.delivered, r.deadline_misses, r.bytes)))
 }
 
-/// An open request to `local` (not client-fed).
-fn open_args(mmax: u64, imin: u64, bmax: u32, deadline: u64) -> OpenArgs {
+/// An open request to `dst` (not client-fed).
+fn open_args(dst: &str, mmax: u64, imin: u64, bmax: u32, deadline: u64) -> OpenArgs {
     OpenArgs {
         mmax: Size(mmax),
         imin: UDuration(imin),
         bmax,
         deadline: UDuration(deadline),
-        dst: "local".into(),
+        dst: dst.into(),
         core: None,
         txq: None,
         policy: None,
@@ -233,14 +182,18 @@ fn open_args(mmax: u64, imin: u64, bmax: u32, deadline: u64) -> OpenArgs {
     }
 }
 
-/// Runs the demo over a daemon with application processes.
-pub(super) fn run(args: &DemoArgs, link: &LinkInfo) -> Result<DemoReport, DemoError> {
+/// Runs the demo over the daemons `start` starts (given this program and the CPUs), with
+/// application processes.
+pub(super) fn run(
+    args: &DemoArgs,
+    link: &LinkInfo,
+    start: impl FnOnce(&Path, &[usize]) -> Result<Hosts, DemoError>,
+) -> Result<DemoReport, DemoError> {
     let exe = match &args.app_exe {
         Some(p) => p.clone(),
         None => std::env::current_exe()
             .map_err(|e| DemoError::App(format!("cannot find this program: {e}")))?,
     };
-    let link_bps = args.link_mbps * 1_000_000;
     let cpus: Vec<usize> = core_affinity::get_core_ids()
         .unwrap_or_default()
         .iter()
@@ -251,54 +204,42 @@ pub(super) fn run(args: &DemoArgs, link: &LinkInfo) -> Result<DemoReport, DemoEr
         [first, _, ..] => vec!["--cpu".into(), first.to_string()],
         _ => Vec::new(),
     };
-    let dir = RunDir::new()?;
-    let cfg = config(&dir.0, link_bps, &cpus)?;
-    // The daemon's threads inherit the nice value of the thread that starts them: -20 when
-    // allowed (as docs/deploy.md runs a daemon on a shared machine), while this process's
-    // own thread and the applications it spawns stay at the ordinary priority.
-    let (daemon, raised) = std::thread::spawn(move || {
-        let raised = dataplane::core::raise_priority();
-        (Daemon::start(cfg), raised)
-    })
-    .join()
-    .map_err(|_| DemoError::Daemon("the thread starting it panicked".into()))?;
-    let daemon = daemon.map_err(|e| DemoError::Daemon(crate::daemon::one_line(&e)))?;
-    if let Err(e) = raised {
-        println!(
-            "note: the daemon's polling threads run at normal priority ({e}); under other load \
-             their deadlines depend on the OS scheduler"
-        );
-    }
-    let result = with_daemon(args, link, &exe, &daemon.socket, &app_cpu);
-    daemon.shutdown();
-    result
+    let hosts = start(&exe, &cpus)?;
+    let result = drive(args, link, &exe, &hosts, &app_cpu);
+    let stopped = hosts.stop();
+    let report = result?;
+    stopped?;
+    Ok(report)
 }
 
-fn with_daemon(
+fn drive(
     args: &DemoArgs,
     link: &LinkInfo,
     exe: &Path,
-    sock: &Path,
+    hosts: &Hosts,
     app_cpu: &[String],
 ) -> Result<DemoReport, DemoError> {
     let link_bps = args.link_mbps * 1_000_000;
     let probe = PreemptionProbe::start().map_err(DemoError::Probe)?;
-    // A new thread names itself once it runs: wait for both polling threads' names.
+    // A new thread names itself once it runs: wait for the polling threads' names.
     let until = Instant::now() + Duration::from_secs(5);
-    while polling_threads() < 2 {
-        if Instant::now() > until {
-            return Err(DemoError::Probe(format!(
-                "found {} of the daemon's two polling threads (rtchan-core*)",
-                polling_threads()
-            )));
+    for &(pid, n) in &hosts.polling {
+        while polling_threads(pid) < n {
+            if Instant::now() > until {
+                return Err(DemoError::Probe(format!(
+                    "found {} of the {n} polling threads (rtchan-core*) of process {pid}",
+                    polling_threads(pid)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        probe
+            .watch_threads_of(pid, POLLING)
+            .map_err(DemoError::Probe)?;
     }
-    probe
-        .watch_threads_of(std::process::id(), POLLING)
-        .map_err(DemoError::Probe)?;
-    let socket = sock.display().to_string();
-    let mut ctl = Ctl::connect(sock).map_err(|e| DemoError::Daemon(e.to_string()))?;
+    let connect = |p: &Path| Ctl::connect(p).map_err(|e| DemoError::Daemon(e.to_string()));
+    // The sending host's control connection, and the receiving host's (its counters).
+    let (mut ctl, mut rx_ctl) = (connect(&hosts.send)?, connect(&hosts.recv)?);
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     let mut ids = Vec::new();
@@ -306,7 +247,11 @@ fn with_daemon(
         let mut a = vec![
             "send".to_string(),
             "--socket".into(),
-            socket.clone(),
+            hosts.send.display().to_string(),
+            "--dst".into(),
+            hosts.dst.clone(),
+            "--net-and-rx".into(),
+            format!("{}ns", hosts.net_and_rx),
             "--channel".into(),
             ch.name.into(),
             "--violation".into(),
@@ -329,7 +274,7 @@ fn with_daemon(
         let mut a = vec![
             "recv".to_string(),
             "--socket".into(),
-            socket.clone(),
+            hosts.recv.display().to_string(),
             "--id".into(),
             id.to_string(),
         ];
@@ -375,7 +320,13 @@ fn with_daemon(
         })
         .collect();
     let (mmax, imin, bmax, d) = REFUSED;
-    let mut refused = open_args(u64::from(mmax), imin, bmax, d);
+    let mut refused = open_args(
+        &hosts.dst,
+        u64::from(mmax),
+        imin,
+        bmax,
+        d + hosts.net_and_rx,
+    );
     refused.dry_run = true;
     let refusal = match call::<ChannelInfo>(&mut ctl, &Request::Open(refused)) {
         Err(DemoError::Daemon(m)) => Some(m),
@@ -389,7 +340,7 @@ fn with_daemon(
     } else {
         let (mmax, imin, bmax, source) = FLOOD;
         // A best-effort channel has no bound (the request's deadline is ignored).
-        let mut f = open_args(mmax, imin, bmax, 1_000_000);
+        let mut f = open_args(&hosts.dst, mmax, imin, bmax, 1_000_000);
         f.best_effort = true;
         f.source = Some(source.into());
         Some(call::<ChannelInfo>(&mut ctl, &Request::Open(f))?.id)
@@ -397,7 +348,7 @@ fn with_daemon(
     let be_bytes = |ctl: &mut Ctl| -> Result<u64, DemoError> {
         flood.map_or(Ok(0), |id| rx_counters(ctl, id).map(|c| c.2))
     };
-    let be_start = be_bytes(&mut ctl)?;
+    let be_start = be_bytes(&mut rx_ctl)?;
     let mut progress = Progress::start(args, be_start);
     for s in &mut senders {
         s.tell("go")?;
@@ -408,11 +359,11 @@ fn with_daemon(
         if progress.due() {
             let (mut delivered, mut misses) = (0, 0);
             for id in &ids {
-                let (d, m, _) = rx_counters(&mut ctl, *id)?;
+                let (d, m, _) = rx_counters(&mut rx_ctl, *id)?;
                 delivered += d;
                 misses += m;
             }
-            progress.show(delivered, misses, be_bytes(&mut ctl)?);
+            progress.show(delivered, misses, be_bytes(&mut rx_ctl)?);
         }
     }
     let sent: Vec<SenderReport> = senders
@@ -423,10 +374,24 @@ fn with_daemon(
         })
         .collect::<Result<_, _>>()?;
     let elapsed = started.elapsed();
-    let be_end = be_bytes(&mut ctl)?;
+    let be_end = be_bytes(&mut rx_ctl)?;
     progress.end();
     // Let the last messages arrive (well past every bound), then stop the receivers.
     std::thread::sleep(Duration::from_millis(50));
+    // The receiving side's counters while the receivers are still attached.
+    if std::env::var_os("RTCHAN_DEMO_DEBUG").is_some() {
+        for (host, c) in [("sending", &mut ctl), ("receiving", &mut rx_ctl)] {
+            for id in &ids {
+                let s: serde_json::Value = call(
+                    c,
+                    &Request::Stats(control::protocol::StatsArgs { id: Some(*id) }),
+                )?;
+                eprintln!("{host} host, channel {id}: {s}");
+            }
+            let cores: serde_json::Value = call(c, &Request::CoreStats)?;
+            eprintln!("{host} host, cores: {cores}");
+        }
+    }
     for r in &mut receivers {
         r.end_input();
     }
@@ -437,17 +402,6 @@ fn with_daemon(
                 .and_then(|l| ReceiverReport::parse(&l).map_err(DemoError::App))
         })
         .collect::<Result<_, _>>()?;
-    if std::env::var_os("RTCHAN_DEMO_DEBUG").is_some() {
-        for id in &ids {
-            let s: serde_json::Value = call(
-                &mut ctl,
-                &Request::Stats(control::protocol::StatsArgs { id: Some(*id) }),
-            )?;
-            eprintln!("channel {id}: {s}");
-        }
-        let c: serde_json::Value = call(&mut ctl, &Request::CoreStats)?;
-        eprintln!("cores: {c}");
-    }
     let pids: Vec<(u32, u32)> = senders
         .iter()
         .zip(&receivers)
@@ -491,8 +445,6 @@ fn with_daemon(
         best_effort_bps: be_end.saturating_sub(be_start) as f64 * 8.0 / elapsed.as_secs_f64(),
         link_bps,
         elapsed,
-        stalls: None,
-        rx_stalls: None,
         preempted,
         violation: args.violation,
     };
