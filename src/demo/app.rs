@@ -6,8 +6,9 @@
 //!   mapped into this process), prints `open ID`, waits for a line `go` on stdin, then sends on the channel's
 //!   pattern for `--duration` (the violator at `--violation` times its rate), timing every
 //!   submit call: one over [`crate::preemption::SLOW_SUBMIT`] is reported, since a preemption
-//!   inside it (between the message's stamp and its publication) delays that message. It then
-//!   prints `sent SUBMITTED REFUSED START,END...` and closes the channel when stdin ends.
+//!   inside it (between the message's stamp and its publication) delays that message (a line
+//!   `stop` ends it early). It then prints `sent SUBMITTED REFUSED START,END...` and closes the
+//!   channel when stdin ends.
 //! - `recv --socket S --id ID`: attaches the channel's receiving end, prints `ready`, takes
 //!   messages until stdin ends, then prints `received DELIVERED LOST P50 P99 MAX UNRECORDED
 //!   SUBMIT,DEADLINE,DELIVERED...`: latency (submit stamp to the receiving core's delivery
@@ -226,6 +227,45 @@ fn pin(cpu: Option<usize>) -> Result<(), String> {
     }
 }
 
+/// What the parent says on stdin once traffic runs: a line `stop` (end traffic early), then
+/// the end of stdin (finish and exit).
+struct Input {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Input {
+    /// Reads stdin on a thread of its own, so that traffic never waits for it.
+    fn watch() -> Result<Self, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || {
+                for l in std::io::stdin().lock().lines() {
+                    match l {
+                        Ok(l) if l.trim() == "stop" => stop2.store(true, Ordering::Relaxed),
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                stop2.store(true, Ordering::Relaxed);
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Traffic should end (`stop`, or stdin ended).
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the end of stdin.
+    fn wait_end(self) {
+        let _ = self.thread.join();
+    }
+}
+
 /// Writes a line for the parent (stdout is a pipe: flushed at once).
 fn say(line: &str) -> Result<(), String> {
     let mut o = std::io::stdout().lock();
@@ -251,9 +291,8 @@ fn send(
         .open(spec)
         .map_err(|e| format!("opening channel {}: {e}", ch.name))?;
     say(&format!("open {}", tx.id()))?;
-    let mut stdin = std::io::stdin().lock();
     let mut l = String::new();
-    stdin
+    std::io::stdin()
         .read_line(&mut l)
         .map_err(|e| format!("reading stdin: {e}"))?;
     if l.trim() != "go" {
@@ -261,13 +300,14 @@ fn send(
             "expected a line 'go' on stdin (from rtchand demo), got {l:?}"
         ));
     }
+    let input = Input::watch()?;
     let payload = vec![0xa5u8; ch.mmax as usize];
     let start = monotonic_now();
     let end = start.saturating_add(duration.as_nanos() as Nanos);
     let mut src = Source::new((ch.pattern)(ch.imin, violation), start, index as u64 + 1);
     let mut report = SenderReport::default();
     let mut slow = SlowSubmits::with_capacity(MISS_LOG);
-    while monotonic_now() < end {
+    while monotonic_now() < end && !input.stopped() {
         for _ in 0..src.due(monotonic_now()) {
             let called = monotonic_now();
             match tx.send(&payload) {
@@ -289,7 +329,7 @@ fn send(
     report.slow = slow.calls().to_vec();
     say(&report.line())?;
     // The channel stays open (its last messages drain) until the parent is done with it.
-    let _ = std::io::copy(&mut stdin, &mut std::io::sink());
+    input.wait_end();
     tx.close()
         .map_err(|e| format!("closing channel {}: {e}", ch.name))
 }
@@ -300,16 +340,7 @@ fn recv(socket: &std::path::Path, id: u32) -> Result<(), String> {
         .attach_receiver(id)
         .map_err(|e| format!("attaching to channel {id}: {e}"))?;
     say("ready")?;
-    // The parent ends stdin to stop this process.
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-            stop2.store(true, Ordering::Relaxed);
-        })
-        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    let input = Input::watch()?;
     let mut latencies: Vec<Nanos> = Vec::new();
     let mut log = MissLog::with_capacity(MISS_LOG);
     let mut next_seq = 0u32;
@@ -324,7 +355,7 @@ fn recv(socket: &std::path::Path, id: u32) -> Result<(), String> {
             next_seq = m.seq.wrapping_add(1);
         }
     };
-    while !stop.load(Ordering::Relaxed) {
+    while !input.stopped() {
         match rx.recv_with_timeout(Duration::from_millis(10), |_, m| *m) {
             Ok(m) => take(&m),
             Err(RecvError::Timeout) => {}

@@ -14,6 +14,7 @@ use control::config::DaemonConfig;
 use control::protocol::{ChannelList, Request};
 use dataplane::time::Nanos;
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -265,6 +266,7 @@ impl DaemonProc {
             .arg(exe)
             .arg("--config")
             .arg(&cfg)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(out2))

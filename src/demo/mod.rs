@@ -427,11 +427,12 @@ impl Progress {
         let _ = std::io::stdout().flush();
     }
 
-    /// Ends a line rewritten in place.
-    fn end(&self) {
+    /// Ends a line rewritten in place (once).
+    fn end(&mut self) {
         if self.tty && !self.quiet {
             println!();
         }
+        self.quiet = true;
     }
 }
 

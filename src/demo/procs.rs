@@ -1,19 +1,19 @@
-//! The demo over the daemon: an rtchan daemon in this process on the in-memory link, each
-//! real-time channel fed by an application process through [`crate::client`] and drained by
-//! another ([`super::app`]).
+//! The demo's run: the hosts' daemons ([`super::hosts`]), each real-time channel fed by an
+//! application process through [`crate::client`] and drained by another ([`super::app`]).
 //!
-//! Sequence: start the daemon (its sending core pinned to the last CPU, its loopback receiving
-//! core to the first; admission costs as the in-process path's) and the preemption probe; per
-//! channel spawn `rtchand demo-app send` (it opens the channel: admission on both hosts) and,
-//! once it names its channel, `rtchand demo-app recv` (it attaches the receiving end); print
-//! what was admitted; open the best-effort flood (the daemon's built-in greedy source, drained
-//! by its own sink); say `go` to every sender; show progress from the daemon's counters until
-//! the duration is up; collect each sender's report (messages, refusals, slow submit calls),
-//! let the last messages arrive, stop the receivers and collect theirs (latency, every miss
-//! with its times, sequence gaps); close everything and judge each miss.
+//! Sequence: start the daemons and the preemption probe (it watches their polling threads);
+//! per channel spawn `rtchand demo-app send` (it opens the channel on the sending host:
+//! admission on both hosts) and, once it names its channel, `rtchand demo-app recv` (it
+//! attaches the receiving end on the receiving host); print what was admitted; open the
+//! best-effort flood (the sending daemon's built-in greedy source, drained by the receiving
+//! daemon's sink); say `go` to every sender; show progress from the receiving daemon's
+//! counters until the duration is up (or a Ctrl-C); collect each sender's report (messages,
+//! refusals, slow submit calls), let the last messages arrive, stop the receivers and collect
+//! theirs (latency, every miss with its times, sequence gaps); close everything and judge
+//! each miss.
 //!
-//! Whose run-queue wait excuses a miss: the daemon's two polling threads (`rtchan-core*`, in
-//! the combined curve) and the channel's own sending process (watched apart: only within that
+//! Whose run-queue wait excuses a miss: the daemons' polling threads (`rtchan-core*`, in the
+//! combined curve) and the channel's own sending process (watched apart: only within that
 //! message's own slow submit call, which the process times and reports). The receiving
 //! processes are not on a message's timed path: the receiving core stamps a message when it
 //! delivers it into the process's ring, so their waits never excuse a miss (a receiver too slow
@@ -31,8 +31,11 @@ use control::protocol::{ChannelInfo, ChannelList, CloseArgs, OpenArgs, Request};
 use control::units::{Duration as UDuration, Size};
 use dataplane::spec::ChannelSpec;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The best-effort flood: 1400-byte messages from the daemon's greedy source at ten times one
@@ -51,6 +54,7 @@ impl App {
         let mut child = Command::new(exe)
             .arg("demo-app")
             .args(args)
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -71,15 +75,11 @@ impl App {
             Ok(n) if n > 0 => Ok(l.trim_end().to_string()),
             _ => {
                 let status = self.child.wait().ok();
-                let mut err = String::new();
-                if let Some(e) = self.child.stderr.as_mut() {
-                    let _ = e.read_to_string(&mut err);
-                }
+                let err = self.stderr();
                 Err(DemoError::App(format!(
-                    "{} ended before {waiting_for} ({}): {}",
+                    "{} ended before {waiting_for} ({}): {err}",
                     self.what,
                     status.map_or("status unknown".into(), |s| s.to_string()),
-                    err.trim()
                 )))
             }
         }
@@ -106,15 +106,20 @@ impl App {
         if status.success() {
             return Ok(());
         }
+        let err = self.stderr();
+        Err(DemoError::App(format!(
+            "{} failed ({status}): {err}",
+            self.what
+        )))
+    }
+
+    /// What it wrote to stderr (its error), once it has exited.
+    fn stderr(&mut self) -> String {
         let mut err = String::new();
         if let Some(e) = self.child.stderr.as_mut() {
             let _ = e.read_to_string(&mut err);
         }
-        Err(DemoError::App(format!(
-            "{} failed ({status}): {}",
-            self.what,
-            err.trim()
-        )))
+        err.trim().to_string()
     }
 }
 
@@ -204,12 +209,29 @@ pub(super) fn run(
         [first, _, ..] => vec!["--cpu".into(), first.to_string()],
         _ => Vec::new(),
     };
-    let hosts = start(&exe, &cpus)?;
-    let result = drive(args, link, &exe, &hosts, &app_cpu);
-    let stopped = hosts.stop();
-    let report = result?;
-    stopped?;
-    Ok(report)
+    // Ctrl-C or SIGTERM ends the traffic early; the demo still stops its applications and
+    // daemons, deletes its namespaces and prints what ran. (The children are in process
+    // groups of their own, so a Ctrl-C at the terminal reaches this process only.)
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let mut handlers = Vec::new();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal exits at once (registered first: it sees the flag before it is set).
+        let first = signal_hook::flag::register_conditional_shutdown(sig, 130, interrupted.clone());
+        let id = first
+            .and_then(|a| Ok([a, signal_hook::flag::register(sig, interrupted.clone())?]))
+            .map_err(|e| DemoError::App(format!("cannot handle signals: {e}")))?;
+        handlers.extend(id);
+    }
+    let result = start(&exe, &cpus).and_then(|hosts| {
+        let result = drive(args, link, &exe, &hosts, &app_cpu, &interrupted);
+        let stopped = hosts.stop();
+        let report = result?;
+        stopped.map(|()| report)
+    });
+    for id in handlers {
+        signal_hook::low_level::unregister(id);
+    }
+    result
 }
 
 fn drive(
@@ -218,6 +240,7 @@ fn drive(
     exe: &Path,
     hosts: &Hosts,
     app_cpu: &[String],
+    interrupted: &AtomicBool,
 ) -> Result<DemoReport, DemoError> {
     let link_bps = args.link_mbps * 1_000_000;
     let probe = PreemptionProbe::start().map_err(DemoError::Probe)?;
@@ -355,6 +378,17 @@ fn drive(
     }
     let started = Instant::now();
     while started.elapsed() < args.duration {
+        if interrupted.load(Ordering::Relaxed) {
+            progress.end();
+            println!(
+                "interrupted after {:.1}s: ending the traffic",
+                started.elapsed().as_secs_f64()
+            );
+            for s in &mut senders {
+                s.tell("stop")?;
+            }
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20).min(args.duration));
         if progress.due() {
             let (mut delivered, mut misses) = (0, 0);
