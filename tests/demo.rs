@@ -58,19 +58,17 @@ fn check(link: LinkChoice) {
         assert_eq!(c.lost, 0, "{}: lost messages", c.name);
         assert!(c.delivered <= c.submitted);
     }
-    if link == LinkChoice::Memlink {
-        // Every real-time channel was fed by an application process of its own through
-        // rtchan::client: the daemon lists it as client-fed, and its sender and receiver are
-        // processes other than this one.
-        let me = std::process::id();
-        let mut pids = std::collections::HashSet::new();
-        for c in &r.channels {
-            assert!(c.client_fed, "{}: not client-fed", c.name);
-            let (tx, rx) = c
-                .apps
-                .unwrap_or_else(|| panic!("{}: no application", c.name));
-            assert!(tx != me && rx != me && pids.insert(tx) && pids.insert(rx));
-        }
+    // Every real-time channel was fed by an application process of its own through
+    // rtchan::client: the sending daemon lists it as client-fed, and its sender and receiver
+    // are processes of their own, not this one.
+    let me = std::process::id();
+    let mut pids = std::collections::HashSet::new();
+    for c in &r.channels {
+        assert!(c.client_fed, "{}: not client-fed", c.name);
+        let (tx, rx) = c
+            .apps
+            .unwrap_or_else(|| panic!("{}: no application", c.name));
+        assert!(tx != me && rx != me && pids.insert(tx) && pids.insert(rx));
     }
     let violator = r.channels.iter().find(|c| c.violator).unwrap();
     assert!(violator.refused > 0, "the violator's excess was dropped");
@@ -95,4 +93,41 @@ fn demo_runs_over_veth_when_root() {
         return;
     }
     check(LinkChoice::Veth);
+}
+
+/// The application subcommand run by hand with bad input says what is wrong (and names the
+/// demo's channels), with exit code 2 for a bad argument and 1 for a failure.
+#[test]
+fn demo_app_run_by_hand_explains_bad_input() {
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_rtchand"))
+            .arg("demo-app")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[
+        "send",
+        "--socket",
+        "/x",
+        "--channel",
+        "nope",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("'nope' is not a demo channel (control-loop,"),
+        "{err}"
+    );
+    let missing = std::env::temp_dir().join(format!("rtchan-no-daemon-{}", std::process::id()));
+    let sock = missing.display().to_string();
+    let (code, err) = run(&["recv", "--socket", &sock, "--id", "3"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("connecting to {sock}")), "{err}");
 }
