@@ -74,8 +74,8 @@ pub struct DemoArgs {
     /// process may create them, i.e. as root, else the in-memory link), `veth`, `memlink`.
     #[arg(long, value_enum, default_value_t = LinkChoice::Auto)]
     pub link: LinkChoice,
-    /// The program the application processes run as `PROGRAM demo-app ...` (an `rtchand`);
-    /// this process's own executable when `None` (a test binary sets its `rtchand`).
+    /// The `rtchand` the application processes (`rtchand demo-app ...`) and, over veth, the
+    /// daemons run; this process's own executable when `None` (a test binary sets it).
     #[arg(skip)]
     pub app_exe: Option<PathBuf>,
 }
@@ -133,7 +133,7 @@ pub enum DemoError {
     /// Link rate out of range.
     #[error("--link-mbps must be between 10 and 100000, got {0}")]
     LinkRate(u64),
-    /// The polling thread's OS preemption cannot be measured.
+    /// The polling threads' OS preemption cannot be measured.
     #[error("measuring OS preemption: {0}")]
     Probe(String),
     /// The daemon did not start or answer.
@@ -161,17 +161,17 @@ pub struct ChannelRow {
     pub latency: (u64, u64, u64),
     /// Deadline misses at the receiver.
     pub misses: u64,
-    /// The misses divided by the measured OS preemption of the polling thread.
+    /// The misses divided by the measured OS preemption of the threads on their path.
     pub verdict: MissVerdict,
     /// Messages lost.
     pub lost: u64,
     /// Sends at a multiple of its spec.
     pub violator: bool,
-    /// The daemon lists the channel as client-fed (its messages come from a process through
-    /// [`crate::client`]); false on the in-process path.
+    /// The sending daemon lists the channel as client-fed (its messages come from a process
+    /// through [`crate::client`], not from a source of its own).
     pub client_fed: bool,
-    /// The application processes' pids (sender, receiver); `None` on the in-process path.
-    pub apps: Option<(u32, u32)>,
+    /// The application processes' pids (sender, receiver).
+    pub apps: (u32, u32),
 }
 
 /// The demo's outcome.
@@ -509,15 +509,13 @@ fn print_report(r: &DemoReport) {
     let apps: Vec<String> = r
         .channels
         .iter()
-        .filter_map(|c| c.apps.map(|(s, rx)| format!("{} {s}/{rx}", c.name)))
+        .map(|c| format!("{} {}/{}", c.name, c.apps.0, c.apps.1))
         .collect();
-    if !apps.is_empty() {
-        println!(
-            "real-time traffic from application processes through rtchan::client, sender/receiver \
-             pid per channel: {}",
-            apps.join(", ")
-        );
-    }
+    println!(
+        "real-time traffic from application processes through rtchan::client, sender/receiver \
+         pid per channel: {}",
+        apps.join(", ")
+    );
     println!("{}", r.preempted);
     let excused: u64 = r.channels.iter().map(|c| c.verdict.excused).sum();
     let unexcused = r.unexcused_misses();

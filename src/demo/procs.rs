@@ -470,7 +470,7 @@ fn drive(
                 lost: got[i].lost,
                 violator: ch.violator,
                 client_fed: infos[i].attach,
-                apps: Some(pids[i]),
+                apps: pids[i],
             }
         })
         .collect();
