@@ -138,6 +138,12 @@ impl PreemptionProbe {
         self.watcher().watch_current_thread()
     }
 
+    /// Watches thread `tid` of process `pid` apart, as a submitting thread named `name` (an
+    /// application process's sending thread).
+    pub fn watch_apart(&self, pid: u32, tid: u32, name: &str) -> Result<(), String> {
+        self.watcher().watch_apart(pid, tid, name)
+    }
+
     /// Watches the calling thread apart, as a submitting thread named `name`.
     pub fn watch_current_thread_apart(&self, name: &str) -> Result<(), String> {
         self.watcher().watch_current_thread_apart(name)
@@ -232,6 +238,12 @@ impl Watcher {
     /// named `name` (see the module docs).
     pub fn watch_current_thread_apart(&self, name: &str) -> Result<(), String> {
         self.add(std::process::id(), current_tid(), name, true)
+    }
+
+    /// Watches thread `tid` of process `pid` apart from the polling threads, as a submitting
+    /// thread named `name`.
+    pub fn watch_apart(&self, pid: u32, tid: u32, name: &str) -> Result<(), String> {
+        self.add(pid, tid, name, true)
     }
 
     /// Watches every thread of process `pid` whose name (`comm`) starts with `prefix`; returns
@@ -493,6 +505,11 @@ impl SlowSubmits {
         if end.saturating_sub(start) >= SLOW_SUBMIT && self.calls.len() < self.calls.capacity() {
             self.calls.push((start, end));
         }
+    }
+
+    /// The calls recorded, `(start, end)` in order (to hand them to another process).
+    pub fn calls(&self) -> &[(Nanos, Nanos)] {
+        &self.calls
     }
 
     /// The recorded call during which a message was stamped at `t`.

@@ -1,5 +1,5 @@
 //! `rtchand`: the rtchan daemon (`rtchand --config FILE`), its `calibrate` and `demo`
-//! subcommands.
+//! subcommands (and `demo-app`, hidden: the demo's application processes).
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +39,9 @@ enum Command {
     Calibrate(CalibrateArgs),
     /// Show real-time channels holding their deadlines under a best-effort flood (no NIC needed).
     Demo(rtchan::demo::DemoArgs),
+    /// One of the demo's application processes (run by `demo`).
+    #[command(hide = true)]
+    DemoApp(rtchan::demo::app::AppArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -167,6 +170,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("rtchand demo: {e}");
                 ExitCode::from(2)
+            }
+        },
+        (Some(Command::DemoApp(a)), _) => match rtchan::demo::app::run(&a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rtchand demo-app: {e}");
+                ExitCode::from(1)
             }
         },
         (Some(Command::Calibrate(a)), _) => calibrate(&a),
