@@ -5,11 +5,10 @@
 //! them (`rtchan::preemption`: excused only when the run-queue wait during that message's own
 //! life covers its lateness). The verdict is printed, excused and unexcused apart.
 //!
-//! Unexcused misses are reported, not asserted yet (issue 15, item 6): on this 2-core machine
-//! some runs of the in-memory demo have a few, and under load a preemption's backlog makes
-//! later messages late after the preemption ended, which the verdict (only waits inside a
-//! message's own life) does not excuse. Each host's core polls on its own thread (over veth,
-//! in a daemon process of its own).
+//! Over the in-memory link the test fails on any miss the measured preemption does not
+//! excuse. Over veth unexcused misses are reported, not asserted: the kernel's softirq work
+//! for veth (often in `ksoftirqd`, not a watched thread) is on the path and not measured. Each
+//! host's core polls on its own thread (over veth, in a daemon process of its own).
 
 use rtchan::demo::{run, DemoArgs, LinkChoice};
 use std::sync::Mutex;
@@ -21,11 +20,14 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn args(link: LinkChoice) -> DemoArgs {
     DemoArgs {
         duration: Duration::from_secs(2),
-        // Over veth, 100 Mb/s: this debug build's receiving daemon cannot take 1 Gb/s of
-        // flood frames (~90,000 a second) off its af_packet ring, which then overflows and
-        // drops real-time frames with the flood's (receive-side best-effort load is not
-        // admitted); the release build carries 1 Gb/s.
-        link_mbps: if link == LinkChoice::Veth { 100 } else { 1000 },
+        // 100 Mb/s: this debug build's per-packet costs exceed the cost model the demo admits
+        // with at 1 Gb/s of flood. Over veth the receiving daemon cannot take ~90,000 flood
+        // frames a second off its af_packet ring, which then overflows and drops real-time
+        // frames with the flood's (receive-side best-effort load is not admitted); over the
+        // in-memory link the cores and the in-daemon flood leave the application processes
+        // too little CPU (1,460 misses unexcused in one run, half the messages submitted).
+        // The release build (the README's command) carries 1 Gb/s on both.
+        link_mbps: 100,
         violation: 10,
         quiet: true,
         no_flood: false,
@@ -67,6 +69,15 @@ fn check(link: LinkChoice) {
         assert!(c.client_fed, "{}: not client-fed", c.name);
         let (tx, rx) = c.apps;
         assert!(tx != me && rx != me && pids.insert(tx) && pids.insert(rx));
+    }
+    if link == LinkChoice::Memlink {
+        for c in &r.channels {
+            assert_eq!(
+                c.verdict.unexcused, 0,
+                "{}: deadline misses not explained by measured OS preemption: {}",
+                c.name, c.verdict
+            );
+        }
     }
     let violator = r.channels.iter().find(|c| c.violator).unwrap();
     assert!(violator.refused > 0, "the violator's excess was dropped");
