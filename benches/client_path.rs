@@ -29,15 +29,22 @@
 //!   daemon's `tx.delay`). So "release" here is the TX release, which includes the core's
 //!   pick-up of the message (doorbell, or client scan), its handler run and the TX stage.
 //!
-//! Runs alternate between the paths (cross-process first, since the in-process channel takes
-//! its deadlines from the daemon's answer), each on a freshly started dataplane; the table
-//! shows the median of the rounds. `--quick` (or `RTCHAN_BENCH_QUICK=1`): one short round.
-//! Environment: `RTCHAN_BENCH_CPUS=tx,rx,sender` (default: the last CPU for the sending core,
-//! CPU 0 for the receive core and the sender), `RTCHAN_BENCH_IDLE=spin|yield|sleep`
-//! (default `yield`: on a two-CPU machine the receive core shares its CPU with the sender,
-//! and an idle core that yields lets the sender run; `spin` holds it off until the OS
-//! preempts the core; `sleep` adds the sleep to every delay), `RTCHAN_BENCH_RATE`
-//! (messages/s of the delay runs),
+//! A third path is the ablation that says where a difference comes from: the client's ring
+//! without the process boundary (a client-fed channel opened with `CoreHandle::open_client`,
+//! as the daemon opens it, written from a thread of this process through `shm::Producer`
+//! exactly as `client::Sender::send` writes it, and found by the core's client scan). The
+//! Sender against it is the ring type and wake-up (submit queue and doorbell against the
+//! shared-memory ring and the scan); it against the client process is the process boundary.
+//!
+//! Runs alternate between the paths (cross-process first, since the in-process channels
+//! take their deadlines from the daemon's answer), each on a freshly started dataplane; the
+//! table shows the median of the rounds. `--quick` (or `RTCHAN_BENCH_QUICK=1`): one short round.
+//! Environment: `RTCHAN_BENCH_CPUS=tx,rx,sender` (default: the sender alone on CPU 0, the
+//! sending core on the last CPU, the receive core on the one before it, or on the last one
+//! too on a two-CPU machine), `RTCHAN_BENCH_IDLE=spin|yield|sleep` (default `yield`: two
+//! cores sharing a CPU hand it to each other when idle; with `spin` each holds the other off
+//! until the OS preempts it, milliseconds; `sleep` adds the sleep to every delay),
+//! `RTCHAN_BENCH_RATE` (messages/s of the delay runs),
 //! `RTCHAN_BENCH_SERVICE_INTERVAL` (e.g. `5us`: the core's service phase, hence its client
 //! scan, runs at most this often while busy) and `RTCHAN_BENCH_BATCH` (the client sends in
 //! batches of this many with `send_many`, one publish each): the last two are ablations.
@@ -50,6 +57,8 @@ use std::time::Duration;
 use control::config::DaemonConfig;
 use control::protocol::{percentiles, Percentiles};
 use dataplane::channel::{Sender, SubmitError};
+use dataplane::core::CoreStats;
+use dataplane::shm::{Producer, SubmitDesc};
 use dataplane::spec::{ChannelConfig, ChannelSpec, OverflowPolicy};
 use dataplane::time::{monotonic_now, Nanos};
 use rtchan::client::{Client, OpenSpec, Overflow, SendError};
@@ -70,6 +79,19 @@ const BMAX: u32 = 32;
 const DEADLINE: Duration = Duration::from_millis(1);
 /// The daemon's loopback receive ring (`controller::RX_RING`), for the in-process receiver.
 const RX_RING: u32 = 1024;
+/// The in-memory link's transmit FIFO and buffer pool: deep enough (27 ms at 600,000
+/// messages/s) that the receive core, which shares its CPU with the sending core on a
+/// two-CPU machine and gets it only when the OS preempts a busy sending core, never backs
+/// the sending core up: what is measured ends at the sending port, as on a real wire, which
+/// never waits for the receiver.
+const FIFO: usize = 16_384;
+const BUFFERS: usize = 32_768;
+/// How long both paths wait, with the channel open and the sender thread started and pinned,
+/// before sending: what runs once after a start (the cores' first iterations and folds,
+/// page faults of fresh buffers, the new thread's migration) is over by then. Without it the
+/// in-process run, which spawned its sender thread right before sending, had one stall of
+/// about 1.4 ms at its start (33 late packets: a full ring) that the client run did not.
+const SETTLE: Duration = Duration::from_millis(200);
 /// How long the core may take to send what is queued once the sender stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -123,6 +145,8 @@ struct Run {
     /// The sending core's and the receive core's run-queue wait during the sender's
     /// window, ns.
     cores_waited: (Nanos, Nanos),
+    /// The sending core's counters at the end (printed with `RTCHAN_BENCH_DEBUG`).
+    core: CoreStats,
 }
 
 impl Run {
@@ -138,18 +162,9 @@ enum Outcome {
 }
 
 /// Drives `submit` for `secs` in `mode`: the loop both paths share. `submit` sends one
-/// message (or a batch) and says how many were taken. With `polite` the sender yields its
-/// CPU while it waits (for its next due time, or after a would-block) instead of spinning:
-/// it shares that CPU with a polling core, which a spinning sender would hold off until the
-/// OS preempts it (milliseconds, in which the link's FIFO fills and the sending core stalls).
-fn drive(mode: Mode, secs: f64, polite: bool, mut submit: impl FnMut(&[u8]) -> Outcome) -> Drive {
-    let wait = || {
-        if polite {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    };
+/// message (or a batch) and says how many were taken. The sender spins: waiting for its
+/// next due time, and retrying a would-block at once.
+fn drive(mode: Mode, secs: f64, mut submit: impl FnMut(&[u8]) -> Outcome) -> Drive {
     let msg = [0x5au8; MMAX as usize];
     let span = (secs * 1e9) as Nanos;
     let start = monotonic_now();
@@ -164,7 +179,7 @@ fn drive(mode: Mode, secs: f64, polite: bool, mut submit: impl FnMut(&[u8]) -> O
         }
         if let Mode::Rate { interval } = mode {
             if now < due {
-                wait();
+                std::hint::spin_loop();
                 continue;
             }
             // A sender held up (preempted) does not burst to catch up: the offered load
@@ -181,7 +196,7 @@ fn drive(mode: Mode, secs: f64, polite: bool, mut submit: impl FnMut(&[u8]) -> O
                 }
                 Outcome::WouldBlock => {
                     d.would_block += 1;
-                    wait();
+                    std::hint::spin_loop();
                 }
             }
         }
@@ -200,30 +215,32 @@ fn thread_wait(path: &str) -> Nanos {
 }
 
 /// The run-queue wait of this process's polling-core threads (the daemon's or the
-/// in-process dataplane's), ns: the sending core's (`rtchan-core<tx_cpu>`) and the others'
-/// (the receive core's), apart. With both cores on one CPU both count as the sending core's.
-fn cores_wait(tx_cpu: usize) -> (Nanos, Nanos) {
+/// in-process dataplane's), ns: the sending core's and the receive core's, apart. Both
+/// dataplanes start the sending core's thread before the receive core's (`Dataplane::start`),
+/// so of the live `rtchan-core*` threads the one with the lower thread id sends.
+fn cores_wait() -> (Nanos, Nanos) {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return (0, 0);
     };
-    let tx_name = format!("rtchan-core{tx_cpu}");
-    let mut w = (0, 0);
-    for t in tasks.flatten() {
-        let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) else {
-            continue;
-        };
-        let comm = comm.trim_end();
-        if !comm.starts_with("rtchan-core") {
-            continue;
-        }
-        let v = thread_wait(&t.path().join("schedstat").display().to_string());
-        if comm == tx_name {
-            w.0 += v;
-        } else {
-            w.1 += v;
-        }
-    }
-    w
+    let mut cores: Vec<(u32, Nanos)> = tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("rtchan-core"))
+        })
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            Some((
+                tid,
+                thread_wait(&t.path().join("schedstat").display().to_string()),
+            ))
+        })
+        .collect();
+    cores.sort_unstable();
+    (
+        cores.first().map_or(0, |c| c.1),
+        cores.get(1..).map_or(0, |r| r.iter().map(|c| c.1).sum()),
+    )
 }
 
 fn pin(cpu: usize) {
@@ -253,7 +270,12 @@ impl Setup {
                     .map(|c| c.trim().parse().expect("CPU"))
                     .collect()
             })
-            .unwrap_or_else(|| vec![n - 1, 0, 0]);
+            .unwrap_or_else(|| match n {
+                // The sender alone on CPU 0; the two cores share the other one, each
+                // yielding it when idle.
+                1 | 2 => vec![n - 1, n - 1, 0],
+                _ => vec![n - 1, n - 2, 0],
+            });
         assert_eq!(cpus.len(), 3, "RTCHAN_BENCH_CPUS=tx,rx,sender");
         Self {
             tx_cpu: cpus[0],
@@ -267,11 +289,6 @@ impl Setup {
         }
     }
 
-    /// Whether the sender shares its CPU with a polling core (see [`drive`]).
-    fn polite(&self) -> bool {
-        self.sender_cpu == self.tx_cpu || self.sender_cpu == self.rx_cpu
-    }
-
     fn config(&self, dir: &Path) -> DaemonConfig {
         let service = self
             .service_interval
@@ -282,6 +299,9 @@ impl Setup {
 socket = "{dir}/ctl.sock"
 socket_mode = "0600"
 state_file = "{dir}/state.json"
+[port]
+fifo_packets = {FIFO}
+buffers = {BUFFERS}
 [policy]
 idle = "{idle}"
 work_conserving = true
@@ -338,13 +358,12 @@ fn say(s: &str) {
     o.flush().unwrap();
 }
 
-/// The child: `socket mode secs cpu batch polite`. Opens the channel, says its id and the admitted
+/// The child: `socket mode secs cpu batch`. Opens the channel, says its id and the admitted
 /// deadlines, waits for a line, drives, says what it saw, waits for a line, closes.
 fn child(args: &str) {
     let a: Vec<&str> = args.split_whitespace().collect();
     let (socket, mode, secs) = (a[0], Mode::parse(a[1]), a[2].parse::<f64>().unwrap());
     let (cpu, batch): (usize, usize) = (a[3].parse().unwrap(), a[4].parse().unwrap());
-    let polite = a[5] == "1";
     let client = Client::connect(socket).expect("connect");
     let mut tx = client.open(&open_spec()).expect("open");
     let s = &tx.info().sender;
@@ -354,17 +373,17 @@ fn child(args: &str) {
         s.cpu_deadline,
         s.link_deadline
     ));
+    pin(cpu);
     let mut l = String::new();
     std::io::stdin().read_line(&mut l).unwrap();
-    pin(cpu);
     let d = if batch <= 1 {
-        drive(mode, secs, polite, |m| match tx.send(m) {
+        drive(mode, secs, |m| match tx.send(m) {
             Ok(_) => Outcome::Taken(1),
             Err(SendError::WouldBlock) => Outcome::WouldBlock,
             Err(e) => panic!("send: {e}"),
         })
     } else {
-        drive(mode, secs, polite, |m| {
+        drive(mode, secs, |m| {
             match tx.send_many(std::iter::repeat_n(m, batch)) {
                 Ok(n) => Outcome::Taken(n as u64),
                 Err(SendError::WouldBlock) => Outcome::WouldBlock,
@@ -414,11 +433,10 @@ fn run_client(setup: &Setup, mode: Mode, secs: f64) -> (Run, Deadlines) {
     let d = Daemon::start(setup.config(&dir)).expect("daemon");
     let sock = d.socket.display().to_string();
     let args = format!(
-        "{sock} {} {secs} {} {} {}",
+        "{sock} {} {secs} {} {}",
         mode.arg(),
         setup.sender_cpu,
-        setup.batch,
-        u8::from(setup.polite())
+        setup.batch
     );
     let mut c: Child = Command::new(std::env::current_exe().unwrap())
         .env(CHILD_ENV, args)
@@ -429,7 +447,8 @@ fn run_client(setup: &Setup, mode: Mode, secs: f64) -> (Run, Deadlines) {
     let mut out = BufReader::new(c.stdout.take().unwrap());
     let v = numbers(&line(&mut out), "id ");
     let (id, deadlines) = (v[0] as u32, (v[1], v[2]));
-    let w0 = cores_wait(setup.tx_cpu);
+    std::thread::sleep(SETTLE);
+    let w0 = cores_wait();
     writeln!(c.stdin.as_mut().unwrap()).unwrap();
     let v = numbers(&line(&mut out), "done ");
     let drive = Drive {
@@ -438,32 +457,77 @@ fn run_client(setup: &Setup, mode: Mode, secs: f64) -> (Run, Deadlines) {
         elapsed: v[2],
         waited: v[3],
     };
-    let w1 = cores_wait(setup.tx_cpu);
+    let w1 = cores_wait();
     let cores_waited = (w1.0 - w0.0, w1.1 - w0.1);
     let ctl = Client::connect(&d.socket).expect("connect");
     let stat = || ctl.stats(id).expect("stats").tx.expect("tx counters");
     wait_drained("client path", drive.sent, || stat().sent);
     let t = stat();
+    if std::env::var_os("RTCHAN_BENCH_DEBUG").is_some() {
+        println!("    receiving side: {:?}", ctl.stats(id).expect("stats").rx);
+    }
     assert_eq!(
         t.submitted, drive.sent,
         "the core took what the client sent"
     );
     assert_eq!(t.invalid, 0, "no descriptor refused");
-    let run = Run {
+    let mut run = Run {
         drive,
         late: t.late_packets,
         delay: t.delay,
         cores_waited,
+        core: CoreStats::default(),
     };
     drop(c.stdin.take());
     assert!(c.wait().unwrap().success(), "client process failed");
-    d.shutdown();
+    run.core = d.shutdown().cores[0];
     let _ = std::fs::remove_dir_all(&dir);
     (run, deadlines)
 }
 
-/// One run of the in-process path: the same dataplane, the same channel, a `Sender`.
-fn run_in_process(setup: &Setup, mode: Mode, secs: f64, (cpu_d, link_d): Deadlines) -> Run {
+/// One submit (or batch) of an in-process run, moved to its sending thread.
+type SubmitFn = dyn FnMut(&[u8]) -> Outcome + Send;
+
+/// How an in-process run feeds its channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feed {
+    /// `dataplane::channel::Sender` (the in-process API: its submit ring and the doorbell).
+    Sender,
+    /// The ablation: a client-fed channel (`CoreHandle::open_client`, as the daemon opens
+    /// the client's) written from this process through `shm::Producer` exactly as
+    /// `client::Sender::send` writes it: the shared-memory ring and the core's client scan,
+    /// without the process boundary (and without the client's liveness checks).
+    Ring,
+}
+
+/// Writes one message into a client-fed ring as `client::Sender::send` does (the block
+/// policy: no room, no message).
+fn ring_send(ring: &mut Producer<SubmitDesc>, capacity: u64, msg: &[u8]) -> bool {
+    let now = monotonic_now();
+    if ring.queued() >= capacity {
+        return false;
+    }
+    let Some(b) = ring.grant(|_| {}) else {
+        return false;
+    };
+    ring.buffer_mut(b)[..msg.len()].copy_from_slice(msg);
+    ring.push(SubmitDesc {
+        buf: b,
+        len: msg.len() as u32,
+        submit_ts: now,
+    });
+    ring.publish();
+    true
+}
+
+/// One run of an in-process path: the same dataplane, the same channel, fed by `feed`.
+fn run_in_process(
+    setup: &Setup,
+    feed: Feed,
+    mode: Mode,
+    secs: f64,
+    (cpu_d, link_d): Deadlines,
+) -> Run {
     let dir = temp_dir("inproc");
     let cfg = setup.config(&dir);
     let mut dp = Dataplane::start(&cfg).expect("dataplane");
@@ -488,51 +552,92 @@ fn run_in_process(setup: &Setup, mode: Mode, secs: f64, (cpu_d, link_d): Deadlin
     );
     ch.overflow = OverflowPolicy::Block;
     ch.txq = PORT_QUEUE;
-    let mut tx: Sender = dp.tx[0].handle.open(ch).expect("open");
-    let (cpu, batch, polite) = (setup.sender_cpu, setup.batch, setup.polite());
-    let w0 = cores_wait(setup.tx_cpu);
-    let (tx, drive) = std::thread::scope(|s| {
-        s.spawn(move || {
-            pin(cpu);
-            // The in-process API has no batch submit: a batch is that many submits.
-            let d = drive(mode, secs, polite, |m| {
-                let mut n = 0;
-                for _ in 0..batch {
-                    match tx.submit(m) {
-                        Ok(_) => n += 1,
-                        Err(SubmitError::WouldBlock) => break,
-                        Err(e) => panic!("submit: {e}"),
+    let (cpu, batch) = (setup.sender_cpu, setup.batch);
+    // Either way the submitting closure goes to a pinned thread and `shared` keeps the
+    // statistics.
+    let (shared, mut submit): (_, Box<SubmitFn>) = match feed {
+        Feed::Sender => {
+            let mut tx: Sender = dp.tx[0].handle.open(ch).expect("open");
+            let shared = tx.shared().clone();
+            (
+                shared,
+                // The in-process API has no batch submit: a batch is that many submits.
+                Box::new(move |m: &[u8]| {
+                    let mut n = 0;
+                    for _ in 0..batch {
+                        match tx.submit(m) {
+                            Ok(_) => n += 1,
+                            Err(SubmitError::WouldBlock) => break,
+                            Err(e) => panic!("submit: {e}"),
+                        }
                     }
-                }
-                if n == 0 {
-                    Outcome::WouldBlock
-                } else {
-                    Outcome::Taken(n)
-                }
-            });
-            (tx, d)
-        })
-        .join()
-        .unwrap()
+                    if n == 0 {
+                        Outcome::WouldBlock
+                    } else {
+                        Outcome::Taken(n)
+                    }
+                }),
+            )
+        }
+        Feed::Ring => {
+            // The release jitter the daemon admits client-fed channels with.
+            let jitter = cfg.tx_model().client_release_jitter();
+            let shared = dp.tx[0].handle.open_client(ch, jitter).expect("open");
+            let region = shared.region().expect("a client-fed ring").clone();
+            let mut ring = Producer::<SubmitDesc>::new(region).expect("producer");
+            let capacity = u64::from(BMAX);
+            (
+                shared,
+                Box::new(move |m: &[u8]| {
+                    // One publish per message, as `send` (a batch is that many sends).
+                    let mut n = 0;
+                    while n < batch as u64 && ring_send(&mut ring, capacity, m) {
+                        n += 1;
+                    }
+                    if n == 0 {
+                        Outcome::WouldBlock
+                    } else {
+                        Outcome::Taken(n)
+                    }
+                }),
+            )
+        }
+    };
+    // The sender thread starts and pins itself first, then waits out the settling time, as
+    // the client process does before it is told to go.
+    let go = std::sync::Barrier::new(2);
+    let (w0, drive) = std::thread::scope(|s| {
+        let t = s.spawn(|| {
+            pin(cpu);
+            go.wait();
+            drive(mode, secs, &mut submit)
+        });
+        std::thread::sleep(SETTLE);
+        let w0 = cores_wait();
+        go.wait();
+        (w0, t.join().unwrap())
     });
-    let w1 = cores_wait(setup.tx_cpu);
+    let w1 = cores_wait();
     let cores_waited = (w1.0 - w0.0, w1.1 - w0.1);
-    let stats = tx.stats();
+    let stats = &shared.stats;
     wait_drained("in-process path", drive.sent, || stats.messages_sent.get());
     let snap = stats.snapshot();
     assert_eq!(
         snap.submitted, drive.sent,
         "the core took what was submitted"
     );
-    let run = Run {
+    assert_eq!(snap.invalid_descriptors, 0, "no descriptor refused");
+    let mut run = Run {
         drive,
         late: snap.late_packets,
         delay: percentiles(&stats.delay_snapshot()),
         cores_waited,
+        core: CoreStats::default(),
     };
     let _ = dp.tx[0].handle.close(ID, true);
-    drop(tx);
-    dp.stop();
+    drop(submit);
+    drop(shared);
+    run.core = dp.stop()[0];
     drop(sink);
     let _ = std::fs::remove_dir_all(&dir);
     run
@@ -594,6 +699,9 @@ fn print_run(path: &str, mode: &str, r: &Run) {
         share(r.cores_waited.0),
         share(r.cores_waited.1),
     );
+    if std::env::var_os("RTCHAN_BENCH_DEBUG").is_some() {
+        println!("    sending core: {:?}", r.core);
+    }
 }
 
 fn main() {
@@ -626,50 +734,54 @@ fn main() {
         },
     );
 
-    let mut sat_in = Vec::new();
-    let mut sat_cross = Vec::new();
+    // Per round: the client process, the in-process Sender, the in-process ring (ablation).
+    let mut sat: [Vec<Run>; 3] = Default::default();
     let mut deadlines = (0, 0);
     for _ in 0..rounds {
         let (c, d) = run_client(&setup, Mode::Saturate, secs);
         deadlines = d;
         print_run("client process", "saturate", &c);
-        sat_cross.push(c);
-        let i = run_in_process(&setup, Mode::Saturate, secs, deadlines);
+        sat[0].push(c);
+        let i = run_in_process(&setup, Feed::Sender, Mode::Saturate, secs, deadlines);
         print_run("in-process", "saturate", &i);
-        sat_in.push(i);
+        sat[1].push(i);
+        let r = run_in_process(&setup, Feed::Ring, Mode::Saturate, secs, deadlines);
+        print_run("in-proc ring", "saturate", &r);
+        sat[2].push(r);
     }
-    let s_in = summary(&sat_in);
     let rate = std::env::var("RTCHAN_BENCH_RATE")
         .ok()
-        .map_or(s_in.rate / 2.0, |r| r.parse().expect("rate"));
+        .map_or(summary(&sat[1]).rate / 2.0, |r| r.parse().expect("rate"));
     let interval = (1e9 / rate) as Nanos;
     let mode = Mode::Rate { interval };
-    let mut del_in = Vec::new();
-    let mut del_cross = Vec::new();
+    let mut del: [Vec<Run>; 3] = Default::default();
     for _ in 0..rounds {
         let (c, _) = run_client(&setup, mode, secs);
         print_run("client process", "rate", &c);
-        del_cross.push(c);
-        let i = run_in_process(&setup, mode, secs, deadlines);
+        del[0].push(c);
+        let i = run_in_process(&setup, Feed::Sender, mode, secs, deadlines);
         print_run("in-process", "rate", &i);
-        del_in.push(i);
+        del[1].push(i);
+        let r = run_in_process(&setup, Feed::Ring, mode, secs, deadlines);
+        print_run("in-proc ring", "rate", &r);
+        del[2].push(r);
     }
-    let s_cross = summary(&sat_cross);
-    let d_in = summary(&del_in);
-    let d_cross = summary(&del_cross);
+    let [s_cross, s_in, s_ring] = [0, 1, 2].map(|k| summary(&sat[k]));
+    let [d_cross, d_in, d_ring] = [0, 1, 2].map(|k| summary(&del[k]));
 
     println!();
     println!("medians of {rounds} round(s):");
     println!(
-        "{:<16} {:>10} {:>7} | {:>9} {:>9} {:>9} | run-queue wait % (sat / delay)",
+        "{:<22} {:>10} {:>7} | {:>9} {:>9} {:>9} | run-queue wait % (sat / delay)",
         "path", "sat msg/s", "wb/msg", "p50 ns", "p99 ns", "p99.9 ns"
     );
     for (name, s, d) in [
-        ("in-process", s_in, d_in),
+        ("in-process (Sender)", s_in, d_in),
         ("client process", s_cross, d_cross),
+        ("ablation: in-proc ring", s_ring, d_ring),
     ] {
         println!(
-            "{:<16} {:>10.0} {:>7.2} | {:>9.0} {:>9.0} {:>9.0} | sender {:.1}/{:.1}, \
+            "{:<22} {:>10.0} {:>7.2} | {:>9.0} {:>9.0} {:>9.0} | sender {:.1}/{:.1}, \
              sending core {:.1}/{:.1}, receive core {:.1}/{:.1}",
             name,
             s.rate,
@@ -691,21 +803,21 @@ fn main() {
          at {rate:.0} msg/s offered, one every {interval} ns; run-queue wait: time the OS \
          kept the thread off its CPU, % of the run)"
     );
-    // A slower path is the larger figure: throughput in-process / client, delay client /
-    // in-process; the target is every ratio at most 1.2.
-    let ratios = [
-        ("msg/s (in-process / client)", s_in.rate / s_cross.rate),
-        ("delay p50 (client / in-process)", d_cross.p50 / d_in.p50),
-        ("delay p99 (client / in-process)", d_cross.p99 / d_in.p99),
-        (
-            "delay p99.9 (client / in-process)",
-            d_cross.p999 / d_in.p999,
-        ),
-    ];
-    println!("ratios, cross-process cost over in-process (target <= 1.20x):");
+    // A slower path is the larger figure: throughput faster / slower, delay slower /
+    // faster; the target is every ratio of the client over the in-process API at most 1.2.
+    let ratio_set = |x: Summary, dx: Summary, y: Summary, dy: Summary| {
+        [
+            ("msg/s", y.rate / x.rate),
+            ("delay p50", dx.p50 / dy.p50),
+            ("delay p99", dx.p99 / dy.p99),
+            ("delay p99.9", dx.p999 / dy.p999),
+        ]
+    };
+    let ratios = ratio_set(s_cross, d_cross, s_in, d_in);
+    println!("ratios, client process over in-process Sender (target <= 1.20x):");
     for (name, r) in ratios {
         println!(
-            "  {name:<36} {r:>6.2}x  {}",
+            "  {name:<12} {r:>6.2}x  {}",
             if r <= 1.2 { "within" } else { "MISSES" }
         );
     }
@@ -714,4 +826,18 @@ fn main() {
         "1.2x target: {}",
         if held { "holds" } else { "does not hold" }
     );
+    println!("ablation, where the difference is (ratios as above):");
+    for (label, set) in [
+        (
+            "ring instead of Sender, one process",
+            ratio_set(s_ring, d_ring, s_in, d_in),
+        ),
+        (
+            "process boundary, same ring",
+            ratio_set(s_cross, d_cross, s_ring, d_ring),
+        ),
+    ] {
+        let v: Vec<String> = set.iter().map(|(n, r)| format!("{n} {r:.2}x")).collect();
+        println!("  {label:<36} {}", v.join(", "));
+    }
 }
