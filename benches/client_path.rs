@@ -38,7 +38,11 @@
 //!
 //! Runs alternate between the paths (cross-process first, since the in-process channels
 //! take their deadlines from the daemon's answer), each on a freshly started dataplane; the
-//! table shows the median of the rounds. `--quick` (or `RTCHAN_BENCH_QUICK=1`): one short round.
+//! tables show the median of the rounds, and the best of the rounds figure by figure: on a
+//! shared machine a run in which the OS held the sending core or the sender off its CPU for
+//! milliseconds (its run-queue wait, printed per run and in the tables) has that in its tail,
+//! whichever path it ran; the best of the rounds is the least disturbed figure. The 1.2x
+//! target is judged on both, printed apart. `--quick` (or `RTCHAN_BENCH_QUICK=1`): one short round.
 //! Environment: `RTCHAN_BENCH_CPUS=tx,rx,sender` (default: the sender alone on CPU 0, the
 //! sending core on the last CPU, the receive core on the one before it, or on the last one
 //! too on a two-CPU machine), `RTCHAN_BENCH_IDLE=spin|yield|sleep` (default `yield`: two
@@ -668,10 +672,24 @@ struct Summary {
     rx_wait: f64,
 }
 
-fn summary(runs: &[Run]) -> Summary {
-    let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+/// The median of each figure over the rounds (`best`: the best of the rounds instead, the
+/// run least disturbed by the rest of the machine, figure by figure).
+fn summary_of(runs: &[Run], best: bool) -> Summary {
+    let m = |f: &dyn Fn(&Run) -> f64| {
+        let v: Vec<f64> = runs.iter().map(f).collect();
+        if best {
+            v.into_iter().fold(f64::INFINITY, f64::min)
+        } else {
+            median(v)
+        }
+    };
+    let rates: Vec<f64> = runs.iter().map(Run::rate).collect();
     Summary {
-        rate: m(&|r| r.rate()),
+        rate: if best {
+            rates.iter().copied().fold(0.0, f64::max)
+        } else {
+            median(rates)
+        },
         would_block: m(&|r| r.drive.would_block as f64 / r.drive.sent.max(1) as f64),
         p50: m(&|r| r.delay.p50 as f64),
         p99: m(&|r| r.delay.p99 as f64),
@@ -680,6 +698,10 @@ fn summary(runs: &[Run]) -> Summary {
         tx_wait: m(&|r| r.cores_waited.0 as f64 * 100.0 / r.drive.elapsed.max(1) as f64),
         rx_wait: m(&|r| r.cores_waited.1 as f64 * 100.0 / r.drive.elapsed.max(1) as f64),
     }
+}
+
+fn summary(runs: &[Run]) -> Summary {
+    summary_of(runs, false)
 }
 
 fn print_run(path: &str, mode: &str, r: &Run) {
@@ -713,7 +735,7 @@ fn main() {
         || std::env::var("RTCHAN_BENCH_QUICK").is_ok_and(|v| v != "0");
     // Short runs, many of them, alternating: on a shared machine the noise then hits both
     // paths alike, and the median of the rounds drops the runs another load spoilt.
-    let (rounds, secs) = if quick { (2, 0.5) } else { (8, 1.0) };
+    let (rounds, secs) = if quick { (2, 0.5) } else { (12, 1.0) };
     let setup = Setup::from_env();
     println!(
         "client_path: channel mmax {MMAX} B, imin {IMIN:?}, bmax {BMAX}, D {DEADLINE:?}, \
@@ -766,46 +788,68 @@ fn main() {
         print_run("in-proc ring", "rate", &r);
         del[2].push(r);
     }
-    let [s_cross, s_in, s_ring] = [0, 1, 2].map(|k| summary(&sat[k]));
-    let [d_cross, d_in, d_ring] = [0, 1, 2].map(|k| summary(&del[k]));
-
     println!();
-    println!("medians of {rounds} round(s):");
-    println!(
-        "{:<22} {:>10} {:>7} | {:>9} {:>9} {:>9} | run-queue wait % (sat / delay)",
-        "path", "sat msg/s", "wb/msg", "p50 ns", "p99 ns", "p99.9 ns"
-    );
-    for (name, s, d) in [
-        ("in-process (Sender)", s_in, d_in),
-        ("client process", s_cross, d_cross),
-        ("ablation: in-proc ring", s_ring, d_ring),
-    ] {
-        println!(
-            "{:<22} {:>10.0} {:>7.2} | {:>9.0} {:>9.0} {:>9.0} | sender {:.1}/{:.1}, \
-             sending core {:.1}/{:.1}, receive core {:.1}/{:.1}",
-            name,
-            s.rate,
-            s.would_block,
-            d.p50,
-            d.p99,
-            d.p999,
-            s.sender_wait,
-            d.sender_wait,
-            s.tx_wait,
-            d.tx_wait,
-            s.rx_wait,
-            d.rx_wait,
-        );
-    }
     println!(
         "(sat msg/s: accepted per second at saturation; wb/msg: would-block retries per \
          accepted message; p50..p99.9: submit stamp to the last packet's release to the port, \
          at {rate:.0} msg/s offered, one every {interval} ns; run-queue wait: time the OS \
          kept the thread off its CPU, % of the run)"
     );
+    for best in [false, true] {
+        let [s_cross, s_in, s_ring] = [0, 1, 2].map(|k| summary_of(&sat[k], best));
+        let [d_cross, d_in, d_ring] = [0, 1, 2].map(|k| summary_of(&del[k], best));
+        println!();
+        if best {
+            println!("best of {rounds} round(s), figure by figure:");
+        } else {
+            println!("medians of {rounds} round(s):");
+        }
+        println!(
+            "{:<22} {:>10} {:>7} | {:>9} {:>9} {:>9} | run-queue wait % (sat / delay)",
+            "path", "sat msg/s", "wb/msg", "p50 ns", "p99 ns", "p99.9 ns"
+        );
+        for (name, s, d) in [
+            ("in-process (Sender)", s_in, d_in),
+            ("client process", s_cross, d_cross),
+            ("ablation: in-proc ring", s_ring, d_ring),
+        ] {
+            println!(
+                "{:<22} {:>10.0} {:>7.2} | {:>9.0} {:>9.0} {:>9.0} | sender {:.1}/{:.1}, \
+                 sending core {:.1}/{:.1}, receive core {:.1}/{:.1}",
+                name,
+                s.rate,
+                s.would_block,
+                d.p50,
+                d.p99,
+                d.p999,
+                s.sender_wait,
+                d.sender_wait,
+                s.tx_wait,
+                d.tx_wait,
+                s.rx_wait,
+                d.rx_wait,
+            );
+        }
+        ratios(
+            (s_cross, d_cross),
+            (s_in, d_in),
+            (s_ring, d_ring),
+            if best { "best" } else { "medians" },
+        );
+    }
+}
+
+/// Prints the ratios of one table: the client over the in-process Sender against the 1.2x
+/// target, and the ablation's split of the difference.
+fn ratios(
+    cross: (Summary, Summary),
+    inproc: (Summary, Summary),
+    ring: (Summary, Summary),
+    of: &str,
+) {
     // A slower path is the larger figure: throughput faster / slower, delay slower /
     // faster; the target is every ratio of the client over the in-process API at most 1.2.
-    let ratio_set = |x: Summary, dx: Summary, y: Summary, dy: Summary| {
+    let ratio_set = |(x, dx): (Summary, Summary), (y, dy): (Summary, Summary)| {
         [
             ("msg/s", y.rate / x.rate),
             ("delay p50", dx.p50 / dy.p50),
@@ -813,31 +857,34 @@ fn main() {
             ("delay p99.9", dx.p999 / dy.p999),
         ]
     };
-    let ratios = ratio_set(s_cross, d_cross, s_in, d_in);
-    println!("ratios, client process over in-process Sender (target <= 1.20x):");
-    for (name, r) in ratios {
-        println!(
-            "  {name:<12} {r:>6.2}x  {}",
-            if r <= 1.2 { "within" } else { "MISSES" }
-        );
-    }
-    let held = ratios.iter().all(|&(_, r)| r <= 1.2);
+    let main = ratio_set(cross, inproc);
+    let v: Vec<String> = main
+        .iter()
+        .map(|(n, r)| format!("{n} {r:.2}x{}", if *r <= 1.2 { "" } else { " (MISSES)" }))
+        .collect();
     println!(
-        "1.2x target: {}",
-        if held { "holds" } else { "does not hold" }
+        "ratios ({of}), client process over in-process Sender: {}",
+        v.join(", ")
     );
-    println!("ablation, where the difference is (ratios as above):");
+    println!(
+        "1.2x target ({of}): {}",
+        if main.iter().all(|&(_, r)| r <= 1.2) {
+            "holds"
+        } else {
+            "does not hold"
+        }
+    );
     for (label, set) in [
         (
-            "ring instead of Sender, one process",
-            ratio_set(s_ring, d_ring, s_in, d_in),
+            "ablation: ring instead of Sender, one process",
+            ratio_set(ring, inproc),
         ),
         (
-            "process boundary, same ring",
-            ratio_set(s_cross, d_cross, s_ring, d_ring),
+            "ablation: process boundary, same ring",
+            ratio_set(cross, ring),
         ),
     ] {
         let v: Vec<String> = set.iter().map(|(n, r)| format!("{n} {r:.2}x")).collect();
-        println!("  {label:<36} {}", v.join(", "));
+        println!("  {label}: {}", v.join(", "));
     }
 }
