@@ -23,7 +23,8 @@
 //!   sent is checked). `policy.work_conserving = true`, so messages ahead of the spec's Imin
 //!   are sent when nothing else waits: what limits the rate is the path, not the spec.
 //! - **delay**: at a fixed offered rate (by default half the in-process saturation rate
-//!   measured in this run), the channel's own delay histogram: from the sender's submit stamp
+//!   measured in this run, the best of its rounds: the path's capacity, not the machine's
+//!   mood), the channel's own delay histogram: from the sender's submit stamp
 //!   (taken inside `Sender::submit` / `client::Sender::send`) to the release of the
 //!   message's last packet to the port by the link scheduler (`ChannelStats` delay, the
 //!   daemon's `tx.delay`). So "release" here is the TX release, which includes the core's
@@ -657,7 +658,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// The median of each figure over the rounds.
+/// One path's figures over the rounds (see [`summary_of`]).
 #[derive(Clone, Copy, Debug)]
 struct Summary {
     rate: f64,
@@ -698,10 +699,6 @@ fn summary_of(runs: &[Run], best: bool) -> Summary {
         tx_wait: m(&|r| r.cores_waited.0 as f64 * 100.0 / r.drive.elapsed.max(1) as f64),
         rx_wait: m(&|r| r.cores_waited.1 as f64 * 100.0 / r.drive.elapsed.max(1) as f64),
     }
-}
-
-fn summary(runs: &[Run]) -> Summary {
-    summary_of(runs, false)
 }
 
 fn print_run(path: &str, mode: &str, r: &Run) {
@@ -773,7 +770,9 @@ fn main() {
     }
     let rate = std::env::var("RTCHAN_BENCH_RATE")
         .ok()
-        .map_or(summary(&sat[1]).rate / 2.0, |r| r.parse().expect("rate"));
+        .map_or(summary_of(&sat[1], true).rate / 2.0, |r| {
+            r.parse().expect("rate")
+        });
     let interval = (1e9 / rate) as Nanos;
     let mode = Mode::Rate { interval };
     let mut del: [Vec<Run>; 3] = Default::default();
