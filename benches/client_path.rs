@@ -51,8 +51,10 @@
 //! until the OS preempts it, milliseconds; `sleep` adds the sleep to every delay),
 //! `RTCHAN_BENCH_RATE` (messages/s of the delay runs),
 //! `RTCHAN_BENCH_SERVICE_INTERVAL` (e.g. `5us`: the core's service phase, hence its client
-//! scan, runs at most this often while busy) and `RTCHAN_BENCH_BATCH` (the client sends in
-//! batches of this many with `send_many`, one publish each): the last two are ablations.
+//! scan, runs at most this often while busy) and `RTCHAN_BENCH_BATCH` (each call sends this
+//! many messages: the client with `send_many`, one stamp and one publish for the batch, the
+//! ring ablation likewise, the Sender, which has no batch submit, with that many `submit`s;
+//! the delay runs then send a batch every that many intervals): the last two are ablations.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -505,10 +507,9 @@ enum Feed {
     Ring,
 }
 
-/// Writes one message into a client-fed ring as `client::Sender::send` does (the block
-/// policy: no room, no message).
-fn ring_send(ring: &mut Producer<SubmitDesc>, capacity: u64, msg: &[u8]) -> bool {
-    let now = monotonic_now();
+/// Writes one message into a client-fed ring as `client::Sender::send` does, without
+/// publishing it (the block policy: no room, no message).
+fn ring_place(ring: &mut Producer<SubmitDesc>, capacity: u64, msg: &[u8], now: Nanos) -> bool {
     if ring.queued() >= capacity {
         return false;
     }
@@ -521,7 +522,6 @@ fn ring_send(ring: &mut Producer<SubmitDesc>, capacity: u64, msg: &[u8]) -> bool
         len: msg.len() as u32,
         submit_ts: now,
     });
-    ring.publish();
     true
 }
 
@@ -594,11 +594,14 @@ fn run_in_process(
             (
                 shared,
                 Box::new(move |m: &[u8]| {
-                    // One publish per message, as `send` (a batch is that many sends).
+                    // One stamp and one publish per call, as `send`, or `send_many` for a
+                    // batch.
+                    let now = monotonic_now();
                     let mut n = 0;
-                    while n < batch as u64 && ring_send(&mut ring, capacity, m) {
+                    while n < batch as u64 && ring_place(&mut ring, capacity, m, now) {
                         n += 1;
                     }
+                    ring.publish();
                     if n == 0 {
                         Outcome::WouldBlock
                     } else {
@@ -774,7 +777,10 @@ fn main() {
             r.parse().expect("rate")
         });
     let interval = (1e9 / rate) as Nanos;
-    let mode = Mode::Rate { interval };
+    // A batch goes every `batch` intervals: the offered messages per second stay `rate`.
+    let mode = Mode::Rate {
+        interval: interval * setup.batch as Nanos,
+    };
     let mut del: [Vec<Run>; 3] = Default::default();
     for _ in 0..rounds {
         let (c, _) = run_client(&setup, mode, secs);
