@@ -43,18 +43,26 @@
 //! shared machine a run in which the OS held the sending core or the sender off its CPU for
 //! milliseconds (its run-queue wait, printed per run and in the tables) has that in its tail,
 //! whichever path it ran; the best of the rounds is the least disturbed figure. The 1.2x
-//! target is judged on both, printed apart. `--quick` (or `RTCHAN_BENCH_QUICK=1`): one short round.
+//! target is judged on both, printed apart. `--quick` (or `RTCHAN_BENCH_QUICK=1`): two
+//! rounds of 0.5 s instead of twelve of 1 s. Figures of runs: `docs/benchmarks.md`.
+//!
+//! The in-memory link gets a deep FIFO ([`FIFO`]), so that the receive core, which shares a
+//! CPU with the sending core on a two-CPU machine, never backs the sending core up.
+//!
 //! Environment: `RTCHAN_BENCH_CPUS=tx,rx,sender` (default: the sender alone on CPU 0, the
 //! sending core on the last CPU, the receive core on the one before it, or on the last one
 //! too on a two-CPU machine), `RTCHAN_BENCH_IDLE=spin|yield|sleep` (default `yield`: two
 //! cores sharing a CPU hand it to each other when idle; with `spin` each holds the other off
 //! until the OS preempts it, milliseconds; `sleep` adds the sleep to every delay),
 //! `RTCHAN_BENCH_RATE` (messages/s of the delay runs),
-//! `RTCHAN_BENCH_SERVICE_INTERVAL` (e.g. `5us`: the core's service phase, hence its client
-//! scan, runs at most this often while busy) and `RTCHAN_BENCH_BATCH` (each call sends this
+//! `RTCHAN_BENCH_SERVICE_INTERVAL` (e.g. `50us`: the core's service phase, hence its client
+//! scan, runs at most this often while busy; below the default 20 µs admission refuses the
+//! channel with the default cost model) and `RTCHAN_BENCH_BATCH` (each call sends this
 //! many messages: the client with `send_many`, one stamp and one publish for the batch, the
 //! ring ablation likewise, the Sender, which has no batch submit, with that many `submit`s;
 //! the delay runs then send a batch every that many intervals): the last two are ablations.
+//! `RTCHAN_BENCH_DEBUG`: also the sending core's counters after each run and the receiving
+//! side's of the client's channel.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -107,7 +115,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 enum Mode {
     /// As fast as the ring takes messages.
     Saturate,
-    /// One message every `interval` ns.
+    /// One submit call (a message, or a batch) every `interval` ns.
     Rate { interval: Nanos },
 }
 
