@@ -598,6 +598,8 @@ fn run_in_process(
             let shared = dp.tx[0].handle.open_client(ch, jitter).expect("open");
             let region = shared.region().expect("a client-fed ring").clone();
             let mut ring = Producer::<SubmitDesc>::new(region).expect("producer");
+            // As a client does once it has mapped the ring: the core reads it from now on.
+            shared.client_mapped().expect("seal the ring");
             let capacity = u64::from(BMAX);
             (
                 shared,
