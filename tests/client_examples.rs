@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use client_examples::{
-    config, example, field, list, misses, num, sender_channel, sender_sent, temp_dir, Proc,
+    checking_receiver, config, example, field, list, misses, num, sender_channel, sender_sent,
+    temp_dir, Proc,
 };
 use rtchan::client::Client;
 use rtchan::daemon::Daemon;
@@ -59,21 +60,7 @@ fn rt_sender_and_rt_receiver_byte_exact_counts_agree_with_the_daemon() {
     );
     let id = sender_channel(&tx.line());
     probe.watch_threads_of(tx.child.id(), "").unwrap();
-    // No --count: the receiver runs until the channel closes, so it is still attached (and
-    // the daemon's receiving counters are its ring's) when the test reads them.
-    let mut rx = Proc::spawn(
-        "rt_receiver",
-        &s(&[
-            "--socket",
-            &sock,
-            "--channel",
-            &id.to_string(),
-            "--check",
-            "--timeout",
-            "10s",
-        ]),
-    );
-    assert_eq!(rx.line(), format!("rt_receiver: channel {id} attached"));
+    let mut rx = checking_receiver(&sock, id);
     probe.watch_threads_of(rx.child.id(), "").unwrap();
     tx.go();
     let (sent_bytes, sent_digest) = sender_sent(&tx.line());

@@ -23,7 +23,8 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use client_examples::{
-    config, config_text, field, list, misses, num, sender_channel, sender_sent, temp_dir, Proc,
+    checking_receiver, config, config_text, field, list, misses, num, sender_channel, sender_sent,
+    temp_dir, Proc,
 };
 use control::protocol::{AttachArgs, AttachRole, ChannelInfo, OpenArgs, Request, TxCounters};
 use control::units::{Duration as UDuration, Size};
@@ -308,19 +309,7 @@ fn garbage_in_a_clients_ring_is_refused_and_counted_while_a_channel_on_its_core_
     assert_eq!(cores.len(), 2, "{cores:?}");
     assert!(cores.iter().all(|c| c.1 == 0), "both on core 0: {cores:?}");
     probe.watch_threads_of(tx.child.id(), "").unwrap();
-    let mut rx = Proc::spawn(
-        "rt_receiver",
-        &s(&[
-            "--socket",
-            &sock,
-            "--channel",
-            &id.to_string(),
-            "--check",
-            "--timeout",
-            "10s",
-        ]),
-    );
-    assert_eq!(rx.line(), format!("rt_receiver: channel {id} attached"));
+    let mut rx = checking_receiver(&sock, id);
     probe.watch_threads_of(rx.child.id(), "").unwrap();
 
     // Both at once: the good channel's 400 ms overlap the garbage client's 300 ms.

@@ -6,12 +6,15 @@
 //! `child_entry` test is their entry point (without the variable it returns at once). Children
 //! talk to the parent over stdout lines starting with `@@ `.
 
+#[path = "common/client_examples.rs"]
+mod client_examples;
+
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use control::config::DaemonConfig;
+use client_examples::{config, temp_dir};
 use control::protocol::{ChannelList, Request};
 use rtchan::client::{Client, OpenSpec, RecvError};
 use rtchan::daemon::client::Client as Ctl;
@@ -20,32 +23,6 @@ use rtchan::preemption::{MissLog, PreemptionProbe};
 
 const MESSAGES: u32 = 400;
 const MMAX: u32 = 3000;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rtchan-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn config(dir: &Path) -> DaemonConfig {
-    DaemonConfig::parse(&format!(
-        r#"
-socket = "{dir}/ctl.sock"
-socket_mode = "0600"
-state_file = "{dir}/state.json"
-[policy]
-idle = "sleep"
-idle_sleep = "50us"
-[cost]
-per_message_ns = 2000
-per_packet_ns = 1000
-link_rate_bps = 1000000000
-"#,
-        dir = dir.display()
-    ))
-    .unwrap()
-}
 
 /// Message `k`: a length and content that depend on `k` (1..=MMAX bytes).
 fn message(k: u32) -> Vec<u8> {

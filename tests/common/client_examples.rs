@@ -145,6 +145,26 @@ impl Proc {
 }
 
 /// `key=value` fields of a summary line.
+/// `rt_receiver --check` attached to channel `id` through `sock`, running until the channel
+/// closes (so the daemon's receiving counters are its ring's while the test reads them).
+pub fn checking_receiver(sock: &str, id: u32) -> Proc {
+    let args: Vec<String> = [
+        "--socket",
+        sock,
+        "--channel",
+        &id.to_string(),
+        "--check",
+        "--timeout",
+        "10s",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    let mut rx = Proc::spawn("rt_receiver", &args);
+    assert_eq!(rx.line(), format!("rt_receiver: channel {id} attached"));
+    rx
+}
+
 pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))

@@ -1127,16 +1127,7 @@ impl<D: Descriptor> Consumer<D> {
             let d: D = unsafe { self.region.desc_ptr::<D>(head).read_volatile() };
             head = head.wrapping_add(1);
             avail -= 1;
-            let bad = if d.buf() >= self.region.hdr.nbufs {
-                Some(Invalid::BufferIndex)
-            } else if d.msg_len() > self.region.hdr.mmax {
-                Some(Invalid::Length)
-            } else if self.is_held(d.buf()) {
-                Some(Invalid::Outstanding)
-            } else {
-                None
-            };
-            if let Some(why) = bad {
+            if let Some(why) = self.invalid(&d) {
                 self.region.count_invalid();
                 on(Event::Invalid(why));
                 skipped += 1;
@@ -1195,16 +1186,7 @@ impl<D: Descriptor> Consumer<D> {
             self.region
                 .atomic64(OFF_CONSUMER + CONS_HEAD)
                 .store(head.wrapping_add(1), Ordering::Release);
-            let bad = if d.buf() >= self.region.hdr.nbufs {
-                Some(Invalid::BufferIndex)
-            } else if d.msg_len() > self.region.hdr.mmax {
-                Some(Invalid::Length)
-            } else if self.is_held(d.buf()) {
-                Some(Invalid::Outstanding)
-            } else {
-                None
-            };
-            if let Some(why) = bad {
+            if let Some(why) = self.invalid(&d) {
                 self.region.count_invalid();
                 on(Event::Invalid(why));
                 skipped += 1;
@@ -1216,6 +1198,20 @@ impl<D: Descriptor> Consumer<D> {
             self.set_held(d.buf(), true);
             self.flush_free();
             return Some(Taken { desc: d });
+        }
+    }
+
+    /// What is wrong with descriptor `d` read from shared memory, if anything (invariant 4).
+    #[inline]
+    fn invalid(&self, d: &D) -> Option<Invalid> {
+        if d.buf() >= self.region.hdr.nbufs {
+            Some(Invalid::BufferIndex)
+        } else if d.msg_len() > self.region.hdr.mmax {
+            Some(Invalid::Length)
+        } else if self.is_held(d.buf()) {
+            Some(Invalid::Outstanding)
+        } else {
+            None
         }
     }
 
