@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use client_examples::{config, temp_dir};
 use control::protocol::{
-    AttachArgs, AttachRole, ChannelInfo, ErrorKind, OpenArgs, Request, TxCounters,
+    AttachArgs, AttachRole, ChannelInfo, ErrorKind, IdArgs, OpenArgs, Request, TxCounters,
 };
 use control::units::{Duration as UDuration, Size};
 use dataplane::shm::{Consumer, DeliverDesc, Producer, Region, SubmitDesc};
@@ -164,6 +164,25 @@ fn a_delivery_ring_is_used_only_after_mapped_and_then_cannot_be_punched() {
         std::thread::sleep(Duration::from_millis(1));
     };
     assert_eq!(got, b"to the client");
+    // The channel's receiving counters go on across the switch to the client's ring, and
+    // across the detach back to the daemon's own receiver.
+    let delivered = |n: u64| {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let d = lib.stats(id).unwrap().rx.map_or(0, |r| r.delivered);
+            if d >= n || Instant::now() > until {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    assert_eq!(delivered(2), 2);
+    ctl.call(&Request::Detach(IdArgs { id }))
+        .unwrap()
+        .into_result::<serde_json::Value>()
+        .unwrap();
+    sender.send(b"to the sink again").unwrap();
+    assert_eq!(delivered(3), 3);
     drop(sender);
     d.shutdown();
 }

@@ -124,6 +124,10 @@ struct Incoming {
     /// The delivery ring handed to `app` that it has not said it mapped yet: the daemon's
     /// own receiver keeps receiving until `mapped` seals the ring and switches to it.
     pending_app: Option<attach::PendingApp>,
+    /// The counters of the receive sides this channel had before its current one (a receiver
+    /// attached or detached: each switch opens a new receive side), added to its statistics
+    /// so they count from the channel's open. Latency percentiles are the current side's.
+    carried: Option<control::protocol::RxCounters>,
 }
 
 /// Final statistics the daemon prints when it stops.

@@ -254,7 +254,11 @@ impl Control {
             i.app = None;
             return Err(internal(format!("receive core {core}: {e}")));
         }
+        self.retire_receiver(id);
         self.sink.remove(id);
+        let Some(handle) = self.dp.receive_core(core) else {
+            return Err(internal(format!("receive core {core} is gone")));
+        };
         let opened = handle.open_receiver_app(id, mmax, region, wake, Some(check));
         let receiver = match opened {
             Ok(r) => r,
@@ -312,12 +316,29 @@ impl Control {
             return;
         };
         let _ = handle.close_receiver(id);
+        self.retire_receiver(id);
+        let Some(handle) = self.dp.receive_core(core) else {
+            return;
+        };
         let r = handle.open_receiver(id, mmax, RX_RING).ok();
         if let Some(r) = &r {
             self.sink.add(id, r.clone());
         }
         if let Some(i) = self.inc.get_mut(&id) {
             i.receiver = r;
+        }
+    }
+
+    /// The current receive side of `id` is closed on its core and about to be replaced: keep
+    /// its final counters (with those carried before) for the channel's statistics.
+    fn retire_receiver(&mut self, id: u32) {
+        let counters = self
+            .inc
+            .get(&id)
+            .and_then(|i| i.receiver.as_ref())
+            .map(|r| self.rx_counters(id, r));
+        if let (Some(c), Some(i)) = (counters, self.inc.get_mut(&id)) {
+            i.carried = Some(c);
         }
     }
 

@@ -151,6 +151,7 @@ impl Control {
                 opened: Instant::now(),
                 app: None,
                 pending_app: None,
+                carried: None,
             },
         );
         Ok(Grant {
@@ -217,6 +218,7 @@ impl Control {
                 opened: Instant::now(),
                 app: None,
                 pending_app: None,
+                carried: None,
             },
         );
         Ok(grant)

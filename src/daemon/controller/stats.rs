@@ -357,6 +357,25 @@ impl Control {
     }
 
     pub(super) fn rx_counters(&self, id: u32, r: &Receiver) -> RxCounters {
+        let mut c = self.rx_side_counters(id, r);
+        if let Some(p) = self.inc.get(&id).and_then(|i| i.carried.as_ref()) {
+            c.delivered += p.delivered;
+            c.bytes += p.bytes;
+            c.deadline_misses += p.deadline_misses;
+            c.lost += p.lost;
+            c.duplicates += p.duplicates;
+            c.reordered += p.reordered;
+            c.implausible_timestamps += p.implausible_timestamps;
+            c.resyncs += p.resyncs;
+            for (why, n) in &p.rejected {
+                *c.rejected.entry(why.clone()).or_default() += n;
+            }
+        }
+        c
+    }
+
+    /// The counters of receive side `r` alone.
+    fn rx_side_counters(&self, id: u32, r: &Receiver) -> RxCounters {
         let s = r.stats();
         let (recent_misses, older_misses) = self.sink.recent_misses(id);
         RxCounters {
