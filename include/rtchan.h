@@ -160,8 +160,8 @@ int rtchan_send_many(rtchan_sender *tx, const rtchan_iovec *msgs, size_t count);
 /* Non-blocking: copies the next message into buf (cap bytes) and fills *msg. -EAGAIN when
  * empty; -EMSGSIZE when it is longer than cap (msg->len says how long; it stays queued). */
 int rtchan_try_recv(rtchan_receiver *rx, void *buf, size_t cap, rtchan_message *msg);
-/* Like rtchan_try_recv, waiting up to timeout_ns (busy-polls briefly, then sleeps on an
- * eventfd the daemon signals): -ETIMEDOUT when nothing came. */
+/* Like rtchan_try_recv, waiting up to timeout_ns (busy-polls briefly, then sleeps on the
+ * ring's futex word, which the daemon wakes): -ETIMEDOUT when nothing came. */
 int rtchan_recv_timeout(rtchan_receiver *rx, void *buf, size_t cap, uint64_t timeout_ns,
                         rtchan_message *msg);
 

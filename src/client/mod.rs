@@ -21,8 +21,8 @@
 //! the message into one of the channel's reserved buffers in that ring, stamps it and
 //! publishes it with one release store; the daemon's polling core finds it by scanning client
 //! rings once per loop iteration and sends it. On the receiving host the core delivers into the
-//! [`Receiver`]'s ring the same way and signals its eventfd only when the reader said it
-//! sleeps. A message's delay is measured from the stamp taken in `send`.
+//! [`Receiver`]'s ring the same way and wakes it (a futex on the ring's wake word) only when
+//! the reader said it sleeps. A message's delay is measured from the stamp taken in `send`.
 //!
 //! # Failures
 //! Every call returns a typed error. The daemon's death is seen through the socket (a
@@ -59,7 +59,7 @@ use crate::daemon::client::Client as Ctl;
 /// `poll` of the socket, ~1 µs): often enough that a dead daemon is noticed within
 /// milliseconds, rarely enough to cost nothing per message.
 pub const LIVENESS_INTERVAL: Nanos = 10_000_000;
-/// How long `recv_timeout` busy-polls before it sleeps on the eventfd: a message due within
+/// How long `recv_timeout` busy-polls before it sleeps on the ring's wake word: a message due within
 /// this long is taken without a wake-up's latency (tens of µs).
 pub const SPIN_BEFORE_SLEEP: Nanos = 50_000;
 /// Longest single sleep of `recv_timeout` between liveness checks.
@@ -397,10 +397,8 @@ impl Client {
                 id,
                 role: AttachRole::Recv,
             }))?;
-        let mut fds = one_fd(fds, 2, "attach")?;
-        let wake = fds.pop().expect("two fds");
-        let ring = fds.pop().expect("two fds");
-        Receiver::new(self.conn.clone(), info, ring, wake)
+        let ring = one_fd(fds, 1, "attach")?.remove(0);
+        Receiver::new(self.conn.clone(), info, ring)
     }
 
     /// Statistics of one channel.
@@ -655,7 +653,6 @@ impl Drop for Sender {
 pub struct Receiver {
     conn: Arc<Conn>,
     ring: Consumer<DeliverDesc>,
-    wake: OwnedFd,
     info: IncomingInfo,
     id: u32,
     mmax: u32,
@@ -672,12 +669,7 @@ impl std::fmt::Debug for Receiver {
 }
 
 impl Receiver {
-    fn new(
-        conn: Arc<Conn>,
-        info: IncomingInfo,
-        ring: OwnedFd,
-        wake: OwnedFd,
-    ) -> Result<Self, Error> {
+    fn new(conn: Arc<Conn>, info: IncomingInfo, ring: OwnedFd) -> Result<Self, Error> {
         let region =
             Region::from_fd::<DeliverDesc>(ring).map_err(|e| Error::Protocol(e.to_string()))?;
         let p = region.params();
@@ -693,7 +685,6 @@ impl Receiver {
             mmax: p.mmax,
             info,
             ring,
-            wake,
             conn,
             last_check: monotonic_now(),
             detached: false,
@@ -792,8 +783,8 @@ impl Receiver {
     }
 
     /// Waits up to `timeout` for the next message and hands it to `f` in place: busy-polls for
-    /// [`SPIN_BEFORE_SLEEP`], then sleeps on the eventfd (the daemon signals it only after
-    /// this reader said it sleeps), checking the daemon every 10 ms.
+    /// [`SPIN_BEFORE_SLEEP`], then sleeps on the ring's wake word (the daemon wakes it only
+    /// after this reader said it sleeps), checking the daemon every 10 ms.
     pub fn recv_with_timeout<R>(
         &mut self,
         timeout: Duration,
@@ -837,10 +828,8 @@ impl Receiver {
                 std::hint::spin_loop();
                 continue;
             }
-            if self.ring.prepare_sleep() {
-                let left_ms = (end - now).div_ceil(1_000_000).min(SLEEP_SLICE_MS as u64) as i32;
-                shm::wait(self.wake.as_fd(), left_ms);
-            }
+            let left_ms = (end - now).div_ceil(1_000_000).min(SLEEP_SLICE_MS as u64) as u32;
+            self.ring.sleep(left_ms);
             if !self.conn.alive() {
                 return Err(RecvError::DaemonGone);
             }

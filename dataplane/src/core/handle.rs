@@ -302,18 +302,17 @@ impl CoreHandle {
     }
 
     /// Opens the receive side of a channel whose application is another process: messages
-    /// go into the client's delivery ring `region`, and `wake` is signalled when it sleeps.
+    /// go into the client's delivery ring `region`, whose wake word wakes it when it sleeps.
     /// The returned receiver only reads the statistics (it has no consuming end here).
     pub fn open_receiver_app(
         &mut self,
         id: ChannelId,
         mmax: u32,
         region: Arc<crate::shm::Region>,
-        wake: std::os::fd::OwnedFd,
         source: Option<SourceCheck>,
     ) -> Result<Receiver, CoreError> {
         let reassembly = Self::reassembly_slots(region.params().capacity);
-        let shared = RxShared::with_app(id, mmax, reassembly, region, wake, &self.sink, source);
+        let shared = RxShared::with_app(id, mmax, reassembly, region, &self.sink, source);
         let state = RxPath::prepare_app(shared.clone(), reassembly)
             .map_err(|e| CoreError::Ring(format!("channel {id}'s delivery ring: {e}")))?;
         self.open_built_receiver(BuiltReceiver { state, shared })

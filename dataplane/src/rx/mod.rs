@@ -21,8 +21,8 @@
 //! ring buffer, a longer one from its reassembly buffer; the descriptor is published at once.
 //! An in-process receiver ([`RxShared::new`], [`Receiver`]) consumes a ring in this process's
 //! memory; a receiving application in another process ([`RxShared::with_app`]) consumes its
-//! sealed memfd ring, and its eventfd is signalled only when it said it sleeps (at most one
-//! `write` per sleep).
+//! sealed memfd ring, and it is woken (a `FUTEX_WAKE` on the ring's wake word, which never
+//! blocks) only when it said it sleeps, at most once per sleep.
 
 use crate::shm::{Consumer, DeliverDesc, Params, Producer, Region, ShmError, DELIVER_LATE};
 use crate::spec::ChannelId;
@@ -32,7 +32,6 @@ use crate::wire::{parse_frame, ParseError, RtHeader, SourceCheck};
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 /// How long an incomplete message may wait for its fragments by default: 100 ms.
@@ -206,12 +205,12 @@ fn ring_params(id: ChannelId, mmax: u32, ring: u32) -> Params {
 }
 
 /// Where a receiver's messages go: its delivery ring, consumed in this process (the
-/// in-process [`Receiver`]) or by a client process woken through its eventfd.
+/// in-process [`Receiver`]) or by a client process woken through the ring's wake word.
 #[derive(Debug)]
 struct DeliveryRing {
     region: Arc<Region>,
-    /// A client's eventfd (client rings only).
-    wake: Option<OwnedFd>,
+    /// Consumed by a client process, woken through the ring's wake word when it sleeps.
+    client: bool,
     /// The consuming end, for an in-process receiver. Behind a mutex because [`Receiver`] is
     /// `Clone`: the ring has one consumer at a time (an uncontended `try_lock` per take).
     local: Option<Mutex<Consumer<DeliverDesc>>>,
@@ -254,7 +253,7 @@ impl RxShared {
             source,
             DeliveryRing {
                 region,
-                wake: None,
+                client: false,
                 local: Some(Mutex::new(local)),
             },
             sink,
@@ -285,14 +284,14 @@ impl RxShared {
         })
     }
 
-    /// Receive state whose messages go to a client process's delivery ring `region`
-    /// (signalled through `wake`); `reassembly` messages may be incomplete at once.
+    /// Receive state whose messages go to a client process's delivery ring `region` (woken
+    /// through the ring's wake word when it sleeps); `reassembly` messages may be incomplete
+    /// at once.
     pub fn with_app(
         id: ChannelId,
         mmax: u32,
         reassembly: u32,
         region: Arc<Region>,
-        wake: OwnedFd,
         sink: &Arc<SampleSink>,
         source: Option<SourceCheck>,
     ) -> Arc<Self> {
@@ -303,7 +302,7 @@ impl RxShared {
             source,
             DeliveryRing {
                 region,
-                wake: Some(wake),
+                client: true,
                 local: None,
             },
             sink,
@@ -312,7 +311,7 @@ impl RxShared {
 
     /// The client's delivery ring, if the application is another process.
     pub fn app_region(&self) -> Option<&Arc<Region>> {
-        self.ring.wake.is_some().then_some(&self.ring.region)
+        self.ring.client.then_some(&self.ring.region)
     }
 }
 
@@ -880,13 +879,12 @@ impl RxChannel {
             st.ring_full.inc();
             return;
         }
-        match &self.shared.ring.wake {
-            Some(wake) => {
-                if self.ring.publish_and_check_wake() {
-                    crate::shm::signal(wake.as_fd());
-                }
+        if self.shared.ring.client {
+            if self.ring.publish_and_check_wake() {
+                self.ring.wake_consumer();
             }
-            None => self.ring.publish(),
+        } else {
+            self.ring.publish();
         }
         st.delivered.inc();
         st.bytes.add(h.msg_len as u64);
@@ -1378,8 +1376,7 @@ mod tests {
         })
         .unwrap();
         let _taken = Producer::<DeliverDesc>::new(region.clone()).unwrap();
-        let wake = crate::shm::eventfd().unwrap();
-        let shared = RxShared::with_app(1, 10, 2, region, wake, &sink, None);
+        let shared = RxShared::with_app(1, 10, 2, region, &sink, None);
         match RxPath::prepare_app(shared, 2) {
             Err(ShmError::EndTaken("producer")) => {}
             other => panic!("expected the producer end to be refused, got {other:?}"),

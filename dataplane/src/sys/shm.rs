@@ -14,7 +14,7 @@
 //! # Layout (every offset a multiple of [`LINE`] bytes)
 //! ```text
 //! 0        header      written once by the creator, read-only after: magic, version, sizes
-//! LINE     producer    tail, woken_seq, free_head  (written by the producer only)
+//! LINE     producer    tail, woken_seq, free_head, wake word (written by the producer only)
 //! 2·LINE   consumer    head, free_tail, sleep_seq  (written by the consumer only)
 //! 3·LINE   daemon      closed, invalid             (written by the daemon only, never read back)
 //! 4·LINE   descriptors slots × desc_size (slots a power of two ≥ max_queued)
@@ -50,11 +50,16 @@
 //!    buffer more for it); the consumer drops the oldest queued descriptors down to the
 //!    capacity before taking one ([`Event::DroppedOldest`]). The producer cannot move `head`,
 //!    which stays single-writer.
-//! 7. Sleep and wake (receive rings): a consumer about to sleep bumps `sleep_seq`, issues a
-//!    `SeqCst` fence and re-checks the ring; the producer publishes, issues a `SeqCst` fence and
-//!    reads `sleep_seq`: when it differs from its `woken_seq` it stores it and signals the
-//!    consumer's eventfd. Each side writes before it reads (a Dekker pair), so a message
-//!    published while the consumer goes to sleep is seen by one side or the other.
+//! 7. Sleep and wake (receive rings): a consumer about to sleep reads the producer's wake
+//!    word, bumps `sleep_seq`, issues a `SeqCst` fence and re-checks the ring, then waits on
+//!    the wake word (`FUTEX_WAIT` while it still holds the value read); the producer
+//!    publishes, issues a `SeqCst` fence and reads `sleep_seq`: when it differs from its
+//!    `woken_seq` it stores it, bumps the wake word and wakes its waiters (`FUTEX_WAKE`). Each
+//!    side writes before it reads (a Dekker pair), so a message published while the consumer
+//!    goes to sleep is seen by one side or the other; a bump after the consumer read the word
+//!    makes its wait return at once. The wake is a futex on the shared page, not an fd the
+//!    other process could make blocking: `FUTEX_WAKE` never blocks, whatever the consumer
+//!    does, so the polling core cannot be held by a client.
 //!
 //! 8. The daemon line is the creator's (the daemon's) *publication* of its own state: the
 //!    creating side keeps `closed` and the invalid count in process memory and only stores
@@ -89,7 +94,7 @@ use std::sync::Arc;
 /// `"RTCHRING"`: the first eight bytes of every region.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"RTCHRING");
 /// Layout version; a region of another version is refused when mapped.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Distance between the region's shared lines: two 64-byte cache lines, so that the adjacent
 /// line prefetcher never pairs the producer's line with the consumer's.
 pub const LINE: usize = 128;
@@ -734,6 +739,7 @@ impl Region {
 const PROD_TAIL: usize = 0;
 const PROD_WOKEN_SEQ: usize = 8;
 const PROD_FREE_HEAD: usize = 16;
+const PROD_WAKE: usize = 24;
 const CONS_HEAD: usize = 0;
 const CONS_FREE_TAIL: usize = 8;
 const CONS_SLEEP_SEQ: usize = 16;
@@ -978,6 +984,16 @@ impl<D: Descriptor> Producer<D> {
             .atomic64(OFF_PRODUCER + PROD_WOKEN_SEQ)
             .store(s, Ordering::Relaxed);
         true
+    }
+
+    /// Wakes a consumer sleeping in [`Consumer::sleep`] (invariant 7; after
+    /// [`Producer::publish_and_check_wake`] said so): bumps the wake word and wakes its
+    /// waiters. One syscall that never blocks.
+    #[inline]
+    pub fn wake_consumer(&mut self) {
+        let w = self.region.atomic32(OFF_PRODUCER + PROD_WAKE);
+        w.store(w.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
+        futex_wake(w);
     }
 
     /// True once the daemon closed the channel.
@@ -1268,6 +1284,18 @@ impl<D: Descriptor> Consumer<D> {
         self.available(|_| {}) == 0
     }
 
+    /// Sleeps until the producer wakes this consumer or `timeout_ms` passed (invariant 7),
+    /// unless a message is there already. Returns whether it slept.
+    pub fn sleep(&self, timeout_ms: u32) -> bool {
+        let w = self.region.atomic32(OFF_PRODUCER + PROD_WAKE);
+        let seen = w.load(Ordering::Acquire);
+        if !self.prepare_sleep() {
+            return false;
+        }
+        futex_wait(w, seen, timeout_ms);
+        true
+    }
+
     /// True once the daemon closed the channel (or the ring was poisoned).
     pub fn is_closed(&self) -> bool {
         self.region.is_closed()
@@ -1279,43 +1307,43 @@ impl<D: Descriptor> Consumer<D> {
     }
 }
 
-/// A non-blocking eventfd: the receiving core signals it when the reader sleeps
-/// (invariant 7); the daemon hands it to the client with the region.
-pub fn eventfd() -> Result<OwnedFd, ShmError> {
-    // SAFETY: eventfd has no memory preconditions; a non-negative return is a new fd.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(os("eventfd"));
-    }
-    // SAFETY: just created, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Adds one to an eventfd (a full counter means a wake-up is pending already: ignored).
-#[inline]
-pub fn signal(fd: BorrowedFd<'_>) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a valid u64 to a live fd; the result is not needed.
-    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-}
-
-/// Waits until `fd` is readable or `timeout_ms` passed (−1: forever), then resets its
-/// counter. Returns whether it was signalled.
-pub fn wait(fd: BorrowedFd<'_>, timeout_ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
+/// `FUTEX_WAKE` on a word of a shared mapping (not `FUTEX_PRIVATE_FLAG`: the waiter is in
+/// another process, mapping the same page): wakes every waiter; never blocks.
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: the address is a live, aligned u32 of this mapping; FUTEX_WAKE only reads the
+    // futex key of the address and wakes waiters; the result (how many) is not needed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            0usize,
+            0u32,
+        )
     };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
-    if n <= 0 {
-        return false;
-    }
-    let mut v: u64 = 0;
-    // SAFETY: reads 8 bytes into a valid u64 from a non-blocking eventfd.
-    unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-    true
+}
+
+/// `FUTEX_WAIT` on a word of a shared mapping while it holds `expected`, at most `timeout_ms`
+/// (woken, timed out, interrupted, or the word already changed: all return).
+fn futex_wait(word: &AtomicU32, expected: u32, timeout_ms: u32) {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::from(timeout_ms / 1000),
+        tv_nsec: libc::c_long::from(timeout_ms % 1000) * 1_000_000,
+    };
+    // SAFETY: as in `futex_wake`; `ts` is a valid relative timeout for the call's duration.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            0usize,
+            0u32,
+        )
+    };
 }
 
 /// Whether the peer of a connected stream socket hung up: a zero-timeout poll for
@@ -1646,6 +1674,62 @@ mod tests {
             )
         };
         assert!(matches!(r.seal_writers(), Err(ShmError::Os { .. })));
+    }
+
+    /// Invariant 7 with the futex: a consumer asleep on the wake word (in a mapping of its
+    /// own, as a client's) is woken by the producer's publish; a consumer that finds a message
+    /// does not sleep.
+    #[test]
+    fn a_sleeping_consumer_is_woken_through_the_wake_word() {
+        let r = Region::memfd::<DeliverDesc>(&params(4, false), "rtchan-test").unwrap();
+        let theirs =
+            Region::from_fd::<DeliverDesc>(r.fd().unwrap().try_clone_to_owned().unwrap()).unwrap();
+        let mut p = Producer::<DeliverDesc>::new(r).unwrap();
+        let c = Consumer::<DeliverDesc>::new(theirs).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            // Sleeps (60 s at most) until woken; then the message is there.
+            while c.take(|_| {}).is_none() {
+                c.sleep(60_000);
+            }
+            done_tx.send(()).unwrap();
+            c
+        });
+        // Publish once the consumer asked to be woken, as the core does.
+        let mut woke = false;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !woke {
+            assert!(
+                std::time::Instant::now() < until,
+                "the consumer never slept"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            if p.publish_and_check_wake() {
+                woke = true;
+            }
+        }
+        let b = p.grant(|_| {}).unwrap();
+        p.push(DeliverDesc {
+            buf: b,
+            len: 0,
+            ..Default::default()
+        });
+        assert!(!p.publish_and_check_wake(), "asked once, woken once");
+        p.wake_consumer();
+        // An event, not a duration: the bound only keeps a broken wake from hanging the test.
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the sleeping consumer was not woken");
+        let c = sleeper.join().unwrap();
+        // A message already there: no sleep.
+        let b = p.grant(|_| {}).unwrap();
+        p.push(DeliverDesc {
+            buf: b,
+            len: 0,
+            ..Default::default()
+        });
+        p.publish();
+        assert!(!c.sleep(60_000));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! The rings are `dataplane::shm` regions in sealed memfds: the submit ring of a client-fed
 //! channel (created with the channel), the delivery ring of an attached receiver (created at
-//! attach, with an eventfd). The reply to `open` with `attach` and to `attach` carries their
+//! attach). The reply to `open` with `attach` and to `attach` carries their
 //! fds (`SCM_RIGHTS`). The client maps the ring and says so with `mapped`: only then does the
 //! daemon seal it against new writers and hole punching (`Region::seal_writers`: a punched
 //! page would fault the polling core) and start using it, reading a submit ring or switching
@@ -20,7 +20,7 @@ use control::protocol::{
     ApiError, AttachArgs, AttachRole, ErrorKind, IdArgs, OpenArgs, Reply, Request,
 };
 use control::reservation::not_found;
-use dataplane::shm::{self, DeliverDesc, Params, Region};
+use dataplane::shm::{DeliverDesc, Params, Region};
 use dataplane::wire::SourceCheck;
 
 use super::{internal, Control, RX_RING};
@@ -39,7 +39,6 @@ pub(super) fn carries_fds(req: &Request) -> bool {
 #[derive(Debug)]
 pub(super) struct PendingApp {
     region: Arc<Region>,
-    wake: OwnedFd,
     check: SourceCheck,
 }
 
@@ -179,20 +178,12 @@ impl Control {
             &format!("rtchan-deliver-{id}"),
         )
         .map_err(|e| internal(format!("delivery ring: {e}")))?;
-        let wake = shm::eventfd().map_err(|e| internal(format!("eventfd: {e}")))?;
-        let fds = vec![
-            dup(region.fd())?,
-            dup(Some(std::os::fd::AsFd::as_fd(&wake)))?,
-        ];
+        let fds = vec![dup(region.fd())?];
         let check = self.source_check(&i.info.from.clone());
         // The daemon's own receiver keeps the channel until the client has mapped the ring.
         let i = self.inc.get_mut(&id).expect("checked above");
         i.app = Some(conn);
-        i.pending_app = Some(PendingApp {
-            region,
-            wake,
-            check,
-        });
+        i.pending_app = Some(PendingApp { region, check });
         Ok((Reply::ok(&i.info), fds, Some(true)))
     }
 
@@ -229,12 +220,7 @@ impl Control {
                 format!("id: this connection has no receiving ring of channel {id}"),
             ));
         }
-        let Some(PendingApp {
-            region,
-            wake,
-            check,
-        }) = i.pending_app.take()
-        else {
+        let Some(PendingApp { region, check }) = i.pending_app.take() else {
             return Ok(Reply::ok(&i.info));
         };
         if let Err(e) = region.seal_writers() {
@@ -259,7 +245,7 @@ impl Control {
         let Some(handle) = self.dp.receive_core(core) else {
             return Err(internal(format!("receive core {core} is gone")));
         };
-        let opened = handle.open_receiver_app(id, mmax, region, wake, Some(check));
+        let opened = handle.open_receiver_app(id, mmax, region, Some(check));
         let receiver = match opened {
             Ok(r) => r,
             Err(e) => {
