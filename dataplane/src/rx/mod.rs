@@ -330,7 +330,13 @@ impl Receiver {
     /// `None` also while a clone of this receiver is taking a message (one consumer at a
     /// time), and for a receiver whose application is another process.
     pub fn recv_with<R>(&self, f: impl FnOnce(&[u8], &Delivery) -> R) -> Option<R> {
-        let c = self.shared.ring.local.as_ref()?.try_lock().ok()?;
+        // A callback that panicked poisoned the lock; the ring is intact (the guard below gave
+        // the buffer back while unwinding), so go on.
+        let c = match self.shared.ring.local.as_ref()?.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
         let t = c.take(|_| {})?;
         let d = Delivery {
             seq: t.desc.seq,
@@ -339,8 +345,21 @@ impl Receiver {
             deadline: t.desc.deadline,
             len: t.desc.len,
         };
-        let r = f(c.bytes(&t), &d);
-        c.release(t);
+        // The buffer goes back even if `f` panics (the guard releases it while unwinding).
+        struct Release<'a>(
+            &'a Consumer<DeliverDesc>,
+            Option<crate::shm::Taken<DeliverDesc>>,
+        );
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                if let Some(t) = self.1.take() {
+                    self.0.release(t);
+                }
+            }
+        }
+        let guard = Release(&c, Some(t));
+        let r = f(c.bytes(guard.1.as_ref().expect("taken")), &d);
+        drop(guard);
         Some(r)
     }
     /// Statistics.

@@ -432,10 +432,10 @@ impl Region {
     /// Seals a memfd region against every writer but the mappings already made: no new
     /// writable mapping, no `write(2)` and no hole punching (`fallocate(PUNCH_HOLE)`,
     /// `MADV_REMOVE`) from now on (`F_SEAL_FUTURE_WRITE`), and no seal added or removed after
-    /// (`F_SEAL_SEAL`). The daemon calls it once the client has mapped the ring: a punched hole
-    /// would cost the polling core a page fault at its next touch of that page, which nothing
-    /// charges. Fails when the client sealed the seals itself first. A heap region has no file:
-    /// nothing to seal.
+    /// (`F_SEAL_SEAL`), then faults every page in again (a hole punched before the seal would
+    /// otherwise still cost the polling core a page fault, which nothing charges). The daemon
+    /// calls it once the client has mapped the ring. Fails when the client sealed the seals
+    /// itself first. A heap region has no file: nothing to seal.
     pub fn seal_writers(&self) -> Result<(), ShmError> {
         let Backing::Mapped(fd) = &self.backing else {
             return Ok(());
@@ -460,6 +460,20 @@ impl Region {
             return Err(ShmError::BadRegion(format!(
                 "the memfd's seals are {seals:#x} after sealing, not {want:#x}"
             )));
+        }
+        // Holes punched before the seal are still holes: fault every page back in now, on the
+        // control thread, so the polling core never takes a fault on this ring.
+        // SAFETY: `base..base+len` is this region's own mapping; MADV_POPULATE_WRITE only
+        // faults its pages in (writable, shared), it changes no byte.
+        let rc = unsafe {
+            libc::madvise(
+                self.base.as_ptr().cast(),
+                self.hdr.len as usize,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        if rc != 0 {
+            return Err(os("madvise(MADV_POPULATE_WRITE)"));
         }
         Ok(())
     }
@@ -790,23 +804,27 @@ impl<D: Descriptor> Producer<D> {
         if region.producer_taken.swap(true, Ordering::AcqRel) {
             return Err(ShmError::EndTaken("producer"));
         }
-        // A producer taking over a region (a client re-attaching) continues where the last
-        // one published; what it had not published is lost to this channel only.
-        let tail = region
-            .atomic64(OFF_PRODUCER + PROD_TAIL)
-            .load(Ordering::Acquire);
-        let free_head = region
-            .atomic64(OFF_PRODUCER + PROD_FREE_HEAD)
-            .load(Ordering::Relaxed);
+        // The creator's producer is the region's first (one end per process): it starts from
+        // the fresh ring, never from its line, which the other process could have written
+        // since the fd was handed over. A producer taking over a region in another process
+        // (a client re-attaching) continues where the last one published; what it had not
+        // published is lost to this channel only.
+        let line = |off: usize| {
+            if region.creator {
+                0
+            } else {
+                region.atomic64(OFF_PRODUCER + off).load(Ordering::Acquire)
+            }
+        };
+        let (tail, free_head, woken_seq) =
+            (line(PROD_TAIL), line(PROD_FREE_HEAD), line(PROD_WOKEN_SEQ));
         Ok(Self {
             tail,
             published: tail,
             cached_head: tail,
             free_head,
             cached_free_tail: free_head,
-            woken_seq: region
-                .atomic64(OFF_PRODUCER + PROD_WOKEN_SEQ)
-                .load(Ordering::Relaxed),
+            woken_seq,
             region,
             _d: PhantomData,
         })
@@ -1636,7 +1654,13 @@ mod tests {
     /// in it (which would fault the daemon's next access) nor map it writable again.
     #[test]
     fn sealed_writers_keep_their_mapping_and_cannot_punch_holes() {
-        let r = Region::memfd::<SubmitDesc>(&params(4, false), "rtchan-test").unwrap();
+        // Buffers of 8 KiB: the region spans several pages, the second one a buffer's.
+        let big = Params {
+            mmax: 8192,
+            ..params(4, false)
+        };
+        let r = Region::memfd::<SubmitDesc>(&big, "rtchan-test").unwrap();
+        assert!(r.len() > 2 * PAGE);
         let fd = r.fd().unwrap().try_clone_to_owned().unwrap();
         let theirs = Region::from_fd::<SubmitDesc>(fd).unwrap();
         let punch = |r: &Region| {
@@ -1652,7 +1676,23 @@ mod tests {
             };
             (rc, std::io::Error::last_os_error().raw_os_error())
         };
+        // Before the seal a hole can be punched (the page leaves the daemon's mapping too);
+        // sealing faults it back in, so the core never takes that fault.
+        assert_eq!(punch(&theirs).0, 0);
+        let resident = |r: &Region| {
+            let mut v = [0u8; 1];
+            // SAFETY: the page at offset PAGE is inside the mapping; `v` has one entry for it.
+            let rc =
+                unsafe { libc::mincore(r.base.as_ptr().add(PAGE).cast(), PAGE, v.as_mut_ptr()) };
+            assert_eq!(rc, 0);
+            v[0] & 1 == 1
+        };
+        assert!(
+            !resident(&r),
+            "the punched page is gone from the daemon's mapping"
+        );
         r.seal_writers().unwrap();
+        assert!(resident(&r), "sealing faulted the punched page back in");
         assert_eq!(punch(&theirs), (-1, Some(libc::EPERM)));
         let mut p = Producer::<SubmitDesc>::new(theirs).unwrap();
         let c = Consumer::<SubmitDesc>::new(r.clone()).unwrap();

@@ -40,7 +40,7 @@ use crate::spec::{ChannelConfig, OverflowPolicy};
 use crate::stats::{ChannelStats, SampleSink};
 use crate::time::{monotonic_now, Nanos};
 use crossbeam_queue::ArrayQueue;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// A message on its way from the producer to the handler: its descriptor, taken from the
@@ -54,6 +54,10 @@ pub struct Submitted {
     /// Submit time (CLOCK_MONOTONIC ns).
     pub submit_ts: Nanos,
 }
+
+/// Rounds a submit tries for a buffer (a free one, or the oldest evicted) before it answers
+/// would-block: each failed round means the core is handing a buffer back right then.
+const SUBMIT_ROUNDS: usize = 4;
 
 /// A core's doorbell: slots of handlers that have new messages.
 pub type Doorbell = ArrayQueue<u32>;
@@ -71,6 +75,10 @@ pub struct ChannelShared {
     client: bool,
     armed: AtomicBool,
     closed: AtomicBool,
+    /// Messages the core may still take from a closed client-fed ring (`u32::MAX` while
+    /// open): at most what the ring held at the close, so a client that goes on publishing
+    /// after it cannot keep a drain or a discard running on the core.
+    close_budget: AtomicU32,
     doorbell: Arc<Doorbell>,
     /// The core may read the ring: a client's memfd ring once the client mapped it and the
     /// daemon sealed it against hole punching ([`ChannelShared::client_mapped`]); a heap ring
@@ -199,6 +207,7 @@ impl ChannelShared {
             client,
             armed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            close_budget: AtomicU32::new(u32::MAX),
             doorbell,
             ring_ready: AtomicBool::new(ready),
             release_jitter,
@@ -295,11 +304,23 @@ impl ChannelShared {
         if !self.ring_ready.load(Ordering::Acquire) {
             return None;
         }
+        let budget = if self.client {
+            self.close_budget.load(Ordering::Acquire)
+        } else {
+            u32::MAX
+        };
+        if budget == 0 {
+            return None;
+        }
         let st = &self.stats;
         let t = self.ring.take(|e| match e {
             Event::Invalid(_) => st.invalid_descriptors.inc(),
             Event::DroppedOldest => st.dropped_oldest.inc(),
         })?;
+        if budget != u32::MAX {
+            // Only the core takes: a plain store counts the budget down.
+            self.close_budget.store(budget - 1, Ordering::Relaxed);
+        }
         if self.client {
             // The daemon counts what it accepted from the client's ring.
             st.submitted.inc();
@@ -371,17 +392,19 @@ impl ChannelShared {
             // No doorbell: the core's client scan finds later messages.
             return None;
         }
-        self.armed.store(false, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if !self.ring.has_new() || self.armed.swap(true, Ordering::AcqRel) {
-            // Empty, or the sender re-armed and rang the doorbell itself.
-            return None;
-        }
-        match self.take() {
-            Some(m) => Some(m),
-            None => {
-                self.armed.store(false, Ordering::Relaxed);
-                None
+        // A take can come back empty after `has_new` said otherwise: a drop-oldest sender
+        // evicted the message meanwhile (shm invariant 9) and, seeing `armed`, rang no
+        // doorbell for the one it pushed. So an empty take disarms again and looks again;
+        // each round needs an eviction the sender completed (lock-free, one per submit).
+        loop {
+            self.armed.store(false, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if !self.ring.has_new() || self.armed.swap(true, Ordering::AcqRel) {
+                // Empty, or the sender re-armed and rang the doorbell itself.
+                return None;
+            }
+            if let Some(m) = self.take() {
+                return Some(m);
             }
         }
     }
@@ -399,6 +422,12 @@ impl ChannelShared {
     /// Marks the channel closed: later submits fail with `Closed` (a client sees the flag in
     /// its ring).
     pub fn close(&self) {
+        if self.client && !self.closed.load(Ordering::Acquire) {
+            // The ring holds at most capacity + 1 messages (drop-oldest's slack).
+            let p = self.ring.region().params();
+            self.close_budget
+                .store(p.capacity.saturating_add(1), Ordering::Release);
+        }
         self.closed.store(true, Ordering::Release);
         self.ring.region().close();
     }
@@ -472,11 +501,12 @@ impl Sender {
         }
         let policy = s.config.overflow;
         // With `messages + 1` buffers a buffer is free whenever the ring has room (the core
-        // holds at most one), and the oldest can be evicted whenever it is full: two rounds
-        // suffice, the second only after the core took a message during the first.
+        // holds at most one), and the oldest can be evicted whenever it is full. A round fails
+        // only while the core is between taking a message and handing its buffer back, a few
+        // instructions: a few rounds, then the answer is "try again".
         let mut outcome = Submit::Queued;
         let mut buf = None;
-        for _ in 0..2 {
+        for _ in 0..SUBMIT_ROUNDS {
             if self.ring.queued() < self.capacity {
                 buf = self.ring.grant(|_| {});
                 if buf.is_some() {
@@ -492,6 +522,7 @@ impl Sender {
                 buf = Some(b);
                 break;
             }
+            std::hint::spin_loop();
         }
         let Some(b) = buf else {
             return s.refuse(OverflowPolicy::Block);
@@ -680,5 +711,107 @@ mod tests {
         let mut tx = Sender::new(s.clone()).unwrap();
         s.close();
         assert_eq!(tx.submit_at(b"1", 0), Err(SubmitError::Closed));
+    }
+
+    /// A client that goes on publishing into a closed channel's ring gets at most what the
+    /// ring held at the close taken by the core (review H2: a discard or drain loop on the
+    /// core must end however fast the client refills).
+    #[test]
+    fn a_closed_client_ring_yields_at_most_what_it_held() {
+        let spec = crate::spec::ChannelSpec {
+            mmax: 8,
+            imin: 1000,
+            bmax: 4,
+            cpu_deadline: 100,
+            link_deadline: 200,
+            end_to_end_deadline: 300,
+        };
+        let c = ChannelConfig::real_time(5, spec);
+        let region = Region::heap::<SubmitDesc>(&ChannelShared::ring_params(&c)).unwrap();
+        let bell = Arc::new(Doorbell::new(4));
+        let s =
+            ChannelShared::with_ring(c, 3, bell, &SampleSink::new(), region.clone(), 0).unwrap();
+        let mut p = Producer::<SubmitDesc>::new(region).unwrap();
+        let fill = |p: &mut Producer<SubmitDesc>| {
+            while p.room() > 0 {
+                let Some(b) = p.grant(|_| {}) else { break };
+                p.push(SubmitDesc {
+                    buf: b,
+                    len: 1,
+                    submit_ts: 0,
+                });
+            }
+            p.publish();
+        };
+        fill(&mut p);
+        s.close();
+        let mut taken = 0;
+        for _ in 0..100 {
+            fill(&mut p); // the client ignores the closed flag
+            while let Some(m) = s.take() {
+                s.recycle(m);
+                taken += 1;
+            }
+        }
+        assert_eq!(
+            taken,
+            4 + 1,
+            "the capacity and the slack, nothing published after"
+        );
+    }
+
+    /// Review H1: a drop-oldest sender of capacity 1 evicting while the core disarms must not
+    /// strand its last message (the core's take comes back empty after `has_new` said
+    /// otherwise; the sender, seeing `armed`, rang no doorbell). Whatever the interleaving,
+    /// the last message submitted is taken once the sender stops.
+    #[test]
+    fn the_last_message_of_an_evicting_sender_is_never_stranded() {
+        for round in 0..20u32 {
+            let (s, bell) = shared_with(OverflowPolicy::DropOldest, 1, 8);
+            let mut tx = Sender::new(s.clone()).unwrap();
+            let n = 2_000u32;
+            let done = Arc::new(AtomicBool::new(false));
+            let done2 = done.clone();
+            let sender = std::thread::spawn(move || {
+                for i in 0..n {
+                    // Would-block only while the core hands a buffer back: try again.
+                    while tx.submit_at(&i.to_le_bytes(), 0).is_err() {
+                        std::thread::yield_now();
+                    }
+                    if i % 64 == round % 64 {
+                        std::thread::yield_now();
+                    }
+                }
+                done2.store(true, Ordering::Release);
+            });
+            let (mut active, mut last) = (false, None);
+            loop {
+                let finished = done.load(Ordering::Acquire);
+                if bell.pop().is_some() {
+                    active = true;
+                }
+                if active {
+                    while let Some(m) = s.take() {
+                        last = Some(u32::from_le_bytes(s.message(&m)[..4].try_into().unwrap()));
+                        s.recycle(m);
+                    }
+                    match s.disarm_or_take() {
+                        Some(m) => {
+                            last = Some(u32::from_le_bytes(s.message(&m)[..4].try_into().unwrap()));
+                            s.recycle(m);
+                        }
+                        None => active = false,
+                    }
+                } else if finished && bell.is_empty() {
+                    break;
+                }
+            }
+            sender.join().unwrap();
+            assert_eq!(
+                last,
+                Some(n - 1),
+                "round {round}: the last message was stranded"
+            );
+        }
     }
 }
