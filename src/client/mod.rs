@@ -373,12 +373,20 @@ impl Client {
     /// open`); the sending ring comes back with the reply.
     pub fn open(&self, spec: &OpenSpec) -> Result<Sender, Error> {
         let (info, fds): (ChannelInfo, _) = self.conn.call_result(&Request::Open(spec.args()))?;
-        let fd = one_fd(fds, 1, "open")?.remove(0);
-        Sender::new(self.conn.clone(), info, fd)
+        let id = info.id;
+        let r = one_fd(fds, 1, "open")
+            .and_then(|mut f| Sender::new(self.conn.clone(), info, f.remove(0)));
+        if r.is_err() {
+            // The channel is open and reserved: close it rather than hold it for nothing.
+            let _ = self
+                .conn
+                .call(&Request::Close(CloseArgs { id, discard: true }));
+        }
+        r
     }
 
     /// Attaches to a client-fed channel that has no sender attached (one restored after a
-    /// daemon restart, or whose client detached).
+    /// daemon restart).
     pub fn attach_sender(&self, id: u32) -> Result<Sender, Error> {
         let (info, fds): (ChannelInfo, _) =
             self.conn.call_result(&Request::Attach(AttachArgs {
@@ -397,8 +405,14 @@ impl Client {
                 id,
                 role: AttachRole::Recv,
             }))?;
-        let ring = one_fd(fds, 1, "attach")?.remove(0);
-        Receiver::new(self.conn.clone(), info, ring)
+        let r = one_fd(fds, 1, "attach")
+            .and_then(|mut f| Receiver::new(self.conn.clone(), info, f.remove(0)));
+        if r.is_err() {
+            // The daemon handed this connection the ring: give it back, so the daemon's sink
+            // keeps receiving and a later attach is not refused.
+            let _ = self.conn.call(&Request::Detach(IdArgs { id }));
+        }
+        r
     }
 
     /// Statistics of one channel.
