@@ -23,11 +23,10 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use client_examples::{
-    checking_receiver, config, config_text, field, list, misses, num, sender_channel, sender_sent,
-    temp_dir, Proc,
+    checking_receiver, config, config_text, field, list, misses, num, say, sender_channel,
+    sender_sent, temp_dir, wait_stdin, Proc,
 };
 use control::protocol::{AttachArgs, AttachRole, ChannelInfo, OpenArgs, Request, TxCounters};
-use control::units::{Duration as UDuration, Size};
 use dataplane::shm::{Producer, Region, SubmitDesc, LINE};
 use dataplane::time::monotonic_now;
 use rtchan::client::{Client, Error, OpenSpec, RecvError, SendError, LIVENESS_INTERVAL};
@@ -48,18 +47,6 @@ const G_BMAX: u32 = 4;
 // ---------------------------------------------------------------------------------------
 // The garbage client (a child process).
 
-/// Writes to the real stdout (the test harness captures `println!`).
-fn say(s: &str) {
-    let mut o = std::io::stdout().lock();
-    writeln!(o, "@@ {s}").unwrap();
-    o.flush().unwrap();
-}
-
-fn wait_stdin() {
-    let mut l = String::new();
-    let _ = std::io::stdin().read_line(&mut l);
-}
-
 /// Pushes `d` once there is room (the core takes descriptors within a loop iteration; the
 /// bound only keeps a broken run from hanging). One at a time: the producer reloads the
 /// consumer's head only when its cached view says full, so waiting for room for several
@@ -79,19 +66,9 @@ fn garbage(sock: &str) {
     let mut ctl = Ctl::connect(Path::new(sock)).unwrap();
     let (reply, fds) = ctl
         .call_with_fds(&Request::Open(OpenArgs {
-            mmax: Size(u64::from(G_MMAX)),
-            imin: UDuration(1_000_000),
-            bmax: G_BMAX,
-            deadline: UDuration(20_000_000),
-            dst: "local".into(),
             core: Some(0),
-            txq: None,
-            policy: None,
-            dry_run: false,
-            source: None,
-            message_size: None,
-            best_effort: false,
             attach: true,
+            ..OpenArgs::new(u64::from(G_MMAX), 1_000_000, G_BMAX, 20_000_000, "local")
         }))
         .unwrap();
     let info: ChannelInfo = reply.into_result().unwrap();

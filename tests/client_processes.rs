@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use client_examples::{config, temp_dir};
+use client_examples::{config, say, temp_dir, wait_stdin};
 use control::protocol::{ChannelList, Request};
 use rtchan::client::{Client, OpenSpec, RecvError};
 use rtchan::daemon::client::Client as Ctl;
@@ -56,18 +56,6 @@ fn line(out: &mut BufReader<ChildStdout>) -> String {
             return l[i + 3..].trim_end().to_string();
         }
     }
-}
-
-/// Writes to the real stdout (the test harness captures `println!`).
-fn say(s: &str) {
-    let mut o = std::io::stdout().lock();
-    writeln!(o, "@@ {s}").unwrap();
-    o.flush().unwrap();
-}
-
-fn wait_stdin() {
-    let mut l = String::new();
-    let _ = std::io::stdin().read_line(&mut l);
 }
 
 /// Child entry point: does nothing unless run as a child by the tests below.

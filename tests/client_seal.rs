@@ -13,7 +13,6 @@ use client_examples::{config, temp_dir};
 use control::protocol::{
     AttachArgs, AttachRole, ChannelInfo, ErrorKind, IdArgs, OpenArgs, Request, TxCounters,
 };
-use control::units::{Duration as UDuration, Size};
 use dataplane::shm::{Consumer, DeliverDesc, Producer, Region, SubmitDesc};
 use dataplane::time::monotonic_now;
 use rtchan::client::{Client, OpenSpec};
@@ -64,19 +63,8 @@ fn a_submit_ring_is_read_only_after_mapped_and_then_cannot_be_punched() {
     let lib = Client::connect(&d.socket).unwrap();
     let mut ctl = Ctl::connect(&d.socket).unwrap();
     let args = OpenArgs {
-        mmax: Size(100),
-        imin: UDuration(1_000_000),
-        bmax: 4,
-        deadline: UDuration(20_000_000),
-        dst: "local".into(),
-        core: None,
-        txq: None,
-        policy: None,
-        dry_run: false,
-        source: None,
-        message_size: None,
-        best_effort: false,
         attach: true,
+        ..OpenArgs::new(100, 1_000_000, 4, 20_000_000, "local")
     };
     let (reply, mut fds) = ctl.call_with_fds(&Request::Open(args)).unwrap();
     let info: ChannelInfo = reply.into_result().unwrap();

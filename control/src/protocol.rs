@@ -231,6 +231,29 @@ pub struct OpenArgs {
     pub attach: bool,
 }
 
+impl OpenArgs {
+    /// A real-time channel of messages up to `mmax` bytes, at least `imin` ns apart, `bmax`
+    /// buffered, delivered to `dst` within `deadline` ns; every option at its default (any
+    /// core and queue, the daemon's overflow policy, opened for real, no source, not attached).
+    pub fn new(mmax: u64, imin: Nanos, bmax: u32, deadline: Nanos, dst: &str) -> Self {
+        Self {
+            mmax: Size(mmax),
+            imin: Duration(imin),
+            bmax,
+            deadline: Duration(deadline),
+            dst: dst.into(),
+            core: None,
+            txq: None,
+            policy: None,
+            dry_run: false,
+            source: None,
+            message_size: None,
+            best_effort: false,
+            attach: false,
+        }
+    }
+}
+
 /// `close`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1062,21 +1085,7 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        let r = Request::Open(OpenArgs {
-            mmax: Size(1500),
-            imin: Duration(1_000_000),
-            bmax: 4,
-            deadline: Duration(2_000_000),
-            dst: "local".into(),
-            core: None,
-            txq: None,
-            policy: None,
-            dry_run: false,
-            source: None,
-            message_size: None,
-            best_effort: false,
-            attach: false,
-        });
+        let r = Request::Open(OpenArgs::new(1500, 1_000_000, 4, 2_000_000, "local"));
         let line = encode_request(&r);
         assert_eq!(dec(line.trim_end()).unwrap().request, r);
         assert_eq!(

@@ -43,7 +43,6 @@ use control::protocol::{
     ApiError, AttachArgs, AttachRole, CloseArgs, ErrorKind, IdArgs, OpenArgs, Reply, Request,
     StatsArgs,
 };
-use control::units::{Duration as UDuration, Size};
 use dataplane::shm::{
     self, Consumer, DeliverDesc, Producer, Region, SubmitDesc, Taken, DELIVER_LATE,
 };
@@ -235,13 +234,7 @@ impl OpenSpec {
 
     fn args(&self) -> OpenArgs {
         OpenArgs {
-            mmax: Size(u64::from(self.mmax)),
-            imin: UDuration(self.imin.as_nanos() as Nanos),
-            bmax: self.bmax,
-            deadline: UDuration(self.deadline.as_nanos() as Nanos),
-            dst: self.dst.clone(),
             core: self.core,
-            txq: None,
             policy: self.policy.map(|p| {
                 match p {
                     Overflow::Block => "block",
@@ -250,11 +243,15 @@ impl OpenSpec {
                 }
                 .to_string()
             }),
-            dry_run: false,
-            source: None,
-            message_size: None,
             best_effort: self.best_effort,
             attach: true,
+            ..OpenArgs::new(
+                u64::from(self.mmax),
+                self.imin.as_nanos() as Nanos,
+                self.bmax,
+                self.deadline.as_nanos() as Nanos,
+                &self.dst,
+            )
         }
     }
 }

@@ -28,7 +28,6 @@ use super::{
 use crate::daemon::client::Client as Ctl;
 use crate::preemption::{PreemptionProbe, SlowSubmits};
 use control::protocol::{ChannelInfo, ChannelList, CloseArgs, OpenArgs, Request};
-use control::units::{Duration as UDuration, Size};
 use dataplane::spec::ChannelSpec;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -166,25 +165,6 @@ fn rx_counters(ctl: &mut Ctl, id: u32) -> Result<(u64, u64, u64), DemoError> {
         .filter(|s| s.id == id)
         .find_map(|s| s.rx)
         .map_or((0, 0, 0), |r| (r.delivered, r.deadline_misses, r.bytes)))
-}
-
-/// An open request to `dst` (not client-fed).
-fn open_args(dst: &str, mmax: u64, imin: u64, bmax: u32, deadline: u64) -> OpenArgs {
-    OpenArgs {
-        mmax: Size(mmax),
-        imin: UDuration(imin),
-        bmax,
-        deadline: UDuration(deadline),
-        dst: dst.into(),
-        core: None,
-        txq: None,
-        policy: None,
-        dry_run: false,
-        source: None,
-        message_size: None,
-        best_effort: false,
-        attach: false,
-    }
 }
 
 /// Runs the demo over the daemons `start` starts (given this program and the CPUs), with
@@ -343,12 +323,12 @@ fn drive(
         })
         .collect();
     let (mmax, imin, bmax, d) = REFUSED;
-    let mut refused = open_args(
-        &hosts.dst,
+    let mut refused = OpenArgs::new(
         u64::from(mmax),
         imin,
         bmax,
         d + hosts.net_and_rx,
+        &hosts.dst,
     );
     refused.dry_run = true;
     let refusal = match call::<ChannelInfo>(&mut ctl, &Request::Open(refused)) {
@@ -363,7 +343,7 @@ fn drive(
     } else {
         let (mmax, imin, bmax, source) = FLOOD;
         // A best-effort channel has no bound (the request's deadline is ignored).
-        let mut f = open_args(&hosts.dst, mmax, imin, bmax, 1_000_000);
+        let mut f = OpenArgs::new(mmax, imin, bmax, 1_000_000, &hosts.dst);
         f.best_effort = true;
         f.source = Some(source.into());
         Some(call::<ChannelInfo>(&mut ctl, &Request::Open(f))?.id)

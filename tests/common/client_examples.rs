@@ -145,6 +145,20 @@ impl Proc {
 }
 
 /// `key=value` fields of a summary line.
+/// A child process's line to its parent test, on the real stdout (the test harness captures
+/// `println!`), marked `@@ `.
+pub fn say(s: &str) {
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "@@ {s}").unwrap();
+    o.flush().unwrap();
+}
+
+/// A child process waits for its parent's go: a line on stdin (or its end).
+pub fn wait_stdin() {
+    let mut l = String::new();
+    let _ = std::io::stdin().read_line(&mut l);
+}
+
 /// `rt_receiver --check` attached to channel `id` through `sock`, running until the channel
 /// closes (so the daemon's receiving counters are its ring's while the test reads them).
 pub fn checking_receiver(sock: &str, id: u32) -> Proc {

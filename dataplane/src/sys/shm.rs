@@ -854,13 +854,19 @@ impl<D: Descriptor> Producer<D> {
         if q < u64::from(self.region.hdr.capacity) {
             return q;
         }
-        // Heads only grow: a line lagging behind a head this producer saw (it evicted up to it,
-        // invariant 9) must not make the ring look fuller than it is.
         let head = self
             .region
             .atomic64(OFF_CONSUMER + CONS_HEAD)
             .load(Ordering::Acquire);
-        self.cached_head = self.cached_head.max(head);
+        // In process (a heap ring, where the producer may evict: invariant 9) the line can lag
+        // behind a head this producer moved itself, and must not make the ring look fuller.
+        // Across processes the line is the only word: a head the other side wrote wrongly is
+        // not kept beyond its next store.
+        self.cached_head = if self.region.fd().is_none() {
+            self.cached_head.max(head)
+        } else {
+            head
+        };
         let q = self.tail.wrapping_sub(self.cached_head);
         if q > max {
             // The consumer's head is not between our tail and tail - max: it misbehaves.
