@@ -118,7 +118,7 @@ impl Daemon {
             &config,
             format!(
                 "socket = \"{}\"\nstate_file = \"{}\"\n[policy]\nidle = \"sleep\"\n\
-                 idle_sleep = \"200us\"\n[cost]\nper_message_ns = 2000\nper_packet_ns = 1000\n\
+                 idle_sleep = \"200us\"\n[cost]\nper_message_ns = 2000\nper_packet_ns = 1000\nbest_effort_run_ns = 6000\n\
                  link_rate_bps = 1000000000\n",
                 socket.display(),
                 dir.join("channels.json").display()

@@ -34,6 +34,7 @@ fn calibrate_writes_every_charged_cost_and_the_fragment_loads() {
     let cost = [
         ("per_message_ns", c.per_message_ns),
         ("per_packet_ns", c.per_packet_ns),
+        ("best_effort_run_ns", c.best_effort_run_ns),
         ("tx_stage_ns", c.tx_stage_ns),
         ("rx_burst_ns", c.rx_burst_ns),
         ("client_scan_ns", c.client_scan_ns),
@@ -78,9 +79,14 @@ fn calibrate_writes_every_charged_cost_and_the_fragment_loads() {
     }
     // The burst bound covers what [rx_cost] says its 32 frames cost.
     assert!(32 * (c.rx_per_message_ns + c.rx_per_packet_ns) <= c.rx_burst_ns);
+    // A best-effort run covers the handler run of `granularity` packets it bounds.
+    assert!(c.best_effort_run_ns >= c.per_message_ns + 4 * c.per_packet_ns);
 
     let cfg = DaemonConfig::parse(&fragment)
         .unwrap_or_else(|e| panic!("the fragment does not load: {e}\n{fragment}"));
+    assert_eq!(cfg.cost.per_message_ns, c.per_message_ns);
+    assert_eq!(cfg.cost.per_packet_ns, c.per_packet_ns);
+    assert_eq!(cfg.cost.best_effort_run_ns, c.best_effort_run_ns);
     assert_eq!(cfg.cost.tx_stage_ns, c.tx_stage_ns);
     assert_eq!(cfg.cost.rx_burst_ns, c.rx_burst_ns);
     assert_eq!(cfg.cost.client_scan_ns, c.client_scan_ns);
@@ -95,6 +101,7 @@ fn calibrate_writes_every_charged_cost_and_the_fragment_loads() {
     if let Some(w) = c.tx_window_ns {
         assert_eq!(cfg.policy.tx_window.0, w);
     }
+    assert_eq!(cfg.policy.granularity, c.granularity);
     // The model admission builds from it accepts the costs as a usable host.
     cfg.tx_model().validate().expect("sending model");
     cfg.rx_model().validate().expect("receiving model");

@@ -33,6 +33,7 @@ idle_sleep = "200us"
 [cost]
 per_message_ns = 2000
 per_packet_ns = 1000
+best_effort_run_ns = 6000
 link_rate_bps = 1000000000
 "#,
         dir = dir.display()

@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use crate::admission::{CostModel, ModelError, Nanos, ResourceModel};
 use crate::units::Duration;
+use dataplane::port::MAX_BURST;
 
 /// Default control socket path.
 pub const DEFAULT_SOCKET: &str = "/run/rtchan/rtchand.sock";
@@ -667,8 +668,36 @@ impl DaemonConfig {
             return Err(invalid("peering.timeout", "must be at least 1ms"));
         }
         self.limits.validate().map_err(|(k, m)| invalid(k, m))?;
-        self.tx_model().validate()?;
+        self.validate_rx_burst()?;
+        let tx = self.tx_model();
+        tx.validate()?;
+        tx.validate_best_effort_run()?;
         self.rx_model().validate()?;
+        Ok(())
+    }
+
+    /// `cost.rx_burst_ns` bounds a burst of [`MAX_BURST`] frames, each of which the receiving
+    /// channels are charged `[rx_cost]` for (a one-packet message each at worst): a burst
+    /// shorter than that receive work contradicts the costs admission charges for it.
+    fn validate_rx_burst(&self) -> Result<(), ConfigError> {
+        let frames = MAX_BURST as u64;
+        let work = frames.saturating_mul(
+            self.rx_cost
+                .per_message_ns
+                .saturating_add(self.rx_cost.per_packet_ns),
+        );
+        if self.cost.rx_burst_ns < work {
+            return Err(invalid(
+                "cost.rx_burst_ns",
+                format!(
+                    "{} ns is shorter than the receive work of the {frames} frames it bounds: \
+                     {frames} x (rx_cost.per_message_ns {} + rx_cost.per_packet_ns {}) = {work} \
+                     ns; raise cost.rx_burst_ns or lower [rx_cost] (`rtchand calibrate` \
+                     measures both)",
+                    self.cost.rx_burst_ns, self.rx_cost.per_message_ns, self.rx_cost.per_packet_ns
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -944,6 +973,56 @@ mod tests {
         let cfg = DaemonConfig::parse("").unwrap();
         assert_eq!(cfg, DaemonConfig::default());
         assert_eq!(cfg.socket_mode().unwrap(), 0o600);
+    }
+
+    #[test]
+    fn defaults_fit_together() {
+        let cfg = DaemonConfig::default();
+        cfg.validate().unwrap();
+        let (tx, rx) = (cfg.tx_model(), cfg.rx_model());
+        // 32 frames at [rx_cost] fit the burst bound, a best-effort run covers a handler run
+        // of k packets, the phase fits its interval and the stage its window.
+        assert!(
+            32 * (cfg.rx_cost.per_message_ns + cfg.rx_cost.per_packet_ns) <= cfg.cost.rx_burst_ns
+        );
+        assert!(tx.cost.best_effort_run_ns >= tx.cost.handler_chunk(4, tx.granularity));
+        assert!(tx.cost.service_phase_ns() < tx.service_interval_ns);
+        assert!(tx.cost.tx_stage_ns < tx.tx_window_ns);
+        rx.validate().unwrap();
+        // docs/admission.md §3 quotes these.
+        assert_eq!(tx.cost.service_phase_ns(), 21_700);
+        assert_eq!(tx.client_release_jitter(), 281_700);
+    }
+
+    #[test]
+    fn contradicting_costs_are_refused_naming_the_keys() {
+        // 32 frames of receive work cannot fit a shorter burst.
+        let e = DaemonConfig::parse("[cost]\nrx_burst_ns = 3000\n").unwrap_err();
+        let m = e.to_string();
+        assert!(m.starts_with("cost.rx_burst_ns"), "{m}");
+        assert!(
+            m.contains("rx_cost.per_message_ns") && m.contains("rx_cost.per_packet_ns"),
+            "{m}"
+        );
+        assert!(m.contains("= 19200 ns"), "{m}");
+        // Exactly the receive work passes.
+        DaemonConfig::parse("[cost]\nrx_burst_ns = 19200\n").unwrap();
+        DaemonConfig::parse(
+            "[cost]\nrx_burst_ns = 3200\n[rx_cost]\nper_message_ns = 50\nper_packet_ns = 50\n",
+        )
+        .unwrap();
+        // A best-effort run is a handler run of up to k packets.
+        let e = DaemonConfig::parse("[cost]\nbest_effort_run_ns = 999\n").unwrap_err();
+        let m = e.to_string();
+        assert!(m.starts_with("cost.best_effort_run_ns"), "{m}");
+        assert!(
+            m.contains("cost.per_packet_ns") && m.contains("policy.granularity"),
+            "{m}"
+        );
+        assert!(m.contains("= 1000 ns"), "{m}");
+        DaemonConfig::parse("[cost]\nbest_effort_run_ns = 1000\n").unwrap();
+        DaemonConfig::parse("[cost]\nbest_effort_run_ns = 550\n[policy]\ngranularity = 1\n")
+            .unwrap();
     }
 
     #[test]

@@ -36,7 +36,7 @@ fn rejected(adm: &Admission, r: &ChannelRequest) -> control::admission::Rejectio
 
 #[test]
 fn cost_model_arithmetic() {
-    let c = CostModel::default();
+    let c = CostModel::worked_example();
     assert_eq!(RTCHAN_HEADER_LEN, 40);
     assert_eq!(c.payload_per_packet(), 1500 - 20 - 8 - 40);
     assert_eq!(c.max_packet_wire_bytes(), 1500 + 14 + 4 + 8 + 12);
@@ -60,7 +60,7 @@ fn cost_model_arithmetic() {
 #[test]
 fn models_are_validated() {
     let bad = |f: fn(&mut ResourceModel)| {
-        let mut m = ResourceModel::default();
+        let mut m = ResourceModel::worked_example();
         f(&mut m);
         Admission::new(m).unwrap_err()
     };
@@ -117,7 +117,7 @@ fn models_are_validated() {
     let slow = ResourceModel {
         service_interval_ns: 200_000,
         tx_window_ns: 40_000,
-        ..ResourceModel::default()
+        ..ResourceModel::worked_example()
     };
     let mut m = slow.clone();
     m.cost.rx_burst_ns = 19_600;
@@ -135,7 +135,7 @@ fn each_bad_field_is_named() {
     let m = ResourceModel {
         cores: 2,
         tx_queue_share_ppm: vec![500_000, 500_000],
-        ..ResourceModel::default()
+        ..ResourceModel::worked_example()
     };
     let adm = Admission::new(m).unwrap();
     let good = req(1000, 1_000_000, 100_000);
@@ -205,7 +205,7 @@ fn each_bad_field_is_named() {
 
 #[test]
 fn deadline_below_the_idle_minimum_reports_the_minimum() {
-    let adm = Admission::new(ResourceModel::default()).unwrap();
+    let adm = Admission::new(ResourceModel::worked_example()).unwrap();
     let r = req(5000, 1_000_000, 1_000);
     let RequestError::DeadlineTooShort { deadline, minimum } = invalid(&adm, &r) else {
         panic!("expected DeadlineTooShort");
@@ -230,10 +230,11 @@ fn overlap_makes_the_host_bound_tighter_than_the_sum() {
     let m = ResourceModel {
         cost: CostModel {
             per_packet_ns: 2_000,
-            ..CostModel::default()
+            best_effort_run_ns: 2_400, // one handler run of k = 1 packet
+            ..CostModel::worked_example()
         },
         granularity: 1,
-        ..ResourceModel::default()
+        ..ResourceModel::worked_example()
     };
     let adm = Admission::new(m.clone()).unwrap();
     let r = req(10 * 1432, 10_000_000, 1_000);
@@ -276,7 +277,7 @@ fn overlap_makes_the_host_bound_tighter_than_the_sum() {
 
 #[test]
 fn admitted_channel_reports_reservation_and_costs() {
-    let mut adm = Admission::new(ResourceModel::default()).unwrap();
+    let mut adm = Admission::new(ResourceModel::worked_example()).unwrap();
     let r = ChannelRequest {
         bmax: 3,
         ..req(3000, 1_000_000, 200_000)
@@ -298,7 +299,7 @@ fn admitted_channel_reports_reservation_and_costs() {
 
 #[test]
 fn utilisation_rejection_has_the_numbers_and_no_deadline() {
-    let mut adm = Admission::new(ResourceModel::default()).unwrap();
+    let mut adm = Admission::new(ResourceModel::worked_example()).unwrap();
     // Each takes 0.4 of the link: the third would exceed 0.95.
     let r = req(40 * 1432 + 1000, 150_000, 2_000_000);
     adm.admit(&r).unwrap();
@@ -320,7 +321,7 @@ fn utilisation_rejection_has_the_numbers_and_no_deadline() {
 
 #[test]
 fn demand_rejection_names_the_check_point_and_a_deadline_that_works() {
-    let mut adm = Admission::new(ResourceModel::default()).unwrap();
+    let mut adm = Admission::new(ResourceModel::worked_example()).unwrap();
     // Heavy CPU work with short deadlines on core 0.
     let heavy = ChannelRequest {
         core: Some(0),
@@ -359,7 +360,7 @@ fn release_restores_the_state_exactly() {
     let m = ResourceModel {
         cores: 2,
         tx_queue_share_ppm: vec![300_000, 300_000, 400_000],
-        ..ResourceModel::default()
+        ..ResourceModel::worked_example()
     };
     let mut adm = Admission::new(m).unwrap();
     let ids: Vec<u32> = (0..6)
@@ -390,7 +391,7 @@ fn release_restores_the_state_exactly() {
 
 #[test]
 fn dry_run_reserves_nothing() {
-    let mut adm = Admission::new(ResourceModel::default()).unwrap();
+    let mut adm = Admission::new(ResourceModel::worked_example()).unwrap();
     let r = req(5000, 200_000, 100_000);
     let before = adm.clone();
     let dry = adm.check(&r).unwrap();
@@ -403,7 +404,7 @@ fn placement_is_worst_fit_and_falls_through_to_what_fits() {
     let m = ResourceModel {
         cores: 3,
         tx_queue_share_ppm: vec![300_000, 300_000, 300_000],
-        ..ResourceModel::default()
+        ..ResourceModel::worked_example()
     };
     let mut adm = Admission::new(m).unwrap();
     let small = req(1000, 1_000_000, 200_000);
@@ -437,7 +438,7 @@ fn placement_is_worst_fit_and_falls_through_to_what_fits() {
 #[test]
 fn offline_run_matches_interactive_decisions() {
     let input = CheckInput {
-        model: ResourceModel::default(),
+        model: ResourceModel::worked_example(),
         requests: vec![
             req(1000, 1_000_000, 50_000),
             req(0, 1, 1),
@@ -457,7 +458,7 @@ fn offline_run_matches_interactive_decisions() {
     assert_eq!(parsed.model.cores, 4);
     assert_eq!(
         parsed.model.granularity,
-        ResourceModel::default().granularity
+        ResourceModel::worked_example().granularity
     );
     assert!(
         serde_json::from_str::<CheckInput>(r#"{"model": {"corez": 4}, "requests": []}"#).is_err()
@@ -491,12 +492,14 @@ fn random_host() -> impl Strategy<Value = (ResourceModel, Vec<ChannelRequest>, C
             let model = ResourceModel {
                 cost: CostModel {
                     per_packet_ns: pp,
-                    ..CostModel::default()
+                    // A best-effort run is a handler run of up to k packets.
+                    best_effort_run_ns: 2_000.max(400 + u64::from(k) * pp),
+                    ..CostModel::worked_example()
                 },
                 cores: 2,
                 tx_queue_share_ppm: vec![400_000, 600_000],
                 granularity: k,
-                ..ResourceModel::default()
+                ..ResourceModel::worked_example()
             };
             (model, existing, probe)
         })
@@ -553,10 +556,10 @@ fn worked_example_in_the_docs() {
     let cpu_bound = ResourceModel {
         cost: CostModel {
             per_packet_ns: 1_500,
-            ..CostModel::default()
+            ..CostModel::worked_example()
         },
         granularity: 1,
-        ..ResourceModel::default()
+        ..ResourceModel::worked_example()
     };
     assert_eq!(cpu_bound.batch_window_ns(), 4_000 + 5_500 + 500);
     assert_eq!(cpu_bound.link_in_flight_frames(), 10);
@@ -578,5 +581,5 @@ fn worked_example_in_the_docs() {
     // The CPU share is the 12 896 a lone job needs, although d_c in 14 600..18 895 counts a
     // second service phase and fails: the search walks over that gap, it does not bisect
     // (docs/admission.md §3, "Split").
-    assert_eq!(minimum(ResourceModel::default(), r), 12_896 + 30_145);
+    assert_eq!(minimum(ResourceModel::worked_example(), r), 12_896 + 30_145);
 }

@@ -308,7 +308,11 @@ fn host_case() -> impl Strategy<Value = (ResourceModel, Vec<ChannelRequest>, boo
         any::<bool>(),
         any::<u64>(),
     )
-        .prop_map(|((cost, share), k, reqs, exact, seed)| {
+        .prop_map(|((mut cost, share), k, reqs, exact, seed)| {
+            // A best-effort run is a handler run of up to k packets (the model refuses less).
+            cost.best_effort_run_ns = cost
+                .best_effort_run_ns
+                .max(cost.per_message_ns + u64::from(k) * cost.per_packet_ns);
             let model = ResourceModel {
                 cost,
                 cores: 1,
@@ -317,7 +321,7 @@ fn host_case() -> impl Strategy<Value = (ResourceModel, Vec<ChannelRequest>, boo
                 granularity: k,
                 max_message: 65_536,
                 work_conserving: false,
-                ..ResourceModel::default()
+                ..ResourceModel::worked_example()
             };
             (model, reqs, exact, seed)
         })
@@ -350,7 +354,7 @@ fn one_packet_after_the_cpu_deadline_is_not_enough_for_a_slow_link() {
     let model = ResourceModel {
         tx_queue_share_ppm: vec![250_000],
         granularity: 1,
-        ..ResourceModel::default()
+        ..ResourceModel::worked_example()
     };
     let mut adm = Admission::new(model.clone()).unwrap();
     let req = ChannelRequest {

@@ -56,7 +56,7 @@ fn model(reserve_ppm: u32) -> ResourceModel {
         },
         best_effort_reserve_ppm: reserve_ppm,
         granularity: 1,
-        ..ResourceModel::default()
+        ..ResourceModel::worked_example()
     }
 }
 

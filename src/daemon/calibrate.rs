@@ -13,6 +13,10 @@
 //!   polled until its last packet is released (the whole handler path and the loop's fixed
 //!   work); 1-packet and `N`-packet messages, with `q1` and `qN` their 99.9th percentiles:
 //!   `per_packet = (qN − q1)/(N − 1)`, `per_message = q1 − per_packet`.
+//! * `best_effort_run_ns`: one message of `granularity` full-size packets at a time on a
+//!   best-effort channel (one run, since a run writes at most `granularity` packets), polled
+//!   until released; at least `per_message + granularity · per_packet`, the handler run it
+//!   bounds (the configuration refuses less).
 //! * `tx_stage_ns`: TX stages releasing a full batch ([`MAX_BURST`] packets), each the last
 //!   packet of a one-packet message of its own channel (a delay sample per packet: the worst
 //!   release), full-size frames.
@@ -24,7 +28,10 @@
 //!   `p`-packet messages give `[rx_cost]` by the same fit (`q1` = 32 messages, `qp` = 32/p):
 //!   `per_message = (q1 − qp)/(32 − 32/p)`, `per_packet = q1/32 − per_message`, so that
 //!   `32 · (per_message + per_packet) ≤ rx_burst_ns`: the burst bound covers what `[rx_cost]`
-//!   says its frames cost.
+//!   says its frames cost. The same one-packet bursts again to client-type receivers whose
+//!   ring consumers are threads asleep on the wake word, so each delivery also wakes one (one
+//!   `FUTEX_WAKE` that finds a waiter: what a client process's sleeping reader costs the
+//!   core); `rx_burst_ns` is the larger of the two.
 //! * `client_scan_ns`: scans of [`CLIENT_SCAN_PER_ITERATION`] client-fed channels' rings, each
 //!   with a new message (so every check also wakes its channel: the longest scan).
 //! * `control_poll_ns`: the heaviest of the commands open, close, open receiver and close
@@ -44,6 +51,7 @@
 //! slower), it adds a `[policy]` table with intervals that fit (4 times the phase, 8 times
 //! the stage), and [`run`] checks that the fragment parses and validates.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use control::admission::Nanos;
@@ -58,7 +66,7 @@ use dataplane::memlink::{MemLink, MemLinkConfig, NullPort};
 use dataplane::port::{Port, MAX_BURST};
 use dataplane::rx::{RxPath, RxShared};
 use dataplane::sched::SchedPolicy;
-use dataplane::shm::{Producer, Region, SubmitDesc};
+use dataplane::shm::{Consumer, DeliverDesc, Params, Producer, Region, SubmitDesc};
 use dataplane::spec::{ChannelConfig, ChannelSpec};
 use dataplane::time::{read_tsc, Clock, CycleMeter, MonotonicClock, TscMeter};
 use hdrhistogram::Histogram;
@@ -121,12 +129,17 @@ pub struct Calibration {
     pub cycles_per_us: u64,
     /// Packets of the multi-packet message.
     pub packets: u32,
+    /// Preemption granularity of the measured core (packets per run).
+    pub granularity: u32,
     /// Every measured distribution, in the order of the table.
     pub distributions: Vec<Distribution>,
     /// Fitted per-message cost.
     pub per_message_ns: Nanos,
     /// Fitted per-packet cost.
     pub per_packet_ns: Nanos,
+    /// A best-effort run of `granularity` full-size packets (at least the handler run
+    /// `per_message_ns + granularity · per_packet_ns`).
+    pub best_effort_run_ns: Nanos,
     /// A TX stage releasing a full batch.
     pub tx_stage_ns: Nanos,
     /// An RX burst of a full batch with the maintenance step after it.
@@ -159,11 +172,13 @@ impl Calibration {
     pub fn toml_fragment(&self) -> String {
         let d = |p: &str| self.dist(p);
         let (one, multi) = (d("send 1-packet"), d("send N-packet"));
+        let be = d("best-effort run");
         let stage = d("TX stage");
         let stage_cap = d("TX stage, capture");
         let rx = d("RX burst 1-packet");
         let rx_multi = d("RX burst p-packet");
         let rx_cap = d("RX burst, capture");
+        let rx_asleep = d("RX burst, receivers asleep");
         let scan = d("client scan");
         let commands: Vec<String> = self
             .distributions
@@ -181,9 +196,12 @@ impl Calibration {
              # timed inside Core::poll on in-memory ports ({cpu} cycles/us; no NIC or wire time).\n\
              # per_message_ns, per_packet_ns: {n1} messages of 1 packet (p99.9 {q1} ns) and {nn} of {np}\n\
              #   packets (p99.9 {qn} ns), fitted through both.\n\
+             # best_effort_run_ns: {nb} best-effort messages of {k} full-size packets, each one run\n\
+             #   and its release: p99.9 {qb} ns (at least per_message_ns + {k} x per_packet_ns).\n\
              # tx_stage_ns: {ns} TX stages releasing {b} packets: p99.9 {qs} ns.\n\
              # rx_burst_ns: {nr} RX bursts of {b} full-size one-packet messages received and delivered,\n\
-             #   with the maintenance step after them: p99.9 {qr} ns.\n\
+             #   with the maintenance step after them: p99.9 {qr} ns; {na} such bursts whose receivers\n\
+             #   were asleep (a FUTEX_WAKE per message): p99.9 {qa} ns; the larger.\n\
              # client_scan_ns: {nc} scans of {rings} client rings, each with a new message: p99.9 {qc} ns.\n\
              # control_poll_ns: the heaviest of {ncmd} commands of each kind, p99.9: {cmds}.\n\
              # capture_frame_ns: {nsc} TX stages and {nrc} RX bursts with a capture armed, the larger of\n\
@@ -192,6 +210,7 @@ impl Calibration {
              [cost]\n\
              per_message_ns = {pm}\n\
              per_packet_ns = {pp}\n\
+             best_effort_run_ns = {br}\n\
              tx_stage_ns = {ts}\n\
              rx_burst_ns = {rb}\n\
              client_scan_ns = {cs}\n\
@@ -210,11 +229,17 @@ impl Calibration {
             nn = multi.samples,
             np = self.packets,
             qn = multi.p999,
+            nb = be.samples,
+            k = self.granularity,
+            qb = be.p999,
+            br = self.best_effort_run_ns,
             ns = stage.samples,
             b = MAX_BURST,
             qs = stage.p999,
             nr = rx.samples,
             qr = rx.p999,
+            na = rx_asleep.samples,
+            qa = rx_asleep.p999,
             nc = scan.samples,
             rings = CLIENT_SCAN_PER_ITERATION,
             qc = scan.p999,
@@ -236,12 +261,27 @@ impl Calibration {
             rpm = self.rx_per_message_ns,
             rpp = self.rx_per_packet_ns,
         );
+        let default_k = control::config::PolicyConfig::default().granularity;
         if self.service_interval_ns.is_some() || self.tx_window_ns.is_some() {
             s.push_str(
                 "\n# The service phase (rx_burst_ns + client_scan_ns + control_poll_ns) or the TX stage\n\
-                 # does not fit the default interval (20us, 4us): these fit (4x the phase, 8x the stage).\n\
-                 [policy]\n",
+                 # does not fit the default interval: these fit (4x the phase, 8x the stage).\n",
             );
+        }
+        if self.granularity != default_k {
+            s.push_str(&format!(
+                "\n# best_effort_run_ns was measured at {} packets per run.\n",
+                self.granularity
+            ));
+        }
+        if self.service_interval_ns.is_some()
+            || self.tx_window_ns.is_some()
+            || self.granularity != default_k
+        {
+            s.push_str("[policy]\n");
+            if self.granularity != default_k {
+                s.push_str(&format!("granularity = {}\n", self.granularity));
+            }
             if let Some(i) = self.service_interval_ns {
                 s.push_str(&format!("service_interval = \"{}us\"\n", i / 1000));
             }
@@ -412,13 +452,25 @@ impl Bench {
         Err("the core did not apply the capture command".into())
     }
 
-    /// Per-message cost: one message of `size` bytes at a time, polled until released.
+    /// Per-message cost: one message of `size` bytes at a time on a real-time channel, polled
+    /// until released.
     fn send_path(&self, size: u32) -> Result<Histogram<u64>, String> {
+        self.send_on(ChannelConfig::real_time(1, Self::spec(size)), size)
+    }
+
+    /// A best-effort run: one message of `granularity` full-size packets at a time on a
+    /// best-effort channel, polled until released. A run writes at most `granularity` packets,
+    /// so the whole message is one run (plus the stage that releases it, which errs on the
+    /// safe side).
+    fn best_effort_run(&self, payload: u32) -> Result<Histogram<u64>, String> {
+        let size = payload * self.opts.granularity.max(1);
+        self.send_on(ChannelConfig::best_effort(1, size, 4), size)
+    }
+
+    fn send_on(&self, channel: ChannelConfig, size: u32) -> Result<Histogram<u64>, String> {
         let mut core = Core::new(self.core_config(4), NullPort::new(4096, self.max_frame))
             .map_err(|e| e.to_string())?;
-        let mut sender = core
-            .open(ChannelConfig::real_time(1, Self::spec(size)))
-            .map_err(|e| e.to_string())?;
+        let mut sender = core.open(channel).map_err(|e| e.to_string())?;
         let data = vec![0xa5u8; size as usize];
         let mut meter = TscMeter;
         let mut h = histogram();
@@ -515,8 +567,17 @@ impl Bench {
     }
 
     /// RX bursts of [`MAX_BURST`] full-size frames of `packets`-packet messages, received by
-    /// receivers on the measured core.
-    fn rx_burst(&self, packets: u32, capture: bool) -> Result<Histogram<u64>, String> {
+    /// receivers on the measured core. With `asleep`, the receivers are client-type (their
+    /// delivery rings consumed elsewhere, as a client process's are) and each ring's consumer
+    /// is a thread asleep on its wake word when the burst comes, so every delivery also wakes
+    /// one (a `FUTEX_WAKE` that finds a waiter); those bursts are fewer (a tenth of the
+    /// samples, at least 1000), since each round waits for the threads to sleep again.
+    fn rx_burst(
+        &self,
+        packets: u32,
+        capture: bool,
+        asleep: bool,
+    ) -> Result<Histogram<u64>, String> {
         let channels = MAX_BURST as u32 / packets;
         let (a, b) = MemLink::pair(
             MemLinkConfig {
@@ -536,9 +597,15 @@ impl Bench {
             .map(|i| tx.open(ChannelConfig::real_time(200 + i, Self::spec(mmax))))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
-        let receivers: Vec<_> = (0..channels)
-            .map(|i| rx.open_receiver(200 + i, mmax, RX_RING))
-            .collect();
+        let mut receivers = Vec::new();
+        let mut client_rings = Vec::new();
+        for i in 0..channels {
+            if asleep {
+                client_rings.push(self.open_client_receiver(&mut rx, 200 + i, mmax)?);
+            } else {
+                receivers.push(rx.open_receiver(200 + i, mmax, RX_RING));
+            }
+        }
         let _idle: Vec<_> = (0..IDLE_RECEIVERS)
             .map(|i| rx.open_receiver(1000 + i, mmax, RX_RING))
             .collect();
@@ -551,11 +618,20 @@ impl Bench {
         };
         let data = vec![0x3cu8; mmax as usize];
         let mut h = histogram();
-        let warmup = u64::from(self.opts.samples / 10);
+        let samples = if asleep {
+            (self.opts.samples / 10).max(1000)
+        } else {
+            self.opts.samples
+        };
+        let warmup = u64::from(samples / 10);
+        let sleepers = asleep.then(|| Sleepers::start(client_rings)).transpose()?;
         let (mut seen, mut rounds, mut delivered) = (0u64, 0u64, 0u64);
-        while h.len() < u64::from(self.opts.samples) {
+        while h.len() < u64::from(samples) {
             rounds += 1;
-            if rounds > 20 * u64::from(self.opts.samples) {
+            if let Some(s) = &sleepers {
+                s.all_asleep()?;
+            }
+            if rounds > 20 * u64::from(samples) {
                 return Err(format!(
                     "RX burst: only {} bursts of {MAX_BURST} frames in {rounds} rounds",
                     h.len()
@@ -601,6 +677,9 @@ impl Bench {
                 r.drain(usize::MAX, |_| {});
             }
         }
+        if let Some(s) = sleepers {
+            delivered += s.stop()?;
+        }
         if delivered < rounds * u64::from(channels) {
             return Err(format!(
                 "RX burst: {delivered} of {} messages delivered; the bursts did not do the \
@@ -609,6 +688,39 @@ impl Bench {
             ));
         }
         Ok(h)
+    }
+
+    /// A receiver on `core` whose delivery ring is consumed outside the core's process view
+    /// (client-type: the core wakes its consumer when it sleeps), opened by the command the
+    /// daemon posts; returns the ring for the consumer.
+    fn open_client_receiver<P: Port>(
+        &self,
+        core: &mut Core<P>,
+        id: u32,
+        mmax: u32,
+    ) -> Result<Arc<Region>, String> {
+        let region = Region::heap::<DeliverDesc>(&Params {
+            mmax,
+            capacity: RX_RING,
+            drop_oldest: false,
+            channel: id,
+        })
+        .map_err(|e| e.to_string())?;
+        let reassembly = RX_RING.clamp(1, 64);
+        let shared = RxShared::with_app(id, mmax, reassembly, region.clone(), core.sink(), None);
+        let state = RxPath::prepare_app(shared, reassembly).map_err(|e| e.to_string())?;
+        core.control()
+            .post(Command::OpenReceiver(state))
+            .map_err(|_| "the control ring is full".to_string())?;
+        let mut meter = TscMeter;
+        for _ in 0..1000 {
+            core.poll(&*self.clock, &mut meter);
+            if let Some((_, r, _)) = core.control().take_ack_retired() {
+                r.map_err(|e| e.to_string())?;
+                return Ok(region);
+            }
+        }
+        Err("the core did not open the client receiver".into())
     }
 
     /// Client scans over [`CLIENT_SCAN_PER_ITERATION`] rings, each with a new message.
@@ -729,6 +841,78 @@ impl Bench {
     }
 }
 
+/// The applications of [`Bench::rx_burst`]'s client-type receivers when they sleep: one
+/// thread per delivery ring, draining it and then asleep on its wake word.
+struct Sleepers {
+    stop: Arc<AtomicBool>,
+    /// Set by a thread just before it sleeps again, cleared by the bench before a burst.
+    armed: Vec<Arc<AtomicBool>>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl Sleepers {
+    fn start(rings: Vec<Arc<Region>>) -> Result<Self, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut armed = Vec::new();
+        let mut threads = Vec::new();
+        for region in rings {
+            let ring = Consumer::<DeliverDesc>::new(region).map_err(|e| e.to_string())?;
+            let (stop, flag) = (stop.clone(), Arc::new(AtomicBool::new(false)));
+            armed.push(flag.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut delivered = 0u64;
+                let mut drain = || {
+                    while let Some(t) = ring.take(|_| {}) {
+                        ring.release(t);
+                        delivered += 1;
+                    }
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    drain();
+                    flag.store(true, Ordering::Release);
+                    ring.sleep(50);
+                }
+                drain();
+                delivered
+            }));
+        }
+        Ok(Self {
+            stop,
+            armed,
+            threads,
+        })
+    }
+
+    /// Waits until every thread drained its ring and went to sleep, and gives them time to be
+    /// inside the futex wait; then clears the flags for the next round.
+    fn all_asleep(&self) -> Result<(), String> {
+        let start = std::time::Instant::now();
+        while !self.armed.iter().all(|a| a.load(Ordering::Acquire)) {
+            if start.elapsed() > std::time::Duration::from_secs(10) {
+                return Err("RX burst (receivers asleep): the ring consumers did not sleep".into());
+            }
+            std::thread::yield_now();
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        for a in &self.armed {
+            a.store(false, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Stops the threads; the messages they took.
+    fn stop(self) -> Result<u64, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .map_err(|_| "a ring consumer thread panicked".to_string())
+            })
+            .sum()
+    }
+}
+
 /// `x` ns rounded up to whole microseconds.
 fn round_up_us(x: Nanos) -> Nanos {
     x.div_ceil(1000) * 1000
@@ -767,21 +951,30 @@ pub fn run(opts: &CalibrateOptions) -> Result<Calibration, String> {
         .max(1);
     let per_message = q1.saturating_sub(per_packet).max(1);
 
+    let be_run = bench.best_effort_run(payload)?;
+    // At least the handler run it bounds (the configuration refuses less).
+    let best_effort_run_ns = be_run
+        .value_at_quantile(0.999)
+        .max(per_message + u64::from(opts.granularity.max(1)) * per_packet);
+
     let stage = bench.tx_stage(false)?;
     let stage_cap = bench.tx_stage(true)?;
-    let rx = bench.rx_burst(1, false)?;
-    let rx_multi = bench.rx_burst(RX_MULTI_PACKETS, false)?;
-    let rx_cap = bench.rx_burst(1, true)?;
+    let rx = bench.rx_burst(1, false, false)?;
+    let rx_asleep = bench.rx_burst(1, false, true)?;
+    let rx_multi = bench.rx_burst(RX_MULTI_PACKETS, false, false)?;
+    let rx_cap = bench.rx_burst(1, true, false)?;
     let scan = bench.client_scan()?;
     let cmds = bench.commands()?;
 
     let p = |h: &Histogram<u64>| h.value_at_quantile(0.999);
     let burst = MAX_BURST as u64;
     let tx_stage_ns = p(&stage);
-    let rx_burst_ns = p(&rx);
+    // The burst with receivers to wake is the longer one; the fits below are the plain one's.
+    let rx_plain = p(&rx);
+    let rx_burst_ns = rx_plain.max(p(&rx_asleep));
     let capture_frame_ns = (p(&stage_cap).saturating_sub(tx_stage_ns))
         .div_ceil(burst)
-        .max(p(&rx_cap).saturating_sub(rx_burst_ns).div_ceil(burst))
+        .max(p(&rx_cap).saturating_sub(rx_plain).div_ceil(burst))
         .max(1);
     // [rx_cost] through the two kinds of burst: 32 messages of 1 packet, 32/p of p packets.
     let messages_multi = burst / u64::from(RX_MULTI_PACKETS);
@@ -789,11 +982,11 @@ pub fn run(opts: &CalibrateOptions) -> Result<Calibration, String> {
     // it: the two p99.9s are separate samples, and a noisy multi-packet figure (below the
     // one-packet one by more than their difference in messages) would otherwise fit a
     // per-message cost above what the burst bound covers.
-    let rx_per_message = (rx_burst_ns.saturating_sub(p(&rx_multi)))
+    let rx_per_message = (rx_plain.saturating_sub(p(&rx_multi)))
         .div_ceil(burst - messages_multi)
-        .min((rx_burst_ns / burst).saturating_sub(1))
+        .min((rx_plain / burst).saturating_sub(1))
         .max(1);
-    let rx_per_packet = (rx_burst_ns.saturating_sub(burst * rx_per_message) / burst).max(1);
+    let rx_per_packet = (rx_plain.saturating_sub(burst * rx_per_message) / burst).max(1);
     let client_scan_ns = p(&scan);
     let control_poll_ns = cmds.iter().map(p).max().unwrap_or(1);
 
@@ -807,6 +1000,10 @@ pub fn run(opts: &CalibrateOptions) -> Result<Calibration, String> {
             format!("send N-packet message (N = {})", opts.packets),
             &multi,
         ),
+        distribution(
+            format!("best-effort run of {} packets", opts.granularity.max(1)),
+            &be_run,
+        ),
         distribution(format!("TX stage of {MAX_BURST} packets"), &stage),
         distribution("TX stage, capture armed", &stage_cap),
         distribution(format!("RX burst 1-packet x {MAX_BURST}"), &rx),
@@ -815,6 +1012,7 @@ pub fn run(opts: &CalibrateOptions) -> Result<Calibration, String> {
             &rx_multi,
         ),
         distribution("RX burst, capture armed", &rx_cap),
+        distribution("RX burst, receivers asleep", &rx_asleep),
         distribution(
             format!("client scan of {CLIENT_SCAN_PER_ITERATION} rings"),
             &scan,
@@ -829,9 +1027,11 @@ pub fn run(opts: &CalibrateOptions) -> Result<Calibration, String> {
     let c = Calibration {
         cycles_per_us: bench.cycles_per_us,
         packets: opts.packets,
+        granularity: opts.granularity.max(1),
         distributions,
         per_message_ns: per_message,
         per_packet_ns: per_packet,
+        best_effort_run_ns,
         tx_stage_ns,
         rx_burst_ns,
         client_scan_ns,

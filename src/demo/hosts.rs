@@ -73,6 +73,7 @@ idle_sleep = "20us"
 [cost]
 per_message_ns = 2000
 per_packet_ns = 1000
+best_effort_run_ns = 6000
 "#;
 
 /// `cpu = N` lines pinning the daemon's core: the sending host's to the last CPU, the

@@ -63,6 +63,8 @@ pub enum CheckFileError {
 
 /// Decides every request in order; one [`Decision`] per request.
 pub fn run(input: &CheckInput) -> Result<Vec<Decision>, ModelError> {
+    // The file describes a sending host: its best-effort runs are handler runs at its costs.
+    input.model.validate_best_effort_run()?;
     let mut adm = Admission::new(input.model.clone())?;
     Ok(input
         .requests

@@ -34,12 +34,17 @@ proptest! {
         probe in request(),
     ) {
         let model = ResourceModel {
-            cost: CostModel { per_packet_ns: pp, ..CostModel::default() },
+            cost: CostModel {
+                per_packet_ns: pp,
+                // A best-effort run is a handler run of up to k packets.
+                best_effort_run_ns: 2_000.max(400 + u64::from(k) * pp),
+                ..CostModel::worked_example()
+            },
             cores: 1,
             tx_queue_share_ppm: vec![1_000_000],
             granularity: k,
             work_conserving: wc,
-            ..ResourceModel::default()
+            ..ResourceModel::worked_example()
         };
         let mut adm = Admission::new(model).unwrap();
         for r in &existing {
@@ -60,7 +65,7 @@ proptest! {
 /// 14 600 to 18 895 (a second service phase is counted) and passes again from 18 896.
 #[test]
 fn walk_stops_in_the_pocket_below_a_gap() {
-    let adm = Admission::new(ResourceModel::default()).unwrap();
+    let adm = Admission::new(ResourceModel::worked_example()).unwrap();
     let req = ChannelRequest {
         mmax: 8000,
         imin: 10_000_000,

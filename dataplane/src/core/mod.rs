@@ -74,12 +74,14 @@ pub const RX_BURSTS_PER_SERVICE: usize = 1;
 /// charged `control_poll_ns` in every service phase whether a command comes or not.
 pub const CONTROL_PER_SERVICE: usize = 1;
 /// Default least time between two service phases while there is work to run
-/// ([`CoreConfig::service_interval`]), ns: 20 µs. The interval turns RX and control into a
+/// ([`CoreConfig::service_interval`]), ns: 100 µs. The interval turns RX and control into a
 /// sporadic load on the core (at most one phase per interval), which is what admission
-/// charges; it also bounds how long a received frame or a command waits. 20 µs suits the
-/// default costs (a 5.5 µs phase); costs measured on a slower build need a longer interval,
-/// since the phase must fit in it.
-pub const SERVICE_INTERVAL_NS: Nanos = 20_000;
+/// charges; it also bounds how long a received frame or a command waits on a busy core. The
+/// default costs (`control::admission::CostModel`) make a 21.7 µs phase (an RX burst of 32
+/// frames at the default `[rx_cost]`, 19.2 µs, is most of it), so 100 µs charges it as 22 %
+/// of a busy core; costs calibrated on a slower machine need a longer interval, since the
+/// phase must fit in it.
+pub const SERVICE_INTERVAL_NS: Nanos = 100_000;
 /// Default TX stage window ([`CoreConfig::tx_window`]), ns: a stage is due this long after
 /// the previous one while the link scheduler holds packets. At saturation the [`MAX_BURST`] trigger comes first (full
 /// bursts); the window serves lighter loads. 4 µs keeps a written packet's wait for its
