@@ -5,7 +5,7 @@ use control::admission::demand::SEARCH_LIMIT;
 use control::admission::offline::{run, CheckInput, Decision};
 use control::admission::{
     Admission, AdmitError, ChannelRequest, CostModel, FailedTest, ModelError, RequestError,
-    Resource, ResourceModel, UnknownChannel, RTCHAN_HEADER_LEN,
+    Resource, ResourceModel, UnknownChannel, UnknownCore, RTCHAN_HEADER_LEN,
 };
 use proptest::prelude::*;
 
@@ -582,4 +582,62 @@ fn worked_example_in_the_docs() {
     // second service phase and fails: the search walks over that gap, it does not bisect
     // (docs/admission.md §3, "Split").
     assert_eq!(minimum(ResourceModel::worked_example(), r), 12_896 + 30_145);
+}
+
+/// One core that both sends and receives is one ledger: the sending controller's channels,
+/// booked on the receiving controller with `add_shared`, leave the receive side only what is
+/// left of the core, and taking them back gives it all again.
+#[test]
+fn a_shared_core_is_booked_once_for_both_controllers() {
+    // CPU-bound channels (5 us a packet, one packet per 100 us), so the core decides.
+    let model = ResourceModel {
+        cost: CostModel {
+            per_packet_ns: 5_000,
+            best_effort_run_ns: 20_400,
+            ..CostModel::worked_example()
+        },
+        ..ResourceModel::worked_example()
+    };
+    let heavy = ChannelRequest {
+        bmax: 1,
+        ..req(1_000, 100_000, 10_000_000)
+    };
+    let mut tx = Admission::new(model.clone()).unwrap();
+    let mut rx = Admission::new(model.clone()).unwrap();
+    let fill = |adm: &mut Admission| {
+        let mut ids = Vec::new();
+        while let Ok(a) = adm.admit(&heavy) {
+            ids.push(a.id);
+        }
+        ids
+    };
+    // Alone, the receiving controller fits as many as the core holds.
+    let alone = fill(&mut rx).len();
+    assert!(alone >= 4, "{alone}");
+    rx = Admission::new(model.clone()).unwrap();
+    // The sending side takes all but two of them, and books them on the receiving side.
+    let sent: Vec<u32> = (0..alone - 2)
+        .map(|_| tx.admit(&heavy).unwrap().id)
+        .collect();
+    for &id in &sent {
+        rx.add_shared(id, tx.cpu_reservation(id).unwrap()).unwrap();
+    }
+    let received = fill(&mut rx);
+    assert_eq!(received.len(), 2, "the receive side gets only what is left");
+    assert_eq!(rx.channels().count(), 2, "shared work is not a channel");
+    // Mirrored the other way, the sending side is full too.
+    for &id in &received {
+        tx.add_shared(id, rx.cpu_reservation(id).unwrap()).unwrap();
+    }
+    assert!(tx.check(&heavy).is_err());
+    // Taken back, the receiving side has the whole core again.
+    for &id in &sent {
+        rx.remove_shared(id);
+    }
+    assert_eq!(fill(&mut rx).len(), alone - 2);
+    // A reservation names its core; one the model lacks is refused.
+    let mut r = tx.cpu_reservation(sent[0]).unwrap();
+    r.core = 7;
+    assert_eq!(rx.add_shared(99, r), Err(UnknownCore(7)));
+    assert!(tx.cpu_reservation(12_345).is_none());
 }

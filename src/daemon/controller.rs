@@ -58,6 +58,7 @@ use super::Msg;
 
 mod attach;
 mod capture;
+mod ledger;
 mod open;
 mod peering;
 mod persist;

@@ -330,6 +330,12 @@ impl Dataplane {
         self.rx_on_tx || !self.rx.is_empty()
     }
 
+    /// Whether receivers run on the sending cores themselves (af_packet, AF_XDP, DPDK), so
+    /// admission books a core's sending and receiving work on one ledger.
+    pub fn receives_on_sending_cores(&self) -> bool {
+        self.rx_on_tx
+    }
+
     /// How many receive cores there are (receivers go on cores `0..n`).
     pub fn receive_cores(&self) -> usize {
         if self.rx_on_tx {

@@ -274,6 +274,23 @@ pub enum AdmitError {
 #[error("channel {0} is not admitted")]
 pub struct UnknownChannel(pub u32);
 
+/// A core the model does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("core {0} is not a core of this model")]
+pub struct UnknownCore(pub u16);
+
+/// One channel's reservation on its core, as another controller sharing the core books it
+/// ([`Admission::cpu_reservation`], [`Admission::add_shared`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuReservation {
+    /// The core.
+    pub core: u16,
+    /// Its sporadic task there.
+    pub task: Task,
+    /// Its longest non-preemptive chunk (blocking of later deadlines).
+    pub chunk: Nanos,
+}
+
 /// Real-time utilisation per resource, millionths (to the nearest).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Utilisation {
@@ -283,25 +300,34 @@ pub struct Utilisation {
     pub tx_queues: Vec<u32>,
 }
 
+/// Whose task a ledger entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// A channel this controller admitted.
+    Channel(u32),
+    /// Work another controller admitted on a core this one shares ([`Admission::add_shared`]).
+    Shared(u32),
+}
+
 /// The admitted tasks on one resource.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Ledger {
     /// Sorted by deadline, as [`TaskSet`] wants.
     tasks: Vec<Task>,
-    /// Parallel to `tasks`: owning channel and its largest non-preemptive chunk.
-    owners: Vec<(u32, Nanos)>,
+    /// Parallel to `tasks`: owner and its largest non-preemptive chunk.
+    owners: Vec<(Owner, Nanos)>,
     utilisation_fp: u128,
 }
 
 impl Ledger {
-    fn insert(&mut self, id: u32, task: Task, chunk: Nanos) {
+    fn insert(&mut self, id: Owner, task: Task, chunk: Nanos) {
         let at = self.tasks.partition_point(|t| t.deadline <= task.deadline);
         self.tasks.insert(at, task);
         self.owners.insert(at, (id, chunk));
         self.utilisation_fp += task.utilisation_fp();
     }
 
-    fn remove(&mut self, id: u32) {
+    fn remove(&mut self, id: Owner) {
         let mut i = 0;
         while i < self.tasks.len() {
             if self.owners[i].0 == id {
@@ -615,9 +641,10 @@ impl Admission {
     pub fn admit(&mut self, req: &ChannelRequest) -> Result<Admitted, AdmitError> {
         let plan = self.decide(req)?;
         let admitted = self.describe(req, &plan, self.next_id);
-        self.cores[usize::from(plan.core)].insert(admitted.id, plan.cpu_task, plan.spec.chunk);
+        let owner = Owner::Channel(admitted.id);
+        self.cores[usize::from(plan.core)].insert(owner, plan.cpu_task, plan.spec.chunk);
         for task in &plan.link_tasks {
-            self.txqs[usize::from(plan.txq)].insert(admitted.id, *task, 0);
+            self.txqs[usize::from(plan.txq)].insert(owner, *task, 0);
         }
         self.channels.insert(admitted.id, admitted.clone());
         self.next_id = self.next_id.wrapping_add(1);
@@ -633,9 +660,49 @@ impl Admission {
     /// Frees a channel's reservation exactly.
     pub fn release(&mut self, id: u32) -> Result<Admitted, UnknownChannel> {
         let ch = self.channels.remove(&id).ok_or(UnknownChannel(id))?;
-        self.cores[usize::from(ch.core)].remove(id);
-        self.txqs[usize::from(ch.txq)].remove(id);
+        self.cores[usize::from(ch.core)].remove(Owner::Channel(id));
+        self.txqs[usize::from(ch.txq)].remove(Owner::Channel(id));
         Ok(ch)
+    }
+
+    /// What channel `id` reserved on its core, for a controller that shares the core
+    /// ([`Self::add_shared`]).
+    pub fn cpu_reservation(&self, id: u32) -> Option<CpuReservation> {
+        let ch = self.channels.get(&id)?;
+        Some(CpuReservation {
+            core: ch.core,
+            task: Task {
+                cost: ch.cpu_cost,
+                period: ch.request.imin,
+                deadline: ch.cpu_deadline,
+            },
+            chunk: self
+                .model
+                .cost
+                .handler_chunk(ch.packets, self.model.granularity),
+        })
+    }
+
+    /// Books on core `r.core` the work another controller admitted there under `tag` (one
+    /// core that both sends and receives: the receive path's channels on the sending
+    /// controller and the other way round), so every test on that core counts it: its demand,
+    /// its utilisation and its chunk as blocking. It is not a channel here (not listed, never
+    /// released by [`Self::release`]). The other controller tested the combined set when it
+    /// admitted the work, so this controller's channels still pass.
+    pub fn add_shared(&mut self, tag: u32, r: CpuReservation) -> Result<(), UnknownCore> {
+        let ledger = self
+            .cores
+            .get_mut(usize::from(r.core))
+            .ok_or(UnknownCore(r.core))?;
+        ledger.insert(Owner::Shared(tag), r.task, r.chunk);
+        Ok(())
+    }
+
+    /// Takes back what [`Self::add_shared`] booked under `tag` (nothing if nothing was).
+    pub fn remove_shared(&mut self, tag: u32) {
+        for ledger in &mut self.cores {
+            ledger.remove(Owner::Shared(tag));
+        }
     }
 
     /// Admitted channels by ascending id.

@@ -167,7 +167,7 @@ impl Control {
             return Ok(self.info(id, "dry_run", args, net, sender, grant, &policy_name));
         }
         let undo_remote = |this: &mut Self| this.abort_remote(&dst, id);
-        let sender_adm = match self.tx_adm.admit(&req) {
+        let sender_adm = match self.admit_sending(&req) {
             Ok(a) => a,
             Err(e) => {
                 undo_remote(self);
@@ -193,7 +193,7 @@ impl Control {
         cfg.txq = PORT_QUEUE;
         self.address(&mut cfg, &dst);
         let undo = |this: &mut Self| {
-            let _ = this.tx_adm.release(sender_adm.id);
+            this.release_sending(sender_adm.id);
             undo_remote(this);
         };
         let (shared, sender, source) =
@@ -450,7 +450,7 @@ impl Control {
         let _ = self.dp.tx[usize::from(o.core)].handle.close(id, drain);
         self.memory.release(Side::Sending, id);
         if let Some(a) = o.adm_id {
-            let _ = self.tx_adm.release(a);
+            self.release_sending(a);
         }
         match &o.dst {
             Dst::Local => self.release_incoming(id),

@@ -116,14 +116,13 @@ impl Control {
             });
         }
         let admitted = self
-            .rx_adm
-            .admit(&req)
+            .admit_receiving(&req)
             .map_err(|e| internal(e.to_string()))?;
         let core = admitted.core;
         let receiver = match self.open_receiver(core, p.id, p.mmax, from) {
             Ok(r) => r,
             Err(e) => {
-                let _ = self.rx_adm.release(admitted.id);
+                self.release_receiving(admitted.id);
                 return Err(e);
             }
         };
@@ -277,7 +276,7 @@ impl Control {
                 }
             }
             if let Some(a) = i.adm_id {
-                let _ = self.rx_adm.release(a);
+                self.release_receiving(a);
             }
         }
     }
