@@ -875,6 +875,15 @@ impl std::fmt::Display for Preemptions {
             self.samples(),
             self.total() as f64 / 1e6
         )?;
+        if let Some(b) = &self.backlog {
+            write!(
+                f,
+                "; waits count from the earliest start of a busy period the admitted load can \
+                 keep running (spare capacity {:.2}, burst {:.3} ms)",
+                b.drain,
+                b.burst / 1e6
+            )?;
+        }
         for t in &self.threads {
             write!(
                 f,

@@ -41,7 +41,7 @@ fn args(link: LinkChoice) -> DemoArgs {
     }
 }
 
-fn check(link: LinkChoice) {
+fn check(link: LinkChoice) -> u64 {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let r = run(&args(link)).expect("the demo runs");
     eprintln!("{}", r.preempted);
@@ -77,11 +77,17 @@ fn check(link: LinkChoice) {
     let violator = r.channels.iter().find(|c| c.violator).unwrap();
     assert!(violator.refused > 0, "the violator's excess was dropped");
     assert!(r.best_effort_bps > 0.0, "best-effort got through");
+    r.unexcused_misses()
 }
 
 #[test]
 fn demo_runs_over_the_in_memory_link() {
-    check(LinkChoice::Memlink);
+    // No retries: a miss the measured OS preemption (with its backlog) does not explain fails.
+    let unexcused = check(LinkChoice::Memlink);
+    assert_eq!(
+        unexcused, 0,
+        "deadline misses not explained by measured OS preemption"
+    );
 }
 
 #[test]
@@ -96,6 +102,7 @@ fn demo_runs_over_veth_when_root() {
         eprintln!("SKIPPED demo over veth: needs root (network namespaces)");
         return;
     }
+    // Over veth the kernel's softirq work is on the path and not measured: reported only.
     check(LinkChoice::Veth);
 }
 

@@ -525,6 +525,8 @@ fn print_report(r: &DemoReport) {
         }
     }
     let lost: u64 = r.channels.iter().map(|c| c.lost).sum();
+    // One line for scripts and tests: the misses by verdict, excused and unexcused apart.
+    println!("verdict: {excused} excused, {unexcused} unexcused, {lost} lost");
     if r.passed() {
         println!("result: every admitted channel met every deadline, nothing lost");
     } else if unexcused == 0 && lost == 0 {

@@ -26,7 +26,8 @@ use super::{
     CHANNELS, REFUSED, WARM_UP,
 };
 use crate::daemon::client::Client as Ctl;
-use crate::preemption::{PreemptionProbe, SlowSubmits};
+use crate::preemption::{BusyBound, Load, PreemptionProbe, SlowSubmits, Stage};
+use control::admission::ResourceModel;
 use control::protocol::{ChannelInfo, ChannelList, CloseArgs, OpenArgs, Request};
 use dataplane::spec::ChannelSpec;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -427,7 +428,11 @@ fn drive(
     if let Some(id) = flood {
         call::<ChannelInfo>(&mut ctl, &Request::Close(CloseArgs { id, discard: true }))?;
     }
-    let preempted = probe.finish();
+    // Misses are judged with the backlog rule over the path the admitted load takes.
+    let preempted = match path_bound(&hosts.models, &infos) {
+        Some(b) => probe.finish().with_backlog(b),
+        None => probe.finish(),
+    };
 
     let rows: Vec<ChannelRow> = CHANNELS
         .iter()
@@ -464,4 +469,83 @@ fn drive(
     };
     print_report(&report);
     Ok(report)
+}
+
+/// The admitted load on the real-time messages' path, as admission charged it (the hosts'
+/// resource models and what `list` reports of every channel), for the backlog rule
+/// ([`crate::preemption`], "Backlog"): the sending core (the channels' CPU cost per `Imin`,
+/// released up to the client release jitter late, and the loop's service phase and TX stages),
+/// the link (their wire time, released up to their CPU deadline late) and the receiving core
+/// (their receive cost, released up to the sending host's bound plus the network's late). The
+/// best-effort flood is in each stage's blocking, as admission charges it. `None` when a stage
+/// is over-loaded (admission never admits that).
+fn path_bound(models: &(ResourceModel, ResourceModel), infos: &[ChannelInfo]) -> Option<BusyBound> {
+    let (tx, rx) = models;
+    let core = |m: &ResourceModel, name: &str, loads: Vec<Load>, chunks: Vec<u64>| {
+        let mut loads = loads;
+        loads.extend(m.cpu_overheads().iter().map(|t| Load {
+            cost: t.cost,
+            period: t.period,
+            jitter: 0,
+        }));
+        let chunk = chunks.into_iter().fold(m.cost.background_chunk(), u64::max);
+        Stage {
+            name: name.into(),
+            blocking: chunk + m.cpu_blocking_extra(),
+            loads,
+        }
+    };
+    let k = tx.granularity;
+    let sending = core(
+        tx,
+        "sending core",
+        infos
+            .iter()
+            .map(|i| Load {
+                cost: i.sender.cpu_cost,
+                period: i.sender.request.imin,
+                jitter: if i.attach {
+                    tx.client_release_jitter()
+                } else {
+                    0
+                },
+            })
+            .collect(),
+        infos
+            .iter()
+            .map(|i| tx.cost.handler_chunk(i.sender.packets, k))
+            .collect(),
+    );
+    let link = Stage {
+        name: "link".into(),
+        blocking: tx.link_blocking(infos.first().map_or(0, |i| i.sender.txq)),
+        loads: infos
+            .iter()
+            .map(|i| Load {
+                cost: i.sender.link_cost,
+                period: i.sender.request.imin,
+                jitter: i.sender.cpu_deadline,
+            })
+            .collect(),
+    };
+    let receiving = core(
+        rx,
+        "receiving core",
+        infos
+            .iter()
+            .map(|i| Load {
+                cost: i.receiver.admitted.cpu_cost,
+                period: i.sender.request.imin,
+                jitter: i.sender.link_deadline + i.network_bound,
+            })
+            .collect(),
+        infos
+            .iter()
+            .map(|i| {
+                rx.cost
+                    .handler_chunk(i.receiver.admitted.packets, rx.granularity)
+            })
+            .collect(),
+    );
+    BusyBound::new(vec![sending, link, receiving])
 }
