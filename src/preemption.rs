@@ -716,12 +716,17 @@ pub struct MissVerdict {
     pub worst_unexcused: Nanos,
     /// The largest lateness among the excused, ns.
     pub worst_excused: Nanos,
+    /// Of the excused, those only the backlog rule excuses (the waits in the message's own
+    /// life do not cover its lateness).
+    pub by_backlog: u64,
 }
 
 impl MissVerdict {
-    fn add(&mut self, m: &Miss, excused: bool) {
+    /// Counts `m`: excused or not, and whether its own life's waits alone excused it.
+    fn add(&mut self, m: &Miss, excused: bool, own: bool) {
         if excused {
             self.excused += 1;
+            self.by_backlog += u64::from(!own);
             self.worst_excused = self.worst_excused.max(m.lateness());
         } else {
             self.unexcused += 1;
@@ -734,9 +739,10 @@ impl std::fmt::Display for MissVerdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} misses excused by measured OS preemption (largest lateness {:.3} ms), {} unexcused \
-             (largest lateness {:.3} ms)",
+            "{} misses excused by measured OS preemption ({} through a backlog; largest lateness \
+             {:.3} ms), {} unexcused (largest lateness {:.3} ms)",
             self.excused,
+            self.by_backlog,
             self.worst_excused as f64 / 1e6,
             self.unexcused,
             self.worst_unexcused as f64 / 1e6
@@ -799,29 +805,62 @@ impl Preemptions {
     /// Whether the measured preemption of the polling threads explains `m` (the rule in the
     /// module docs).
     pub fn excuses(&self, m: &Miss) -> bool {
-        m.lateness() > 0 && self.waited(self.counted_from(m), m.delivered) >= m.lateness()
+        self.excuses_from(m, self.counted_from(m))
+    }
+
+    /// Whether the polling threads' waits in `[from, delivery]` cover `m`'s lateness.
+    fn excuses_from(&self, m: &Miss, from: Nanos) -> bool {
+        m.lateness() > 0 && self.waited(from, m.delivered) >= m.lateness()
     }
 
     /// Whether the measured preemption explains `m`, counting the submitting thread's wait
     /// within the message's own submit call `call` (from its stamp to the call's end) and the
-    /// polling threads' wait from there to the delivery.
+    /// polling threads' wait from where it counts ([`Preemptions::counted_from`]) to the
+    /// delivery.
     pub fn excuses_submitted(
         &self,
         m: &Miss,
         submitter: Option<&Curve>,
         call: Option<(Nanos, Nanos)>,
     ) -> bool {
+        self.excuses_submitted_from(m, submitter, call, self.counted_from(m))
+    }
+
+    /// [`Preemptions::excuses_submitted`] with the polling threads' waits counted from `from`.
+    fn excuses_submitted_from(
+        &self,
+        m: &Miss,
+        submitter: Option<&Curve>,
+        call: Option<(Nanos, Nanos)>,
+        from: Nanos,
+    ) -> bool {
         match (submitter, call) {
             (Some(sub), Some((_, end))) if end > m.submit && end < m.delivered => {
                 // In series: the submitter's wait inside its call delays the message's
-                // release (a jitter past the model's, which adds at most itself to the
-                // lateness), the polling threads' waits from where they count delay its work.
+                // release (a release jitter past the model's, which adds at most itself to
+                // the lateness), the polling threads' waits from where they count delay its
+                // work.
                 m.lateness() > 0
-                    && sub.waited(m.submit, end) + self.waited(self.counted_from(m), m.delivered)
-                        >= m.lateness()
+                    && sub.waited(m.submit, end) + self.waited(from, m.delivered) >= m.lateness()
             }
-            _ => self.excuses(m),
+            _ => self.excuses_from(m, from),
         }
+    }
+
+    /// What the rule saw of `m`, for a report: how late it was, where the polling threads'
+    /// waits started to count, and how much of them certainly fell in its own life and from
+    /// there.
+    pub fn explain(&self, m: &Miss) -> String {
+        let from = self.counted_from(m);
+        format!(
+            "submitted at {}, {:.3} ms late; polling threads waited {:.3} ms in its life, {:.3} \
+             ms from {:.3} ms before its submit (the busy period's start)",
+            m.submit,
+            m.lateness() as f64 / 1e6,
+            self.waited(m.submit, m.delivered) as f64 / 1e6,
+            self.waited(from, m.delivered) as f64 / 1e6,
+            m.submit.saturating_sub(from) as f64 / 1e6
+        )
     }
 
     /// Divides a channel's misses into excused and unexcused.
@@ -831,7 +870,7 @@ impl Preemptions {
             ..MissVerdict::default()
         };
         for m in &log.misses {
-            v.add(m, self.excuses(m));
+            v.add(m, self.excuses(m), self.excuses_from(m, m.submit));
         }
         v
     }
@@ -850,7 +889,12 @@ impl Preemptions {
             ..MissVerdict::default()
         };
         for m in &log.misses {
-            v.add(m, self.excuses_submitted(m, sub, slow.containing(m.submit)));
+            let call = slow.containing(m.submit);
+            v.add(
+                m,
+                self.excuses_submitted(m, sub, call),
+                self.excuses_submitted_from(m, sub, call, m.submit),
+            );
         }
         v
     }
@@ -1090,7 +1134,7 @@ mod tests {
             log.record(m.submit, m.deadline, m.delivered);
         }
         let v = p.verdict(&log);
-        assert_eq!((v.excused, v.unexcused), (1, 2), "{v}");
+        assert_eq!((v.excused, v.unexcused, v.by_backlog), (1, 2, 1), "{v}");
         assert_eq!(own.verdict(&log).excused, 0);
     }
 

@@ -133,6 +133,9 @@ impl Drop for App {
     }
 }
 
+/// Unexcused misses shown one by one per channel.
+const UNEXCUSED_SHOWN: usize = 3;
+
 /// The daemon's polling threads' name prefix.
 const POLLING: &str = "rtchan-core";
 
@@ -459,6 +462,28 @@ fn drive(
             }
         })
         .collect();
+    // The unexcused misses one by one (the first few of each channel), for the reader to see
+    // what the rule saw; printed after the table.
+    let mut shown = Vec::new();
+    for (i, ch) in CHANNELS.iter().enumerate() {
+        let log = got[i].miss_log();
+        let mut slow = SlowSubmits::with_capacity(sent[i].slow.len());
+        for &(a, b) in &sent[i].slow {
+            slow.record(a, b);
+        }
+        let sub = preempted.thread(ch.name);
+        let unexcused = log
+            .misses
+            .iter()
+            .filter(|m| !preempted.excuses_submitted(m, sub, slow.containing(m.submit)));
+        for m in unexcused.take(UNEXCUSED_SHOWN) {
+            shown.push(format!(
+                "  unexcused miss on {}: {}",
+                ch.name,
+                preempted.explain(m)
+            ));
+        }
+    }
     let report = DemoReport {
         channels: rows,
         best_effort_bps: be_end.saturating_sub(be_start) as f64 * 8.0 / elapsed.as_secs_f64(),
@@ -468,6 +493,9 @@ fn drive(
         violation: args.violation,
     };
     print_report(&report);
+    for l in shown {
+        println!("{l}");
+    }
     Ok(report)
 }
 
