@@ -852,7 +852,7 @@ impl Preemptions {
     /// there.
     pub fn explain(&self, m: &Miss) -> String {
         let from = self.counted_from(m);
-        format!(
+        let mut l = format!(
             "submitted at {}, {:.3} ms late; polling threads waited {:.3} ms in its life, {:.3} \
              ms from {:.3} ms before its submit (the busy period's start)",
             m.submit,
@@ -860,7 +860,15 @@ impl Preemptions {
             self.waited(m.submit, m.delivered) as f64 / 1e6,
             self.waited(from, m.delivered) as f64 / 1e6,
             m.submit.saturating_sub(from) as f64 / 1e6
-        )
+        );
+        for t in &self.threads {
+            l.push_str(&format!(
+                "; {} {:.3} ms",
+                t.name,
+                t.curve.waited(from, m.delivered) as f64 / 1e6
+            ));
+        }
+        l
     }
 
     /// Divides a channel's misses into excused and unexcused.
