@@ -9,8 +9,9 @@
 //! daemon's sink); say `go` to every sender; show progress from the receiving daemon's
 //! counters until the duration is up (or a Ctrl-C); collect each sender's report (messages,
 //! refusals, slow submit calls), let the last messages arrive, stop the receivers and collect
-//! theirs (latency, every miss with its times, sequence gaps); close everything and judge
-//! each miss.
+//! theirs (latency, every miss with its times, sequence gaps); let the receivers detach and
+//! exit, then the senders close their channels and exit; close the flood; judge each miss
+//! (with the backlog rule over the admitted path, [`path_bound`]).
 //!
 //! Whose run-queue wait excuses a miss: the daemons' polling threads (`rtchan-core*`, in the
 //! combined curve) and the channel's own sending process (watched apart: only within that
@@ -425,7 +426,10 @@ fn drive(
         .zip(&receivers)
         .map(|(s, r)| (s.pid(), r.pid()))
         .collect();
-    for a in senders.into_iter().chain(receivers) {
+    // The receivers first: each detaches its end before exiting, and a sender closes its
+    // channel when it exits; the other way round a loaded machine could let a close come
+    // before a detach, which then finds no channel.
+    for a in receivers.into_iter().chain(senders) {
         a.finish()?;
     }
     if let Some(id) = flood {
