@@ -50,9 +50,12 @@
 //! (resolution one sample interval). One wait of `w` alone gives the closed form
 //! `s − b ≤ (burst + w)/(1 − U)` ([`BusyBound::after_one_wait`]). A message's path has several
 //! resources (the sending core, the link, the receiving core); the bound treats it as one that
-//! drains at the slowest stage's `1 − U` and starts each busy period with every stage's burst:
-//! a wait of the polling threads delays the path's work by at most its length, and a stage
-//! downstream of a late stage only receives its work later, not more of it. Lateness is still
+//! drains at the slowest stage's `1 − U` and starts each busy period with every stage's burst,
+//! and counts a wait once. That is an engineering bound, not a proof for stages in tandem: the
+//! bursts are summed (longer than any one stage's), while a stage downstream of a delayed one
+//! receives that work later, which in the exact model adds `U_r·w` to its window and is not
+//! counted (leaving it out only shortens the look-back: it takes credit away, never gives
+//! it). Lateness is still
 //! at most the waiting in the busy period (EDF's demand argument: with a stall of `Π` inside the
 //! level-`d` busy window, `dbf + B + Π ≥ d + λ − t'` while `dbf + B ≤ d − t'`), so the credit
 //! must still cover the lateness. The look-back is capped at [`MAX_LOOKBACK`] (a cap only takes
@@ -67,11 +70,11 @@
 //! application bounds by timing its slow calls ([`SlowSubmits`]; the wait in them is still
 //! the kernel's). [`Preemptions::verdict_submitted`] then credits a miss with the submitter's
 //! wait from the stamp to the end of its call plus the polling threads' wait from where it
-//! counts (the submit, or the backlog's start) to the delivery: the first delays the
-//! message's release (a release jitter past the model's adds at most itself to the
-//! lateness), the second its work. A submitter's waits need no backlog rule: before the stamp
-//! they delay nothing the deadline counts, and a catch-up burst after one gets logical
-//! arrivals `Imin` apart, within the admitted load.
+//! counts (the call's end, or with the backlog rule the busy period's start) to the delivery:
+//! the first delays the message's release (a release jitter past the model's adds at most
+//! itself to the lateness), the second its work. A submitter's waits need no backlog rule:
+//! before the stamp they delay nothing the deadline counts, and a catch-up burst after one gets
+//! logical arrivals `Imin` apart, within the admitted load.
 //!
 //! What the kernel does not see is not measured: host-level preemption of a virtual CPU
 //! (steal time) and softirq work deferred to `ksoftirqd` are not a watched thread's run-queue
@@ -823,27 +826,31 @@ impl Preemptions {
         submitter: Option<&Curve>,
         call: Option<(Nanos, Nanos)>,
     ) -> bool {
-        self.excuses_submitted_from(m, submitter, call, self.counted_from(m))
+        let backlog = self.backlog.as_ref().map(|_| self.counted_from(m));
+        self.excuses_submitted_from(m, submitter, call, backlog)
     }
 
-    /// [`Preemptions::excuses_submitted`] with the polling threads' waits counted from `from`.
+    /// [`Preemptions::excuses_submitted`] with the polling threads' waits counted from
+    /// `backlog` (the backlog rule), or (`None`, a message's own life) from the end of its
+    /// submit call, when the message was released.
     fn excuses_submitted_from(
         &self,
         m: &Miss,
         submitter: Option<&Curve>,
         call: Option<(Nanos, Nanos)>,
-        from: Nanos,
+        backlog: Option<Nanos>,
     ) -> bool {
         match (submitter, call) {
             (Some(sub), Some((_, end))) if end > m.submit && end < m.delivered => {
                 // In series: the submitter's wait inside its call delays the message's
                 // release (a release jitter past the model's, which adds at most itself to
-                // the lateness), the polling threads' waits from where they count delay its
-                // work.
+                // the lateness), the polling threads' waits delay its work: from its release
+                // in its own life, from the busy period's start with a backlog.
                 m.lateness() > 0
-                    && sub.waited(m.submit, end) + self.waited(from, m.delivered) >= m.lateness()
+                    && sub.waited(m.submit, end) + self.waited(backlog.unwrap_or(end), m.delivered)
+                        >= m.lateness()
             }
-            _ => self.excuses_from(m, from),
+            _ => self.excuses_from(m, backlog.unwrap_or(m.submit)),
         }
     }
 
@@ -901,7 +908,7 @@ impl Preemptions {
             v.add(
                 m,
                 self.excuses_submitted(m, sub, call),
-                self.excuses_submitted_from(m, sub, call, m.submit),
+                self.excuses_submitted_from(m, sub, call, None),
             );
         }
         v
@@ -1144,6 +1151,32 @@ mod tests {
         let v = p.verdict(&log);
         assert_eq!((v.excused, v.unexcused, v.by_backlog), (1, 2, 1), "{v}");
         assert_eq!(own.verdict(&log).excused, 0);
+    }
+
+    #[test]
+    fn a_submitter_wait_in_its_call_adds_to_the_polling_threads_backlog() {
+        // The polling threads' 4 ms wait (within [6, 11]) and a submitter that waited 1 ms
+        // (reported at 14 ms: within [12, 14]) inside the call that stamped the message at
+        // 12.5 ms and ended at 14 ms.
+        let sub: Vec<(Nanos, Nanos)> = (0..=100)
+            .map(|i| (i * MS, if i >= 14 { MS } else { 0 }))
+            .collect();
+        let p = Preemptions::from_samples(&one_wait()).with_submitter("app", &sub);
+        let mut slow = SlowSubmits::with_capacity(1);
+        slow.record(12 * MS, 14 * MS);
+        let mut log = MissLog::with_capacity(2);
+        // 4.5 ms late: the backlog's 4 ms and the call's 0.5 ms certain (of [12.5, 14]).
+        log.record(12 * MS + MS / 2, 15 * MS, 19 * MS + MS / 2);
+        // 5 ms late: more than both.
+        log.record(12 * MS + MS / 2, 15 * MS, 20 * MS);
+        let v = p
+            .clone()
+            .with_backlog(half_loaded())
+            .verdict_submitted(&log, "app", &slow);
+        assert_eq!((v.excused, v.unexcused, v.by_backlog), (1, 1, 1), "{v}");
+        // In its own life only: the call's wait alone.
+        let v = p.verdict_submitted(&log, "app", &slow);
+        assert_eq!((v.excused, v.unexcused), (0, 2), "{v}");
     }
 
     #[test]
