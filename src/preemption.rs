@@ -33,6 +33,35 @@
 //! the lateness, since the message was already late when it began. Misses the probe cannot
 //! explain (including any past the capacity of a [`MissLog`]) are unexcused.
 //!
+//! Backlog ([`Preemptions::with_backlog`], off by default): a wait that ended before a
+//! message was submitted can still make it late, through the work that queued up meanwhile.
+//! Under the admitted model it can only do so within one busy period: a message released
+//! after the resource has drained (no admitted work pending) owes nothing to what came before.
+//! So the rule extends the message's window back to the earliest start `b` of a busy period
+//! that the model allows to still be running at its submit `s`, and credits the certain waits
+//! in `[b, delivery]`. The model is admission's, handed in as a [`BusyBound`] (the stages of the
+//! path with their blocking `B` and sporadic loads `C, T, J`), never anything the dataplane
+//! measures of itself. Work arriving in any window of length `δ` is at most
+//! `B + Σ ⌈(δ + J)/T⌉·C ≤ burst + U·δ` with `burst = B + Σ C·(1 + J/T)`; a resource busy
+//! throughout `[b, t]` has received at least `t − b` of work and waiting, so
+//! `burst + W(b, t) ≥ (1 − U)·(t − b)` at every `t` of `[b, s]`, `W(b, t)` the waiting in
+//! `[b, t]` (taken at its most: each block placed where it overlaps most). The earliest sample
+//! time `b` meeting that at every sample time up to `s` is where the waits start to count
+//! (resolution one sample interval). One wait of `w` alone gives the closed form
+//! `s − b ≤ (burst + w)/(1 − U)` ([`BusyBound::after_one_wait`]). A message's path has several
+//! resources (the sending core, the link, the receiving core); the bound treats it as one that
+//! drains at the slowest stage's `1 − U` and starts each busy period with every stage's burst,
+//! and counts a wait once. That is an engineering bound, not a proof for stages in tandem: the
+//! bursts are summed (longer than any one stage's), while a stage downstream of a delayed one
+//! receives that work later, which in the exact model adds `U_r·w` to its window and is not
+//! counted (leaving it out only shortens the look-back: it takes credit away, never gives
+//! it). Lateness is still
+//! at most the waiting in the busy period (EDF's demand argument: with a stall of `Π` inside the
+//! level-`d` busy window, `dbf + B + Π ≥ d + λ − t'` while `dbf + B ≤ d − t'`), so the credit
+//! must still cover the lateness. The look-back is capped at [`MAX_LOOKBACK`] (a cap only takes
+//! credit away). A wait too early to matter, whose busy period has ended by `s`, is not
+//! credited; a wait after the deadline never covers the lateness, as above.
+//!
 //! Submitting threads: a message's life starts at its submit stamp, taken inside
 //! `Sender::submit` just before the message is enqueued, so a preemption of the submitting
 //! thread between the two delays it too. Such a thread is watched *apart*
@@ -40,8 +69,12 @@
 //! curve, and count for a miss only within that message's own submit call, which the
 //! application bounds by timing its slow calls ([`SlowSubmits`]; the wait in them is still
 //! the kernel's). [`Preemptions::verdict_submitted`] then credits a miss with the submitter's
-//! wait from the stamp to the end of its call plus the polling threads' wait from there to the
-//! delivery.
+//! wait from the stamp to the end of its call plus the polling threads' wait from where it
+//! counts (the call's end, or with the backlog rule the busy period's start) to the delivery:
+//! the first delays the message's release (a release jitter past the model's adds at most
+//! itself to the lateness), the second its work. A submitter's waits need no backlog rule:
+//! before the stamp they delay nothing the deadline counts, and a catch-up burst after one gets
+//! logical arrivals `Imin` apart, within the admitted load.
 //!
 //! What the kernel does not see is not measured: host-level preemption of a virtual CPU
 //! (steal time) and softirq work deferred to `ksoftirqd` are not a watched thread's run-queue
@@ -166,6 +199,7 @@ impl PreemptionProbe {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         Preemptions {
+            backlog: None,
             combined: record.curve.finished(),
             threads: watched
                 .drain(..)
@@ -411,13 +445,157 @@ pub struct ThreadWait {
 }
 
 /// What a probe measured: the watched threads' OS preemption over time.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Preemptions {
     /// The polling threads' combined wait (see the module docs).
     combined: Curve,
     /// Per watched thread.
     pub threads: Vec<ThreadWait>,
+    /// The admitted load on the messages' path, for the backlog rule (none: a message's own
+    /// life only).
+    backlog: Option<BusyBound>,
 }
+
+/// Sporadic work on one resource of a message's path, as admission charges it: at most one
+/// job of `cost` per `period`, released up to `jitter` after its nominal arrival.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Load {
+    /// Worst-case cost of one job, ns.
+    pub cost: Nanos,
+    /// Least separation of nominal arrivals (`Imin`, an interference task's period), ns.
+    pub period: Nanos,
+    /// Release jitter, ns.
+    pub jitter: Nanos,
+}
+
+/// One resource on the messages' path (a polling core, a link) as admission models it: the
+/// blocking at the start of a busy window and its sporadic loads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stage {
+    /// For reports.
+    pub name: String,
+    /// Work that may run ahead of everything due at the start of a busy window, ns.
+    pub blocking: Nanos,
+    /// The admitted channels' and the loop's own sporadic work.
+    pub loads: Vec<Load>,
+}
+
+impl Stage {
+    /// Utilisation `Σ C/T`.
+    pub fn utilisation(&self) -> f64 {
+        self.loads
+            .iter()
+            .map(|l| l.cost as f64 / l.period.max(1) as f64)
+            .sum()
+    }
+
+    /// The constant of the linear bound on work arriving in a window of length `δ`:
+    /// `B + Σ ⌈(δ + J)/T⌉·C ≤ B + Σ C·(1 + J/T) + U·δ` (module docs, "Backlog").
+    pub fn burst(&self) -> f64 {
+        self.blocking as f64
+            + self
+                .loads
+                .iter()
+                .map(|l| l.cost as f64 * (1.0 + l.jitter as f64 / l.period.max(1) as f64))
+                .sum::<f64>()
+    }
+}
+
+/// The longest busy period the admitted load on a path can build up from OS waits of the
+/// polling threads (module docs, "Backlog"): the path as one virtual resource that drains at
+/// `1 − U` (the most loaded stage's spare capacity), starts a busy period with every stage's
+/// burst, and is held up by a wait for as long as it lasts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BusyBound {
+    /// The stages, for reports.
+    pub stages: Vec<Stage>,
+    /// `1 − max U`.
+    drain: f64,
+    /// `Σ` of the stages' bursts, ns.
+    burst: f64,
+}
+
+impl BusyBound {
+    /// The bound for a path through `stages`; `None` when a stage's utilisation is 1 or more
+    /// (its busy period is unbounded: admission never admits such a load) or there are none.
+    pub fn new(stages: Vec<Stage>) -> Option<Self> {
+        let u = stages.iter().map(Stage::utilisation).fold(0.0, f64::max);
+        if stages.is_empty() || u >= 1.0 || u.is_nan() {
+            return None;
+        }
+        Some(Self {
+            drain: 1.0 - u,
+            burst: stages.iter().map(Stage::burst).sum(),
+            stages,
+        })
+    }
+
+    /// The longest busy period after one wait of `w` (no other wait): `(Σ burst + w) / (1 −
+    /// U)`, rounded up.
+    pub fn after_one_wait(&self, w: Nanos) -> Nanos {
+        ((self.burst + w as f64) / self.drain).ceil() as Nanos
+    }
+
+    /// The earliest time `b ≤ s` a busy period of the path that is still running at `s` can
+    /// have begun, given the waits in `curve` placed where they lengthen it most: the earliest
+    /// sample time `b` at most [`MAX_LOOKBACK`] before `s` with
+    /// `burst + W(b, t) ≥ (1 − U)·(t − b)` at every sample time `t` in `[b, s]` and at `s`,
+    /// `W(b, t)` the most waiting that can lie in `[b, t]`; `s` itself when none.
+    pub fn busy_since(&self, curve: &Curve, s: Nanos) -> Nanos {
+        let n = curve.times.len();
+        let last = curve.times.partition_point(|&t| t <= s);
+        let first = curve
+            .times
+            .partition_point(|&t| t < s.saturating_sub(MAX_LOOKBACK));
+        if n < 2 || last == 0 {
+            return s;
+        }
+        // Block k (the growth reported at sample k, k ≥ 1) ended in [starts[k-1], times[k]]:
+        // its most overlap with [b, t] is min(w, t − b, times[k] − b, t − (starts[k-1] − w)).
+        let most = |k: usize, b: Nanos, t: Nanos| -> Nanos {
+            let w = curve.cumulative[k] - curve.cumulative[k - 1];
+            let earliest = curve.starts[k - 1].saturating_sub(w);
+            w.min(t.saturating_sub(b))
+                .min(curve.times[k].saturating_sub(b))
+                .min(t.saturating_sub(earliest))
+        };
+        // Blocks reported after sample i that may still lie before times[i]: at most the
+        // longest block back.
+        let reach = |i: usize| {
+            let until = curve.times[i].saturating_add(curve.longest_block);
+            (i + 1..n).take_while(move |&k| curve.starts[k - 1] <= until)
+        };
+        let busy_at = |j: usize, t: Nanos, fixed: Nanos, i: usize| -> bool {
+            let b = curve.times[j];
+            let pending: Nanos = reach(i).map(|k| most(k, b, t)).sum();
+            self.burst + (fixed + pending) as f64 >= self.drain * t.saturating_sub(b) as f64
+        };
+        let mut since = s;
+        for j in (first..last).rev() {
+            let b = curve.times[j];
+            // Waits of blocks reported by sample i, which can lie no later than times[i].
+            let mut fixed: Nanos = 0;
+            let mut busy = true;
+            for i in j..last {
+                if i > j {
+                    fixed += most(i, b, curve.times[i]);
+                }
+                if !busy_at(j, curve.times[i], fixed, i) {
+                    busy = false;
+                    break;
+                }
+            }
+            if busy && busy_at(j, s, fixed, last - 1) {
+                since = b;
+            }
+        }
+        since
+    }
+}
+
+/// How far back from a message's submit the backlog rule looks at most: a cap on the credit
+/// (never a reason to give more), so that judging a miss costs a bounded scan.
+pub const MAX_LOOKBACK: Nanos = 50_000_000;
 
 /// A deadline miss: one message's times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -541,12 +719,17 @@ pub struct MissVerdict {
     pub worst_unexcused: Nanos,
     /// The largest lateness among the excused, ns.
     pub worst_excused: Nanos,
+    /// Of the excused, those only the backlog rule excuses (the waits in the message's own
+    /// life do not cover its lateness).
+    pub by_backlog: u64,
 }
 
 impl MissVerdict {
-    fn add(&mut self, m: &Miss, excused: bool) {
+    /// Counts `m`: excused or not, and whether its own life's waits alone excused it.
+    fn add(&mut self, m: &Miss, excused: bool, own: bool) {
         if excused {
             self.excused += 1;
+            self.by_backlog += u64::from(!own);
             self.worst_excused = self.worst_excused.max(m.lateness());
         } else {
             self.unexcused += 1;
@@ -559,9 +742,10 @@ impl std::fmt::Display for MissVerdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} misses excused by measured OS preemption (largest lateness {:.3} ms), {} unexcused \
-             (largest lateness {:.3} ms)",
+            "{} misses excused by measured OS preemption ({} through a backlog; largest lateness \
+             {:.3} ms), {} unexcused (largest lateness {:.3} ms)",
             self.excused,
+            self.by_backlog,
             self.worst_excused as f64 / 1e6,
             self.unexcused,
             self.worst_unexcused as f64 / 1e6
@@ -576,6 +760,24 @@ impl Preemptions {
         Self {
             combined: Curve::from_samples(samples),
             threads: Vec::new(),
+            backlog: None,
+        }
+    }
+
+    /// Judges misses with the backlog rule for a path whose admitted load is `bound`
+    /// (module docs, "Backlog"): a wait counts for a miss from the earliest time a busy
+    /// period of the path still running at its submit can have begun.
+    pub fn with_backlog(mut self, bound: BusyBound) -> Self {
+        self.backlog = Some(bound);
+        self
+    }
+
+    /// Where a miss's waits start to count: its submit, or with the backlog rule the start of
+    /// the longest busy period that can still run at its submit.
+    pub fn counted_from(&self, m: &Miss) -> Nanos {
+        match &self.backlog {
+            Some(b) => b.busy_since(&self.combined, m.submit),
+            None => m.submit,
         }
     }
 
@@ -606,25 +808,74 @@ impl Preemptions {
     /// Whether the measured preemption of the polling threads explains `m` (the rule in the
     /// module docs).
     pub fn excuses(&self, m: &Miss) -> bool {
-        m.lateness() > 0 && self.waited(m.submit, m.delivered) >= m.lateness()
+        self.excuses_from(m, self.counted_from(m))
+    }
+
+    /// Whether the polling threads' waits in `[from, delivery]` cover `m`'s lateness.
+    fn excuses_from(&self, m: &Miss, from: Nanos) -> bool {
+        m.lateness() > 0 && self.waited(from, m.delivered) >= m.lateness()
     }
 
     /// Whether the measured preemption explains `m`, counting the submitting thread's wait
     /// within the message's own submit call `call` (from its stamp to the call's end) and the
-    /// polling threads' wait from there to the delivery.
+    /// polling threads' wait from where it counts ([`Preemptions::counted_from`]) to the
+    /// delivery.
     pub fn excuses_submitted(
         &self,
         m: &Miss,
         submitter: Option<&Curve>,
         call: Option<(Nanos, Nanos)>,
     ) -> bool {
+        let backlog = self.backlog.as_ref().map(|_| self.counted_from(m));
+        self.excuses_submitted_from(m, submitter, call, backlog)
+    }
+
+    /// [`Preemptions::excuses_submitted`] with the polling threads' waits counted from
+    /// `backlog` (the backlog rule), or (`None`, a message's own life) from the end of its
+    /// submit call, when the message was released.
+    fn excuses_submitted_from(
+        &self,
+        m: &Miss,
+        submitter: Option<&Curve>,
+        call: Option<(Nanos, Nanos)>,
+        backlog: Option<Nanos>,
+    ) -> bool {
         match (submitter, call) {
             (Some(sub), Some((_, end))) if end > m.submit && end < m.delivered => {
+                // In series: the submitter's wait inside its call delays the message's
+                // release (a release jitter past the model's, which adds at most itself to
+                // the lateness), the polling threads' waits delay its work: from its release
+                // in its own life, from the busy period's start with a backlog.
                 m.lateness() > 0
-                    && sub.waited(m.submit, end) + self.waited(end, m.delivered) >= m.lateness()
+                    && sub.waited(m.submit, end) + self.waited(backlog.unwrap_or(end), m.delivered)
+                        >= m.lateness()
             }
-            _ => self.excuses(m),
+            _ => self.excuses_from(m, backlog.unwrap_or(m.submit)),
         }
+    }
+
+    /// What the rule saw of `m`, for a report: how late it was, where the polling threads'
+    /// waits started to count, and how much of them certainly fell in its own life and from
+    /// there.
+    pub fn explain(&self, m: &Miss) -> String {
+        let from = self.counted_from(m);
+        let mut l = format!(
+            "submitted at {}, {:.3} ms late; polling threads waited {:.3} ms in its life, {:.3} \
+             ms from {:.3} ms before its submit (the busy period's start)",
+            m.submit,
+            m.lateness() as f64 / 1e6,
+            self.waited(m.submit, m.delivered) as f64 / 1e6,
+            self.waited(from, m.delivered) as f64 / 1e6,
+            m.submit.saturating_sub(from) as f64 / 1e6
+        );
+        for t in &self.threads {
+            l.push_str(&format!(
+                "; {} {:.3} ms",
+                t.name,
+                t.curve.waited(from, m.delivered) as f64 / 1e6
+            ));
+        }
+        l
     }
 
     /// Divides a channel's misses into excused and unexcused.
@@ -634,7 +885,7 @@ impl Preemptions {
             ..MissVerdict::default()
         };
         for m in &log.misses {
-            v.add(m, self.excuses(m));
+            v.add(m, self.excuses(m), self.excuses_from(m, m.submit));
         }
         v
     }
@@ -653,7 +904,12 @@ impl Preemptions {
             ..MissVerdict::default()
         };
         for m in &log.misses {
-            v.add(m, self.excuses_submitted(m, sub, slow.containing(m.submit)));
+            let call = slow.containing(m.submit);
+            v.add(
+                m,
+                self.excuses_submitted(m, sub, call),
+                self.excuses_submitted_from(m, sub, call, None),
+            );
         }
         v
     }
@@ -678,6 +934,15 @@ impl std::fmt::Display for Preemptions {
             self.samples(),
             self.total() as f64 / 1e6
         )?;
+        if let Some(b) = &self.backlog {
+            write!(
+                f,
+                "; waits count from the earliest start of a busy period the admitted load can \
+                 keep running (spare capacity {:.2}, burst {:.3} ms)",
+                b.drain,
+                b.burst / 1e6
+            )?;
+        }
         for t in &self.threads {
             write!(
                 f,
@@ -807,6 +1072,111 @@ mod tests {
         assert_eq!((v.excused, v.unexcused), (1, 3), "{v}");
         // Without the call windows nothing is excused (the polling threads never waited).
         assert_eq!(p.verdict(&log).excused, 0);
+    }
+
+    /// One stage at utilisation 0.5 whose burst is 0.5 ms (one job of 0.5 ms per ms, no
+    /// blocking): a busy period lasts twice its burst plus the waits inside it.
+    fn half_loaded() -> BusyBound {
+        BusyBound::new(vec![Stage {
+            name: "core".into(),
+            blocking: 0,
+            loads: vec![Load {
+                cost: MS / 2,
+                period: MS,
+                jitter: 0,
+            }],
+        }])
+        .unwrap()
+    }
+
+    /// Samples every ms up to 100 ms, a 4 ms wait reported at 11 ms (within [6, 11]).
+    fn one_wait() -> Vec<(Nanos, Nanos)> {
+        (0..=100)
+            .map(|i| (i * MS, if i >= 11 { 4 * MS } else { 0 }))
+            .collect()
+    }
+
+    #[test]
+    fn a_busy_period_lasts_as_long_as_the_admitted_load_can_keep_it() {
+        let b = half_loaded();
+        assert_eq!(b.after_one_wait(4 * MS), 9 * MS);
+        let c = Curve::from_samples(&one_wait());
+        // Placed latest, [7, 11], the wait keeps a busy period begun at 7 ms running until
+        // 7 + (0.5 + 4) / 0.5 = 16 ms, and no earlier one that long.
+        assert_eq!(b.busy_since(&c, 16 * MS), 7 * MS);
+        // At 13 ms one begun as early as 5 ms (burst until 6, the wait from 6) still runs.
+        assert_eq!(b.busy_since(&c, 13 * MS), 5 * MS);
+        // At 17 ms only one begun in the last 1 ms (its own burst) can run.
+        assert_eq!(b.busy_since(&c, 17 * MS), 16 * MS);
+        // A load the resource cannot carry has no bound.
+        let full = Stage {
+            name: "over".into(),
+            blocking: 0,
+            loads: vec![Load {
+                cost: MS,
+                period: MS,
+                jitter: 0,
+            }],
+        };
+        assert!(BusyBound::new(vec![full]).is_none());
+        assert!(BusyBound::new(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn the_backlog_rule_credits_a_wait_before_a_message_only_within_the_busy_period() {
+        let own = Preemptions::from_samples(&one_wait());
+        let p = own.clone().with_backlog(half_loaded());
+        // Submitted at 13 ms, after the wait ended (by 11 ms), 1 ms late: the backlog the
+        // wait left is still being worked off (the busy period can run to 16 ms). The own
+        // window holds no wait; with the backlog all 4 ms of it count.
+        let backlog = miss(13 * MS, 14 * MS, 15 * MS);
+        assert!(!own.excuses(&backlog));
+        assert_eq!(p.counted_from(&backlog), 5 * MS);
+        assert!(p.excuses(&backlog));
+        // Submitted at 17 ms: every busy period the wait can have lengthened has ended.
+        let too_early = miss(17 * MS, 18 * MS, 19 * MS);
+        assert_eq!(p.counted_from(&too_early), 16 * MS);
+        assert!(!p.excuses(&too_early));
+        // A wait after the deadline: the message was already late when it began, so it is
+        // shorter than the lateness (7 ms against 4 ms), backlog or not.
+        let after = miss(MS, 5 * MS, 12 * MS);
+        assert!(!p.excuses(&after));
+        // More lateness than the waits of the busy period: not excused.
+        assert!(!p.excuses(&miss(13 * MS, 14 * MS, 19 * MS)));
+        // The verdict uses the same rule.
+        let mut log = MissLog::with_capacity(4);
+        for m in [backlog, too_early, after] {
+            log.record(m.submit, m.deadline, m.delivered);
+        }
+        let v = p.verdict(&log);
+        assert_eq!((v.excused, v.unexcused, v.by_backlog), (1, 2, 1), "{v}");
+        assert_eq!(own.verdict(&log).excused, 0);
+    }
+
+    #[test]
+    fn a_submitter_wait_in_its_call_adds_to_the_polling_threads_backlog() {
+        // The polling threads' 4 ms wait (within [6, 11]) and a submitter that waited 1 ms
+        // (reported at 14 ms: within [12, 14]) inside the call that stamped the message at
+        // 12.5 ms and ended at 14 ms.
+        let sub: Vec<(Nanos, Nanos)> = (0..=100)
+            .map(|i| (i * MS, if i >= 14 { MS } else { 0 }))
+            .collect();
+        let p = Preemptions::from_samples(&one_wait()).with_submitter("app", &sub);
+        let mut slow = SlowSubmits::with_capacity(1);
+        slow.record(12 * MS, 14 * MS);
+        let mut log = MissLog::with_capacity(2);
+        // 4.5 ms late: the backlog's 4 ms and the call's 0.5 ms certain (of [12.5, 14]).
+        log.record(12 * MS + MS / 2, 15 * MS, 19 * MS + MS / 2);
+        // 5 ms late: more than both.
+        log.record(12 * MS + MS / 2, 15 * MS, 20 * MS);
+        let v = p
+            .clone()
+            .with_backlog(half_loaded())
+            .verdict_submitted(&log, "app", &slow);
+        assert_eq!((v.excused, v.unexcused, v.by_backlog), (1, 1, 1), "{v}");
+        // In its own life only: the call's wait alone.
+        let v = p.verdict_submitted(&log, "app", &slow);
+        assert_eq!((v.excused, v.unexcused), (0, 2), "{v}");
     }
 
     #[test]

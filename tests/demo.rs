@@ -1,18 +1,24 @@
 //! The demo (the README's main command) runs end to end on each link it offers and reports
 //! every channel; over the in-memory link its real-time channels come from application
-//! processes through `rtchan::client` (a daemon in this process, `rtchand demo-app` children). Losses are asserted on every link, and that every deadline miss was judged
-//! against the OS preemption of the polling and application threads measured independently of
-//! them (`rtchan::preemption`: excused only when the run-queue wait during that message's own
-//! life covers its lateness). The verdict is printed, excused and unexcused apart.
+//! processes through `rtchan::client` (a daemon in this process, `rtchand demo-app` children).
+//! Losses are asserted on every link, and that every deadline miss was judged against the OS
+//! preemption of the polling and application threads measured independently of them
+//! (`rtchan::preemption`, with the backlog rule: a wait counts from the earliest start of a
+//! busy period the admitted load lets still run at the message's submit). The verdict is
+//! printed, excused and unexcused apart.
 //!
-//! Unexcused misses are reported, not asserted (issue 15, item 6, still open): in quiet runs
-//! of this debug build over the in-memory link there were none (8 runs, and 3 under two CPU
-//! hogs), but inside the full test suite one run had 2 (lateness 0.45 and 0.36 ms) while the
-//! submitting processes waited for a CPU for half the run: a preemption's backlog makes later
-//! messages late after the preemption ended, which the verdict (waits inside a message's own
-//! life only) does not excuse. Over veth the kernel's softirq work for veth (often in
-//! `ksoftirqd`, not a watched thread) is on the path and not measured either. Each host's core
-//! polls on its own thread (over veth, in a daemon process of its own).
+//! Over the in-memory link no miss may be unexcused (no retries). Under the rule of a message's
+//! own life alone, a run inside the full test suite had 2 unexcused misses (0.45 and 0.36 ms
+//! late) while the submitting processes waited half the run; with the backlog rule, 45 of 48
+//! runs beside CPU hogs and parallel builds passed, 10 of them only because of it
+//! (docs/evaluation.md, "How a deadline miss is judged", has the figures and the failures).
+//! This build's costs are far above what the demo admits with (issue 11; `rtchand calibrate`
+//! of a debug build gives an RX burst of about 1 ms against the 3 µs charged), so its busy
+//! periods outlast the model's and the rule credits less than they delay: a failure under
+//! heavy load may be that, and is reported, not retried. Over veth the kernel's softirq work
+//! for veth (often in `ksoftirqd`, not a watched thread) is on the path and not measured, so
+//! there misses are reported only. Each host's core polls on its own thread (over veth, in a
+//! daemon process of its own).
 
 use rtchan::demo::{run, DemoArgs, LinkChoice};
 use std::sync::Mutex;
@@ -41,7 +47,7 @@ fn args(link: LinkChoice) -> DemoArgs {
     }
 }
 
-fn check(link: LinkChoice) {
+fn check(link: LinkChoice) -> u64 {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let r = run(&args(link)).expect("the demo runs");
     eprintln!("{}", r.preempted);
@@ -77,11 +83,17 @@ fn check(link: LinkChoice) {
     let violator = r.channels.iter().find(|c| c.violator).unwrap();
     assert!(violator.refused > 0, "the violator's excess was dropped");
     assert!(r.best_effort_bps > 0.0, "best-effort got through");
+    r.unexcused_misses()
 }
 
 #[test]
 fn demo_runs_over_the_in_memory_link() {
-    check(LinkChoice::Memlink);
+    // No retries: a miss the measured OS preemption (with its backlog) does not explain fails.
+    let unexcused = check(LinkChoice::Memlink);
+    assert_eq!(
+        unexcused, 0,
+        "deadline misses not explained by measured OS preemption"
+    );
 }
 
 #[test]
@@ -96,6 +108,7 @@ fn demo_runs_over_veth_when_root() {
         eprintln!("SKIPPED demo over veth: needs root (network namespaces)");
         return;
     }
+    // Over veth the kernel's softirq work is on the path and not measured: reported only.
     check(LinkChoice::Veth);
 }
 

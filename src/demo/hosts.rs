@@ -10,6 +10,7 @@ use super::{DemoError, NETWORK_AND_RECEIVE_BOUND, VETH_NETWORK_AND_RECEIVE_BOUND
 use crate::daemon::client::Client as Ctl;
 use crate::daemon::Daemon;
 use crate::ports::netns::{ip, is_root, mac_string, Namespaces};
+use control::admission::ResourceModel;
 use control::config::DaemonConfig;
 use control::protocol::{ChannelList, Request};
 use dataplane::time::Nanos;
@@ -31,6 +32,8 @@ pub(super) struct Hosts {
     pub net_and_rx: Nanos,
     /// Processes whose polling threads are on every message's path, with how many each has.
     pub polling: Vec<(u32, usize)>,
+    /// The sending host's and the receiving host's resource models (what admission charged).
+    pub models: (ResourceModel, ResourceModel),
     /// The daemons, stopped by [`Hosts::stop`].
     daemons: Daemons,
     /// The namespaces (veth), deleted after the daemons stopped.
@@ -102,6 +105,7 @@ buffers = 16384
         pin("rx_cpu", cpus, false),
         dir = dir.0.display(),
     ))?;
+    let models = (cfg.tx_model(), cfg.rx_model());
     // The daemon's threads inherit the nice value of the thread that starts them: -20 when
     // allowed (as docs/deploy.md runs a daemon on a shared machine), while this process's
     // own thread and the applications it spawns keep the ordinary priority.
@@ -124,6 +128,7 @@ buffers = 16384
         dst: "local".into(),
         net_and_rx: NETWORK_AND_RECEIVE_BOUND,
         polling: vec![(std::process::id(), 2)],
+        models,
         daemons: Daemons::InProcess(Box::new(daemon)),
         _namespaces: None,
         _dir: dir,
@@ -182,6 +187,7 @@ pub(super) fn veth(exe: &Path, link_bps: u64, cpus: &[usize]) -> Result<Hosts, D
     }
     let names = ["send", "recv"];
     let mut daemons = Vec::new();
+    let mut models = Vec::new();
     for i in 0..2 {
         let o = 1 - i;
         let text = format!(
@@ -217,7 +223,12 @@ mac = "{peer_mac}"
             peer_mac = mac_string(MACS[o]),
         );
         // Checked here, so that a bad file is this process's error, not a daemon's log line.
-        parse(&text)?;
+        let cfg = parse(&text)?;
+        models.push(if i == 0 {
+            cfg.tx_model()
+        } else {
+            cfg.rx_model()
+        });
         daemons.push(DaemonProc::start(exe, names[i], &ns[i], &dir.0, &text)?);
     }
     Ok(Hosts {
@@ -226,6 +237,7 @@ mac = "{peer_mac}"
         dst: "recv".into(),
         net_and_rx: VETH_NETWORK_AND_RECEIVE_BOUND,
         polling: daemons.iter().map(|d| (d.child.id(), 1)).collect(),
+        models: (models.remove(0), models.remove(0)),
         daemons: Daemons::Processes(daemons),
         _namespaces: Some(namespaces),
         _dir: dir,

@@ -22,9 +22,11 @@
 //! Each miss is held against the OS preemption of the threads on the messages' path, measured
 //! independently of them ([`crate::preemption`]: a probe thread reads the daemons' polling
 //! threads' and the sending processes' run-queue wait from `/proc/PID/task/TID/schedstat`): a
-//! miss is excused only when that wait during the message's own life covers its lateness. A
-//! sending process stamps a message inside its submit call; its waits count only within that
-//! message's own (timed) call. The table reports excused and unexcused misses apart; an
+//! miss is excused only when that wait covers its lateness, counted over the message's own
+//! life and back to the earliest start of a busy period the admitted load on its path can keep
+//! running until its submit (the backlog rule; the path's model is admission's, from the
+//! hosts' resource models and what `list` reports). A sending process stamps a message inside
+//! its submit call; its waits count only within that message's own (timed) call. The table reports excused and unexcused misses apart; an
 //! unexcused miss is the dataplane's (or the machine's in a way not measured).
 //!
 //! With `RTCHAN_DEMO_DEBUG` set, both hosts' statistics of every channel and core are printed
@@ -525,6 +527,8 @@ fn print_report(r: &DemoReport) {
         }
     }
     let lost: u64 = r.channels.iter().map(|c| c.lost).sum();
+    // One line for scripts and tests: the misses by verdict, excused and unexcused apart.
+    println!("verdict: {excused} excused, {unexcused} unexcused, {lost} lost");
     if r.passed() {
         println!("result: every admitted channel met every deadline, nothing lost");
     } else if unexcused == 0 && lost == 0 {

@@ -9,8 +9,9 @@
 //! daemon's sink); say `go` to every sender; show progress from the receiving daemon's
 //! counters until the duration is up (or a Ctrl-C); collect each sender's report (messages,
 //! refusals, slow submit calls), let the last messages arrive, stop the receivers and collect
-//! theirs (latency, every miss with its times, sequence gaps); close everything and judge
-//! each miss.
+//! theirs (latency, every miss with its times, sequence gaps); let the receivers detach and
+//! exit, then the senders close their channels and exit; close the flood; judge each miss
+//! (with the backlog rule over the admitted path, [`path_bound`]).
 //!
 //! Whose run-queue wait excuses a miss: the daemons' polling threads (`rtchan-core*`, in the
 //! combined curve) and the channel's own sending process (watched apart: only within that
@@ -26,7 +27,8 @@ use super::{
     CHANNELS, REFUSED, WARM_UP,
 };
 use crate::daemon::client::Client as Ctl;
-use crate::preemption::{PreemptionProbe, SlowSubmits};
+use crate::preemption::{BusyBound, Load, PreemptionProbe, SlowSubmits, Stage};
+use control::admission::ResourceModel;
 use control::protocol::{ChannelInfo, ChannelList, CloseArgs, OpenArgs, Request};
 use dataplane::spec::ChannelSpec;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -131,6 +133,9 @@ impl Drop for App {
         }
     }
 }
+
+/// Unexcused misses shown one by one per channel.
+const UNEXCUSED_SHOWN: usize = 3;
 
 /// The daemon's polling threads' name prefix.
 const POLLING: &str = "rtchan-core";
@@ -421,13 +426,20 @@ fn drive(
         .zip(&receivers)
         .map(|(s, r)| (s.pid(), r.pid()))
         .collect();
-    for a in senders.into_iter().chain(receivers) {
+    // The receivers first: each detaches its end before exiting, and a sender closes its
+    // channel when it exits; the other way round a loaded machine could let a close come
+    // before a detach, which then finds no channel.
+    for a in receivers.into_iter().chain(senders) {
         a.finish()?;
     }
     if let Some(id) = flood {
         call::<ChannelInfo>(&mut ctl, &Request::Close(CloseArgs { id, discard: true }))?;
     }
-    let preempted = probe.finish();
+    // Misses are judged with the backlog rule over the path the admitted load takes.
+    let preempted = match path_bound(&hosts.models, &infos) {
+        Some(b) => probe.finish().with_backlog(b),
+        None => probe.finish(),
+    };
 
     let rows: Vec<ChannelRow> = CHANNELS
         .iter()
@@ -454,6 +466,28 @@ fn drive(
             }
         })
         .collect();
+    // The unexcused misses one by one (the first few of each channel), for the reader to see
+    // what the rule saw; printed after the table.
+    let mut shown = Vec::new();
+    for (i, ch) in CHANNELS.iter().enumerate() {
+        let log = got[i].miss_log();
+        let mut slow = SlowSubmits::with_capacity(sent[i].slow.len());
+        for &(a, b) in &sent[i].slow {
+            slow.record(a, b);
+        }
+        let sub = preempted.thread(ch.name);
+        let unexcused = log
+            .misses
+            .iter()
+            .filter(|m| !preempted.excuses_submitted(m, sub, slow.containing(m.submit)));
+        for m in unexcused.take(UNEXCUSED_SHOWN) {
+            shown.push(format!(
+                "  unexcused miss on {}: {}",
+                ch.name,
+                preempted.explain(m)
+            ));
+        }
+    }
     let report = DemoReport {
         channels: rows,
         best_effort_bps: be_end.saturating_sub(be_start) as f64 * 8.0 / elapsed.as_secs_f64(),
@@ -463,5 +497,87 @@ fn drive(
         violation: args.violation,
     };
     print_report(&report);
+    for l in shown {
+        println!("{l}");
+    }
     Ok(report)
+}
+
+/// The admitted load on the real-time messages' path, as admission charged it (the hosts'
+/// resource models and what `list` reports of every channel), for the backlog rule
+/// ([`crate::preemption`], "Backlog"): the sending core (the channels' CPU cost per `Imin`,
+/// released up to the client release jitter late, and the loop's service phase and TX stages),
+/// the link (their wire time, released up to their CPU deadline late) and the receiving core
+/// (their receive cost, released up to the sending host's bound plus the network's late). The
+/// best-effort flood is in each stage's blocking, as admission charges it. `None` when a stage
+/// is over-loaded (admission never admits that).
+fn path_bound(models: &(ResourceModel, ResourceModel), infos: &[ChannelInfo]) -> Option<BusyBound> {
+    let (tx, rx) = models;
+    let core = |m: &ResourceModel, name: &str, loads: Vec<Load>, chunks: Vec<u64>| {
+        let mut loads = loads;
+        loads.extend(m.cpu_overheads().iter().map(|t| Load {
+            cost: t.cost,
+            period: t.period,
+            jitter: 0,
+        }));
+        let chunk = chunks.into_iter().fold(m.cost.background_chunk(), u64::max);
+        Stage {
+            name: name.into(),
+            blocking: chunk + m.cpu_blocking_extra(),
+            loads,
+        }
+    };
+    let k = tx.granularity;
+    let sending = core(
+        tx,
+        "sending core",
+        infos
+            .iter()
+            .map(|i| Load {
+                cost: i.sender.cpu_cost,
+                period: i.sender.request.imin,
+                jitter: if i.attach {
+                    tx.client_release_jitter()
+                } else {
+                    0
+                },
+            })
+            .collect(),
+        infos
+            .iter()
+            .map(|i| tx.cost.handler_chunk(i.sender.packets, k))
+            .collect(),
+    );
+    let link = Stage {
+        name: "link".into(),
+        blocking: tx.link_blocking(infos.first().map_or(0, |i| i.sender.txq)),
+        loads: infos
+            .iter()
+            .map(|i| Load {
+                cost: i.sender.link_cost,
+                period: i.sender.request.imin,
+                jitter: i.sender.cpu_deadline,
+            })
+            .collect(),
+    };
+    let receiving = core(
+        rx,
+        "receiving core",
+        infos
+            .iter()
+            .map(|i| Load {
+                cost: i.receiver.admitted.cpu_cost,
+                period: i.sender.request.imin,
+                jitter: i.sender.link_deadline + i.network_bound,
+            })
+            .collect(),
+        infos
+            .iter()
+            .map(|i| {
+                rx.cost
+                    .handler_chunk(i.receiver.admitted.packets, rx.granularity)
+            })
+            .collect(),
+    );
+    BusyBound::new(vec![sending, link, receiving])
 }
