@@ -13,7 +13,7 @@
 //! runs beside CPU hogs and parallel builds passed, 10 of them only because of it
 //! (docs/evaluation.md, "How a deadline miss is judged", has the figures and the failures).
 //! This build's costs are far above what the demo admits with (issue 11; `rtchand calibrate`
-//! of a debug build gives an RX burst of about 1 ms against the 3 µs charged), so its busy
+//! of a debug build gives an RX burst of about 1 ms against the 19.2 µs charged), so its busy
 //! periods outlast the model's and the rule credits less than they delay: a failure under
 //! heavy load may be that, and is reported, not retried. Over veth the kernel's softirq work
 //! for veth (often in `ksoftirqd`, not a watched thread) is on the path and not measured, so
