@@ -259,15 +259,12 @@ impl DaemonPort {
             .map(|i| pool(format!("rtchan_tx{i}"), tx_n))
             .collect::<Result<Vec<_>, _>>()?;
         let queues = cores as u16;
-        // NIC steering needs an RX queue more than there are cores: the best-effort queue.
-        // Its TX twin stays unused (net_tap wants as many TX as RX queues).
-        let spare_queue = cores < usize::from(max_rx) && cores < usize::from(max_tx);
         let mut eth = EthPort::configure(
             &eal,
             id,
             &EthConfig {
-                rx_queues: queues + u16::from(spare_queue),
-                tx_queues: queues + u16::from(spare_queue),
+                rx_queues: queues,
+                tx_queues: queues,
                 rx_desc: RX_DESC,
                 tx_desc: TX_DESC,
                 mtu: None,
@@ -276,34 +273,57 @@ impl DaemonPort {
             &rx_pool,
         )
         .map_err(|e| err("port.device", format!("'{name}': {e}")))?;
-        eth.start()
-            .map_err(|e| err("port.device", format!("'{name}': {e}")))?;
-        let (flow_steering, mode) = if spare_queue {
-            match FlowSteering::install(eth.id(), queues, RTCHAN_UDP_PORT) {
-                Ok((f, mode)) => (Some(f), mode),
-                Err(e) => {
-                    let _ = flow::flush(eth.id());
-                    eth.reconfigure_queues(queues, queues)
-                        .and_then(|()| eth.start())
-                        .map_err(|e| {
-                            err(
-                                "port.device",
-                                format!("'{name}': back to {queues} RX queue(s): {e}"),
-                            )
-                        })?;
-                    (None, SteeringMode::Software(e.to_string()))
-                }
-            }
-        } else {
-            (
+        let port_err = |e: super::Error| err("port.device", format!("'{name}': {e}"));
+        // Does the PMD have rte_flow at all? Asked on the configured port, of a rule any flow
+        // PMD understands. Those without (net_pcap, net_null, net_ring, net_af_packet) say
+        // ENOSYS or ENOTSUP and are never reconfigured (net_pcap's `infinite_rx` queues, for
+        // one, cannot be set up twice).
+        let probe = flow::validate(
+            eth.id(),
+            &flow::Rule {
+                matches: flow::Match::UdpPort(RTCHAN_UDP_PORT),
+                queue: 0,
+                priority: flow::PRIO_PORT,
+            },
+        );
+        let no_flow = match probe {
+            Err(e) if matches!(e.errno(), Some(libc::ENOSYS | libc::ENOTSUP)) => Some(e),
+            _ => None,
+        };
+        // NIC steering needs one RX queue more than there are cores: the best-effort queue.
+        // Its TX twin stays unused (net_tap wants as many TX as RX queues).
+        let spare = cores < usize::from(max_rx) && cores < usize::from(max_tx);
+        let (flow_steering, mode) = match (no_flow, spare) {
+            (Some(e), _) => (
+                None,
+                SteeringMode::Software(format!("rte_flow refused: {e}")),
+            ),
+            (None, false) => (
                 None,
                 SteeringMode::Software(format!(
-                    "not tried: '{name}' has {max_rx} RX queue(s), NIC steering needs {} \
-                     (one per core and the best-effort queue)",
+                    "rte_flow not tried: '{name}' has {max_rx} RX / {max_tx} TX queues, NIC \
+                     steering needs {} of each (one per core and the best-effort queue)",
                     cores + 1
                 )),
-            )
+            ),
+            (None, true) => {
+                eth.reconfigure_queues(queues + 1, queues + 1)
+                    .and_then(|()| eth.start())
+                    .map_err(port_err)?;
+                match FlowSteering::install(eth.id(), queues, RTCHAN_UDP_PORT) {
+                    Ok((f, mode)) => (Some(f), mode),
+                    Err(e) => {
+                        let _ = flow::flush(eth.id());
+                        eth.reconfigure_queues(queues, queues).map_err(port_err)?;
+                        (
+                            None,
+                            SteeringMode::Software(format!("rte_flow refused: {e}")),
+                        )
+                    }
+                }
+            }
         };
+        eth.start().map_err(port_err)?;
         eprintln!(
             "rtchand: dpdk {name}: receive steering: {}",
             mode.describe()

@@ -325,7 +325,8 @@ pub enum SteeringMode {
     /// hand-off moves frames of channels on other cores. The reason the channel rule was
     /// refused.
     FlowPort(String),
-    /// No rules (the device refused them): the software hand-off between cores. Why.
+    /// No rules: the software hand-off between cores. Why (`rte_flow refused: ...`, or why
+    /// rules were not tried).
     Software(String),
 }
 
@@ -358,9 +359,7 @@ impl SteeringMode {
                  frames to RX queue 0, read by the last core after its own (channel match \
                  refused: {why})"
             ),
-            SteeringMode::Software(why) => {
-                format!("software hand-off between cores (rte_flow refused: {why})")
-            }
+            SteeringMode::Software(why) => format!("software hand-off between cores ({why})"),
         }
     }
 }
