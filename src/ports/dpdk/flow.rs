@@ -13,7 +13,8 @@
 //!   the receiver's core (a real-time channel) or of the best-effort queue (a best-effort
 //!   channel), priority [`PRIO_CHANNEL`];
 //! - where it cannot: `ETH / IPV4 / UDP dst = port → QUEUE` of the core holding most
-//!   real-time receivers, priority [`PRIO_PORT`] (the software hand-off moves the rest);
+//!   real-time receivers, priority [`PRIO_PORT`], or 0 where the device has no priority
+//!   levels (the software hand-off moves the rest);
 //! - everything else: `ETH → QUEUE` best-effort queue, priority [`PRIO_ANY`], where the
 //!   device takes a catch-all; where it does not, unmatched frames reach the device's default
 //!   queue, which the daemon makes the best-effort queue (queue 0, no RSS configured).
@@ -378,8 +379,27 @@ pub struct FlowSteering {
     /// Per-channel rules, and for every placed channel its core and class.
     channels: HashMap<ChannelId, (u16, bool, Option<Flow>)>,
     port_rule: Option<Flow>,
+    /// The priority the device took the port rule at.
+    port_prio: u32,
     _any: Option<Flow>,
     create_failures: u64,
+}
+
+/// `rule` if the device takes it, else the same rule at priority 0 (i40e's flow director, for
+/// one, has no priority levels): the rule that validated, or the first refusal. Only for a
+/// rule that never shares the device with another rule it overlaps at priority 0.
+fn validate_or_at_zero(port: PortId, rule: Rule) -> Result<Rule> {
+    match validate(port, &rule) {
+        Ok(()) => Ok(rule),
+        Err(e) if rule.priority != 0 => {
+            let zero = Rule {
+                priority: 0,
+                ..rule
+            };
+            validate(port, &zero).map(|()| zero).map_err(|_| e)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The best-effort RX queue when rules steer.
@@ -396,12 +416,14 @@ impl FlowSteering {
     /// can match channels, the rtchan port rule to core 0's queue. `Err`: the device refused
     /// the rtchan port rule itself; nothing stays installed.
     pub fn install(port: PortId, cores: u16, udp_port: u16) -> Result<(Self, SteeringMode)> {
-        let port_rule = Rule {
-            matches: Match::UdpPort(udp_port),
-            queue: core_queue(0),
-            priority: PRIO_PORT,
-        };
-        validate(port, &port_rule)?;
+        let port_rule = validate_or_at_zero(
+            port,
+            Rule {
+                matches: Match::UdpPort(udp_port),
+                queue: core_queue(0),
+                priority: PRIO_PORT,
+            },
+        )?;
         let channel_rule = Rule {
             matches: Match::Channel {
                 udp_port,
@@ -434,6 +456,7 @@ impl FlowSteering {
                 cores,
                 per_channel,
                 channels: HashMap::new(),
+                port_prio: port_rule.priority,
                 port_rule: port_flow,
                 _any: any,
                 create_failures: 0,
@@ -508,7 +531,7 @@ impl FlowSteering {
         let rule = Rule {
             matches: Match::UdpPort(self.udp_port),
             queue: want,
-            priority: PRIO_PORT,
+            priority: self.port_prio,
         };
         match create(self.port, &rule) {
             Ok(f) => self.port_rule = Some(f),
