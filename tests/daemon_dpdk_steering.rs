@@ -253,6 +253,11 @@ fn pcap_port_refuses_rte_flow_and_hands_frames_to_the_owning_core() {
                 return Err(format!("core {c} holds a receiver but was handed no frame"));
             }
         }
+        let table = ctl(&b.socket, &["stats", "--port"])?;
+        let table = String::from_utf8_lossy(&table.stdout);
+        if !table.contains("receive steering [software]: software hand-off between cores") {
+            return Err(format!("no steering line in:\n{table}"));
+        }
         Ok(())
     })();
     let (sa, sb) = (a.stop(), b.stop());

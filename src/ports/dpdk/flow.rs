@@ -402,6 +402,21 @@ fn validate_or_at_zero(port: PortId, rule: Rule) -> Result<Rule> {
     }
 }
 
+/// The core the port rule sends rtchan frames to, of `cores`, given the placed channels'
+/// `(core, best_effort)`: the first core with the most real-time receivers, core 0 when there
+/// are none (best-effort receivers do not count: their frames may wait).
+fn port_rule_core(cores: u16, placed: impl Iterator<Item = (u16, bool)>) -> u16 {
+    let mut n = vec![0usize; usize::from(cores)];
+    for (core, be) in placed {
+        if !be && core < cores {
+            n[usize::from(core)] += 1;
+        }
+    }
+    (0..cores)
+        .max_by_key(|&c| (n[usize::from(c)], std::cmp::Reverse(c)))
+        .unwrap_or(0)
+}
+
 /// The best-effort RX queue when rules steer.
 pub const BE_QUEUE: u16 = 0;
 
@@ -513,17 +528,10 @@ impl FlowSteering {
 
     /// Port-rule mode: the rtchan port goes to the core holding most real-time receivers.
     fn retarget_port_rule(&mut self) {
-        let mut n = vec![0usize; usize::from(self.cores)];
-        for &(core, be, _) in self.channels.values() {
-            if !be {
-                n[usize::from(core)] += 1;
-            }
-        }
-        // The first core with the most; core 0 when there are none.
-        let best = (0..self.cores)
-            .max_by_key(|&c| (n[usize::from(c)], std::cmp::Reverse(c)))
-            .unwrap_or(0);
-        let want = core_queue(best);
+        let want = core_queue(port_rule_core(
+            self.cores,
+            self.channels.values().map(|&(core, be, _)| (core, be)),
+        ));
         if self.port_rule.as_ref().map(|f| f.rule().queue) == Some(want) {
             return;
         }
@@ -672,6 +680,23 @@ mod tests {
         assert!(b.items[0].spec.is_null() && b.items[0].mask.is_null());
         let q: ffi::rte_flow_action_queue = read(b.actions[0].conf);
         assert_eq!(q.index, BE_QUEUE);
+    }
+
+    #[test]
+    fn port_rule_follows_the_core_with_most_real_time_receivers() {
+        assert_eq!(port_rule_core(3, std::iter::empty()), 0);
+        assert_eq!(port_rule_core(3, [(2, false)].into_iter()), 2);
+        // Best-effort receivers do not count; a tie goes to the lower core.
+        let placed = [(1, false), (2, false), (2, true), (2, true), (0, true)];
+        assert_eq!(port_rule_core(3, placed.into_iter()), 1);
+        assert_eq!(
+            port_rule_core(3, [(1, false), (2, false), (2, false)].into_iter()),
+            2
+        );
+        // A core beyond the port's is ignored, not a panic.
+        assert_eq!(port_rule_core(2, [(5, false)].into_iter()), 0);
+        assert_eq!(core_queue(0), 1);
+        assert_ne!(core_queue(0), BE_QUEUE);
     }
 
     #[test]
