@@ -13,10 +13,11 @@
 //!    has is refused.
 //! 4. Pools (sized from the model, see [`pool_sizes`]), then `rte_eth_dev_configure` and the
 //!    queue set-up, start, and one [`QueuePort`] per core.
-//! 5. Receive steering ([`super::flow`]): where the device has an RX queue to spare, it is
-//!    configured with one more (the best-effort queue 0, core `i` on queue `i + 1`) and the
-//!    `rte_flow` rules are installed; when the device refuses them, the port goes back to one
-//!    RX queue per core and the software hand-off. The choice is logged once and shown in
+//! 5. Receive steering ([`super::flow`]): the configured port is asked whether its PMD has
+//!    `rte_flow` at all; if it has, and a queue pair to spare, it is configured with one more
+//!    (the best-effort RX queue 0, core `i` on RX queue `i + 1`), started, and the rules are
+//!    installed; when the device refuses them, the port goes back to one queue pair per core
+//!    and the software hand-off. The choice is logged once and shown in
 //!    `rtchanctl stats --port` ([`PortReport::steering`]).
 
 use std::sync::{Arc, Mutex};
