@@ -2,7 +2,7 @@
 //! [`validate`], [`create`], [`flush`]) and [`FlowSteering`], the rules the daemon's port keeps.
 //!
 //! A [`Rule`] describes one match and the RX queue its frames go to; it is turned into
-//! DPDK's pattern and action arrays only for the call ([`Built`], which owns the spec and mask
+//! DPDK's pattern and action arrays only for the call (`Built`, which owns the spec and mask
 //! structures the arrays point into). A created rule is a [`Flow`]: dropping it destroys the
 //! rule (`rte_flow_destroy`). Errors carry the PMD's own `rte_flow_error` message, which is
 //! usually the only place saying what the device could not do.

@@ -225,7 +225,7 @@ impl QueuePort {
     }
 
     /// Reads RX queue `rx_queue` (not the TX queue's index), and after it, with the room left
-    /// and at most [`BE_BURST`] frames, the best-effort queue `be_queue` (NIC steering).
+    /// and at most `BE_BURST` (8) frames, the best-effort queue `be_queue` (NIC steering).
     pub fn with_rx_queues(mut self, rx_queue: u16, be_queue: Option<u16>) -> Self {
         self.rx_queue = rx_queue;
         self.be_queue = be_queue;
