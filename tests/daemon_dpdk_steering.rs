@@ -15,8 +15,10 @@
 //!   (tc `multiq` qdisc, `flower` classifier, `skbedit` action: probed first), the port must
 //!   steer with rules: every rtchan frame on the RX queue of the core holding the real-time
 //!   receivers, none handed off, other UDP on the best-effort queue. Where it has not, the
-//!   port must say `software` with the refusal, and the frames still reach the owner
-//!   (hand-off).
+//!   port must say `software` with the refusal, and some frames are handed between the cores
+//!   (the kernel spreads the datagrams over the tap's queues by flow hash). Either way, every
+//!   frame of a channel must reach the receive path of the core holding its receiver, once
+//!   (counted there as delivered or rejected: the kernel's source port is not the peer's).
 #![cfg(feature = "dpdk")]
 
 #[path = "common/dpdk_daemon.rs"]
@@ -346,13 +348,21 @@ fn kernel_has_tap_flow(ns: &str) -> Result<(), String> {
     r
 }
 
-/// Sends each of `payloads` as one UDP datagram from the kernel of `ns` to `to:port` (bash's
-/// `/dev/udp`: one write, one datagram).
-fn kernel_send(ns: &str, to: &str, port: u16, payloads: &[Vec<u8>]) -> Result<(), String> {
+/// Sends each of `payloads` as one UDP datagram from the kernel of `ns` to `to:port`: bash's
+/// `/dev/udp` with `cat` of a file holding the payload (one `write`, one datagram; `printf`
+/// splits some payloads over two writes).
+fn kernel_send(
+    ns: &str,
+    dir: &Path,
+    to: &str,
+    port: u16,
+    payloads: &[Vec<u8>],
+) -> Result<(), String> {
     let mut script = String::new();
-    for p in payloads {
-        let esc: String = p.iter().map(|b| format!("\\x{b:02x}")).collect();
-        script.push_str(&format!("printf '{esc}' > /dev/udp/{to}/{port}\n"));
+    for (i, p) in payloads.iter().enumerate() {
+        let f = dir.join(format!("dgram-{port}-{i}"));
+        std::fs::write(&f, p).map_err(|e| e.to_string())?;
+        script.push_str(&format!("cat '{}' > /dev/udp/{to}/{port}\n", f.display()));
     }
     run(&["ip", "netns", "exec", ns, "bash", "-c", &script])
 }
@@ -416,12 +426,12 @@ fn tap_port_steers_by_rte_flow_where_the_kernel_can_and_falls_back_where_not() {
             .flat_map(|s| {
                 chans
                     .iter()
-                    .map(move |c| rtchan_frame(c.0, s)[l4..].to_vec())
+                    .map(move |c| rtchan_frame(c.0, s + 1)[l4..].to_vec())
             })
             .collect();
-        kernel_send(&ns.0, ip_b, RTCHAN_UDP_PORT, &rtchan)?;
         let other: Vec<Vec<u8>> = (0..FRAMES).map(|i| vec![i as u8; 32]).collect();
-        kernel_send(&ns.0, ip_b, 9, &other)?;
+        kernel_send(&ns.0, &dir, ip_b, 9, &other)?;
+        kernel_send(&ns.0, &dir, ip_b, RTCHAN_UDP_PORT, &rtchan)?;
         let sent = rtchan.len() as u64;
         let rx = |p: &serde_json::Value, q: u64| -> u64 {
             p["queues"].as_array().map_or(0, |v| {
@@ -498,6 +508,42 @@ fn tap_port_steers_by_rte_flow_where_the_kernel_can_and_falls_back_where_not() {
                     return Err(format!("no frame handed between the cores: {p}"));
                 }
             }
+        }
+        // Whatever steered them, every frame of a channel reached the receive path of the
+        // core holding its receiver (only that core sees the channel): delivered, or rejected
+        // for its source (the kernel's ephemeral UDP port and address are not the peer's).
+        let t = Instant::now();
+        loop {
+            let st = ctl_json(&b.socket, &["stats"])?;
+            let seen = |id: u32| -> u64 {
+                let Some(c) = st.as_array().and_then(|v| v.iter().find(|c| c["id"] == id)) else {
+                    return 0;
+                };
+                let rx = &c["rx"];
+                let rejected: u64 = rx["rejected"].as_object().map_or(0, |m| {
+                    m.values().filter_map(serde_json::Value::as_u64).sum()
+                });
+                rx["delivered"].as_u64().unwrap_or(0) + rejected
+            };
+            let counts: Vec<u64> = chans.iter().map(|c| seen(c.0)).collect();
+            if counts.iter().all(|&c| c >= FRAMES as u64) {
+                if counts.iter().any(|&c| c != FRAMES as u64) {
+                    return Err(format!(
+                        "receivers saw {counts:?} frames, sent {FRAMES} each"
+                    ));
+                }
+                eprintln!("each receiver's core saw its channel's {FRAMES} frames: {st}");
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let list = ctl_json(&b.socket, &["channel", "list"])?;
+                return Err(format!(
+                    "receivers saw {counts:?} of their {FRAMES} frames each: {st}; rejected \
+                     by the receive paths: {}",
+                    list["receive_rejected"]
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
     })();
