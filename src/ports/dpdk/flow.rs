@@ -455,7 +455,16 @@ impl FlowSteering {
         };
         // Refused on many NICs (i40e, ice want an EtherType or more); the default queue is
         // the best-effort queue anyway.
-        let any = validate(port, &any).and_then(|()| create(port, &any)).ok();
+        let any = match validate(port, &any).and_then(|()| create(port, &any)) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "rtchand: dpdk: the catch-all rule to the best-effort queue was refused, \
+                     unmatched frames reach it as the device's default queue 0: {e}"
+                );
+                None
+            }
+        };
         let (per_channel, port_flow, mode) = match channel_ok {
             Ok(()) => (true, None, SteeringMode::FlowPerChannel),
             Err(e) => (
@@ -484,6 +493,11 @@ impl FlowSteering {
     /// class. Control thread only. A rule the device refuses leaves the channel to the
     /// software hand-off (counted in [`FlowSteering::create_failures`]).
     pub fn steer(&mut self, id: ChannelId, core: Option<u16>, best_effort: bool) {
+        if let (Some(c), Some(&(old, be, ref flow))) = (core, self.channels.get(&id)) {
+            if old == c && be == best_effort && (flow.is_some() || !self.per_channel) {
+                return; // placed again where it is
+            }
+        }
         // The old rule goes first: two rules of one pattern conflict on most devices. Frames
         // in between match the port rule or none, and the software hand-off takes them on.
         self.channels.remove(&id);
