@@ -448,6 +448,26 @@ impl FlowSteering {
             priority: PRIO_CHANNEL,
         };
         let channel_ok = validate(port, &channel_rule);
+        if let Err(e) = &channel_ok {
+            // Said even when a later rule fails: it is what the device can match.
+            eprintln!(
+                "rtchand: dpdk: no per-channel rules, the channel match (a RAW item after UDP) \
+                 is refused: {e}"
+            );
+        }
+        let (per_channel, port_flow, mode) = match channel_ok {
+            Ok(()) => {
+                // Made once and destroyed at once: a device that validates what it cannot
+                // create (net_tap without the kernel's tc support) falls back here.
+                drop(create(port, &channel_rule)?);
+                (true, None, SteeringMode::FlowPerChannel)
+            }
+            Err(e) => (
+                false,
+                Some(create(port, &port_rule)?),
+                SteeringMode::FlowPort(e.to_string()),
+            ),
+        };
         let any = Rule {
             matches: Match::Any,
             queue: BE_QUEUE,
@@ -464,14 +484,6 @@ impl FlowSteering {
                 );
                 None
             }
-        };
-        let (per_channel, port_flow, mode) = match channel_ok {
-            Ok(()) => (true, None, SteeringMode::FlowPerChannel),
-            Err(e) => (
-                false,
-                Some(create(port, &port_rule)?),
-                SteeringMode::FlowPort(e.to_string()),
-            ),
         };
         Ok((
             Self {
