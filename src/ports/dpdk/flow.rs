@@ -2,9 +2,9 @@
 //! [`validate`], [`create`], [`flush`]) and [`FlowSteering`], the rules the daemon's port keeps.
 //!
 //! A [`Rule`] describes one match and the RX queue its frames go to; it is turned into
-//! DPDK's pattern and action arrays only for the call (`Built`, which owns the spec and mask
-//! structures the arrays point into). A created rule is a [`Flow`]: dropping it destroys the
-//! rule (`rte_flow_destroy`). Errors carry the PMD's own `rte_flow_error` message, which is
+//! DPDK's pattern and action arrays only for the call (`Built` owns the spec and mask
+//! structures, `Arrays` borrows it, so nothing the arrays point to can move meanwhile). A
+//! created rule is a [`Flow`]: dropping it destroys the rule (`rte_flow_destroy`). Errors carry the PMD's own `rte_flow_error` message, which is
 //! usually the only place saying what the device could not do.
 //!
 //! The rules the daemon makes (see [`FlowSteering`] and `docs/ports.md`, "Receive steering"):
@@ -73,7 +73,7 @@ pub struct Rule {
     pub priority: u32,
 }
 
-/// The spec and mask structures a built rule's arrays point into (boxed: they must not move).
+/// The spec and mask structures a rule's arrays point into.
 #[derive(Default)]
 struct Store {
     udp_spec: ffi::rte_flow_item_udp,
@@ -85,13 +85,22 @@ struct Store {
     queue: ffi::rte_flow_action_queue,
 }
 
-/// A rule as DPDK takes it: attributes, the END-terminated pattern and action arrays.
+/// A rule's attributes and the structures its pattern and actions point into; movable, since
+/// nothing points into it until [`Built::arrays`] borrows it.
 pub(crate) struct Built {
+    attr: ffi::rte_flow_attr,
+    store: Store,
+    udp: bool,
+    channel: bool,
+}
+
+/// A rule as DPDK takes it: attributes, the END-terminated pattern and action arrays, whose
+/// pointers are valid while the [`Built`] they borrow is.
+pub(crate) struct Arrays<'a> {
     attr: ffi::rte_flow_attr,
     items: Vec<ffi::rte_flow_item>,
     actions: [ffi::rte_flow_action; 2],
-    // The arrays point into this; it lives as long as they do.
-    _store: Box<Store>,
+    _built: std::marker::PhantomData<&'a Built>,
 }
 
 fn item(type_: ffi::rte_flow_item_type) -> ffi::rte_flow_item {
@@ -103,14 +112,13 @@ fn item(type_: ffi::rte_flow_item_type) -> ffi::rte_flow_item {
 
 impl Rule {
     pub(crate) fn build(&self) -> Built {
-        let mut store = Box::<Store>::default();
+        let mut store = Store::default();
         let mut attr = ffi::rte_flow_attr {
             priority: self.priority,
             ..Default::default()
         };
         attr.set_ingress(1);
         store.queue.index = self.queue;
-        let mut items = vec![item(ffi::RTE_FLOW_ITEM_TYPE_ETH)];
         let (udp_port, channel) = match self.matches {
             Match::Any => (None, None),
             Match::UdpPort(p) => (Some(p), None),
@@ -134,11 +142,24 @@ impl Rule {
             mask.limit = 0xffff;
             mask.length = 0xffff;
         }
-        // Pointers into the box, taken after its last write: moving `Built` moves the box
-        // pointer, never the structures.
-        store_ptrs(&mut store);
-        let s: &Store = &store;
-        if udp_port.is_some() {
+        Built {
+            attr,
+            store,
+            udp: udp_port.is_some(),
+            channel: channel.is_some(),
+        }
+    }
+}
+
+impl Built {
+    /// The arrays, pointing into `self` (borrowed as long as they live: it cannot move).
+    pub(crate) fn arrays(&mut self) -> Arrays<'_> {
+        // The RAW items' byte strings are the store's own arrays.
+        self.store.raw_spec.pattern = self.store.channel.as_ptr();
+        self.store.raw_mask.pattern = self.store.channel_mask.as_ptr();
+        let s: &Store = &self.store;
+        let mut items = vec![item(ffi::RTE_FLOW_ITEM_TYPE_ETH)];
+        if self.udp {
             // IPv4 with no spec: any IPv4 header; the UDP item below implies protocol 17.
             items.push(item(ffi::RTE_FLOW_ITEM_TYPE_IPV4));
             items.push(ffi::rte_flow_item {
@@ -148,7 +169,7 @@ impl Rule {
                 mask: std::ptr::from_ref(&s.udp_mask).cast(),
             });
         }
-        if channel.is_some() {
+        if self.channel {
             items.push(ffi::rte_flow_item {
                 type_: ffi::RTE_FLOW_ITEM_TYPE_RAW,
                 spec: std::ptr::from_ref(&s.raw_spec).cast(),
@@ -157,29 +178,22 @@ impl Rule {
             });
         }
         items.push(item(ffi::RTE_FLOW_ITEM_TYPE_END));
-        let actions = [
-            ffi::rte_flow_action {
-                type_: ffi::RTE_FLOW_ACTION_TYPE_QUEUE,
-                conf: std::ptr::from_ref(&s.queue).cast(),
-            },
-            ffi::rte_flow_action {
-                type_: ffi::RTE_FLOW_ACTION_TYPE_END,
-                conf: std::ptr::null(),
-            },
-        ];
-        Built {
-            attr,
+        Arrays {
+            attr: self.attr,
             items,
-            actions,
-            _store: store,
+            actions: [
+                ffi::rte_flow_action {
+                    type_: ffi::RTE_FLOW_ACTION_TYPE_QUEUE,
+                    conf: std::ptr::from_ref(&s.queue).cast(),
+                },
+                ffi::rte_flow_action {
+                    type_: ffi::RTE_FLOW_ACTION_TYPE_END,
+                    conf: std::ptr::null(),
+                },
+            ],
+            _built: std::marker::PhantomData,
         }
     }
-}
-
-/// Points the RAW items' byte strings at the store's own arrays.
-fn store_ptrs(store: &mut Store) {
-    store.raw_spec.pattern = store.channel.as_ptr();
-    store.raw_mask.pattern = store.channel_mask.as_ptr();
 }
 
 /// A created rule; dropping it destroys the rule.
@@ -257,11 +271,12 @@ pub fn error_type_name(t: ffi::rte_flow_error_type) -> &'static str {
 
 /// Whether `port` would accept `rule` (`rte_flow_validate`). The port must be configured.
 pub fn validate(port: PortId, rule: &Rule) -> Result<()> {
-    let b = rule.build();
+    let mut built = rule.build();
+    let b = built.arrays();
     let mut e = ffi::rte_flow_error::default();
     // SAFETY: attr, the END-terminated pattern and action arrays and everything they point
-    // to (b's store) live until the call returns; DPDK only reads them. Any port id is
-    // checked by ethdev.
+    // to (`built`, borrowed by `b`) live until the call returns; DPDK only reads them. Any
+    // port id is checked by ethdev.
     let r = unsafe {
         ffi::rte_flow_validate(
             port.raw(),
@@ -279,7 +294,8 @@ pub fn validate(port: PortId, rule: &Rule) -> Result<()> {
 
 /// Creates `rule` on `port` (`rte_flow_create`).
 pub fn create(port: PortId, rule: &Rule) -> Result<Flow> {
-    let b = rule.build();
+    let mut built = rule.build();
+    let b = built.arrays();
     let mut e = ffi::rte_flow_error::default();
     // SAFETY: as in `validate`; DPDK copies what it keeps of the rule.
     let raw = unsafe {
@@ -596,26 +612,27 @@ mod tests {
     use dataplane::spec::Endpoint;
     use dataplane::wire::{HeaderTemplate, RtHeader, ETH_LEN, RTCHAN_UDP_PORT, UDP_LEN};
 
-    fn types(b: &Built) -> Vec<ffi::rte_flow_item_type> {
+    fn types(b: &Arrays<'_>) -> Vec<ffi::rte_flow_item_type> {
         b.items.iter().map(|i| i.type_).collect()
     }
 
     /// Reads a spec or mask a built item points to.
     fn read<T: Copy>(p: *const std::ffi::c_void) -> T {
         assert!(!p.is_null());
-        // SAFETY: test only; p points into the Built's live store, at a T (the builder set it
+        // SAFETY: test only; p points into the borrowed Built's store, at a T (the builder set it
         // from a reference of that type).
         unsafe { *p.cast::<T>() }
     }
 
     #[test]
     fn udp_port_rule_is_eth_ipv4_udp_dst_to_the_queue() {
-        let b = Rule {
+        let mut built = Rule {
             matches: Match::UdpPort(RTCHAN_UDP_PORT),
             queue: 3,
             priority: PRIO_PORT,
         }
         .build();
+        let b = built.arrays();
         assert_eq!(
             types(&b),
             [
@@ -642,7 +659,7 @@ mod tests {
     #[test]
     fn channel_rule_matches_the_channel_field_of_a_real_frame() {
         let channel = 0x0a0b_0c0d;
-        let b = Rule {
+        let mut built = Rule {
             matches: Match::Channel {
                 udp_port: RTCHAN_UDP_PORT,
                 channel,
@@ -651,6 +668,7 @@ mod tests {
             priority: PRIO_CHANNEL,
         }
         .build();
+        let b = built.arrays();
         assert_eq!(
             types(&b)[2..],
             [
@@ -693,12 +711,13 @@ mod tests {
 
     #[test]
     fn catch_all_is_eth_alone() {
-        let b = Rule {
+        let mut built = Rule {
             matches: Match::Any,
             queue: BE_QUEUE,
             priority: PRIO_ANY,
         }
         .build();
+        let b = built.arrays();
         assert_eq!(
             types(&b),
             [ffi::RTE_FLOW_ITEM_TYPE_ETH, ffi::RTE_FLOW_ITEM_TYPE_END]
@@ -726,8 +745,8 @@ mod tests {
     }
 
     #[test]
-    fn a_built_rule_survives_being_moved() {
-        let b = Rule {
+    fn a_built_rule_can_move_until_its_arrays_are_made() {
+        let built = Rule {
             matches: Match::Channel {
                 udp_port: 1,
                 channel: 7,
@@ -736,10 +755,14 @@ mod tests {
             priority: 0,
         }
         .build();
-        let moved = Box::new(b);
-        let raw: ffi::rte_flow_item_raw = read(moved.items[3].spec);
-        // SAFETY: test only; as above.
+        // Moved (to the heap and back): the arrays made afterwards point at where it is now.
+        let mut moved = *Box::new(built);
+        let b = moved.arrays();
+        let raw: ffi::rte_flow_item_raw = read(b.items[3].spec);
+        // SAFETY: test only; the pattern points at 4 bytes of the borrowed store.
         let pat = unsafe { std::slice::from_raw_parts(raw.pattern, 4) };
         assert_eq!(pat, 7u32.to_be_bytes());
+        let q: ffi::rte_flow_action_queue = read(b.actions[0].conf);
+        assert_eq!(q.index, 1);
     }
 }
