@@ -152,6 +152,11 @@ mod dpdk {
         "rte_eth_stats_reset",
         "rte_eth_xstats_get",
         "rte_eth_xstats_get_names",
+        // rte_flow (receive steering)
+        "rte_flow_validate",
+        "rte_flow_create",
+        "rte_flow_destroy",
+        "rte_flow_flush",
         // telemetry
         "rte_telemetry_register_cmd",
         "rte_tel_data_.*",
@@ -191,6 +196,9 @@ mod dpdk {
         "RTE_ETH_TX_OFFLOAD_.*",
         "SOCKET_ID_ANY",
         "RTE_SCHED_.*",
+        "RTE_FLOW_ITEM_TYPE_.*",
+        "RTE_FLOW_ACTION_TYPE_.*",
+        "RTE_FLOW_ERROR_TYPE_.*",
     ];
 
     /// Types named directly by the safe layer (the functions pull in what they need).
@@ -208,6 +216,19 @@ mod dpdk {
         "rte_eth_txconf",
         "rte_ether_addr",
         "rte_sched_.*",
+        // rte_flow patterns and actions (receive steering)
+        "rte_flow_attr",
+        "rte_flow_item",
+        "rte_flow_item_type",
+        "rte_flow_item_eth",
+        "rte_flow_item_ipv4",
+        "rte_flow_item_udp",
+        "rte_flow_item_raw",
+        "rte_flow_action",
+        "rte_flow_action_type",
+        "rte_flow_action_queue",
+        "rte_flow_error",
+        "rte_flow_error_type",
     ];
 
     pub fn generate() {

@@ -558,6 +558,27 @@ pub struct DpdkPortStats {
     pub rx_pool_in_use: u32,
     /// RX pool size.
     pub rx_pool_size: u32,
+    /// How received frames reach their receiver's core: `flow-channel` (an `rte_flow` rule
+    /// per channel), `flow-port` (one rule for the rtchan UDP port, software hand-off for the
+    /// rest) or `software` (the hand-off between cores alone).
+    #[serde(default)]
+    pub steering: String,
+    /// The steering in words, with the device's reason where it refused rules.
+    #[serde(default)]
+    pub steering_detail: String,
+    /// With rules: the best-effort RX queue (frames no real-time rule matches), read by the
+    /// last core after its own queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub be_queue: Option<u16>,
+    /// Packets received on the best-effort queue.
+    #[serde(default)]
+    pub be_rx_packets: u64,
+    /// Per-channel rules installed now.
+    #[serde(default)]
+    pub channel_rules: u64,
+    /// Rules the device refused after start (those channels are steered in software).
+    #[serde(default)]
+    pub rule_failures: u64,
     /// Per queue pair (= polling core).
     pub queues: Vec<QueueStatsInfo>,
     /// The driver's extended statistics (`rte_eth_xstats_get`), by name.
@@ -567,8 +588,12 @@ pub struct DpdkPortStats {
 /// One TX/RX queue pair of a DPDK port.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueStatsInfo {
-    /// Queue index (= polling core).
+    /// Queue pair index (= polling core = TX queue).
     pub queue: u16,
+    /// The RX queue the core reads: `queue`, or `queue + 1` when `rte_flow` rules steer
+    /// (queue 0 is the best-effort queue then).
+    #[serde(default)]
+    pub rx_queue: u16,
     /// Packets received on this RX queue.
     pub rx_packets: u64,
     /// Bytes received on this RX queue.

@@ -367,6 +367,18 @@ pub fn port_table(p: &control::protocol::PortStatsInfo) -> String {
     );
     let _ = writeln!(
         s,
+        "  receive steering [{}]: {}",
+        d.steering, d.steering_detail
+    );
+    if let Some(be) = d.be_queue {
+        let _ = writeln!(
+            s,
+            "  best-effort RX queue {be}: {} packets; {} channel rule(s), {} refused",
+            d.be_rx_packets, d.channel_rules, d.rule_failures
+        );
+    }
+    let _ = writeln!(
+        s,
         "{:>5} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10} {:>8}",
         "QUEUE", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "HANDED IN", "HO DROPS", "TX POOL"
     );

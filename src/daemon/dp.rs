@@ -217,16 +217,15 @@ impl Dataplane {
     }
 
     /// Frames of channel `id` belong to receive core `core` from now on (`None`: the channel
-    /// no longer receives here). Only ports that share one device between cores (dpdk) steer.
-    pub fn steer(&self, id: dataplane::spec::ChannelId, core: Option<u16>) {
+    /// no longer receives here); `best_effort` is its class (its frames may wait behind other
+    /// best-effort traffic). Only ports that share one device between cores (dpdk) steer: the
+    /// software table, and the NIC's `rte_flow` rules where it takes them.
+    pub fn steer(&self, id: dataplane::spec::ChannelId, core: Option<u16>, best_effort: bool) {
         #[cfg(feature = "dpdk")]
         if let Some(p) = &self.dpdk {
-            match core {
-                Some(c) => p.steering().place(id, c),
-                None => p.steering().remove(id),
-            }
+            p.steer(id, core, best_effort);
         }
-        let _ = (id, core);
+        let _ = (id, core, best_effort);
     }
 
     /// Every core's published figures (`core_stats`), sending cores first.
@@ -385,11 +384,18 @@ fn dpdk_stats(r: &crate::ports::dpdk::PortReport) -> control::protocol::DpdkPort
         rx_nombuf: r.stats.rx_nombuf,
         rx_pool_in_use: r.rx_pool_in_use,
         rx_pool_size: r.rx_pool_size,
+        steering: r.steering.name().into(),
+        steering_detail: r.steering.describe(),
+        be_queue: r.be_queue.map(|b| b.0),
+        be_rx_packets: r.be_queue.map_or(0, |b| b.1),
+        channel_rules: r.channel_rules as u64,
+        rule_failures: r.rule_failures,
         queues: r
             .queues
             .iter()
             .map(|q| QueueStatsInfo {
                 queue: q.queue,
+                rx_queue: q.rx_queue,
                 rx_packets: q.rx_packets,
                 rx_bytes: q.rx_bytes,
                 tx_packets: q.tx_packets,

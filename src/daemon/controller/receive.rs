@@ -128,7 +128,7 @@ impl Control {
         };
         if let Some(r) = &receiver {
             self.sink.add(p.id, r.clone());
-            self.dp.steer(p.id, Some(core));
+            self.dp.steer(p.id, Some(core), false);
         }
         let mut shown = admitted.clone();
         shown.id = p.id;
@@ -197,7 +197,7 @@ impl Control {
         let receiver = self.open_receiver(core, p.id, p.mmax, from)?;
         if let Some(r) = &receiver {
             self.sink.add(p.id, r.clone());
-            self.dp.steer(p.id, Some(core));
+            self.dp.steer(p.id, Some(core), true);
         }
         self.inc.insert(
             p.id,
@@ -270,7 +270,7 @@ impl Control {
                 r.close();
             }
             if i.receiver.is_some() {
-                self.dp.steer(id, None);
+                self.dp.steer(id, None, i.info.best_effort);
                 if let Some(handle) = self.dp.receive_core(i.core) {
                     let _ = handle.close_receiver(id);
                 }

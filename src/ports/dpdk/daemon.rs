@@ -13,8 +13,14 @@
 //!    has is refused.
 //! 4. Pools (sized from the model, see [`pool_sizes`]), then `rte_eth_dev_configure` and the
 //!    queue set-up, start, and one [`QueuePort`] per core.
+//! 5. Receive steering ([`super::flow`]): the configured port is asked whether its PMD has
+//!    `rte_flow` at all; if it has, and a queue pair to spare, it is configured with one more
+//!    (the best-effort RX queue 0, core `i` on RX queue `i + 1`), started, and the rules are
+//!    installed; when the device refuses them, the port goes back to one queue pair per core
+//!    and the software hand-off. The choice is logged once and shown in
+//!    `rtchanctl stats --port` ([`PortReport::steering`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use control::config::{is_pci_address, DaemonConfig};
 use dataplane::link::LinkConfig;
@@ -23,6 +29,7 @@ use dataplane::wire::RTCHAN_UDP_PORT;
 
 use super::eal::Eal;
 use super::ethdev::{EthConfig, EthPort, EthStats, LinkStatus};
+use super::flow::{self, FlowSteering, SteeringMode, BE_QUEUE};
 use super::mempool::{Mempool, MempoolConfig};
 use super::queues::{QueuePort, Steering, HANDOFF_RING};
 use crate::ports::open::OpenError;
@@ -45,10 +52,13 @@ fn err(key: &str, message: impl Into<String>) -> OpenError {
 /// TX: the link scheduler holds at most `LinkConfig::capacity` packets (real-time and
 /// best-effort together: admission's reservations live inside it), the NIC ring `TX_DESC`
 /// more until the PMD frees them, and the core holds one burst being written. RX: every
-/// queue's ring, one burst in hand and one full hand-off ring per core.
+/// queue's ring (the cores' and the best-effort queue's), one burst in hand and one full
+/// hand-off ring per core.
 pub fn pool_sizes(cores: usize, link: &LinkConfig) -> (u32, u32) {
     let tx = link.capacity as usize + usize::from(TX_DESC) + 2 * MAX_BURST;
-    let rx = cores * (usize::from(RX_DESC) + MAX_BURST + HANDOFF_RING) + MAX_BURST;
+    let rx = cores * (usize::from(RX_DESC) + MAX_BURST + HANDOFF_RING)
+        + usize::from(RX_DESC)
+        + MAX_BURST;
     (tx as u32, rx as u32)
 }
 
@@ -146,6 +156,9 @@ pub fn port_name(device: &str) -> String {
 
 /// The daemon's DPDK port: one queue pair per core, and what the reports read.
 pub struct DaemonPort {
+    // First: the rules go before the port closes.
+    flow: Option<Mutex<FlowSteering>>,
+    mode: SteeringMode,
     eth: Arc<EthPort>,
     queues: Vec<QueuePort>,
     steering: Arc<Steering>,
@@ -261,8 +274,61 @@ impl DaemonPort {
             &rx_pool,
         )
         .map_err(|e| err("port.device", format!("'{name}': {e}")))?;
-        eth.start()
-            .map_err(|e| err("port.device", format!("'{name}': {e}")))?;
+        let port_err = |e: super::Error| err("port.device", format!("'{name}': {e}"));
+        // Does the PMD have rte_flow at all? Asked on the configured port, of a rule any flow
+        // PMD understands. Those without (net_pcap, net_null, net_ring, net_af_packet) say
+        // ENOSYS or ENOTSUP and are never reconfigured (net_pcap's `infinite_rx` queues, for
+        // one, cannot be set up twice).
+        let probe = flow::validate(
+            eth.id(),
+            &flow::Rule {
+                matches: flow::Match::UdpPort(RTCHAN_UDP_PORT),
+                queue: 0,
+                priority: flow::PRIO_PORT,
+            },
+        );
+        let no_flow = match probe {
+            Err(e) if matches!(e.errno(), Some(libc::ENOSYS | libc::ENOTSUP)) => Some(e),
+            _ => None,
+        };
+        // NIC steering needs one RX queue more than there are cores: the best-effort queue.
+        // Its TX twin stays unused (net_tap wants as many TX as RX queues).
+        let spare = cores < usize::from(max_rx) && cores < usize::from(max_tx);
+        let (flow_steering, mode) = match (no_flow, spare) {
+            (Some(e), _) => (
+                None,
+                SteeringMode::Software(format!("rte_flow refused: {e}")),
+            ),
+            (None, false) => (
+                None,
+                SteeringMode::Software(format!(
+                    "rte_flow not tried: '{name}' has {max_rx} RX / {max_tx} TX queues, NIC \
+                     steering needs {} of each (one per core and the best-effort queue)",
+                    cores + 1
+                )),
+            ),
+            (None, true) => {
+                eth.reconfigure_queues(queues + 1, queues + 1)
+                    .and_then(|()| eth.start())
+                    .map_err(port_err)?;
+                match FlowSteering::install(eth.id(), queues, RTCHAN_UDP_PORT) {
+                    Ok((f, mode)) => (Some(f), mode),
+                    Err(e) => {
+                        let _ = flow::flush(eth.id());
+                        eth.reconfigure_queues(queues, queues).map_err(port_err)?;
+                        (
+                            None,
+                            SteeringMode::Software(format!("rte_flow refused: {e}")),
+                        )
+                    }
+                }
+            }
+        };
+        eth.start().map_err(port_err)?;
+        eprintln!(
+            "rtchand: dpdk {name}: receive steering: {}",
+            mode.describe()
+        );
         let mtu = eth.mtu().unwrap_or(1500);
         let frame = (usize::from(mtu) + 14).min(rx_pool.buf_capacity());
         if frame < max_frame {
@@ -285,13 +351,20 @@ impl DaemonPort {
             .iter()
             .enumerate()
             .map(|(i, tx)| {
-                QueuePort::new(
+                let q = QueuePort::new(
                     eth.clone(),
                     i as u16,
                     tx.clone(),
                     steer.clone(),
                     RTCHAN_UDP_PORT,
-                )
+                );
+                if flow_steering.is_some() {
+                    // The last core reads the best-effort queue too, after its own.
+                    let be = (i + 1 == cores).then_some(BE_QUEUE);
+                    q.with_rx_queues(flow::core_queue(i as u16), be)
+                } else {
+                    q
+                }
             })
             .collect();
         eprintln!(
@@ -302,6 +375,8 @@ impl DaemonPort {
             eth.rx_desc()
         );
         Ok(Self {
+            flow: flow_steering.map(Mutex::new),
+            mode,
             eth,
             queues: ports,
             steering,
@@ -330,15 +405,38 @@ impl DaemonPort {
         &self.steering
     }
 
+    /// How received frames reach their receiver's core on this port.
+    pub fn steering_mode(&self) -> &SteeringMode {
+        &self.mode
+    }
+
+    /// Channel `id`'s receiver is on core `core` from now on (`None`: removed): the software
+    /// table, and the device's rules where it has them. Control thread only (rte_flow calls).
+    pub fn steer(&self, id: dataplane::spec::ChannelId, core: Option<u16>, best_effort: bool) {
+        match core {
+            Some(c) => self.steering.place(id, c),
+            None => self.steering.remove(id),
+        }
+        if let Some(f) = &self.flow {
+            f.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .steer(id, core, best_effort);
+        }
+    }
+
     /// The port's report: link, counters, per-queue counters, pools.
     pub fn report(&self) -> PortReport {
-        let queues = (0..self.eth.tx_queues())
+        let steered = self.flow.is_some();
+        let rx_queue = |q: u16| if steered { flow::core_queue(q) } else { q };
+        let queues = (0..self.tx_pools.len() as u16)
             .map(|q| {
-                let (rx_packets, rx_bytes, tx_packets, tx_bytes) =
-                    self.eth.queue_stats(q).unwrap_or_default();
+                let (_, _, tx_packets, tx_bytes) = self.eth.queue_stats(q).unwrap_or_default();
+                let (rx_packets, rx_bytes, _, _) =
+                    self.eth.queue_stats(rx_queue(q)).unwrap_or_default();
                 let (handed_in, handoff_dropped) = self.steering.counters(usize::from(q));
                 QueueReport {
                     queue: q,
+                    rx_queue: rx_queue(q),
                     rx_packets,
                     rx_bytes,
                     tx_packets,
@@ -349,7 +447,19 @@ impl DaemonPort {
                 }
             })
             .collect();
+        let (channel_rules, rule_failures) = self.flow.as_ref().map_or((0, 0), |f| {
+            let f = f.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (f.channel_rules(), f.create_failures())
+        });
         PortReport {
+            steering: self.mode.clone(),
+            be_queue: steered.then(|| {
+                let (rx_packets, rx_bytes, _, _) =
+                    self.eth.queue_stats(BE_QUEUE).unwrap_or_default();
+                (BE_QUEUE, rx_packets, rx_bytes)
+            }),
+            channel_rules,
+            rule_failures,
             name: self.eth.name().to_owned(),
             driver: self.eth.driver().to_owned(),
             link: self.eth.link().ok(),
@@ -365,8 +475,10 @@ impl DaemonPort {
 /// One queue pair's counters.
 #[derive(Clone, Debug, Default)]
 pub struct QueueReport {
-    /// Queue index (= polling core).
+    /// Queue pair index (= polling core = TX queue).
     pub queue: u16,
+    /// The RX queue the core reads (`queue`, or `queue + 1` when rules steer).
+    pub rx_queue: u16,
     /// Packets received on this RX queue.
     pub rx_packets: u64,
     /// Bytes received on this RX queue.
@@ -386,6 +498,14 @@ pub struct QueueReport {
 /// The port's state and counters.
 #[derive(Clone, Debug, Default)]
 pub struct PortReport {
+    /// How received frames reach their receiver's core.
+    pub steering: SteeringMode,
+    /// When rules steer: the best-effort RX queue, its packets and bytes.
+    pub be_queue: Option<(u16, u64, u64)>,
+    /// Per-channel rules installed.
+    pub channel_rules: usize,
+    /// Rules the device refused after start.
+    pub rule_failures: u64,
     /// Ethdev name.
     pub name: String,
     /// PMD.

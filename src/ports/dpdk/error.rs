@@ -29,6 +29,19 @@ pub enum Error {
         /// `rte_strerror(errno)`.
         message: String,
     },
+    /// An `rte_flow` call failed: the PMD's own message, and which part of the rule it
+    /// refused.
+    #[error("{op} failed: {message} ({cause}, errno {errno})")]
+    Flow {
+        /// The `rte_flow` function.
+        op: &'static str,
+        /// The errno it returned (`ENOTSUP`, `ENOSYS`, `EINVAL`...).
+        errno: i32,
+        /// What the PMD blamed (`rte_flow_error.type`: "pattern item", "action"...).
+        cause: &'static str,
+        /// `rte_flow_error.message`, or `rte_strerror(errno)` when the PMD gave none.
+        message: String,
+    },
     /// An argument that cannot be passed to DPDK (interior NUL, name too long, zero count).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -44,7 +57,7 @@ impl Error {
     /// The DPDK errno, for [`Error::Rte`].
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Rte { errno, .. } => Some(*errno),
+            Error::Rte { errno, .. } | Error::Flow { errno, .. } => Some(*errno),
             _ => None,
         }
     }

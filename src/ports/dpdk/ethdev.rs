@@ -268,6 +268,31 @@ impl EthPort {
         Ok(())
     }
 
+    /// Stops the port and configures it again with `rx_queues` RX and `tx_queues` TX queues
+    /// (descriptor counts and pool as before); not started. The daemon's way back to one
+    /// queue pair per core when the device refuses the `rte_flow` rules the extra best-effort
+    /// queue was for.
+    pub fn reconfigure_queues(&mut self, rx_queues: u16, tx_queues: u16) -> Result<()> {
+        if rx_queues == 0 || tx_queues == 0 {
+            return Err(Error::InvalidArgument(
+                "a port needs at least one RX and one TX queue".into(),
+            ));
+        }
+        self.stop()?;
+        let config = EthConfig {
+            rx_queues,
+            tx_queues,
+            rx_desc: self.rx_desc,
+            tx_desc: self.tx_desc,
+            mtu: None,
+            promiscuous: false,
+        };
+        self.setup(&config)?;
+        self.rx_queues = rx_queues;
+        self.tx_queues = tx_queues;
+        Ok(())
+    }
+
     /// The most RX and TX queues `port` can be configured with (`rte_eth_dev_info_get`).
     pub fn max_queues(_eal: &Eal, port: PortId) -> Result<(u16, u16)> {
         let info = dev_info(port.raw())?;

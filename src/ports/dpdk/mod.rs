@@ -44,6 +44,7 @@ mod eal;
 mod error;
 mod ethdev;
 pub mod ffi;
+pub mod flow;
 mod mbuf;
 mod mempool;
 mod port;

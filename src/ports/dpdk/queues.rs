@@ -16,6 +16,13 @@
 //! in the same bounded RX step. Frames of unknown channels and non-rtchan frames stay where
 //! they arrived (the receive path counts them). A full hand-off ring drops the frame and
 //! counts it (`handoff_dropped`), never blocks.
+//!
+//! Where the device takes `rte_flow` rules ([`super::flow`]), the NIC does the steering: core
+//! `i` reads RX queue `i + 1` ([`QueuePort::with_rx_queues`]), and the best-effort queue 0
+//! is read by the last core only with the room its own queue left in the burst, at most
+//! [`BE_BURST`] frames a burst. The hand-off stays on as the safety net (frames that arrive
+//! while a rule is being replaced, best-effort channels' frames, channels whose rule the
+//! device refused).
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +41,10 @@ use super::mempool::Mempool;
 /// Frames one core's hand-off ring holds: eight full bursts, so a core that misses a few
 /// iterations (preempted) loses nothing at line rate bursts of other queues.
 pub const HANDOFF_RING: usize = 8 * MAX_BURST;
+
+/// Frames the best-effort queue gives the core that reads it, at most, per burst: the cost it
+/// adds to that core's RX step stays small and bounded, whatever the best-effort load.
+pub const BE_BURST: usize = 8;
 
 /// Slots of the channel → core table: a power of two, at least twice the most channels the
 /// daemon can hold, so linear probing stays short.
@@ -174,6 +185,8 @@ pub fn peek_channel(f: &[u8], udp_port: u16) -> Option<ChannelId> {
 pub struct QueuePort {
     eth: Arc<EthPort>,
     queue: u16,
+    rx_queue: u16,
+    be_queue: Option<u16>,
     tx_pool: Mempool,
     steering: Option<Arc<Steering>>,
     udp_port: u16,
@@ -202,6 +215,8 @@ impl QueuePort {
         Self {
             eth,
             queue,
+            rx_queue: queue,
+            be_queue: None,
             tx_pool,
             steering,
             udp_port,
@@ -209,9 +224,62 @@ impl QueuePort {
         }
     }
 
-    /// The queue pair's index on the port.
+    /// Reads RX queue `rx_queue` (not the TX queue's index), and after it, with the room left
+    /// and at most `BE_BURST` (8) frames, the best-effort queue `be_queue` (NIC steering).
+    pub fn with_rx_queues(mut self, rx_queue: u16, be_queue: Option<u16>) -> Self {
+        self.rx_queue = rx_queue;
+        self.be_queue = be_queue;
+        self
+    }
+
+    /// The queue pair's index on the port (its TX queue, and the core's index).
     pub fn queue(&self) -> u16 {
         self.queue
+    }
+
+    /// The RX queue this core reads, and the best-effort queue it reads too.
+    pub fn rx_queues(&self) -> (u16, Option<u16>) {
+        (self.rx_queue, self.be_queue)
+    }
+
+    /// Reads up to `room` frames from RX queue `q` into `batch`, handing frames of channels
+    /// placed on other cores to their owners.
+    fn read_queue(&self, q: u16, room: usize, batch: &mut Batch<Mbuf>) {
+        let room = room.min(batch.remaining_capacity());
+        if room == 0 {
+            return;
+        }
+        let me = usize::from(self.queue);
+        let mut ptrs = [std::ptr::null_mut::<ffi::rte_mbuf>(); MAX_BURST];
+        // SAFETY: the port is started and outlives self; q < nb_rx_queues (the daemon set up
+        // this core's queue and the best-effort queue) and only this QueuePort reads it; ptrs
+        // has room for `room` <= MAX_BURST pointers.
+        let got = unsafe {
+            ffi::rte_eth_rx_burst(self.eth.id().raw(), q, ptrs.as_mut_ptr(), room as u16)
+        };
+        let got = usize::from(got).min(room);
+        for &p in &ptrs[..got] {
+            // SAFETY: each returned pointer is a non-NULL single-segment mbuf the PMD handed
+            // over (no scatter RX is configured).
+            let m = unsafe { Mbuf::from_raw(NonNull::new_unchecked(p)) };
+            if let Some(s) = &self.steering {
+                if let Some(owner) = peek_channel(m.data(), self.udp_port).and_then(|c| s.owner(c))
+                {
+                    let owner = usize::from(owner);
+                    if owner != me && owner < s.rings.len() {
+                        match s.rings[owner].push(m) {
+                            Ok(()) => s.handed[owner].fetch_add(1, Ordering::Relaxed),
+                            Err(m) => {
+                                drop(m);
+                                s.dropped[owner].fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                        continue;
+                    }
+                }
+            }
+            batch.push(m);
+        }
     }
 
     fn check(&self, queue: u16) -> Result<(), PortError> {
@@ -293,43 +361,10 @@ impl Port for QueuePort {
                 batch.push(m);
             }
         }
-        let room = batch.remaining_capacity();
-        if room == 0 {
-            return Ok(batch.len() - before);
-        }
-        let mut ptrs = [std::ptr::null_mut::<ffi::rte_mbuf>(); MAX_BURST];
-        // SAFETY: the port is started and outlives self; self.queue < nb_rx_queues and only
-        // this QueuePort reads it; ptrs has room for `room` <= MAX_BURST pointers.
-        let got = unsafe {
-            ffi::rte_eth_rx_burst(
-                self.eth.id().raw(),
-                self.queue,
-                ptrs.as_mut_ptr(),
-                room as u16,
-            )
-        };
-        let got = usize::from(got).min(room);
-        for &p in &ptrs[..got] {
-            // SAFETY: each returned pointer is a non-NULL single-segment mbuf the PMD handed
-            // over (no scatter RX is configured).
-            let m = unsafe { Mbuf::from_raw(NonNull::new_unchecked(p)) };
-            if let Some(s) = &self.steering {
-                if let Some(owner) = peek_channel(m.data(), self.udp_port).and_then(|c| s.owner(c))
-                {
-                    let owner = usize::from(owner);
-                    if owner != me && owner < s.rings.len() {
-                        match s.rings[owner].push(m) {
-                            Ok(()) => s.handed[owner].fetch_add(1, Ordering::Relaxed),
-                            Err(m) => {
-                                drop(m);
-                                s.dropped[owner].fetch_add(1, Ordering::Relaxed)
-                            }
-                        };
-                        continue;
-                    }
-                }
-            }
-            batch.push(m);
+        self.read_queue(self.rx_queue, MAX_BURST, batch);
+        if let Some(be) = self.be_queue {
+            // Only the room the real-time queue left, and a bounded share of it.
+            self.read_queue(be, BE_BURST, batch);
         }
         Ok(batch.len() - before)
     }
