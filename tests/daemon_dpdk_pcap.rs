@@ -161,10 +161,6 @@ fn open(sock: &std::path::Path, args: &[&str]) -> Opened {
 }
 
 #[test]
-#[ignore = "flaky, issue 11/14: with the loop's intervals stretched for its debug-build costs \
-            (service 4 ms, TX window 1 ms) it passed 2 of 3 runs; the third found 9 EDF-order \
-            violations on queue 1 (a later-deadline packet leaving ms after an earlier one was \
-            certainly written); cause not found; run with --ignored"]
 fn two_tx_queues_each_edf_ordered_and_paced_at_its_share() {
     // In memory (/dev/shm where there is one): net_pcap stamps each frame just before writing
     // it, and a write that waits for a disk would delay the stamps of the rest of its burst.
