@@ -119,7 +119,8 @@ pub enum PortKind {
     Memlink,
     /// Discards every packet (no receive path).
     Null,
-    /// Linux af_packet on one interface (`device`): one core sends and receives.
+    /// Linux af_packet on one interface (`device`): each core sends and receives on its own
+    /// socket; with several cores the sockets form one fanout group steered by channel.
     AfPacket,
     /// Linux AF_XDP on one queue of one interface (`device`, `queue`): one core sends and
     /// receives. Needs an `rtchand` built with the `af_xdp` feature.
@@ -694,12 +695,16 @@ impl DaemonConfig {
                 ),
             ));
         }
-        if self.cores.len() != 1 {
+        // af_packet: one socket per core in a fanout group (the device's queue count is
+        // checked when it is opened). AF_XDP binds one socket to one queue for now.
+        if self.port.kind == PortKind::AfXdp && self.cores.len() != 1 {
             return Err(invalid(
                 "cores",
                 format!(
-                    "{kind} exactly one [[cores]] entry is allowed (that core drives the \
-                     interface, sending and receiving); found {}",
+                    "{kind} exactly one [[cores]] entry is allowed, found {}: the AF_XDP port \
+                     binds one socket to one queue (port.queue) and has no steering between \
+                     cores yet; use port.kind = \"af_packet\" (one socket per core, steered \
+                     in the kernel) or \"dpdk\" for several cores",
                     self.cores.len()
                 ),
             ));
@@ -973,7 +978,7 @@ mod tests {
     }
 
     #[test]
-    fn af_packet_needs_its_device_rate_and_one_core() {
+    fn af_packet_needs_its_device_and_rate_and_takes_several_cores() {
         let base = "[port]\nkind = \"af_packet\"\n";
         let e = DaemonConfig::parse(base).unwrap_err();
         assert!(e.to_string().starts_with("port.device"), "{e}");
@@ -984,8 +989,16 @@ mod tests {
         assert_eq!(cfg.link_rate_bps(), 100_000_000);
         assert_eq!(cfg.tx_model().cost.link_rate_bps, 100_000_000);
         assert_eq!(cfg.rx_model().cost.link_rate_bps, 100_000_000);
-        let e = DaemonConfig::parse(&format!("{ok}[[cores]]\n[[cores]]\n")).unwrap_err();
-        assert!(e.to_string().starts_with("cores:"), "{e}");
+        let two = DaemonConfig::parse(&format!(
+            "{ok}[[cores]]\ntx_share_ppm = 400000\n[[cores]]\ntx_share_ppm = 400000\n"
+        ))
+        .unwrap();
+        assert_eq!(two.tx_model().cores, 2);
+        let e = DaemonConfig::parse(&format!(
+            "{ok}[[cores]]\ntx_share_ppm = 600000\n[[cores]]\ntx_share_ppm = 500000\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().starts_with("cores[].tx_share_ppm"), "{e}");
         let e = DaemonConfig::parse(&format!("{ok}buffers = 4096\n")).unwrap_err();
         assert!(e.to_string().starts_with("port.buffers"), "{e}");
         let e = DaemonConfig::parse(&format!("{ok}mac = \"02:00\"\n")).unwrap_err();
@@ -1030,6 +1043,7 @@ mod tests {
         assert!(e.to_string().starts_with("port.frame_size"), "{e}");
         let e = DaemonConfig::parse(&format!("{ok}[[cores]]\n[[cores]]\n")).unwrap_err();
         assert!(e.to_string().starts_with("cores:"), "{e}");
+        assert!(e.to_string().contains("one queue"), "{e}");
     }
 
     #[test]

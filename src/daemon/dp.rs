@@ -109,6 +109,8 @@ pub struct Dataplane {
     rx_on_tx: bool,
     /// This host's data-link addresses, for ports that put frames on a real wire.
     pub wire: Option<WireAddr>,
+    /// The af_packet sockets' fanout group, with more than one core (steering, reports).
+    fanout: Option<crate::ports::afpacket::FanoutGroup>,
     /// The DPDK port the cores share (for steering and reports).
     #[cfg(feature = "dpdk")]
     dpdk: Option<crate::ports::dpdk::DaemonPort>,
@@ -164,6 +166,7 @@ impl Dataplane {
             rx: Vec::new(),
             rx_on_tx: false,
             wire: opened.wire,
+            fanout: None,
             #[cfg(feature = "dpdk")]
             dpdk: None,
         };
@@ -185,12 +188,16 @@ impl Dataplane {
                         .push(CoreSlot::start(core, entry.cpu, clock.clone(), idle)?);
                 }
             }
-            Ports::AfPacket(port) => {
-                let entry = &cfg.cores[0];
-                let core = Core::new(core_cfg(entry), port)?;
-                dp.tx
-                    .push(CoreSlot::start(core, entry.cpu, clock.clone(), wire_idle)?);
+            Ports::AfPacket(ports, group) => {
+                // Core i owns socket i of the fanout group; it receives there too (and what
+                // the other sockets' cores hand it).
+                for (entry, port) in cfg.cores.iter().zip(ports) {
+                    let core = Core::new(core_cfg(entry), port)?;
+                    dp.tx
+                        .push(CoreSlot::start(core, entry.cpu, clock.clone(), wire_idle)?);
+                }
                 dp.rx_on_tx = true;
+                dp.fanout = group;
             }
             #[cfg(feature = "af_xdp")]
             Ports::AfXdp(port) => {
@@ -217,8 +224,18 @@ impl Dataplane {
     }
 
     /// Frames of channel `id` belong to receive core `core` from now on (`None`: the channel
-    /// no longer receives here). Only ports that share one device between cores (dpdk) steer.
+    /// no longer receives here). Only ports that share one device between cores (dpdk,
+    /// af_packet with several cores) steer.
     pub fn steer(&self, id: dataplane::spec::ChannelId, core: Option<u16>) {
+        if let Some(g) = &self.fanout {
+            if let Err(e) = g.steer(id, core) {
+                // The software hand-off still takes the channel's frames to its core.
+                eprintln!(
+                    "rtchand: af_packet: the kernel steering program was not replaced for \
+                     channel {id} ({e}); its frames are handed over in software"
+                );
+            }
+        }
         #[cfg(feature = "dpdk")]
         if let Some(p) = &self.dpdk {
             match core {
@@ -264,6 +281,25 @@ impl Dataplane {
             dpdk: self.dpdk.as_ref().map(|p| dpdk_stats(&p.report())),
             #[cfg(not(feature = "dpdk"))]
             dpdk: None,
+            queues: self.fanout.as_ref().map_or_else(Vec::new, |g| {
+                g.report()
+                    .iter()
+                    .map(|q| control::protocol::QueueStatsInfo {
+                        queue: q.queue,
+                        rx_packets: q.rx_packets,
+                        rx_bytes: q.rx_bytes,
+                        tx_packets: q.tx_packets,
+                        tx_bytes: q.tx_bytes,
+                        handed_in: q.handed_in,
+                        handoff_dropped: q.handoff_dropped,
+                        tx_pool_in_use: 0,
+                    })
+                    .collect()
+            }),
+            steering: self.fanout.as_ref().map(|g| match g.mode() {
+                crate::ports::afpacket::FanoutMode::Kernel => "kernel".to_owned(),
+                crate::ports::afpacket::FanoutMode::Hash => "software".to_owned(),
+            }),
         }
     }
 

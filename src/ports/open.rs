@@ -14,7 +14,7 @@ use dataplane::memlink::{MemLink, MemLinkConfig, MemPort, NullPort};
 use dataplane::port::Port;
 use dataplane::time::Clock;
 
-use super::afpacket::{AfPacketConfig, AfPacketPort};
+use super::afpacket::{device_queues, open_group, AfPacketConfig, AfPacketPort, FanoutGroup};
 use super::iface;
 
 /// This host's addresses on the data link (af_packet, af_xdp, dpdk): the source of its frames.
@@ -49,8 +49,9 @@ pub enum Ports {
     Memlink(Vec<(MemPort, MemPort)>),
     /// null: per core, a port that discards everything.
     Null(Vec<NullPort>),
-    /// af_packet: the one core's socket.
-    AfPacket(AfPacketPort),
+    /// af_packet: per core, its socket; with more than one core, the sockets' fanout group
+    /// (steering and per-socket counters).
+    AfPacket(Vec<AfPacketPort>, Option<FanoutGroup>),
     /// af_xdp: the one core's socket.
     #[cfg(feature = "af_xdp")]
     AfXdp(super::afxdp::AfXdpPort),
@@ -100,8 +101,8 @@ pub fn open(cfg: &DaemonConfig, clock: Arc<dyn Clock>) -> Result<Opened, OpenErr
             None,
         ),
         PortKind::AfPacket => {
-            let port = open_af_packet(cfg, max_frame)?;
-            (Ports::AfPacket(port), Some(wire_addr(cfg, None)?))
+            let (ports, group) = open_af_packet(cfg, max_frame)?;
+            (Ports::AfPacket(ports, group), Some(wire_addr(cfg, None)?))
         }
         #[cfg(feature = "af_xdp")]
         PortKind::AfXdp => {
@@ -134,24 +135,79 @@ pub fn open(cfg: &DaemonConfig, clock: Arc<dyn Clock>) -> Result<Opened, OpenErr
     Ok(Opened { ports, wire })
 }
 
-/// Opens the af_packet port of `cfg.port.device`.
-fn open_af_packet(cfg: &DaemonConfig, max_frame: usize) -> Result<AfPacketPort, OpenError> {
+/// Refuses more `[[cores]]` entries than `dev` has RX or TX queues (each core is one queue
+/// of the device in the admission model). One core always fits; a device whose queues cannot
+/// be read is let through with a note.
+pub fn check_queue_count(cfg: &DaemonConfig, dev: &str) -> Result<(), OpenError> {
+    let cores = cfg.cores.len();
+    if cores <= 1 {
+        return Ok(());
+    }
+    match device_queues(dev) {
+        Ok((rx, tx)) if cores > rx as usize || cores > tx as usize => Err(err(
+            "cores",
+            format!(
+                "{cores} [[cores]] entries need {cores} RX and {cores} TX queues of '{dev}', \
+                 which has {rx} RX and {tx} TX queues (a veth gets more with `ip link add ... \
+                 numrxqueues N numtxqueues N`; a NIC with `ethtool -L {dev} combined N`)"
+            ),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            eprintln!(
+                "rtchand: {}: the queue count of '{dev}' is unknown ({e}); not checked against \
+                 the {cores} cores",
+                cfg.port.kind.name()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Opens the af_packet socket(s) of `cfg.port.device`: one, or with several cores one per
+/// core in a fanout group.
+fn open_af_packet(
+    cfg: &DaemonConfig,
+    max_frame: usize,
+) -> Result<(Vec<AfPacketPort>, Option<FanoutGroup>), OpenError> {
     let p = &cfg.port;
     let dev = p.device.as_deref().unwrap_or_default();
-    let port = AfPacketPort::open(
-        dev,
-        AfPacketConfig {
-            rx_block_size: p.rx_block_size,
-            rx_blocks: p.rx_blocks,
-            frame_size: p.frame_size,
-            tx_batch: p.tx_batch,
-            pool_buffers: p.buffers,
-            qdisc_bypass: p.qdisc_bypass,
-            link_rate_bps: cfg.link_rate_bps(),
-            rx_block_timeout_ms: p.rx_block_timeout_ms,
-        },
-    )
-    .map_err(|e| err("port.device", e.to_string()))?;
+    check_queue_count(cfg, dev)?;
+    let acfg = AfPacketConfig {
+        rx_block_size: p.rx_block_size,
+        rx_blocks: p.rx_blocks,
+        frame_size: p.frame_size,
+        tx_batch: p.tx_batch,
+        pool_buffers: p.buffers,
+        qdisc_bypass: p.qdisc_bypass,
+        link_rate_bps: cfg.link_rate_bps(),
+        rx_block_timeout_ms: p.rx_block_timeout_ms,
+    };
+    let cores = cfg.cores.len();
+    let (ports, group) = if cores == 1 {
+        let port = AfPacketPort::open(dev, acfg).map_err(|e| err("port.device", e.to_string()))?;
+        (vec![port], None)
+    } else {
+        let max_channels: usize = cfg.cores.iter().map(|c| c.max_channels as usize).sum();
+        let (ports, group) = open_group(
+            dev,
+            acfg,
+            cores,
+            dataplane::wire::RTCHAN_UDP_PORT,
+            max_channels,
+        )
+        .map_err(|e| err("port.device", e.to_string()))?;
+        eprintln!(
+            "rtchand: af_packet {dev}: {cores} sockets in fanout group {} ({:?} steering)",
+            group.id(),
+            group.mode()
+        );
+        for n in group.notes() {
+            eprintln!("rtchand: af_packet {dev}: {n}");
+        }
+        (ports, Some(group))
+    };
+    let port = &ports[0];
     if port.capabilities().max_frame < max_frame {
         return Err(err(
             "cost.mtu",
@@ -161,7 +217,7 @@ fn open_af_packet(cfg: &DaemonConfig, max_frame: usize) -> Result<AfPacketPort, 
     for n in port.notes() {
         eprintln!("rtchand: af_packet {dev}: {n}");
     }
-    Ok(port)
+    Ok((ports, group))
 }
 
 /// This host's addresses: `port.mac`/`port.ip`, else the device's MAC (`device_mac`, or the

@@ -23,9 +23,11 @@ use dataplane::wire::RTCHAN_UDP_PORT;
 
 use super::eal::Eal;
 use super::ethdev::{EthConfig, EthPort, EthStats, LinkStatus};
+use super::mbuf::Mbuf;
 use super::mempool::{Mempool, MempoolConfig};
-use super::queues::{QueuePort, Steering, HANDOFF_RING};
+use super::queues::QueuePort;
 use crate::ports::open::OpenError;
+use crate::ports::steering::{Steering, HANDOFF_RING};
 
 /// TX descriptors per queue: small, because everything in the NIC ring is FIFO and the link
 /// scheduler's pacing keeps it nearly empty anyway; enough for several bursts.
@@ -148,7 +150,7 @@ pub fn port_name(device: &str) -> String {
 pub struct DaemonPort {
     eth: Arc<EthPort>,
     queues: Vec<QueuePort>,
-    steering: Arc<Steering>,
+    steering: Arc<Steering<Mbuf>>,
     tx_pools: Vec<Mempool>,
     rx_pool: Mempool,
     mac: [u8; 6],
@@ -326,7 +328,7 @@ impl DaemonPort {
     }
 
     /// The steering table (channel → receiving core).
-    pub fn steering(&self) -> &Arc<Steering> {
+    pub fn steering(&self) -> &Arc<Steering<Mbuf>> {
         &self.steering
     }
 

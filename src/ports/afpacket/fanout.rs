@@ -1,0 +1,497 @@
+//! Several polling cores on one interface: a group of [`AfPacketPort`]s, one socket per core,
+//! joined in one `PACKET_FANOUT` group so that each received frame reaches exactly one socket
+//! ([`open_group`], [`FanoutGroup`]).
+//!
+//! # Receive steering
+//! The group's mode is `PACKET_FANOUT_CBPF`: the kernel runs a classic BPF program for every
+//! frame and gives it to the socket whose index (= core) the program returns. The program
+//! ([`steering_program`]) reads the rtchan channel id of an IPv4/UDP frame to port 7447 at its
+//! fixed offset (no IP options; docs/wire.md) and compares it with every placed channel,
+//! returning that channel's core; everything else (unknown channels, IP options, fragments)
+//! goes to socket 0. [`FanoutGroup::steer`] rebuilds the program and replaces it
+//! (`PACKET_FANOUT_DATA`) whenever a receiver is placed or removed, on the control thread.
+//!
+//! Behind it sits the software hand-off ([`Steering`]): each socket's port also looks the
+//! channel up in the shared table and hands a frame that reached the wrong core to its owner.
+//! That covers what the program cannot: channels beyond [`MAX_KERNEL_CHANNELS`], frames with
+//! IP options, the instant between a receiver's placement in the table and in the program, and
+//! kernels that refuse `PACKET_FANOUT_CBPF` (then the group is `PACKET_FANOUT_HASH`: the
+//! kernel spreads frames by flow hash and the hand-off does all the steering).
+//!
+//! Each socket also carries a socket filter (`SO_ATTACH_FILTER`, [`rtchan_filter`]) that
+//! accepts only IPv4 UDP frames to port 7447 (and IPv4 UDP frames with IP options, which the
+//! receive path judges): ARP, the peering TCP and any other traffic of the interface is never
+//! copied into a ring, so no real-time core spends its receive budget on it.
+//!
+//! # Transmit
+//! Each core sends on its own socket. What the kernel does with it: with
+//! `PACKET_QDISC_BYPASS`, `packet_direct_xmit` picks the TX queue through the driver's
+//! `ndo_select_queue` or `netdev_pick_tx` (XPS by the sending CPU, else a hash of the frame);
+//! without it, the qdisc of that queue. On veth the "queues" only choose which of the peer's
+//! NAPI rings a frame goes to when XDP is attached there; without XDP the frame goes straight
+//! to the receiving stack (the per-CPU backlog of the sending CPU). The pacing that admission
+//! relies on is the core's link scheduler (`cores[i].tx_share_ppm` of the link), not the
+//! device queue.
+
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dataplane::memlink::HeapBuf;
+use dataplane::spec::ChannelId;
+
+use super::{setsockopt_int, setsockopt_raw, AfPacketConfig, AfPacketError, AfPacketPort};
+use crate::ports::steering::Steering;
+
+/// `linux/if_packet.h`: join a fanout group (`id | (type | flags) << 16`).
+const PACKET_FANOUT: i32 = 18;
+/// `linux/if_packet.h`: the group's BPF program.
+const PACKET_FANOUT_DATA: i32 = 22;
+const PACKET_FANOUT_HASH: u32 = 0;
+const PACKET_FANOUT_CBPF: u32 = 6;
+/// The kernel picks a free group id (Linux 4.20); read back with `getsockopt`.
+const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+/// `asm-generic/socket.h` (x86, arm, riscv, powerpc; mips and sparc differ).
+const SO_ATTACH_FILTER: i32 = 26;
+
+/// Channels the kernel program compares (two instructions each; cBPF allows 4096). Channels
+/// placed beyond it reach socket 0 and are handed over in software.
+pub const MAX_KERNEL_CHANNELS: usize = 2000;
+
+/// How the kernel spreads a group's frames over its sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FanoutMode {
+    /// `PACKET_FANOUT_CBPF`: the steering program sends each channel's frames to its core.
+    Kernel,
+    /// `PACKET_FANOUT_HASH` (the kernel refused CBPF): by flow hash; software steering.
+    Hash,
+}
+
+/// One socket's counters, written by its core (relaxed stores of its own totals) and read by
+/// the control thread for `stats --port`.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct QueueCounters {
+    /// Frames this socket received (before any hand-off).
+    pub rx_packets: AtomicU64,
+    /// Their bytes.
+    pub rx_bytes: AtomicU64,
+    /// Frames sent on this socket.
+    pub tx_packets: AtomicU64,
+    /// Their bytes.
+    pub tx_bytes: AtomicU64,
+}
+
+/// What a group member's port needs: its index, the shared table, its counters.
+pub(super) struct Member {
+    pub(super) index: usize,
+    pub(super) steering: Arc<Steering<HeapBuf>>,
+    pub(super) counters: Arc<QueueCounters>,
+    pub(super) udp_port: u16,
+}
+
+/// One socket's figures, for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueReport {
+    /// Socket index (= polling core).
+    pub queue: u16,
+    /// Frames received on this socket.
+    pub rx_packets: u64,
+    /// Bytes received on this socket.
+    pub rx_bytes: u64,
+    /// Frames sent on this socket.
+    pub tx_packets: u64,
+    /// Bytes sent on this socket.
+    pub tx_bytes: u64,
+    /// Frames other sockets' cores handed to this core (software steering).
+    pub handed_in: u64,
+    /// Frames for this core dropped because its hand-off ring was full.
+    pub handoff_dropped: u64,
+}
+
+/// The control side of a fanout group: steering updates and per-socket counters.
+pub struct FanoutGroup {
+    ifname: String,
+    id: u16,
+    mode: FanoutMode,
+    /// A duplicate of socket 0's descriptor: `PACKET_FANOUT_DATA` on any member replaces the
+    /// group's program.
+    ctl: OwnedFd,
+    udp_port: u16,
+    steering: Arc<Steering<HeapBuf>>,
+    /// Placed receivers (control thread only; the program is rebuilt from it).
+    placed: Mutex<BTreeMap<ChannelId, u16>>,
+    counters: Vec<Arc<QueueCounters>>,
+    notes: Vec<String>,
+}
+
+impl std::fmt::Debug for FanoutGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanoutGroup")
+            .field("ifname", &self.ifname)
+            .field("id", &self.id)
+            .field("mode", &self.mode)
+            .field("sockets", &self.counters.len())
+            .finish()
+    }
+}
+
+const fn stmt(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// A load relative to the network (IPv4) header, wherever the frame's data starts: the fanout
+/// program sees the frame from its network header, a socket filter from its MAC header.
+const fn net(off: u32) -> u32 {
+    (libc::SKF_NET_OFF as u32).wrapping_add(off)
+}
+
+const LD_B: u32 = libc::BPF_LD | libc::BPF_B | libc::BPF_ABS;
+const LD_H: u32 = libc::BPF_LD | libc::BPF_H | libc::BPF_ABS;
+const LD_W: u32 = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+const JEQ: u32 = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+const JSET: u32 = libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K;
+const RET: u32 = libc::BPF_RET | libc::BPF_K;
+/// `skb->protocol` (the EtherType, host order).
+const PROTO: u32 = (libc::SKF_AD_OFF + libc::SKF_AD_PROTOCOL) as u32;
+
+/// The group's program: socket (= core) for each frame, from `placed` (channel, core) pairs
+/// (at most [`MAX_KERNEL_CHANNELS`] are compared; the rest go to socket 0). An IPv4 frame
+/// without options, not a fragment, UDP to `udp_port`: its channel field (bytes 36..40 of the
+/// IPv4 packet: 20 IPv4 + 8 UDP + 8 into the rtchan header) is compared with each placed
+/// channel in turn.
+pub fn steering_program(placed: &[(ChannelId, u16)], udp_port: u16) -> Vec<libc::sock_filter> {
+    let mut p = vec![
+        stmt(LD_H, PROTO),                    // 0
+        jump(JEQ, 0x0800, 0, 8),              // 1: not IPv4 → 10
+        stmt(LD_B, net(0)),                   // 2
+        jump(JEQ, 0x45, 0, 6),                // 3: options → 10
+        stmt(LD_H, net(6)),                   // 4
+        jump(JSET, 0x3fff, 4, 0),             // 5: a fragment (MF or offset) → 10
+        stmt(LD_B, net(9)),                   // 6
+        jump(JEQ, 17, 0, 2),                  // 7: not UDP → 10
+        stmt(LD_H, net(22)),                  // 8: UDP destination port
+        jump(JEQ, u32::from(udp_port), 1, 0), // 9: rtchan → 11
+        stmt(RET, 0),                         // 10: socket 0
+        stmt(LD_W, net(36)),                  // 11: the channel id
+    ];
+    for &(id, core) in placed.iter().take(MAX_KERNEL_CHANNELS) {
+        p.push(jump(JEQ, id, 0, 1));
+        p.push(stmt(RET, u32::from(core)));
+    }
+    p.push(stmt(RET, 0));
+    p
+}
+
+/// Each socket's filter: accept IPv4 UDP frames to `udp_port` (whole), and IPv4 UDP frames
+/// with IP options (the receive path reads their port); drop everything else in the kernel.
+pub fn rtchan_filter(udp_port: u16) -> Vec<libc::sock_filter> {
+    vec![
+        stmt(LD_H, PROTO),                    // 0
+        jump(JEQ, 0x0800, 0, 8),              // 1: not IPv4 → 10 drop
+        stmt(LD_B, net(9)),                   // 2
+        jump(JEQ, 17, 0, 6),                  // 3: not UDP → 10 drop
+        stmt(LD_B, net(0)),                   // 4
+        jump(JEQ, 0x45, 0, 5),                // 5: IP options → 11 accept
+        stmt(LD_H, net(6)),                   // 6
+        jump(JSET, 0x1fff, 3, 0),             // 7: a later fragment (no UDP header) → 11
+        stmt(LD_H, net(22)),                  // 8: UDP destination port
+        jump(JEQ, u32::from(udp_port), 1, 0), // 9: rtchan → 11
+        stmt(RET, 0),                         // 10: drop
+        stmt(RET, u32::MAX),                  // 11: accept, whole
+    ]
+}
+
+fn attach(fd: RawFd, level: i32, opt: i32, prog: &[libc::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // The kernel copies the program during the call; `prog` outlives it.
+    setsockopt_raw(fd, level, opt, &fprog)
+}
+
+fn fanout_id(fd: RawFd) -> io::Result<u16> {
+    let mut v: i32 = 0;
+    let mut len = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_PACKET,
+            PACKET_FANOUT,
+            &mut v as *mut i32 as *mut c_void,
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok((v & 0xffff) as u16)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Opens `sockets` af_packet ports on `ifname` in one fanout group (see the module docs);
+/// port `i` is core `i`'s. Channels placed with [`FanoutGroup::steer`] (up to `max_channels`
+/// receivers) are steered to their core.
+pub fn open_group(
+    ifname: &str,
+    cfg: AfPacketConfig,
+    sockets: usize,
+    udp_port: u16,
+    max_channels: usize,
+) -> Result<(Vec<AfPacketPort>, FanoutGroup), AfPacketError> {
+    let os_err = |call: &'static str, source: io::Error| AfPacketError::Os {
+        ifname: ifname.to_string(),
+        call,
+        source,
+    };
+    if sockets == 0 || sockets > usize::from(u16::MAX) {
+        return Err(AfPacketError::Config {
+            ifname: ifname.into(),
+            reason: format!("{sockets} sockets: a fanout group has 1 to 65535"),
+        });
+    }
+    let steering = Steering::new(sockets, max_channels);
+    let filter = rtchan_filter(udp_port);
+    let mut ports = Vec::with_capacity(sockets);
+    let mut counters = Vec::with_capacity(sockets);
+    let mut notes = Vec::new();
+    let mut mode = FanoutMode::Kernel;
+    let mut id = 0u16;
+    for i in 0..sockets {
+        // The filter before the bind: no other frame ever enters the ring.
+        let mut port = AfPacketPort::open_with(ifname, cfg, |fd| {
+            attach(fd, libc::SOL_SOCKET, SO_ATTACH_FILTER, &filter)
+                .map_err(|e| os_err("setsockopt(SO_ATTACH_FILTER)", e))
+        })?;
+        let fd = port.fd.as_raw_fd();
+        if i == 0 {
+            let join = |kind: u32| {
+                setsockopt_int(
+                    fd,
+                    libc::SOL_PACKET,
+                    PACKET_FANOUT,
+                    ((kind | PACKET_FANOUT_FLAG_UNIQUEID) << 16) as i32,
+                )
+            };
+            if let Err(e) = join(PACKET_FANOUT_CBPF) {
+                notes.push(format!(
+                    "PACKET_FANOUT_CBPF refused ({e}): frames are spread by flow hash and \
+                     handed to their core in software"
+                ));
+                mode = FanoutMode::Hash;
+                join(PACKET_FANOUT_HASH)
+                    .map_err(|e| os_err("setsockopt(PACKET_FANOUT, HASH)", e))?;
+            }
+            id = fanout_id(fd).map_err(|e| os_err("getsockopt(PACKET_FANOUT)", e))?;
+            if mode == FanoutMode::Kernel {
+                attach(
+                    fd,
+                    libc::SOL_PACKET,
+                    PACKET_FANOUT_DATA,
+                    &steering_program(&[], udp_port),
+                )
+                .map_err(|e| os_err("setsockopt(PACKET_FANOUT_DATA)", e))?;
+            }
+        } else {
+            let kind = match mode {
+                FanoutMode::Kernel => PACKET_FANOUT_CBPF,
+                FanoutMode::Hash => PACKET_FANOUT_HASH,
+            };
+            setsockopt_int(
+                fd,
+                libc::SOL_PACKET,
+                PACKET_FANOUT,
+                (u32::from(id) | kind << 16) as i32,
+            )
+            .map_err(|e| os_err("setsockopt(PACKET_FANOUT, join)", e))?;
+        }
+        let c = Arc::new(QueueCounters::default());
+        port.member = Some(Member {
+            index: i,
+            steering: steering.clone(),
+            counters: c.clone(),
+            udp_port,
+        });
+        counters.push(c);
+        ports.push(port);
+    }
+    // SAFETY: plain syscall on a descriptor `ports[0]` owns; the duplicate is checked and
+    // then owned by the group.
+    let dup = unsafe { libc::fcntl(ports[0].fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(os_err("fcntl(F_DUPFD_CLOEXEC)", io::Error::last_os_error()));
+    }
+    // SAFETY: `dup` is a fresh descriptor nothing else owns.
+    let ctl = unsafe { OwnedFd::from_raw_fd(dup) };
+    Ok((
+        ports,
+        FanoutGroup {
+            ifname: ifname.into(),
+            id,
+            mode,
+            ctl,
+            udp_port,
+            steering,
+            placed: Mutex::new(BTreeMap::new()),
+            counters,
+            notes,
+        },
+    ))
+}
+
+impl FanoutGroup {
+    /// The kernel's steering mode.
+    pub fn mode(&self) -> FanoutMode {
+        self.mode
+    }
+
+    /// The fanout group id (per network namespace).
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// What fell back during set-up, in words.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Frames of channel `id` go to core `core` from now on (`None`: nowhere in particular).
+    /// The software table first, so that no frame the new program sends to `core` finds it
+    /// unplaced; then the kernel program. A program the kernel refuses leaves the previous one
+    /// (the hand-off still steers); the error says why.
+    pub fn steer(&self, id: ChannelId, core: Option<u16>) -> io::Result<()> {
+        let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        match core {
+            Some(c) => {
+                self.steering.place(id, c);
+                placed.insert(id, c);
+            }
+            None => {
+                placed.remove(&id);
+            }
+        }
+        let result = if self.mode == FanoutMode::Kernel {
+            let pairs: Vec<(ChannelId, u16)> = placed.iter().map(|(&i, &c)| (i, c)).collect();
+            attach(
+                self.ctl.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_FANOUT_DATA,
+                &steering_program(&pairs, self.udp_port),
+            )
+        } else {
+            Ok(())
+        };
+        if core.is_none() {
+            self.steering.remove(id);
+        }
+        result
+    }
+
+    /// Per socket: its counters and the hand-off's.
+    pub fn report(&self) -> Vec<QueueReport> {
+        self.counters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let (handed_in, handoff_dropped) = self.steering.counters(i);
+                QueueReport {
+                    queue: i as u16,
+                    rx_packets: c.rx_packets.load(Ordering::Relaxed),
+                    rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
+                    tx_packets: c.tx_packets.load(Ordering::Relaxed),
+                    tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
+                    handed_in,
+                    handoff_dropped,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The device's RX and TX queue counts: `ETHTOOL_GCHANNELS` (in the calling thread's network
+/// namespace; `combined` channels count for both), else the `rx-*`/`tx-*` entries of
+/// `/sys/class/net/IF/queues` (the namespace sysfs was mounted in).
+pub fn device_queues(ifname: &str) -> io::Result<(u32, u32)> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct EthtoolChannels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx_count: u32,
+        tx_count: u32,
+        other_count: u32,
+        combined_count: u32,
+    }
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    let from_ioctl = (|| {
+        // SAFETY: plain syscall; the descriptor is checked and then owned.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut ch = EthtoolChannels {
+            cmd: ETHTOOL_GCHANNELS,
+            ..EthtoolChannels::default()
+        };
+        let mut req = super::ifreq_for(ifname);
+        req.ifr_ifru.ifru_data = &mut ch as *mut EthtoolChannels as *mut libc::c_char;
+        // SAFETY: `req` names the interface and points to `ch`, a live ethtool_channels the
+        // kernel fills in (it reads `cmd` first); both outlive the call.
+        let rc = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                libc::SIOCETHTOOL as _,
+                &mut req as *mut libc::ifreq,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((
+            ch.rx_count + ch.combined_count,
+            ch.tx_count + ch.combined_count,
+        ))
+    })();
+    match from_ioctl {
+        Ok(q) if q.0 > 0 && q.1 > 0 => Ok(q),
+        other => {
+            let dir = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"));
+            let Ok(dir) = dir else {
+                return other;
+            };
+            let (mut rx, mut tx) = (0, 0);
+            for e in dir.flatten() {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                rx += u32::from(n.starts_with("rx-"));
+                tx += u32::from(n.starts_with("tx-"));
+            }
+            Ok((rx, tx))
+        }
+    }
+}
