@@ -296,10 +296,7 @@ impl Dataplane {
                     })
                     .collect()
             }),
-            steering: self.fanout.as_ref().map(|g| match g.mode() {
-                crate::ports::afpacket::FanoutMode::Kernel => "kernel".to_owned(),
-                crate::ports::afpacket::FanoutMode::Hash => "software".to_owned(),
-            }),
+            steering: self.fanout.as_ref().map(|g| g.mode().name().to_owned()),
         }
     }
 

@@ -198,9 +198,9 @@ fn open_af_packet(
         )
         .map_err(|e| err("port.device", e.to_string()))?;
         eprintln!(
-            "rtchand: af_packet {dev}: {cores} sockets in fanout group {} ({:?} steering)",
+            "rtchand: af_packet {dev}: {cores} sockets in fanout group {}, {} steering",
             group.id(),
-            group.mode()
+            group.mode().name()
         );
         for n in group.notes() {
             eprintln!("rtchand: af_packet {dev}: {n}");

@@ -71,6 +71,16 @@ pub enum FanoutMode {
     Hash,
 }
 
+impl FanoutMode {
+    /// `kernel` or `software`, as `stats --port` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::Hash => "software",
+        }
+    }
+}
+
 /// One socket's counters, written by its core (relaxed stores of its own totals) and read by
 /// the control thread for `stats --port`.
 #[derive(Debug, Default)]
