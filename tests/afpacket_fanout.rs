@@ -22,7 +22,7 @@ use rtchan::ports::afpacket::{
     device_queues, open_group, AfPacketConfig, AfPacketPort, FanoutGroup, FanoutMode,
 };
 use rtchan::ports::netns::{enter_netns, is_root, netns_path, Namespaces};
-use rtchan::ports::steering::peek_channel;
+use rtchan::ports::steering::{peek_channel, SharedDevice};
 
 const MAC_A: [u8; 6] = [0x02, 0x72, 0x74, 0x00, 0x03, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0x72, 0x74, 0x00, 0x03, 0x0b];

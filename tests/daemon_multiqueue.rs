@@ -15,6 +15,15 @@
 //!
 //! A second test: three cores on a two-queue veth are refused at start, naming `cores`.
 //!
+//! The AF_XDP half (feature `af_xdp`) runs the same scenario with `kind = "af_xdp"`: core `i`'s
+//! socket on queue `i` (copy mode, libxdp's default program, `report_completions = false` as
+//! in tests/daemon_netns.rs). On veth a frame arrives on the queue its sender sent it on, not
+//! the one of its channel's receiver, so there the software hand-off carries every frame whose
+//! sending and receiving cores differ; the test then asks that it did so without a drop. The
+//! program takes every frame of the bound queues away from the kernel, so these daemons peer
+//! over a second veth pair and address data frames with `[[peers]] data_ip`. Prints SKIPPED
+//! when `socket(AF_XDP)` is refused.
+//!
 //! Prints SKIPPED when not root or when `RTCHAN_SKIP_NETNS` is set. The namespaces (and the
 //! veth pair with them) are deleted and the daemons killed on every exit path.
 
@@ -64,9 +73,42 @@ fn skip() -> Option<&'static str> {
     None
 }
 
-/// Two namespaces joined by a veth pair with two queues per end and a /30 on it: the guard,
-/// the namespaces, the interfaces and the addresses (sender first).
+/// The port backend a daemon runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    AfPacket,
+    #[cfg(feature = "af_xdp")]
+    AfXdp,
+}
+
+impl Backend {
+    fn port_table(self, dev: &str) -> String {
+        let kind = match self {
+            Self::AfPacket => {
+                "kind = \"af_packet\"\nrx_block_size = 4096\nrx_blocks = 512\n\
+                               rx_block_timeout_ms = 1\n"
+            }
+            #[cfg(feature = "af_xdp")]
+            Self::AfXdp => {
+                "kind = \"af_xdp\"\nqueue = 0\nbind = \"copy\"\nrx_frames = 2048\n\
+                            report_completions = false\n"
+            }
+        };
+        format!("[port]\n{kind}device = \"{dev}\"\nlink_rate_bps = {RATE_BPS}\nbuffers = 8192\n")
+    }
+
+    /// The port takes every frame of its queues away from the kernel: peering needs a link
+    /// of its own.
+    fn needs_control_link(self) -> bool {
+        self != Self::AfPacket
+    }
+}
+
+/// Two namespaces joined by a veth pair with two queues per end and a /30 on it (and, for a
+/// backend that needs it, a second pair for the peering): the guard, the namespaces, the
+/// interfaces and the addresses (sender first).
 struct Bed {
+    backend: Backend,
     /// Deletes the namespaces (and the veth with them) on drop.
     _ns: Namespaces,
     ns_s: String,
@@ -75,10 +117,13 @@ struct Bed {
     if_r: String,
     ip_s: String,
     ip_r: String,
+    /// The peering addresses (the data link's without a control link).
+    cip_s: String,
+    cip_r: String,
 }
 
 impl Bed {
-    fn new(tag: &str) -> Self {
+    fn new(tag: &str, backend: Backend) -> Self {
         let pid = std::process::id();
         let (ns_s, ns_r) = (
             format!("rtchan-m{tag}s-{pid}"),
@@ -87,20 +132,32 @@ impl Bed {
         let (if_s, if_r) = (format!("rm{tag}s{pid}"), format!("rm{tag}r{pid}"));
         let net = format!("10.206.{}", pid % 256);
         let (ip_s, ip_r) = (format!("{net}.1"), format!("{net}.2"));
+        let control = backend.needs_control_link();
+        let (cip_s, cip_r) = if control {
+            let cnet = format!("10.207.{}", pid % 256);
+            (format!("{cnet}.1"), format!("{cnet}.2"))
+        } else {
+            (ip_s.clone(), ip_r.clone())
+        };
+        let (cif_s, cif_r) = (format!("rc{tag}s{pid}"), format!("rc{tag}r{pid}"));
         let mut ns = Namespaces::default();
         let setup = ns
             .veth_pair_with_queues((&ns_s, &if_s, MAC_S), (&ns_r, &if_r, MAC_R), 2)
             .and_then(|()| {
-                for (n, dev, addr) in [(&ns_s, &if_s, &ip_s), (&ns_r, &if_r, &ip_r)] {
-                    rtchan::ports::netns::ip(&[
-                        "-n",
-                        n,
-                        "addr",
-                        "add",
-                        &format!("{addr}/30"),
-                        "dev",
-                        dev,
+                use rtchan::ports::netns::ip;
+                if control {
+                    ip(&[
+                        "link", "add", &cif_s, "netns", &ns_s, "type", "veth", "peer", "name",
+                        &cif_r, "netns", &ns_r,
                     ])?;
+                }
+                let mut addrs = vec![(&ns_s, &if_s, &ip_s), (&ns_r, &if_r, &ip_r)];
+                if control {
+                    addrs.extend([(&ns_s, &cif_s, &cip_s), (&ns_r, &cif_r, &cip_r)]);
+                }
+                for (n, dev, addr) in addrs {
+                    ip(&["-n", n, "addr", "add", &format!("{addr}/30"), "dev", dev])?;
+                    ip(&["-n", n, "link", "set", dev, "up"])?;
                 }
                 Ok(())
             });
@@ -110,6 +167,9 @@ impl Bed {
             );
         }
         Self {
+            backend,
+            cip_s,
+            cip_r,
             _ns: ns,
             ns_s,
             ns_r,
@@ -122,21 +182,32 @@ impl Bed {
 
     /// A daemon's configuration: `cores` cores, the sender or the receiver side.
     fn config(&self, dir: &std::path::Path, sender: bool, cores: usize) -> String {
-        let (name, dev, me, peer, peer_ip, peer_mac) = if sender {
-            ("send", &self.if_s, &self.ip_s, "recv", &self.ip_r, MAC_R)
+        let (name, dev, me, peer, peer_ip, peer_data_ip, peer_mac) = if sender {
+            let r = &self.cip_r;
+            (
+                "send",
+                &self.if_s,
+                &self.cip_s,
+                "recv",
+                r,
+                &self.ip_r,
+                MAC_R,
+            )
         } else {
-            ("recv", &self.if_r, &self.ip_r, "send", &self.ip_s, MAC_S)
+            let s = &self.cip_s;
+            (
+                "recv",
+                &self.if_r,
+                &self.cip_r,
+                "send",
+                s,
+                &self.ip_s,
+                MAC_S,
+            )
         };
         let mut cfg = format!(
             r#"socket = "{dir}/{name}.sock"
-[port]
-kind = "af_packet"
-device = "{dev}"
-link_rate_bps = {RATE_BPS}
-buffers = 8192
-rx_block_size = 4096
-rx_blocks = 512
-rx_block_timeout_ms = 1
+{port}
 [policy]
 idle = "sleep"
 idle_sleep = "20us"
@@ -150,8 +221,10 @@ name = "{peer}"
 address = "{peer_ip}:{PEER_PORT}"
 network_bound = "{NETWORK_BOUND}"
 mac = "{mac}"
+data_ip = "{peer_data_ip}"
 "#,
             dir = dir.display(),
+            port = self.backend.port_table(dev),
             mac = mac_string(peer_mac),
         );
         for i in 0..cores {
@@ -185,12 +258,37 @@ mac = "{mac}"
 
 #[test]
 fn two_daemons_with_two_af_packet_cores_each() {
+    two_daemons(Backend::AfPacket);
+}
+
+#[cfg(feature = "af_xdp")]
+#[test]
+fn two_daemons_with_two_af_xdp_cores_each() {
+    if let Err(e) = rtchan::ports::afxdp::probe() {
+        eprintln!("SKIPPED daemon_multiqueue (af_xdp): AF_XDP is not available here: {e}");
+        return;
+    }
+    two_daemons(Backend::AfXdp);
+}
+
+/// One scenario at a time: two of them at once are eight polling threads at nice -20 on a
+/// 2-CPU machine, and the test's own `rtchanctl` calls then wait for a CPU for tens of
+/// seconds.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn two_daemons(backend: Backend) {
     if let Some(why) = skip() {
         eprintln!("SKIPPED daemon_multiqueue: {why}");
         return;
     }
-    let bed = Bed::new("q");
-    let dir = tmpdir("daemon-multiqueue");
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tag = match backend {
+        Backend::AfPacket => "p",
+        #[cfg(feature = "af_xdp")]
+        Backend::AfXdp => "x",
+    };
+    let bed = Bed::new(tag, backend);
+    let dir = tmpdir(&format!("daemon-multiqueue-{tag}"));
     let mut receiver = bed.start(&dir, false, 2).unwrap_or_else(|e| panic!("{e}"));
     let mut sender = bed.start(&dir, true, 2).unwrap_or_else(|e| panic!("{e}"));
     let run = scenario(&sender, &receiver);
@@ -351,7 +449,17 @@ fn scenario(sender: &DaemonProc, receiver: &DaemonProc) -> Result<Vec<String>, S
     }
 
     // Per socket (= core): the sender sent on both, the receiver received on both, the
-    // hand-off lost nothing, and kernel steering left it nothing to do.
+    // hand-off lost nothing, and kernel steering left it nothing to do; software steering
+    // (frames arrive on their sender's queue) carried the channels whose cores differ.
+    let crossing = rt
+        .iter()
+        .any(|(c, _)| c.sender.core != c.receiver.admitted.core);
+    let handed: u64 = recv_port.queues.iter().map(|q| q.handed_in).sum();
+    if recv_port.steering.as_deref() == Some("software") && crossing && handed == 0 {
+        problems.push(
+            "receiver: software steering, channels crossing cores, but nothing handed over".into(),
+        );
+    }
     for (who, p) in [("sender", &send_port), ("receiver", &recv_port)] {
         eprintln!(
             "{who} port {} steering {:?}; per socket (rx, tx, handed in, hand-off drops): {:?}",
@@ -398,7 +506,7 @@ fn more_cores_than_the_device_has_queues_are_refused() {
         eprintln!("SKIPPED daemon_multiqueue: {why}");
         return;
     }
-    let bed = Bed::new("r");
+    let bed = Bed::new("r", Backend::AfPacket);
     let dir = tmpdir("daemon-multiqueue-refused");
     let e = match bed.start(&dir, false, 3) {
         Ok(mut d) => {

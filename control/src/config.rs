@@ -122,8 +122,8 @@ pub enum PortKind {
     /// Linux af_packet on one interface (`device`): each core sends and receives on its own
     /// socket; with several cores the sockets form one fanout group steered by channel.
     AfPacket,
-    /// Linux AF_XDP on one queue of one interface (`device`, `queue`): one core sends and
-    /// receives. Needs an `rtchand` built with the `af_xdp` feature.
+    /// Linux AF_XDP on queues of one interface (`device`): core `i` sends and receives on
+    /// queue `queue + i`. Needs an `rtchand` built with the `af_xdp` feature.
     AfXdp,
     /// DPDK on one ethdev port (`device`: a PCI address bound to vfio-pci, or a vdev): every
     /// `[[cores]]` entry owns its own TX queue and RX queue of that port. Needs an `rtchand`
@@ -205,7 +205,7 @@ pub struct PortConfig {
     pub tx_batch: usize,
     /// af_packet: ask for `PACKET_QDISC_BYPASS`.
     pub qdisc_bypass: bool,
-    /// af_xdp: the interface queue the socket binds to.
+    /// af_xdp: the interface queue the first core's socket binds to (core `i`'s: `queue + i`).
     pub queue: u32,
     /// af_xdp: how the XDP program is attached.
     pub attach: XdpAttachMode,
@@ -695,19 +695,11 @@ impl DaemonConfig {
                 ),
             ));
         }
-        // af_packet: one socket per core in a fanout group (the device's queue count is
-        // checked when it is opened). AF_XDP binds one socket to one queue for now.
-        if self.port.kind == PortKind::AfXdp && self.cores.len() != 1 {
-            return Err(invalid(
-                "cores",
-                format!(
-                    "{kind} exactly one [[cores]] entry is allowed, found {}: the AF_XDP port \
-                     binds one socket to one queue (port.queue) and has no steering between \
-                     cores yet; use port.kind = \"af_packet\" (one socket per core, steered \
-                     in the kernel) or \"dpdk\" for several cores",
-                    self.cores.len()
-                ),
-            ));
+        // af_packet: one socket per core in a fanout group; af_xdp: one socket per core on
+        // consecutive queues from port.queue. The device's queue count is checked when it is
+        // opened, before any channel.
+        if self.cores.len() > usize::from(u16::MAX) {
+            return Err(invalid("cores", "too many cores for one device's queues"));
         }
         if let Some(m) = &self.port.mac {
             parse_mac(m).map_err(|e| invalid("port.mac", e))?;
@@ -1041,9 +1033,11 @@ mod tests {
         assert!(e.to_string().contains("zerocopy"), "{e}");
         let e = DaemonConfig::parse(&format!("{ok}frame_size = 3000\n")).unwrap_err();
         assert!(e.to_string().starts_with("port.frame_size"), "{e}");
-        let e = DaemonConfig::parse(&format!("{ok}[[cores]]\n[[cores]]\n")).unwrap_err();
-        assert!(e.to_string().starts_with("cores:"), "{e}");
-        assert!(e.to_string().contains("one queue"), "{e}");
+        let two = DaemonConfig::parse(&format!(
+            "{ok}[[cores]]\ntx_share_ppm = 500000\n[[cores]]\ntx_share_ppm = 500000\n"
+        ))
+        .unwrap();
+        assert_eq!(two.rx_model().cores, 2);
     }
 
     #[test]

@@ -34,6 +34,7 @@ use dataplane::port::Port;
 use dataplane::sched::SchedPolicy;
 use dataplane::time::{Clock, MonotonicClock};
 
+use crate::ports::steering::SharedDevice;
 use crate::ports::Ports;
 
 /// A running core of any port type, stoppable for its final counters.
@@ -109,8 +110,9 @@ pub struct Dataplane {
     rx_on_tx: bool,
     /// This host's data-link addresses, for ports that put frames on a real wire.
     pub wire: Option<WireAddr>,
-    /// The af_packet sockets' fanout group, with more than one core (steering, reports).
-    fanout: Option<crate::ports::afpacket::FanoutGroup>,
+    /// The device the cores share, with more than one af_packet or af_xdp core (steering,
+    /// per-queue reports).
+    shared: Option<Box<dyn SharedDevice>>,
     /// The DPDK port the cores share (for steering and reports).
     #[cfg(feature = "dpdk")]
     dpdk: Option<crate::ports::dpdk::DaemonPort>,
@@ -166,7 +168,7 @@ impl Dataplane {
             rx: Vec::new(),
             rx_on_tx: false,
             wire: opened.wire,
-            fanout: None,
+            shared: None,
             #[cfg(feature = "dpdk")]
             dpdk: None,
         };
@@ -197,15 +199,19 @@ impl Dataplane {
                         .push(CoreSlot::start(core, entry.cpu, clock.clone(), wire_idle)?);
                 }
                 dp.rx_on_tx = true;
-                dp.fanout = group;
+                dp.shared = group.map(|g| Box::new(g) as Box<dyn SharedDevice>);
             }
             #[cfg(feature = "af_xdp")]
-            Ports::AfXdp(port) => {
-                let entry = &cfg.cores[0];
-                let core = Core::new(core_cfg(entry), port)?;
-                dp.tx
-                    .push(CoreSlot::start(core, entry.cpu, clock.clone(), wire_idle)?);
+            Ports::AfXdp(ports, group) => {
+                // Core i owns the socket of queue port.queue + i (and what the other cores
+                // hand it).
+                for (entry, port) in cfg.cores.iter().zip(ports) {
+                    let core = Core::new(core_cfg(entry), port)?;
+                    dp.tx
+                        .push(CoreSlot::start(core, entry.cpu, clock.clone(), wire_idle)?);
+                }
                 dp.rx_on_tx = true;
+                dp.shared = group.map(|g| Box::new(g) as Box<dyn SharedDevice>);
             }
             #[cfg(feature = "dpdk")]
             Ports::Dpdk(mut port) => {
@@ -227,12 +233,13 @@ impl Dataplane {
     /// no longer receives here). Only ports that share one device between cores (dpdk,
     /// af_packet with several cores) steer.
     pub fn steer(&self, id: dataplane::spec::ChannelId, core: Option<u16>) {
-        if let Some(g) = &self.fanout {
+        if let Some(g) = &self.shared {
             if let Err(e) = g.steer(id, core) {
                 // The software hand-off still takes the channel's frames to its core.
                 eprintln!(
-                    "rtchand: af_packet: the kernel steering program was not replaced for \
-                     channel {id} ({e}); its frames are handed over in software"
+                    "rtchand: {}: the kernel's steering was not updated for channel {id} ({e}); \
+                     its frames are handed over in software",
+                    g.steering_name()
                 );
             }
         }
@@ -281,7 +288,7 @@ impl Dataplane {
             dpdk: self.dpdk.as_ref().map(|p| dpdk_stats(&p.report())),
             #[cfg(not(feature = "dpdk"))]
             dpdk: None,
-            queues: self.fanout.as_ref().map_or_else(Vec::new, |g| {
+            queues: self.shared.as_ref().map_or_else(Vec::new, |g| {
                 g.report()
                     .iter()
                     .map(|q| control::protocol::QueueStatsInfo {
@@ -296,7 +303,7 @@ impl Dataplane {
                     })
                     .collect()
             }),
-            steering: self.fanout.as_ref().map(|g| g.mode().name().to_owned()),
+            steering: self.shared.as_ref().map(|g| g.steering_name().to_owned()),
         }
     }
 

@@ -52,9 +52,10 @@ pub enum Ports {
     /// af_packet: per core, its socket; with more than one core, the sockets' fanout group
     /// (steering and per-socket counters).
     AfPacket(Vec<AfPacketPort>, Option<FanoutGroup>),
-    /// af_xdp: the one core's socket.
+    /// af_xdp: per core, its socket (core `i` on queue `port.queue + i`); with more than one
+    /// core, their steering and per-socket counters.
     #[cfg(feature = "af_xdp")]
-    AfXdp(super::afxdp::AfXdpPort),
+    AfXdp(Vec<super::afxdp::AfXdpPort>, Option<super::afxdp::XskGroup>),
     /// dpdk: per core, its queue pair of the one port, and the port for reports.
     #[cfg(feature = "dpdk")]
     Dpdk(super::dpdk::DaemonPort),
@@ -106,8 +107,8 @@ pub fn open(cfg: &DaemonConfig, clock: Arc<dyn Clock>) -> Result<Opened, OpenErr
         }
         #[cfg(feature = "af_xdp")]
         PortKind::AfXdp => {
-            let port = open_af_xdp(cfg, max_frame)?;
-            (Ports::AfXdp(port), Some(wire_addr(cfg, None)?))
+            let (ports, group) = open_af_xdp(cfg, max_frame)?;
+            (Ports::AfXdp(ports, group), Some(wire_addr(cfg, None)?))
         }
         #[cfg(not(feature = "af_xdp"))]
         PortKind::AfXdp => {
@@ -135,19 +136,25 @@ pub fn open(cfg: &DaemonConfig, clock: Arc<dyn Clock>) -> Result<Opened, OpenErr
     Ok(Opened { ports, wire })
 }
 
-/// Refuses more `[[cores]]` entries than `dev` has RX or TX queues (each core is one queue
-/// of the device in the admission model). One core always fits; a device whose queues cannot
-/// be read is let through with a note.
-pub fn check_queue_count(cfg: &DaemonConfig, dev: &str) -> Result<(), OpenError> {
+/// Refuses more `[[cores]]` entries than `dev` has RX or TX queues from queue `first` on
+/// (each core is one queue of the device in the admission model). One core on queue 0 always
+/// fits; a device whose queues cannot be read is let through with a note.
+pub fn check_queue_count(cfg: &DaemonConfig, dev: &str, first: u32) -> Result<(), OpenError> {
     let cores = cfg.cores.len();
-    if cores <= 1 {
+    if cores <= 1 && first == 0 {
         return Ok(());
     }
+    let need = cores + first as usize;
+    let from = if first > 0 {
+        format!(" from queue {first} (port.queue) on")
+    } else {
+        String::new()
+    };
     match device_queues(dev) {
-        Ok((rx, tx)) if cores > rx as usize || cores > tx as usize => Err(err(
+        Ok((rx, tx)) if need > rx as usize || need > tx as usize => Err(err(
             "cores",
             format!(
-                "{cores} [[cores]] entries need {cores} RX and {cores} TX queues of '{dev}', \
+                "{cores} [[cores]] entries need {cores} RX and {cores} TX queues of '{dev}'{from}, \
                  which has {rx} RX and {tx} TX queues (a veth gets more with `ip link add ... \
                  numrxqueues N numtxqueues N`; a NIC with `ethtool -L {dev} combined N`)"
             ),
@@ -172,7 +179,7 @@ fn open_af_packet(
 ) -> Result<(Vec<AfPacketPort>, Option<FanoutGroup>), OpenError> {
     let p = &cfg.port;
     let dev = p.device.as_deref().unwrap_or_default();
-    check_queue_count(cfg, dev)?;
+    check_queue_count(cfg, dev, 0)?;
     let acfg = AfPacketConfig {
         rx_block_size: p.rx_block_size,
         rx_blocks: p.rx_blocks,
@@ -243,10 +250,14 @@ fn wire_addr(cfg: &DaemonConfig, device_mac: Option<[u8; 6]>) -> Result<WireAddr
     Ok(WireAddr { mac, ip })
 }
 
-/// Opens the AF_XDP port of `cfg.port.device`, queue `cfg.port.queue`.
+/// Opens the AF_XDP socket(s) of `cfg.port.device`: one per core, core `i`'s on queue
+/// `cfg.port.queue + i`.
 #[cfg(feature = "af_xdp")]
-fn open_af_xdp(cfg: &DaemonConfig, max_frame: usize) -> Result<super::afxdp::AfXdpPort, OpenError> {
-    use super::afxdp::{AfXdpConfig, AfXdpPort, XdpAttach, XskBind};
+fn open_af_xdp(
+    cfg: &DaemonConfig,
+    max_frame: usize,
+) -> Result<(Vec<super::afxdp::AfXdpPort>, Option<super::afxdp::XskGroup>), OpenError> {
+    use super::afxdp::{open_queues, AfXdpConfig, AfXdpPort, XdpAttach, XskBind};
     use control::config::{XdpAttachMode, XdpBindMode};
     let p = &cfg.port;
     let dev = p.device.as_deref().unwrap_or_default();
@@ -272,7 +283,24 @@ fn open_af_xdp(cfg: &DaemonConfig, max_frame: usize) -> Result<super::afxdp::AfX
         report_completions: p.report_completions,
         ..AfXdpConfig::default()
     };
-    let port = AfXdpPort::open(dev, xcfg).map_err(|e| err("port.device", e.to_string()))?;
+    check_queue_count(cfg, dev, p.queue)?;
+    let cores = cfg.cores.len();
+    let (ports, group) = if cores == 1 {
+        let port = AfXdpPort::open(dev, xcfg).map_err(|e| err("port.device", e.to_string()))?;
+        (vec![port], None)
+    } else {
+        let max_channels: usize = cfg.cores.iter().map(|c| c.max_channels as usize).sum();
+        let (ports, group) = open_queues(
+            dev,
+            xcfg,
+            cores,
+            dataplane::wire::RTCHAN_UDP_PORT,
+            max_channels,
+        )
+        .map_err(|e| err("port.device", e.to_string()))?;
+        (ports, Some(group))
+    };
+    let port = &ports[0];
     if port.capabilities().max_frame < max_frame {
         return Err(err(
             "cost.mtu",
@@ -288,15 +316,17 @@ fn open_af_xdp(cfg: &DaemonConfig, max_frame: usize) -> Result<super::afxdp::AfX
     for n in port.notes() {
         eprintln!("rtchand: af_xdp {dev}: {n}");
     }
-    eprintln!(
-        "rtchand: af_xdp {dev}/q{}: {} mode, {}",
-        p.queue,
-        port.attach_mode(),
-        if port.zero_copy() {
-            "zero-copy"
-        } else {
-            "copy"
-        }
-    );
-    Ok(port)
+    for port in &ports {
+        eprintln!(
+            "rtchand: af_xdp {dev}/q{}: {} mode, {}",
+            port.queue(),
+            port.attach_mode(),
+            if port.zero_copy() {
+                "zero-copy"
+            } else {
+                "copy"
+            }
+        );
+    }
+    Ok((ports, group))
 }

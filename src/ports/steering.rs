@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
-use dataplane::port::{Batch, PacketBuf, MAX_BURST};
+use dataplane::port::{Batch, PacketBuf, PortStats, MAX_BURST};
 use dataplane::spec::ChannelId;
 use dataplane::wire::{ETH_LEN, UDP_LEN};
 
@@ -179,6 +179,136 @@ impl<B: PacketBuf> Steering<B> {
             self.dropped[core].load(Ordering::Relaxed),
         )
     }
+}
+
+impl<B> Steering<B> {
+    /// Per core: its queue's `counters` (index = core) and the hand-off's.
+    pub fn report(&self, counters: &[Arc<QueueCounters>]) -> Vec<QueueReport> {
+        counters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| QueueReport {
+                queue: i as u16,
+                rx_packets: c.rx_packets.load(Ordering::Relaxed),
+                rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
+                tx_packets: c.tx_packets.load(Ordering::Relaxed),
+                tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
+                handed_in: self.handed.get(i).map_or(0, |a| a.load(Ordering::Relaxed)),
+                handoff_dropped: self.dropped.get(i).map_or(0, |a| a.load(Ordering::Relaxed)),
+            })
+            .collect()
+    }
+}
+
+/// One queue's (socket's) counters, written by its core (relaxed stores of its own totals)
+/// and read by the control thread for `stats --port`.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct QueueCounters {
+    /// Frames this queue received (before any hand-off).
+    pub rx_packets: AtomicU64,
+    /// Their bytes.
+    pub rx_bytes: AtomicU64,
+    /// Frames sent on this queue.
+    pub tx_packets: AtomicU64,
+    /// Their bytes.
+    pub tx_bytes: AtomicU64,
+}
+
+/// One queue's figures, for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueReport {
+    /// Queue (socket) index = polling core.
+    pub queue: u16,
+    /// Frames received on this queue.
+    pub rx_packets: u64,
+    /// Bytes received on this queue.
+    pub rx_bytes: u64,
+    /// Frames sent on this queue.
+    pub tx_packets: u64,
+    /// Bytes sent on this queue.
+    pub tx_bytes: u64,
+    /// Frames other queues' cores handed to this core.
+    pub handed_in: u64,
+    /// Frames for this core dropped because its hand-off ring was full.
+    pub handoff_dropped: u64,
+}
+
+/// What the port of one core of a shared device keeps: its index (= core), the shared table,
+/// its counters.
+pub struct Member<B> {
+    index: usize,
+    steering: Arc<Steering<B>>,
+    counters: Arc<QueueCounters>,
+    udp_port: u16,
+}
+
+impl<B> std::fmt::Debug for Member<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl<B: PacketBuf> Member<B> {
+    /// Core `index` of `steering`, counting into `counters`, rtchan frames to `udp_port`.
+    pub fn new(
+        index: usize,
+        steering: Arc<Steering<B>>,
+        counters: Arc<QueueCounters>,
+        udp_port: u16,
+    ) -> Self {
+        Self {
+            index,
+            steering,
+            counters,
+            udp_port,
+        }
+    }
+
+    /// [`Steering::take_handed`] for this core.
+    #[inline]
+    pub fn take_handed(&self, batch: &mut Batch<B>) {
+        self.steering.take_handed(self.index, batch);
+    }
+
+    /// [`Steering::route`] from this core.
+    #[inline]
+    pub fn route(&self, b: B) -> Option<B> {
+        self.steering.route(self.index, b, self.udp_port)
+    }
+
+    /// Publishes the port's receive totals.
+    #[inline]
+    pub fn publish_rx(&self, s: &PortStats) {
+        self.counters
+            .rx_packets
+            .store(s.rx_packets, Ordering::Relaxed);
+        self.counters.rx_bytes.store(s.rx_bytes, Ordering::Relaxed);
+    }
+
+    /// Publishes the port's transmit totals.
+    #[inline]
+    pub fn publish_tx(&self, s: &PortStats) {
+        self.counters
+            .tx_packets
+            .store(s.tx_packets, Ordering::Relaxed);
+        self.counters.tx_bytes.store(s.tx_bytes, Ordering::Relaxed);
+    }
+}
+
+/// The control side of a port whose cores share one device (af_packet's fanout group, AF_XDP's
+/// per-queue sockets): what the daemon's control thread calls.
+pub trait SharedDevice: Send + Sync {
+    /// Frames of channel `id` go to core `core` from now on (`None`: nowhere in particular).
+    /// An error leaves the software hand-off steering (the kernel's part failed).
+    fn steer(&self, id: ChannelId, core: Option<u16>) -> std::io::Result<()>;
+    /// Per queue (= core): counters and the hand-off's.
+    fn report(&self) -> Vec<QueueReport>;
+    /// How frames reach their core: `kernel` (the kernel steers, the hand-off behind it) or
+    /// `software` (the hand-off alone).
+    fn steering_name(&self) -> &'static str;
 }
 
 /// Where the rtchan channel id sits in a frame whose IPv4 header has no options: the fixed

@@ -38,14 +38,13 @@ use std::ffi::c_void;
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dataplane::memlink::HeapBuf;
 use dataplane::spec::ChannelId;
 
 use super::{setsockopt_int, setsockopt_raw, AfPacketConfig, AfPacketError, AfPacketPort};
-use crate::ports::steering::Steering;
+use crate::ports::steering::{Member, QueueCounters, QueueReport, SharedDevice, Steering};
 
 /// `linux/if_packet.h`: join a fanout group (`id | (type | flags) << 16`).
 const PACKET_FANOUT: i32 = 18;
@@ -79,48 +78,6 @@ impl FanoutMode {
             Self::Hash => "software",
         }
     }
-}
-
-/// One socket's counters, written by its core (relaxed stores of its own totals) and read by
-/// the control thread for `stats --port`.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub struct QueueCounters {
-    /// Frames this socket received (before any hand-off).
-    pub rx_packets: AtomicU64,
-    /// Their bytes.
-    pub rx_bytes: AtomicU64,
-    /// Frames sent on this socket.
-    pub tx_packets: AtomicU64,
-    /// Their bytes.
-    pub tx_bytes: AtomicU64,
-}
-
-/// What a group member's port needs: its index, the shared table, its counters.
-pub(super) struct Member {
-    pub(super) index: usize,
-    pub(super) steering: Arc<Steering<HeapBuf>>,
-    pub(super) counters: Arc<QueueCounters>,
-    pub(super) udp_port: u16,
-}
-
-/// One socket's figures, for reports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueueReport {
-    /// Socket index (= polling core).
-    pub queue: u16,
-    /// Frames received on this socket.
-    pub rx_packets: u64,
-    /// Bytes received on this socket.
-    pub rx_bytes: u64,
-    /// Frames sent on this socket.
-    pub tx_packets: u64,
-    /// Bytes sent on this socket.
-    pub tx_bytes: u64,
-    /// Frames other sockets' cores handed to this core (software steering).
-    pub handed_in: u64,
-    /// Frames for this core dropped because its hand-off ring was full.
-    pub handoff_dropped: u64,
 }
 
 /// The control side of a fanout group: steering updates and per-socket counters.
@@ -336,12 +293,7 @@ pub fn open_group(
             .map_err(|e| os_err("setsockopt(PACKET_FANOUT, join)", e))?;
         }
         let c = Arc::new(QueueCounters::default());
-        port.member = Some(Member {
-            index: i,
-            steering: steering.clone(),
-            counters: c.clone(),
-            udp_port,
-        });
+        port.member = Some(Member::new(i, steering.clone(), c.clone(), udp_port));
         counters.push(c);
         ports.push(port);
     }
@@ -384,12 +336,14 @@ impl FanoutGroup {
     pub fn notes(&self) -> &[String] {
         &self.notes
     }
+}
 
+impl SharedDevice for FanoutGroup {
     /// Frames of channel `id` go to core `core` from now on (`None`: nowhere in particular).
     /// The software table first, so that no frame the new program sends to `core` finds it
     /// unplaced; then the kernel program. A program the kernel refuses leaves the previous one
     /// (the hand-off still steers); the error says why.
-    pub fn steer(&self, id: ChannelId, core: Option<u16>) -> io::Result<()> {
+    fn steer(&self, id: ChannelId, core: Option<u16>) -> io::Result<()> {
         let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         match core {
             Some(c) => {
@@ -417,24 +371,12 @@ impl FanoutGroup {
         result
     }
 
-    /// Per socket: its counters and the hand-off's.
-    pub fn report(&self) -> Vec<QueueReport> {
-        self.counters
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let (handed_in, handoff_dropped) = self.steering.counters(i);
-                QueueReport {
-                    queue: i as u16,
-                    rx_packets: c.rx_packets.load(Ordering::Relaxed),
-                    rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
-                    tx_packets: c.tx_packets.load(Ordering::Relaxed),
-                    tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
-                    handed_in,
-                    handoff_dropped,
-                }
-            })
-            .collect()
+    fn report(&self) -> Vec<QueueReport> {
+        self.steering.report(&self.counters)
+    }
+
+    fn steering_name(&self) -> &'static str {
+        self.mode.name()
     }
 }
 

@@ -36,7 +36,7 @@
 mod fanout;
 pub use fanout::{
     device_queues, open_group, rtchan_filter, steering_program, FanoutGroup, FanoutMode,
-    QueueCounters, QueueReport, MAX_KERNEL_CHANNELS,
+    MAX_KERNEL_CHANNELS,
 };
 
 use dataplane::memlink::{BufPool, HeapBuf};
@@ -221,7 +221,7 @@ pub struct AfPacketPort {
     tx_full: u64,
     kernel_drops: Cell<u64>,
     /// Set when the socket is one of a fanout group ([`open_group`]).
-    member: Option<fanout::Member>,
+    member: Option<crate::ports::steering::Member<HeapBuf>>,
     // Dropped in declaration order: the ring is unmapped before the socket closes.
     ring: RxRing,
     fd: OwnedFd,
@@ -686,12 +686,7 @@ impl Port for AfPacketPort {
             }
         }
         if let (Some(m), true) = (&self.member, sent > 0) {
-            m.counters
-                .tx_packets
-                .store(self.stats.tx_packets, Ordering::Relaxed);
-            m.counters
-                .tx_bytes
-                .store(self.stats.tx_bytes, Ordering::Relaxed);
+            m.publish_tx(&self.stats);
         }
         Ok(sent)
     }
@@ -704,8 +699,7 @@ impl Port for AfPacketPort {
         let before = batch.len();
         let rx_before = self.stats.rx_packets;
         if let Some(m) = &self.member {
-            // Frames other cores handed over first: they arrived earlier.
-            m.steering.take_handed(m.index, batch);
+            m.take_handed(batch);
         }
         while !batch.is_full() {
             let b = self.cursor.block;
@@ -759,7 +753,7 @@ impl Port for AfPacketPort {
                 match &self.member {
                     // A frame of a channel whose receiver is on another core goes there.
                     Some(m) => {
-                        if let Some(buf) = m.steering.route(m.index, buf, m.udp_port) {
+                        if let Some(buf) = m.route(buf) {
                             batch.push(buf);
                         }
                     }
@@ -773,12 +767,7 @@ impl Port for AfPacketPort {
             }
         }
         if let (Some(m), true) = (&self.member, self.stats.rx_packets != rx_before) {
-            m.counters
-                .rx_packets
-                .store(self.stats.rx_packets, Ordering::Relaxed);
-            m.counters
-                .rx_bytes
-                .store(self.stats.rx_bytes, Ordering::Relaxed);
+            m.publish_rx(&self.stats);
         }
         Ok(batch.len() - before)
     }
