@@ -5,19 +5,30 @@
 //! - memlink: one in-memory link per core; the other end of every link is polled by a
 //!   receive core of this daemon, so channels to `local` are delivered in-process (loopback);
 //! - null: one null port per core (no receive path);
-//! - af_packet: one interface (`port.device`) and exactly one core, which both sends (channels
-//!   to peers go out on the wire, addressed with this host's MAC/IPv4 and the peer's) and
-//!   receives (incoming channels from peers get their receivers on that same core). Its idle
-//!   loop sleeps (`policy.idle_sleep`) unless `policy.idle = "spin"`: a loop that spins or
-//!   yields starves the softirq that moves frames through veth.
-//! - af_xdp (feature `af_xdp`): like af_packet, over an AF_XDP socket bound to queue
-//!   `port.queue` of `port.device` (libxdp loads its default redirect program). Without the
-//!   feature the kind is refused when the dataplane starts.
+//! - af_packet: one interface (`port.device`); every core both sends (channels to peers go out
+//!   on the wire, addressed with this host's MAC/IPv4 and the peer's) and receives (incoming
+//!   channels from peers get their receivers on the core receiving admission picks). One core
+//!   has one socket; N cores have N sockets in one `PACKET_FANOUT` group, core `i` sending on
+//!   socket `i` (paced by its link scheduler at `cores[i].tx_share_ppm`) and receiving there:
+//!   the kernel steers each frame to the socket of its channel's core (a cBPF program rebuilt
+//!   on every [`Dataplane::steer`]), the software hand-off catches what it cannot
+//!   ([`crate::ports::afpacket::FanoutGroup`]). Its idle loop sleeps (`policy.idle_sleep`)
+//!   unless `policy.idle = "spin"`: a loop that spins or yields starves the softirq that moves
+//!   frames through veth.
+//! - af_xdp (feature `af_xdp`): like af_packet, core `i` over an AF_XDP socket bound to queue
+//!   `port.queue + i` of `port.device` (libxdp loads its default program, which redirects by
+//!   RX queue); a frame that arrives on another core's queue than its receiver's is handed over
+//!   in software ([`crate::ports::afxdp::XskGroup`]). Without the feature the kind is refused
+//!   when the dataplane starts.
 //! - dpdk (feature `dpdk`): one ethdev port (`port.device`) with one TX and one RX queue per
 //!   core: core `i`'s port is queue pair `i` ([`crate::ports::dpdk::QueuePort`]), so its link
 //!   scheduler paces TX queue `i` at `cores[i].tx_share_ppm`, as admission models it. Each
 //!   core receives on its own RX queue; frames of a channel whose receiver is on another core
 //!   are handed to that core ([`Dataplane::steer`] keeps the table).
+//!
+//! The software hand-off is one piece for every multi-queue port
+//! ([`crate::ports::steering::Steering`]); more cores than the device has queues are refused
+//! when the port opens, naming `cores`.
 //!
 //! Every port comes from one function, [`fn@crate::ports::open`]; this module only starts cores
 //! on them. The control thread reaches every core only through its [`CoreHandle`] (the
@@ -102,8 +113,8 @@ pub use crate::ports::WireAddr;
 pub struct Dataplane {
     /// Sending cores, index = admission core = TX queue.
     pub tx: Vec<CoreSlot>,
-    /// Receive cores (memlink loopback), index = admission RX core; empty for `null` and
-    /// `af_packet`.
+    /// Receive cores (memlink loopback), index = admission RX core; empty for `null` and the
+    /// wire ports.
     pub rx: Vec<CoreSlot>,
     /// Receivers live on the sending cores (af_packet, af_xdp, dpdk: a core sends and
     /// receives).
@@ -231,7 +242,7 @@ impl Dataplane {
 
     /// Frames of channel `id` belong to receive core `core` from now on (`None`: the channel
     /// no longer receives here). Only ports that share one device between cores (dpdk,
-    /// af_packet with several cores) steer.
+    /// af_packet and af_xdp with several cores) steer.
     pub fn steer(&self, id: dataplane::spec::ChannelId, core: Option<u16>) {
         if let Some(g) = &self.shared {
             if let Err(e) = g.steer(id, core) {
@@ -380,7 +391,7 @@ impl Dataplane {
     }
 
     /// The core that receives for admission's RX core `core`: the loopback receive core
-    /// (memlink), the sending core itself (af_packet), or none (null).
+    /// (memlink), the sending core itself (af_packet, af_xdp, dpdk), or none (null).
     pub fn receive_core(&mut self, core: u16) -> Option<&mut CoreHandle> {
         let slots = if self.rx_on_tx {
             &mut self.tx

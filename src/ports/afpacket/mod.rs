@@ -29,11 +29,16 @@
 //! buffer full, or the device dropped it) stays at the front of the batch, in order. The port
 //! does not report TX completions: the link scheduler models the queue at the configured rate.
 //!
+//! # Several cores
+//! [`open_group`] opens one socket per core in one `PACKET_FANOUT_CBPF` group, steered by
+//! channel in the kernel, with the software hand-off behind it and a socket filter keeping
+//! non-rtchan frames out of the rings (see [`fanout`]).
+//!
 //! Needs `CAP_NET_RAW` in the interface's network namespace. Linux only.
 
 #![cfg(target_os = "linux")]
 
-mod fanout;
+pub mod fanout;
 pub use fanout::{
     device_queues, open_group, rtchan_filter, steering_program, FanoutGroup, FanoutMode,
     MAX_KERNEL_CHANNELS,
