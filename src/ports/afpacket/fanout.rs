@@ -54,6 +54,8 @@ const PACKET_FANOUT_HASH: u32 = 0;
 const PACKET_FANOUT_CBPF: u32 = 6;
 /// The kernel picks a free group id (Linux 4.20); read back with `getsockopt`.
 const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+/// The group's hook skips frames this host sends (Linux 6.4).
+const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
 /// `asm-generic/socket.h` (x86, arm, riscv, powerpc; mips and sparc differ).
 const SO_ATTACH_FILTER: i32 = 26;
 
@@ -243,6 +245,7 @@ pub fn open_group(
     let mut counters = Vec::with_capacity(sockets);
     let mut notes = Vec::new();
     let mut mode = FanoutMode::Kernel;
+    let mut flags = PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
     let mut id = 0u16;
     for i in 0..sockets {
         // The filter before the bind: no other frame ever enters the ring.
@@ -251,22 +254,39 @@ pub fn open_group(
                 .map_err(|e| os_err("setsockopt(SO_ATTACH_FILTER)", e))
         })?;
         let fd = port.fd.as_raw_fd();
+        // A group's sockets share the group's packet hook, so the per-socket
+        // PACKET_IGNORE_OUTGOING does not keep outgoing frames out of the group. The group's
+        // own sockets' frames never come back (the hook skips senders of the group), but other
+        // senders' on this host do when they go through the qdisc (the kernel's taps see
+        // them): the group flag keeps them out where the kernel has it, the pkt_type check on
+        // receive everywhere.
+        port.filter_outgoing = true;
         if i == 0 {
-            let join = |kind: u32| {
+            let join = |kind: u32, flags: u32| {
                 setsockopt_int(
                     fd,
                     libc::SOL_PACKET,
                     PACKET_FANOUT,
-                    ((kind | PACKET_FANOUT_FLAG_UNIQUEID) << 16) as i32,
+                    ((kind | flags | PACKET_FANOUT_FLAG_UNIQUEID) << 16) as i32,
                 )
             };
-            if let Err(e) = join(PACKET_FANOUT_CBPF) {
+            let mut joined = join(PACKET_FANOUT_CBPF, flags);
+            if joined.is_err() {
+                flags = 0;
+                notes.push(
+                    "PACKET_FANOUT_FLAG_IGNORE_OUTGOING refused: outgoing frames are filtered \
+                     by pkt_type on receive"
+                        .into(),
+                );
+                joined = join(PACKET_FANOUT_CBPF, flags);
+            }
+            if let Err(e) = joined {
                 notes.push(format!(
                     "PACKET_FANOUT_CBPF refused ({e}): frames are spread by flow hash and \
                      handed to their core in software"
                 ));
                 mode = FanoutMode::Hash;
-                join(PACKET_FANOUT_HASH)
+                join(PACKET_FANOUT_HASH, flags)
                     .map_err(|e| os_err("setsockopt(PACKET_FANOUT, HASH)", e))?;
             }
             id = fanout_id(fd).map_err(|e| os_err("getsockopt(PACKET_FANOUT)", e))?;
@@ -288,7 +308,7 @@ pub fn open_group(
                 fd,
                 libc::SOL_PACKET,
                 PACKET_FANOUT,
-                (u32::from(id) | kind << 16) as i32,
+                (u32::from(id) | (kind | flags) << 16) as i32,
             )
             .map_err(|e| os_err("setsockopt(PACKET_FANOUT, join)", e))?;
         }
