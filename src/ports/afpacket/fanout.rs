@@ -467,3 +467,122 @@ pub fn device_queues(ifname: &str) -> io::Result<(u32, u32)> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataplane::spec::Endpoint;
+    use dataplane::wire::{HeaderTemplate, RtHeader, ETH_LEN, RTCHAN_UDP_PORT};
+
+    /// Runs the subset of classic BPF the programs here use over an Ethernet frame, as the
+    /// kernel would: `SKF_NET_OFF` loads relative to the IPv4 header, the protocol ancillary
+    /// load is the EtherType; a load past the end returns 0 (the kernel's rule).
+    fn run(prog: &[libc::sock_filter], frame: &[u8]) -> u32 {
+        let load = |k: u32, size: usize| -> Option<u32> {
+            if k == PROTO {
+                return Some(u32::from(u16::from_be_bytes([frame[12], frame[13]])));
+            }
+            let off = k.wrapping_sub(libc::SKF_NET_OFF as u32) as usize + ETH_LEN;
+            let b = frame.get(off..off + size)?;
+            Some(b.iter().fold(0u32, |a, &x| a << 8 | u32::from(x)))
+        };
+        let (mut a, mut pc) = (0u32, 0usize);
+        loop {
+            let i = prog[pc];
+            let code = u32::from(i.code);
+            pc += 1;
+            match code {
+                LD_B | LD_H | LD_W => {
+                    let size = match code {
+                        LD_B => 1,
+                        LD_H => 2,
+                        _ => 4,
+                    };
+                    match load(i.k, size) {
+                        Some(v) => a = v,
+                        None => return 0,
+                    }
+                }
+                JEQ | JSET => {
+                    let hit = if code == JEQ { a == i.k } else { a & i.k != 0 };
+                    pc += usize::from(if hit { i.jt } else { i.jf });
+                }
+                RET => return i.k,
+                _ => panic!("instruction {code:#x} not in the subset"),
+            }
+        }
+    }
+
+    fn frame(channel: u32, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let rt = RtHeader {
+            channel,
+            frag_count: 1,
+            frag_len: 4,
+            msg_len: 4,
+            ..RtHeader::default()
+        };
+        let mut b = vec![0u8; 128];
+        let n = HeaderTemplate::new(&Endpoint::default()).write_frame(&mut b, 1, &rt, b"abcd");
+        b.truncate(n);
+        f(&mut b);
+        b
+    }
+
+    #[test]
+    fn the_steering_program_returns_each_placed_channel_s_core() {
+        let placed = [(7, 1), (9, 2), (0x0102_0304, 3)];
+        let p = steering_program(&placed, RTCHAN_UDP_PORT);
+        assert_eq!(p.len(), 12 + 2 * placed.len() + 1);
+        for (id, core) in placed {
+            assert_eq!(run(&p, &frame(id, |_| {})), u32::from(core), "channel {id}");
+        }
+        assert_eq!(run(&p, &frame(8, |_| {})), 0, "unplaced");
+        // Another UDP port, not UDP, not IPv4, IP options, a fragment, truncated: socket 0.
+        let other_port = frame(7, |f| {
+            f[ETH_LEN + 22..ETH_LEN + 24].copy_from_slice(&[0, 53])
+        });
+        let tcp = frame(7, |f| f[ETH_LEN + 9] = 6);
+        let arp = frame(7, |f| f[12..14].copy_from_slice(&[0x08, 0x06]));
+        let options = frame(7, |f| f[ETH_LEN] = 0x46);
+        let fragment = frame(7, |f| f[ETH_LEN + 6] = 0x20);
+        let short = frame(7, |f| f.truncate(ETH_LEN + 38));
+        for (what, f) in [
+            ("port", other_port),
+            ("tcp", tcp),
+            ("arp", arp),
+            ("options", options),
+            ("fragment", fragment),
+            ("short", short),
+        ] {
+            assert_eq!(run(&p, &f), 0, "{what}");
+        }
+        // Beyond the cap, channels are left to the hand-off.
+        let many: Vec<(ChannelId, u16)> = (0..MAX_KERNEL_CHANNELS as u32 + 10)
+            .map(|i| (i, 1))
+            .collect();
+        let p = steering_program(&many, RTCHAN_UDP_PORT);
+        assert_eq!(p.len(), 12 + 2 * MAX_KERNEL_CHANNELS + 1);
+        assert!(p.len() <= 4096, "cBPF's instruction limit");
+        assert_eq!(run(&p, &frame(5, |_| {})), 1);
+        assert_eq!(run(&p, &frame(MAX_KERNEL_CHANNELS as u32 + 5, |_| {})), 0);
+    }
+
+    #[test]
+    fn the_socket_filter_keeps_only_rtchan_s_udp_port() {
+        let p = rtchan_filter(RTCHAN_UDP_PORT);
+        assert_eq!(run(&p, &frame(7, |_| {})), u32::MAX);
+        let other_port = frame(7, |f| {
+            f[ETH_LEN + 22..ETH_LEN + 24].copy_from_slice(&[0, 53])
+        });
+        assert_eq!(run(&p, &other_port), 0);
+        assert_eq!(run(&p, &frame(7, |f| f[ETH_LEN + 9] = 6)), 0, "tcp");
+        assert_eq!(
+            run(&p, &frame(7, |f| f[12..14].copy_from_slice(&[0x86, 0xdd]))),
+            0,
+            "ipv6"
+        );
+        // The receive path judges IPv4 UDP it cannot place: options, later fragments.
+        assert_eq!(run(&p, &frame(7, |f| f[ETH_LEN] = 0x46)), u32::MAX);
+        assert_eq!(run(&p, &frame(7, |f| f[ETH_LEN + 7] = 1)), u32::MAX);
+    }
+}
