@@ -6,9 +6,9 @@
 //! program the first one loaded and add themselves to its map. Which queue a frame arrives on
 //! is the device's choice (a NIC's RSS hash; on veth, the TX queue the sender used), not the
 //! channel's, so every frame of a channel whose receiver is on another core is handed to that
-//! core in software ([`Steering`]). Steering in the kernel would need a program of rtchan's
-//! own that reads the channel id and redirects to the owner's socket (`load_program = false`
-//! and an XSKMAP keyed by core); not done yet.
+//! core in software ([`Steering`]). No XDP program could steer instead: the kernel gives a
+//! redirected frame only to a socket bound to the queue it arrived on (`xsk_rcv_check`), so
+//! only the device itself (NIC flow rules) could choose the queue by channel.
 //!
 //! The default program takes every frame of the bound queues away from the kernel, ARP and
 //! TCP included: they reach whichever core's socket and that core's receive path counts and
