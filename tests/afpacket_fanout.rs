@@ -144,7 +144,7 @@ fn each_channel_reaches_the_socket_of_its_core() {
             qdisc_bypass: false,
             ..AfPacketConfig::default()
         };
-        open_group(&ifb, cfg, 2, RTCHAN_UDP_PORT, 64).map_err(|e| e.to_string())
+        open_group(&ifb, cfg, 2, RTCHAN_UDP_PORT, 1024).map_err(|e| e.to_string())
     })
     .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
@@ -155,6 +155,18 @@ fn each_channel_reaches_the_socket_of_its_core() {
     );
     group.steer(1, Some(1)).unwrap();
     group.steer(2, Some(0)).unwrap();
+    // Grow the program into a search tree with long jumps (left halves over 255
+    // instructions) with channels that send nothing: the kernel takes every version of it,
+    // and the two live ones still steer.
+    const IDLE: u32 = 300;
+    let t = Instant::now();
+    for id in 1000..1000 + IDLE {
+        group.steer(id, Some((id % 2) as u16)).unwrap();
+    }
+    eprintln!(
+        "{IDLE} placements (the program rebuilt and replaced each time) in {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
 
     // Channel 1 on core 1, 2 on core 0, 3 unplaced, and UDP to another port.
     send(
