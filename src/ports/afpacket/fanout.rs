@@ -149,7 +149,7 @@ const PROTO: u32 = (libc::SKF_AD_OFF + libc::SKF_AD_PROTOCOL) as u32;
 /// (at most [`MAX_KERNEL_CHANNELS`], the lowest ids; the rest go to socket 0). An IPv4 frame
 /// without options, not a fragment, UDP to `udp_port`: its channel field (bytes 36..40 of the
 /// IPv4 packet: 20 IPv4 + 8 UDP + 8 into the rtchan header) is looked up in a binary search
-/// tree of the placed channels compiled into the program ([`search_tree`]): about
+/// tree of the placed channels compiled into the program: about
 /// log2(n / 8) + 8 compares per frame.
 pub fn steering_program(placed: &[(ChannelId, u16)], udp_port: u16) -> Vec<libc::sock_filter> {
     let mut p = vec![
