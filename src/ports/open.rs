@@ -2,7 +2,7 @@
 //! the `[port]` and `[[cores]]` tables.
 //!
 //! It returns one [`Ports`] value: the ports each polling core will own (memlink pairs, null
-//! ports, the af_packet or AF_XDP socket, or one DPDK queue pair per core) and, for backends
+//! ports, af_packet or AF_XDP sockets, or DPDK queue pairs, one per core) and, for backends
 //! that put frames on a real wire, this host's addresses there ([`WireAddr`]). Every failure
 //! is an [`OpenError`] naming the configuration key at fault, and happens before the daemon
 //! admits any channel.
@@ -43,7 +43,7 @@ fn err(key: &str, message: impl Into<String>) -> OpenError {
     }
 }
 
-/// The opened ports, one per polling core (or one shared by the single core of a wire socket).
+/// The opened ports, one per polling core.
 pub enum Ports {
     /// memlink: per core, the sending end and the loopback receiving end.
     Memlink(Vec<(MemPort, MemPort)>),

@@ -255,8 +255,10 @@ fn fanout_id(fd: RawFd) -> io::Result<u16> {
 }
 
 /// Opens `sockets` af_packet ports on `ifname` in one fanout group (see the module docs);
-/// port `i` is core `i`'s. Channels placed with [`FanoutGroup::steer`] (up to `max_channels`
-/// receivers) are steered to their core.
+/// port `i` is core `i`'s. Channels placed with [`SharedDevice::steer`] (up to `max_channels`
+/// receivers) are steered to their core. Until socket `i` has joined the group (right after
+/// its bind) it sees the interface's frames on its own, as well as the group: at start, when
+/// no channel runs yet.
 pub fn open_group(
     ifname: &str,
     cfg: AfPacketConfig,
@@ -451,6 +453,12 @@ pub fn device_queues(ifname: &str) -> io::Result<(u32, u32)> {
         combined_count: u32,
     }
     const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ || ifname.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("'{ifname}' is not an interface name"),
+        ));
+    }
     let from_ioctl = (|| {
         // SAFETY: plain syscall; the descriptor is checked and then owned.
         let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
