@@ -400,6 +400,9 @@ fn scenario(sender: &DaemonProc, receiver: &DaemonProc) -> Result<Vec<String>, S
     let s2 = stats(send)?;
     let send_port: PortStatsInfo = typed(send, &["stats", "--port"])?;
     let recv_port: PortStatsInfo = typed(recv, &["stats", "--port"])?;
+    let port_text = ctl(recv, &["stats", "--port"])?;
+    let port_text = String::from_utf8_lossy(&port_text.stdout).into_owned();
+    eprintln!("receiver `stats --port`:\n{port_text}");
     let preempted = probe.finish();
     eprintln!("{preempted}");
 
@@ -451,6 +454,14 @@ fn scenario(sender: &DaemonProc, receiver: &DaemonProc) -> Result<Vec<String>, S
     // Per socket (= core): the sender sent on both, the receiver received on both, the
     // hand-off lost nothing, and kernel steering left it nothing to do; software steering
     // (frames arrive on their sender's queue) carried the channels whose cores differ.
+    let want = format!("2 sockets, one per core, {} steering", {
+        recv_port.steering.as_deref().unwrap_or("-")
+    });
+    if !port_text.contains(&want) || port_text.lines().count() != 4 {
+        problems.push(format!(
+            "receiver `stats --port` lacks \"{want}\" and a line per socket:\n{port_text}"
+        ));
+    }
     let crossing = rt
         .iter()
         .any(|(c, _)| c.sender.core != c.receiver.admitted.core);

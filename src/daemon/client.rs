@@ -344,7 +344,7 @@ pub fn port_table(p: &control::protocol::PortStatsInfo) -> String {
         } else {
             let _ = writeln!(
                 s,
-                "port {} ({dev}): {} sockets in one fanout group, {} steering",
+                "port {} ({dev}): {} sockets, one per core, {} steering",
                 p.kind,
                 p.queues.len(),
                 p.steering.as_deref().unwrap_or("-")
