@@ -387,18 +387,13 @@ fn scenario(
         let inc = find(&r_b, id)?;
         let rx = inc.rx.clone().ok_or(format!("channel {id}: no receiver"))?;
         eprintln!(
-            "channel {id} ({source}, txq {}): submitted {}, sent {} (late packets {}), delivered \
-             {}; latency p50 {:.3} p99 {:.3} max {:.3} ms; misses {} lost {}",
-            ch.sender.txq,
-            tx2.submitted,
-            tx1.sent,
-            tx2.late_packets,
-            rx.delivered,
-            rx.latency.p50 as f64 / 1e6,
-            rx.latency.p99 as f64 / 1e6,
-            rx.latency.max as f64 / 1e6,
-            rx.deadline_misses,
-            rx.lost
+            "{}",
+            channel_line(
+                &format!("channel {id} ({source}, txq {})", ch.sender.txq),
+                &tx1,
+                &tx2,
+                &rx
+            )
         );
         judge_receiver(
             &format!("channel {id} ({source})"),

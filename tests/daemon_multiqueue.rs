@@ -414,28 +414,12 @@ fn scenario(sender: &DaemonProc, receiver: &DaemonProc) -> Result<Vec<String>, S
             .rx
             .clone()
             .ok_or(format!("channel {id}: no receiver"))?;
-        eprintln!(
-            "channel {id} ({source}, cores {} → {}): submitted {}, sent {} (late packets {}), \
-             delivered {}; latency p50 {:.3} p99 {:.3} max {:.3} ms; misses {} lost {}",
-            ch.sender.core,
-            ch.receiver.admitted.core,
-            tx2.submitted,
-            tx1.sent,
-            tx2.late_packets,
-            rx.delivered,
-            rx.latency.p50 as f64 / 1e6,
-            rx.latency.p99 as f64 / 1e6,
-            rx.latency.max as f64 / 1e6,
-            rx.deadline_misses,
-            rx.lost
+        let label = format!(
+            "channel {id} ({source}, cores {} → {})",
+            ch.sender.core, ch.receiver.admitted.core
         );
-        judge_receiver(
-            &format!("channel {id} ({source})"),
-            tx1.sent,
-            &rx,
-            &preempted,
-            &mut problems,
-        );
+        eprintln!("{}", channel_line(&label, &tx1, &tx2, &rx));
+        judge_receiver(&label, tx1.sent, &rx, &preempted, &mut problems);
     }
     for ch in &be {
         let rx = find(&r, ch.id)?

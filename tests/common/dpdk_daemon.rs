@@ -188,6 +188,29 @@ pub fn find(
         .ok_or_else(|| format!("channel {id} missing from the statistics"))
 }
 
+/// One line of what a real-time channel did: `label`, the sender's counters (`tx1` at the
+/// measurement, `tx2` a settling time later) and the receiver's.
+pub fn channel_line(
+    label: &str,
+    tx1: &control::protocol::TxCounters,
+    tx2: &control::protocol::TxCounters,
+    rx: &control::protocol::RxCounters,
+) -> String {
+    format!(
+        "{label}: submitted {}, sent {} (late packets {}), delivered {}; latency p50 {:.3} p99 \
+         {:.3} max {:.3} ms; misses {} lost {}",
+        tx2.submitted,
+        tx1.sent,
+        tx2.late_packets,
+        rx.delivered,
+        rx.latency.p50 as f64 / 1e6,
+        rx.latency.p99 as f64 / 1e6,
+        rx.latency.max as f64 / 1e6,
+        rx.deadline_misses,
+        rx.lost
+    )
+}
+
 /// The checks of one real-time channel's receiver after a run, each failure pushed to
 /// `problems` under `label`: no deadline miss that the polling threads' measured OS preemption
 /// (`preempted`) does not explain (each listed miss against the wait during its own life), no
