@@ -28,9 +28,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use control::config::DaemonConfig;
-use control::protocol::{ChannelInfo, ChannelStatsInfo, PortStatsInfo, Reply};
+use control::protocol::{ChannelInfo, PortStatsInfo};
 use dataplane::time::Nanos;
-use rtchan::preemption::{MissLog, PreemptionProbe};
+use rtchan::preemption::PreemptionProbe;
 
 const RATE_BPS: u64 = 100_000_000;
 const SHARES: [u32; 2] = [500_000, 400_000];
@@ -144,33 +144,6 @@ impl Drop for Capture {
             let _ = c.wait();
         }
     }
-}
-
-fn typed<T: serde::de::DeserializeOwned>(socket: &Path, args: &[&str]) -> Result<T, String> {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let out = ctl(socket, &a)?;
-    let reply: Reply = serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "rtchanctl {}: {e}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    reply
-        .into_result()
-        .map_err(|e| format!("rtchanctl {}: {}", args.join(" "), e.message))
-}
-
-fn stats(socket: &Path) -> Result<Vec<ChannelStatsInfo>, String> {
-    typed(socket, &["stats"])
-}
-
-fn find(v: &[ChannelStatsInfo], id: u32) -> Result<&ChannelStatsInfo, String> {
-    v.iter()
-        .find(|s| s.id == id)
-        .ok_or_else(|| format!("channel {id} missing from the statistics"))
 }
 
 #[test]
@@ -414,53 +387,20 @@ fn scenario(
         let inc = find(&r_b, id)?;
         let rx = inc.rx.clone().ok_or(format!("channel {id}: no receiver"))?;
         eprintln!(
-            "channel {id} ({source}, txq {}): submitted {}, sent {} (late packets {}), delivered \
-             {}; latency p50 {:.3} p99 {:.3} max {:.3} ms; misses {} lost {}",
-            ch.sender.txq,
-            tx2.submitted,
+            "{}",
+            channel_line(
+                &format!("channel {id} ({source}, txq {})", ch.sender.txq),
+                &tx1,
+                &tx2,
+                &rx
+            )
+        );
+        judge_receiver(
+            &format!("channel {id} ({source})"),
             tx1.sent,
-            tx2.late_packets,
-            rx.delivered,
-            rx.latency.p50 as f64 / 1e6,
-            rx.latency.p99 as f64 / 1e6,
-            rx.latency.max as f64 / 1e6,
-            rx.deadline_misses,
-            rx.lost
-        );
-        let mut check = |ok: bool, what: String| {
-            if !ok {
-                problems.push(format!("channel {id} ({source}): {what}"));
-            }
-        };
-        let mut log = MissLog::with_capacity(rx.recent_misses.len());
-        for m in &rx.recent_misses {
-            log.record(m.submit, m.deadline, m.delivered);
-        }
-        log.unrecorded = rx.older_misses;
-        let verdict = preempted.verdict(&log);
-        if rx.deadline_misses > 0 {
-            eprintln!("channel {id}: {verdict}");
-        }
-        check(
-            verdict.unexcused == 0,
-            format!(
-                "{} of {} deadline misses not explained by measured OS preemption ({verdict})",
-                verdict.unexcused, rx.deadline_misses
-            ),
-        );
-        check(rx.lost == 0, format!("{} messages lost", rx.lost));
-        check(
-            rx.duplicates == 0 && rx.reordered == 0,
-            format!("{} duplicates, {} reordered", rx.duplicates, rx.reordered),
-        );
-        check(
-            rx.delivered >= tx1.sent && tx1.sent > 0,
-            format!(
-                "delivered {} < {} sent {} ms earlier",
-                rx.delivered,
-                tx1.sent,
-                SETTLE.as_millis()
-            ),
+            &rx,
+            &preempted,
+            &mut problems,
         );
     }
     for ch in &be {

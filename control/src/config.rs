@@ -120,10 +120,11 @@ pub enum PortKind {
     Memlink,
     /// Discards every packet (no receive path).
     Null,
-    /// Linux af_packet on one interface (`device`): one core sends and receives.
+    /// Linux af_packet on one interface (`device`): each core sends and receives on its own
+    /// socket; with several cores the sockets form one fanout group steered by channel.
     AfPacket,
-    /// Linux AF_XDP on one queue of one interface (`device`, `queue`): one core sends and
-    /// receives. Needs an `rtchand` built with the `af_xdp` feature.
+    /// Linux AF_XDP on queues of one interface (`device`): core `i` sends and receives on
+    /// queue `queue + i`. Needs an `rtchand` built with the `af_xdp` feature.
     AfXdp,
     /// DPDK on one ethdev port (`device`: a PCI address bound to vfio-pci, or a vdev): every
     /// `[[cores]]` entry owns its own TX queue and RX queue of that port. Needs an `rtchand`
@@ -205,7 +206,7 @@ pub struct PortConfig {
     pub tx_batch: usize,
     /// af_packet: ask for `PACKET_QDISC_BYPASS`.
     pub qdisc_bypass: bool,
-    /// af_xdp: the interface queue the socket binds to.
+    /// af_xdp: the interface queue the first core's socket binds to (core `i`'s: `queue + i`).
     pub queue: u32,
     /// af_xdp: how the XDP program is attached.
     pub attach: XdpAttachMode,
@@ -723,15 +724,11 @@ impl DaemonConfig {
                 ),
             ));
         }
-        if self.cores.len() != 1 {
-            return Err(invalid(
-                "cores",
-                format!(
-                    "{kind} exactly one [[cores]] entry is allowed (that core drives the \
-                     interface, sending and receiving); found {}",
-                    self.cores.len()
-                ),
-            ));
+        // af_packet: one socket per core in a fanout group; af_xdp: one socket per core on
+        // consecutive queues from port.queue. The device's queue count is checked when it is
+        // opened, before any channel.
+        if self.cores.len() > usize::from(u16::MAX) {
+            return Err(invalid("cores", "too many cores for one device's queues"));
         }
         if let Some(m) = &self.port.mac {
             parse_mac(m).map_err(|e| invalid("port.mac", e))?;
@@ -1052,7 +1049,7 @@ mod tests {
     }
 
     #[test]
-    fn af_packet_needs_its_device_rate_and_one_core() {
+    fn af_packet_needs_its_device_and_rate_and_takes_several_cores() {
         let base = "[port]\nkind = \"af_packet\"\n";
         let e = DaemonConfig::parse(base).unwrap_err();
         assert!(e.to_string().starts_with("port.device"), "{e}");
@@ -1063,8 +1060,16 @@ mod tests {
         assert_eq!(cfg.link_rate_bps(), 100_000_000);
         assert_eq!(cfg.tx_model().cost.link_rate_bps, 100_000_000);
         assert_eq!(cfg.rx_model().cost.link_rate_bps, 100_000_000);
-        let e = DaemonConfig::parse(&format!("{ok}[[cores]]\n[[cores]]\n")).unwrap_err();
-        assert!(e.to_string().starts_with("cores:"), "{e}");
+        let two = DaemonConfig::parse(&format!(
+            "{ok}[[cores]]\ntx_share_ppm = 400000\n[[cores]]\ntx_share_ppm = 400000\n"
+        ))
+        .unwrap();
+        assert_eq!(two.tx_model().cores, 2);
+        let e = DaemonConfig::parse(&format!(
+            "{ok}[[cores]]\ntx_share_ppm = 600000\n[[cores]]\ntx_share_ppm = 500000\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().starts_with("cores[].tx_share_ppm"), "{e}");
         let e = DaemonConfig::parse(&format!("{ok}buffers = 4096\n")).unwrap_err();
         assert!(e.to_string().starts_with("port.buffers"), "{e}");
         let e = DaemonConfig::parse(&format!("{ok}mac = \"02:00\"\n")).unwrap_err();
@@ -1107,8 +1112,11 @@ mod tests {
         assert!(e.to_string().contains("zerocopy"), "{e}");
         let e = DaemonConfig::parse(&format!("{ok}frame_size = 3000\n")).unwrap_err();
         assert!(e.to_string().starts_with("port.frame_size"), "{e}");
-        let e = DaemonConfig::parse(&format!("{ok}[[cores]]\n[[cores]]\n")).unwrap_err();
-        assert!(e.to_string().starts_with("cores:"), "{e}");
+        let two = DaemonConfig::parse(&format!(
+            "{ok}[[cores]]\ntx_share_ppm = 500000\n[[cores]]\ntx_share_ppm = 500000\n"
+        ))
+        .unwrap();
+        assert_eq!(two.rx_model().cores, 2);
     }
 
     #[test]

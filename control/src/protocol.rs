@@ -512,8 +512,8 @@ pub struct MissTimes {
     pub delivered: Nanos,
 }
 
-/// `port_stats`: the daemon's port. Counters are kept for `kind = "dpdk"` (`dpdk`); other
-/// kinds report their kind and device only.
+/// `port_stats`: the daemon's port. Counters are kept for `kind = "dpdk"` (`dpdk`) and for
+/// af_packet with several cores (`queues`); other kinds report their kind and device only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortStatsInfo {
     /// `[port] kind`.
@@ -523,6 +523,15 @@ pub struct PortStatsInfo {
     /// The DPDK port's state and counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpdk: Option<DpdkPortStats>,
+    /// af_packet with several cores: per socket of the fanout group (= core), its counters
+    /// and the software hand-off's (a DPDK port's queues are in `dpdk`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<QueueStatsInfo>,
+    /// af_packet with several cores: how received frames reach their core, `kernel` (the
+    /// fanout group's BPF program, the hand-off behind it) or `software` (flow hash and the
+    /// hand-off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steering: Option<String>,
 }
 
 /// A DPDK ethdev port's link, counters (`rte_eth_stats`, xstats) and per-queue counters.
@@ -585,7 +594,7 @@ pub struct DpdkPortStats {
     pub xstats: std::collections::BTreeMap<String, u64>,
 }
 
-/// One TX/RX queue pair of a DPDK port.
+/// One TX/RX queue pair of a DPDK port, or one socket of an af_packet fanout group.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueStatsInfo {
     /// Queue pair index (= polling core = TX queue).

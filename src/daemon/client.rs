@@ -334,11 +334,23 @@ pub fn port_table(p: &control::protocol::PortStatsInfo) -> String {
     let mut s = String::new();
     let dev = p.device.as_deref().unwrap_or("-");
     let Some(d) = &p.dpdk else {
-        let _ = writeln!(
-            s,
-            "port {} ({dev}): no port counters kept for this kind (dpdk only)",
-            p.kind
-        );
+        if p.queues.is_empty() {
+            let _ = writeln!(
+                s,
+                "port {} ({dev}): no port counters kept for this kind and core count (dpdk, \
+                 or af_packet with several cores)",
+                p.kind
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "port {} ({dev}): {} sockets, one per core, {} steering",
+                p.kind,
+                p.queues.len(),
+                p.steering.as_deref().unwrap_or("-")
+            );
+            queue_rows(&mut s, &p.queues);
+        }
         return s;
     };
     let link = match (d.link_up, d.link_speed_mbps) {
@@ -377,12 +389,26 @@ pub fn port_table(p: &control::protocol::PortStatsInfo) -> String {
             d.be_rx_packets, d.channel_rules, d.rule_failures
         );
     }
+    queue_rows(&mut s, &d.queues);
+    let nonzero: Vec<_> = d.xstats.iter().filter(|(_, &v)| v != 0).collect();
+    if !nonzero.is_empty() {
+        let _ = writeln!(s, "  xstats (non-zero; all in --json):");
+        for (k, v) in nonzero {
+            let _ = writeln!(s, "    {k} {v}");
+        }
+    }
+    s
+}
+
+/// One line per queue pair (dpdk) or fanout socket (af_packet).
+fn queue_rows(s: &mut String, queues: &[control::protocol::QueueStatsInfo]) {
+    use std::fmt::Write;
     let _ = writeln!(
         s,
         "{:>5} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10} {:>8}",
         "QUEUE", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "HANDED IN", "HO DROPS", "TX POOL"
     );
-    for q in &d.queues {
+    for q in queues {
         let _ = writeln!(
             s,
             "{:>5} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10} {:>8}",
@@ -396,14 +422,6 @@ pub fn port_table(p: &control::protocol::PortStatsInfo) -> String {
             q.tx_pool_in_use
         );
     }
-    let nonzero: Vec<_> = d.xstats.iter().filter(|(_, &v)| v != 0).collect();
-    if !nonzero.is_empty() {
-        let _ = writeln!(s, "  xstats (non-zero; all in --json):");
-        for (k, v) in nonzero {
-            let _ = writeln!(s, "    {k} {v}");
-        }
-    }
-    s
 }
 
 /// `stats`.

@@ -5,19 +5,30 @@
 //! - memlink: one in-memory link per core; the other end of every link is polled by a
 //!   receive core of this daemon, so channels to `local` are delivered in-process (loopback);
 //! - null: one null port per core (no receive path);
-//! - af_packet: one interface (`port.device`) and exactly one core, which both sends (channels
-//!   to peers go out on the wire, addressed with this host's MAC/IPv4 and the peer's) and
-//!   receives (incoming channels from peers get their receivers on that same core). Its idle
-//!   loop sleeps (`policy.idle_sleep`) unless `policy.idle = "spin"`: a loop that spins or
-//!   yields starves the softirq that moves frames through veth.
-//! - af_xdp (feature `af_xdp`): like af_packet, over an AF_XDP socket bound to queue
-//!   `port.queue` of `port.device` (libxdp loads its default redirect program). Without the
-//!   feature the kind is refused when the dataplane starts.
+//! - af_packet: one interface (`port.device`); every core both sends (channels to peers go out
+//!   on the wire, addressed with this host's MAC/IPv4 and the peer's) and receives (incoming
+//!   channels from peers get their receivers on the core receiving admission picks). One core
+//!   has one socket; N cores have N sockets in one `PACKET_FANOUT` group, core `i` sending on
+//!   socket `i` (paced by its link scheduler at `cores[i].tx_share_ppm`) and receiving there:
+//!   the kernel steers each frame to the socket of its channel's core (a cBPF program rebuilt
+//!   on every [`Dataplane::steer`]), the software hand-off catches what it cannot
+//!   ([`crate::ports::afpacket::FanoutGroup`]). Its idle loop sleeps (`policy.idle_sleep`)
+//!   unless `policy.idle = "spin"`: a loop that spins or yields starves the softirq that moves
+//!   frames through veth.
+//! - af_xdp (feature `af_xdp`): like af_packet, core `i` over an AF_XDP socket bound to queue
+//!   `port.queue + i` of `port.device` (libxdp loads its default program, which redirects by
+//!   RX queue); a frame that arrives on another core's queue than its receiver's is handed over
+//!   in software ([`crate::ports::afxdp::XskGroup`]). Without the feature the kind is refused
+//!   when the dataplane starts.
 //! - dpdk (feature `dpdk`): one ethdev port (`port.device`) with one TX and one RX queue per
 //!   core: core `i`'s port is queue pair `i` ([`crate::ports::dpdk::QueuePort`]), so its link
 //!   scheduler paces TX queue `i` at `cores[i].tx_share_ppm`, as admission models it. Each
 //!   core receives on its own RX queue; frames of a channel whose receiver is on another core
 //!   are handed to that core ([`Dataplane::steer`] keeps the table).
+//!
+//! The software hand-off is one piece for every multi-queue port
+//! ([`crate::ports::steering::Steering`]); more cores than the device has queues are refused
+//! when the port opens, naming `cores`.
 //!
 //! Every port comes from one function, [`fn@crate::ports::open`]; this module only starts cores
 //! on them. The control thread reaches every core only through its [`CoreHandle`] (the
@@ -34,6 +45,7 @@ use dataplane::port::Port;
 use dataplane::sched::SchedPolicy;
 use dataplane::time::{Clock, MonotonicClock};
 
+use crate::ports::steering::SharedDevice;
 use crate::ports::Ports;
 
 /// A running core of any port type, stoppable for its final counters.
@@ -101,14 +113,17 @@ pub use crate::ports::WireAddr;
 pub struct Dataplane {
     /// Sending cores, index = admission core = TX queue.
     pub tx: Vec<CoreSlot>,
-    /// Receive cores (memlink loopback), index = admission RX core; empty for `null` and
-    /// `af_packet`.
+    /// Receive cores (memlink loopback), index = admission RX core; empty for `null` and the
+    /// wire ports.
     pub rx: Vec<CoreSlot>,
     /// Receivers live on the sending cores (af_packet, af_xdp, dpdk: a core sends and
     /// receives).
     rx_on_tx: bool,
     /// This host's data-link addresses, for ports that put frames on a real wire.
     pub wire: Option<WireAddr>,
+    /// The device the cores share, with more than one af_packet or af_xdp core (steering,
+    /// per-queue reports).
+    shared: Option<Box<dyn SharedDevice>>,
     /// The DPDK port the cores share (for steering and reports).
     #[cfg(feature = "dpdk")]
     dpdk: Option<crate::ports::dpdk::DaemonPort>,
@@ -164,6 +179,7 @@ impl Dataplane {
             rx: Vec::new(),
             rx_on_tx: false,
             wire: opened.wire,
+            shared: None,
             #[cfg(feature = "dpdk")]
             dpdk: None,
         };
@@ -185,20 +201,28 @@ impl Dataplane {
                         .push(CoreSlot::start(core, entry.cpu, clock.clone(), idle)?);
                 }
             }
-            Ports::AfPacket(port) => {
-                let entry = &cfg.cores[0];
-                let core = Core::new(core_cfg(entry), port)?;
-                dp.tx
-                    .push(CoreSlot::start(core, entry.cpu, clock.clone(), wire_idle)?);
+            Ports::AfPacket(ports, group) => {
+                // Core i owns socket i of the fanout group; it receives there too (and what
+                // the other sockets' cores hand it).
+                for (entry, port) in cfg.cores.iter().zip(ports) {
+                    let core = Core::new(core_cfg(entry), port)?;
+                    dp.tx
+                        .push(CoreSlot::start(core, entry.cpu, clock.clone(), wire_idle)?);
+                }
                 dp.rx_on_tx = true;
+                dp.shared = group.map(|g| Box::new(g) as Box<dyn SharedDevice>);
             }
             #[cfg(feature = "af_xdp")]
-            Ports::AfXdp(port) => {
-                let entry = &cfg.cores[0];
-                let core = Core::new(core_cfg(entry), port)?;
-                dp.tx
-                    .push(CoreSlot::start(core, entry.cpu, clock.clone(), wire_idle)?);
+            Ports::AfXdp(ports, group) => {
+                // Core i owns the socket of queue port.queue + i (and what the other cores
+                // hand it).
+                for (entry, port) in cfg.cores.iter().zip(ports) {
+                    let core = Core::new(core_cfg(entry), port)?;
+                    dp.tx
+                        .push(CoreSlot::start(core, entry.cpu, clock.clone(), wire_idle)?);
+                }
                 dp.rx_on_tx = true;
+                dp.shared = group.map(|g| Box::new(g) as Box<dyn SharedDevice>);
             }
             #[cfg(feature = "dpdk")]
             Ports::Dpdk(mut port) => {
@@ -218,9 +242,21 @@ impl Dataplane {
 
     /// Frames of channel `id` belong to receive core `core` from now on (`None`: the channel
     /// no longer receives here); `best_effort` is its class (its frames may wait behind other
-    /// best-effort traffic). Only ports that share one device between cores (dpdk) steer: the
-    /// software table, and the NIC's `rte_flow` rules where it takes them.
+    /// best-effort traffic). Only ports that share one device between cores steer (dpdk:
+    /// the software table, and the NIC's `rte_flow` rules where it takes them; af_packet and
+    /// af_xdp with several cores: the kernel's fanout program where there is one, and the
+    /// software hand-off).
     pub fn steer(&self, id: dataplane::spec::ChannelId, core: Option<u16>, best_effort: bool) {
+        if let Some(g) = &self.shared {
+            if let Err(e) = g.steer(id, core) {
+                // The software hand-off still takes the channel's frames to its core.
+                eprintln!(
+                    "rtchand: {}: the kernel's steering was not updated for channel {id} ({e}); \
+                     its frames are handed over in software",
+                    g.steering_name()
+                );
+            }
+        }
         #[cfg(feature = "dpdk")]
         if let Some(p) = &self.dpdk {
             p.steer(id, core, best_effort);
@@ -263,6 +299,24 @@ impl Dataplane {
             dpdk: self.dpdk.as_ref().map(|p| dpdk_stats(&p.report())),
             #[cfg(not(feature = "dpdk"))]
             dpdk: None,
+            queues: self.shared.as_ref().map_or_else(Vec::new, |g| {
+                g.report()
+                    .iter()
+                    .map(|q| control::protocol::QueueStatsInfo {
+                        queue: q.queue,
+                        // A socket per core: core i reads its own socket.
+                        rx_queue: q.queue,
+                        rx_packets: q.rx_packets,
+                        rx_bytes: q.rx_bytes,
+                        tx_packets: q.tx_packets,
+                        tx_bytes: q.tx_bytes,
+                        handed_in: q.handed_in,
+                        handoff_dropped: q.handoff_dropped,
+                        tx_pool_in_use: 0,
+                    })
+                    .collect()
+            }),
+            steering: self.shared.as_ref().map(|g| g.steering_name().to_owned()),
         }
     }
 
@@ -345,7 +399,7 @@ impl Dataplane {
     }
 
     /// The core that receives for admission's RX core `core`: the loopback receive core
-    /// (memlink), the sending core itself (af_packet), or none (null).
+    /// (memlink), the sending core itself (af_packet, af_xdp, dpdk), or none (null).
     pub fn receive_core(&mut self, core: u16) -> Option<&mut CoreHandle> {
         let slots = if self.rx_on_tx {
             &mut self.tx

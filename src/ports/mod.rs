@@ -9,6 +9,8 @@
 //! - [`afpacket`]: a Linux `AF_PACKET` socket with a TPACKET_V3 ring (veth, any NIC);
 //! - [`afxdp`] (feature `af_xdp`): an AF_XDP socket on one interface queue, over libxdp;
 //! - [`dpdk`] (feature `dpdk`): DPDK 22.11 ethdev ports (NICs bound to vfio-pci, vdevs);
+//! - [`steering`]: the channel → core table and software hand-off of ports whose cores share
+//!   one device (dpdk queue pairs, af_packet fanout sockets);
 //! - [`pcap`]: a wrapper recording what any port sends and receives as a pcap file;
 //! - [`iface`] and [`netns`]: interface addresses, network namespaces and veth pairs.
 
@@ -21,5 +23,6 @@ pub mod iface;
 pub mod netns;
 pub mod open;
 pub mod pcap;
+pub mod steering;
 
 pub use open::{open, OpenError, Opened, Ports, WireAddr};

@@ -65,29 +65,35 @@ impl Namespaces {
     /// with `mac_b` in `b`), both ends up.
     pub fn veth_pair(
         &mut self,
+        a: (&str, &str, [u8; 6]),
+        b: (&str, &str, [u8; 6]),
+    ) -> Result<(), String> {
+        self.veth_pair_with_queues(a, b, 1)
+    }
+
+    /// [`Namespaces::veth_pair`] with `queues` RX and TX queues on each end
+    /// (`numrxqueues`/`numtxqueues`), for the multi-queue ports.
+    pub fn veth_pair_with_queues(
+        &mut self,
         (a, if_a, mac_a): (&str, &str, [u8; 6]),
         (b, if_b, mac_b): (&str, &str, [u8; 6]),
+        queues: u32,
     ) -> Result<(), String> {
         self.add(a)?;
         self.add(b)?;
-        ip(&[
-            "link",
-            "add",
-            if_a,
-            "netns",
-            a,
-            "address",
-            &mac_string(mac_a),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            if_b,
-            "netns",
-            b,
-            "address",
-            &mac_string(mac_b),
-        ])?;
+        let q = queues.to_string();
+        let counts: &[&str] = if queues > 1 {
+            &["numrxqueues", &q, "numtxqueues", &q]
+        } else {
+            &[]
+        };
+        let (mac_a, mac_b) = (mac_string(mac_a), mac_string(mac_b));
+        let mut args = vec!["link", "add", if_a, "netns", a, "address", &mac_a];
+        args.extend_from_slice(counts);
+        args.extend_from_slice(&["type", "veth", "peer", "name", if_b, "netns", b]);
+        args.extend_from_slice(&["address", &mac_b]);
+        args.extend_from_slice(counts);
+        ip(&args)?;
         ip(&["-n", a, "link", "set", if_a, "up"])?;
         ip(&["-n", b, "link", "set", if_b, "up"])
     }

@@ -2,7 +2,7 @@
 //! the `[port]` and `[[cores]]` tables.
 //!
 //! It returns one [`Ports`] value: the ports each polling core will own (memlink pairs, null
-//! ports, the af_packet or AF_XDP socket, or one DPDK queue pair per core) and, for backends
+//! ports, af_packet or AF_XDP sockets, or DPDK queue pairs, one per core) and, for backends
 //! that put frames on a real wire, this host's addresses there ([`WireAddr`]). Every failure
 //! is an [`OpenError`] naming the configuration key at fault, and happens before the daemon
 //! admits any channel.
@@ -14,7 +14,7 @@ use dataplane::memlink::{MemLink, MemLinkConfig, MemPort, NullPort};
 use dataplane::port::Port;
 use dataplane::time::Clock;
 
-use super::afpacket::{AfPacketConfig, AfPacketPort};
+use super::afpacket::{device_queues, open_group, AfPacketConfig, AfPacketPort, FanoutGroup};
 use super::iface;
 
 /// This host's addresses on the data link (af_packet, af_xdp, dpdk): the source of its frames.
@@ -43,17 +43,19 @@ fn err(key: &str, message: impl Into<String>) -> OpenError {
     }
 }
 
-/// The opened ports, one per polling core (or one shared by the single core of a wire socket).
+/// The opened ports, one per polling core.
 pub enum Ports {
     /// memlink: per core, the sending end and the loopback receiving end.
     Memlink(Vec<(MemPort, MemPort)>),
     /// null: per core, a port that discards everything.
     Null(Vec<NullPort>),
-    /// af_packet: the one core's socket.
-    AfPacket(AfPacketPort),
-    /// af_xdp: the one core's socket.
+    /// af_packet: per core, its socket; with more than one core, the sockets' fanout group
+    /// (steering and per-socket counters).
+    AfPacket(Vec<AfPacketPort>, Option<FanoutGroup>),
+    /// af_xdp: per core, its socket (core `i` on queue `port.queue + i`); with more than one
+    /// core, their steering and per-socket counters.
     #[cfg(feature = "af_xdp")]
-    AfXdp(super::afxdp::AfXdpPort),
+    AfXdp(Vec<super::afxdp::AfXdpPort>, Option<super::afxdp::XskGroup>),
     /// dpdk: per core, its queue pair of the one port, and the port for reports.
     #[cfg(feature = "dpdk")]
     Dpdk(super::dpdk::DaemonPort),
@@ -100,13 +102,13 @@ pub fn open(cfg: &DaemonConfig, clock: Arc<dyn Clock>) -> Result<Opened, OpenErr
             None,
         ),
         PortKind::AfPacket => {
-            let port = open_af_packet(cfg, max_frame)?;
-            (Ports::AfPacket(port), Some(wire_addr(cfg, None)?))
+            let (ports, group) = open_af_packet(cfg, max_frame)?;
+            (Ports::AfPacket(ports, group), Some(wire_addr(cfg, None)?))
         }
         #[cfg(feature = "af_xdp")]
         PortKind::AfXdp => {
-            let port = open_af_xdp(cfg, max_frame)?;
-            (Ports::AfXdp(port), Some(wire_addr(cfg, None)?))
+            let (ports, group) = open_af_xdp(cfg, max_frame)?;
+            (Ports::AfXdp(ports, group), Some(wire_addr(cfg, None)?))
         }
         #[cfg(not(feature = "af_xdp"))]
         PortKind::AfXdp => {
@@ -134,24 +136,85 @@ pub fn open(cfg: &DaemonConfig, clock: Arc<dyn Clock>) -> Result<Opened, OpenErr
     Ok(Opened { ports, wire })
 }
 
-/// Opens the af_packet port of `cfg.port.device`.
-fn open_af_packet(cfg: &DaemonConfig, max_frame: usize) -> Result<AfPacketPort, OpenError> {
+/// Refuses more `[[cores]]` entries than `dev` has RX or TX queues from queue `first` on
+/// (each core is one queue of the device in the admission model). One core on queue 0 always
+/// fits; a device whose queues cannot be read is let through with a note.
+pub fn check_queue_count(cfg: &DaemonConfig, dev: &str, first: u32) -> Result<(), OpenError> {
+    let cores = cfg.cores.len();
+    if cores <= 1 && first == 0 {
+        return Ok(());
+    }
+    let need = cores + first as usize;
+    let from = if first > 0 {
+        format!(" from queue {first} (port.queue) on")
+    } else {
+        String::new()
+    };
+    match device_queues(dev) {
+        Ok((rx, tx)) if need > rx as usize || need > tx as usize => Err(err(
+            "cores",
+            format!(
+                "{cores} [[cores]] entries need {cores} RX and {cores} TX queues of '{dev}'{from}, \
+                 which has {rx} RX and {tx} TX queues (a veth gets more with `ip link add ... \
+                 numrxqueues N numtxqueues N`; a NIC with `ethtool -L {dev} combined N`)"
+            ),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            eprintln!(
+                "rtchand: {}: the queue count of '{dev}' is unknown ({e}); not checked against \
+                 the {cores} cores",
+                cfg.port.kind.name()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Opens the af_packet socket(s) of `cfg.port.device`: one, or with several cores one per
+/// core in a fanout group.
+fn open_af_packet(
+    cfg: &DaemonConfig,
+    max_frame: usize,
+) -> Result<(Vec<AfPacketPort>, Option<FanoutGroup>), OpenError> {
     let p = &cfg.port;
     let dev = p.device.as_deref().unwrap_or_default();
-    let port = AfPacketPort::open(
-        dev,
-        AfPacketConfig {
-            rx_block_size: p.rx_block_size,
-            rx_blocks: p.rx_blocks,
-            frame_size: p.frame_size,
-            tx_batch: p.tx_batch,
-            pool_buffers: p.buffers,
-            qdisc_bypass: p.qdisc_bypass,
-            link_rate_bps: cfg.link_rate_bps(),
-            rx_block_timeout_ms: p.rx_block_timeout_ms,
-        },
-    )
-    .map_err(|e| err("port.device", e.to_string()))?;
+    check_queue_count(cfg, dev, 0)?;
+    let acfg = AfPacketConfig {
+        rx_block_size: p.rx_block_size,
+        rx_blocks: p.rx_blocks,
+        frame_size: p.frame_size,
+        tx_batch: p.tx_batch,
+        pool_buffers: p.buffers,
+        qdisc_bypass: p.qdisc_bypass,
+        link_rate_bps: cfg.link_rate_bps(),
+        rx_block_timeout_ms: p.rx_block_timeout_ms,
+    };
+    let cores = cfg.cores.len();
+    let (ports, group) = if cores == 1 {
+        let port = AfPacketPort::open(dev, acfg).map_err(|e| err("port.device", e.to_string()))?;
+        (vec![port], None)
+    } else {
+        let max_channels: usize = cfg.cores.iter().map(|c| c.max_channels as usize).sum();
+        let (ports, group) = open_group(
+            dev,
+            acfg,
+            cores,
+            dataplane::wire::RTCHAN_UDP_PORT,
+            max_channels,
+        )
+        .map_err(|e| err("port.device", e.to_string()))?;
+        eprintln!(
+            "rtchand: af_packet {dev}: {cores} sockets in fanout group {}, {} steering",
+            group.id(),
+            group.mode().name()
+        );
+        for n in group.notes() {
+            eprintln!("rtchand: af_packet {dev}: {n}");
+        }
+        (ports, Some(group))
+    };
+    let port = &ports[0];
     if port.capabilities().max_frame < max_frame {
         return Err(err(
             "cost.mtu",
@@ -161,7 +224,7 @@ fn open_af_packet(cfg: &DaemonConfig, max_frame: usize) -> Result<AfPacketPort, 
     for n in port.notes() {
         eprintln!("rtchand: af_packet {dev}: {n}");
     }
-    Ok(port)
+    Ok((ports, group))
 }
 
 /// This host's addresses: `port.mac`/`port.ip`, else the device's MAC (`device_mac`, or the
@@ -187,10 +250,14 @@ fn wire_addr(cfg: &DaemonConfig, device_mac: Option<[u8; 6]>) -> Result<WireAddr
     Ok(WireAddr { mac, ip })
 }
 
-/// Opens the AF_XDP port of `cfg.port.device`, queue `cfg.port.queue`.
+/// Opens the AF_XDP socket(s) of `cfg.port.device`: one per core, core `i`'s on queue
+/// `cfg.port.queue + i`.
 #[cfg(feature = "af_xdp")]
-fn open_af_xdp(cfg: &DaemonConfig, max_frame: usize) -> Result<super::afxdp::AfXdpPort, OpenError> {
-    use super::afxdp::{AfXdpConfig, AfXdpPort, XdpAttach, XskBind};
+fn open_af_xdp(
+    cfg: &DaemonConfig,
+    max_frame: usize,
+) -> Result<(Vec<super::afxdp::AfXdpPort>, Option<super::afxdp::XskGroup>), OpenError> {
+    use super::afxdp::{open_queues, AfXdpConfig, AfXdpPort, XdpAttach, XskBind};
     use control::config::{XdpAttachMode, XdpBindMode};
     let p = &cfg.port;
     let dev = p.device.as_deref().unwrap_or_default();
@@ -216,7 +283,24 @@ fn open_af_xdp(cfg: &DaemonConfig, max_frame: usize) -> Result<super::afxdp::AfX
         report_completions: p.report_completions,
         ..AfXdpConfig::default()
     };
-    let port = AfXdpPort::open(dev, xcfg).map_err(|e| err("port.device", e.to_string()))?;
+    check_queue_count(cfg, dev, p.queue)?;
+    let cores = cfg.cores.len();
+    let (ports, group) = if cores == 1 {
+        let port = AfXdpPort::open(dev, xcfg).map_err(|e| err("port.device", e.to_string()))?;
+        (vec![port], None)
+    } else {
+        let max_channels: usize = cfg.cores.iter().map(|c| c.max_channels as usize).sum();
+        let (ports, group) = open_queues(
+            dev,
+            xcfg,
+            cores,
+            dataplane::wire::RTCHAN_UDP_PORT,
+            max_channels,
+        )
+        .map_err(|e| err("port.device", e.to_string()))?;
+        (ports, Some(group))
+    };
+    let port = &ports[0];
     if port.capabilities().max_frame < max_frame {
         return Err(err(
             "cost.mtu",
@@ -232,15 +316,17 @@ fn open_af_xdp(cfg: &DaemonConfig, max_frame: usize) -> Result<super::afxdp::AfX
     for n in port.notes() {
         eprintln!("rtchand: af_xdp {dev}: {n}");
     }
-    eprintln!(
-        "rtchand: af_xdp {dev}/q{}: {} mode, {}",
-        p.queue,
-        port.attach_mode(),
-        if port.zero_copy() {
-            "zero-copy"
-        } else {
-            "copy"
-        }
-    );
-    Ok(port)
+    for port in &ports {
+        eprintln!(
+            "rtchand: af_xdp {dev}/q{}: {} mode, {}",
+            port.queue(),
+            port.attach_mode(),
+            if port.zero_copy() {
+                "zero-copy"
+            } else {
+                "copy"
+            }
+        );
+    }
+    Ok((ports, group))
 }

@@ -1,6 +1,8 @@
-//! Helpers of the DPDK daemon tests (`tests/daemon_dpdk*.rs`; included with `#[path]`, not a
-//! test target): a daemon process killed on drop, `rtchanctl` calls bounded in time, a
-//! nanosecond pcap reader, and the capture checks (pacing per queue, EDF order per queue).
+//! Helpers of the DPDK daemon tests (`tests/daemon_dpdk*.rs`) and of the multi-queue
+//! af_packet one (`tests/daemon_multiqueue.rs`); included with `#[path]`, not a test target: a
+//! daemon process killed on drop, `rtchanctl` calls bounded in time, the checks of a real-time
+//! channel's receiver, a nanosecond pcap reader, and the capture checks (pacing per queue, EDF
+//! order per queue).
 
 #![allow(dead_code)]
 
@@ -163,6 +165,97 @@ pub fn ctl_json(socket: &Path, args: &[&str]) -> Result<serde_json::Value, Strin
         return Err(format!("rtchanctl {args:?}: {v}"));
     }
     Ok(v["result"].clone())
+}
+
+/// [`ctl_json`]'s result as `T`.
+pub fn typed<T: serde::de::DeserializeOwned>(socket: &Path, args: &[&str]) -> Result<T, String> {
+    let v = ctl_json(socket, args)?;
+    serde_json::from_value(v.clone()).map_err(|e| format!("rtchanctl {args:?}: {e}: {v}"))
+}
+
+/// `stats`: every channel's statistics.
+pub fn stats(socket: &Path) -> Result<Vec<control::protocol::ChannelStatsInfo>, String> {
+    typed(socket, &["stats"])
+}
+
+/// Channel `id`'s entry of `v`.
+pub fn find(
+    v: &[control::protocol::ChannelStatsInfo],
+    id: u32,
+) -> Result<&control::protocol::ChannelStatsInfo, String> {
+    v.iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| format!("channel {id} missing from the statistics"))
+}
+
+/// One line of what a real-time channel did: `label`, the sender's counters (`tx1` at the
+/// measurement, `tx2` a settling time later) and the receiver's.
+pub fn channel_line(
+    label: &str,
+    tx1: &control::protocol::TxCounters,
+    tx2: &control::protocol::TxCounters,
+    rx: &control::protocol::RxCounters,
+) -> String {
+    format!(
+        "{label}: submitted {}, sent {} (late packets {}), delivered {}; latency p50 {:.3} p99 \
+         {:.3} max {:.3} ms; misses {} lost {}",
+        tx2.submitted,
+        tx1.sent,
+        tx2.late_packets,
+        rx.delivered,
+        rx.latency.p50 as f64 / 1e6,
+        rx.latency.p99 as f64 / 1e6,
+        rx.latency.max as f64 / 1e6,
+        rx.deadline_misses,
+        rx.lost
+    )
+}
+
+/// The checks of one real-time channel's receiver after a run, each failure pushed to
+/// `problems` under `label`: no deadline miss that the polling threads' measured OS preemption
+/// (`preempted`) does not explain (each listed miss against the wait during its own life), no
+/// loss, duplicate or reordering, and everything the sender had sent (`sent_before`, read a
+/// settling time before the receiver's snapshot `rx`) delivered.
+pub fn judge_receiver(
+    label: &str,
+    sent_before: u64,
+    rx: &control::protocol::RxCounters,
+    preempted: &rtchan::preemption::Preemptions,
+    problems: &mut Vec<String>,
+) {
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            problems.push(format!("{label}: {what}"));
+        }
+    };
+    let mut log = rtchan::preemption::MissLog::with_capacity(rx.recent_misses.len());
+    for m in &rx.recent_misses {
+        log.record(m.submit, m.deadline, m.delivered);
+    }
+    log.unrecorded = rx.older_misses;
+    let verdict = preempted.verdict(&log);
+    if rx.deadline_misses > 0 {
+        eprintln!("{label}: {verdict}");
+    }
+    check(
+        verdict.unexcused == 0,
+        format!(
+            "{} of {} deadline misses not explained by measured OS preemption ({verdict})",
+            verdict.unexcused, rx.deadline_misses
+        ),
+    );
+    check(rx.lost == 0, format!("{} messages lost", rx.lost));
+    check(
+        rx.duplicates == 0 && rx.reordered == 0,
+        format!("{} duplicates, {} reordered", rx.duplicates, rx.reordered),
+    );
+    check(
+        rx.delivered >= sent_before && sent_before > 0,
+        format!(
+            "delivered {} < {sent_before} sent a settling time earlier",
+            rx.delivered
+        ),
+    );
 }
 
 /// One captured frame: its pcap timestamp (ns) and bytes.

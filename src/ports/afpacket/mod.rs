@@ -29,9 +29,20 @@
 //! buffer full, or the device dropped it) stays at the front of the batch, in order. The port
 //! does not report TX completions: the link scheduler models the queue at the configured rate.
 //!
+//! # Several cores
+//! [`open_group`] opens one socket per core in one `PACKET_FANOUT_CBPF` group, steered by
+//! channel in the kernel, with the software hand-off behind it and a socket filter keeping
+//! non-rtchan frames out of the rings (see [`fanout`]).
+//!
 //! Needs `CAP_NET_RAW` in the interface's network namespace. Linux only.
 
 #![cfg(target_os = "linux")]
+
+pub mod fanout;
+pub use fanout::{
+    device_queues, open_group, rtchan_filter, steering_program, FanoutGroup, FanoutMode,
+    MAX_KERNEL_CHANNELS,
+};
 
 use dataplane::memlink::{BufPool, HeapBuf};
 use dataplane::port::{Batch, PacketBuf, Port, PortCapabilities, PortError, PortStats, MAX_BURST};
@@ -214,6 +225,8 @@ pub struct AfPacketPort {
     stats: PortStats,
     tx_full: u64,
     kernel_drops: Cell<u64>,
+    /// Set when the socket is one of a fanout group ([`open_group`]).
+    member: Option<crate::ports::steering::Member<HeapBuf>>,
     // Dropped in declaration order: the ring is unmapped before the socket closes.
     ring: RxRing,
     fd: OwnedFd,
@@ -304,6 +317,16 @@ impl AfPacketPort {
     /// Opens `ifname` (in the calling thread's network namespace). See the module docs for
     /// the steps; every failure names the interface and the call.
     pub fn open(ifname: &str, cfg: AfPacketConfig) -> Result<Self, AfPacketError> {
+        Self::open_with(ifname, cfg, |_| Ok(()))
+    }
+
+    /// [`AfPacketPort::open`], running `before_bind` on the socket just before step 6 (a
+    /// socket filter attached there applies to the very first frame the socket sees).
+    fn open_with(
+        ifname: &str,
+        cfg: AfPacketConfig,
+        before_bind: impl FnOnce(RawFd) -> Result<(), AfPacketError>,
+    ) -> Result<Self, AfPacketError> {
         let bad = |reason: String| AfPacketError::Config {
             ifname: ifname.to_string(),
             reason,
@@ -461,6 +484,8 @@ impl AfPacketPort {
             blocks: cfg.rx_blocks,
         };
 
+        before_bind(sock)?;
+
         // 6. Bind to the interface, all protocols.
         // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -499,6 +524,7 @@ impl AfPacketPort {
             stats: PortStats::default(),
             tx_full: 0,
             kernel_drops: Cell::new(0),
+            member: None,
             ring,
             fd,
         })
@@ -664,6 +690,9 @@ impl Port for AfPacketPort {
                 break;
             }
         }
+        if let (Some(m), true) = (&self.member, sent > 0) {
+            m.publish_tx(&self.stats);
+        }
         Ok(sent)
     }
 
@@ -672,7 +701,11 @@ impl Port for AfPacketPort {
             return Err(PortError::NoSuchQueue(queue));
         }
         let block_size = self.ring.block_size;
-        let mut n = 0;
+        let before = batch.len();
+        let rx_before = self.stats.rx_packets;
+        if let Some(m) = &self.member {
+            m.take_handed(batch);
+        }
         while !batch.is_full() {
             let b = self.cursor.block;
             if !self.cursor.open {
@@ -722,8 +755,15 @@ impl Port for AfPacketPort {
                 buf.set_len(snap);
                 self.stats.rx_packets += 1;
                 self.stats.rx_bytes += snap as u64;
-                batch.push(buf);
-                n += 1;
+                match &self.member {
+                    // A frame of a channel whose receiver is on another core goes there.
+                    Some(m) => {
+                        if let Some(buf) = m.route(buf) {
+                            batch.push(buf);
+                        }
+                    }
+                    None => batch.push(buf),
+                }
             }
             self.cursor.left -= 1;
             self.cursor.off = off + hdr.tp_next_offset as usize;
@@ -731,7 +771,10 @@ impl Port for AfPacketPort {
                 self.release_block();
             }
         }
-        Ok(n)
+        if let (Some(m), true) = (&self.member, self.stats.rx_packets != rx_before) {
+            m.publish_rx(&self.stats);
+        }
+        Ok(batch.len() - before)
     }
 
     fn stats(&self) -> PortStats {

@@ -13,6 +13,8 @@
 //!   (free RX frames given to the kernel) and the completion ring (sent frames given back).
 //! - [`XskSocket`]: the socket bound to one queue of one interface (`xsk_socket__create`),
 //!   with its RX and TX rings; it owns its UMEM and deletes it after itself.
+//! - [`open_queues`]: one socket per polling core on consecutive queues of one interface, with
+//!   the software hand-off between them ([`XskGroup`]).
 //! - [`AfXdpPort`]: the dataplane [`Port`](dataplane::port::Port): `tx_burst` reaps
 //!   completions, reserves TX descriptors, submits, and kicks the kernel with
 //!   `sendto(MSG_DONTWAIT)` when the TX ring says it needs a wake-up; `rx_burst` reaps and
@@ -55,10 +57,12 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod ffi;
+mod group;
 mod port;
 mod socket;
 mod umem;
 
+pub use group::{open_queues, XskGroup};
 pub use port::AfXdpPort;
 pub use socket::{SocketOptions, XdpAttach, XdpStatistics, XskSocket};
 pub use umem::{FramePool, Umem, XdpFrame};

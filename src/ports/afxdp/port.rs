@@ -3,6 +3,7 @@
 use super::socket::{SocketOptions, XdpAttach, XdpStatistics, XskSocket};
 use super::umem::{FramePool, Umem, XdpFrame};
 use super::{AfXdpConfig, AfXdpError, XskBind};
+use crate::ports::steering::Member;
 use dataplane::port::{Batch, PacketBuf, Port, PortCapabilities, PortError, PortStats};
 use dataplane::wire::wire_bytes;
 use std::io;
@@ -34,6 +35,9 @@ pub struct AfXdpPort {
     stats: PortStats,
     rx_invalid: u64,
     notes: Vec<String>,
+    /// Set when the socket is one of several on the device's queues, one per core
+    /// ([`super::open_queues`]).
+    member: Option<Member<XdpFrame>>,
 }
 
 impl std::fmt::Debug for AfXdpPort {
@@ -175,7 +179,13 @@ impl AfXdpPort {
             stats: PortStats::default(),
             rx_invalid: 0,
             notes,
+            member: None,
         })
+    }
+
+    /// Makes this socket core `member`'s of a shared device (receive steering, counters).
+    pub(super) fn join(&mut self, member: Member<XdpFrame>) {
+        self.member = Some(member);
     }
 
     /// The attach mode in use ([`XdpAttach::Native`] or [`XdpAttach::Skb`]).
@@ -315,6 +325,9 @@ impl Port for AfXdpPort {
                     self.sock.tx_write(idx.wrapping_add(k as u32), desc);
                 }
                 self.sock.tx_submit(n as u32);
+                if let Some(m) = &self.member {
+                    m.publish_tx(&self.stats);
+                }
             }
             _ => n = 0,
         }
@@ -334,29 +347,48 @@ impl Port for AfXdpPort {
         self.reap();
         let kicked = self.kick();
         self.sock.umem_mut().refill();
+        let before = batch.len();
+        if let Some(m) = &self.member {
+            // Frames other cores handed over first: they arrived earlier.
+            m.take_handed(batch);
+        }
         let max = batch.remaining_capacity() as u32;
         let pool = &self.pool;
         let stats = &mut self.stats;
         let invalid = &mut self.rx_invalid;
+        let member = &self.member;
         let n = self
             .sock
             .rx_drain(max, |addr, len| match pool.locate(addr, len) {
                 Some((index, offset)) => {
                     stats.rx_packets += 1;
                     stats.rx_bytes += u64::from(len);
-                    batch.push(pool.wrap(index, offset, len));
+                    let f = pool.wrap(index, offset, len);
+                    match member {
+                        // A frame of a channel whose receiver is on another core goes there.
+                        Some(m) => {
+                            if let Some(f) = m.route(f) {
+                                batch.push(f);
+                            }
+                        }
+                        None => batch.push(f),
+                    }
                 }
                 // Not a frame of ours: a kernel bug; never build a buffer over it.
                 None => *invalid += 1,
             });
+        if let (Some(m), true) = (&self.member, n > 0) {
+            m.publish_rx(&self.stats);
+        }
         if self.sock.fill_needs_wakeup() {
             let _ = self.sock.wake_rx();
         }
         // Received frames are never lost to a TX-side error: it is reported by an empty burst.
-        if n == 0 {
+        let got = batch.len() - before;
+        if got == 0 {
             kicked?;
         }
-        Ok(n as usize)
+        Ok(got)
     }
 
     fn tx_in_flight_bytes(&self, queue: u16) -> Option<u64> {

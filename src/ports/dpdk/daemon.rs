@@ -30,9 +30,11 @@ use dataplane::wire::RTCHAN_UDP_PORT;
 use super::eal::Eal;
 use super::ethdev::{EthConfig, EthPort, EthStats, LinkStatus};
 use super::flow::{self, FlowSteering, SteeringMode, BE_QUEUE};
+use super::mbuf::Mbuf;
 use super::mempool::{Mempool, MempoolConfig};
-use super::queues::{QueuePort, Steering, HANDOFF_RING};
+use super::queues::QueuePort;
 use crate::ports::open::OpenError;
+use crate::ports::steering::{Steering, HANDOFF_RING};
 
 /// TX descriptors per queue: small, because everything in the NIC ring is FIFO and the link
 /// scheduler's pacing keeps it nearly empty anyway; enough for several bursts.
@@ -161,7 +163,7 @@ pub struct DaemonPort {
     mode: SteeringMode,
     eth: Arc<EthPort>,
     queues: Vec<QueuePort>,
-    steering: Arc<Steering>,
+    steering: Arc<Steering<Mbuf>>,
     tx_pools: Vec<Mempool>,
     rx_pool: Mempool,
     mac: [u8; 6],
@@ -401,7 +403,7 @@ impl DaemonPort {
     }
 
     /// The steering table (channel → receiving core).
-    pub fn steering(&self) -> &Arc<Steering> {
+    pub fn steering(&self) -> &Arc<Steering<Mbuf>> {
         &self.steering
     }
 

@@ -13,7 +13,8 @@
 //!
 //! The daemon's port ([`DaemonPort`], `[port] kind = "dpdk"`) shares one ethdev port between
 //! its polling cores: core `i` owns queue pair `i` through a [`QueuePort`], and received
-//! frames reach the core of their channel's receiver through [`Steering`].
+//! frames reach the core of their channel's receiver through
+//! [`Steering`](crate::ports::steering::Steering).
 //!
 //! [`SchedPort`] wraps DPDK's own QoS scheduler (`librte_sched`) for the comparison benchmark
 //! (`dpdk-bench`).
@@ -62,5 +63,5 @@ pub use ethdev::{EthConfig, EthPort, EthStats, LinkStatus, PortId};
 pub use mbuf::Mbuf;
 pub use mempool::{Mempool, MempoolConfig, MAX_POOL_NAME};
 pub use port::DpdkPort;
-pub use queues::{peek_channel, QueuePort, Steering, HANDOFF_RING};
+pub use queues::QueuePort;
 pub use sched::{SchedConfig, SchedPort};
