@@ -33,7 +33,7 @@ use super::ethdev::PortId;
 use super::ffi;
 
 /// Where the channel id sits after the UDP header: the rtchan header's `channel` field (see
-/// [`peek_channel`](super::queues::peek_channel)).
+/// [`peek_channel`](crate::ports::steering::peek_channel)).
 pub const CHANNEL_OFFSET: i32 = 8;
 
 /// Priority of the per-channel rules (0 is the highest).
