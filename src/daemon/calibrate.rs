@@ -690,7 +690,7 @@ impl Bench {
         Ok(h)
     }
 
-    /// A receiver on `core` whose delivery ring is consumed outside the core's process view
+    /// A receiver on `core` whose delivery ring is consumed the way a client process's is
     /// (client-type: the core wakes its consumer when it sleeps), opened by the command the
     /// daemon posts; returns the ring for the consumer.
     fn open_client_receiver<P: Port>(
