@@ -63,7 +63,7 @@ echo "== tests (workspace, no DPDK)"
 cargo test --workspace
 
 echo "== tests (DPDK vdevs; one at a time: they share one EAL and measure timing)"
-cargo test -p rtchan --features dpdk --test dpdk_port --test dpdk_pcap --test daemon_dpdk --test daemon_dpdk_pcap --test daemon_dpdk_netns --test daemon_dpdk_steering -- --test-threads=1
+cargo test -p rtchan --features dpdk --test dpdk_port --test dpdk_pcap --test daemon_dpdk --test daemon_dpdk_pcap --test daemon_dpdk_netns --test daemon_dpdk_steering --test daemon_one_ledger -- --test-threads=1
 
 echo "== tests (AF_XDP over a veth pair in two namespaces; needs root)"
 cargo test -p rtchan --features af_xdp --test afxdp_veth --test daemon_netns --test daemon_multiqueue -- --test-threads=1
