@@ -92,9 +92,6 @@ fn baselines_break() {
 }
 
 #[test]
-#[ignore = "flaky, issue 11: its ratio checks sit at their margins on this 2-core machine (the \
-            reserve's best-effort at 4x came in at 2.2 Mb/s against a limit of 2.05, three-class \
-            at 78 % of its 1x share against 80 %); run with --ignored"]
 fn veth_fairness() {
     if let Some(why) = eval::veth::skip_reason() {
         eprintln!("SKIPPED (veth): {why}");
@@ -104,9 +101,6 @@ fn veth_fairness() {
 }
 
 #[test]
-#[ignore = "flaky, issue 11: with the loop's intervals scaled 100x it is admitted again and passed \
-            3 of 5 runs; the others lost one 64 kB message of ten on af_packet, or (AF_XDP, \
-            load 5) had the tight channel's median above admission's d; run with --ignored"]
 fn veth_granularity() {
     if let Some(why) = eval::veth::skip_reason() {
         eprintln!("SKIPPED (veth): {why}");
