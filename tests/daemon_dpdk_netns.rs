@@ -147,10 +147,9 @@ impl Drop for Capture {
 }
 
 #[test]
-#[ignore = "issue 11/14: its debug-build costs need a service interval of 4 ms, and a busy \
-            receiving core then takes one RX burst per 4 ms: in 1 of 3 runs the software hand-off \
-            dropped 582 frames (65 messages lost); the receive path's capacity at a stretched \
-            interval is not yet in admission; run with --ignored"]
+#[ignore = "issue 11/14: on this tree 4 of 4 runs passed alone, 2 of 5 beside two CPU hogs: \
+            tcpdump did not start in time (2 runs) and the sender did not stop on SIGTERM (1 run, \
+            not yet diagnosed); run with --ignored"]
 fn two_daemons_over_dpdk_vdevs_two_queues_each() {
     let test = "daemon_dpdk_netns";
     if !is_root() {
@@ -198,7 +197,11 @@ fn two_daemons_over_dpdk_vdevs_two_queues_each() {
                 r#"socket = "{dir}/{name}.sock"
 [port]
 kind = "dpdk"
-device = "net_af_packet0,iface={dev},qpairs=2,qdisc_bypass=0"
+# framecnt: each queue's kernel ring holds 4096 frames (default 512), so a receiving core the
+# OS preempts for ~100 ms does not fill it: the vdev's fanout rolls a full socket's frames
+# over to the other queue, and the hand-off then delivers them out of order (seen beside a
+# CPU hog: 227 frames on the minor queue, 22 reordered on one channel).
+device = "net_af_packet0,iface={dev},qpairs=2,qdisc_bypass=0,framecnt=4096"
 ip = "{me}"
 mac = "{mac}"
 no_huge = true

@@ -135,10 +135,27 @@ pub fn ctl(socket: &Path, args: &[&str]) -> Result<Output, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run rtchanctl: {e}"))?;
+    // Drained while it runs: a reply larger than a pipe's buffer (64 KiB; `stats` after many
+    // misses lists them) would otherwise block rtchanctl in write(2) until the timeout.
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
     let t = Instant::now();
     loop {
-        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
-            return child.wait_with_output().map_err(|e| e.to_string());
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(Output {
+                status,
+                stdout: out.join().unwrap_or_default(),
+                stderr: err.join().unwrap_or_default(),
+            });
         }
         if t.elapsed() > STEP_TIMEOUT {
             let _ = child.kill();
