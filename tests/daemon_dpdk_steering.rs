@@ -37,15 +37,6 @@ const CHANNELS: usize = 2;
 /// Frames the test makes per channel.
 const FRAMES: usize = 20;
 
-fn free_ports() -> (u16, u16) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    )
-}
-
 /// The memlink daemon `a`, the sending end of the channels.
 fn peer_config(dir: &Path, port_a: u16, port_b: u16) -> String {
     format!(

@@ -22,15 +22,6 @@ const B_SENDS: usize = 4;
 /// More than the core could ever hold: the count stops at the first refusal.
 const MOST: usize = 20;
 
-fn free_ports() -> (u16, u16) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    )
-}
-
 /// The memlink daemon `a`.
 fn a_config(dir: &Path, port_a: u16, port_b: u16) -> String {
     format!(

@@ -20,6 +20,16 @@ pub const CTL: &str = env!("CARGO_BIN_EXE_rtchanctl");
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A fresh directory for one test.
+/// Two free TCP ports on 127.0.0.1 (the two daemons' peering listeners).
+pub fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
 pub fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rtchan-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
