@@ -45,6 +45,7 @@ use std::time::Duration;
 use control::protocol::ChannelInfo;
 use dataplane::wire::{wire_bytes, FRAME_OVERHEAD};
 use dpdk_daemon::{ctl, find, stats, typed as ctl_json, DaemonProc};
+use rtchan::ports::netns::{ip, is_root, Namespaces};
 use rtchan::preemption::{MissLog, PreemptionProbe};
 
 /// The paced link rate: slow enough that the flood saturates it and the link scheduler, not
@@ -158,55 +159,6 @@ const REAL_TIME: &[(&str, &str, &str, &str)] = &[
 /// eleven times what the 100 Mb/s link carries.
 const BE_MMAX: u64 = 1400;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Runs `ip` with `args`; the error carries its stderr.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Network namespaces made by this test; deleted on drop (which removes the veth pair too).
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn add(&mut self, name: &str) -> Result<(), String> {
-        ip(&["netns", "add", name])?;
-        self.0.push(name.to_string());
-        Ok(())
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in self.0.drain(..) {
-            if let Err(e) = ip(&["netns", "del", &n]) {
-                eprintln!("warning: could not delete network namespace {n}: {e}");
-            }
-        }
-    }
-}
-
 /// What the scenario measured, checked after both daemons stopped.
 #[derive(Debug, Default)]
 struct Outcome {
@@ -268,7 +220,7 @@ fn two_hosts(backend: Backend) {
     std::fs::create_dir_all(&dir).unwrap();
 
     // Declared first, dropped last: after the daemons (which live in the namespaces).
-    let mut namespaces = Namespaces(Vec::new());
+    let mut namespaces = Namespaces::default();
     let setup: Result<(), String> = (|| {
         namespaces.add(&ns_s)?;
         namespaces.add(&ns_r)?;
