@@ -1,4 +1,4 @@
-//! The daemon of the `ops_*` tests (`tests/ops_capture.rs`, `tests/ops_metrics.rs`); included
+//! The daemon of the `ops_*` tests (`tests/ops_capture.rs`, `ops_metrics.rs`, `ops_top.rs`); included
 //! with `#[path]`, not a test target: an `rtchand` started on a configuration file and killed
 //! (its directory removed) on drop, and `rtchanctl` calls that panic on a failed reply.
 
