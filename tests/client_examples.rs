@@ -8,11 +8,10 @@
 mod client_examples;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use client_examples::{
-    checking_receiver, config, example, field, list, misses, num, sender_channel, sender_sent,
-    temp_dir, Proc,
+    checking_receiver, close_and_judge, config, example, field, list, num, sender_channel,
+    sender_sent, stats_once_delivered, temp_dir, Proc,
 };
 use rtchan::client::Client;
 use rtchan::daemon::Daemon;
@@ -60,28 +59,15 @@ fn rt_sender_and_rt_receiver_byte_exact_counts_agree_with_the_daemon() {
     );
     let id = sender_channel(&tx.line());
     probe.watch_threads_of(tx.child.id(), "").unwrap();
-    let mut rx = checking_receiver(&sock, id);
+    let rx = checking_receiver(&sock, id);
     probe.watch_threads_of(rx.child.id(), "").unwrap();
     tx.go();
     let (sent_bytes, sent_digest) = sender_sent(&tx.line());
     // Wait for the last delivery (an event; the bound only keeps a broken run from hanging).
     let client = Client::connect(&d.socket).unwrap();
-    let until = Instant::now() + Duration::from_secs(10);
-    let stats = loop {
-        let st = client.stats(id).unwrap();
-        if st.rx.as_ref().is_some_and(|r| r.delivered >= MESSAGES) || Instant::now() > until {
-            break st;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let stats = stats_once_delivered(&client, id, MESSAGES);
     // The sender closes its channel when told; the receiver sees it closed and reports.
-    tx.go();
-    assert!(tx.success(), "the sender failed");
-    let (summary, lines) = rx.line_starting("rt_receiver: channel=");
-    assert!(rx.success(), "the receiver failed: {summary}");
-    let verdict = probe.finish().verdict(&misses(&lines));
-    println!("{}", lines.last().map(String::as_str).unwrap_or(""));
-    println!("{summary}");
+    let (summary, verdict) = close_and_judge(tx, rx, probe);
     println!("{} deadline misses: {verdict}", num(&summary, "late"));
 
     // Byte-exact: every message checked, and the same digest of the same bytes.

@@ -23,8 +23,8 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use client_examples::{
-    checking_receiver, config, config_text, field, list, misses, num, say, sender_channel,
-    sender_sent, temp_dir, wait_stdin, Proc,
+    checking_receiver, close_and_judge, config, config_text, field, list, num, say, sender_channel,
+    sender_sent, stats_once_delivered, temp_dir, wait_stdin, Proc,
 };
 use control::protocol::{AttachArgs, AttachRole, ChannelInfo, OpenArgs, Request, TxCounters};
 use dataplane::shm::{Producer, Region, SubmitDesc, LINE};
@@ -286,7 +286,7 @@ fn garbage_in_a_clients_ring_is_refused_and_counted_while_a_channel_on_its_core_
     assert_eq!(cores.len(), 2, "{cores:?}");
     assert!(cores.iter().all(|c| c.1 == 0), "both on core 0: {cores:?}");
     probe.watch_threads_of(tx.child.id(), "").unwrap();
-    let mut rx = checking_receiver(&sock, id);
+    let rx = checking_receiver(&sock, id);
     probe.watch_threads_of(rx.child.id(), "").unwrap();
 
     // Both at once: the good channel's 400 ms overlap the garbage client's 300 ms.
@@ -317,21 +317,8 @@ fn garbage_in_a_clients_ring_is_refused_and_counted_while_a_channel_on_its_core_
 
     // The good channel: all there, byte-exact, its deadlines kept.
     let (sent_bytes, sent_digest) = sender_sent(&tx.line());
-    let until = Instant::now() + Duration::from_secs(10);
-    let stats = loop {
-        let st = client.stats(id).unwrap();
-        if st.rx.as_ref().is_some_and(|r| r.delivered >= GOOD) || Instant::now() > until {
-            break st;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    tx.go();
-    assert!(tx.success(), "the sender failed");
-    let (summary, lines) = rx.line_starting("rt_receiver: channel=");
-    assert!(rx.success(), "the receiver failed: {summary}");
-    let verdict = probe.finish().verdict(&misses(&lines));
-    println!("{}", lines.last().map(String::as_str).unwrap_or(""));
-    println!("{summary}");
+    let stats = stats_once_delivered(&client, id, GOOD);
+    let (summary, verdict) = close_and_judge(tx, rx, probe);
     println!(
         "good channel: {} deadline misses: {verdict}",
         num(&summary, "late")

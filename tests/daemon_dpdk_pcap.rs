@@ -81,20 +81,14 @@ rx_burst_ns = 300000
 control_poll_ns = 100000
 tx_stage_ns = 100000
 client_scan_ns = 20000
-[peering]
-name = "a"
-listen = "127.0.0.1:{port_a}"
-[[peers]]
-name = "b"
-address = "127.0.0.1:{port_b}"
-network_bound = "1ms"
-mac = "02:00:00:00:00:0b"
+{peering}mac = "02:00:00:00:00:0b"
 data_ip = "10.9.0.2"
 [[cores]]
 tx_share_ppm = {s0}
 [[cores]]
 tx_share_ppm = {s1}
 "#,
+        peering = loopback_peering("a", port_a, "b", port_b),
         sock = dir.join("a.sock").display(),
         q0 = q0.display(),
         q1 = q1.display(),
@@ -111,18 +105,12 @@ link_rate_bps = {RATE_BPS}
 [policy]
 idle = "sleep"
 best_effort_reserve_ppm = 100000
-[peering]
-name = "b"
-listen = "127.0.0.1:{port_b}"
-[[peers]]
-name = "a"
-address = "127.0.0.1:{port_a}"
-network_bound = "1ms"
-[[cores]]
+{peering}[[cores]]
 tx_share_ppm = 500000
 [[cores]]
 tx_share_ppm = 500000
 "#,
+        peering = loopback_peering("b", port_b, "a", port_a),
         sock = dir.join("b.sock").display(),
     )
 }

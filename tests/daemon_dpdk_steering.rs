@@ -45,16 +45,10 @@ fn peer_config(dir: &Path, port_a: u16, port_b: u16) -> String {
 link_rate_bps = 100000000
 [policy]
 idle = "sleep"
-[peering]
-name = "a"
-listen = "127.0.0.1:{port_a}"
-[[peers]]
-name = "b"
-address = "127.0.0.1:{port_b}"
-network_bound = "1ms"
-[[cores]]
+{peering}[[cores]]
 tx_share_ppm = 500000
 "#,
+        peering = loopback_peering("a", port_a, "b", port_b),
         sock = dir.join("a.sock").display(),
     )
 }
@@ -72,18 +66,12 @@ eal_args = ["-m", "256"]
 link_rate_bps = 100000000
 [policy]
 idle = "sleep"
-[peering]
-name = "b"
-listen = "127.0.0.1:{port_b}"
-[[peers]]
-name = "a"
-address = "127.0.0.1:{port_a}"
-network_bound = "1ms"
-[[cores]]
+{peering}[[cores]]
 tx_share_ppm = 500000
 [[cores]]
 tx_share_ppm = 400000
 "#,
+        peering = loopback_peering("b", port_b, "a", port_a),
         sock = dir.join("b.sock").display(),
     )
 }

@@ -36,17 +36,17 @@
 
 #![cfg(target_os = "linux")]
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+#[path = "common/dpdk_daemon.rs"]
+mod dpdk_daemon;
 
-use control::protocol::{ChannelInfo, ChannelStatsInfo, Reply};
+use std::process::Command;
+use std::time::Duration;
+
+use control::protocol::ChannelInfo;
 use dataplane::wire::{wire_bytes, FRAME_OVERHEAD};
+use dpdk_daemon::{ctl, find, stats, typed as ctl_json, DaemonProc};
+use rtchan::ports::netns::{ip, is_root, Namespaces};
 use rtchan::preemption::{MissLog, PreemptionProbe};
-
-const CTL: &str = env!("CARGO_BIN_EXE_rtchanctl");
-const DAEMON: &str = env!("CARGO_BIN_EXE_rtchand");
 
 /// The paced link rate: slow enough that the flood saturates it and the link scheduler, not
 /// the veth, decides who goes.
@@ -73,8 +73,6 @@ const WINDOW: Duration = Duration::from_secs(2);
 /// Everything the sender had sent this long before the receiver's snapshot must have arrived
 /// (far above D).
 const SETTLE: Duration = Duration::from_millis(300);
-/// Any single command (start, rtchanctl, stop) gives up after this.
-const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
 const MAC_S: &str = "02:72:74:00:01:0a";
 const MAC_R: &str = "02:72:74:00:01:0b";
@@ -161,201 +159,6 @@ const REAL_TIME: &[(&str, &str, &str, &str)] = &[
 /// eleven times what the 100 Mb/s link carries.
 const BE_MMAX: u64 = 1400;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Runs `ip` with `args`; the error carries its stderr.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Network namespaces made by this test; deleted on drop (which removes the veth pair too).
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn add(&mut self, name: &str) -> Result<(), String> {
-        ip(&["netns", "add", name])?;
-        self.0.push(name.to_string());
-        Ok(())
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in self.0.drain(..) {
-            if let Err(e) = ip(&["netns", "del", &n]) {
-                eprintln!("warning: could not delete network namespace {n}: {e}");
-            }
-        }
-    }
-}
-
-/// A daemon this test started; killed (SIGKILL, by its pid) on drop if still running.
-struct DaemonProc {
-    name: &'static str,
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl DaemonProc {
-    /// `ip netns exec NS nice -n -20 rtchand --config FILE`, output to `dir/NAME.log`; waits
-    /// until its control socket answers.
-    fn start(name: &'static str, ns: &str, dir: &Path, config: &str) -> Result<Self, String> {
-        let cfg_path = dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg_path, config).map_err(|e| e.to_string())?;
-        let log = dir.join(format!("{name}.log"));
-        let out = File::create(&log).map_err(|e| e.to_string())?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        // nice -20: the polling cores, sources and sink must not wait behind other processes
-        // on this shared machine for whole scheduler slices (the daemon's idle loop sleeps,
-        // so the softirq still runs). `ip netns exec` and `nice` exec, so the child's pid is
-        // the daemon's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "nice", "-n", "-20", DAEMON, "--config"])
-            .arg(&cfg_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .map_err(|e| format!("cannot start {name}: {e}"))?;
-        let mut d = Self {
-            name,
-            child: Some(child),
-            socket: dir.join(format!("{name}.sock")),
-            log,
-        };
-        let t = Instant::now();
-        loop {
-            if let Some(st) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                return Err(format!(
-                    "daemon {name} exited at start ({st}):\n{}",
-                    d.log_text()
-                ));
-            }
-            match ctl(&d.socket, &["channel", "list"]) {
-                Ok(o) if o.status.code() != Some(3) => return Ok(d),
-                _ => {}
-            }
-            if t.elapsed() > STEP_TIMEOUT {
-                return Err(format!("daemon {name} did not answer:\n{}", d.log_text()));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The daemon's pid (`ip netns exec` and `nice` exec, so it is the child's).
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits (bounded) for the exit status.
-    fn stop(&mut self) -> Result<i32, String> {
-        let Some(mut child) = self.child.take() else {
-            return Err("already stopped".into());
-        };
-        let pid = child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let t = Instant::now();
-        loop {
-            if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
-                return Ok(st.code().unwrap_or(-1));
-            }
-            if t.elapsed() > STEP_TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("daemon {} did not stop on SIGTERM", self.name));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for DaemonProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Runs `rtchanctl --socket S ARGS`, bounded in time.
-fn ctl(socket: &Path, args: &[&str]) -> Result<Output, String> {
-    let mut child = Command::new(CTL)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run rtchanctl: {e}"))?;
-    let t = Instant::now();
-    loop {
-        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
-            return child.wait_with_output().map_err(|e| e.to_string());
-        }
-        if t.elapsed() > STEP_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("rtchanctl {} did not finish", args.join(" ")));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// `rtchanctl --json ARGS`: the typed result, or the error with the command's output.
-fn ctl_json<T: serde::de::DeserializeOwned>(socket: &Path, args: &[&str]) -> Result<T, String> {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let out = ctl(socket, &a)?;
-    let reply: Reply = serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "rtchanctl {}: {e}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    reply
-        .into_result()
-        .map_err(|e| format!("rtchanctl {}: {}", args.join(" "), e.message))
-}
-
-fn stats(socket: &Path) -> Result<Vec<ChannelStatsInfo>, String> {
-    ctl_json(socket, &["stats"])
-}
-
-fn find(v: &[ChannelStatsInfo], id: u32) -> Result<&ChannelStatsInfo, String> {
-    v.iter()
-        .find(|s| s.id == id)
-        .ok_or_else(|| format!("channel {id} missing from the statistics"))
-}
-
 /// What the scenario measured, checked after both daemons stopped.
 #[derive(Debug, Default)]
 struct Outcome {
@@ -417,7 +220,7 @@ fn two_hosts(backend: Backend) {
     std::fs::create_dir_all(&dir).unwrap();
 
     // Declared first, dropped last: after the daemons (which live in the namespaces).
-    let mut namespaces = Namespaces(Vec::new());
+    let mut namespaces = Namespaces::default();
     let setup: Result<(), String> = (|| {
         namespaces.add(&ns_s)?;
         namespaces.add(&ns_r)?;
@@ -498,11 +301,15 @@ data_ip = "{peer_data_ip}"
     let send_cfg = common("send", &if_s, &cip_s, "recv", &cip_r, &ip_r, MAC_R);
 
     let mut outcome = Outcome::default();
-    let mut receiver = match DaemonProc::start("recv", &ns_r, &dir, &recv_cfg) {
+    // nice -20: the polling cores, sources and sink must not wait behind other processes on
+    // this shared machine for whole scheduler slices (the daemon's idle loop sleeps, so the
+    // softirq still runs). `ip netns exec` and `nice` exec, so the child's pid is the daemon's.
+    let in_ns = |ns| ["ip", "netns", "exec", ns, "nice", "-n", "-20"];
+    let mut receiver = match DaemonProc::start("recv", &in_ns(&ns_r), &dir, &recv_cfg) {
         Ok(d) => d,
         Err(e) => panic!("{e}"),
     };
-    let mut sender = match DaemonProc::start("send", &ns_s, &dir, &send_cfg) {
+    let mut sender = match DaemonProc::start("send", &in_ns(&ns_s), &dir, &send_cfg) {
         Ok(d) => d,
         Err(e) => panic!("{e}"),
     };
@@ -674,7 +481,9 @@ fn scenario(
     // Both daemons' polling threads, watched from before the first channel opens.
     let probe = PreemptionProbe::start()?;
     for d in [sender, receiver] {
-        let pid = d.pid().ok_or("daemon already stopped")?;
+        let pid = Some(d.pid())
+            .filter(|&p| p != 0)
+            .ok_or("daemon already stopped")?;
         let n = probe.watch_threads_of(pid, "rtchan-core")?;
         if n == 0 {
             return Err(format!(
@@ -917,7 +726,10 @@ fn scenario(
     // delivers what was in flight and its sink drains it; then the misses listed with their
     // times plus those aged out of the list must be exactly the misses counted, and each
     // listed one is judged against the polling threads' measured preemption during its life.
-    let pid = sender.pid().ok_or("sender already stopped")?.to_string();
+    let pid = Some(sender.pid())
+        .filter(|&p| p != 0)
+        .ok_or("sender already stopped")?
+        .to_string();
     signal("-STOP", &pid)?;
     std::thread::sleep(SETTLE);
     let r_c = stats(recv);

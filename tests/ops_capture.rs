@@ -12,38 +12,23 @@
 //!
 //! Needs `tshark` (Debian package `tshark`); prints SKIPPED when it is missing outside CI.
 
+#[path = "common/ops_daemon.rs"]
+mod ops_daemon;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use control::protocol::{ChannelInfo, ChannelStatsInfo, Reply};
+use control::protocol::{ChannelInfo, ChannelStatsInfo};
+use ops_daemon::{ctl, ctl_json, Daemon, CTL, STEP};
 use rtchan::client::{Client, OpenSpec};
 use rtchan::preemption::{MissLog, PreemptionProbe};
 
-const CTL: &str = env!("CARGO_BIN_EXE_rtchanctl");
-const DAEMON: &str = env!("CARGO_BIN_EXE_rtchand");
 const DISSECTOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/wireshark/rtchan.lua");
-const STEP: Duration = Duration::from_secs(20);
 /// Payload bytes per packet at the default 1500-byte MTU (IPv4, UDP and rtchan headers out).
 const PER_PACKET: usize = 1500 - 20 - 8 - 40;
-
-struct Daemon {
-    dir: PathBuf,
-    socket: PathBuf,
-    child: Option<Child>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn start(name: &str, capture: &str) -> Daemon {
     let dir = std::env::temp_dir().join(format!("rtchan-cap-{name}-{}", std::process::id()));
@@ -71,42 +56,7 @@ link_rate_bps = 1000000000
         ),
     )
     .unwrap();
-    let child = Command::new(DAEMON)
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon {
-        socket: dir.join("ctl.sock"),
-        dir,
-        child: Some(child),
-    };
-    let t = Instant::now();
-    while ctl(&d.socket, &["channel", "list"]).status.code() != Some(0) {
-        assert!(t.elapsed() < STEP, "rtchand did not answer");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    d
-}
-
-fn ctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(CTL)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ctl_json<T: serde::de::DeserializeOwned>(socket: &Path, args: &[&str]) -> T {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let out = ctl(socket, &a);
-    let r: Reply = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
-    r.into_result().unwrap()
+    Daemon::spawn(dir, &cfg)
 }
 
 fn stats(socket: &Path, id: u32) -> ChannelStatsInfo {

@@ -5,33 +5,17 @@
 //! among the refusals; an address already in use stops the start with a clear error; and the
 //! endpoint is off without `[metrics]`.
 
+#[path = "common/ops_daemon.rs"]
+mod ops_daemon;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use control::protocol::{ChannelInfo, ChannelStatsInfo, Reply};
-
-const CTL: &str = env!("CARGO_BIN_EXE_rtchanctl");
-const DAEMON: &str = env!("CARGO_BIN_EXE_rtchand");
-const STEP: Duration = Duration::from_secs(20);
-
-struct Daemon {
-    dir: PathBuf,
-    socket: PathBuf,
-    child: Option<Child>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use control::protocol::{ChannelInfo, ChannelStatsInfo};
+use ops_daemon::{ctl, ctl_json, Daemon, DAEMON, STEP};
 
 fn config(dir: &Path, metrics: &str) -> String {
     format!(
@@ -62,41 +46,7 @@ fn start(name: &str, metrics: &str) -> Daemon {
     let dir = dir(name);
     let cfg = dir.join("rtchand.toml");
     std::fs::write(&cfg, config(&dir, metrics)).unwrap();
-    let child = Command::new(DAEMON)
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon {
-        socket: dir.join("ctl.sock"),
-        dir,
-        child: Some(child),
-    };
-    let t = Instant::now();
-    while ctl(&d.socket, &["channel", "list"]).status.code() != Some(0) {
-        assert!(t.elapsed() < STEP, "rtchand did not answer");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    d
-}
-
-fn ctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(CTL)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ctl_json<T: serde::de::DeserializeOwned>(socket: &Path, args: &[&str]) -> T {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let out = ctl(socket, &a);
-    let r: Reply = serde_json::from_slice(&out.stdout).unwrap();
-    r.into_result().unwrap()
+    Daemon::spawn(dir, &cfg)
 }
 
 /// `GET path` on `addr`: (status line, body).

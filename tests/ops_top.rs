@@ -5,38 +5,14 @@
 //!
 //! Needs `tmux` for the terminal half (prints SKIPPED without it, fails in CI).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+#[path = "common/ops_daemon.rs"]
+mod ops_daemon;
+
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use control::protocol::{ChannelInfo, Reply};
-
-const CTL: &str = env!("CARGO_BIN_EXE_rtchanctl");
-const DAEMON: &str = env!("CARGO_BIN_EXE_rtchand");
-const STEP: Duration = Duration::from_secs(20);
-
-struct Daemon {
-    dir: PathBuf,
-    socket: PathBuf,
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(CTL)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
-}
+use ops_daemon::{ctl, Daemon, CTL, STEP};
 
 fn start(name: &str) -> (Daemon, u32) {
     let dir = std::env::temp_dir().join(format!("rtchan-top-{name}-{}", std::process::id()));
@@ -51,23 +27,7 @@ fn start(name: &str) -> (Daemon, u32) {
         ),
     )
     .unwrap();
-    let child = Command::new(DAEMON)
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon {
-        socket: dir.join("ctl.sock"),
-        dir,
-        child,
-    };
-    let t = Instant::now();
-    while ctl(&d.socket, &["channel", "list"]).status.code() != Some(0) {
-        assert!(t.elapsed() < STEP, "rtchand did not answer");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let d = Daemon::spawn(dir, &cfg);
     let out = ctl(
         &d.socket,
         &[

@@ -215,3 +215,38 @@ pub fn misses(lines: &[String]) -> MissLog {
     }
     log
 }
+
+/// Channel `id`'s statistics once `n` messages were delivered (waited for as an event; the
+/// 10 s bound only keeps a broken run from hanging).
+pub fn stats_once_delivered(
+    client: &rtchan::client::Client,
+    id: u32,
+    n: u64,
+) -> rtchan::client::ChannelStats {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let st = client.stats(id).unwrap();
+        if st.rx.as_ref().is_some_and(|r| r.delivered >= n) || std::time::Instant::now() > until {
+            return st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Tells sender `tx` to close its channel (it must exit with success), then reads checking
+/// receiver `rx`'s summary (it must succeed too) and judges its misses by `probe`'s measured
+/// preemption; prints the last report line and the summary. The summary and the verdict.
+pub fn close_and_judge(
+    mut tx: Proc,
+    mut rx: Proc,
+    probe: rtchan::preemption::PreemptionProbe,
+) -> (String, rtchan::preemption::MissVerdict) {
+    tx.go();
+    assert!(tx.success(), "the sender failed");
+    let (summary, lines) = rx.line_starting("rt_receiver: channel=");
+    assert!(rx.success(), "the receiver failed: {summary}");
+    let verdict = probe.finish().verdict(&misses(&lines));
+    println!("{}", lines.last().map(String::as_str).unwrap_or(""));
+    println!("{summary}");
+    (summary, verdict)
+}

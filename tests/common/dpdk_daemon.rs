@@ -515,3 +515,12 @@ pub fn clock_map(
         (ts as i128 - off) as Nanos
     }
 }
+
+/// The `[peering]` and `[[peers]]` tables of host `name` listening on 127.0.0.1:`port`, with
+/// its one peer `peer` at 127.0.0.1:`peer_port` and a 1 ms network bound.
+pub fn loopback_peering(name: &str, port: u16, peer: &str, peer_port: u16) -> String {
+    format!(
+        "[peering]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n[[peers]]\n\
+         name = \"{peer}\"\naddress = \"127.0.0.1:{peer_port}\"\nnetwork_bound = \"1ms\"\n"
+    )
+}
