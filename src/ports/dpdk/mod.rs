@@ -40,6 +40,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod burst;
 mod daemon;
 mod eal;
 mod error;

@@ -6,13 +6,11 @@
 //! of the batch, in order. RX wraps the mbufs `rte_eth_rx_burst` returns; dropping one frees
 //! it back to the RX pool.
 
-use std::ptr::NonNull;
+use dataplane::port::{Batch, Port, PortCapabilities, PortError, PortStats};
 
-use dataplane::port::{Batch, Port, PortCapabilities, PortError, PortStats, MAX_BURST};
-
+use super::burst::{self, TxPool};
 use super::error::Result;
 use super::ethdev::EthPort;
-use super::ffi;
 use super::mbuf::Mbuf;
 use super::mempool::Mempool;
 
@@ -20,8 +18,7 @@ use super::mempool::Mempool;
 #[derive(Debug)]
 pub struct DpdkPort {
     eth: EthPort,
-    tx_pool: Mempool,
-    alloc_failures: u64,
+    tx_pool: TxPool,
 }
 
 impl DpdkPort {
@@ -31,8 +28,7 @@ impl DpdkPort {
         eth.start()?;
         Ok(DpdkPort {
             eth,
-            tx_pool,
-            alloc_failures: 0,
+            tx_pool: TxPool::new(tx_pool),
         })
     }
 
@@ -48,12 +44,12 @@ impl DpdkPort {
 
     /// The TX pool.
     pub fn tx_pool(&self) -> &Mempool {
-        &self.tx_pool
+        self.tx_pool.pool()
     }
 
     /// Takes the port and the TX pool back.
     pub fn into_parts(self) -> (EthPort, Mempool) {
-        (self.eth, self.tx_pool)
+        (self.eth, self.tx_pool.into_pool())
     }
 
     fn check_queue(&self, queue: u16, queues: u16) -> Result<(), PortError> {
@@ -71,126 +67,46 @@ impl Port for DpdkPort {
     type Buf = Mbuf;
 
     fn capabilities(&self) -> PortCapabilities {
-        let frame = self
-            .eth
-            .mtu()
-            .map_or(ffi::RTE_ETHER_MTU as usize, usize::from)
-            + ffi::RTE_ETHER_HDR_LEN as usize;
-        let link_rate_bps = self
-            .eth
-            .link()
-            .ok()
-            .and_then(|l| l.speed_mbps)
-            .map_or(0, |mbps| u64::from(mbps) * 1_000_000);
-        PortCapabilities {
-            name: format!("dpdk:{}", self.eth.name()),
-            max_frame: frame.min(self.tx_pool.buf_capacity()),
-            tx_queues: self.eth.tx_queues(),
-            rx_queues: self.eth.rx_queues(),
-            link_rate_bps,
-            reports_tx_completion: false,
-        }
+        burst::capabilities(
+            &self.eth,
+            self.tx_pool.pool(),
+            format!("dpdk:{}", self.eth.name()),
+            self.eth.tx_queues(),
+            self.eth.rx_queues(),
+        )
     }
 
     #[inline]
     fn alloc_tx(&mut self) -> Option<Mbuf> {
-        let m = self.tx_pool.alloc();
-        if m.is_none() {
-            self.alloc_failures += 1;
-        }
-        m
+        self.tx_pool.alloc()
     }
 
-    /// All or nothing underneath (`rte_pktmbuf_alloc_bulk`): when the pool cannot give `n`,
-    /// one buffer is tried alone so a nearly empty pool still serves single packets.
     #[inline]
     fn alloc_bulk(&mut self, batch: &mut Batch<Mbuf>, n: usize) -> usize {
-        let n = n.min(batch.remaining_capacity());
-        if n == 0 {
-            return 0;
-        }
-        if self.tx_pool.alloc_bulk(batch, n) {
-            return n;
-        }
-        match self.alloc_tx() {
-            Some(m) => {
-                batch.push(m);
-                1
-            }
-            None => 0,
-        }
+        self.tx_pool.alloc_bulk(batch, n)
     }
 
     #[inline]
     fn free_bulk(&mut self, batch: &mut Batch<Mbuf>) {
-        let n = batch.len();
-        if n == 0 {
-            return;
-        }
-        let mut ptrs = [std::ptr::null_mut::<ffi::rte_mbuf>(); MAX_BURST];
-        for (slot, m) in ptrs.iter_mut().zip(batch.drain(..)) {
-            *slot = m.into_raw().as_ptr();
-        }
-        // SAFETY: ptrs[..n] are mbufs this port owned (taken out of the batch with
-        // `into_raw`, so nothing else frees them); rte_pktmbuf_free_bulk frees each once.
-        unsafe { ffi::rte_pktmbuf_free_bulk(ptrs.as_mut_ptr(), n as u32) };
+        burst::free_bulk(batch);
     }
 
     fn tx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
         self.check_queue(queue, self.eth.tx_queues())?;
-        let n = batch.len();
-        if n == 0 {
-            return Ok(0);
-        }
-        let mut ptrs = [std::ptr::null_mut::<ffi::rte_mbuf>(); MAX_BURST];
-        for (slot, m) in ptrs.iter_mut().zip(batch.iter()) {
-            *slot = m.as_ptr();
-        }
-        // SAFETY: the port is started and owned by self, queue < nb_tx_queues (checked), and
-        // ptrs[..n] are valid mbufs owned by the batch. The PMD takes ownership of the first
-        // `sent` of them and leaves the rest untouched.
-        let sent = unsafe {
-            ffi::rte_eth_tx_burst(self.eth.id().raw(), queue, ptrs.as_mut_ptr(), n as u16)
-        };
-        let sent = usize::from(sent).min(n);
-        // The PMD owns the sent mbufs now: remove them without freeing; the unsent ones move
-        // to the front, in order.
-        for m in batch.drain(..sent) {
-            let _ = m.into_raw();
-        }
-        Ok(sent)
+        // SAFETY: the port is started and owned by self (`&mut`: no other burst runs on it),
+        // and queue < nb_tx_queues (checked).
+        Ok(unsafe { burst::tx_burst(self.eth.id(), queue, batch) })
     }
 
     fn rx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
         self.check_queue(queue, self.eth.rx_queues())?;
         let room = batch.remaining_capacity();
-        if room == 0 {
-            return Ok(0);
-        }
-        let mut ptrs = [std::ptr::null_mut::<ffi::rte_mbuf>(); MAX_BURST];
-        // SAFETY: the port is started and owned by self, queue < nb_rx_queues (checked), and
-        // ptrs has room for `room` <= MAX_BURST pointers.
-        let got = unsafe {
-            ffi::rte_eth_rx_burst(self.eth.id().raw(), queue, ptrs.as_mut_ptr(), room as u16)
-        };
-        let got = usize::from(got).min(room);
-        for &p in &ptrs[..got] {
-            // SAFETY: each returned pointer is a non-NULL mbuf the PMD handed over to us;
-            // ports are configured without scatter RX, so it is a single segment.
-            batch.push(unsafe { Mbuf::from_raw(NonNull::new_unchecked(p)) });
-        }
-        Ok(got)
+        // SAFETY: the port is started and owned by self (`&mut`: no other burst runs on it),
+        // and queue < nb_rx_queues (checked).
+        Ok(unsafe { burst::rx_burst(self.eth.id(), queue, room, |m| batch.push(m)) })
     }
 
     fn stats(&self) -> PortStats {
-        let s = self.eth.stats().unwrap_or_default();
-        PortStats {
-            tx_packets: s.opackets,
-            tx_bytes: s.obytes,
-            rx_packets: s.ipackets,
-            rx_bytes: s.ibytes,
-            rx_dropped: s.imissed + s.rx_nombuf,
-            alloc_failures: self.alloc_failures,
-        }
+        burst::port_stats(&self.eth, self.tx_pool.alloc_failures())
     }
 }

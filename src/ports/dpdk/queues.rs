@@ -19,15 +19,14 @@
 //! while a rule is being replaced, best-effort channels' frames, channels whose rule the
 //! device refused).
 
-use std::ptr::NonNull;
 use std::sync::Arc;
 
 use dataplane::port::{Batch, Port, PortCapabilities, PortError, PortStats, MAX_BURST};
 
 use crate::ports::steering::Steering;
 
+use super::burst::{self, TxPool};
 use super::ethdev::EthPort;
-use super::ffi;
 use super::mbuf::Mbuf;
 use super::mempool::Mempool;
 
@@ -42,10 +41,9 @@ pub struct QueuePort {
     queue: u16,
     rx_queue: u16,
     be_queue: Option<u16>,
-    tx_pool: Mempool,
+    tx_pool: TxPool,
     steering: Option<Arc<Steering<Mbuf>>>,
     udp_port: u16,
-    alloc_failures: u64,
 }
 
 impl std::fmt::Debug for QueuePort {
@@ -72,10 +70,9 @@ impl QueuePort {
             queue,
             rx_queue: queue,
             be_queue: None,
-            tx_pool,
+            tx_pool: TxPool::new(tx_pool),
             steering,
             udp_port,
-            alloc_failures: 0,
         }
     }
 
@@ -105,27 +102,18 @@ impl QueuePort {
             return;
         }
         let me = usize::from(self.queue);
-        let mut ptrs = [std::ptr::null_mut::<ffi::rte_mbuf>(); MAX_BURST];
         // SAFETY: the port is started and outlives self; q < nb_rx_queues (the daemon set up
-        // this core's queue and the best-effort queue) and only this QueuePort reads it; ptrs
-        // has room for `room` <= MAX_BURST pointers.
-        let got = unsafe {
-            ffi::rte_eth_rx_burst(self.eth.id().raw(), q, ptrs.as_mut_ptr(), room as u16)
+        // this core's queue and the best-effort queue) and only this QueuePort reads it.
+        unsafe {
+            burst::rx_burst(self.eth.id(), q, room, |m| match &self.steering {
+                Some(s) => {
+                    if let Some(m) = s.route(me, m, self.udp_port) {
+                        batch.push(m);
+                    } // else handed to its owner
+                }
+                None => batch.push(m),
+            })
         };
-        let got = usize::from(got).min(room);
-        for &p in &ptrs[..got] {
-            // SAFETY: each returned pointer is a non-NULL single-segment mbuf the PMD handed
-            // over (no scatter RX is configured).
-            let m = unsafe { Mbuf::from_raw(NonNull::new_unchecked(p)) };
-            let m = match &self.steering {
-                Some(s) => match s.route(me, m, self.udp_port) {
-                    Some(m) => m,
-                    None => continue, // handed to its owner
-                },
-                None => m,
-            };
-            batch.push(m);
-        }
     }
 
     fn check(&self, queue: u16) -> Result<(), PortError> {
@@ -143,57 +131,35 @@ impl Port for QueuePort {
     type Buf = Mbuf;
 
     fn capabilities(&self) -> PortCapabilities {
-        let frame = self
-            .eth
-            .mtu()
-            .map_or(ffi::RTE_ETHER_MTU as usize, usize::from)
-            + ffi::RTE_ETHER_HDR_LEN as usize;
-        let link_rate_bps = self
-            .eth
-            .link()
-            .ok()
-            .and_then(|l| l.speed_mbps)
-            .map_or(0, |mbps| u64::from(mbps) * 1_000_000);
-        PortCapabilities {
-            name: format!("dpdk:{}/q{}", self.eth.name(), self.queue),
-            max_frame: frame.min(self.tx_pool.buf_capacity()),
-            tx_queues: 1,
-            rx_queues: 1,
-            link_rate_bps,
-            reports_tx_completion: false,
-        }
+        burst::capabilities(
+            &self.eth,
+            self.tx_pool.pool(),
+            format!("dpdk:{}/q{}", self.eth.name(), self.queue),
+            1,
+            1,
+        )
     }
 
     #[inline]
     fn alloc_tx(&mut self) -> Option<Mbuf> {
-        let m = self.tx_pool.alloc();
-        if m.is_none() {
-            self.alloc_failures += 1;
-        }
-        m
+        self.tx_pool.alloc()
+    }
+
+    #[inline]
+    fn alloc_bulk(&mut self, batch: &mut Batch<Mbuf>, n: usize) -> usize {
+        self.tx_pool.alloc_bulk(batch, n)
+    }
+
+    #[inline]
+    fn free_bulk(&mut self, batch: &mut Batch<Mbuf>) {
+        burst::free_bulk(batch);
     }
 
     fn tx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
         self.check(queue)?;
-        let n = batch.len();
-        if n == 0 {
-            return Ok(0);
-        }
-        let mut ptrs = [std::ptr::null_mut::<ffi::rte_mbuf>(); MAX_BURST];
-        for (slot, m) in ptrs.iter_mut().zip(batch.iter()) {
-            *slot = m.as_ptr();
-        }
         // SAFETY: the port is started and outlives self (the Arc); self.queue < nb_tx_queues
-        // (the builder made one queue pair per QueuePort) and only this QueuePort bursts on it;
-        // ptrs[..n] are valid mbufs owned by the batch. The PMD takes the first `sent`.
-        let sent = unsafe {
-            ffi::rte_eth_tx_burst(self.eth.id().raw(), self.queue, ptrs.as_mut_ptr(), n as u16)
-        };
-        let sent = usize::from(sent).min(n);
-        for m in batch.drain(..sent) {
-            let _ = m.into_raw(); // the PMD owns it now
-        }
-        Ok(sent)
+        // (the builder made one queue pair per QueuePort) and only this QueuePort bursts on it.
+        Ok(unsafe { burst::tx_burst(self.eth.id(), self.queue, batch) })
     }
 
     fn rx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
@@ -215,14 +181,6 @@ impl Port for QueuePort {
     fn stats(&self) -> PortStats {
         // The port's counters are the whole device's; per-queue counters are in the
         // daemon's port report.
-        let s = self.eth.stats().unwrap_or_default();
-        PortStats {
-            tx_packets: s.opackets,
-            tx_bytes: s.obytes,
-            rx_packets: s.ipackets,
-            rx_bytes: s.ibytes,
-            rx_dropped: s.imissed + s.rx_nombuf,
-            alloc_failures: self.alloc_failures,
-        }
+        burst::port_stats(&self.eth, self.tx_pool.alloc_failures())
     }
 }
