@@ -14,6 +14,30 @@
 //! - [`pcap`]: a wrapper recording what any port sends and receives as a pcap file;
 //! - [`iface`] and [`netns`]: interface addresses, network namespaces and veth pairs.
 
+/// Includes bindgen's output `OUT_DIR/$file` (made by `build.rs`) as the items of the module
+/// it is used in, with the lints generated code cannot meet turned off for it alone.
+#[cfg(any(feature = "dpdk", feature = "af_xdp"))]
+macro_rules! bindgen_output {
+    ($file:literal) => {
+        #[allow(
+            non_camel_case_types,
+            non_upper_case_globals,
+            non_snake_case,
+            dead_code,
+            missing_docs,
+            unsafe_op_in_unsafe_fn,
+            rustdoc::all,
+            clippy::all,
+            clippy::pedantic,
+            clippy::undocumented_unsafe_blocks
+        )]
+        mod generated {
+            include!(concat!(env!("OUT_DIR"), "/", $file));
+        }
+        pub use generated::*;
+    };
+}
+
 pub mod afpacket;
 #[cfg(feature = "af_xdp")]
 pub mod afxdp;

@@ -48,30 +48,26 @@ impl Control {
             let ch = id.to_string();
             let l = [("channel", ch.as_str()), ("dst", o.info.dst.as_str())];
             let st = o.shared.stats.snapshot();
-            e.counter(
-                "rtchan_channel_submitted_messages_total",
-                "Messages accepted by submit on the sending host.",
-                &l,
-                st.submitted,
-            );
-            e.counter(
-                "rtchan_channel_sent_messages_total",
-                "Messages whose last packet left the sending host.",
-                &l,
-                st.messages_sent,
-            );
-            e.counter(
-                "rtchan_channel_sent_packets_total",
-                "Packets sent.",
-                &l,
-                st.packets,
-            );
-            e.counter(
-                "rtchan_channel_sent_bytes_total",
-                "Bytes sent.",
-                &l,
-                st.bytes,
-            );
+            for (name, help, v) in [
+                (
+                    "rtchan_channel_submitted_messages_total",
+                    "Messages accepted by submit on the sending host.",
+                    st.submitted,
+                ),
+                (
+                    "rtchan_channel_sent_messages_total",
+                    "Messages whose last packet left the sending host.",
+                    st.messages_sent,
+                ),
+                (
+                    "rtchan_channel_sent_packets_total",
+                    "Packets sent.",
+                    st.packets,
+                ),
+                ("rtchan_channel_sent_bytes_total", "Bytes sent.", st.bytes),
+            ] {
+                e.counter(name, help, &l, v);
+            }
             for (reason, v) in [
                 ("would_block", st.would_block),
                 ("drop_newest", st.dropped_newest),
@@ -86,18 +82,20 @@ impl Control {
                     v,
                 );
             }
-            e.counter(
-                "rtchan_channel_late_packets_total",
-                "Packets released after their link deadline.",
-                &l,
-                st.late_packets,
-            );
-            e.counter(
-                "rtchan_channel_budget_overruns_total",
-                "Handler runs over their cycle budget.",
-                &l,
-                st.budget_overruns,
-            );
+            for (name, help, v) in [
+                (
+                    "rtchan_channel_late_packets_total",
+                    "Packets released after their link deadline.",
+                    st.late_packets,
+                ),
+                (
+                    "rtchan_channel_budget_overruns_total",
+                    "Handler runs over their cycle budget.",
+                    st.budget_overruns,
+                ),
+            ] {
+                e.counter(name, help, &l, v);
+            }
             let bound = if o.info.best_effort {
                 0
             } else {
@@ -124,54 +122,51 @@ impl Control {
             let ch = id.to_string();
             let l = [("channel", ch.as_str()), ("src", i.info.from.as_str())];
             let st = r.stats();
-            e.counter(
-                "rtchan_channel_delivered_messages_total",
-                "Messages delivered on the receiving host.",
-                &l,
-                st.delivered.get(),
-            );
-            e.counter(
-                "rtchan_channel_delivered_bytes_total",
-                "Payload bytes delivered.",
-                &l,
-                st.bytes.get(),
-            );
-            e.counter(
-                "rtchan_channel_deadline_misses_total",
-                "Messages delivered after their end-to-end deadline.",
-                &l,
-                st.deadline_misses.get(),
-            );
-            e.counter(
-                "rtchan_channel_lost_messages_total",
-                "Messages never received (sequence gaps).",
-                &l,
-                st.lost.get(),
-            );
-            e.counter(
-                "rtchan_channel_duplicate_messages_total",
-                "Messages or fragments received twice.",
-                &l,
-                st.duplicates.get(),
-            );
-            e.counter(
-                "rtchan_channel_reordered_messages_total",
-                "Messages that arrived after a later one.",
-                &l,
-                st.reordered.get(),
-            );
-            e.counter(
-                "rtchan_channel_receive_drops_total",
-                "Messages dropped on the receiving host, by reason.",
-                &[l[0], l[1], ("reason", "ring_full")],
-                st.ring_full.get(),
-            );
-            e.counter(
-                "rtchan_channel_receive_drops_total",
-                "Messages dropped on the receiving host, by reason.",
-                &[l[0], l[1], ("reason", "incomplete")],
-                st.incomplete.get(),
-            );
+            for (name, help, v) in [
+                (
+                    "rtchan_channel_delivered_messages_total",
+                    "Messages delivered on the receiving host.",
+                    st.delivered.get(),
+                ),
+                (
+                    "rtchan_channel_delivered_bytes_total",
+                    "Payload bytes delivered.",
+                    st.bytes.get(),
+                ),
+                (
+                    "rtchan_channel_deadline_misses_total",
+                    "Messages delivered after their end-to-end deadline.",
+                    st.deadline_misses.get(),
+                ),
+                (
+                    "rtchan_channel_lost_messages_total",
+                    "Messages never received (sequence gaps).",
+                    st.lost.get(),
+                ),
+                (
+                    "rtchan_channel_duplicate_messages_total",
+                    "Messages or fragments received twice.",
+                    st.duplicates.get(),
+                ),
+                (
+                    "rtchan_channel_reordered_messages_total",
+                    "Messages that arrived after a later one.",
+                    st.reordered.get(),
+                ),
+            ] {
+                e.counter(name, help, &l, v);
+            }
+            for (reason, v) in [
+                ("ring_full", st.ring_full.get()),
+                ("incomplete", st.incomplete.get()),
+            ] {
+                e.counter(
+                    "rtchan_channel_receive_drops_total",
+                    "Messages dropped on the receiving host, by reason.",
+                    &[l[0], l[1], ("reason", reason)],
+                    v,
+                );
+            }
             let bound = if i.info.best_effort {
                 0
             } else {

@@ -6,17 +6,4 @@
 //! wrappers of the C shim (`wrap_static_fns`).
 //!
 //! Everything here is `unsafe` to call; the rest of [`crate::ports::afxdp`] is the safe layer.
-#![allow(
-    non_camel_case_types,
-    non_upper_case_globals,
-    non_snake_case,
-    dead_code,
-    missing_docs,
-    unsafe_op_in_unsafe_fn,
-    rustdoc::all,
-    clippy::all,
-    clippy::pedantic,
-    clippy::undocumented_unsafe_blocks
-)]
-
-include!(concat!(env!("OUT_DIR"), "/afxdp_bindings.rs"));
+bindgen_output!("afxdp_bindings.rs");

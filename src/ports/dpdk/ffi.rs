@@ -7,17 +7,4 @@
 //!
 //! Everything here is `unsafe` to call; the rest of [`crate::ports::dpdk`] is the safe layer. The
 //! `rte_sched_*` items are exported for the librte_sched comparison benchmark.
-#![allow(
-    non_camel_case_types,
-    non_upper_case_globals,
-    non_snake_case,
-    dead_code,
-    missing_docs,
-    unsafe_op_in_unsafe_fn,
-    rustdoc::all,
-    clippy::all,
-    clippy::pedantic,
-    clippy::undocumented_unsafe_blocks
-)]
-
-include!(concat!(env!("OUT_DIR"), "/dpdk_bindings.rs"));
+bindgen_output!("dpdk_bindings.rs");
