@@ -417,6 +417,31 @@ impl Curve {
         sum
     }
 
+    /// The most of block `k` (the growth reported at sample `k`, `k ≥ 1`, which ended in
+    /// `[starts[k-1], times[k]]`) that can lie in `[from, to]`:
+    /// `min(w, to − from, times[k] − from, to − (starts[k-1] − w))`.
+    fn most_overlap(&self, k: usize, from: Nanos, to: Nanos) -> Nanos {
+        let w = self.cumulative[k] - self.cumulative[k - 1];
+        let earliest = self.starts[k - 1].saturating_sub(w);
+        w.min(to.saturating_sub(from))
+            .min(self.times[k].saturating_sub(from))
+            .min(to.saturating_sub(earliest))
+    }
+
+    /// The most the thread(s) may have waited during `[from, to]`: each wait placed where it
+    /// overlaps the window most. An upper bound for diagnosis (could preemption be the cause
+    /// at all?), never an excuse: that is [`Curve::waited`], what certainly fell inside.
+    pub fn may_have_waited(&self, from: Nanos, to: Nanos) -> Nanos {
+        if to <= from || self.times.len() < 2 {
+            return 0;
+        }
+        let first = self.times.partition_point(|&t| t < from).max(1);
+        (first..self.times.len())
+            .take_while(|&k| self.starts[k - 1].saturating_sub(self.longest_block) <= to)
+            .map(|k| self.most_overlap(k, from, to))
+            .sum()
+    }
+
     /// Total wait measured.
     pub fn total(&self) -> Nanos {
         self.last_cumulative() - self.cumulative.first().copied().unwrap_or(0)
@@ -550,15 +575,7 @@ impl BusyBound {
         if n < 2 || last == 0 {
             return s;
         }
-        // Block k (the growth reported at sample k, k ≥ 1) ended in [starts[k-1], times[k]]:
-        // its most overlap with [b, t] is min(w, t − b, times[k] − b, t − (starts[k-1] − w)).
-        let most = |k: usize, b: Nanos, t: Nanos| -> Nanos {
-            let w = curve.cumulative[k] - curve.cumulative[k - 1];
-            let earliest = curve.starts[k - 1].saturating_sub(w);
-            w.min(t.saturating_sub(b))
-                .min(curve.times[k].saturating_sub(b))
-                .min(t.saturating_sub(earliest))
-        };
+        let most = |k: usize, b: Nanos, t: Nanos| curve.most_overlap(k, b, t);
         // Blocks reported after sample i that may still lie before times[i]: at most the
         // longest block back.
         let reach = |i: usize| {
@@ -797,6 +814,12 @@ impl Preemptions {
         self.combined.waited(from, to)
     }
 
+    /// The most the polling threads may have waited during `[from, to]`
+    /// ([`Curve::may_have_waited`]): for diagnosis only, never an excuse.
+    pub fn may_have_waited(&self, from: Nanos, to: Nanos) -> Nanos {
+        self.combined.may_have_waited(from, to)
+    }
+
     /// The curve of the thread named `name`.
     pub fn thread(&self, name: &str) -> Option<&Curve> {
         self.threads
@@ -991,6 +1014,31 @@ mod tests {
         assert_eq!(p.waited(11 * MS, 12 * MS), 0);
         assert_eq!(p.waited(0, 6 * MS), 0);
         assert_eq!(p.waited(5 * MS, 5 * MS), 0);
+    }
+
+    #[test]
+    fn may_have_waited_places_each_wait_where_it_overlaps_most() {
+        // The 4 ms wait reported at 12 ms lies somewhere in [6, 12] (see above).
+        let p = Preemptions::from_samples(&[
+            (0, 0),
+            (10 * MS, 0),
+            (12 * MS, 4 * MS),
+            (20 * MS, 4 * MS),
+        ]);
+        // Any 1 ms window inside [6, 12] may have been waited through whole, though none is
+        // certain.
+        assert_eq!(p.may_have_waited(11 * MS, 12 * MS), MS);
+        assert_eq!(p.waited(11 * MS, 12 * MS), 0);
+        assert_eq!(p.may_have_waited(6 * MS, 7 * MS), MS);
+        // At most the wait itself, and nothing outside where it can lie.
+        assert_eq!(p.may_have_waited(0, 30 * MS), 4 * MS);
+        assert_eq!(p.may_have_waited(0, 7 * MS), MS);
+        assert_eq!(p.may_have_waited(12 * MS, 20 * MS), 0);
+        assert_eq!(p.may_have_waited(0, 6 * MS), 0);
+        // Never less than what is certain.
+        for (a, b) in [(0, 10), (6, 12), (8, 11), (0, 30)] {
+            assert!(p.may_have_waited(a * MS, b * MS) >= p.waited(a * MS, b * MS));
+        }
     }
 
     #[test]

@@ -35,16 +35,19 @@ use clap::Parser;
 use dataplane::channel::{Sender, SubmitError};
 use dataplane::core::{Command, Core, CoreConfig, CoreStats};
 use dataplane::link::LinkConfig;
-use dataplane::port::{Batch, PacketBuf, Port, PortCapabilities, PortError, PortStats};
+use dataplane::port::{Batch, PacketBuf, Port, PortCapabilities, PortError, PortStats, MAX_BURST};
 use dataplane::source::{Pattern, Source};
 use dataplane::spec::{ChannelConfig, ChannelSpec, Endpoint};
 use dataplane::stats::new_histogram;
+use dataplane::time::Nanos;
 use dataplane::time::{monotonic_now, read_tsc, MonotonicClock, TscMeter};
 use dataplane::wire::{HeaderTemplate, RtHeader, FRAME_OVERHEAD};
+use dataplane::wire::{ETH_LEN, IPV4_LEN, UDP_LEN};
 use hdrhistogram::Histogram;
 use rtchan::ports::dpdk::{
     DpdkPort, Eal, EthConfig, EthPort, Mbuf, Mempool, MempoolConfig, SchedConfig, SchedPort,
 };
+use rtchan::preemption::{MissLog, MissVerdict, PreemptionProbe};
 
 /// Link rate the link scheduler paces at: 100 Gb/s, far above what one core sends, so
 /// pacing never limits (its bookkeeping is still on the path).
@@ -251,6 +254,45 @@ fn run(args: &Args) -> Result<(), BoxError> {
             l.producer_gaps,
             100.0 * l.producer_gap_secs / l.secs
         );
+        println!(
+            "      late packets matched with the measured preemption of the polling and producer threads \
+             (/proc schedstat): {} of {} late at tx_burst ({:.3}% of packets) had a wait of those \
+             threads covering their lateness within their own life, {} did not (worst \
+             unmatched {:.1} µs late); they waited {:.1} ms for a CPU \
+             ({:.2}% of the run; the larger of the two per 1 ms sample)",
+            l.verdict.excused,
+            l.late_at_tx,
+            100.0 * l.late_at_tx as f64 / l.sent.max(1) as f64,
+            l.verdict.unexcused,
+            l.verdict.worst_unexcused as f64 / 1e3,
+            l.polling_waited as f64 / 1e6,
+            100.0 * l.polling_waited as f64 / 1e9 / l.secs
+        );
+        let [a, b, c, d] = l.unmatched_by_lateness;
+        println!(
+            "      unmatched late packets by lateness: {a} under 10 µs, {b} 10-100 µs, {c} \
+             0.1-1 ms, {d} over 1 ms; {} of them may have met a wait as long as their lateness \
+             (a wait placed where it overlaps most: not a match), the other {} cannot have \
+             (queueing in the core: behind a burst, or its own work); {} late packets were not logged (log full)",
+            l.unmatched_possibly_preempted,
+            (a + b + c + d).saturating_sub(l.unmatched_possibly_preempted),
+            l.verdict.unexcused.saturating_sub(a + b + c + d)
+        );
+        println!(
+            "      late packets came in {} runs (late packets submitted under 1 ms apart); the \
+             largest: {} packets submitted over {:.2} ms; {} were submitted in a burst after a \
+             producer gap (the messages that fell due while it was off its CPU, at once); {} \
+             lived through a poll over 500 µs (the loop's own view); the hypervisor took {} of \
+             the CPUs' time meanwhile (/proc/stat steal, 10 ms ticks), which no thread's \
+             schedstat shows",
+            l.late_runs.0,
+            l.late_runs.1,
+            l.late_runs.2 as f64 / 1e6,
+            l.late_in_burst,
+            l.late_in_long_iteration,
+            l.steal
+                .map_or("(unknown)".into(), |n| format!("{:.0} ms", n as f64 / 1e6))
+        );
         // The calibration is an estimate (a busier core batches more per iteration): if a
         // load still overloaded the core, say so rather than report queueing as added delay.
         if l.late * 2 > l.hist.len() {
@@ -320,6 +362,69 @@ impl Port for Counted {
     }
 }
 
+/// Capacity of the delay runs' late-packet log: far above the late packets of any run that
+/// is not overloaded (those past it are counted, and unexcused).
+const LATE_LOG: usize = 1 << 20;
+
+/// A port that checks each packet it hands to `tx_burst` against its link deadline, `ℓ + d`
+/// (the header carries `submit_ts` and `ℓ + D`; every bench channel has the same `d` and `D`),
+/// and logs the late ones with their times, so each can be matched with the polling and producer threads'
+/// measured preemption. One clock read per burst; the log is allocated before the run.
+struct LateWatch {
+    inner: DpdkPort,
+    log: MissLog,
+}
+
+/// How much earlier than the end-to-end deadline in the header a packet's link deadline is.
+const LINK_BEFORE_E2E: Nanos = BENCH_END_TO_END - BENCH_LINK_DEADLINE;
+
+impl Port for LateWatch {
+    type Buf = Mbuf;
+    fn capabilities(&self) -> PortCapabilities {
+        self.inner.capabilities()
+    }
+    #[inline]
+    fn alloc_tx(&mut self) -> Option<Mbuf> {
+        self.inner.alloc_tx()
+    }
+    #[inline]
+    fn alloc_bulk(&mut self, batch: &mut Batch<Mbuf>, n: usize) -> usize {
+        self.inner.alloc_bulk(batch, n)
+    }
+    #[inline]
+    fn free_bulk(&mut self, batch: &mut Batch<Mbuf>) {
+        self.inner.free_bulk(batch)
+    }
+    #[inline]
+    fn tx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
+        let mut times = [(0, 0); MAX_BURST];
+        for (t, m) in times.iter_mut().zip(batch.iter()) {
+            if let Some(b) = m.data().get(ETH_LEN + IPV4_LEN + UDP_LEN..) {
+                if let Ok(h) = RtHeader::read(b) {
+                    *t = (h.submit_ts, h.deadline.saturating_sub(LINK_BEFORE_E2E));
+                }
+            }
+        }
+        let sent = self.inner.tx_burst(queue, batch)?;
+        let now = monotonic_now();
+        for &(submit, deadline) in &times[..sent] {
+            self.log.record(submit, deadline, now);
+        }
+        Ok(sent)
+    }
+    fn rx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
+        self.inner.rx_burst(queue, batch)
+    }
+    fn stats(&self) -> PortStats {
+        self.inner.stats()
+    }
+}
+
+/// The bench channels' link deadline `d` (200 µs).
+const BENCH_LINK_DEADLINE: Nanos = 200_000;
+/// The bench channels' end-to-end deadline `D` (1 ms).
+const BENCH_END_TO_END: Nanos = 1_000_000;
+
 /// The channels' spec: Imin of 1 µs (1,000 channels may send 10^9 messages/s in total, so
 /// enforcement never holds a greedy channel back: every message is current when taken),
 /// deadlines of 100 µs (CPU), 200 µs (link), 1 ms (end to end).
@@ -329,8 +434,8 @@ fn bench_channel(id: u32, mmax: u32) -> ChannelConfig {
         imin: 1_000,
         bmax: BMAX,
         cpu_deadline: 100_000,
-        link_deadline: 200_000,
-        end_to_end_deadline: 1_000_000,
+        link_deadline: BENCH_LINK_DEADLINE,
+        end_to_end_deadline: BENCH_END_TO_END,
     };
     ChannelConfig {
         endpoint: endpoint(id),
@@ -646,7 +751,42 @@ struct Latency {
     /// Time in polls that did work, and packets the core sent, while the producer submitted.
     busy_secs: f64,
     sent: u64,
+    /// Packets past their link deadline when handed to `tx_burst` ([`LateWatch`]).
+    late_at_tx: u64,
+    /// Those matched (excused) or not with the polling and producer threads' preemption.
+    verdict: MissVerdict,
+    /// The unmatched late packets by lateness, from each [`LATENESS_BUCKETS`] bound to the next.
+    unmatched_by_lateness: [u64; LATENESS_BUCKETS.len()],
+    /// Of the unmatched, those a wait may have covered (placed where it overlaps most).
+    unmatched_possibly_preempted: u64,
+    /// Runs of late packets (submitted less than 1 ms apart): how many, and the largest run's
+    /// packets and span of submit times, ns.
+    late_runs: (u64, u64, Nanos),
+    /// Late packets whose life overlapped a poll over 500 µs (the loop's own view).
+    late_in_long_iteration: u64,
+    /// Late packets submitted in a burst after a producer gap over [`PRODUCER_GAP_NS`].
+    late_in_burst: u64,
+    /// CPU time the hypervisor took from this VM's CPUs during the run (`/proc/stat` steal),
+    /// ns; `None` where it cannot be read.
+    steal: Option<Nanos>,
+    /// The polling and producer threads' run-queue wait (the larger per sample), ns.
+    polling_waited: Nanos,
 }
+
+/// Long polls recorded per delay run, at most (allocated before the run).
+const LONG_ITERATION_LOG: usize = 1 << 16;
+
+/// The steal time of all CPUs so far (`/proc/stat`, the 8th value of the `cpu` line, in
+/// USER_HZ ticks: 10 ms on Linux), ns.
+fn steal_ns() -> Option<Nanos> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Nanos = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(ticks * 10_000_000)
+}
+
+/// Lower bounds of the lateness classes the unmatched late packets are counted in, ns.
+const LATENESS_BUCKETS: [Nanos; 4] = [0, 10_000, 100_000, 1_000_000];
 
 /// A producer loop turn longer than this (100 µs: a thousand times a turn's cost) means the
 /// producer thread was off its CPU.
@@ -662,7 +802,18 @@ fn latency(
     aux: Option<usize>,
     tsc_hz: f64,
 ) -> Result<Latency, BoxError> {
-    let mut core = Core::new(cfg, open_port(eal, vdev)?)?;
+    let port = LateWatch {
+        inner: open_port(eal, vdev)?,
+        log: MissLog::with_capacity(LATE_LOG),
+    };
+    let mut core = Core::new(cfg, port)?;
+    // The polling thread's run-queue wait, read by a probe thread from schedstat: what may
+    // explain a late packet, measured apart from the dataplane.
+    // The producer's too: a message it stamped and was then preempted before publishing
+    // reaches the core already late.
+    let probe = PreemptionProbe::start()?;
+    probe.watch_current_thread()?;
+    let watcher = probe.watcher();
     let mut senders = Vec::with_capacity(args.channels as usize);
     for id in 0..args.channels {
         senders.push(core.open(bench_channel(id, args.message_size))?);
@@ -680,24 +831,37 @@ fn latency(
                 if let Some(c) = aux {
                     core_affinity::set_for_current(core_affinity::CoreId { id: c });
                 }
+                if let Err(e) = watcher.watch_current_thread() {
+                    eprintln!("dpdk-bench: the producer's preemption is not measured: {e}");
+                }
                 let start = monotonic_now();
                 let mut src = Source::new(Pattern::Periodic { interval }, start, 0);
                 let (mut i, mut submitted, mut blocked) = (0usize, 0u64, 0u64);
                 let (mut last, mut gaps, mut gap_ns) = (start, 0u64, 0u64);
+                // The bursts that follow the gaps: [first, last submit] of each.
+                let mut bursts: Vec<(Nanos, Nanos)> = Vec::with_capacity(LONG_ITERATION_LOG);
                 while !stop.load(Ordering::Relaxed) {
                     let now = monotonic_now();
-                    if now - last > PRODUCER_GAP_NS {
+                    let after_gap = now - last > PRODUCER_GAP_NS;
+                    if after_gap {
                         gaps += 1;
                         gap_ns += now - last;
                     }
                     last = now;
-                    for _ in 0..src.due(now) {
+                    let due = src.due(now);
+                    if after_gap && due > 1 && bursts.len() < bursts.capacity() {
+                        bursts.push((now, Nanos::MAX)); // closed below
+                    }
+                    for _ in 0..due {
                         match senders[i].submit(&msgs[i]) {
                             Ok(_) => submitted += 1,
                             Err(SubmitError::WouldBlock) => blocked += 1,
                             Err(e) => panic!("submit: {e}"),
                         }
                         i = (i + 1) % senders.len();
+                    }
+                    if let Some(b) = bursts.last_mut().filter(|b| b.1 == Nanos::MAX) {
+                        b.1 = monotonic_now();
                     }
                     std::hint::spin_loop();
                 }
@@ -708,6 +872,7 @@ fn latency(
                     blocked,
                     secs,
                     (gaps, gap_ns as f64 / 1e9),
+                    bursts,
                 )
             })?
     };
@@ -718,6 +883,10 @@ fn latency(
     // iteration of 64 runs takes tens of µs). On a shared machine this dominates the tail.
     let gap_limit = (tsc_hz * 500e-6) as u64;
     let (mut gaps, mut gap_cycles, mut busy_cycles) = (0u64, 0u64, 0u64);
+    // Where those long iterations lay (CLOCK_MONOTONIC), to tell which late packets lived
+    // through one: the loop's own view, a diagnosis and never an excuse.
+    let mut long_iterations: Vec<(Nanos, Nanos)> = Vec::with_capacity(LONG_ITERATION_LOG);
+    let steal0 = steal_ns();
     let sent0 = core.stats().tx_packets;
     let mut last = read_tsc();
     while Instant::now() < end {
@@ -730,12 +899,18 @@ fn latency(
         if t - last > gap_limit {
             gaps += 1;
             gap_cycles += t - last;
+            if long_iterations.len() < long_iterations.capacity() {
+                let now = monotonic_now();
+                let took = ((t - last) as f64 / tsc_hz * 1e9) as Nanos;
+                long_iterations.push((now.saturating_sub(took), now));
+            }
         }
         last = t;
     }
+    let steal = steal_ns().zip(steal0).map(|(b, a)| b.saturating_sub(a));
     let sent = core.stats().tx_packets - sent0;
     stop.store(true, Ordering::Relaxed);
-    let (senders, submitted, blocked, secs, (producer_gaps, producer_gap_secs)) =
+    let (senders, submitted, blocked, secs, (producer_gaps, producer_gap_secs), bursts) =
         producer.join().expect("producer thread");
     // Drain what is queued, then close every channel: closing publishes its delay histogram.
     let give_up = Instant::now() + Duration::from_secs(5);
@@ -745,6 +920,61 @@ fn latency(
         core.poll(&clock, &mut meter);
     }
     let late = core.link_stats().late;
+    let preemptions = probe.finish();
+    let verdict = preemptions.verdict(&core.port().log);
+    // How late the unmatched ones were: a few µs past `d` is queueing near saturation, a
+    // millisecond is a stall.
+    // And whether a wait may have covered them at all (each wait placed where it overlaps
+    // most, at the probe's 1 ms resolution): if not, the cause is not these threads'
+    // preemption in the packet's life but queueing in the core.
+    // Late packets come in runs: one stall delays every message queued behind it. A run ends
+    // where the next late packet was submitted more than a millisecond later.
+    let mut late_runs = (0u64, 0u64, 0 as Nanos); // runs, largest run's packets, its span
+    let mut run = (0u64, 0 as Nanos, 0 as Nanos); // packets, first and last submit
+    for m in &core.port().log.misses {
+        if run.0 > 0 && m.submit > run.2 + 1_000_000 {
+            late_runs.0 += 1;
+            if run.0 > late_runs.1 {
+                late_runs = (late_runs.0, run.0, run.2 - run.1);
+            }
+            run.0 = 0;
+        }
+        if run.0 == 0 {
+            run.1 = m.submit;
+        }
+        run = (run.0 + 1, run.1, m.submit.max(run.2));
+    }
+    if run.0 > 0 {
+        late_runs.0 += 1;
+        if run.0 > late_runs.1 {
+            late_runs = (late_runs.0, run.0, run.2 - run.1);
+        }
+    }
+    let mut unmatched_by_lateness = [0u64; LATENESS_BUCKETS.len()];
+    let mut unmatched_possibly_preempted = 0u64;
+    let mut late_in_long_iteration = 0u64;
+    let mut late_in_burst = 0u64;
+    for m in &core.port().log.misses {
+        let i = bursts.partition_point(|&(_, end)| end < m.submit);
+        if bursts.get(i).is_some_and(|&(start, _)| start <= m.submit) {
+            late_in_burst += 1;
+        }
+        let i = long_iterations.partition_point(|&(_, end)| end < m.submit);
+        if long_iterations
+            .get(i)
+            .is_some_and(|&(start, _)| start <= m.delivered)
+        {
+            late_in_long_iteration += 1;
+        }
+        if !preemptions.excuses(m) {
+            let i = LATENESS_BUCKETS.partition_point(|&b| m.lateness() >= b);
+            unmatched_by_lateness[i.saturating_sub(1)] += 1;
+            if preemptions.may_have_waited(m.submit, m.delivered) >= m.lateness() {
+                unmatched_possibly_preempted += 1;
+            }
+        }
+    }
+    let late_at_tx = core.port().log.count();
     let control = core.control().clone();
     let mut acked = 0;
     let mut next = 0u32;
@@ -783,6 +1013,15 @@ fn latency(
         producer_gap_secs,
         busy_secs: busy_cycles as f64 / tsc_hz,
         sent,
+        late_at_tx,
+        verdict,
+        unmatched_by_lateness,
+        unmatched_possibly_preempted,
+        late_runs,
+        late_in_long_iteration,
+        late_in_burst,
+        steal,
+        polling_waited: preemptions.total(),
     })
 }
 
