@@ -150,9 +150,6 @@ impl Drop for Capture {
 }
 
 #[test]
-#[ignore = "issue 11/14: on this tree 4 of 4 runs passed alone, 2 of 5 beside two CPU hogs: \
-            tcpdump did not start in time (2 runs) and the sender did not stop on SIGTERM (1 run, \
-            not yet diagnosed); run with --ignored"]
 fn two_daemons_over_dpdk_vdevs_two_queues_each() {
     let test = "daemon_dpdk_netns";
     if !is_root() {
