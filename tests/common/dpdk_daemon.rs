@@ -1,6 +1,7 @@
 //! Helpers of the DPDK daemon tests (`tests/daemon_dpdk*.rs`) and of the multi-queue
 //! af_packet one (`tests/daemon_multiqueue.rs`); included with `#[path]`, not a test target: a
-//! daemon process killed on drop, `rtchanctl` calls bounded in time, the checks of a real-time
+//! daemon process killed on drop (stopped by SIGTERM, several together, with every thread's stack
+//! when one does not stop), `rtchanctl` calls bounded in time, the checks of a real-time
 //! channel's receiver, a nanosecond pcap reader, and the capture checks (pacing per queue, EDF
 //! order per queue).
 
@@ -180,8 +181,8 @@ impl Drop for DaemonProc {
     }
 }
 
-/// Every thread of process `pid`: its name, kernel wait channel and kernel stack, then (when
-/// gdb is installed) every thread's user-space backtrace.
+/// Every thread of process `pid`: its name, kernel wait channel, state and kernel stack, then
+/// (when gdb is installed and attaches within 30 s) every thread's user-space backtrace.
 pub fn threads_of(pid: u32) -> String {
     let mut out = String::new();
     let task = format!("/proc/{pid}/task");
