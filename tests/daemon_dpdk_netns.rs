@@ -302,6 +302,7 @@ fn scenario(
 ) -> Result<Vec<String>, String> {
     let (send, recv) = (sender.socket.as_path(), receiver.socket.as_path());
     let probe = PreemptionProbe::start()?;
+    let steal_from = steal_ms();
     for d in [sender, receiver] {
         let n = probe.watch_threads_of(d.pid(), "rtchan-core")?;
         if n != 2 {
@@ -386,6 +387,11 @@ fn scenario(
     let tcpdump = capture.stop();
     let preempted = probe.finish();
     eprintln!("{preempted}");
+    if let Some(ms) = steal_from.zip(steal_ms()).map(|(a, b)| b - a) {
+        eprintln!(
+            "host steal time over the run (not seen by the probe): {ms} ms, summed over CPUs"
+        );
+    }
 
     // Each real-time channel's misses, to place them on the capture below.
     let mut misses: Vec<(u32, control::protocol::MissTimes)> = Vec::new();

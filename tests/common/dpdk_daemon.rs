@@ -211,6 +211,18 @@ pub fn threads_of(pid: u32) -> String {
     out
 }
 
+/// The machine's steal time so far, ms summed over its CPUs (`/proc/stat`, in USER_HZ = 100
+/// ticks): time the hypervisor ran something else on a virtual CPU that had work. The
+/// preemption probe cannot see it (a thread whose vCPU is held is not waiting on a run
+/// queue), so a run prints it beside the probe's figure: an unexcused miss or EDF violation
+/// in a run with much steal points there.
+pub fn steal_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = cpu.split_whitespace().nth(8)?.parse().ok()?;
+    Some(ticks * 10)
+}
+
 /// Runs `rtchanctl --socket S ARGS`, bounded in time.
 pub fn ctl(socket: &Path, args: &[&str]) -> Result<Output, String> {
     let mut child = Command::new(CTL)
