@@ -1,6 +1,7 @@
 //! Helpers of the DPDK daemon tests (`tests/daemon_dpdk*.rs`) and of the multi-queue
 //! af_packet one (`tests/daemon_multiqueue.rs`); included with `#[path]`, not a test target: a
-//! daemon process killed on drop, `rtchanctl` calls bounded in time, the checks of a real-time
+//! daemon process killed on drop (stopped by SIGTERM, several together, with every thread's stack
+//! when one does not stop), `rtchanctl` calls bounded in time, the checks of a real-time
 //! channel's receiver, a nanosecond pcap reader, and the capture checks (pacing per queue, EDF
 //! order per queue).
 
@@ -43,6 +44,8 @@ pub struct DaemonProc {
     child: Option<Child>,
     pub socket: PathBuf,
     log: PathBuf,
+    /// When [`DaemonProc::terminate`] sent SIGTERM.
+    terminated: Option<Instant>,
 }
 
 impl DaemonProc {
@@ -75,6 +78,7 @@ impl DaemonProc {
             child: Some(child),
             socket: dir.join(format!("{name}.sock")),
             log,
+            terminated: None,
         };
         let t = Instant::now();
         loop {
@@ -106,24 +110,66 @@ impl DaemonProc {
 
     /// SIGTERM, then waits (bounded) for the exit status.
     pub fn stop(&mut self) -> Result<i32, String> {
+        self.terminate();
+        self.wait_stopped()
+    }
+
+    /// Sends SIGTERM (once the daemon is running; [`DaemonProc::wait_stopped`] collects it).
+    pub fn terminate(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            self.terminated = Some(Instant::now());
+        }
+    }
+
+    /// After [`DaemonProc::terminate`]: waits (bounded) for the exit status.
+    pub fn wait_stopped(&mut self) -> Result<i32, String> {
         let Some(mut child) = self.child.take() else {
             return Err("already stopped".into());
         };
-        let pid = child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let t = Instant::now();
+        let t = self.terminated.unwrap_or_else(Instant::now);
         loop {
             if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+                eprintln!(
+                    "daemon {} stopped {:.3} s after SIGTERM",
+                    self.name,
+                    t.elapsed().as_secs_f64()
+                );
                 return Ok(st.code().unwrap_or(-1));
             }
             if t.elapsed() > STEP_TIMEOUT {
+                // Where each thread is stuck, before the kill erases it: a hang is a daemon
+                // bug to diagnose, not a timeout to raise.
+                let where_ = threads_of(child.id());
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("daemon {} did not stop on SIGTERM", self.name));
+                return Err(format!(
+                    "daemon {} did not stop on SIGTERM; its threads:\n{where_}",
+                    self.name
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Stops `daemons` together: SIGTERM to each, then each exit status (bounded), in order.
+///
+/// Why together: closing an AF_PACKET socket (what DPDK's `net_af_packet` does in
+/// `rte_eth_dev_close`) waits in the kernel for RCU grace periods (`synchronize_net` in
+/// `packet_release`/`packet_set_ring`, several per socket), and the grace-period kthread
+/// (`rcu_preempt`, nice 0) gets little CPU beside another daemon's polling threads at nice -20
+/// and a CPU hog. Stopped one after the other, the first daemon's close ran while the second's
+/// cores still polled: its control thread sat in `synchronize_rcu_normal` (D state) for 4 to
+/// over 30 s, and dmesg reported "rcu_preempt kthread starved". Stopped together, every
+/// polling thread has ended before the sockets close.
+pub fn stop_all(daemons: &mut [&mut DaemonProc]) -> Vec<Result<i32, String>> {
+    for d in daemons.iter_mut() {
+        d.terminate();
+    }
+    daemons.iter_mut().map(|d| d.wait_stopped()).collect()
 }
 
 impl Drop for DaemonProc {
@@ -133,6 +179,48 @@ impl Drop for DaemonProc {
             let _ = c.wait();
         }
     }
+}
+
+/// Every thread of process `pid`: its name, kernel wait channel, state and kernel stack, then
+/// (when gdb is installed and attaches within 30 s) every thread's user-space backtrace.
+pub fn threads_of(pid: u32) -> String {
+    let mut out = String::new();
+    let task = format!("/proc/{pid}/task");
+    if let Ok(dir) = std::fs::read_dir(&task) {
+        for t in dir.flatten() {
+            let p = t.path();
+            let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+            out += &format!(
+                "tid {} {} wchan {} state {}\n{}",
+                t.file_name().to_string_lossy(),
+                read("comm").trim(),
+                read("wchan").trim(),
+                read("stat").split_whitespace().nth(2).unwrap_or("?"),
+                read("stack")
+            );
+        }
+    }
+    if let Ok(o) = Command::new("timeout")
+        .args(["30", "gdb", "-p", &pid.to_string(), "-batch", "-ex"])
+        .arg("thread apply all bt")
+        .stdin(Stdio::null())
+        .output()
+    {
+        out += &String::from_utf8_lossy(&o.stdout);
+    }
+    out
+}
+
+/// The machine's steal time so far, ms summed over its CPUs (`/proc/stat`, in USER_HZ = 100
+/// ticks): time the hypervisor ran something else on a virtual CPU that had work. The
+/// preemption probe cannot see it (a thread whose vCPU is held is not waiting on a run
+/// queue), so a run prints it beside the probe's figure: an unexcused miss or EDF violation
+/// in a run with much steal points there.
+pub fn steal_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = cpu.split_whitespace().nth(8)?.parse().ok()?;
+    Some(ticks * 10)
 }
 
 /// Runs `rtchanctl --socket S ARGS`, bounded in time.
