@@ -29,7 +29,7 @@
 //! core of its own measured like the full path, in rounds so that a disturbance of a shared
 //! machine hits one round rather than one row; per row the median ns/packet, its ratio to the
 //! full path of the same round, packets per `tx_burst` and why bursts closed below
-//! [`dataplane::port::MAX_BURST`] (the core's `CoreStats::bursts`). Its 14 pools need
+//! [`dataplane::port::MAX_BURST`] (the core's `CoreStats::bursts`). Its 16 pools need
 //! `--memory-mb 2048` without hugepages. `docs/benchmarks.md` has a table and what each row
 //! removes.
 
@@ -225,6 +225,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
             5 + args.loads.len() as u32,
             core_cfg,
             args,
+            aux,
             dur,
             tsc_hz,
         );
@@ -468,6 +469,9 @@ struct Knobs {
     /// The sample rings are folded into the histograms between polls, outside the timed
     /// loop (as a running core's companion thread does), not at the end of each poll.
     fold_untimed: bool,
+    /// The sample rings are folded by a companion thread on the other CPU every
+    /// `dataplane::stats::FOLD_INTERVAL`, as a `RunningCore`'s is (the daemon's cores).
+    fold_thread: Option<usize>,
     /// Channels, if not `--channels` (the state a poll touches: 10 channels' rings, handlers
     /// and histograms stay in cache).
     channels: Option<u32>,
@@ -506,7 +510,7 @@ impl Greedy {
     ) -> Result<Self, BoxError> {
         let (mut core, senders, msgs) = greedy_core(eal, vdev, cfg, args, knobs)?;
         core.set_delay_samples(!knobs.no_delay_samples);
-        core.set_fold_on_poll(!knobs.fold_untimed);
+        core.set_fold_on_poll(!knobs.fold_untimed && knobs.fold_thread.is_none());
         Ok(Self {
             core,
             senders,
@@ -545,12 +549,27 @@ impl Greedy {
         }
         let core = &self.core;
         let (p0, b0, s0) = (core.stats().tx_packets, core.port().bursts, core.stats());
-        let start = Instant::now();
-        let mut busy = 0u64;
-        while start.elapsed() < dur {
-            busy += self.step(&clock, &mut meter);
-        }
-        let wall = start.elapsed().as_secs_f64();
+        let stop = &AtomicBool::new(false);
+        let sink = &self.core.sink().clone();
+        let (busy, wall) = std::thread::scope(|scope| {
+            if let Some(cpu) = self.knobs.fold_thread {
+                scope.spawn(move || {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                    while !stop.load(Ordering::Relaxed) {
+                        sink.fold(false);
+                        std::thread::sleep(dataplane::stats::FOLD_INTERVAL);
+                    }
+                });
+            }
+            let start = Instant::now();
+            let mut busy = 0u64;
+            while start.elapsed() < dur {
+                busy += self.step(&clock, &mut meter);
+            }
+            let wall = start.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            (busy, wall)
+        });
         let closes = closes_since(&s0.bursts, &self.core.stats().bursts);
         (
             tput(&self.core, (p0, b0, &s0), busy as f64 / tsc_hz, wall),
@@ -668,12 +687,13 @@ fn core_note(s0: &CoreStats, s1: &CoreStats, late: u64, released: u64) -> String
 }
 
 /// Rows of the ablation (each opens its own `net_null` vdev).
-const ABLATION_ROWS: usize = 14;
+const ABLATION_ROWS: usize = 16;
 
 /// The ablation's rows: a name, what the row removes or changes against the full path, the
 /// core's configuration and the knobs.
 fn ablation_rows(
     full: CoreConfig,
+    aux: Option<usize>,
 ) -> [(&'static str, &'static str, CoreConfig, Knobs); ABLATION_ROWS] {
     let none = Knobs::default();
     let window = |ns| CoreConfig {
@@ -730,7 +750,17 @@ fn ablation_rows(
                 ..none
             },
         ),
+        (
+            "fold thread",
+            "the fold at each poll's end (a companion thread on the other CPU folds every 1 ms, as the daemon's cores do)",
+            full,
+            Knobs {
+                fold_thread: aux.or(Some(0)),
+                ..none
+            },
+        ),
         ("tx_window 1 us", "(changes) the TX window 4 -> 1 us", window(1_000), none),
+        ("tx_window 8 us", "(changes) the TX window 4 -> 8 us", window(8_000), none),
         ("tx_window 16 us", "(changes) the TX window 4 -> 16 us", window(16_000), none),
         ("tx_window 64 us", "(changes) the TX window 4 -> 64 us", window(64_000), none),
         (
@@ -769,8 +799,9 @@ fn closes_since(a: &BurstCloses, b: &BurstCloses) -> BurstCloses {
 }
 
 /// The ablation: every row measured the same way as the full path, in `args.rounds` rounds
-/// (each round measures every row once, in order, so a disturbance of the shared machine hits
-/// one round's rows, not one row's rounds). Per row: the median ns/packet, the median of its
+/// (each round measures every row once, so a disturbance of the shared machine hits one
+/// round's rows, not one row's rounds; round r starts at row r, so no row always runs first
+/// or last). Per row: the median ns/packet, the median of its
 /// ratio to the full path's figure *of the same round*, and how the bursts closed (percent of
 /// `tx_burst` calls over all rounds: full, or short because the window expired, the iteration
 /// ended, the in-flight limit or pacing stopped the release, or only early packets were left).
@@ -779,10 +810,11 @@ fn ablation(
     first_vdev: u32,
     full: CoreConfig,
     args: &Args,
+    aux: Option<usize>,
     dur: Duration,
     tsc_hz: f64,
 ) -> Result<(), BoxError> {
-    let rows = ablation_rows(full);
+    let rows = ablation_rows(full, aux);
     let mut cores = Vec::with_capacity(rows.len());
     for (i, (_, _, cfg, knobs)) in rows.iter().enumerate() {
         cores.push(Greedy::new(eal, first_vdev + i as u32, *cfg, args, *knobs)?);
@@ -797,9 +829,12 @@ fn ablation(
         vec![0f64; rows.len()],
         vec![0u64; rows.len()],
     );
-    for _ in 0..rounds {
-        for (i, g) in cores.iter_mut().enumerate() {
-            let (t, c) = g.measure(dur, tsc_hz);
+    let n = cores.len();
+    for round in 0..rounds {
+        // Each round starts one row later: a row's place in the round (what ran just before
+        // it, how long the run has gone) moves, rather than biasing one row every round.
+        for i in (0..n).map(|j| (j + round) % n) {
+            let (t, c) = cores[i].measure(dur, tsc_hz);
             ns[i].push(1e3 / t.mpps());
             closes[i] = add_closes(&closes[i], &c);
             packets[i] += t.packets;
