@@ -23,6 +23,15 @@
 //! light load times the polling core's busy iterations per message; a periodic message finds
 //! its handler idle and costs a wake-up a greedy one does not, so the greedy figures above
 //! would overstate it). `docs/benchmarks-dpdk.md` explains every figure.
+//!
+//! `--ablation` (after the throughput figures, instead of the delay measurements): the full
+//! path with one stage removed, isolated or resized at a time ([`ablation_rows`]), every row a
+//! core of its own measured like the full path, in rounds so that a disturbance of a shared
+//! machine hits one round rather than one row; per row the median ns/packet, its ratio to the
+//! full path of the same round, packets per `tx_burst` and why bursts closed below
+//! [`dataplane::port::MAX_BURST`] (the core's `CoreStats::bursts`). Its 16 pools need
+//! `--memory-mb 2048` without hugepages. `docs/benchmarks.md` has a table and what each row
+//! removes.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -33,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use dataplane::channel::{Sender, SubmitError};
-use dataplane::core::{Command, Core, CoreConfig, CoreStats};
+use dataplane::core::{BurstCloses, Command, Core, CoreConfig, CoreStats};
 use dataplane::link::LinkConfig;
 use dataplane::port::{Batch, PacketBuf, Port, PortCapabilities, PortError, PortStats, MAX_BURST};
 use dataplane::source::{Pattern, Source};
@@ -99,6 +108,15 @@ struct Args {
     /// short runs for A/B comparisons on a shared machine.
     #[arg(long)]
     throughput_only: bool,
+    /// After the throughput figures, the ablation: the full path with one stage removed,
+    /// isolated or resized at a time, side by side (ns/packet and the ratio to the full path),
+    /// with how its `tx_burst` calls closed. Then stops (no delay measurements). Needs
+    /// `--memory-mb 2048` without `--huge` (a mempool per row).
+    #[arg(long)]
+    ablation: bool,
+    /// Rounds of the ablation (every row once per round).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Use hugepages (default: `--no-huge`, plain memory, like the tests and CI).
     #[arg(long)]
     huge: bool,
@@ -164,7 +182,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
     if !args.huge {
         eal_args.extend(["--no-huge".into(), "-m".into(), args.memory_mb.to_string()]);
     }
-    for i in 0..5 + args.loads.len() {
+    for i in 0..5 + args.loads.len() + ABLATION_ROWS {
         // no-rx: net_null would otherwise "receive" 64-byte zero frames as fast as polled,
         // and the core would parse (and reject) 128 of them per iteration.
         eal_args.push(format!("--vdev=net_null{i},no-rx=1"));
@@ -204,6 +222,17 @@ fn run(args: &Args) -> Result<(), BoxError> {
         ratio(Some(fifo.mpps())),
         ratio(Some(sched.mpps()))
     );
+    if args.ablation {
+        return ablation(
+            &eal,
+            5 + args.loads.len() as u32,
+            core_cfg,
+            args,
+            aux,
+            dur,
+            tsc_hz,
+        );
+    }
     if args.throughput_only {
         return Ok(());
     }
@@ -326,10 +355,17 @@ fn open_port(eal: &Eal, vdev: u32) -> Result<DpdkPort, BoxError> {
     Ok(DpdkPort::new(eth, pool)?)
 }
 
-/// A port that counts `tx_burst` calls (to report packets per burst).
+/// A port that counts `tx_burst` calls (to report packets per burst), and for the ablation
+/// can allocate per packet or stand in for the driver.
 struct Counted {
     inner: DpdkPort,
     bursts: u64,
+    /// `alloc_bulk` as one `rte_pktmbuf_alloc` per buffer (the trait's default), not one
+    /// `rte_pktmbuf_alloc_bulk`.
+    per_packet_alloc: bool,
+    /// `tx_burst` frees the batch to the pool (`rte_pktmbuf_free_bulk`) instead of calling
+    /// `rte_eth_tx_burst` (net_null's transmit frees them too, one by one).
+    no_driver: bool,
 }
 
 impl Port for Counted {
@@ -343,6 +379,18 @@ impl Port for Counted {
     }
     #[inline]
     fn alloc_bulk(&mut self, batch: &mut Batch<Mbuf>, n: usize) -> usize {
+        if self.per_packet_alloc {
+            let want = n.min(batch.remaining_capacity());
+            let mut got = 0;
+            while got < want {
+                let Some(b) = self.inner.alloc_tx() else {
+                    break;
+                };
+                batch.push(b);
+                got += 1;
+            }
+            return got;
+        }
         self.inner.alloc_bulk(batch, n)
     }
     #[inline]
@@ -352,6 +400,11 @@ impl Port for Counted {
     #[inline]
     fn tx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
         self.bursts += 1;
+        if self.no_driver {
+            let n = batch.len();
+            self.inner.free_bulk(batch);
+            return Ok(n);
+        }
         self.inner.tx_burst(queue, batch)
     }
     fn rx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
@@ -461,6 +514,9 @@ struct Tput {
     wall_secs: f64,
     bursts: u64,
     note: String,
+    /// Handler runs per poll (0 for librte_sched), and runs cut short without an mbuf.
+    runs_per_poll: f64,
+    alloc_failures: u64,
 }
 
 impl Tput {
@@ -503,34 +559,128 @@ fn greedy(
     dur: Duration,
     tsc_hz: f64,
 ) -> Result<Tput, BoxError> {
-    let (mut core, mut senders, msgs) = greedy_core(eal, vdev, cfg, args)?;
-    let clock = MonotonicClock;
-    let mut meter = TscMeter;
+    greedy_with(eal, vdev, cfg, args, dur, tsc_hz, Knobs::default()).map(|(t, _)| t)
+}
 
-    refill(&mut senders, &msgs);
-    let warm_end = Instant::now() + WARMUP;
-    let mut polls = 0u64;
-    while Instant::now() < warm_end {
-        core.poll(&clock, &mut meter);
-        polls += 1;
-        if polls % REFILL_EVERY == 0 {
-            refill(&mut senders, &msgs);
-        }
+/// What an ablation row changes besides the core's configuration.
+#[derive(Clone, Copy, Debug, Default)]
+struct Knobs {
+    /// See [`Counted::per_packet_alloc`].
+    per_packet_alloc: bool,
+    /// See [`Counted::no_driver`].
+    no_driver: bool,
+    /// No delay samples ([`Core::set_delay_samples`]).
+    no_delay_samples: bool,
+    /// The sample rings are folded into the histograms between polls, outside the timed
+    /// loop (as a running core's companion thread does), not at the end of each poll.
+    fold_untimed: bool,
+    /// The sample rings are folded by a companion thread on the other CPU every
+    /// `dataplane::stats::FOLD_INTERVAL`, as a `RunningCore`'s is (the daemon's cores).
+    fold_thread: Option<usize>,
+    /// Channels, if not `--channels` (the state a poll touches: 10 channels' rings, handlers
+    /// and histograms stay in cache).
+    channels: Option<u32>,
+}
+
+/// [`greedy`] with `knobs`; also returns how the bursts of the measurement closed.
+fn greedy_with(
+    eal: &Eal,
+    vdev: u32,
+    cfg: CoreConfig,
+    args: &Args,
+    dur: Duration,
+    tsc_hz: f64,
+    knobs: Knobs,
+) -> Result<(Tput, BurstCloses), BoxError> {
+    Ok(Greedy::new(eal, vdev, cfg, args, knobs)?.measure(dur, tsc_hz))
+}
+
+/// A core with greedy channels that can be measured several times (the ablation's rounds
+/// keep every row's core, since a closed `net_null` port cannot be opened again).
+struct Greedy {
+    core: Core<Counted>,
+    senders: Vec<Sender>,
+    msgs: Vec<Vec<u8>>,
+    knobs: Knobs,
+    polls: u64,
+}
+
+impl Greedy {
+    fn new(
+        eal: &Eal,
+        vdev: u32,
+        cfg: CoreConfig,
+        args: &Args,
+        knobs: Knobs,
+    ) -> Result<Self, BoxError> {
+        let (mut core, senders, msgs) = greedy_core(eal, vdev, cfg, args, knobs)?;
+        core.set_delay_samples(!knobs.no_delay_samples);
+        core.set_fold_on_poll(!knobs.fold_untimed && knobs.fold_thread.is_none());
+        Ok(Self {
+            core,
+            senders,
+            msgs,
+            knobs,
+            polls: 0,
+        })
     }
-    let (p0, b0, s0) = (core.stats().tx_packets, core.port().bursts, core.stats());
-    let start = Instant::now();
-    let mut busy = 0u64;
-    while start.elapsed() < dur {
+
+    /// One poll, and the refill every [`REFILL_EVERY`] polls; returns the cycles inside
+    /// `Core::poll`.
+    #[inline]
+    fn step(&mut self, clock: &MonotonicClock, meter: &mut TscMeter) -> u64 {
         let c0 = read_tsc();
-        core.poll(&clock, &mut meter);
-        busy += read_tsc() - c0;
-        polls += 1;
-        if polls % REFILL_EVERY == 0 {
-            refill(&mut senders, &msgs);
+        self.core.poll(clock, meter);
+        let busy = read_tsc() - c0;
+        self.polls += 1;
+        if self.knobs.fold_untimed {
+            self.core.sink().fold(false);
         }
+        // Few channels hold fewer messages than a poll sends: refill them after every poll.
+        if self.polls % REFILL_EVERY == 0 || self.knobs.channels.is_some() {
+            refill(&mut self.senders, &self.msgs);
+        }
+        busy
     }
-    let wall = start.elapsed().as_secs_f64();
-    Ok(tput(&core, (p0, b0, &s0), busy as f64 / tsc_hz, wall))
+
+    /// Warm-up, then `dur` of polling; only time inside `Core::poll` counts.
+    fn measure(&mut self, dur: Duration, tsc_hz: f64) -> (Tput, BurstCloses) {
+        let clock = MonotonicClock;
+        let mut meter = TscMeter;
+        refill(&mut self.senders, &self.msgs);
+        let warm_end = Instant::now() + WARMUP;
+        while Instant::now() < warm_end {
+            self.step(&clock, &mut meter);
+        }
+        let core = &self.core;
+        let (p0, b0, s0) = (core.stats().tx_packets, core.port().bursts, core.stats());
+        let stop = &AtomicBool::new(false);
+        let sink = &self.core.sink().clone();
+        let (busy, wall) = std::thread::scope(|scope| {
+            if let Some(cpu) = self.knobs.fold_thread {
+                scope.spawn(move || {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                    while !stop.load(Ordering::Relaxed) {
+                        sink.fold(false);
+                        std::thread::sleep(dataplane::stats::FOLD_INTERVAL);
+                    }
+                });
+            }
+            let start = Instant::now();
+            let mut busy = 0u64;
+            while start.elapsed() < dur {
+                busy += self.step(&clock, &mut meter);
+            }
+            let wall = start.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            (busy, wall)
+        });
+        let closes = closes_since(&s0.bursts, &self.core.stats().bursts);
+        (
+            tput(&self.core, (p0, b0, &s0), busy as f64 / tsc_hz, wall),
+            closes,
+        )
+    }
 }
 
 /// A core on `vdev` with `args.channels` greedy channels opened, and each channel's message.
@@ -540,17 +690,21 @@ fn greedy_core(
     vdev: u32,
     cfg: CoreConfig,
     args: &Args,
+    knobs: Knobs,
 ) -> Result<(Core<Counted>, Vec<Sender>, Vec<Vec<u8>>), BoxError> {
     let port = Counted {
         inner: open_port(eal, vdev)?,
         bursts: 0,
+        per_packet_alloc: knobs.per_packet_alloc,
+        no_driver: knobs.no_driver,
     };
     let mut core = Core::new(cfg, port)?;
-    let mut senders = Vec::with_capacity(args.channels as usize);
-    for id in 0..args.channels {
+    let channels = knobs.channels.unwrap_or(args.channels);
+    let mut senders = Vec::with_capacity(channels as usize);
+    for id in 0..channels {
         senders.push(core.open(bench_channel(id, args.message_size))?);
     }
-    let msgs = (0..args.channels)
+    let msgs = (0..channels)
         .map(|id| message(id, args.message_size))
         .collect();
     Ok((core, senders, msgs))
@@ -567,6 +721,8 @@ fn tput(core: &Core<Counted>, start: (u64, u64, &CoreStats), busy: f64, wall: f6
         wall_secs: wall,
         bursts: core.port().bursts - b0,
         note: core_note(s0, &s1, link.late, link.released),
+        runs_per_poll: (s1.runs - s0.runs) as f64 / (s1.iterations - s0.iterations).max(1) as f64,
+        alloc_failures: s1.alloc_failures - s0.alloc_failures,
     }
 }
 
@@ -581,7 +737,7 @@ fn greedy_threaded(
     aux: Option<usize>,
     dur: Duration,
 ) -> Result<Tput, BoxError> {
-    let (mut core, mut senders, msgs) = greedy_core(eal, vdev, cfg, args)?;
+    let (mut core, mut senders, msgs) = greedy_core(eal, vdev, cfg, args, Knobs::default())?;
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
         let stop = stop.clone();
@@ -633,6 +789,229 @@ fn core_note(s0: &CoreStats, s1: &CoreStats, late: u64, released: u64) -> String
         );
     }
     note
+}
+
+/// Rows of the ablation (each opens its own `net_null` vdev).
+const ABLATION_ROWS: usize = 16;
+
+/// The ablation's rows: a name, what the row removes or changes against the full path, the
+/// core's configuration and the knobs.
+fn ablation_rows(
+    full: CoreConfig,
+    aux: Option<usize>,
+) -> [(&'static str, &'static str, CoreConfig, Knobs); ABLATION_ROWS] {
+    let none = Knobs::default();
+    let window = |ns| CoreConfig {
+        tx_window: ns,
+        ..full
+    };
+    let mut cpu_fifo = full;
+    cpu_fifo.sched.fifo = true;
+    let mut link_fifo = full;
+    link_fifo.link.fifo = true;
+    let lean = Knobs {
+        no_delay_samples: true,
+        fold_untimed: true,
+        ..none
+    };
+    [
+        ("full path", "nothing", full, none),
+        ("CPU sched FIFO", "EDF pick and enforcement on the CPU (sched.fifo)", cpu_fifo, none),
+        ("link sched FIFO", "EDF order on the link (link.fifo)", link_fifo, none),
+        ("QoS off", "both EDF schedulers and enforcement (fifo_baseline)", full.fifo_baseline(), none),
+        (
+            "no delay samples",
+            "the delay sample per message (ring push) and its fold",
+            full,
+            Knobs {
+                no_delay_samples: true,
+                ..none
+            },
+        ),
+        (
+            "fold untimed",
+            "the fold of the sample ring into HdrHistograms at each poll's end (done between polls, untimed)",
+            full,
+            Knobs {
+                fold_untimed: true,
+                ..none
+            },
+        ),
+        (
+            "per-packet alloc",
+            "(adds) one rte_pktmbuf_alloc per packet instead of one alloc_bulk per 32",
+            full,
+            Knobs {
+                per_packet_alloc: true,
+                ..none
+            },
+        ),
+        (
+            "no driver",
+            "rte_eth_tx_burst into net_null (the batch is freed in bulk instead)",
+            full,
+            Knobs {
+                no_driver: true,
+                ..none
+            },
+        ),
+        (
+            "fold thread",
+            "the fold at each poll's end (a companion thread on the other CPU folds every 1 ms, as the daemon's cores do)",
+            full,
+            Knobs {
+                fold_thread: aux.or(Some(0)),
+                ..none
+            },
+        ),
+        ("tx_window 1 us", "(changes) the TX window 4 -> 1 us", window(1_000), none),
+        ("tx_window 8 us", "(changes) the TX window 4 -> 8 us", window(8_000), none),
+        ("tx_window 16 us", "(changes) the TX window 4 -> 16 us", window(16_000), none),
+        ("tx_window 64 us", "(changes) the TX window 4 -> 64 us", window(64_000), none),
+        (
+            "lean",
+            "QoS, delay samples and fold at once, TX window 64 us: what is left",
+            CoreConfig {
+                tx_window: 64_000,
+                ..full.fifo_baseline()
+            },
+            lean,
+        ),
+        (
+            "10 channels",
+            "(changes) 1,000 channels -> 10: their state stays in cache",
+            full,
+            Knobs {
+                channels: Some(10),
+                ..none
+            },
+        ),
+        ("full path again", "nothing (drift over the run)", full, none),
+    ]
+}
+
+/// The bursts counted in `b` since `a`.
+fn closes_since(a: &BurstCloses, b: &BurstCloses) -> BurstCloses {
+    BurstCloses {
+        full: b.full - a.full,
+        window: b.window - a.window,
+        iteration_end: b.iteration_end - a.iteration_end,
+        in_flight_limit: b.in_flight_limit - a.in_flight_limit,
+        pacing: b.pacing - a.pacing,
+        held_early: b.held_early - a.held_early,
+        other: b.other - a.other,
+    }
+}
+
+/// The ablation: every row measured the same way as the full path, in `args.rounds` rounds
+/// (each round measures every row once, so a disturbance of the shared machine hits one
+/// round's rows, not one row's rounds; round r starts at row r, so no row always runs first
+/// or last). Per row: the median ns/packet, the median of its
+/// ratio to the full path's figure *of the same round*, and how the bursts closed (percent of
+/// `tx_burst` calls over all rounds: full, or short because the window expired, the iteration
+/// ended, the in-flight limit or pacing stopped the release, or only early packets were left).
+fn ablation(
+    eal: &Eal,
+    first_vdev: u32,
+    full: CoreConfig,
+    args: &Args,
+    aux: Option<usize>,
+    dur: Duration,
+    tsc_hz: f64,
+) -> Result<(), BoxError> {
+    let rows = ablation_rows(full, aux);
+    let mut cores = Vec::with_capacity(rows.len());
+    for (i, (_, _, cfg, knobs)) in rows.iter().enumerate() {
+        cores.push(Greedy::new(eal, first_vdev + i as u32, *cfg, args, *knobs)?);
+    }
+    let rounds = args.rounds.max(1);
+    // Per row and round: ns/packet; per row: totals over the rounds.
+    let mut ns = vec![Vec::with_capacity(rounds); rows.len()];
+    let mut closes = vec![BurstCloses::default(); rows.len()];
+    let (mut packets, mut bursts, mut runs, mut failures) = (
+        vec![0u64; rows.len()],
+        vec![0u64; rows.len()],
+        vec![0f64; rows.len()],
+        vec![0u64; rows.len()],
+    );
+    let n = cores.len();
+    for round in 0..rounds {
+        // Each round starts one row later: a row's place in the round (what ran just before
+        // it, how long the run has gone) moves, rather than biasing one row every round.
+        for i in (0..n).map(|j| (j + round) % n) {
+            let (t, c) = cores[i].measure(dur, tsc_hz);
+            ns[i].push(1e3 / t.mpps());
+            closes[i] = add_closes(&closes[i], &c);
+            packets[i] += t.packets;
+            bursts[i] += t.bursts;
+            runs[i] += t.runs_per_poll / rounds as f64;
+            failures[i] += t.alloc_failures;
+        }
+    }
+    println!(
+        "ablation ({rounds} rounds of {:.1} s per row; ns/pk = median ns/packet, min = the \
+         least; ratio = median over rounds of row ns/packet / full path ns/packet in the same \
+         round; bursts closed, % of tx_burst calls: full = {} packets, else short because: \
+         win = TX window expired, end = iteration end (nothing to run or link scheduler full), \
+         infl = in-flight limit, pace = link pacing, held = only early packets left, \
+         oth = other):",
+        dur.as_secs_f64(),
+        dataplane::port::MAX_BURST
+    );
+    println!(
+        "  {:<17} {:>6} {:>6} {:>6} {:>6} {:>6} | {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} | removes",
+        "row", "ns/pk", "min", "ratio", "pk/tx", "runs/p", "full", "win", "end", "infl", "pace",
+        "held", "oth"
+    );
+    for (i, (name, what, _, _)) in rows.iter().enumerate() {
+        let ratios: Vec<f64> = ns[i].iter().zip(&ns[0]).map(|(r, f)| r / f).collect();
+        let total = bursts[i].max(1) as f64;
+        let pct = |n: u64| 100.0 * n as f64 / total;
+        let c = &closes[i];
+        println!(
+            "  {name:<17} {:>6.0} {:>6.0} {:>6.3} {:>6.1} {:>6.1} | {:>5.1} {:>5.1} {:>5.1} {:>5.1} {:>5.1} {:>5.1} {:>5.1} | {what}{}",
+            median(&ns[i]),
+            ns[i].iter().copied().fold(f64::INFINITY, f64::min),
+            median(&ratios),
+            packets[i] as f64 / total,
+            runs[i],
+            pct(c.full),
+            pct(c.window),
+            pct(c.iteration_end),
+            pct(c.in_flight_limit),
+            pct(c.pacing),
+            pct(c.held_early),
+            pct(c.other),
+            if failures[i] > 0 {
+                format!(" [{} mbuf alloc failures]", failures[i])
+            } else {
+                String::new()
+            },
+        );
+    }
+    Ok(())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn add_closes(a: &BurstCloses, b: &BurstCloses) -> BurstCloses {
+    BurstCloses {
+        full: a.full + b.full,
+        window: a.window + b.window,
+        iteration_end: a.iteration_end + b.iteration_end,
+        in_flight_limit: a.in_flight_limit + b.in_flight_limit,
+        pacing: a.pacing + b.pacing,
+        held_early: a.held_early + b.held_early,
+        other: a.other + b.other,
+    }
 }
 
 /// The same frames through librte_sched: one pipe per channel, traffic class 0.
@@ -731,6 +1110,8 @@ fn rte_sched(
         wall_secs: wall,
         bursts,
         note,
+        runs_per_poll: 0.0,
+        alloc_failures: 0,
     })
 }
 

@@ -50,7 +50,7 @@
 use crate::capture::{CaptureRing, CaptureTap, Direction};
 use crate::channel::{ChannelShared, Doorbell, Sender};
 use crate::handler::Handler;
-use crate::link::{LinkConfig, LinkConfigError, LinkScheduler, LinkStats, Released};
+use crate::link::{LinkConfig, LinkConfigError, LinkScheduler, LinkStats, ReleaseStop, Released};
 use crate::port::{Batch, PacketBuf, Port, MAX_BURST};
 use crate::rx::{
     Receiver, ReceiverState, RxOpenError, RxPath, RxPathStats, RxShared, DEFAULT_REASSEMBLY_TIMEOUT,
@@ -318,6 +318,43 @@ pub struct CoreStats {
     /// Acknowledgements that found the ack ring full (impossible while the control side only
     /// posts through [`ControlRing::post`]; counted so that it would show).
     pub ack_overflows: u64,
+    /// How `tx_burst` calls closed: full, or below [`MAX_BURST`] and why.
+    pub bursts: BurstCloses,
+}
+
+/// How the core's `tx_burst` calls closed. Every burst is counted once: full ([`MAX_BURST`]
+/// packets), or short under the first reason that applies — the link scheduler stopped
+/// releasing (in-flight limit, pacing, early packets held), else what made the stage due
+/// (the window expired, or the iteration ended with nothing to run or the link scheduler
+/// full) with fewer packets written than a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BurstCloses {
+    /// Bursts of [`MAX_BURST`] packets.
+    pub full: u64,
+    /// Short: the TX window passed since the last stage.
+    pub window: u64,
+    /// Short: the iteration found nothing to run (or the link scheduler was full).
+    pub iteration_end: u64,
+    /// Short: the port's in-flight bytes reached the in-flight limit.
+    pub in_flight_limit: u64,
+    /// Short: the modelled link was full (pacing at the link rate).
+    pub pacing: u64,
+    /// Short: only early packets were left (held until current).
+    pub held_early: u64,
+    /// Short although [`MAX_BURST`] packets were written since the last stage (some were
+    /// dropped late, or an earlier partial burst was still held).
+    pub other: u64,
+}
+
+/// What made a TX stage due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StageTrigger {
+    /// [`MAX_BURST`] packets written since the last stage.
+    Batch,
+    /// The TX window passed.
+    Window,
+    /// The iteration found nothing to run, or the link scheduler full.
+    IterationEnd,
 }
 
 /// What one iteration did, for the runner's idle policy.
@@ -384,6 +421,8 @@ pub struct Core<P: Port> {
     /// Delay samples to the control side (the receive path holds the latency ring's producer).
     samples: SampleProducer,
     fold_on_poll: bool,
+    /// Delay samples are recorded (off only for benchmarks' ablations).
+    delay_samples: bool,
     /// Slots of client-fed channels, and where the next scan starts.
     clients: Vec<u32>,
     client_cursor: usize,
@@ -449,6 +488,7 @@ impl<P: Port> Core<P> {
             ),
             samples: sink.producer(SampleSource::Delay),
             fold_on_poll: true,
+            delay_samples: true,
             clients: Vec::with_capacity(n),
             client_cursor: 0,
             last_slot: u32::MAX,
@@ -484,6 +524,13 @@ impl<P: Port> Core<P> {
     /// whose polling thread is also its control thread; off when another thread folds).
     pub fn set_fold_on_poll(&mut self, on: bool) {
         self.fold_on_poll = on;
+    }
+
+    /// Whether released messages' delays go into the sample ring (default: yes). Off only to
+    /// measure what recording costs (`dpdk-bench --ablation`): the channels' delay
+    /// histograms then stay empty.
+    pub fn set_delay_samples(&mut self, on: bool) {
+        self.delay_samples = on;
     }
 
     /// The configuration.
@@ -862,7 +909,7 @@ impl<P: Port> Core<P> {
         // Nothing to run (or the link scheduler full): hand the port what may go now rather
         // than wait for the window, since no run would fill the batch meanwhile.
         if idle || stalled {
-            self.stage(now, &mut progress, meter);
+            self.stage(now, StageTrigger::IterationEnd, &mut progress, meter);
         }
         self.idle = idle;
         let end = Self::point_time(anchor, meter);
@@ -1056,19 +1103,29 @@ impl<P: Port> Core<P> {
         progress: &mut Progress,
         meter: &mut impl CycleMeter,
     ) -> bool {
-        let due = self.since_stage >= MAX_BURST
-            || (now.saturating_sub(self.last_stage) >= self.cfg.tx_window
-                && !(self.link.is_empty() && self.tx_batch.is_empty()));
-        if due {
-            self.stage(now, progress, meter);
-        }
-        due
+        let trigger = if self.since_stage >= MAX_BURST {
+            StageTrigger::Batch
+        } else if now.saturating_sub(self.last_stage) >= self.cfg.tx_window
+            && !(self.link.is_empty() && self.tx_batch.is_empty())
+        {
+            StageTrigger::Window
+        } else {
+            return false;
+        };
+        self.stage(now, trigger, progress, meter);
+        true
     }
 
     /// The TX stage: the link scheduler releases what it may into the TX batch (at most one
     /// batch, within the in-flight limit) and the batch goes to the port in one `tx_burst`.
     #[inline]
-    fn stage(&mut self, now: Nanos, progress: &mut Progress, meter: &mut impl CycleMeter) {
+    fn stage(
+        &mut self,
+        now: Nanos,
+        trigger: StageTrigger,
+        progress: &mut Progress,
+        meter: &mut impl CycleMeter,
+    ) {
         self.last_stage = now;
         self.since_stage = 0;
         let q = self.cfg.tx_queue;
@@ -1086,6 +1143,7 @@ impl<P: Port> Core<P> {
             let handlers = &mut self.handlers;
             let generations = &self.generations;
             let samples = &mut self.samples;
+            let record = self.delay_samples;
             self.link
                 .release(now, in_flight, &mut self.tx_batch, |r: Released| {
                     let m = r.meta;
@@ -1107,7 +1165,9 @@ impl<P: Port> Core<P> {
                     st.bytes.add(m.frame_len as u64);
                     if m.last_of_message {
                         st.messages_sent.inc();
-                        h.record_delay(samples, m.submit_ts, now);
+                        if record {
+                            h.record_delay(samples, m.submit_ts, now);
+                        }
                     }
                 });
         }
@@ -1121,6 +1181,7 @@ impl<P: Port> Core<P> {
             }
         }
         let n = self.tx_batch.len();
+        self.count_close(n, trigger);
         match self.port.tx_burst(q, &mut self.tx_batch) {
             Ok(sent) => {
                 self.stats.tx_packets += sent as u64;
@@ -1130,6 +1191,26 @@ impl<P: Port> Core<P> {
             Err(_) => self.stats.tx_errors += 1,
         }
         meter.on_tx_stage(n);
+    }
+
+    /// Counts how a burst of `n` packets closed (see [`BurstCloses`]).
+    #[inline]
+    fn count_close(&mut self, n: usize, trigger: StageTrigger) {
+        let c = &mut self.stats.bursts;
+        if n >= MAX_BURST {
+            c.full += 1;
+            return;
+        }
+        match self.link.last_stop() {
+            ReleaseStop::InFlightLimit => c.in_flight_limit += 1,
+            ReleaseStop::Pacing => c.pacing += 1,
+            ReleaseStop::HeldEarly => c.held_early += 1,
+            ReleaseStop::BatchFull | ReleaseStop::Empty => match trigger {
+                StageTrigger::Window => c.window += 1,
+                StageTrigger::IterationEnd => c.iteration_end += 1,
+                StageTrigger::Batch => c.other += 1,
+            },
+        }
     }
 
     /// Folds every pending delay and latency sample into the histograms, waiting for readers

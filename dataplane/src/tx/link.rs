@@ -179,6 +179,24 @@ pub struct LinkStats {
     pub reserved_releases: u64,
 }
 
+/// Why the last [`LinkScheduler::release`] stopped: the core counts it for every burst that
+/// went out below [`crate::port::MAX_BURST`] (benchmarks' "why a burst closes" figures).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReleaseStop {
+    /// The batch was full.
+    #[default]
+    BatchFull,
+    /// Nothing was queued (or only packets dropped late).
+    Empty,
+    /// The port's reported in-flight bytes reached the in-flight limit.
+    InFlightLimit,
+    /// The modelled link (busy until the queued wire time drains at the link rate) was full:
+    /// pacing at the link rate.
+    Pacing,
+    /// Only early packets were queued (not work-conserving): held until they become current.
+    HeldEarly,
+}
+
 const NIL: u32 = u32::MAX;
 
 /// The EDF link scheduler of one TX queue, holding port buffers of type `B`.
@@ -204,6 +222,7 @@ pub struct LinkScheduler<B> {
     /// packets since the current queue was last seen empty: no lift until it empties.
     lifted_in_window: bool,
     stats: LinkStats,
+    last_stop: ReleaseStop,
 }
 
 impl<B> std::fmt::Debug for LinkScheduler<B> {
@@ -242,6 +261,7 @@ impl<B> LinkScheduler<B> {
             last_was_best_effort: false,
             lifted_in_window: false,
             stats: LinkStats::default(),
+            last_stop: ReleaseStop::default(),
         }
     }
 
@@ -340,6 +360,11 @@ impl<B> LinkScheduler<B> {
         self.busy_until
     }
 
+    /// Why the last [`Self::release`] stopped.
+    pub fn last_stop(&self) -> ReleaseStop {
+        self.last_stop
+    }
+
     /// The next packet to release, by class order, without taking it.
     #[inline]
     fn choose(&mut self, now: Nanos) -> Option<(u32, bool)> {
@@ -382,6 +407,15 @@ impl<B> LinkScheduler<B> {
         let mut n = 0;
         let mut reported = port_in_flight;
         let min_wire = wire_bytes(0);
+        // Why the loop ends (a full batch unless a break below says otherwise).
+        let why_full = |reported: Option<u64>| {
+            if reported.is_some() {
+                ReleaseStop::InFlightLimit
+            } else {
+                ReleaseStop::Pacing
+            }
+        };
+        self.last_stop = ReleaseStop::BatchFull;
         while !batch.is_full() {
             // Not even the smallest frame fits: stop before choosing one.
             let room = match reported {
@@ -392,9 +426,15 @@ impl<B> LinkScheduler<B> {
                 }
             };
             if !room {
+                self.last_stop = why_full(reported);
                 break;
             }
             let Some((i, reserved)) = self.choose(now) else {
+                self.last_stop = if self.is_empty() {
+                    ReleaseStop::Empty
+                } else {
+                    ReleaseStop::HeldEarly
+                };
                 break;
             };
             let meta = self.meta[i as usize];
@@ -406,6 +446,7 @@ impl<B> LinkScheduler<B> {
                 None => self.busy_until.saturating_sub(now) + tx_ns <= self.limit_ns,
             };
             if !fits {
+                self.last_stop = why_full(reported);
                 break;
             }
             // Take it out of its queue.
