@@ -139,10 +139,10 @@ fn open(sock: &std::path::Path, args: &[&str]) -> Opened {
 }
 
 #[test]
-#[ignore = "flaky, issue 11/14: on 2026-12-03 3 of 41 runs had EDF-order violations of 2-10 ms, \
+#[ignore = "flaky, issue 11/14: on 2026-12-03 3 of 49 runs had EDF-order violations of 2-10 ms, \
             all in one five-minute spell of host load (two while /proc/stat counted 6.8 s of \
-            steal in 50 s, which the preemption probe cannot see); 25 runs beside 1-3 CPU hogs \
-            passed; run with --ignored"]
+            steal in 50 s, which the preemption probe cannot see); the 25 runs beside 1-3 CPU \
+            hogs and the 14 with under 10 ms of steal passed; run with --ignored"]
 fn two_tx_queues_each_edf_ordered_and_paced_at_its_share() {
     // In memory (/dev/shm where there is one): net_pcap stamps each frame just before writing
     // it, and a write that waits for a disk would delay the stamps of the rest of its burst.

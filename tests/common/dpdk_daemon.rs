@@ -93,7 +93,11 @@ impl DaemonProc {
                 _ => {}
             }
             if t.elapsed() > STEP_TIMEOUT {
-                return Err(format!("daemon {name} did not answer:\n{}", d.log_text()));
+                let where_ = threads_of(d.pid());
+                return Err(format!(
+                    "daemon {name} did not answer:\n{}\nits threads:\n{where_}",
+                    d.log_text()
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -179,6 +183,25 @@ impl Drop for DaemonProc {
             let _ = c.wait();
         }
     }
+}
+
+/// Sets every thread of process `pid` to nice `n` (a Linux nice value is per thread; threads
+/// started later inherit their creator's).
+pub fn renice_threads(pid: u32, n: i32) -> Result<(), String> {
+    let dir = format!("/proc/{pid}/task");
+    for t in std::fs::read_dir(&dir).map_err(|e| format!("cannot list {dir}: {e}"))? {
+        let tid = t.map_err(|e| e.to_string())?.file_name();
+        let tid = tid.to_string_lossy();
+        let st = Command::new("renice")
+            .args(["--priority", &n.to_string(), "-p", &tid])
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run renice: {e}"))?;
+        if !st.success() {
+            return Err(format!("renice --priority {n} -p {tid} failed ({st})"));
+        }
+    }
+    Ok(())
 }
 
 /// Every thread of process `pid`: its name, kernel wait channel, state and kernel stack, then
