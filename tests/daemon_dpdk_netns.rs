@@ -30,6 +30,7 @@ use std::time::Duration;
 use control::config::DaemonConfig;
 use control::protocol::{ChannelInfo, PortStatsInfo};
 use dataplane::time::Nanos;
+use rtchan::ports::netns::{ip, is_root, Namespaces};
 use rtchan::preemption::PreemptionProbe;
 
 const RATE_BPS: u64 = 100_000_000;
@@ -59,44 +60,6 @@ const REAL_TIME: &[(&str, &str, &str, &str, &str)] = &[
     ("1", "200", "1ms", "4", "poisson"),
     ("1", "3000", "4ms", "2", "bursts"),
 ];
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Network namespaces made by this test; deleted on drop (the veth pair goes with them).
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = ip(&["netns", "del", n]);
-        }
-    }
-}
 
 /// tcpdump in a namespace, stopped (SIGINT, so it flushes) by [`Capture::stop`], killed on drop.
 struct Capture(Option<Child>);
@@ -171,11 +134,10 @@ fn two_daemons_over_dpdk_vdevs_two_queues_each() {
     let (ip_s, ip_r) = (format!("{net}.1"), format!("{net}.2"));
     let dir = tmpdir("daemon-dpdk-netns");
 
-    let mut namespaces = Namespaces(Vec::new());
+    let mut namespaces = Namespaces::default();
     let setup: Result<(), String> = (|| {
         for n in [&ns_s, &ns_r] {
-            ip(&["netns", "add", n])?;
-            namespaces.0.push(n.clone());
+            namespaces.add(n)?;
         }
         ip(&[
             "link", "add", &if_s, "netns", &ns_s, "address", MAC_S, "type", "veth", "peer", "name",
