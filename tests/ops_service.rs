@@ -8,13 +8,15 @@
 //! it, fails when `CI` is set.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use control::protocol::{PolicyInfo, Reply};
 
-const CTL: &str = env!("CARGO_BIN_EXE_rtchanctl");
-const DAEMON: &str = env!("CARGO_BIN_EXE_rtchand");
+#[path = "common/ops_daemon.rs"]
+mod ops_daemon;
+use ops_daemon::{ctl, DAEMON};
+
 const UNIT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/contrib/systemd/rtchand.service"
@@ -119,15 +121,6 @@ granularity = {granularity}
 "#,
         dir.display()
     )
-}
-
-fn ctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(CTL)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 fn policy(socket: &Path) -> PolicyInfo {

@@ -366,6 +366,33 @@ struct Counted {
     /// `tx_burst` frees the batch to the pool (`rte_pktmbuf_free_bulk`) instead of calling
     /// `rte_eth_tx_burst` (net_null's transmit frees them too, one by one).
     no_driver: bool,
+    /// For the delay runs: each packet handed to `tx_burst` is checked against its link
+    /// deadline `ℓ + d` (the header carries `submit_ts` and `ℓ + D`; every bench channel has
+    /// the same `d` and `D`) and the late ones are logged with their times, so each can be
+    /// matched with the polling and producer threads' measured preemption. One clock read per
+    /// burst; the log is allocated before the run.
+    late: Option<MissLog>,
+}
+
+impl Counted {
+    fn new(inner: DpdkPort) -> Self {
+        Self {
+            inner,
+            bursts: 0,
+            per_packet_alloc: false,
+            no_driver: false,
+            late: None,
+        }
+    }
+
+    /// The late packets logged (empty when not watching).
+    fn late_log(&self) -> &MissLog {
+        static NONE: MissLog = MissLog {
+            misses: Vec::new(),
+            unrecorded: 0,
+        };
+        self.late.as_ref().unwrap_or(&NONE)
+    }
 }
 
 impl Port for Counted {
@@ -405,7 +432,23 @@ impl Port for Counted {
             self.inner.free_bulk(batch);
             return Ok(n);
         }
-        self.inner.tx_burst(queue, batch)
+        let Some(log) = self.late.as_mut() else {
+            return self.inner.tx_burst(queue, batch);
+        };
+        let mut times = [(0, 0); MAX_BURST];
+        for (t, m) in times.iter_mut().zip(batch.iter()) {
+            if let Some(b) = m.data().get(ETH_LEN + IPV4_LEN + UDP_LEN..) {
+                if let Ok(h) = RtHeader::read(b) {
+                    *t = (h.submit_ts, h.deadline.saturating_sub(LINK_BEFORE_E2E));
+                }
+            }
+        }
+        let sent = self.inner.tx_burst(queue, batch)?;
+        let now = monotonic_now();
+        for &(submit, deadline) in &times[..sent] {
+            log.record(submit, deadline, now);
+        }
+        Ok(sent)
     }
     fn rx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
         self.inner.rx_burst(queue, batch)
@@ -419,59 +462,8 @@ impl Port for Counted {
 /// is not overloaded (those past it are counted, and unexcused).
 const LATE_LOG: usize = 1 << 20;
 
-/// A port that checks each packet it hands to `tx_burst` against its link deadline, `ℓ + d`
-/// (the header carries `submit_ts` and `ℓ + D`; every bench channel has the same `d` and `D`),
-/// and logs the late ones with their times, so each can be matched with the polling and producer threads'
-/// measured preemption. One clock read per burst; the log is allocated before the run.
-struct LateWatch {
-    inner: DpdkPort,
-    log: MissLog,
-}
-
 /// How much earlier than the end-to-end deadline in the header a packet's link deadline is.
 const LINK_BEFORE_E2E: Nanos = BENCH_END_TO_END - BENCH_LINK_DEADLINE;
-
-impl Port for LateWatch {
-    type Buf = Mbuf;
-    fn capabilities(&self) -> PortCapabilities {
-        self.inner.capabilities()
-    }
-    #[inline]
-    fn alloc_tx(&mut self) -> Option<Mbuf> {
-        self.inner.alloc_tx()
-    }
-    #[inline]
-    fn alloc_bulk(&mut self, batch: &mut Batch<Mbuf>, n: usize) -> usize {
-        self.inner.alloc_bulk(batch, n)
-    }
-    #[inline]
-    fn free_bulk(&mut self, batch: &mut Batch<Mbuf>) {
-        self.inner.free_bulk(batch)
-    }
-    #[inline]
-    fn tx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
-        let mut times = [(0, 0); MAX_BURST];
-        for (t, m) in times.iter_mut().zip(batch.iter()) {
-            if let Some(b) = m.data().get(ETH_LEN + IPV4_LEN + UDP_LEN..) {
-                if let Ok(h) = RtHeader::read(b) {
-                    *t = (h.submit_ts, h.deadline.saturating_sub(LINK_BEFORE_E2E));
-                }
-            }
-        }
-        let sent = self.inner.tx_burst(queue, batch)?;
-        let now = monotonic_now();
-        for &(submit, deadline) in &times[..sent] {
-            self.log.record(submit, deadline, now);
-        }
-        Ok(sent)
-    }
-    fn rx_burst(&mut self, queue: u16, batch: &mut Batch<Mbuf>) -> Result<usize, PortError> {
-        self.inner.rx_burst(queue, batch)
-    }
-    fn stats(&self) -> PortStats {
-        self.inner.stats()
-    }
-}
 
 /// The bench channels' link deadline `d` (200 µs).
 const BENCH_LINK_DEADLINE: Nanos = 200_000;
@@ -693,10 +685,9 @@ fn greedy_core(
     knobs: Knobs,
 ) -> Result<(Core<Counted>, Vec<Sender>, Vec<Vec<u8>>), BoxError> {
     let port = Counted {
-        inner: open_port(eal, vdev)?,
-        bursts: 0,
         per_packet_alloc: knobs.per_packet_alloc,
         no_driver: knobs.no_driver,
+        ..Counted::new(open_port(eal, vdev)?)
     };
     let mut core = Core::new(cfg, port)?;
     let channels = knobs.channels.unwrap_or(args.channels);
@@ -1132,7 +1123,7 @@ struct Latency {
     /// Time in polls that did work, and packets the core sent, while the producer submitted.
     busy_secs: f64,
     sent: u64,
-    /// Packets past their link deadline when handed to `tx_burst` ([`LateWatch`]).
+    /// Packets past their link deadline when handed to `tx_burst` ([`Counted::late`]).
     late_at_tx: u64,
     /// Those matched (excused) or not with the polling and producer threads' preemption.
     verdict: MissVerdict,
@@ -1183,9 +1174,9 @@ fn latency(
     aux: Option<usize>,
     tsc_hz: f64,
 ) -> Result<Latency, BoxError> {
-    let port = LateWatch {
-        inner: open_port(eal, vdev)?,
-        log: MissLog::with_capacity(LATE_LOG),
+    let port = Counted {
+        late: Some(MissLog::with_capacity(LATE_LOG)),
+        ..Counted::new(open_port(eal, vdev)?)
     };
     let mut core = Core::new(cfg, port)?;
     // The polling thread's run-queue wait, read by a probe thread from schedstat: what may
@@ -1302,7 +1293,7 @@ fn latency(
     }
     let late = core.link_stats().late;
     let preemptions = probe.finish();
-    let verdict = preemptions.verdict(&core.port().log);
+    let verdict = preemptions.verdict(core.port().late_log());
     // How late the unmatched ones were: a few µs past `d` is queueing near saturation, a
     // millisecond is a stall.
     // And whether a wait may have covered them at all (each wait placed where it overlaps
@@ -1312,7 +1303,7 @@ fn latency(
     // where the next late packet was submitted more than a millisecond later.
     let mut late_runs = (0u64, 0u64, 0 as Nanos); // runs, largest run's packets, its span
     let mut run = (0u64, 0 as Nanos, 0 as Nanos); // packets, first and last submit
-    for m in &core.port().log.misses {
+    for m in &core.port().late_log().misses {
         if run.0 > 0 && m.submit > run.2 + 1_000_000 {
             late_runs.0 += 1;
             if run.0 > late_runs.1 {
@@ -1335,7 +1326,7 @@ fn latency(
     let mut unmatched_possibly_preempted = 0u64;
     let mut late_in_long_iteration = 0u64;
     let mut late_in_burst = 0u64;
-    for m in &core.port().log.misses {
+    for m in &core.port().late_log().misses {
         let i = bursts.partition_point(|&(_, end)| end < m.submit);
         if bursts.get(i).is_some_and(|&(start, _)| start <= m.submit) {
             late_in_burst += 1;
@@ -1355,7 +1346,7 @@ fn latency(
             }
         }
     }
-    let late_at_tx = core.port().log.count();
+    let late_at_tx = core.port().late_log().count();
     let control = core.control().clone();
     let mut acked = 0;
     let mut next = 0u32;

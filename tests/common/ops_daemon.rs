@@ -1,4 +1,5 @@
-//! The daemon of the `ops_*` tests (`tests/ops_capture.rs`, `ops_metrics.rs`, `ops_top.rs`); included
+//! The daemon of the `ops_*` tests (`tests/ops_capture.rs`, `ops_metrics.rs`, `ops_top.rs`;
+//! `ops_service.rs` takes its `rtchanctl` call); included
 //! with `#[path]`, not a test target: an `rtchand` started on a configuration file and killed
 //! (its directory removed) on drop, and `rtchanctl` calls that panic on a failed reply.
 
