@@ -13,20 +13,18 @@
 //! host side against admission's own bound instead, through the median host delay.
 
 use super::bounds::{self, RtReq};
-use super::exp_baselines::Mode;
 use super::exp_fairness;
 use super::exp_overheads::{core_loop_on, ns, port_tx_on};
 use super::exp_veth::{
-    be_load, core_config, noise_note, probe, skipped, spec, well_behaved, BE_LEN, RATE_BPS,
+    core_config, noise_note, probe, skipped, spec, well_behaved, BE_LEN, RATE_BPS,
 };
 use super::out::{bar_chart, f, Chart, Csv, Series};
 use super::veth::{Backend, Bed, VethOut, DRAIN};
-use super::world::{self, ChanDef, ChanOut, Load, Scenario, LINK_CAPACITY};
+use super::world::{self, ChanDef, ChanOut, Load, Scenario};
 use super::{Opts, Report, MS, US};
-use dataplane::core::CoreConfig;
 use dataplane::memlink::NullPort;
 use dataplane::source::Pattern;
-use dataplane::spec::{ChannelSpec, OverflowPolicy, TrafficClass};
+use dataplane::spec::ChannelSpec;
 use dataplane::time::{tsc_per_us, Nanos};
 
 /// Whether channel `i` has no deadline miss the measured OS preemption of the polling threads
@@ -140,7 +138,7 @@ pub fn run_fairness(opts: &Opts) -> Result<Report, String> {
                 Load::Flood,
             ));
             // Every application here counts a refused message and moves on (the memlink runs').
-            let o = Bed::new("p")?.run(&sc, &[false; 4])?;
+            let o = Bed::new("p")?.run(&sc)?;
             mode = o.mode.clone();
             let r = &o.run;
             let be = window_mbps(&o, 3);
@@ -459,8 +457,7 @@ pub fn run_granularity(opts: &Opts) -> Result<Report, String> {
         }
         sc.channels
             .push(ChanDef::best_effort("best-effort", 100, 8000, Load::Flood));
-        let retry = [true, true, true, true, false];
-        let o = Bed::new("p")?.run(&sc, &retry)?;
+        let o = Bed::new("p")?.run(&sc)?;
         mode = o.mode.clone();
         let r = &o.run;
         let ti = 3;
@@ -639,206 +636,6 @@ pub fn run_granularity(opts: &Opts) -> Result<Report, String> {
         ),
     );
     Ok(rep)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Experiment 6: baselines.
-
-/// Experiment 6 on veth: experiment 1's flood (best-effort at 150 %) and experiment 2's
-/// violator (10x, best-effort at 50 %) on the veth channels, under rtchan, FIFO without QoS and
-/// priority without enforcement.
-pub fn run_baselines(opts: &Opts) -> Result<Report, String> {
-    if let Some(r) = skipped("baselines") {
-        return Ok(r);
-    }
-    let mut rep = Report::new("baselines");
-    let backend = probe(&mut rep, "b")?;
-    let dur = if opts.quick { 500 * MS } else { 1500 * MS };
-    let mut t = Csv::new(&[
-        "backend",
-        "run",
-        "dataplane",
-        "channel",
-        "offered",
-        "delivered",
-        "rate_vs_spec",
-        "deadline_misses",
-        "miss_pct",
-        "late_packets",
-        "max_delay_ms",
-        "max_host_delay_ms",
-        "bound_D_ms",
-        "largest_lateness_ms",
-        "be_goodput_mbps",
-        "tx_longest_stall_ms",
-        "rx_longest_stall_ms",
-    ]);
-    let mut bars = Vec::new();
-    let mut mode_s = String::new();
-    let mut be_rtchan = [0.0f64; 2];
-    for (ri, run) in ["flood", "violator"].into_iter().enumerate() {
-        let mut specs = super::exp_veth::channels();
-        if run == "violator" {
-            specs.push(("violator", super::exp_veth::violator()));
-        }
-        for mode in [Mode::Rtchan, Mode::Fifo, Mode::NoEnforcement] {
-            let mut cfg = core_config(false);
-            // A NIC-ring-sized link queue, as in the memlink baselines: at 100 Mb/s its 1024
-            // frames are 121 ms, longer than D, so a FIFO backlog can make messages late.
-            cfg.link.capacity = LINK_CAPACITY;
-            if mode == Mode::Fifo {
-                cfg = cfg.fifo_baseline();
-            }
-            let (mult, be) = if run == "violator" {
-                (10, 50)
-            } else {
-                (1, 150)
-            };
-            let mut sc = scenario(cfg, &specs, mult, be, dur);
-            if mode == Mode::NoEnforcement {
-                for ch in &mut sc.channels {
-                    if let TrafficClass::RealTime(s) = &mut ch.config.class {
-                        s.imin = 1;
-                    }
-                }
-            }
-            let mut retry: Vec<bool> = specs.iter().map(|(n, _)| *n != "violator").collect();
-            retry.push(false);
-            let o = Bed::new("p")?.run(&sc, &retry)?;
-            mode_s = o.mode.clone();
-            let r = &o.run;
-            let be_mbps = window_mbps(&o, specs.len());
-            if mode == Mode::Rtchan {
-                be_rtchan[ri] = be_mbps;
-            }
-            let (mut misses, mut delivered) = (0u64, 0u64);
-            let mut explained = true;
-            let mut words = Vec::new();
-            for (i, (name, s)) in specs.iter().enumerate() {
-                let c = r.chan(name);
-                let pct = 100.0 * c.misses as f64 / c.delivered.max(1) as f64;
-                t.row(vec![
-                    backend.to_string(),
-                    run.to_string(),
-                    mode.label().to_string(),
-                    name.to_string(),
-                    c.offered.to_string(),
-                    c.delivered.to_string(),
-                    f(o.window[i].0 as f64 / (dur as f64 / s.imin as f64), 4),
-                    c.misses.to_string(),
-                    f(pct, 2),
-                    c.late_packets.to_string(),
-                    f(ms(c.max_latency), 3),
-                    f(ms(c.max_host_delay), 3),
-                    f(ms(s.end_to_end_deadline), 1),
-                    f(ms(o.overrun[i]), 3),
-                    f(be_mbps, 2),
-                    f(ms(o.tx_stalls.longest), 2),
-                    f(ms(o.rx_stalls.longest), 2),
-                ]);
-                if *name != "violator" {
-                    misses += c.misses;
-                    delivered += c.delivered;
-                    let (ok, w) = within_bounds(&o, i, c, s);
-                    explained &= ok;
-                    words.push(format!("{name}: {w}"));
-                }
-            }
-            let pct = 100.0 * misses as f64 / delivered.max(1) as f64;
-            bars.push((format!("{run}: {}", mode.label()), pct));
-            rep.note(format!(
-                "[{backend}] {run}, {}: well-behaved channels missed {misses} of {delivered} \
-                 ({pct:.1}%), largest delay {}; best-effort {be_mbps:.1} Mb/s; {}",
-                mode.label(),
-                specs
-                    .iter()
-                    .filter(|(n, _)| *n != "violator")
-                    .map(|(n, _)| format!("{n} {:.1} ms", ms(r.chan(n).max_latency)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                noise_note(&o)
-            ));
-            let breaks = matches!(
-                (mode, run),
-                (Mode::Fifo, _) | (Mode::NoEnforcement, "violator")
-            );
-            if breaks {
-                rep.check(
-                    pct >= 50.0,
-                    format!(
-                        "veth {run}, {}: the well-behaved channels miss deadlines: {misses} of \
-                         {delivered} ({pct:.1}% >= 50%)",
-                        mode.label()
-                    ),
-                );
-            } else {
-                rep.check(
-                    explained,
-                    format!(
-                        "veth {run}, {}: the well-behaved channels keep their bounds: {}",
-                        mode.label(),
-                        words.join("; ")
-                    ),
-                );
-            }
-            if mode == Mode::NoEnforcement && run == "violator" {
-                rep.check(
-                    be_mbps <= 0.1 * be_rtchan[ri],
-                    format!(
-                        "veth violator, priority without enforcement starves best-effort: \
-                         {be_mbps:.1} Mb/s (<= 10% of rtchan's {:.1})",
-                        be_rtchan[ri]
-                    ),
-                );
-            }
-        }
-    }
-    rep.note(format!("ports: {mode_s}"));
-    rep.csv(opts, "baselines-veth.csv", &t)?;
-    let p = opts.out.join("baselines-veth.svg");
-    bar_chart(
-        &p,
-        &format!(
-            "Baselines on veth ({backend}, real time): deadline misses of the well-behaved \
-             channels"
-        ),
-        "% of delivered messages past their deadline (D = 50 ms)",
-        &bars,
-    )?;
-    rep.files.push(p);
-    Ok(rep)
-}
-
-/// The veth channels (and the violator at `mult` times its rate, block policy), best-effort at
-/// `be_pct` % of the link.
-fn scenario(
-    cfg: CoreConfig,
-    specs: &[(&'static str, ChannelSpec)],
-    mult: u32,
-    be_pct: u32,
-    dur: Nanos,
-) -> Scenario {
-    let mut sc = Scenario::new(cfg, RATE_BPS, 0, dur);
-    for (i, (name, s)) in specs.iter().enumerate() {
-        let load = if *name == "violator" {
-            Load::Pattern(Pattern::Greedy {
-                imin: s.imin,
-                multiple: mult,
-            })
-        } else {
-            well_behaved(s)
-        };
-        sc.channels.push(
-            ChanDef::real_time(name, i as u32 + 1, *s, load).with_overflow(OverflowPolicy::Block),
-        );
-    }
-    sc.channels.push(ChanDef::best_effort(
-        "best-effort",
-        100,
-        BE_LEN,
-        be_load(be_pct),
-    ));
-    sc
 }
 
 // ---------------------------------------------------------------------------------------------

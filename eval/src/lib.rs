@@ -30,6 +30,7 @@
 //! output directory and checks its qualitative result; `quick` runs shorter versions of the
 //! same checks (`eval/tests/eval_quick.rs`, CI).
 
+pub mod bed;
 pub mod bounds;
 pub mod exp_baselines;
 pub mod exp_fairness;
@@ -122,52 +123,54 @@ pub const EXPERIMENTS: [&str; 6] = [
     "baselines",
 ];
 
-/// Runs the experiment `name` (see [`EXPERIMENTS`]).
+/// Runs the experiment `name` (see [`EXPERIMENTS`]) on the in-memory link.
 pub fn run(name: &str, opts: &Opts) -> Result<Report, String> {
-    std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
-    match name {
-        "qos" => exp_qos::run(opts),
-        "overload" => exp_overload::run(opts),
-        "fairness" => exp_fairness::run(opts),
-        "granularity" => exp_granularity::run(opts),
-        "overheads" => exp_overheads::run(opts),
-        "baselines" => exp_baselines::run(opts),
-        other => Err(format!(
-            "unknown experiment '{other}' (expected one of: {}, all)",
-            EXPERIMENTS.join(", ")
-        )),
-    }
+    run_on(name, opts, Link::Mem)
 }
 
 /// The link an experiment runs on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Link {
-    /// The in-memory link in virtual time ([`world`]).
+    /// The in-memory link in virtual time ([`world`], [`bed::MemBed`]).
     #[default]
     Mem,
-    /// A veth pair between two network namespaces in real time ([`veth`]): AF_XDP when built
-    /// with `--features af_xdp`, else af_packet. Needs root.
+    /// A veth pair between two network namespaces in real time ([`veth`], [`bed::VethBed`]):
+    /// AF_XDP when built with `--features af_xdp`, else af_packet. Needs root.
     Veth,
 }
 
-/// Runs the experiment `name` on `link` (on veth, files get a `-veth` suffix).
+/// Runs the experiment `name` on `link` (on veth, files get a `-veth` suffix; without root
+/// the report says SKIPPED).
 pub fn run_on(name: &str, opts: &Opts, link: Link) -> Result<Report, String> {
-    if link == Link::Mem {
-        return run(name, opts);
+    if !EXPERIMENTS.contains(&name) {
+        return Err(format!(
+            "unknown experiment '{name}' (expected one of: {}, all)",
+            EXPERIMENTS.join(", ")
+        ));
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
-    match name {
-        "qos" => exp_veth::run_qos(opts),
-        "overload" => exp_veth::run_overload(opts),
-        "fairness" => exp_veth_more::run_fairness(opts),
-        "granularity" => exp_veth_more::run_granularity(opts),
-        "overheads" => exp_veth_more::run_overheads(opts),
-        "baselines" => exp_veth_more::run_baselines(opts),
-        other => Err(format!(
-            "unknown experiment '{other}' (expected one of: {}, all)",
-            EXPERIMENTS.join(", ")
-        )),
-    }
+    let mut skipped = Report::new(name);
+    let Some(mut bed) = bed::open(link, name, &mut skipped)? else {
+        return Ok(skipped);
+    };
+    let bed = bed.as_mut();
+    let mut rep = match (name, link) {
+        ("qos", _) => exp_qos::run(opts, bed),
+        ("overload", _) => exp_overload::run(opts, bed),
+        ("baselines", _) => exp_baselines::run(opts, bed),
+        ("fairness", Link::Mem) => exp_fairness::run(opts),
+        ("granularity", Link::Mem) => exp_granularity::run(opts),
+        ("overheads", Link::Mem) => exp_overheads::run(opts),
+        ("fairness", Link::Veth) => exp_veth_more::run_fairness(opts),
+        ("granularity", Link::Veth) => exp_veth_more::run_granularity(opts),
+        ("overheads", Link::Veth) => exp_veth_more::run_overheads(opts),
+        _ => unreachable!("checked against EXPERIMENTS above"),
+    }?;
+    // The bed's set-up notes first.
+    let mut notes = skipped.summary;
+    notes.append(&mut rep.summary);
+    rep.summary = notes;
+    Ok(rep)
 }
 
 /// Milliseconds of virtual time, as ns.

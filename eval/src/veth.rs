@@ -158,9 +158,12 @@ impl Bed {
     /// `sc.per_packet` ns of spinning (emulated protocol processing, e.g. encryption), the
     /// application submits after every packet as well as between polls (so the core sees a
     /// message at its next preemption point, as with an application thread), and messages are
-    /// stamped with their due time, as in the memlink runs. `retry[i]` says whether channel `i`'s application retries a
-    /// message refused by a full buffer (well-behaved) or counts it and moves on (violator).
-    pub fn run(&self, sc: &Scenario, retry: &[bool]) -> Result<VethOut, String> {
+    /// stamped with their due time, as in the memlink runs. A channel's application retries a
+    /// message refused by a full buffer when its [`ChanDef::retry_when_full`] says so
+    /// (well-behaved) or counts it and moves on (violator, flood).
+    pub fn run(&self, sc: &Scenario) -> Result<VethOut, String> {
+        let retry: Vec<bool> = sc.channels.iter().map(|c| c.retry_when_full).collect();
+        let retry = &retry[..];
         match self.backend {
             #[cfg(feature = "af_xdp")]
             Backend::AfXdp => self.run_on(sc, retry, open_afxdp),

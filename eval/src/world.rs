@@ -62,16 +62,23 @@ pub struct ChanDef {
     pub msg_len: u32,
     /// The application's submissions.
     pub load: Load,
+    /// On a real-time bed, whether the application retries a message a full buffer refused
+    /// (a well-behaved application after the machine stalled the core) instead of counting it
+    /// and moving on (a violator, a flood). In virtual time nothing stalls, so a well-behaved
+    /// application never meets a full buffer and the field changes nothing.
+    pub retry_when_full: bool,
 }
 
 impl ChanDef {
-    /// A real-time channel with `spec`, submitting on `load` at Mmax.
+    /// A real-time channel with `spec`, submitting on `load` at Mmax; a periodic application
+    /// retries a refused message, any other counts it.
     pub fn real_time(name: &str, id: u32, spec: ChannelSpec, load: Load) -> Self {
         Self {
             name: name.to_string(),
             config: ChannelConfig::real_time(id, spec),
             msg_len: spec.mmax,
             load,
+            retry_when_full: matches!(load, Load::Pattern(Pattern::Periodic { .. })),
         }
     }
     /// A best-effort channel of `msg_len`-byte messages with a 256-message queue (drop-newest).
@@ -81,6 +88,7 @@ impl ChanDef {
             config: ChannelConfig::best_effort(id, msg_len, 256),
             msg_len,
             load,
+            retry_when_full: false,
         }
     }
     /// The same channel with another overflow policy.
