@@ -34,14 +34,14 @@ use dataplane::spec::{OverflowPolicy, TrafficClass};
 
 /// The dataplane a baseline run uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Mode {
+enum Mode {
     Rtchan,
     Fifo,
     NoEnforcement,
 }
 
 impl Mode {
-    pub(super) fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             Mode::Rtchan => "rtchan",
             Mode::Fifo => "FIFO, no QoS",

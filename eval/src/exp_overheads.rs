@@ -20,8 +20,15 @@
 //!   (one per packet, always the same handler), and 16 channels at k = 1 (every run a switch to
 //!   another handler, round-robin);
 //! - **admission**: `Admission::admit` of the n-th channel, n = 100, 1,000, 10,000.
+//!
+//! Written once for every [`Bed`]: on veth the port TX stage and the whole loop are also timed
+//! on the real kernel ports on a veth end in the sending namespace (AF_XDP copy mode when built
+//! with it, and af_packet), beside the `NullPort`, in the same process; each kernel port must
+//! take every frame offered and (release build) cost more per packet than the `NullPort`.
 
+use super::bed::Bed;
 use super::out::{bar_chart, f, Chart, Csv, Series};
+use super::veth::{self, Backend};
 use super::{Opts, Report};
 use control::admission::{Admission, ChannelRequest, ResourceModel};
 use dataplane::channel::Sender;
@@ -307,25 +314,99 @@ fn admission(at: &[usize]) -> Vec<(usize, f64)> {
     out
 }
 
-/// Runs experiment 5.
-pub fn run(opts: &Opts) -> Result<Report, String> {
+/// The port TX stage and the whole loop on the kernel ports of a veth end (in the sending
+/// namespace of a fresh pair): rows of (stage, channels, port, cycles per packet), and per
+/// port the frames it took, with how the ports were opened.
+type PortRows = (Vec<Stage>, Vec<(&'static str, u64)>, Vec<String>);
+
+/// A timed stage: name, channels (or "-"), port (or "-"), cycles per operation.
+type Stage = (String, String, String, f64);
+
+fn kernel_ports(rep: &mut Report, n: u64, rounds: u64) -> Result<PortRows, String> {
+    let bed = veth::Bed::new("h")?;
+    let mut rows: Vec<Stage> = Vec::new();
+    let mut sent_ok: Vec<(&'static str, u64)> = Vec::new();
+    let mut ports: Vec<String> = Vec::new();
+    let tx_stage = "port TX, bursts of 32";
+    let loop_stage = "whole loop per packet (64 B, real-time)";
+    if bed.backend == Backend::AfXdp {
+        #[cfg(feature = "af_xdp")]
+        {
+            let (tx, whole, sent, mode) = bed.in_sender_ns(move |ifname| {
+                rtchan::ports::afxdp::set_library_logging(false);
+                let cfg = rtchan::ports::afxdp::AfXdpConfig {
+                    // No pacing: the port takes frames as fast as the kernel copies them.
+                    report_completions: false,
+                    ..rtchan::ports::afxdp::AfXdpConfig::default()
+                };
+                let mut p = rtchan::ports::afxdp::AfXdpPort::open(ifname, cfg)
+                    .map_err(|e| e.to_string())?;
+                let mode = format!(
+                    "AF_XDP {} mode, {}",
+                    p.attach_mode(),
+                    if p.zero_copy() { "zero-copy" } else { "copy" }
+                );
+                let tx = port_tx_on(&mut p, n)?;
+                let sent = dataplane::port::Port::stats(&p).tx_packets;
+                // The same port (a queue stays busy for a moment after its socket closes).
+                let whole = core_loop_on(p, rounds, 1, 1_000, 64, true).0;
+                Ok((tx, whole, sent, mode))
+            })?;
+            let port = "AF_XDP copy, veth".to_string();
+            rows.push((tx_stage.into(), "-".into(), port.clone(), tx));
+            rows.push((loop_stage.into(), "1000".into(), port, whole));
+            sent_ok.push(("AF_XDP", sent));
+            ports.push(mode);
+        }
+    }
+    let (tx, whole, sent) = bed.in_sender_ns(move |ifname| {
+        let cfg = rtchan::ports::afpacket::AfPacketConfig {
+            tx_batch: 32,
+            qdisc_bypass: true,
+            ..rtchan::ports::afpacket::AfPacketConfig::default()
+        };
+        let mut p =
+            rtchan::ports::afpacket::AfPacketPort::open(ifname, cfg).map_err(|e| e.to_string())?;
+        let tx = port_tx_on(&mut p, n)?;
+        let sent = dataplane::port::Port::stats(&p).tx_packets;
+        let whole = core_loop_on(p, rounds, 1, 1_000, 64, true).0;
+        Ok((tx, whole, sent))
+    })?;
+    let port = "af_packet, veth".to_string();
+    rows.push((tx_stage.into(), "-".into(), port.clone(), tx));
+    rows.push((loop_stage.into(), "1000".into(), port, whole));
+    sent_ok.push(("af_packet", sent));
+    ports.push("af_packet TPACKET_V3, qdisc bypass".into());
+    for note in &bed.notes {
+        rep.note(note.clone());
+    }
+    Ok((rows, sent_ok, ports))
+}
+
+/// Runs experiment 5 on `bed`.
+pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
     let mut rep = Report::new("overheads");
+    let prof = bed.profile().clone();
     let n: u64 = if opts.quick { 20_000 } else { 2_000_000 };
     let rounds: u64 = if opts.quick { 200 } else { 20_000 };
-    let mut stages: Vec<(String, String, f64)> = vec![
+    let none = || "-".to_string();
+    let mut stages: Vec<Stage> = vec![
         (
             "enforcement (logical arrival)".into(),
-            "-".into(),
+            none(),
+            none(),
             enforcement(n),
         ),
         (
             "header write, 64 B payload".into(),
-            "-".into(),
+            none(),
+            none(),
             header(n, 64),
         ),
         (
             "header write, 1400 B payload".into(),
-            "-".into(),
+            none(),
+            none(),
             header(n, 1400),
         ),
     ];
@@ -333,23 +414,27 @@ pub fn run(opts: &Opts) -> Result<Report, String> {
         stages.push((
             "EDF pick + re-queue".into(),
             ch.to_string(),
+            none(),
             edf_pick(n, ch),
         ));
     }
     stages.push((
         "link scheduler enqueue + release".into(),
         "512 queued".into(),
+        none(),
         link_sched(n),
     ));
     stages.push((
-        "port TX (NullPort, bursts of 32)".into(),
-        "-".into(),
+        "port TX, bursts of 32".into(),
+        none(),
+        "NullPort".into(),
         port_tx(n),
     ));
     let (whole, _) = core_loop(rounds, 1, 1_000, 64, true);
     stages.push((
         "whole loop per packet (64 B, real-time)".into(),
         "1000".into(),
+        "NullPort".into(),
         whole,
     ));
     // Preemption points and switches: per handler run, 16-packet best-effort messages.
@@ -361,39 +446,70 @@ pub fn run(opts: &Opts) -> Result<Report, String> {
     // run is the cost of a preemption point (re-queue, wake-up check, pick, link release).
     let point = (16.0 * run1 - run16) / 15.0;
     let switch = run16ch - run1;
-    stages.push(("preemption point (same handler)".into(), "1".into(), point));
+    stages.push((
+        "preemption point (same handler)".into(),
+        "1".into(),
+        none(),
+        point,
+    ));
     stages.push((
         "switch to another handler (extra per run)".into(),
         "16".into(),
+        none(),
         switch,
     ));
-    let mut t = Csv::new(&["stage", "channels", "ns_per_op", "cycles_per_op"]);
-    let mut bars = Vec::new();
-    for (stage, ch, cyc) in &stages {
-        t.row(vec![stage.clone(), ch.clone(), f(ns(*cyc), 2), f(*cyc, 1)]);
-        let label = if ch == "-" {
-            stage.clone()
+    // On a real-time bed, the same port stages on its kernel ports.
+    let null_tx = port_tx_cycles(&stages);
+    let (kernel_rows, sent_ok, ports) = if prof.real_time() {
+        let (kn, kr) = if opts.quick {
+            (20_000, 200)
         } else {
-            format!("{stage} [{ch}]")
+            (1_000_000, 10_000)
         };
-        bars.push((label, ns(*cyc)));
+        let k = kernel_ports(&mut rep, kn, kr)?;
+        (k.0, k.1, k.2)
+    } else {
+        (Vec::new(), Vec::new(), Vec::new())
+    };
+    stages.extend(kernel_rows.iter().cloned());
+    let mut t = Csv::new(&["stage", "channels", "port", "ns_per_op", "cycles_per_op"]);
+    let mut bars = Vec::new();
+    for (stage, ch, port, cyc) in &stages {
+        t.row(vec![
+            stage.clone(),
+            ch.clone(),
+            port.clone(),
+            f(ns(*cyc), 2),
+            f(*cyc, 1),
+        ]);
+        let label = match (ch.as_str(), port.as_str()) {
+            ("-", "-") => stage.clone(),
+            (c, "-") => format!("{stage} [{c}]"),
+            (_, p) => format!("{stage} [{p}]"),
+        };
+        bars.push((label.clone(), ns(*cyc)));
         rep.check(
             cyc.is_finite(),
-            format!("{stage} [{ch}]: {:.1} ns, {cyc:.0} cycles", ns(*cyc)),
+            format!("{label}: {:.1} ns, {cyc:.0} cycles", ns(*cyc)),
         );
     }
     rep.note(format!(
-        "TSC {} cycles/us; {} build",
+        "TSC {} cycles/us; {} build{}",
         tsc_per_us(),
         if cfg!(debug_assertions) {
             "DEBUG (numbers not meaningful)"
         } else {
             "release"
+        },
+        if ports.is_empty() {
+            String::new()
+        } else {
+            format!("; ports: {}", ports.join("; "))
         }
     ));
-    for (stage, ch, cyc) in &stages {
+    for (stage, ch, port, cyc) in &stages {
         rep.note(format!(
-            "{stage} [{ch}]: {:.1} ns ({cyc:.0} cycles)",
+            "{stage} [{ch}, {port}]: {:.1} ns ({cyc:.0} cycles)",
             ns(*cyc)
         ));
     }
@@ -403,11 +519,38 @@ pub fn run(opts: &Opts) -> Result<Report, String> {
         ns(pp1),
         ns(pp16ch)
     ));
-    rep.csv(opts, "overheads.csv", &t)?;
-    let p = opts.out.join("overheads.svg");
+    // A kernel port takes every frame offered, and costs more than the NullPort.
+    let rounds32 = (if opts.quick { 20_000u64 } else { 1_000_000 } / 32).max(1);
+    let expect = (rounds32 + rounds32 / 10) * 32;
+    for (port, sent) in &sent_ok {
+        rep.check(
+            *sent == expect,
+            format!("{port}: the port took every frame offered: {sent} of {expect}"),
+        );
+    }
+    if !cfg!(debug_assertions) {
+        for (stage, _, port, cyc) in &kernel_rows {
+            if stage.starts_with("port TX") {
+                rep.check(
+                    *cyc > null_tx,
+                    format!(
+                        "{port}: a kernel port's TX costs more than the NullPort's ({:.0} vs \
+                         {:.0} ns per packet: a syscall per burst and the kernel's copy)",
+                        ns(*cyc),
+                        ns(null_tx)
+                    ),
+                );
+            }
+        }
+    }
+    rep.csv(opts, &prof.file("overheads", "csv"), &t)?;
+    let p = opts.out.join(prof.file("overheads", "svg"));
     bar_chart(
         &p,
-        "Overheads: cost per operation (real time, TSC)",
+        &format!(
+            "Overheads{}: cost per operation (real time, TSC)",
+            prof.title_tag()
+        ),
         "ns per operation",
         &bars,
     )?;
@@ -424,10 +567,10 @@ pub fn run(opts: &Opts) -> Result<Report, String> {
         ta.row(vec![c.to_string(), f(*us, 2)]);
         rep.note(format!("admission of the {c}th channel: {us:.1} us"));
     }
-    rep.csv(opts, "overheads-admission.csv", &ta)?;
+    rep.csv(opts, &prof.file("overheads-admission", "csv"), &ta)?;
     rep.plot(
         opts,
-        "overheads-admission.svg",
+        &prof.file("overheads-admission", "svg"),
         &Chart {
             title: "Admission time against channel count (one core, one 10 Gb/s queue)".into(),
             x: "channels already admitted (log)".into(),
@@ -449,4 +592,12 @@ pub fn run(opts: &Opts) -> Result<Report, String> {
         }
     }
     Ok(rep)
+}
+
+/// The NullPort's port TX cycles per packet among `stages`.
+fn port_tx_cycles(stages: &[Stage]) -> f64 {
+    stages
+        .iter()
+        .find(|s| s.0.starts_with("port TX") && s.2 == "NullPort")
+        .map_or(0.0, |s| s.3)
 }

@@ -38,8 +38,6 @@ pub mod exp_granularity;
 pub mod exp_overheads;
 pub mod exp_overload;
 pub mod exp_qos;
-pub mod exp_veth;
-pub mod exp_veth_more;
 pub mod out;
 pub mod veth;
 pub mod world;
@@ -158,13 +156,10 @@ pub fn run_on(name: &str, opts: &Opts, link: Link) -> Result<Report, String> {
         ("qos", _) => exp_qos::run(opts, bed),
         ("overload", _) => exp_overload::run(opts, bed),
         ("baselines", _) => exp_baselines::run(opts, bed),
-        ("fairness", Link::Mem) => exp_fairness::run(opts),
-        ("granularity", Link::Mem) => exp_granularity::run(opts),
-        ("overheads", Link::Mem) => exp_overheads::run(opts),
-        ("fairness", Link::Veth) => exp_veth_more::run_fairness(opts),
-        ("granularity", Link::Veth) => exp_veth_more::run_granularity(opts),
-        ("overheads", Link::Veth) => exp_veth_more::run_overheads(opts),
-        _ => unreachable!("checked against EXPERIMENTS above"),
+        ("fairness", _) => exp_fairness::run(opts, bed),
+        ("granularity", _) => exp_granularity::run(opts, bed),
+        ("overheads", _) => exp_overheads::run(opts, bed),
+        (other, _) => unreachable!("{other}: checked against EXPERIMENTS above"),
     }?;
     // The bed's set-up notes first.
     let mut notes = skipped.summary;

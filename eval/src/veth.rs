@@ -259,10 +259,10 @@ impl Bed {
                 link: tx.link,
                 duration: sc.duration,
                 link_utilisation: link_ns as f64 / (sc.duration + DRAIN) as f64,
+                host_delay: tx.host_delay,
+                latency: rx.hists,
             },
             retries: tx.retries,
-            host_delay: tx.host_delay,
-            latency: rx.hists,
             overrun: rx.overrun,
             miss_logs: rx.miss_logs,
             preempted,
@@ -285,10 +285,6 @@ pub struct VethOut {
     pub run: RunOut,
     /// Per channel: submits retried after a full buffer (well-behaved channels only).
     pub retries: Vec<u64>,
-    /// Per channel: the sender's host delay histogram (submit to release of the last packet).
-    pub host_delay: Vec<Histogram<u64>>,
-    /// Per channel: the receiver's end-to-end latency histogram (submit to delivery).
-    pub latency: Vec<Histogram<u64>>,
     /// Per channel: the largest lateness of a delivery past its deadline ℓ + D (0: no miss).
     pub overrun: Vec<Nanos>,
     /// Per channel: each miss with its times.

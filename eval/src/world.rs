@@ -228,6 +228,10 @@ pub struct RunOut {
     pub duration: Nanos,
     /// Wire bytes released by the sending core per second of link time, as a share of the link.
     pub link_utilisation: f64,
+    /// Per channel: the sender's host delay histogram (submit to release of the last packet).
+    pub host_delay: Vec<Histogram<u64>>,
+    /// Per channel: the receiver's end-to-end latency histogram (submit to delivery).
+    pub latency: Vec<Histogram<u64>>,
 }
 
 impl RunOut {
@@ -444,6 +448,12 @@ pub fn run(sc: &Scenario) -> RunOut {
         link,
         duration: sc.duration,
         link_utilisation: link_ns as f64 / sc.duration as f64,
+        host_delay: world
+            .feeds
+            .iter()
+            .map(|f| f.sender.stats().delay_snapshot())
+            .collect(),
+        latency: world.sinks.iter().map(|s| s.hist.clone()).collect(),
     }
 }
 
