@@ -20,11 +20,16 @@
 //! Experiment 5 measures what virtual time cannot: the real cost of each stage, with the TSC,
 //! in whatever build the binary is (use `--release`).
 //!
-//! Every experiment also runs in real time over a veth pair between two network namespaces
-//! ([`run_on`] with [`Link::Veth`], root only), writing `*-veth` files: 1 and 2 in [`exp_veth`],
-//! 3, 4 and 6 in [`exp_veth_more`] on the same bed ([`veth`]: real threads, clocks and ports on
-//! a 100 Mb/s paced link, bounds with an allowance for the machine), and 5 there too as the
-//! port TX stage and the whole loop timed on the kernel ports beside the `NullPort`.
+//! # One experiment, two beds
+//! Each experiment is one function, `exp_NAME::run(opts, bed)`, written against the [`bed::Bed`]
+//! trait: it builds its scenarios at the bed's scale, runs each point with `Bed::run` and reads
+//! one [`bed::Point`]. [`bed::MemBed`] is the virtual-time bed above; [`bed::VethBed`] runs
+//! the same scenarios in real time over a veth pair between two network namespaces ([`veth`]:
+//! real threads, clocks and ports on a 100 Mb/s paced link, bounds with an allowance for the
+//! machine; root only), writing `*-veth` files ([`run_on`] with [`Link::Veth`]). Where the
+//! beds' checks differ (exact in virtual time; on veth a miss excused only by measured OS
+//! preemption) the experiment says so beside the check. On veth experiment 5 also times the
+//! port TX stage and the whole loop on the kernel ports beside the `NullPort`.
 //!
 //! Every experiment writes `NAME.csv` (and more tables where useful) and `NAME.svg` into the
 //! output directory and checks its qualitative result; `quick` runs shorter versions of the

@@ -1,5 +1,5 @@
-//! The real-time test bed: the experiments over a veth pair between two network namespaces, in
-//! real time ([`super::exp_veth`], [`super::exp_veth_more`]).
+//! The real-time test bed's I/O: the experiments' scenarios over a veth pair between two network
+//! namespaces, in real time (behind [`super::bed::VethBed`]).
 //!
 //! Two namespaces joined by a veth pair (made with `ip`, deleted by a [`Namespaces`] guard on
 //! every exit path, failures included). A sending thread enters the first, opens a port on its
