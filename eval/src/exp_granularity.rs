@@ -12,7 +12,7 @@
 //! runs and switches per packet). The virtual CPU charges per packet only, so throughput is the
 //! same for every k here; what a switch costs in real time is experiment 5's.
 //!
-//! Written once for every [`Bed`], at the bed's scale ([`Scale`]). On veth every time is 100
+//! Written once for every [`Bed`], at the bed's scale (`Scale`). On veth every time is 100
 //! times longer and the link 100 times slower (10 Gb/s → 100 Mb/s): the sending core is made
 //! CPU-bound by 200 µs of emulated processing per packet, spun on the real CPU; admission is
 //! told 10 µs more per packet for the real code around it, and its bound d gets the machine's

@@ -35,7 +35,6 @@
 //! output directory and checks its qualitative result; `quick` runs shorter versions of the
 //! same checks (`eval/tests/eval_quick.rs`, CI).
 
-pub mod bed;
 pub mod bounds;
 pub mod exp_baselines;
 pub mod exp_fairness;
@@ -44,8 +43,8 @@ pub mod exp_overheads;
 pub mod exp_overload;
 pub mod exp_qos;
 pub mod out;
-pub mod veth;
-pub mod world;
+
+pub use rtchan::bed::{self, veth, world, Link};
 
 use std::path::PathBuf;
 
@@ -131,17 +130,6 @@ pub fn run(name: &str, opts: &Opts) -> Result<Report, String> {
     run_on(name, opts, Link::Mem)
 }
 
-/// The link an experiment runs on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Link {
-    /// The in-memory link in virtual time ([`world`], [`bed::MemBed`]).
-    #[default]
-    Mem,
-    /// A veth pair between two network namespaces in real time ([`veth`], [`bed::VethBed`]):
-    /// AF_XDP when built with `--features af_xdp`, else af_packet. Needs root.
-    Veth,
-}
-
 /// Runs the experiment `name` on `link` (on veth, files get a `-veth` suffix; without root
 /// the report says SKIPPED).
 pub fn run_on(name: &str, opts: &Opts, link: Link) -> Result<Report, String> {
@@ -153,7 +141,7 @@ pub fn run_on(name: &str, opts: &Opts, link: Link) -> Result<Report, String> {
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     let mut skipped = Report::new(name);
-    let Some(mut bed) = bed::open(link, name, &mut skipped)? else {
+    let Some(mut bed) = open_bed(link, name, &mut skipped)? else {
         return Ok(skipped);
     };
     let bed = bed.as_mut();
@@ -171,6 +159,25 @@ pub fn run_on(name: &str, opts: &Opts, link: Link) -> Result<Report, String> {
     notes.append(&mut rep.summary);
     rep.summary = notes;
     Ok(rep)
+}
+
+/// Makes the bed for `link`, or a report saying why it cannot run here (`name` the
+/// experiment's); the bed's set-up notes go into `rep`.
+fn open_bed(link: Link, name: &str, rep: &mut Report) -> Result<Option<Box<dyn bed::Bed>>, String> {
+    match link {
+        Link::Mem => Ok(Some(Box::new(bed::MemBed::default()))),
+        Link::Veth => {
+            if let Some(why) = veth::skip_reason() {
+                rep.note(format!("SKIPPED (veth): {why}"));
+                return Ok(None);
+            }
+            let b = bed::VethBed::new(&name[..1])?;
+            for n in &b.notes {
+                rep.note(n.clone());
+            }
+            Ok(Some(Box::new(b)))
+        }
+    }
 }
 
 /// Milliseconds of virtual time, as ns.

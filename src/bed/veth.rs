@@ -1,5 +1,5 @@
 //! The real-time test bed's I/O: the experiments' scenarios over a veth pair between two network
-//! namespaces, in real time (behind [`super::bed::VethBed`]).
+//! namespaces, in real time (behind [`super::VethBed`]).
 //!
 //! Two namespaces joined by a veth pair (made with `ip`, deleted by a [`Namespaces`] guard on
 //! every exit path, failures included). A sending thread enters the first, opens a port on its
@@ -23,7 +23,7 @@
 //! applications submitting between packets and stamping messages with their due time, as the
 //! virtual CPU does. Beside each channel's counters the bed records what the checks need to
 //! tell the dataplane from the machine: each miss with its times and the OS preemption of both
-//! polling threads, measured independently of them ([`rtchan::preemption`]: a miss is excused
+//! polling threads, measured independently of them ([`crate::preemption`]: a miss is excused
 //! only when the threads' run-queue wait during that message's own life covers its lateness;
 //! [`VethOut::verdict`]), the time the sender spent in gaps over [`STALL_GAP`] (throughput per
 //! running second), each thread's longest gap between polls (reported only: it includes the
@@ -31,6 +31,10 @@
 //! while the applications were still submitting (throughput without the drain's backlog).
 
 use super::world::{ChanDef, ChanOut, Load, RunOut, Scenario};
+use crate::ports::afpacket::{AfPacketConfig, AfPacketPort};
+use crate::ports::netns::enter_netns;
+use crate::ports::netns::{is_root, netns_path, Namespaces};
+use crate::preemption::{MissLog, MissVerdict, PreemptionProbe, Preemptions, Watcher};
 use dataplane::channel::{Submit, SubmitError};
 use dataplane::core::{raise_priority, Core, CoreConfig, CoreStats, PollStalls};
 use dataplane::link::LinkStats;
@@ -41,10 +45,6 @@ use dataplane::time::{
     monotonic_now, read_tsc, tsc_per_us, Clock, CycleMeter, MonotonicClock, Nanos, TscMeter,
 };
 use hdrhistogram::Histogram;
-use rtchan::ports::afpacket::{AfPacketConfig, AfPacketPort};
-use rtchan::ports::netns::enter_netns;
-use rtchan::ports::netns::{is_root, netns_path, Namespaces};
-use rtchan::preemption::{MissLog, MissVerdict, PreemptionProbe, Preemptions, Watcher};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -335,8 +335,8 @@ fn watch(watcher: &Watcher) -> Result<(), String> {
 fn pick_backend(notes: &mut Vec<String>) -> Backend {
     // libxdp reports on stderr that it attaches without the dispatcher when no bpffs is
     // mounted; expected here.
-    rtchan::ports::afxdp::set_library_logging(false);
-    match rtchan::ports::afxdp::probe() {
+    crate::ports::afxdp::set_library_logging(false);
+    match crate::ports::afxdp::probe() {
         Ok(()) => Backend::AfXdp,
         Err(e) => {
             notes.push(format!(
@@ -354,18 +354,15 @@ fn pick_backend(notes: &mut Vec<String>) -> Backend {
 }
 
 #[cfg(feature = "af_xdp")]
-fn open_afxdp(
-    ifname: &str,
-    rate: u64,
-) -> Result<(rtchan::ports::afxdp::AfXdpPort, String), String> {
-    let cfg = rtchan::ports::afxdp::AfXdpConfig {
+fn open_afxdp(ifname: &str, rate: u64) -> Result<(crate::ports::afxdp::AfXdpPort, String), String> {
+    let cfg = crate::ports::afxdp::AfXdpConfig {
         link_rate_bps: rate,
         // veth has no wire: a frame completes once the kernel copied it, so the link scheduler
         // paces at `rate` instead.
         report_completions: false,
-        ..rtchan::ports::afxdp::AfXdpConfig::default()
+        ..crate::ports::afxdp::AfXdpConfig::default()
     };
-    let port = rtchan::ports::afxdp::AfXdpPort::open(ifname, cfg).map_err(|e| e.to_string())?;
+    let port = crate::ports::afxdp::AfXdpPort::open(ifname, cfg).map_err(|e| e.to_string())?;
     let mode = format!(
         "AF_XDP {} mode, {}",
         port.attach_mode(),

@@ -1,10 +1,11 @@
-//! The test beds an experiment runs on, behind one trait: each experiment is written once
-//! against [`Bed`] and runs on either.
+//! The test beds a scenario runs on, behind one trait: the evaluation's experiments
+//! (`rtchan-eval`) and the end-to-end veth tests are written once against [`Bed`] and run on
+//! any of them.
 //!
-//! - [`MemBed`]: the in-memory link in virtual time ([`super::world`]): deterministic, exact, a
+//! - [`MemBed`]: the in-memory link in virtual time ([`world`]): deterministic, exact, a
 //!   virtual CPU, a 1 Gb/s link.
-//! - [`VethBed`]: a veth pair between two network namespaces in real time ([`super::veth`]):
-//!   real threads, clocks and kernel ports on a 100 Mb/s paced link; root only.
+//! - [`VethBed`]: a veth pair between two network namespaces in real time ([`veth`]): real
+//!   threads, clocks and kernel ports (AF_XDP or af_packet) on a 100 Mb/s paced link; root only.
 //!
 //! An experiment asks the bed for its [`Profile`] (the link, the time unit its tables use, the
 //! shapes of a well-behaved application and of best-effort load), builds its [`Scenario`]s at
@@ -14,16 +15,29 @@
 //! reported only). Where a check must differ between beds (exact in virtual time, within the
 //! machine's allowance in real time) the experiment says so beside the check.
 
-use super::veth::{self, VethOut, DRAIN};
-use super::world::{self, Load, RunOut, Scenario};
-use super::{Link, Report};
+pub mod veth;
+pub mod world;
+
+use crate::preemption::MissVerdict;
 use dataplane::core::CoreConfig;
 use dataplane::source::Pattern;
 use dataplane::spec::ChannelSpec;
 use dataplane::time::Nanos;
-use rtchan::preemption::MissVerdict;
+use veth::{VethOut, DRAIN};
+use world::{Load, RunOut, Scenario};
 
-/// A place an experiment's points run.
+/// Which bed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Link {
+    /// The in-memory link in virtual time ([`world`], [`MemBed`]).
+    #[default]
+    Mem,
+    /// A veth pair between two network namespaces in real time ([`veth`], [`VethBed`]):
+    /// AF_XDP when built with `--features af_xdp`, else af_packet. Needs root.
+    Veth,
+}
+
+/// A place a scenario's points run.
 pub trait Bed {
     /// What the bed is and the scale it runs at.
     fn profile(&self) -> &Profile;
@@ -257,7 +271,7 @@ impl Point {
         let Point::Real(o) = self else {
             return Vec::new();
         };
-        let ms = |x: Nanos| super::out::f(x as f64 / 1e6, 2);
+        let ms = |x: Nanos| format!("{:.2}", x as f64 / 1e6);
         let (excused, unexcused, retries) = match i {
             Some(i) => {
                 let v = o.verdict(i);
@@ -389,25 +403,6 @@ impl Bed for VethBed {
         let o = veth::Bed::new("p")?.run(sc)?;
         self.mode = o.mode.clone();
         Ok(Point::Real(Box::new(o)))
-    }
-}
-
-/// Makes the bed for `link`, or a report saying why it cannot run here (`name` the
-/// experiment's); the bed's set-up notes go into `rep`.
-pub fn open(link: Link, name: &str, rep: &mut Report) -> Result<Option<Box<dyn Bed>>, String> {
-    match link {
-        Link::Mem => Ok(Some(Box::new(MemBed::default()))),
-        Link::Veth => {
-            if let Some(why) = veth::skip_reason() {
-                rep.note(format!("SKIPPED (veth): {why}"));
-                return Ok(None);
-            }
-            let b = VethBed::new(&name[..1])?;
-            for n in &b.notes {
-                rep.note(n.clone());
-            }
-            Ok(Some(Box::new(b)))
-        }
     }
 }
 
