@@ -8,7 +8,9 @@
 //! native, else SKB). The namespaces are removed on every exit path, failures included.
 //!
 //! The dataplane scenario and its checks are shared with `afpacket_veth`
-//! (`common/veth_scenario.rs`); this file supplies the port, and tests the port on its own.
+//! (`common/veth_scenario.rs`) and run on the veth test bed the evaluation uses
+//! (`rtchan::bed::VethBed` over AF_XDP, copy mode, `report_completions: false`); this file picks
+//! the port, and tests the port on its own.
 
 #![cfg(all(target_os = "linux", feature = "af_xdp"))]
 
@@ -17,69 +19,15 @@ mod veth_scenario;
 
 use dataplane::port::Port;
 use dataplane::time::monotonic_now;
+use rtchan::bed::veth::Backend;
 use rtchan::ports::afxdp::{AfXdpConfig, AfXdpPort, XdpAttach};
-use rtchan::ports::netns::enter_netns;
-use rtchan::ports::netns::netns_path;
+use rtchan::ports::netns::{enter_netns, netns_path, Namespaces};
 use std::sync::{mpsc, MutexGuard};
 use std::time::Duration;
-use veth_scenario::{join_both, veth_pair, ScenarioPort, MAC_A, MAC_B, RATE_BPS};
 
-fn attach_mode() -> XdpAttach {
-    match std::env::var("RTCHAN_XDP_ATTACH").as_deref() {
-        Ok("native") => XdpAttach::Native,
-        Ok("skb") => XdpAttach::Skb,
-        _ => XdpAttach::Auto,
-    }
-}
+const MAC_A: [u8; 6] = [0x02, 0x72, 0x74, 0x00, 0x00, 0x0a];
+const MAC_B: [u8; 6] = [0x02, 0x72, 0x74, 0x00, 0x00, 0x0b];
 
-fn port_config() -> AfXdpConfig {
-    AfXdpConfig {
-        attach: attach_mode(),
-        link_rate_bps: RATE_BPS,
-        // veth has no wire: a frame completes as soon as the kernel copied it, so the link
-        // scheduler paces at RATE_BPS instead (see AfXdpConfig::report_completions).
-        report_completions: false,
-        ..AfXdpConfig::default()
-    }
-}
-
-fn describe(port: &AfXdpPort) -> String {
-    format!(
-        "{} attached in {} mode, {}",
-        port.capabilities().name,
-        port.attach_mode(),
-        if port.zero_copy() {
-            "zero-copy"
-        } else {
-            "copy"
-        }
-    )
-}
-
-/// AF_XDP itself adds no batching delay: each frame is on the RX ring as soon as the XDP
-/// program redirected it.
-impl ScenarioPort for AfXdpPort {
-    const NAME: &'static str = "af_xdp";
-    const NS_PREFIX: &'static str = "rtchan-x";
-    const IF_PREFIX: &'static str = "rx";
-    const THREAD_PREFIX: &'static str = "afxdp";
-
-    fn open_on(ifname: &str) -> Result<Self, String> {
-        AfXdpPort::open(ifname, port_config()).map_err(|e| e.to_string())
-    }
-
-    fn sender_notes(&self) -> Vec<String> {
-        let mut notes = self.notes().to_vec();
-        notes.push(format!("sender: {}", describe(self)));
-        notes
-    }
-
-    fn receiver_notes(&self) -> Vec<String> {
-        vec![format!("receiver: {}", describe(self))]
-    }
-}
-
-/// Why the tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
     veth_scenario::skip_reason("network namespaces, veth, AF_XDP, BPF").or_else(|| {
         rtchan::ports::afxdp::probe()
@@ -108,7 +56,7 @@ fn start() -> Option<MutexGuard<'static, ()>> {
 #[test]
 fn real_time_channels_meet_their_bounds_over_af_xdp_on_veth() {
     let Some(_serial) = start() else { return };
-    veth_scenario::run::<AfXdpPort>();
+    veth_scenario::run(Backend::AfXdp);
 }
 
 /// An EtherType from the IEEE's local-experimental range, so the receiver can tell the test's
@@ -136,13 +84,19 @@ fn zero_copy_falls_back_to_copy_and_frames_cross_byte_exact() {
     const FRAMES: usize = 200;
 
     let Some(_serial) = start() else { return };
-    let veth = veth_pair("rtchan-z", "rz")
+    let pid = std::process::id();
+    let (ns_a, ns_b) = (format!("rtchan-za-{pid}"), format!("rtchan-zb-{pid}"));
+    let (if_a, if_b) = (format!("rza{pid}"), format!("rzb{pid}"));
+    // Held for its Drop: deletes the namespaces (and the pair) on every exit path.
+    let mut namespaces = Namespaces::default();
+    namespaces
+        .veth_pair((&ns_a, &if_a, MAC_A), (&ns_b, &if_b, MAC_B))
         .unwrap_or_else(|e| panic!("running as root but the veth/netns set-up failed ({e})"));
     let deadline = monotonic_now() + 10_000_000_000;
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
 
     let rx = {
-        let (ns, ifname) = (veth.ns_b.clone(), veth.if_b.clone());
+        let (ns, ifname) = (ns_b.clone(), if_b.clone());
         std::thread::spawn(move || -> Result<(String, Vec<Vec<u8>>), String> {
             enter_netns(&netns_path(&ns)).map_err(|e| format!("setns into {ns}: {e}"))?;
             let zc_only = AfXdpConfig {
@@ -182,7 +136,7 @@ fn zero_copy_falls_back_to_copy_and_frames_cross_byte_exact() {
         })
     };
     let tx = {
-        let (ns, ifname) = (veth.ns_a.clone(), veth.if_a.clone());
+        let (ns, ifname) = (ns_a.clone(), if_a.clone());
         std::thread::spawn(move || -> Result<(usize, usize), String> {
             enter_netns(&netns_path(&ns)).map_err(|e| format!("setns into {ns}: {e}"))?;
             let mut port =
@@ -215,10 +169,19 @@ fn zero_copy_falls_back_to_copy_and_frames_cross_byte_exact() {
             Ok((total, port.pool().tx_available()))
         })
     };
-    let ((total, free), (note, got)) = join_both(tx, rx, "port");
+    let tx = tx.join().expect("sender thread panicked");
+    let rx = rx.join().expect("receiver thread panicked");
+    let ((total, free), (note, got)) = match (tx, rx) {
+        (Ok(t), Ok(r)) => (t, r),
+        (t, r) => panic!(
+            "a port failed: sender {:?}, receiver {:?}",
+            t.err(),
+            r.err()
+        ),
+    };
     eprintln!("af_xdp zero-copy on veth: {note}");
     assert!(
-        note.contains(&veth.if_b) && note.contains("zero-copy"),
+        note.contains(&if_b) && note.contains("zero-copy"),
         "the refusal names the interface and the mode: {note}"
     );
     assert_eq!(free, total, "TX frames not returned by the completion ring");
@@ -226,5 +189,5 @@ fn zero_copy_falls_back_to_copy_and_frames_cross_byte_exact() {
     for (i, f) in got.iter().enumerate() {
         assert_eq!(f, &raw_frame(i), "frame {i} differs or is out of order");
     }
-    drop(veth);
+    drop(namespaces);
 }

@@ -369,6 +369,7 @@ impl Bed for MemBed {
 /// socket's queue stays busy for a moment after the socket closes).
 pub struct VethBed {
     profile: Profile,
+    backend: veth::Backend,
     /// What setting up noted (fallbacks).
     pub notes: Vec<String>,
     /// How the last point's ports were opened.
@@ -381,7 +382,15 @@ pub const VETH_BPS: u64 = 100_000_000;
 impl VethBed {
     /// Probes the bed (makes and drops one pair of namespaces to see which port works).
     pub fn new(tag: &str) -> Result<Self, String> {
-        let probe = veth::Bed::new(tag)?;
+        Self::probe(veth::Bed::new(tag)?)
+    }
+
+    /// The bed on the port `backend`, or why it cannot run here.
+    pub fn with_backend(tag: &str, backend: veth::Backend) -> Result<Self, String> {
+        Self::probe(veth::Bed::with_backend(tag, backend)?)
+    }
+
+    fn probe(probe: veth::Bed) -> Result<Self, String> {
         Ok(Self {
             profile: Profile {
                 link: Link::Veth,
@@ -389,6 +398,7 @@ impl VethBed {
                 link_bps: VETH_BPS,
                 unit: Unit::Ms,
             },
+            backend: probe.backend,
             notes: probe.notes.clone(),
             mode: String::new(),
         })
@@ -400,7 +410,7 @@ impl Bed for VethBed {
         &self.profile
     }
     fn run(&mut self, sc: &Scenario) -> Result<Point, String> {
-        let o = veth::Bed::new("p")?.run(sc)?;
+        let o = veth::Bed::with_backend("p", self.backend)?.run(sc)?;
         self.mode = o.mode.clone();
         Ok(Point::Real(Box::new(o)))
     }

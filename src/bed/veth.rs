@@ -30,7 +30,9 @@
 //! dataplane's own work), the host and end-to-end delay histograms, and what was delivered
 //! while the applications were still submitting (throughput without the drain's backlog).
 
-use super::world::{ChanDef, ChanOut, Load, RunOut, Scenario};
+use super::world::{
+    payload_checked, payload_matches, submit_filled, ChanDef, ChanOut, Load, RunOut, Scenario,
+};
 use crate::ports::afpacket::{AfPacketConfig, AfPacketPort};
 use crate::ports::netns::enter_netns;
 use crate::ports::netns::{is_root, netns_path, Namespaces};
@@ -115,13 +117,26 @@ pub fn skip_reason() -> Option<String> {
 impl Bed {
     /// Makes the namespaces and the veth pair (`tag` keeps names of concurrent runs apart).
     pub fn new(tag: &str) -> Result<Self, String> {
+        Self::make(tag, None)
+    }
+
+    /// The same with the port chosen by the caller: an error when it cannot run here (AF_XDP
+    /// without `--features af_xdp`, or refused by the kernel).
+    pub fn with_backend(tag: &str, backend: Backend) -> Result<Self, String> {
+        Self::make(tag, Some(backend))
+    }
+
+    fn make(tag: &str, backend: Option<Backend>) -> Result<Self, String> {
+        if backend == Some(Backend::AfXdp) {
+            afxdp_available()?;
+        }
         let pid = std::process::id();
         let (ns_a, ns_b) = (format!("rtev-{tag}a-{pid}"), format!("rtev-{tag}b-{pid}"));
         let (if_a, if_b) = (format!("rea{pid}"), format!("reb{pid}"));
         let mut guard = Namespaces::default();
         guard.veth_pair((&ns_a, &if_a, MAC_A), (&ns_b, &if_b, MAC_B))?;
         let mut notes = Vec::new();
-        let backend = pick_backend(&mut notes);
+        let backend = backend.unwrap_or_else(|| pick_backend(&mut notes));
         Ok(Self {
             ns_a,
             ns_b,
@@ -141,7 +156,7 @@ impl Bed {
     ) -> Result<T, String> {
         let (ns, ifname) = (self.ns_a.clone(), self.if_a.clone());
         std::thread::Builder::new()
-            .name("eval-veth-ns".into())
+            .name("bed-veth-ns".into())
             .spawn(move || {
                 enter_netns(&netns_path(&ns)).map_err(|e| format!("setns into {ns}: {e}"))?;
                 prioritise();
@@ -192,7 +207,7 @@ impl Bed {
                 probe.watcher(),
             );
             std::thread::Builder::new()
-                .name("eval-veth-rx".into())
+                .name("bed-veth-rx".into())
                 .spawn(move || receiver(open, ns, ifname, sc, ready_tx, done, started, hard, w))
                 .map_err(|e| e.to_string())?
         };
@@ -207,7 +222,7 @@ impl Bed {
                 probe.watcher(),
             );
             std::thread::Builder::new()
-                .name("eval-veth-tx".into())
+                .name("bed-veth-tx".into())
                 .spawn(move || {
                     sender(
                         open, ns, ifname, sc, retry, ready_rx, done, started, hard, w,
@@ -331,6 +346,17 @@ fn watch(watcher: &Watcher) -> Result<(), String> {
         .map_err(|e| format!("cannot measure this thread's OS preemption: {e}"))
 }
 
+/// Whether AF_XDP can run here (built with it, and the kernel lets it).
+fn afxdp_available() -> Result<(), String> {
+    #[cfg(feature = "af_xdp")]
+    {
+        crate::ports::afxdp::set_library_logging(false);
+        crate::ports::afxdp::probe().map_err(|e| format!("AF_XDP is not available here: {e}"))
+    }
+    #[cfg(not(feature = "af_xdp"))]
+    Err("AF_XDP needs a build with --features af_xdp".into())
+}
+
 #[cfg(feature = "af_xdp")]
 fn pick_backend(notes: &mut Vec<String>) -> Backend {
     // libxdp reports on stderr that it attaches without the dispatcher when no bpffs is
@@ -355,7 +381,14 @@ fn pick_backend(notes: &mut Vec<String>) -> Backend {
 
 #[cfg(feature = "af_xdp")]
 fn open_afxdp(ifname: &str, rate: u64) -> Result<(crate::ports::afxdp::AfXdpPort, String), String> {
+    use crate::ports::afxdp::XdpAttach;
     let cfg = crate::ports::afxdp::AfXdpConfig {
+        // RTCHAN_XDP_ATTACH=native|skb forces the XDP attach mode (default: what works).
+        attach: match std::env::var("RTCHAN_XDP_ATTACH").as_deref() {
+            Ok("native") => XdpAttach::Native,
+            Ok("skb") => XdpAttach::Skb,
+            _ => XdpAttach::Auto,
+        },
         link_rate_bps: rate,
         // veth has no wire: a frame completes once the kernel copied it, so the link scheduler
         // paces at `rate` instead.
@@ -460,6 +493,11 @@ fn receiver<P: Port>(
         })
         .collect();
     let n = rxs.len();
+    let checks: Vec<(u32, bool)> = sc
+        .channels
+        .iter()
+        .map(|c| (c.config.id, payload_checked(c)))
+        .collect();
     let mut out: Vec<ChanOut> = vec![ChanOut::default(); n];
     let mut sums = vec![0u128; n];
     let mut overrun: Vec<Nanos> = vec![0; n];
@@ -486,8 +524,12 @@ fn receiver<P: Port>(
         let start = started.load(Ordering::Acquire);
         let window_end = if start == 0 { 0 } else { start + sc.duration };
         for (i, r) in rxs.iter().enumerate() {
-            while let Some((lat, late, len, over, at)) = r.recv_with(|_, d| {
+            let (id, check) = checks[i];
+            while let Some((lat, late, len, over, at)) = r.recv_with(|m, d| {
                 miss_logs[i].record(d.submit_ts, d.deadline, d.delivered_ts);
+                if check && (d.len as usize != m.len() || !payload_matches(id, d.seq, m)) {
+                    out[i].mismatched += 1;
+                }
                 (
                     d.delivered_ts.saturating_sub(d.submit_ts),
                     d.deadline != 0 && d.delivered_ts > d.deadline,
@@ -520,7 +562,11 @@ fn receiver<P: Port>(
     }
     core.flush_stats();
     for (i, c) in out.iter_mut().enumerate() {
-        c.lost = rxs[i].stats().lost.get();
+        let st = rxs[i].stats();
+        c.lost = st.lost.get();
+        c.duplicates = st.duplicates.get();
+        c.reordered = st.reordered.get();
+        c.incomplete = st.incomplete.get();
         if c.delivered > 0 {
             c.p99_latency = hists[i].value_at_quantile(0.99);
             c.mean_latency = sums[i] as f64 / c.delivered as f64;
@@ -556,6 +602,9 @@ struct Feed {
     flood: bool,
     retry: bool,
     len: usize,
+    id: u32,
+    /// Messages accepted so far: the next one's sequence number.
+    seq: u32,
     /// Messages due but not yet accepted, with their stamps (0: stamp at submission).
     pending: VecDeque<Nanos>,
     offered: u64,
@@ -599,7 +648,10 @@ impl App {
             if f.flood {
                 loop {
                     f.offered += 1;
-                    if f.sender.submit(&self.payload[..f.len]) != Ok(Submit::Queued) {
+                    let buf = &mut self.payload[..f.len];
+                    if submit_filled(&mut f.sender, (f.id, &mut f.seq), buf, None)
+                        != Ok(Submit::Queued)
+                    {
                         break;
                     }
                 }
@@ -621,12 +673,9 @@ impl App {
                 f.pending.extend(std::iter::repeat_n(0, n as usize));
             }
             while let Some(&at) = f.pending.front() {
-                let data = &self.payload[..f.len];
-                let r = if at == 0 {
-                    f.sender.submit(data)
-                } else {
-                    f.sender.submit_at(data, at)
-                };
+                let buf = &mut self.payload[..f.len];
+                let stamp = (at != 0).then_some(at);
+                let r = submit_filled(&mut f.sender, (f.id, &mut f.seq), buf, stamp);
                 match r {
                     Ok(_) => {
                         f.pending.pop_front();
@@ -732,6 +781,8 @@ fn sender<P: Port>(
                 flood,
                 retry: retry.get(i).copied().unwrap_or(false),
                 len: ch.msg_len as usize,
+                id: ch.config.id,
+                seq: 0,
                 pending: VecDeque::new(),
                 offered: 0,
                 retries: 0,

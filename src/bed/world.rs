@@ -193,6 +193,16 @@ pub struct ChanOut {
     pub misses: u64,
     /// Messages the receiver never saw (sequence gaps).
     pub lost: u64,
+    /// Messages delivered twice.
+    pub duplicates: u64,
+    /// Messages delivered out of sequence order.
+    pub reordered: u64,
+    /// Messages dropped at the receiver with fragments missing.
+    pub incomplete: u64,
+    /// Messages whose bytes or length differ from what the application wrote
+    /// ([`payload_matches`]; not checked on drop-oldest channels, whose evictions shift the
+    /// sequence numbers the pattern is keyed on).
+    pub mismatched: u64,
     /// Packets released after their link deadline (ℓ + d).
     pub late_packets: u64,
     /// Largest host delay (submit to release of the last packet), ns, 2 significant digits.
@@ -250,10 +260,35 @@ struct Feed {
     flood: bool,
     len: usize,
     offered: u64,
+    id: u32,
+    /// Messages accepted so far: the next one's sequence number.
+    seq: u32,
+}
+
+/// Submits the `*seq`-th message of channel `id`, its payload written into `buf` (all of it),
+/// stamped `at` (or at the call), and counts it when accepted.
+pub(crate) fn submit_filled(
+    sender: &mut Sender,
+    (id, seq): (u32, &mut u32),
+    buf: &mut [u8],
+    at: Option<Nanos>,
+) -> Result<Submit, SubmitError> {
+    fill_payload(id, *seq, buf);
+    let r = match at {
+        Some(at) => sender.submit_at(buf, at),
+        None => sender.submit(buf),
+    };
+    if matches!(r, Ok(Submit::Queued) | Ok(Submit::QueuedDroppedOldest)) {
+        *seq = seq.wrapping_add(1);
+    }
+    r
 }
 
 struct Sink {
     receiver: Receiver,
+    id: u32,
+    check: bool,
+    mismatched: u64,
     delivered: u64,
     bytes: u64,
     max_latency: Nanos,
@@ -281,7 +316,10 @@ impl World {
             if f.flood {
                 loop {
                     f.offered += 1;
-                    if f.sender.submit_at(&self.payload[..f.len], now) != Ok(Submit::Queued) {
+                    let buf = &mut self.payload[..f.len];
+                    if submit_filled(&mut f.sender, (f.id, &mut f.seq), buf, Some(now))
+                        != Ok(Submit::Queued)
+                    {
                         break;
                     }
                 }
@@ -295,21 +333,24 @@ impl World {
                 for _ in 0..src.due(t) {
                     f.offered += 1;
                     // Outcomes are counted by the channel's own statistics.
-                    let r: Result<Submit, SubmitError> =
-                        f.sender.submit_at(&self.payload[..f.len], t);
+                    let buf = &mut self.payload[..f.len];
+                    let r = submit_filled(&mut f.sender, (f.id, &mut f.seq), buf, Some(t));
                     debug_assert!(!matches!(r, Err(SubmitError::TooLong { .. })));
                 }
             }
         }
         self.rx_core.poll(&self.clock, &mut self.rx_cpu);
         for s in &mut self.sinks {
-            while let Some((lat, late, len)) = s.receiver.recv_with(|_, d| {
+            let (id, check) = (s.id, s.check);
+            while let Some((lat, late, len, bad)) = s.receiver.recv_with(|m, d| {
                 (
                     d.delivered_ts.saturating_sub(d.submit_ts),
                     d.deadline != 0 && d.delivered_ts > d.deadline,
                     d.len,
+                    check && (d.len as usize != m.len() || !payload_matches(id, d.seq, m)),
                 )
             }) {
+                s.mismatched += bad as u64;
                 s.delivered += 1;
                 s.bytes += len as u64;
                 s.max_latency = s.max_latency.max(lat);
@@ -370,9 +411,14 @@ pub fn run(sc: &Scenario) -> RunOut {
             flood,
             len: ch.msg_len as usize,
             offered: 0,
+            id: ch.config.id,
+            seq: 0,
         });
         sinks.push(Sink {
             receiver,
+            id: ch.config.id,
+            check: payload_checked(ch),
+            mismatched: 0,
             delivered: 0,
             bytes: 0,
             max_latency: 0,
@@ -436,6 +482,10 @@ pub fn run(sc: &Scenario) -> RunOut {
                 },
                 misses: s.misses,
                 lost: rx.lost.get(),
+                duplicates: rx.duplicates.get(),
+                reordered: rx.reordered.get(),
+                incomplete: rx.incomplete.get(),
+                mismatched: s.mismatched,
                 late_packets: st.late_packets,
                 max_host_delay: f.sender.stats().delay_snapshot().max(),
             }
@@ -471,4 +521,119 @@ pub fn message_wire_ns(len: u32, link_bps: u64) -> Nanos {
         }
     }
     dataplane::time::wire_time(bytes, link_bps)
+}
+
+/// A 256-byte permutation (`i * 167 mod 256`), twice, so any 256-byte window of it is a slice.
+const PATTERN: [u8; 512] = {
+    let mut t = [0u8; 512];
+    let mut i = 0;
+    while i < 512 {
+        t[i] = ((i % 256) * 167 % 256) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Where message `seq` of channel `id` starts in [`PATTERN`].
+fn pattern_offset(id: u32, seq: u32) -> usize {
+    ((id.wrapping_mul(97) ^ seq.wrapping_mul(31)) & 255) as usize
+}
+
+/// A payload's first bytes: `id` and `seq`, little-endian.
+fn payload_head(id: u32, seq: u32) -> [u8; 8] {
+    let mut h = [0u8; 8];
+    h[..4].copy_from_slice(&id.to_le_bytes());
+    h[4..].copy_from_slice(&seq.to_le_bytes());
+    h
+}
+
+/// The payload of the `seq`-th message a channel `id` accepted: its first bytes are `id` and
+/// `seq` (little-endian, as many as fit), the rest a window of [`PATTERN`] that starts where
+/// both put it, so every byte depends on the message and its position and a receiver can check
+/// each message byte for byte. Written and compared by slices (memcpy and memcmp speed, which
+/// matters in debug builds of the tests).
+pub fn fill_payload(id: u32, seq: u32, out: &mut [u8]) {
+    let head = payload_head(id, seq);
+    let h = out.len().min(head.len());
+    out[..h].copy_from_slice(&head[..h]);
+    let off = pattern_offset(id, seq);
+    for chunk in out[h..].chunks_mut(256) {
+        chunk.copy_from_slice(&PATTERN[off..off + chunk.len()]);
+    }
+}
+
+/// Whether `data` is what [`fill_payload`] wrote for message `seq` of channel `id`.
+pub fn payload_matches(id: u32, seq: u32, data: &[u8]) -> bool {
+    let head = payload_head(id, seq);
+    let h = data.len().min(head.len());
+    let off = pattern_offset(id, seq);
+    data[..h] == head[..h]
+        && data[h..]
+            .chunks(256)
+            .all(|chunk| chunk == &PATTERN[off..off + chunk.len()])
+}
+
+/// Whether a channel's payloads can be checked: its sequence numbers count the messages it
+/// accepted, which a drop-oldest channel's evictions break.
+pub fn payload_checked(def: &ChanDef) -> bool {
+    def.config.overflow != OverflowPolicy::DropOldest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_matches_only_its_own_channel_and_sequence() {
+        let mut m = vec![0u8; 300];
+        fill_payload(7, 41, &mut m);
+        assert!(payload_matches(7, 41, &m));
+        assert!(!payload_matches(7, 42, &m), "another sequence number");
+        assert!(!payload_matches(8, 41, &m), "another channel");
+        for at in [0, 5, 100, 299] {
+            let mut bad = m.clone();
+            bad[at] ^= 1;
+            assert!(!payload_matches(7, 41, &bad), "byte {at} flipped");
+        }
+    }
+
+    /// The virtual-time bed checks every delivered message's bytes: a short run of a
+    /// multi-packet real-time channel and a best-effort flood delivers byte-exact, in order.
+    #[test]
+    fn the_virtual_time_bed_delivers_byte_exact() {
+        let spec = ChannelSpec {
+            mmax: 4000,
+            imin: 100_000,
+            bmax: 4,
+            cpu_deadline: 200_000,
+            link_deadline: 400_000,
+            end_to_end_deadline: 500_000,
+        };
+        let mut sc = Scenario::new(core_config(2, false, 0), GBPS, 100, 5_000_000);
+        sc.channels.push(ChanDef::real_time(
+            "rt",
+            1,
+            spec,
+            Load::Pattern(Pattern::Periodic {
+                interval: spec.imin,
+            }),
+        ));
+        sc.channels
+            .push(ChanDef::best_effort("be", 2, 1400, Load::Flood));
+        let r = run(&sc);
+        for c in &r.chans {
+            assert!(c.delivered > 10, "{}: {} delivered", c.name, c.delivered);
+            assert_eq!(
+                (
+                    c.mismatched,
+                    c.duplicates,
+                    c.reordered,
+                    c.incomplete,
+                    c.lost
+                ),
+                (0, 0, 0, 0, 0),
+                "{c:?}"
+            );
+        }
+    }
 }
