@@ -52,9 +52,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy (no DPDK)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== cargo clippy (--features dpdk,af_xdp; the evaluation with af_xdp)"
+echo "== cargo clippy (--features dpdk,af_xdp; the evaluation with af_xdp,dpdk)"
 cargo clippy -p rtchan --all-targets --features dpdk,af_xdp -- -D warnings
-cargo clippy -p rtchan-eval --all-targets --features af_xdp -- -D warnings
+cargo clippy -p rtchan-eval --all-targets --features af_xdp,dpdk -- -D warnings
 
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --features dpdk,af_xdp --quiet
@@ -63,7 +63,9 @@ echo "== tests (workspace, no DPDK)"
 cargo test --workspace
 
 echo "== tests (DPDK vdevs; one at a time: they share one EAL and measure timing)"
-cargo test -p rtchan --features dpdk --test dpdk_port --test dpdk_pcap --test daemon_dpdk --test daemon_dpdk_pcap --test daemon_dpdk_netns --test daemon_dpdk_steering --test daemon_one_ledger -- --test-threads=1
+cargo test -p rtchan --features dpdk --test dpdk_port --test dpdk_pcap --test daemon_dpdk --test daemon_dpdk_pcap --test daemon_dpdk_netns --test daemon_dpdk_steering --test daemon_one_ledger --test dpdk_veth -- --test-threads=1
+# The evaluation's experiments 1 and 4 on the DPDK bed (net_af_packet vdevs on a veth pair).
+cargo test -p rtchan-eval --features dpdk --test eval_quick dpdk_ -- --test-threads=1
 
 echo "== tests (AF_XDP over a veth pair in two namespaces; needs root)"
 cargo test -p rtchan --features af_xdp --test afxdp_veth --test daemon_netns --test daemon_multiqueue -- --test-threads=1

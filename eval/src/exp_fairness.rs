@@ -123,8 +123,8 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
     let duration = match (prof.link, opts.quick) {
         (Link::Mem, true) => 20 * MS,
         (Link::Mem, false) => 200 * MS,
-        (Link::Veth, true) => 500 * MS,
-        (Link::Veth, false) => 1000 * MS,
+        (_, true) => 500 * MS,
+        (_, false) => 1000 * MS,
     };
     let (multiples, policies) = sweep(opts.quick);
     let mut cols: Vec<String> = [
@@ -176,7 +176,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
                     PER_PACKET,
                 )
             }
-            Link::Veth => (vec![veth_spec(1400, MS, 4); 3], 0),
+            Link::Veth | Link::Dpdk => (vec![veth_spec(1400, MS, 4); 3], 0),
         };
         let mut pts = Vec::new();
         let mut pts_run = Vec::new();
@@ -342,10 +342,10 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
                     three.0
                 ),
             ),
-            Link::Veth => rep.check(
+            Link::Veth | Link::Dpdk => rep.check(
                 three.1 >= 30.0 && three.1 >= 0.8 * three1.1,
                 format!(
-                    "veth {m}x: three-class keeps best-effort at {:.1} Mb/s, {:.1} per running \
+                    "{tag}{m}x: three-class keeps best-effort at {:.1} Mb/s, {:.1} per running \
                      second (>= 30, and >= 80% of its {:.1} at 1x)",
                     three.0, three.1, three1.1
                 ),

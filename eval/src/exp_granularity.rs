@@ -170,7 +170,7 @@ impl Scale {
                 duration: if quick { 20 * MS } else { 300 * MS },
                 ks: ks(vec![1, 4, 16]),
             },
-            Link::Veth => Self {
+            Link::Veth | Link::Dpdk => Self {
                 link_bps: bed.link_bps,
                 per_packet: VETH_PER_PACKET,
                 model_per_packet: VETH_MODEL_PER_PACKET,
@@ -421,11 +421,11 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
             }
             // Real time: the median host delay within admission's own bound (no machine
             // allowance), and every channel within the run's bounds.
-            Link::Veth => {
+            Link::Veth | Link::Dpdk => {
                 rep.check(
                     tight.delivered > 0 && p50 <= d,
                     format!(
-                        "veth k={k}: the tight channel's median host delay {:.3} ms is within \
+                        "{tag}k={k}: the tight channel's median host delay {:.3} ms is within \
                          admission's bound d {:.3} ms (no machine allowance; {} messages)",
                         u.of(p50),
                         u.of(d),
@@ -438,7 +438,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
                     rep.check(
                         ok && c.delivered == c.accepted && c.lost == 0,
                         format!(
-                            "veth k={k}: {name}: {w}; delivered {} of {}, {} lost",
+                            "{tag}k={k}: {name}: {w}; delivered {} of {}, {} lost",
                             c.delivered, c.accepted, c.lost
                         ),
                     );
@@ -534,10 +534,10 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
             ),
         ),
         // The largest delay on veth is the machine's; the median is the core's.
-        Link::Veth => rep.check(
+        Link::Veth | Link::Dpdk => rep.check(
             last.3 > 2 * first.3,
             format!(
-                "veth: the tight channel's median host delay grows with k: {:.3} ms at k={} \
+                "{tag}the tight channel's median host delay grows with k: {:.3} ms at k={} \
                  to {:.3} ms at k={} (more than twice)",
                 u.of(first.3),
                 first.0,

@@ -322,7 +322,10 @@ type PortRows = (Vec<Stage>, Vec<(&'static str, u64)>, Vec<String>);
 /// A timed stage: name, channels (or "-"), port (or "-"), cycles per operation.
 type Stage = (String, String, String, f64);
 
-fn kernel_ports(rep: &mut Report, n: u64, rounds: u64) -> Result<PortRows, String> {
+fn kernel_ports(rep: &mut Report, n: u64, rounds: u64, dpdk: bool) -> Result<PortRows, String> {
+    if dpdk {
+        return dpdk_port(n, rounds);
+    }
     let bed = veth::Bed::new("h")?;
     let mut rows: Vec<Stage> = Vec::new();
     let mut sent_ok: Vec<(&'static str, u64)> = Vec::new();
@@ -381,6 +384,38 @@ fn kernel_ports(rep: &mut Report, n: u64, rounds: u64) -> Result<PortRows, Strin
         rep.note(note.clone());
     }
     Ok((rows, sent_ok, ports))
+}
+
+/// The port stages on the DPDK bed's port: the `net_af_packet` vdev on a veth end.
+#[cfg(feature = "dpdk")]
+fn dpdk_port(n: u64, rounds: u64) -> Result<PortRows, String> {
+    let bed = veth::Bed::with_backend("h", Backend::Dpdk)?;
+    let (tx, whole, sent, mode) = bed.in_sender_ns(move |ifname| {
+        let (mut p, mode) = veth::open_dpdk(ifname)?;
+        let tx = port_tx_on(&mut p, n)?;
+        let sent = dataplane::port::Port::stats(&p).tx_packets;
+        let whole = core_loop_on(p, rounds, 1, 1_000, 64, true).0;
+        Ok((tx, whole, sent, mode))
+    })?;
+    let port = "DPDK net_af_packet, veth".to_string();
+    Ok((
+        vec![
+            ("port TX, bursts of 32".into(), "-".into(), port.clone(), tx),
+            (
+                "whole loop per packet (64 B, real-time)".into(),
+                "1000".into(),
+                port,
+                whole,
+            ),
+        ],
+        vec![("DPDK net_af_packet", sent)],
+        vec![mode],
+    ))
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn dpdk_port(_n: u64, _rounds: u64) -> Result<PortRows, String> {
+    Err("the DPDK bed needs a build with --features dpdk".into())
 }
 
 /// Runs experiment 5 on `bed`.
@@ -466,7 +501,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
         } else {
             (1_000_000, 10_000)
         };
-        let k = kernel_ports(&mut rep, kn, kr)?;
+        let k = kernel_ports(&mut rep, kn, kr, prof.link == super::Link::Dpdk)?;
         (k.0, k.1, k.2)
     } else {
         (Vec::new(), Vec::new(), Vec::new())

@@ -105,8 +105,8 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
     let duration = match (prof.link, opts.quick) {
         (Link::Mem, true) => 20 * MS,
         (Link::Mem, false) => 300 * MS,
-        (Link::Veth, true) => 500 * MS,
-        (Link::Veth, false) => 1500 * MS,
+        (_, true) => 500 * MS,
+        (_, false) => 1500 * MS,
     };
     let multiples: Vec<u32> = if opts.quick {
         vec![1, 5]
@@ -117,14 +117,14 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
     let variants: Vec<Variant> = match (prof.link, opts.quick) {
         (Link::Mem, true) => vec![VARIANTS[0], VARIANTS[3]],
         (Link::Mem, false) => VARIANTS.to_vec(),
-        (Link::Veth, true) => vec![VARIANTS[0]],
-        (Link::Veth, false) => vec![VARIANTS[0], VARIANTS[3]],
+        (_, true) => vec![VARIANTS[0]],
+        (_, false) => vec![VARIANTS[0], VARIANTS[3]],
     };
     // What the violator gets when enforcement holds it to its spec: exact in virtual time; on
     // veth its application's own stalls and the drain move it.
     let spec_rate = match prof.link {
         Link::Mem => 0.95..=1.02,
-        Link::Veth => 0.85..=1.05,
+        Link::Veth | Link::Dpdk => 0.85..=1.05,
     };
     let mut cols: Vec<String> = [
         "backend",
@@ -286,7 +286,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
                                 && c.lost == 0
                                 && c.max_latency <= s.end_to_end_deadline
                         }
-                        Link::Veth => {
+                        Link::Veth | Link::Dpdk => {
                             verdict.unexcused == 0 && c.lost == 0 && c.delivered == c.accepted
                         }
                     };

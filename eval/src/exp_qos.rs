@@ -133,7 +133,7 @@ pub fn setup(
             let (cfg, specs) = setup_admitted(0, work_conserving, &extra)?;
             Ok((cfg, specs, PER_PACKET))
         }
-        Link::Veth => {
+        Link::Veth | Link::Dpdk => {
             let mut specs: NamedSpecs = VETH_CHANNELS
                 .iter()
                 .map(|&(n, m, i, b)| (n, veth_spec(m, i, b)))
@@ -157,8 +157,8 @@ fn duration(bed: &Profile, quick: bool) -> Nanos {
     match (bed.link, quick) {
         (Link::Mem, true) => 20 * MS,
         (Link::Mem, false) => 300 * MS,
-        (Link::Veth, true) => 500 * MS,
-        (Link::Veth, false) => 1500 * MS,
+        (_, true) => 500 * MS,
+        (_, false) => 1500 * MS,
     }
 }
 
@@ -167,8 +167,8 @@ fn loads(bed: &Profile, quick: bool) -> Vec<u32> {
     match (bed.link, quick) {
         (Link::Mem, true) => vec![0, 50, 150],
         (Link::Mem, false) => vec![0, 25, 50, 75, 100, 150, 200],
-        (Link::Veth, true) => vec![0, 150],
-        (Link::Veth, false) => vec![0, 50, 100, 150],
+        (_, true) => vec![0, 150],
+        (_, false) => vec![0, 50, 100, 150],
     }
 }
 
@@ -307,7 +307,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
                 // Real time: a miss only where measured OS preemption covers it; late packets
                 // are reported (a stall's backlog drains late); the drain delivers everything
                 // accepted, and the applications got at least 98 % of their messages in.
-                Link::Veth => rep.check(
+                Link::Veth | Link::Dpdk => rep.check(
                     v.unexcused == 0
                         && c.lost == 0
                         && c.delivered == c.accepted

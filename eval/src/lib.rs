@@ -130,8 +130,8 @@ pub fn run(name: &str, opts: &Opts) -> Result<Report, String> {
     run_on(name, opts, Link::Mem)
 }
 
-/// Runs the experiment `name` on `link` (on veth, files get a `-veth` suffix; without root
-/// the report says SKIPPED).
+/// Runs the experiment `name` on `link` (on veth, files get a `-veth` suffix, on the DPDK
+/// bed `-dpdk`; without root the report says SKIPPED).
 pub fn run_on(name: &str, opts: &Opts, link: Link) -> Result<Report, String> {
     if !EXPERIMENTS.contains(&name) {
         return Err(format!(
@@ -175,6 +175,14 @@ fn open_bed(link: Link, name: &str, rep: &mut Report) -> Result<Option<Box<dyn b
             for n in &b.notes {
                 rep.note(n.clone());
             }
+            Ok(Some(Box::new(b)))
+        }
+        Link::Dpdk => {
+            if let Some(why) = veth::skip_reason() {
+                rep.note(format!("SKIPPED (dpdk): {why}"));
+                return Ok(None);
+            }
+            let b = bed::VethBed::with_backend(&name[..1], veth::Backend::Dpdk)?;
             Ok(Some(Box::new(b)))
         }
     }

@@ -34,9 +34,10 @@ struct Cli {
     /// Output directory for CSV and SVG files.
     #[arg(long, default_value = "docs/eval")]
     out: PathBuf,
-    /// The link: `mem` (in-memory, virtual time) or `veth` (real time over a veth pair
-    /// between two network namespaces, needs root; every experiment, `*-veth` files).
-    #[arg(long, default_value = "mem", value_parser = ["mem", "veth"])]
+    /// The link: `mem` (in-memory, virtual time), `veth` (real time over a veth pair between
+    /// two network namespaces, needs root; every experiment, `*-veth` files) or `dpdk` (the
+    /// same veth bed with DPDK ports, a build with `--features dpdk`; `*-dpdk` files).
+    #[arg(long, default_value = "mem", value_parser = ["mem", "veth", "dpdk"])]
     link: String,
     /// Print every check, not only failures.
     #[arg(long, short)]
@@ -45,10 +46,10 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let link = if cli.link == "veth" {
-        Link::Veth
-    } else {
-        Link::Mem
+    let link = match cli.link.as_str() {
+        "veth" => Link::Veth,
+        "dpdk" => Link::Dpdk,
+        _ => Link::Mem,
     };
     let names: Vec<&str> = if cli.name == "all" {
         EXPERIMENTS.to_vec()
@@ -69,7 +70,11 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let tag = if link == Link::Veth { " on veth" } else { "" };
+        let tag = match link {
+            Link::Mem => "",
+            Link::Veth => " on veth",
+            Link::Dpdk => " on veth with DPDK ports",
+        };
         println!(
             "== {name}{tag} ({:.1} s, {} checks passed, {} failed)",
             t0.elapsed().as_secs_f64(),

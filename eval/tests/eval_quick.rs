@@ -3,8 +3,10 @@
 //! flood and under a violator, the fairness and granularity trends, the baselines' failures.
 //! Experiment 5 (real time) runs with very short loops and checks only that it measures.
 //!
-//! `veth_fairness` and `veth_granularity` run experiments 3 and 4 on veth in real time (root
-//! only; they print SKIPPED and pass otherwise, or when `RTCHAN_SKIP_NETNS` is set;
+//! `veth_fairness` and `veth_granularity` run experiments 3 and 4 on veth in real time, and
+//! (built with `--features dpdk`) `dpdk_granularity` and `dpdk_qos` experiments 4 and 1 on the
+//! same bed with DPDK ports (root only; they print SKIPPED and pass otherwise, or when
+//! `RTCHAN_SKIP_NETNS` is set;
 //! `veth_fairness` is ignored, see its attribute). The tests of
 //! this file run one at a time, so the real-time one never shares the CPUs with the others.
 //! There is no second chance: a real-time check allows a deadline miss only when the polling
@@ -112,6 +114,29 @@ fn veth_granularity() {
         return;
     }
     quick_on("granularity", Link::Veth);
+}
+
+/// Experiment 4 on the DPDK bed: the same function and checks as on veth, the ports DPDK's
+/// `net_af_packet` vdevs on the veth ends.
+#[cfg(feature = "dpdk")]
+#[test]
+fn dpdk_granularity() {
+    if let Some(why) = eval::veth::skip_reason() {
+        eprintln!("SKIPPED (dpdk): {why}");
+        return;
+    }
+    quick_on("granularity", Link::Dpdk);
+}
+
+/// Experiment 1 on the DPDK bed.
+#[cfg(feature = "dpdk")]
+#[test]
+fn dpdk_qos() {
+    if let Some(why) = eval::veth::skip_reason() {
+        eprintln!("SKIPPED (dpdk): {why}");
+        return;
+    }
+    quick_on("qos", Link::Dpdk);
 }
 
 #[test]

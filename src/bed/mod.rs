@@ -35,6 +35,9 @@ pub enum Link {
     /// A veth pair between two network namespaces in real time ([`veth`], [`VethBed`]):
     /// AF_XDP when built with `--features af_xdp`, else af_packet. Needs root.
     Veth,
+    /// The same veth bed with DPDK ports: the `net_af_packet` vdev on each end
+    /// ([`veth::Backend::Dpdk`]; built with `--features dpdk`). Needs root.
+    Dpdk,
 }
 
 /// A place a scenario's points run.
@@ -99,15 +102,17 @@ impl Unit {
 }
 
 impl Profile {
-    /// True on a bed in real time (a machine's noise on the path).
+    /// True on a bed in real time (a machine's noise on the path): veth, with kernel or DPDK
+    /// ports. Such beds share one scale and one set of checks.
     pub fn real_time(&self) -> bool {
-        self.link == Link::Veth
+        self.link != Link::Mem
     }
-    /// File name of `stem.ext` on this bed (`-veth` before the extension on veth).
+    /// File name of `stem.ext` on this bed (`-veth` or `-dpdk` before the extension).
     pub fn file(&self, stem: &str, ext: &str) -> String {
         match self.link {
             Link::Mem => format!("{stem}.{ext}"),
             Link::Veth => format!("{stem}-veth.{ext}"),
+            Link::Dpdk => format!("{stem}-dpdk.{ext}"),
         }
     }
     /// How a check names the bed (empty in virtual time, as the memlink runs always did).
@@ -115,20 +120,21 @@ impl Profile {
         match self.link {
             Link::Mem => "",
             Link::Veth => "veth ",
+            Link::Dpdk => "dpdk ",
         }
     }
     /// The link in words, for axes.
     pub fn link_words(&self) -> String {
         match self.link {
             Link::Mem => format!("the {} Gb/s link", self.link_bps / 1_000_000_000),
-            Link::Veth => format!("the {} Mb/s paced link", self.link_bps / 1_000_000),
+            _ => format!("the {} Mb/s paced link", self.link_bps / 1_000_000),
         }
     }
     /// The bed in words, for titles ("" in virtual time).
     pub fn title_tag(&self) -> String {
         match self.link {
             Link::Mem => String::new(),
-            Link::Veth => format!(" on veth ({}, real time)", self.backend),
+            _ => format!(" on veth ({}, real time)", self.backend),
         }
     }
     /// Periodic best-effort load of `pct` percent of the link in `len`-byte messages.
@@ -144,9 +150,10 @@ impl Profile {
     /// A well-behaved application of `s`: periodic at its spec in virtual time; on veth 10 %
     /// under it, so that the backlog a machine's stall leaves drains instead of persisting.
     pub fn well_behaved(&self, s: &ChannelSpec) -> Load {
-        let interval = match self.link {
-            Link::Mem => s.imin,
-            Link::Veth => s.imin + s.imin / 10,
+        let interval = if self.real_time() {
+            s.imin + s.imin / 10
+        } else {
+            s.imin
         };
         Load::Pattern(Pattern::Periodic { interval })
     }
@@ -156,7 +163,7 @@ impl Profile {
     pub fn core_config(&self, k: u32, work_conserving: bool, reserve_ppm: u32) -> CoreConfig {
         let mut c = world::core_config(k, work_conserving, reserve_ppm);
         c.link.link_rate_bps = self.link_bps;
-        if self.link == Link::Veth {
+        if self.real_time() {
             c.link.capacity = 512;
         }
         c
@@ -393,7 +400,11 @@ impl VethBed {
     fn probe(probe: veth::Bed) -> Result<Self, String> {
         Ok(Self {
             profile: Profile {
-                link: Link::Veth,
+                link: if probe.backend == veth::Backend::Dpdk {
+                    Link::Dpdk
+                } else {
+                    Link::Veth
+                },
                 backend: probe.backend.label(),
                 link_bps: VETH_BPS,
                 unit: Unit::Ms,

@@ -73,6 +73,9 @@ type OpenPort<P> = fn(&str, u64) -> Result<(P, String), String>;
 pub enum Backend {
     /// AF_XDP in copy mode (built with `--features af_xdp`).
     AfXdp,
+    /// DPDK (built with `--features dpdk`): the `net_af_packet` vdev on each veth end, probed
+    /// in that end's namespace, under one EAL for the process ([`dpdk_eal`]).
+    Dpdk,
     /// af_packet (TPACKET_V3).
     AfPacket,
 }
@@ -82,6 +85,7 @@ impl Backend {
     pub fn label(self) -> &'static str {
         match self {
             Backend::AfXdp => "af_xdp-copy",
+            Backend::Dpdk => "dpdk-net_af_packet",
             Backend::AfPacket => "af_packet",
         }
     }
@@ -127,8 +131,10 @@ impl Bed {
     }
 
     fn make(tag: &str, backend: Option<Backend>) -> Result<Self, String> {
-        if backend == Some(Backend::AfXdp) {
-            afxdp_available()?;
+        match backend {
+            Some(Backend::AfXdp) => afxdp_available()?,
+            Some(Backend::Dpdk) => dpdk_available()?,
+            _ => {}
         }
         let pid = std::process::id();
         let (ns_a, ns_b) = (format!("rtev-{tag}a-{pid}"), format!("rtev-{tag}b-{pid}"));
@@ -182,7 +188,14 @@ impl Bed {
         match self.backend {
             #[cfg(feature = "af_xdp")]
             Backend::AfXdp => self.run_on(sc, retry, open_afxdp),
-            _ => self.run_on(sc, retry, open_afpacket),
+            #[cfg(feature = "dpdk")]
+            Backend::Dpdk => self.run_on(sc, retry, |ifname, _| open_dpdk(ifname)),
+            Backend::AfPacket => self.run_on(sc, retry, open_afpacket),
+            #[allow(unreachable_patterns)]
+            other => Err(format!(
+                "the {} port is not in this build (Bed::with_backend refuses it)",
+                other.label()
+            )),
         }
     }
 
@@ -355,6 +368,69 @@ fn afxdp_available() -> Result<(), String> {
     }
     #[cfg(not(feature = "af_xdp"))]
     Err("AF_XDP needs a build with --features af_xdp".into())
+}
+
+/// Whether the DPDK backend can run here: built with it, and EAL starts ([`dpdk_eal`]).
+fn dpdk_available() -> Result<(), String> {
+    #[cfg(feature = "dpdk")]
+    {
+        dpdk_eal().map(|_| ())
+    }
+    #[cfg(not(feature = "dpdk"))]
+    Err("the DPDK port needs a build with --features dpdk".into())
+}
+
+/// The process's one EAL for the DPDK backend, started on first use: no hugepages (512 MB of
+/// ordinary memory), no PCI devices, no shared config, the calling thread's CPU affinity kept
+/// (EAL would pin it to its main lcore). Vdevs are probed per point ([`open_dpdk`]). An EAL that
+/// failed to start stays failed (DPDK does not let a process try twice).
+#[cfg(feature = "dpdk")]
+pub fn dpdk_eal() -> Result<&'static crate::ports::dpdk::Eal, String> {
+    use crate::ports::dpdk::Eal;
+    static EAL: std::sync::OnceLock<Result<Eal, String>> = std::sync::OnceLock::new();
+    EAL.get_or_init(|| {
+        let cpu = core_affinity::get_core_ids()
+            .and_then(|ids| ids.first().map(|c| c.id))
+            .unwrap_or(0);
+        let args = [
+            "-l".to_string(),
+            cpu.to_string(),
+            "--no-huge".into(),
+            "-m".into(),
+            "512".into(),
+            "--no-pci".into(),
+            "--no-shconf".into(),
+            "--no-telemetry".into(),
+            "--log-level=lib.eal:error".into(),
+        ];
+        Eal::init_keep_affinity(&args).map_err(|e| format!("EAL init with {args:?}: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Opens the DPDK port of one veth end: probes a fresh `net_af_packet` vdev on `ifname` from
+/// the calling thread (so its socket opens in this thread's namespace), gives it a pool of its
+/// own, configures and starts it. A vdev is released for good when its port closes, hence a new
+/// name each time; DPDK's control path is not for concurrent callers, hence the lock.
+#[cfg(feature = "dpdk")]
+pub fn open_dpdk(ifname: &str) -> Result<(crate::ports::dpdk::DpdkPort, String), String> {
+    use crate::ports::dpdk::{DpdkPort, EthConfig, EthPort, Mempool};
+    use std::sync::Mutex;
+    static CONTROL: Mutex<u32> = Mutex::new(0);
+    let eal = dpdk_eal()?;
+    let mut next = CONTROL.lock().unwrap_or_else(|e| e.into_inner());
+    *next += 1;
+    let name = format!("net_af_packet{}", *next);
+    eal.probe_device(&format!("{name},iface={ifname}"))
+        .map_err(|e| format!("probe {name} on {ifname}: {e}"))?;
+    let pool = Mempool::pktmbuf(eal, &format!("bed_pool{}", *next), 4095)
+        .map_err(|e| format!("{name}: mbuf pool: {e}"))?;
+    let id = eal.port_by_name(&name).map_err(|e| e.to_string())?;
+    let eth = EthPort::configure(eal, id, &EthConfig::default(), &pool)
+        .map_err(|e| format!("{name}: configure: {e}"))?;
+    let port = DpdkPort::new(eth, pool).map_err(|e| format!("{name}: start: {e}"))?;
+    Ok((port, format!("DPDK {name} (net_af_packet on {ifname})")))
 }
 
 #[cfg(feature = "af_xdp")]
