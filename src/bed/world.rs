@@ -548,7 +548,7 @@ fn payload_head(id: u32, seq: u32) -> [u8; 8] {
 }
 
 /// The payload of the `seq`-th message a channel `id` accepted: its first bytes are `id` and
-/// `seq` (little-endian, as many as fit), the rest a window of [`PATTERN`] that starts where
+/// `seq` (little-endian, as many as fit), the rest a window of a 256-byte permutation that starts where
 /// both put it, so every byte depends on the message and its position and a receiver can check
 /// each message byte for byte. Written and compared by slices (memcpy and memcmp speed, which
 /// matters in debug builds of the tests).
