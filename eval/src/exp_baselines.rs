@@ -24,12 +24,12 @@
 //! backlog can make messages late); a baseline there must miss at least half its messages'
 //! deadlines, and rtchan none that measured OS preemption does not excuse.
 
-use super::bed::{Bed, Point};
+use super::bed::Bed;
 use super::exp_overload::{scenario, VIOLATOR};
 use super::exp_qos::setup;
-use super::out::{bar_chart, f, Csv};
+use super::out::f;
 use super::world::LINK_CAPACITY;
-use super::{Link, Opts, Report, MS};
+use super::{bed_table, Link, Opts, Report, MS};
 use dataplane::spec::{OverflowPolicy, TrafficClass};
 
 /// The dataplane a baseline run uses.
@@ -61,27 +61,26 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
         (_, true) => 500 * MS,
         (_, false) => 1500 * MS,
     };
-    let mut cols: Vec<String> = [
-        "backend",
-        "run",
-        "dataplane",
-        "channel",
-        "offered",
-        "delivered",
-        "rate_vs_spec",
-        "deadline_misses",
-        "miss_pct",
-        "late_packets",
-    ]
-    .iter()
-    .map(|c| c.to_string())
-    .collect();
-    for c in ["max_delay", "max_host_delay", "bound_D", "largest_lateness"] {
-        cols.push(format!("{c}_{un}"));
-    }
-    cols.push("be_goodput_mbps".into());
-    cols.extend(Point::noise_columns(&prof).iter().map(|c| c.to_string()));
-    let mut t = Csv::new(&cols.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut t = bed_table(
+        &prof,
+        &[
+            "backend",
+            "run",
+            "dataplane",
+            "channel",
+            "offered",
+            "delivered",
+            "rate_vs_spec",
+            "deadline_misses",
+            "miss_pct",
+            "late_packets",
+            "max_delay_{u}",
+            "max_host_delay_{u}",
+            "bound_D_{u}",
+            "largest_lateness_{u}",
+            "be_goodput_mbps",
+        ],
+    );
     let mut bars = Vec::new();
     let mut mode_s = String::new();
     let mut be_rtchan = [0.0f64; 2];
@@ -234,16 +233,17 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
         rep.note(format!("ports: {mode_s}"));
     }
     rep.csv(opts, &prof.file("baselines", "csv"), &t)?;
-    let p = opts.out.join(prof.file("baselines", "svg"));
-    bar_chart(
-        &p,
-        &format!(
-            "Baselines{}: deadline misses of the well-behaved real-time channels",
-            prof.title_tag()
+    rep.bars(
+        opts,
+        &prof.file("baselines", "svg"),
+        (
+            &format!(
+                "Baselines{}: deadline misses of the well-behaved real-time channels",
+                prof.title_tag()
+            ),
+            "% of delivered messages past their deadline",
         ),
-        "% of delivered messages past their deadline",
         &bars,
     )?;
-    rep.files.push(p);
     Ok(rep)
 }

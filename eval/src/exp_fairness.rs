@@ -28,12 +28,12 @@
 //! on there. On both beds every real-time channel under the three-class order must keep its
 //! bounds (on veth: no miss measured OS preemption does not excuse) and get its spec.
 
-use super::bed::{Bed, Point};
+use super::bed::Bed;
 use super::bounds::RtReq;
 use super::exp_qos::veth_spec;
-use super::out::{f, Chart, Csv, Series};
+use super::out::{f, Chart, Series};
 use super::world::{self, ChanDef, Load, Scenario};
-use super::{bounds, Link, Opts, Report, MS, US};
+use super::{bed_table, bounds, Link, Opts, Report, MS, US};
 use dataplane::source::Pattern;
 
 /// Virtual CPU cost of a packet, ns (virtual time).
@@ -127,27 +127,25 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
         (_, false) => 1000 * MS,
     };
     let (multiples, policies) = sweep(opts.quick);
-    let mut cols: Vec<String> = [
-        "backend",
-        "policy",
-        "rt_multiple",
-        "be_goodput_mbps",
-        "be_goodput_per_running_s_mbps",
-        "be_goodput_with_drain_mbps",
-        "be_share_of_link",
-        "rt_rate_vs_spec",
-    ]
-    .iter()
-    .map(|c| c.to_string())
-    .collect();
-    cols.push(format!("rt_max_delay_{un}"));
-    cols.push("rt_deadline_misses".into());
-    cols.push("rt_late_packets".into());
-    cols.push(format!("rt_largest_lateness_{un}"));
-    cols.push("link_utilisation".into());
-    cols.push("link_backpressure_events".into());
-    cols.extend(Point::noise_columns(&prof).iter().map(|c| c.to_string()));
-    let mut t = Csv::new(&cols.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut t = bed_table(
+        &prof,
+        &[
+            "backend",
+            "policy",
+            "rt_multiple",
+            "be_goodput_mbps",
+            "be_goodput_per_running_s_mbps",
+            "be_goodput_with_drain_mbps",
+            "be_share_of_link",
+            "rt_rate_vs_spec",
+            "rt_max_delay_{u}",
+            "rt_deadline_misses",
+            "rt_late_packets",
+            "rt_largest_lateness_{u}",
+            "link_utilisation",
+            "link_backpressure_events",
+        ],
+    );
     let mut plot = Vec::new();
     let mut plot_run = Vec::new();
     // (while submitting, per running second) best-effort goodput, [policy][multiple]

@@ -21,11 +21,11 @@
 //! largest one measures the machine's stalls), every channel must keep its bounds (no miss
 //! measured OS preemption does not excuse), and the median must grow with k.
 
-use super::bed::{Bed, Point, Profile, REAL_DRAIN};
+use super::bed::{Bed, Profile, REAL_DRAIN};
 use super::bounds::{self, RtReq};
-use super::out::{f, Chart, Csv, Series};
+use super::out::{f, Chart, Series};
 use super::world::{self, ChanDef, Load, Scenario};
-use super::{Link, Opts, Report, MS, US};
+use super::{bed_table, Link, Opts, Report, MS, US};
 use dataplane::spec::ChannelSpec;
 use dataplane::time::{tsc_per_us, Nanos};
 
@@ -195,37 +195,34 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
     let duration = sc_.duration;
     // Packets per second over the time the core sent (on veth the drain too).
     let sent_over = duration + if prof.real_time() { REAL_DRAIN } else { 0 };
-    let mut cols: Vec<String> = vec!["backend".into(), "k".into(), "in_flight_frames".into()];
-    for c in [
-        "admission_d",
-        "host_bound",
-        "e2e_bound_D",
-        "tight_host_p50",
-        "tight_host_p90",
-        "tight_host_p99",
-        "tight_host_max",
-    ] {
-        cols.push(format!("{c}_{un}"));
-    }
-    cols.push("tight_within_admission_d".into());
-    for c in ["tight_e2e_p50", "tight_e2e_p99", "tight_e2e_max"] {
-        cols.push(format!("{c}_{un}"));
-    }
-    for c in [
-        "tight_messages",
-        "tight_deadline_misses",
-        "tight_late_packets",
-        "others_misses",
-        "others_late_packets",
-        "packets_per_s",
-        "runs_per_packet",
-        "switches_per_packet",
-        "cpu_busy",
-    ] {
-        cols.push(c.into());
-    }
-    cols.extend(Point::noise_columns(&prof).iter().map(|c| c.to_string()));
-    let mut t = Csv::new(&cols.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut t = bed_table(
+        &prof,
+        &[
+            "backend",
+            "k",
+            "in_flight_frames",
+            "admission_d_{u}",
+            "host_bound_{u}",
+            "e2e_bound_D_{u}",
+            "tight_host_p50_{u}",
+            "tight_host_p90_{u}",
+            "tight_host_p99_{u}",
+            "tight_host_max_{u}",
+            "tight_within_admission_d",
+            "tight_e2e_p50_{u}",
+            "tight_e2e_p99_{u}",
+            "tight_e2e_max_{u}",
+            "tight_messages",
+            "tight_deadline_misses",
+            "tight_late_packets",
+            "others_misses",
+            "others_late_packets",
+            "packets_per_s",
+            "runs_per_packet",
+            "switches_per_packet",
+            "cpu_busy",
+        ],
+    );
     let (mut s_p50, mut s_p90, mut s_max, mut s_e2e) = (vec![], vec![], vec![], vec![]);
     let (mut s_adm, mut s_host, mut s_runs, mut s_sw, mut s_kpps) =
         (vec![], vec![], vec![], vec![], vec![]);

@@ -27,7 +27,7 @@
 //! take every frame offered and (release build) cost more per packet than the `NullPort`.
 
 use super::bed::Bed;
-use super::out::{bar_chart, f, Chart, Csv, Series};
+use super::out::{f, Chart, Csv, Series};
 use super::veth::{self, Backend};
 use super::{Opts, Report};
 use control::admission::{Admission, ChannelRequest, ResourceModel};
@@ -579,17 +579,18 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
         }
     }
     rep.csv(opts, &prof.file("overheads", "csv"), &t)?;
-    let p = opts.out.join(prof.file("overheads", "svg"));
-    bar_chart(
-        &p,
-        &format!(
-            "Overheads{}: cost per operation (real time, TSC)",
-            prof.title_tag()
+    rep.bars(
+        opts,
+        &prof.file("overheads", "svg"),
+        (
+            &format!(
+                "Overheads{}: cost per operation (real time, TSC)",
+                prof.title_tag()
+            ),
+            "ns per operation",
         ),
-        "ns per operation",
         &bars,
     )?;
-    rep.files.push(p);
 
     let at: Vec<usize> = if opts.quick {
         vec![100, 1_000]

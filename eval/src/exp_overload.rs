@@ -12,12 +12,12 @@
 //! work-conserving, with the real-time bed's checks (a miss only where measured OS preemption
 //! covers it, everything accepted delivered, the violator's rate within 0.85–1.05 of its spec).
 
-use super::bed::{Bed, Point, Profile};
+use super::bed::{Bed, Profile};
 use super::bounds::RtReq;
 use super::exp_qos::{setup, BE_LEN};
-use super::out::{f, Chart, Csv, Series};
+use super::out::{f, Chart, Series};
 use super::world::{ChanDef, Load, RunOut, Scenario};
-use super::{Link, Opts, Report, MS, US};
+use super::{bed_table, Link, Opts, Report, MS, US};
 use dataplane::source::Pattern;
 use dataplane::spec::{ChannelSpec, OverflowPolicy};
 use dataplane::time::Nanos;
@@ -126,41 +126,31 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
         Link::Mem => 0.95..=1.02,
         Link::Veth | Link::Dpdk => 0.85..=1.05,
     };
-    let mut cols: Vec<String> = [
-        "backend",
-        "variant",
-        "multiple",
-        "channel",
-        "offered",
-        "accepted",
-        "blocked",
-        "dropped_newest",
-        "dropped_oldest",
-        "delivered",
-        "rate_vs_spec",
-    ]
-    .iter()
-    .map(|c| c.to_string())
-    .collect();
-    for c in [
-        "max_delay",
-        "p99_delay",
-        "max_delay_change_vs_1x",
-        "bound_D",
-    ] {
-        cols.push(format!("{c}_{un}"));
-    }
-    for c in [
-        "deadline_misses",
-        "late_packets",
-        "lost",
-        "be_goodput_mbps",
-        "link_backpressure_events",
-    ] {
-        cols.push(c.to_string());
-    }
-    cols.extend(Point::noise_columns(&prof).iter().map(|c| c.to_string()));
-    let mut t = Csv::new(&cols.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut t = bed_table(
+        &prof,
+        &[
+            "backend",
+            "variant",
+            "multiple",
+            "channel",
+            "offered",
+            "accepted",
+            "blocked",
+            "dropped_newest",
+            "dropped_oldest",
+            "delivered",
+            "rate_vs_spec",
+            "max_delay_{u}",
+            "p99_delay_{u}",
+            "max_delay_change_vs_1x_{u}",
+            "bound_D_{u}",
+            "deadline_misses",
+            "late_packets",
+            "lost",
+            "be_goodput_mbps",
+            "link_backpressure_events",
+        ],
+    );
     let mut delay_plot: Vec<Series> = Vec::new();
     let mut rate_plot: Vec<Series> = Vec::new();
     let mut mode = String::new();

@@ -13,11 +13,11 @@
 //! a miss fails unless the polling threads' measured OS preemption covers it within that
 //! message's own life, and everything accepted must be delivered after the drain.
 
-use super::bed::{Bed, Point, Profile};
+use super::bed::{Bed, Profile};
 use super::bounds::{self, RtReq};
-use super::out::{f, Chart, Csv, Series};
+use super::out::{f, Chart, Series};
 use super::world::{self, ChanDef, Scenario, GBPS};
-use super::{Link, Opts, Report, MS, US};
+use super::{bed_table, Link, Opts, Report, MS, US};
 use dataplane::core::CoreConfig;
 use dataplane::spec::ChannelSpec;
 use dataplane::time::Nanos;
@@ -181,41 +181,31 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
     let duration = duration(&prof, opts.quick);
     let loads = loads(&prof, opts.quick);
     let (cfg, specs, per_packet) = setup(&prof, false, None)?;
-    let mut cols: Vec<String> = [
-        "backend",
-        "be_load_pct",
-        "channel",
-        "imin_us",
-        "spec_rate_per_s",
-        "offered_rate_per_s",
-        "delivered_rate_per_s",
-        "rate_vs_spec",
-        "rate_vs_offered",
-    ]
-    .iter()
-    .map(|c| c.to_string())
-    .collect();
-    for c in [
-        "max_delay",
-        "p99_delay",
-        "mean_delay",
-        "bound_D",
-        "host_bound_d",
-        "max_host_delay",
-    ] {
-        cols.push(format!("{c}_{un}"));
-    }
-    for c in [
-        "deadline_misses",
-        "late_packets",
-        "lost",
-        "be_goodput_mbps",
-        "link_utilisation",
-    ] {
-        cols.push(c.to_string());
-    }
-    cols.extend(Point::noise_columns(&prof).iter().map(|c| c.to_string()));
-    let mut t = Csv::new(&cols.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut t = bed_table(
+        &prof,
+        &[
+            "backend",
+            "be_load_pct",
+            "channel",
+            "imin_us",
+            "spec_rate_per_s",
+            "offered_rate_per_s",
+            "delivered_rate_per_s",
+            "rate_vs_spec",
+            "rate_vs_offered",
+            "max_delay_{u}",
+            "p99_delay_{u}",
+            "mean_delay_{u}",
+            "bound_D_{u}",
+            "host_bound_d_{u}",
+            "max_host_delay_{u}",
+            "deadline_misses",
+            "late_packets",
+            "lost",
+            "be_goodput_mbps",
+            "link_utilisation",
+        ],
+    );
     let mut delay_series: Vec<Vec<(f64, f64)>> = vec![Vec::new(); specs.len()];
     let mut p99_series: Vec<Vec<(f64, f64)>> = vec![Vec::new(); specs.len()];
     let mut rate_series: Vec<Vec<(f64, f64)>> = vec![Vec::new(); specs.len()];

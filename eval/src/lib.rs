@@ -100,6 +100,19 @@ impl Report {
         self.files.push(p);
         Ok(())
     }
+    /// Draws a bar chart and remembers the file.
+    pub fn bars(
+        &mut self,
+        opts: &Opts,
+        file: &str,
+        (title, y): (&str, &str),
+        bars: &[(String, f64)],
+    ) -> Result<(), String> {
+        let p = opts.out.join(file);
+        out::bar_chart(&p, title, y, bars)?;
+        self.files.push(p);
+        Ok(())
+    }
     /// Draws a line chart and remembers the file.
     pub fn plot(
         &mut self,
@@ -186,6 +199,17 @@ fn open_bed(link: Link, name: &str, rep: &mut Report) -> Result<Option<Box<dyn b
             Ok(Some(Box::new(b)))
         }
     }
+}
+
+/// A table for a run on `bed`: `cols` with `{u}` replaced by the bed's delay unit ("us" or
+/// "ms"), then the bed's noise columns ([`bed::Point::noise_columns`], none in virtual time).
+pub(crate) fn bed_table(bed: &bed::Profile, cols: &[&str]) -> out::Csv {
+    let mut names: Vec<String> = cols
+        .iter()
+        .map(|c| c.replace("{u}", bed.unit.name()))
+        .collect();
+    names.extend(bed::Point::noise_columns(bed).iter().map(|c| c.to_string()));
+    out::Csv::new(&names.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Milliseconds of virtual time, as ns.
