@@ -410,28 +410,51 @@ pub fn dpdk_eal() -> Result<&'static crate::ports::dpdk::Eal, String> {
 }
 
 /// Opens the DPDK port of one veth end: probes a fresh `net_af_packet` vdev on `ifname` from
-/// the calling thread (so its socket opens in this thread's namespace), gives it a pool of its
-/// own, configures and starts it. A vdev is released for good when its port closes, hence a new
-/// name each time; DPDK's control path is not for concurrent callers, hence the lock.
+/// the calling thread (so its socket opens in this thread's namespace), configures and starts
+/// it. A vdev is released for good when its port closes, hence a new name each time; DPDK's
+/// control path is not for concurrent callers, hence the lock. Every port of the process draws
+/// its mbufs from one pool ([`DPDK_POOL_MBUFS`]; DPDK's pools are safe to share between
+/// threads), made on first use: a pool per port would not come back to EAL's fixed memory
+/// when its port closes with mbufs outstanding, and a run of many points would run out.
 #[cfg(feature = "dpdk")]
 pub fn open_dpdk(ifname: &str) -> Result<(crate::ports::dpdk::DpdkPort, String), String> {
     use crate::ports::dpdk::{DpdkPort, EthConfig, EthPort, Mempool};
     use std::sync::Mutex;
-    static CONTROL: Mutex<u32> = Mutex::new(0);
+    static CONTROL: Mutex<(u32, Option<Mempool>)> = Mutex::new((0, None));
     let eal = dpdk_eal()?;
-    let mut next = CONTROL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut control = CONTROL.lock().unwrap_or_else(|e| e.into_inner());
+    let (next, pool) = &mut *control;
     *next += 1;
-    let name = format!("net_af_packet{}", *next);
+    let name = format!("net_af_packet{next}");
+    let pool = match pool {
+        Some(p) => p.clone(),
+        None => pool
+            .insert(
+                Mempool::pktmbuf(eal, "bed_pool", DPDK_POOL_MBUFS)
+                    .map_err(|e| format!("the bed's mbuf pool: {e}"))?,
+            )
+            .clone(),
+    };
+    let in_use = pool.in_use();
     eal.probe_device(&format!("{name},iface={ifname}"))
         .map_err(|e| format!("probe {name} on {ifname}: {e}"))?;
-    let pool = Mempool::pktmbuf(eal, &format!("bed_pool{}", *next), 4095)
-        .map_err(|e| format!("{name}: mbuf pool: {e}"))?;
     let id = eal.port_by_name(&name).map_err(|e| e.to_string())?;
     let eth = EthPort::configure(eal, id, &EthConfig::default(), &pool)
         .map_err(|e| format!("{name}: configure: {e}"))?;
     let port = DpdkPort::new(eth, pool).map_err(|e| format!("{name}: start: {e}"))?;
-    Ok((port, format!("DPDK {name} (net_af_packet on {ifname})")))
+    Ok((
+        port,
+        format!(
+            "DPDK {name} (net_af_packet on {ifname}; {in_use} of the shared pool's \
+             {DPDK_POOL_MBUFS} mbufs in use when it opened)"
+        ),
+    ))
 }
+
+/// Mbufs in the DPDK bed's one pool: both cores' link queues (512 frames each), what the
+/// kernel ports' rings and bursts hold, and room to spare.
+#[cfg(feature = "dpdk")]
+pub const DPDK_POOL_MBUFS: u32 = 16383;
 
 #[cfg(feature = "af_xdp")]
 fn pick_backend(notes: &mut Vec<String>) -> Backend {
