@@ -360,25 +360,12 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reservation::fixtures::{prepare_args, T};
     use crate::admission::{Admitted, ChannelRequest};
 
-    const T: Timers = Timers {
-        heartbeat: 100,
-        timeout: 1000,
-    };
 
     fn prepare(id: u32) -> PeerRequest {
-        PeerRequest::Prepare(PrepareArgs {
-            id,
-            mmax: 100,
-            imin: 1000,
-            bmax: 1,
-            budget: 10_000,
-            end_to_end: 20_000,
-            core: None,
-            dry_run: false,
-            best_effort: false,
-        })
+        PeerRequest::Prepare(prepare_args(id))
     }
 
     fn grant(id: u32) -> Grant {

@@ -65,3 +65,31 @@ pub fn id_in_use(id: u32, me: &str) -> ApiError {
         format!("id: channel {id} is already in use at the receiving host '{me}'"),
     )
 }
+
+/// What the two machines' tests share: the timers they run with and a prepare's arguments.
+#[cfg(test)]
+mod fixtures {
+    use super::timers::Timers;
+    use crate::protocol::PrepareArgs;
+
+    /// Heartbeat every 100 ns of virtual time, a peer lost after 1000 without word.
+    pub(super) const T: Timers = Timers {
+        heartbeat: 100,
+        timeout: 1000,
+    };
+
+    /// A small real-time channel's prepare for channel `id`.
+    pub(super) fn prepare_args(id: u32) -> PrepareArgs {
+        PrepareArgs {
+            id,
+            mmax: 100,
+            imin: 1000,
+            bmax: 1,
+            budget: 10_000,
+            end_to_end: 20_000,
+            core: None,
+            dry_run: false,
+            best_effort: false,
+        }
+    }
+}

@@ -556,24 +556,11 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reservation::fixtures::{prepare_args, T};
 
-    const T: Timers = Timers {
-        heartbeat: 100,
-        timeout: 1000,
-    };
 
     fn prep(id: u32) -> Op {
-        Op::Prepare(PrepareArgs {
-            id,
-            mmax: 100,
-            imin: 1000,
-            bmax: 1,
-            budget: 10_000,
-            end_to_end: 20_000,
-            core: None,
-            dry_run: false,
-            best_effort: false,
-        })
+        Op::Prepare(prepare_args(id))
     }
 
     fn events(o: &mut Outbound) -> Vec<OutEvent> {
