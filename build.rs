@@ -92,6 +92,42 @@ mod common {
         wrappers.with_extension("c")
     }
 
+    /// One backend's bindings and C shim: bindgen over `src/ports/<dir>/wrapper.h` with `allow`
+    /// (into `$OUT_DIR/<dir>_bindings.rs`, its `static inline` functions wrapped in
+    /// `<dir>_static_wrappers.c`), then that shim compiled into `librtchan_<dir>_shim.a` with
+    /// `includes`. Shims are one-line forwarding functions on the per-packet path, so they are
+    /// optimised even in debug builds. `tune_bindgen` and `tune_cc` add the backend's options.
+    pub fn shim(
+        dir: &str,
+        allow: &Allowlist,
+        (clang_args, includes): (&[String], &[PathBuf]),
+        tune_bindgen: impl FnOnce(bindgen::Builder) -> bindgen::Builder,
+        tune_cc: impl FnOnce(&mut cc::Build),
+    ) {
+        let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+        let out_dir = PathBuf::from(env("OUT_DIR"));
+        let src = manifest_dir.join("src/ports").join(dir);
+        let header = src.join("wrapper.h");
+        println!("cargo:rerun-if-changed={}", header.display());
+        let wrappers = out_dir.join(format!("{dir}_static_wrappers"));
+        let c = bindgen(
+            &header,
+            clang_args,
+            allow,
+            &wrappers,
+            &format!("{dir}_bindings"),
+            tune_bindgen,
+        );
+        let mut cc = cc::Build::new();
+        cc.file(&c)
+            .includes(includes)
+            .include(&src)
+            .warnings(false)
+            .opt_level(2);
+        tune_cc(&mut cc);
+        cc.compile(&format!("rtchan_{dir}_shim"));
+    }
+
     /// Link search paths and libraries of `libs`, in order. Emitted after the shim library, so
     /// that the static shim comes before the shared libraries it calls.
     pub fn emit_link_flags(libs: &[&pkg_config::Library]) {
@@ -112,8 +148,7 @@ mod common {
 
 #[cfg(feature = "dpdk")]
 mod dpdk {
-    use super::common::{self, env, Allowlist};
-    use std::path::PathBuf;
+    use super::common::{self, Allowlist};
     use std::process::Command;
 
     /// Functions the safe layer calls, non-inline and `static inline` alike.
@@ -232,11 +267,6 @@ mod dpdk {
     ];
 
     pub fn generate() {
-        let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
-        let out_dir = PathBuf::from(env("OUT_DIR"));
-        let header = manifest_dir.join("src/ports/dpdk/wrapper.h");
-        println!("cargo:rerun-if-changed={}", header.display());
-
         // Link flags are emitted after the shim library (below), so that the static shim comes
         // before the DPDK shared libraries it calls on the linker command line.
         let lib = pkg_config::Config::new()
@@ -270,36 +300,26 @@ mod dpdk {
             vars: VARS,
             types: TYPES,
         };
-        let wrappers = out_dir.join("dpdk_static_wrappers");
-        let shim = common::bindgen(
-            &header,
-            &clang_args,
+        common::shim(
+            "dpdk",
             &allow,
-            &wrappers,
-            "dpdk_bindings",
+            (&clang_args, &lib.include_paths),
             |b| {
                 // The GTP PSC headers (rte_gtp.h, reached through rte_flow/rte_ethdev types) use
                 // packed bitfields that break the derived Debug impls. The current allowlist does
                 // not reach them; keep them opaque for when it grows.
                 b.opaque_type("rte_gtp_psc.*")
             },
+            |cc| {
+                cc.define("ALLOW_EXPERIMENTAL_API", None);
+                for (name, value) in &lib.defines {
+                    cc.define(name, value.as_deref());
+                }
+                for flag in &other_cflags {
+                    cc.flag(flag);
+                }
+            },
         );
-        let mut cc = cc::Build::new();
-        cc.file(&shim)
-            .includes(&lib.include_paths)
-            .include(manifest_dir.join("src/ports/dpdk"))
-            .define("ALLOW_EXPERIMENTAL_API", None)
-            .warnings(false)
-            // One-line forwarding functions on the per-packet path: optimise them even in
-            // debug builds.
-            .opt_level(2);
-        for (name, value) in &lib.defines {
-            cc.define(name, value.as_deref());
-        }
-        for flag in &other_cflags {
-            cc.flag(flag);
-        }
-        cc.compile("rtchan_dpdk_shim");
 
         // `-Wl,--as-needed` from the .pc file is left out: rustc already links with it. The
         // PMDs are not linked at all: EAL loads them as plugins from its compiled-in driver
@@ -330,7 +350,7 @@ mod dpdk {
 
 #[cfg(feature = "af_xdp")]
 mod afxdp {
-    use super::common::{self, env, Allowlist};
+    use super::common::{self, Allowlist};
     use std::path::PathBuf;
 
     /// Set-up functions of libxdp's AF_XDP API (non-inline), and the hand-written
@@ -370,11 +390,6 @@ mod afxdp {
     ];
 
     pub fn generate() {
-        let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
-        let out_dir = PathBuf::from(env("OUT_DIR"));
-        let header = manifest_dir.join("src/ports/afxdp/wrapper.h");
-        println!("cargo:rerun-if-changed={}", header.display());
-
         // Link flags are emitted after the shim, which calls into libxdp and libbpf.
         let xdp = probe("libxdp", "1.2");
         let bpf = probe("libbpf", "0.8");
@@ -394,23 +409,7 @@ mod afxdp {
             vars: VARS,
             types: TYPES,
         };
-        let wrappers = out_dir.join("afxdp_static_wrappers");
-        let shim = common::bindgen(
-            &header,
-            &clang_args,
-            &allow,
-            &wrappers,
-            "afxdp_bindings",
-            |b| b,
-        );
-        cc::Build::new()
-            .file(&shim)
-            .includes(&includes)
-            .include(manifest_dir.join("src/ports/afxdp"))
-            .warnings(false)
-            // Ring helpers on the per-packet path: optimise them even in debug builds.
-            .opt_level(2)
-            .compile("rtchan_afxdp_shim");
+        common::shim("afxdp", &allow, (&clang_args, &includes), |b| b, |_| {});
 
         common::emit_link_flags(&[&xdp, &bpf]);
     }

@@ -360,9 +360,8 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reservation::fixtures::{prepare_args, T};
     use crate::admission::{Admitted, ChannelRequest};
-
+    use crate::reservation::fixtures::{prepare_args, T};
 
     fn prepare(id: u32) -> PeerRequest {
         PeerRequest::Prepare(prepare_args(id))

@@ -558,7 +558,6 @@ mod tests {
     use super::*;
     use crate::reservation::fixtures::{prepare_args, T};
 
-
     fn prep(id: u32) -> Op {
         Op::Prepare(prepare_args(id))
     }
