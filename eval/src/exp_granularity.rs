@@ -21,7 +21,7 @@
 //! largest one measures the machine's stalls), every channel must keep its bounds (no miss
 //! measured OS preemption does not excuse), and the median must grow with k.
 
-use super::bed::{Bed, Profile, REAL_DRAIN};
+use super::bed::{Bed, Profile};
 use super::bounds::{self, RtReq};
 use super::out::{f, Chart, Series};
 use super::world::{self, ChanDef, Load, Scenario};
@@ -194,7 +194,12 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
     let sc_ = Scale::of(&prof, opts.quick);
     let duration = sc_.duration;
     // Packets per second over the time the core sent (on veth the drain too).
-    let sent_over = duration + if prof.real_time() { REAL_DRAIN } else { 0 };
+    let sent_over = duration
+        + if prof.real_time() {
+            super::veth::DRAIN
+        } else {
+            0
+        };
     let mut t = bed_table(
         &prof,
         &[

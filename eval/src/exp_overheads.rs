@@ -326,7 +326,7 @@ fn kernel_ports(rep: &mut Report, n: u64, rounds: u64, dpdk: bool) -> Result<Por
     if dpdk {
         return dpdk_port(n, rounds);
     }
-    let bed = veth::Bed::new("h")?;
+    let bed = veth::Pair::new("h")?;
     let mut rows: Vec<Stage> = Vec::new();
     let mut sent_ok: Vec<(&'static str, u64)> = Vec::new();
     let mut ports: Vec<String> = Vec::new();
@@ -389,7 +389,7 @@ fn kernel_ports(rep: &mut Report, n: u64, rounds: u64, dpdk: bool) -> Result<Por
 /// The port stages on the DPDK bed's port: the `net_af_packet` vdev on a veth end.
 #[cfg(feature = "dpdk")]
 fn dpdk_port(n: u64, rounds: u64) -> Result<PortRows, String> {
-    let bed = veth::Bed::with_backend("h", Backend::Dpdk)?;
+    let bed = veth::Pair::with_backend("h", Backend::Dpdk)?;
     let (tx, whole, sent, mode) = bed.in_sender_ns(move |ifname| {
         let (mut p, mode) = veth::open_dpdk(ifname)?;
         let tx = port_tx_on(&mut p, n)?;

@@ -5,7 +5,8 @@
 //! - [`MemBed`]: the in-memory link in virtual time ([`world`]): deterministic, exact, a
 //!   virtual CPU, a 1 Gb/s link.
 //! - [`VethBed`]: a veth pair between two network namespaces in real time ([`veth`]): real
-//!   threads, clocks and kernel ports (AF_XDP or af_packet) on a 100 Mb/s paced link; root only.
+//!   threads, clocks and ports on a 100 Mb/s paced link, the ports AF_XDP or af_packet
+//!   ([`Link::Veth`]) or DPDK's `net_af_packet` vdevs ([`Link::Dpdk`]); root only.
 //!
 //! An experiment asks the bed for its [`Profile`] (the link, the time unit its tables use, the
 //! shapes of a well-behaved application and of best-effort load), builds its [`Scenario`]s at
@@ -23,7 +24,7 @@ use dataplane::core::CoreConfig;
 use dataplane::source::Pattern;
 use dataplane::spec::ChannelSpec;
 use dataplane::time::Nanos;
-use veth::{VethOut, DRAIN};
+use veth::VethOut;
 use world::{Load, RunOut, Scenario};
 
 /// Which bed.
@@ -230,10 +231,6 @@ impl Point {
             Point::Real(o) => o.overrun[i],
         }
     }
-    /// How long the link was busy, as a share of the run (on veth of the run and its drain).
-    pub fn link_utilisation(&self) -> f64 {
-        self.run().link_utilisation
-    }
     /// The ports' trouble on a real-time bed, as a check: port TX errors and frames the RX
     /// ring dropped must both be zero. `None` in virtual time.
     pub fn port_check(&self, what: &str) -> Option<(bool, String)> {
@@ -379,8 +376,6 @@ pub struct VethBed {
     backend: veth::Backend,
     /// What setting up noted (fallbacks).
     pub notes: Vec<String>,
-    /// How the last point's ports were opened.
-    pub mode: String,
 }
 
 /// The veth runs' paced link rate.
@@ -389,15 +384,15 @@ pub const VETH_BPS: u64 = 100_000_000;
 impl VethBed {
     /// Probes the bed (makes and drops one pair of namespaces to see which port works).
     pub fn new(tag: &str) -> Result<Self, String> {
-        Self::probe(veth::Bed::new(tag)?)
+        Self::probe(veth::Pair::new(tag)?)
     }
 
     /// The bed on the port `backend`, or why it cannot run here.
     pub fn with_backend(tag: &str, backend: veth::Backend) -> Result<Self, String> {
-        Self::probe(veth::Bed::with_backend(tag, backend)?)
+        Self::probe(veth::Pair::with_backend(tag, backend)?)
     }
 
-    fn probe(probe: veth::Bed) -> Result<Self, String> {
+    fn probe(probe: veth::Pair) -> Result<Self, String> {
         Ok(Self {
             profile: Profile {
                 link: if probe.backend == veth::Backend::Dpdk {
@@ -411,7 +406,6 @@ impl VethBed {
             },
             backend: probe.backend,
             notes: probe.notes.clone(),
-            mode: String::new(),
         })
     }
 }
@@ -421,11 +415,7 @@ impl Bed for VethBed {
         &self.profile
     }
     fn run(&mut self, sc: &Scenario) -> Result<Point, String> {
-        let o = veth::Bed::with_backend("p", self.backend)?.run(sc)?;
-        self.mode = o.mode.clone();
+        let o = veth::Pair::with_backend("p", self.backend)?.run(sc)?;
         Ok(Point::Real(Box::new(o)))
     }
 }
-
-/// The drain a real-time bed adds after each run, ns.
-pub const REAL_DRAIN: Nanos = DRAIN;

@@ -19,7 +19,7 @@
 //! so that the backlog a stall leaves drains instead of persisting.
 //!
 //! Experiment 4 needs a CPU-bound sending core: a scenario with `per_packet` set makes one
-//! ([`Bed::run`]) by spinning that long after each packet a handler writes, with the
+//! ([`Pair::run`]) by spinning that long after each packet a handler writes, with the
 //! applications submitting between packets and stamping messages with their due time, as the
 //! virtual CPU does. Beside each channel's counters the bed records what the checks need to
 //! tell the dataplane from the machine: each miss with its times and the OS preemption of both
@@ -91,8 +91,8 @@ impl Backend {
     }
 }
 
-/// The bed: two namespaces and a veth pair, deleted when it drops.
-pub struct Bed {
+/// Two namespaces and a veth pair between them, deleted when it drops.
+pub struct Pair {
     ns_a: String,
     ns_b: String,
     if_a: String,
@@ -118,7 +118,7 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-impl Bed {
+impl Pair {
     /// Makes the namespaces and the veth pair (`tag` keeps names of concurrent runs apart).
     pub fn new(tag: &str) -> Result<Self, String> {
         Self::make(tag, None)
@@ -193,7 +193,7 @@ impl Bed {
             Backend::AfPacket => self.run_on(sc, retry, open_afpacket),
             #[allow(unreachable_patterns)]
             other => Err(format!(
-                "the {} port is not in this build (Bed::with_backend refuses it)",
+                "the {} port is not in this build (Pair::with_backend refuses it)",
                 other.label()
             )),
         }
