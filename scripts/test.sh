@@ -64,7 +64,7 @@ cargo test --workspace
 
 echo "== tests (DPDK vdevs; one at a time: they share one EAL and measure timing)"
 cargo test -p rtchan --features dpdk --test dpdk_port --test dpdk_pcap --test daemon_dpdk --test daemon_dpdk_pcap --test daemon_dpdk_netns --test daemon_dpdk_steering --test daemon_one_ledger --test dpdk_veth -- --test-threads=1
-# The evaluation's experiments 1 and 4 on the DPDK bed (net_af_packet vdevs on a veth pair).
+# The evaluation's experiment 4 on the DPDK bed (net_af_packet vdevs on a veth pair).
 cargo test -p rtchan-eval --features dpdk --test eval_quick dpdk_ -- --test-threads=1
 
 echo "== tests (AF_XDP over a veth pair in two namespaces; needs root)"

@@ -4,8 +4,8 @@
 //! Experiment 5 (real time) runs with very short loops and checks only that it measures.
 //!
 //! `veth_fairness` and `veth_granularity` run experiments 3 and 4 on veth in real time, and
-//! (built with `--features dpdk`) `dpdk_granularity` and `dpdk_qos` experiments 4 and 1 on the
-//! same bed with DPDK ports (root only; they print SKIPPED and pass otherwise, or when
+//! (built with `--features dpdk`) `dpdk_granularity` experiment 4 on the same bed with DPDK
+//! ports (root only; they print SKIPPED and pass otherwise, or when
 //! `RTCHAN_SKIP_NETNS` is set;
 //! `veth_fairness` is ignored, see its attribute). The tests of
 //! this file run one at a time, so the real-time one never shares the CPUs with the others.
@@ -126,17 +126,6 @@ fn dpdk_granularity() {
         return;
     }
     quick_on("granularity", Link::Dpdk);
-}
-
-/// Experiment 1 on the DPDK bed.
-#[cfg(feature = "dpdk")]
-#[test]
-fn dpdk_qos() {
-    if let Some(why) = eval::veth::skip_reason() {
-        eprintln!("SKIPPED (dpdk): {why}");
-        return;
-    }
-    quick_on("qos", Link::Dpdk);
 }
 
 #[test]
