@@ -29,7 +29,7 @@ use super::exp_overload::{scenario, VIOLATOR};
 use super::exp_qos::setup;
 use super::out::f;
 use super::world::LINK_CAPACITY;
-use super::{bed_table, Link, Opts, Report, MS};
+use super::{bed_table, per_bed, Link, Opts, Report, MS};
 use dataplane::spec::{OverflowPolicy, TrafficClass};
 
 /// The dataplane a baseline run uses.
@@ -55,12 +55,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
     let mut rep = Report::new("baselines");
     let prof = bed.profile().clone();
     let (u, un, tag) = (prof.unit, prof.unit.name(), prof.tag());
-    let duration = match (prof.link, opts.quick) {
-        (Link::Mem, true) => 20 * MS,
-        (Link::Mem, false) => 200 * MS,
-        (_, true) => 500 * MS,
-        (_, false) => 1500 * MS,
-    };
+    let duration = per_bed(&prof, opts.quick, (20, 200), (500, 1500)) * MS;
     let mut t = bed_table(
         &prof,
         &[

@@ -33,7 +33,7 @@ use super::bounds::RtReq;
 use super::exp_qos::veth_spec;
 use super::out::{f, Chart, Series};
 use super::world::{self, ChanDef, Load, Scenario};
-use super::{bed_table, bounds, Link, Opts, Report, MS, US};
+use super::{bed_table, bounds, per_bed, Link, Opts, Report, MS, US};
 use dataplane::source::Pattern;
 
 /// Virtual CPU cost of a packet, ns (virtual time).
@@ -120,12 +120,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
     let mut rep = Report::new("fairness");
     let prof = bed.profile().clone();
     let (u, un, tag) = (prof.unit, prof.unit.name(), prof.tag());
-    let duration = match (prof.link, opts.quick) {
-        (Link::Mem, true) => 20 * MS,
-        (Link::Mem, false) => 200 * MS,
-        (_, true) => 500 * MS,
-        (_, false) => 1000 * MS,
-    };
+    let duration = per_bed(&prof, opts.quick, (20, 200), (500, 1000)) * MS;
     let (multiples, policies) = sweep(opts.quick);
     let mut t = bed_table(
         &prof,

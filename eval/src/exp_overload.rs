@@ -17,7 +17,7 @@ use super::bounds::RtReq;
 use super::exp_qos::{setup, BE_LEN};
 use super::out::{f, Chart, Series};
 use super::world::{ChanDef, Load, RunOut, Scenario};
-use super::{bed_table, Link, Opts, Report, MS, US};
+use super::{bed_table, per_bed, Link, Opts, Report, MS, US};
 use dataplane::source::Pattern;
 use dataplane::spec::{ChannelSpec, OverflowPolicy};
 use dataplane::time::Nanos;
@@ -102,24 +102,19 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
     let mut rep = Report::new("overload");
     let prof = bed.profile().clone();
     let (u, un, tag) = (prof.unit, prof.unit.name(), prof.tag());
-    let duration = match (prof.link, opts.quick) {
-        (Link::Mem, true) => 20 * MS,
-        (Link::Mem, false) => 300 * MS,
-        (_, true) => 500 * MS,
-        (_, false) => 1500 * MS,
-    };
+    let duration = per_bed(&prof, opts.quick, (20, 300), (500, 1500)) * MS;
     let multiples: Vec<u32> = if opts.quick {
         vec![1, 5]
     } else {
         vec![1, 2, 5, 10]
     };
     // Virtual time runs every policy; veth the block policy, held and work-conserving.
-    let variants: Vec<Variant> = match (prof.link, opts.quick) {
-        (Link::Mem, true) => vec![VARIANTS[0], VARIANTS[3]],
-        (Link::Mem, false) => VARIANTS.to_vec(),
-        (_, true) => vec![VARIANTS[0]],
-        (_, false) => vec![VARIANTS[0], VARIANTS[3]],
-    };
+    let variants: Vec<Variant> = per_bed(
+        &prof,
+        opts.quick,
+        (vec![VARIANTS[0], VARIANTS[3]], VARIANTS.to_vec()),
+        (vec![VARIANTS[0]], vec![VARIANTS[0], VARIANTS[3]]),
+    );
     // What the violator gets when enforcement holds it to its spec: exact in virtual time; on
     // veth its application's own stalls and the drain move it.
     let spec_rate = match prof.link {

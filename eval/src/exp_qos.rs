@@ -17,7 +17,7 @@ use super::bed::{Bed, Profile};
 use super::bounds::{self, RtReq};
 use super::out::{f, Chart, Series};
 use super::world::{self, ChanDef, Scenario, GBPS};
-use super::{bed_table, Link, Opts, Report, MS, US};
+use super::{bed_table, per_bed, Link, Opts, Report, MS, US};
 use dataplane::core::CoreConfig;
 use dataplane::spec::ChannelSpec;
 use dataplane::time::Nanos;
@@ -152,34 +152,19 @@ pub fn be_load(pct: u32) -> world::Load {
     super::bed::MemBed::default().profile().be_load(pct, BE_LEN)
 }
 
-/// How long each point runs on `bed`.
-fn duration(bed: &Profile, quick: bool) -> Nanos {
-    match (bed.link, quick) {
-        (Link::Mem, true) => 20 * MS,
-        (Link::Mem, false) => 300 * MS,
-        (_, true) => 500 * MS,
-        (_, false) => 1500 * MS,
-    }
-}
-
-/// The best-effort loads swept on `bed`, % of the link.
-fn loads(bed: &Profile, quick: bool) -> Vec<u32> {
-    match (bed.link, quick) {
-        (Link::Mem, true) => vec![0, 50, 150],
-        (Link::Mem, false) => vec![0, 25, 50, 75, 100, 150, 200],
-        (_, true) => vec![0, 150],
-        (_, false) => vec![0, 50, 100, 150],
-    }
-}
-
 /// Runs experiment 1 on `bed`.
 pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
     let mut rep = Report::new("qos");
     let prof = bed.profile().clone();
     let u = prof.unit;
     let un = u.name();
-    let duration = duration(&prof, opts.quick);
-    let loads = loads(&prof, opts.quick);
+    let duration = per_bed(&prof, opts.quick, (20, 300), (500, 1500)) * MS;
+    let loads: Vec<u32> = per_bed(
+        &prof,
+        opts.quick,
+        (vec![0, 50, 150], vec![0, 25, 50, 75, 100, 150, 200]),
+        (vec![0, 150], vec![0, 50, 100, 150]),
+    );
     let (cfg, specs, per_packet) = setup(&prof, false, None)?;
     let mut t = bed_table(
         &prof,

@@ -201,6 +201,26 @@ fn open_bed(link: Link, name: &str, rep: &mut Report) -> Result<Option<Box<dyn b
     }
 }
 
+/// The value for a run on `bed`: of the `(quick, full)` pair for virtual time or the one for
+/// real time, the one `quick` picks.
+pub(crate) fn per_bed<T>(
+    bed: &bed::Profile,
+    quick: bool,
+    virtual_time: (T, T),
+    real_time: (T, T),
+) -> T {
+    let (q, full) = if bed.real_time() {
+        real_time
+    } else {
+        virtual_time
+    };
+    if quick {
+        q
+    } else {
+        full
+    }
+}
+
 /// A table for a run on `bed`: `cols` with `{u}` replaced by the bed's delay unit ("us" or
 /// "ms"), then the bed's noise columns ([`bed::Point::noise_columns`], none in virtual time).
 pub(crate) fn bed_table(bed: &bed::Profile, cols: &[&str]) -> out::Csv {
