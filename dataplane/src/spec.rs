@@ -57,6 +57,17 @@ pub enum OverflowPolicy {
     DropOldest,
 }
 
+impl OverflowPolicy {
+    /// Its name as users and the control protocol write it (what [`str::parse`] reads).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::DropNewest => "drop-newest",
+            Self::DropOldest => "drop-oldest",
+        }
+    }
+}
+
 impl std::str::FromStr for OverflowPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -169,7 +169,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
                     PER_PACKET,
                 )
             }
-            Link::Veth | Link::Dpdk => (vec![veth_spec(1400, MS, 4); 3], 0),
+            Link::Veth | Link::Dpdk | Link::Daemons => (vec![veth_spec(1400, MS, 4); 3], 0),
         };
         let mut pts = Vec::new();
         let mut pts_run = Vec::new();
@@ -335,7 +335,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
                     three.0
                 ),
             ),
-            Link::Veth | Link::Dpdk => rep.check(
+            Link::Veth | Link::Dpdk | Link::Daemons => rep.check(
                 three.1 >= 30.0 && three.1 >= 0.8 * three1.1,
                 format!(
                     "{tag}{m}x: three-class keeps best-effort at {:.1} Mb/s, {:.1} per running \

@@ -170,7 +170,7 @@ impl Scale {
                 duration: if quick { 20 * MS } else { 300 * MS },
                 ks: ks(vec![1, 4, 16]),
             },
-            Link::Veth | Link::Dpdk => Self {
+            Link::Veth | Link::Dpdk | Link::Daemons => Self {
                 link_bps: bed.link_bps,
                 per_packet: VETH_PER_PACKET,
                 model_per_packet: VETH_MODEL_PER_PACKET,
@@ -423,7 +423,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
             }
             // Real time: the median host delay within admission's own bound (no machine
             // allowance), and every channel within the run's bounds.
-            Link::Veth | Link::Dpdk => {
+            Link::Veth | Link::Dpdk | Link::Daemons => {
                 rep.check(
                     tight.delivered > 0 && p50 <= d,
                     format!(
@@ -536,7 +536,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
             ),
         ),
         // The largest delay on veth is the machine's; the median is the core's.
-        Link::Veth | Link::Dpdk => rep.check(
+        Link::Veth | Link::Dpdk | Link::Daemons => rep.check(
             last.3 > 2 * first.3,
             format!(
                 "{tag}the tight channel's median host delay grows with k: {:.3} ms at k={} \

@@ -119,7 +119,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
     // veth its application's own stalls and the drain move it.
     let spec_rate = match prof.link {
         Link::Mem => 0.95..=1.02,
-        Link::Veth | Link::Dpdk => 0.85..=1.05,
+        Link::Veth | Link::Dpdk | Link::Daemons => 0.85..=1.05,
     };
     let mut t = bed_table(
         &prof,
@@ -271,7 +271,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
                                 && c.lost == 0
                                 && c.max_latency <= s.end_to_end_deadline
                         }
-                        Link::Veth | Link::Dpdk => {
+                        Link::Veth | Link::Dpdk | Link::Daemons => {
                             verdict.unexcused == 0 && c.lost == 0 && c.delivered == c.accepted
                         }
                     };

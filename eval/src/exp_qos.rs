@@ -133,7 +133,7 @@ pub fn setup(
             let (cfg, specs) = setup_admitted(0, work_conserving, &extra)?;
             Ok((cfg, specs, PER_PACKET))
         }
-        Link::Veth | Link::Dpdk => {
+        Link::Veth | Link::Dpdk | Link::Daemons => {
             let mut specs: NamedSpecs = VETH_CHANNELS
                 .iter()
                 .map(|&(n, m, i, b)| (n, veth_spec(m, i, b)))
@@ -282,7 +282,7 @@ pub fn run(opts: &Opts, bed: &mut dyn Bed) -> Result<Report, String> {
                 // Real time: a miss only where measured OS preemption covers it; late packets
                 // are reported (a stall's backlog drains late); the drain delivers everything
                 // accepted, and the applications got at least 98 % of their messages in.
-                Link::Veth | Link::Dpdk => rep.check(
+                Link::Veth | Link::Dpdk | Link::Daemons => rep.check(
                     v.unexcused == 0
                         && c.lost == 0
                         && c.delivered == c.accepted

@@ -198,6 +198,12 @@ fn open_bed(link: Link, name: &str, rep: &mut Report) -> Result<Option<Box<dyn b
             let b = bed::VethBed::with_backend(&name[..1], veth::Backend::Dpdk)?;
             Ok(Some(Box::new(b)))
         }
+        // Its channels are fed by processes on patterns (no floods, no idle channels) and its
+        // cores are the daemons' own, which the experiments' checks read.
+        Link::Daemons => Err(format!(
+            "{name}: the experiments run on the mem, veth and dpdk beds; the daemon bed runs \
+             the demo (rtchand demo)"
+        )),
     }
 }
 

@@ -74,6 +74,7 @@ fn main() -> ExitCode {
             Link::Mem => "",
             Link::Veth => " on veth",
             Link::Dpdk => " on veth with DPDK ports",
+            Link::Daemons => " on daemons",
         };
         println!(
             "== {name}{tag} ({:.1} s, {} checks passed, {} failed)",

@@ -7,6 +7,9 @@
 //! - [`VethBed`]: a veth pair between two network namespaces in real time ([`veth`]): real
 //!   threads, clocks and ports on a 100 Mb/s paced link, the ports AF_XDP or af_packet
 //!   ([`Link::Veth`]) or DPDK's `net_af_packet` vdevs ([`Link::Dpdk`]); root only.
+//! - [`DaemonBed`] ([`crate::demo::bed`]): as in production, rtchan daemons (one on the
+//!   in-memory link, or two on veth) and application processes of their own sending and
+//!   receiving through [`crate::client`]; the demo is one scenario on it.
 //!
 //! An experiment asks the bed for its [`Profile`] (the link, the time unit its tables use, the
 //! shapes of a well-behaved application and of best-effort load), builds its [`Scenario`]s at
@@ -25,6 +28,8 @@ use dataplane::source::Pattern;
 use dataplane::spec::ChannelSpec;
 use dataplane::time::Nanos;
 use veth::VethOut;
+
+pub use crate::demo::bed::{DaemonBed, DaemonOut};
 use world::{Load, RunOut, Scenario};
 
 /// Which bed.
@@ -39,6 +44,9 @@ pub enum Link {
     /// The same veth bed with DPDK ports: the `net_af_packet` vdev on each end
     /// ([`veth::Backend::Dpdk`]; built with `--features dpdk`). Needs root.
     Dpdk,
+    /// rtchan daemons and application processes, as in production ([`DaemonBed`]): over the
+    /// in-memory link in one daemon, or two daemons on veth.
+    Daemons,
 }
 
 /// A place a scenario's points run.
@@ -114,6 +122,7 @@ impl Profile {
             Link::Mem => format!("{stem}.{ext}"),
             Link::Veth => format!("{stem}-veth.{ext}"),
             Link::Dpdk => format!("{stem}-dpdk.{ext}"),
+            Link::Daemons => format!("{stem}-daemons.{ext}"),
         }
     }
     /// How a check names the bed (empty in virtual time, as the memlink runs always did).
@@ -122,20 +131,27 @@ impl Profile {
             Link::Mem => "",
             Link::Veth => "veth ",
             Link::Dpdk => "dpdk ",
+            Link::Daemons => "daemons ",
         }
     }
     /// The link in words, for axes.
     pub fn link_words(&self) -> String {
         match self.link {
             Link::Mem => format!("the {} Gb/s link", self.link_bps / 1_000_000_000),
-            _ => format!("the {} Mb/s paced link", self.link_bps / 1_000_000),
+            Link::Daemons => format!(
+                "the {} Mb/s {} link",
+                self.link_bps / 1_000_000,
+                self.backend
+            ),
+            Link::Veth | Link::Dpdk => format!("the {} Mb/s paced link", self.link_bps / 1_000_000),
         }
     }
     /// The bed in words, for titles ("" in virtual time).
     pub fn title_tag(&self) -> String {
         match self.link {
             Link::Mem => String::new(),
-            _ => format!(" on veth ({}, real time)", self.backend),
+            Link::Daemons => format!(" on daemons ({}, real time)", self.backend),
+            Link::Veth | Link::Dpdk => format!(" on veth ({}, real time)", self.backend),
         }
     }
     /// Periodic best-effort load of `pct` percent of the link in `len`-byte messages.
@@ -178,6 +194,8 @@ pub enum Point {
     Virtual(Box<RunOut>),
     /// In real time, with what the machine did beside.
     Real(Box<VethOut>),
+    /// By daemons and application processes, in real time.
+    Daemons(Box<DaemonOut>),
 }
 
 impl Point {
@@ -186,6 +204,7 @@ impl Point {
         match self {
             Point::Virtual(r) => r,
             Point::Real(o) => &o.run,
+            Point::Daemons(o) => &o.run,
         }
     }
     /// Channel `i`'s deadline misses, excused by measured OS preemption or not. In virtual
@@ -197,6 +216,7 @@ impl Point {
                 ..MissVerdict::default()
             },
             Point::Real(o) => o.verdict(i),
+            Point::Daemons(o) => o.verdicts[i],
         }
     }
     /// Channel `i`'s messages and payload bytes delivered while the applications submitted
@@ -205,6 +225,7 @@ impl Point {
         match self {
             Point::Virtual(r) => (r.chans[i].delivered, r.chans[i].bytes),
             Point::Real(o) => o.window[i],
+            Point::Daemons(o) => (o.run.chans[i].delivered, o.run.chans[i].bytes),
         }
     }
     /// Channel `i`'s goodput while the applications submitted, Mb/s.
@@ -212,10 +233,11 @@ impl Point {
         self.window(i).1 as f64 * 8e3 / self.run().duration as f64
     }
     /// The sending thread's time in gaps between polls over [`veth::STALL_GAP`] (0 in virtual
-    /// time), during which the link cannot be fed.
+    /// time, and on the daemon bed, which does not see the daemons' threads' polls), during
+    /// which the link cannot be fed.
     pub fn tx_stalled(&self) -> Nanos {
         match self {
-            Point::Virtual(_) => 0,
+            Point::Virtual(_) | Point::Daemons(_) => 0,
             Point::Real(o) => o.tx_stalled,
         }
     }
@@ -229,13 +251,15 @@ impl Point {
         match self {
             Point::Virtual(_) => 0,
             Point::Real(o) => o.overrun[i],
+            Point::Daemons(o) => o.overrun[i],
         }
     }
     /// The ports' trouble on a real-time bed, as a check: port TX errors and frames the RX
-    /// ring dropped must both be zero. `None` in virtual time.
+    /// ring dropped must both be zero. `None` in virtual time and on the daemon bed (the
+    /// ports are the daemons').
     pub fn port_check(&self, what: &str) -> Option<(bool, String)> {
         match self {
-            Point::Virtual(_) => None,
+            Point::Virtual(_) | Point::Daemons(_) => None,
             Point::Real(o) => Some((
                 o.tx_errors == 0 && o.rx_dropped == 0,
                 format!(
@@ -250,32 +274,58 @@ impl Point {
         match self {
             Point::Virtual(_) => String::new(),
             Point::Real(o) => format!("; {}", veth_noise(o)),
+            Point::Daemons(o) => format!("; {}", o.preempted),
         }
     }
     /// The names of [`Point::noise_cells`]'s columns on `bed` (none in virtual time).
     pub fn noise_columns(bed: &Profile) -> &'static [&'static str] {
         if bed.real_time() {
-            &[
-                "excused_misses",
-                "unexcused_misses",
-                "retries",
-                "os_preemption_ms",
-                "tx_stalled_ms",
-                "tx_longest_stall_ms",
-                "tx_stalls_over_1ms",
-                "rx_longest_stall_ms",
-                "rx_stalls_over_1ms",
-            ]
+            Self::noise_columns_real()
         } else {
             &[]
         }
     }
+    fn noise_columns_real() -> &'static [&'static str] {
+        &[
+            "excused_misses",
+            "unexcused_misses",
+            "retries",
+            "os_preemption_ms",
+            "tx_stalled_ms",
+            "tx_longest_stall_ms",
+            "tx_stalls_over_1ms",
+            "rx_longest_stall_ms",
+            "rx_stalls_over_1ms",
+        ]
+    }
     /// Channel `i`'s (or with `None` the whole point's) noise cells for a table row.
     pub fn noise_cells(&self, i: Option<usize>) -> Vec<String> {
-        let Point::Real(o) = self else {
-            return Vec::new();
-        };
         let ms = |x: Nanos| format!("{:.2}", x as f64 / 1e6);
+        let o = match self {
+            Point::Virtual(_) => return Vec::new(),
+            Point::Real(o) => o,
+            Point::Daemons(o) => {
+                let (e, u, r) = match i {
+                    Some(i) => (o.verdicts[i].excused, o.verdicts[i].unexcused, o.retries[i]),
+                    None => o
+                        .verdicts
+                        .iter()
+                        .zip(&o.retries)
+                        .fold((0, 0, 0), |(e, u, r), (v, x)| {
+                            (e + v.excused, u + v.unexcused, r + x)
+                        }),
+                };
+                // The daemons' threads' poll gaps are not seen from here: empty cells.
+                let mut cells = vec![
+                    e.to_string(),
+                    u.to_string(),
+                    r.to_string(),
+                    ms(o.preempted.total()),
+                ];
+                cells.resize(Self::noise_columns_real().len(), String::new());
+                return cells;
+            }
+        };
         let (excused, unexcused, retries) = match i {
             Some(i) => {
                 let v = o.verdict(i);
@@ -325,6 +375,7 @@ impl Point {
         match self {
             Point::Virtual(_) => "",
             Point::Real(o) => &o.mode,
+            Point::Daemons(o) => o.backend,
         }
     }
 }

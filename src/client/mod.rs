@@ -235,14 +235,7 @@ impl OpenSpec {
     fn args(&self) -> OpenArgs {
         OpenArgs {
             core: self.core,
-            policy: self.policy.map(|p| {
-                match p {
-                    Overflow::Block => "block",
-                    Overflow::DropNewest => "drop-newest",
-                    Overflow::DropOldest => "drop-oldest",
-                }
-                .to_string()
-            }),
+            policy: self.policy.map(|p| p.name().to_string()),
             best_effort: self.best_effort,
             attach: true,
             ..OpenArgs::new(

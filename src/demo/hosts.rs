@@ -13,6 +13,7 @@ use crate::ports::netns::{ip, is_root, mac_string, Namespaces};
 use control::admission::ResourceModel;
 use control::config::DaemonConfig;
 use control::protocol::{ChannelList, Request};
+use dataplane::core::CoreConfig;
 use dataplane::time::Nanos;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -64,20 +65,31 @@ impl Hosts {
     }
 }
 
-/// The scheduling policy and cost model of both hosts: granularity 4, a 5 % best-effort
-/// reserve, conservative per-message and per-packet costs for a laptop core, idle loops that
-/// sleep 20 µs (room for the applications on a two-core machine).
-const POLICY: &str = r#"
+/// Both hosts' `[policy]` and `[cost]` sections: the scheduling policy a scenario's core
+/// configuration asks for, conservative per-message and per-packet costs for a laptop core,
+/// idle loops that sleep 20 µs (room for the applications on a two-core machine).
+pub(super) struct Policy(String);
+
+impl Policy {
+    /// The policy of `core` (granularity, early work run or held, best-effort reserve).
+    pub(super) fn of(core: &CoreConfig) -> Self {
+        Self(format!(
+            r#"
 [policy]
-granularity = 4
-best_effort_reserve_ppm = 50000
+granularity = {}
+work_conserving = {}
+best_effort_reserve_ppm = {}
 idle = "sleep"
 idle_sleep = "20us"
 [cost]
 per_message_ns = 2000
 per_packet_ns = 1000
 best_effort_run_ns = 6000
-"#;
+"#,
+            core.sched.granularity, core.sched.work_conserving, core.sched.best_effort_reserve_ppm
+        ))
+    }
+}
 
 /// `cpu = N` lines pinning the daemon's core: the sending host's to the last CPU, the
 /// receiving host's to the first (with `key`), when there are two or more.
@@ -89,12 +101,12 @@ fn pin(key: &str, cpus: &[usize], last: bool) -> String {
 }
 
 /// One daemon in this process on the in-memory link at `link_bps`.
-pub(super) fn memlink(link_bps: u64, cpus: &[usize]) -> Result<Hosts, DemoError> {
+pub(super) fn memlink(link_bps: u64, cpus: &[usize], policy: &Policy) -> Result<Hosts, DemoError> {
     let dir = RunDir::new()?;
     let cfg = parse(&format!(
         r#"socket = "{dir}/rtchand.sock"
 socket_mode = "0600"
-{POLICY}link_rate_bps = {link_bps}
+{policy}link_rate_bps = {link_bps}
 [port]
 kind = "memlink"
 fifo_packets = 256
@@ -104,6 +116,7 @@ buffers = 16384
         pin("cpu", cpus, true),
         pin("rx_cpu", cpus, false),
         dir = dir.0.display(),
+        policy = policy.0,
     ))?;
     let models = (cfg.tx_model(), cfg.rx_model());
     // The daemon's threads inherit the nice value of the thread that starts them: -20 when
@@ -155,7 +168,12 @@ const VETH_NETWORK_BOUND: &str = "5ms";
 /// Two daemon processes (`exe --config FILE`) in two fresh network namespaces joined by a veth
 /// pair, af_packet paced at `link_bps`, the sender's core on the last CPU, the receiver's on
 /// the first. [`DemoError::Veth`] when the namespaces cannot be made (not root).
-pub(super) fn veth(exe: &Path, link_bps: u64, cpus: &[usize]) -> Result<Hosts, DemoError> {
+pub(super) fn veth(
+    exe: &Path,
+    link_bps: u64,
+    cpus: &[usize],
+    policy: &Policy,
+) -> Result<Hosts, DemoError> {
     if !is_root() {
         return Err(DemoError::Veth("network namespaces need root".into()));
     }
@@ -193,7 +211,7 @@ pub(super) fn veth(exe: &Path, link_bps: u64, cpus: &[usize]) -> Result<Hosts, D
         let text = format!(
             r#"socket = "{dir}/{name}.sock"
 socket_mode = "0600"
-{POLICY}
+{policy}
 [port]
 kind = "af_packet"
 device = "{dev}"
@@ -221,6 +239,7 @@ mac = "{peer_mac}"
             peer = names[o],
             peer_ip = ips[o],
             peer_mac = mac_string(MACS[o]),
+            policy = policy.0,
         );
         // Checked here, so that a bad file is this process's error, not a daemon's log line.
         let cfg = parse(&text)?;

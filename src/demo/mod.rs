@@ -2,18 +2,18 @@
 //! machine with no NIC, run as in production: rtchan daemons, and applications in processes of
 //! their own that send and receive through [`crate::client`].
 //!
-//! The two hosts (`hosts.rs`): over the in-memory link (`--link memlink`, timed like a real
-//! 1 Gb/s Ethernet link: serialisation, a NIC FIFO) one daemon ([`crate::daemon::Daemon`]) in
-//! this process, whose sending core and loopback receiving core are the two hosts; over veth
-//! (`--link veth`, or `auto` as root) two daemon processes in two network namespaces joined by
-//! a veth pair, af_packet on each end, peered over TCP.
-//!
-//! The applications ([`app`], this binary run again as `rtchand demo-app`): for each
-//! real-time channel one process opens the channel (admission on both hosts) and sends on the
-//! channel's pattern, one attaches its receiving end and reports every message's times. One
-//! channel sends at ten times its spec; a best-effort channel fed by the sending daemon's
-//! built-in greedy source floods the link far beyond its capacity. `procs.rs` runs them and
-//! collects their reports.
+//! The demo is one [`Scenario`] ([`scenario`]: five real-time channels, one of which sends at
+//! ten times its spec, and a best-effort channel fed by the sending daemon's built-in greedy
+//! source, far beyond the link's capacity) run on the daemon bed ([`bed::DaemonBed`], behind
+//! the same [`crate::bed::Bed`] trait as the evaluation's beds of cores). The bed's two hosts
+//! (`hosts.rs`): over the in-memory link (`--link memlink`, timed like a real 1 Gb/s Ethernet
+//! link: serialisation, a NIC FIFO) one daemon ([`crate::daemon::Daemon`]) in this process,
+//! whose sending core and loopback receiving core are the two hosts; over veth (`--link veth`,
+//! or `auto` as root) two daemon processes in two network namespaces joined by a veth pair,
+//! af_packet on each end, peered over TCP. Its applications ([`app`], this binary run again as
+//! `rtchand demo-app`): for each real-time channel one process opens the channel (admission on
+//! both hosts) and sends on the channel's pattern, one attaches its receiving end and reports
+//! every message's times (`procs.rs` runs them).
 //!
 //! A live progress line (from the daemons' counters) runs meanwhile; at the end a table shows,
 //! per channel, the spec, the admitted bound, what was delivered, the latency percentiles and
@@ -38,12 +38,15 @@
 //! room on a two-core laptop; on a server each core would be isolated and spin.
 
 pub mod app;
+pub mod bed;
 mod hosts;
 mod procs;
 
+use crate::bed::world::{core_config, ChanDef, Load, Scenario};
 use crate::preemption::{MissVerdict, Preemptions};
+use bed::{DaemonBed, DaemonOut, HostLink, Show};
 use dataplane::source::Pattern;
-use dataplane::spec::ChannelSpec;
+use dataplane::spec::{ChannelConfig, ChannelSpec, OverflowPolicy};
 use dataplane::time::Nanos;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -222,30 +225,32 @@ struct DemoChannel {
 }
 
 impl DemoChannel {
-    /// The channel of this name.
-    fn named(name: &str) -> Result<usize, String> {
-        CHANNELS.iter().position(|c| c.name == name).ok_or_else(|| {
-            let names: Vec<&str> = CHANNELS.iter().map(|c| c.name).collect();
-            format!("'{name}' is not a demo channel ({})", names.join(", "))
-        })
-    }
-
-    /// What its application asks the daemon for: to `dst`, within the sending host's bound
-    /// plus `net_and_rx` (the network's and the receiving host's share).
-    fn open_spec(&self, dst: &str, net_and_rx: Duration) -> crate::client::OpenSpec {
-        let mut s = crate::client::OpenSpec::new(
-            self.mmax,
-            Duration::from_nanos(self.imin),
-            self.bmax,
-            Duration::from_nanos(self.host_deadline) + net_and_rx,
+    /// The channel as a scenario's: its spec with the sending host's bound as `d` (the daemon
+    /// bed asks for it plus its network's share, and admission splits it), its pattern, and
+    /// what a full buffer does (the violator drops its own excess: drop-newest; the others
+    /// block and count the refusal).
+    fn chan_def(&self, id: u32, violation: u32) -> ChanDef {
+        let spec = ChannelSpec {
+            mmax: self.mmax,
+            imin: self.imin,
+            bmax: self.bmax,
+            cpu_deadline: self.host_deadline,
+            link_deadline: self.host_deadline,
+            end_to_end_deadline: self.host_deadline,
+        };
+        let mut c = ChanDef::real_time(
+            self.name,
+            id,
+            spec,
+            Load::Pattern((self.pattern)(self.imin, violation)),
         );
-        s.dst = dst.into();
-        s.policy = Some(if self.violator {
-            crate::client::Overflow::DropNewest
+        c.config.overflow = if self.violator {
+            OverflowPolicy::DropNewest
         } else {
-            crate::client::Overflow::Block
-        });
-        s
+            OverflowPolicy::Block
+        };
+        c.retry_when_full = false;
+        c
     }
 }
 
@@ -300,10 +305,41 @@ const CHANNELS: [DemoChannel; 5] = [
     },
 ];
 
-/// The link the two hosts use.
-struct LinkInfo {
-    /// For the header line.
-    desc: String,
+/// The best-effort flood: 1400-byte messages from the sending daemon's greedy source at ten
+/// times one every 10 µs (about 11 Gb/s asked of a 1 Gb/s link), a 512-message queue.
+fn flood(id: u32) -> ChanDef {
+    ChanDef {
+        name: "best-effort flood".into(),
+        config: ChannelConfig::best_effort(id, 1400, 512),
+        msg_len: 1400,
+        load: Load::Pattern(Pattern::Greedy {
+            imin: 10_000,
+            multiple: 10,
+        }),
+        retry_when_full: false,
+    }
+}
+
+/// The demo's scenario: the five real-time channels, then (unless `--no-flood`) the flood,
+/// for `--duration` on the daemons' default policy (granularity 4, early work held, a 5 %
+/// best-effort reserve).
+pub fn scenario(args: &DemoArgs) -> Scenario {
+    let link_bps = args.link_mbps * 1_000_000;
+    let mut sc = Scenario::new(
+        core_config(4, false, 50_000),
+        link_bps,
+        0,
+        args.duration.as_nanos() as Nanos,
+    );
+    sc.channels = CHANNELS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.chan_def(i as u32 + 1, args.violation))
+        .collect();
+    if !args.no_flood {
+        sc.channels.push(flood(CHANNELS.len() as u32 + 1));
+    }
+    sc
 }
 
 /// Runs the demo and prints its progress and result table.
@@ -311,58 +347,125 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     if !(10..=100_000).contains(&args.link_mbps) {
         return Err(DemoError::LinkRate(args.link_mbps));
     }
-    let link_bps = args.link_mbps * 1_000_000;
+    let exe = match &args.app_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| DemoError::App(format!("cannot find this program: {e}")))?,
+    };
+    let sc = scenario(args);
     if args.link != LinkChoice::Memlink {
-        let info = LinkInfo {
-            desc: format!(
-                "a veth pair between two network namespaces (two daemons, af_packet, paced at {} \
-                 Mb/s)",
-                args.link_mbps
-            ),
-        };
-        match procs::run(args, &info, |exe, cpus| hosts::veth(exe, link_bps, cpus)) {
+        let desc = format!(
+            "a veth pair between two network namespaces (two daemons, af_packet, paced at {} \
+             Mb/s)",
+            args.link_mbps
+        );
+        match run_on(args, &sc, HostLink::Veth, &exe, desc) {
             Err(DemoError::Veth(reason)) if args.link == LinkChoice::Auto => {
                 println!("note: using the in-memory link ({reason})")
             }
             r => return r,
         }
     }
-    let info = LinkInfo {
-        desc: format!(
-            "an in-memory link timed like {} Mb/s Ethernet",
-            args.link_mbps
-        ),
-    };
-    procs::run(args, &info, |_, cpus| hosts::memlink(link_bps, cpus))
+    let desc = format!(
+        "an in-memory link timed like {} Mb/s Ethernet",
+        args.link_mbps
+    );
+    run_on(args, &sc, HostLink::Memlink, &exe, desc)
+}
+
+/// Runs the demo's scenario on the daemon bed over `link` (in words: `desc`), then prints the
+/// table.
+fn run_on(
+    args: &DemoArgs,
+    sc: &Scenario,
+    link: HostLink,
+    exe: &std::path::Path,
+    desc: String,
+) -> Result<DemoReport, DemoError> {
+    let mut bed = DaemonBed::new(link, sc.link_bps, exe.to_path_buf());
+    let (duration, violation) = (args.duration, args.violation);
+    bed.show = Some(Show {
+        header: Box::new(move |admitted, refusal| {
+            print_header(&desc, duration, violation, admitted, refusal)
+        }),
+        dry_run: Some(REFUSED),
+        quiet: args.quiet,
+    });
+    let out = bed.run_scenario(sc)?;
+    let report = DemoReport::of(&out, args);
+    print_report(&report);
+    for l in &out.unexcused {
+        println!("{l}");
+    }
+    Ok(report)
+}
+
+impl DemoReport {
+    /// The demo's rows from what the daemon bed measured (the real-time channels are the first
+    /// [`CHANNELS`]; the rest is the flood).
+    fn of(o: &DaemonOut, args: &DemoArgs) -> Self {
+        let chans = &o.run.chans;
+        let channels = CHANNELS
+            .iter()
+            .enumerate()
+            .map(|(i, ch)| {
+                let c = &chans[i];
+                ChannelRow {
+                    name: ch.name,
+                    spec: c.spec.expect("a real-time channel"),
+                    submitted: c.accepted,
+                    refused: c.blocked + c.dropped_newest,
+                    delivered: c.delivered,
+                    latency: (o.p50[i], c.p99_latency, c.max_latency),
+                    misses: c.misses,
+                    verdict: o.verdicts[i],
+                    lost: c.lost,
+                    violator: ch.violator,
+                    client_fed: o.client_fed[i],
+                    apps: o.apps[i].unwrap_or_default(),
+                }
+            })
+            .collect();
+        let be_bytes: u64 = chans[CHANNELS.len()..].iter().map(|c| c.bytes).sum();
+        let elapsed = Duration::from_nanos(o.run.duration);
+        Self {
+            channels,
+            best_effort_bps: be_bytes as f64 * 8.0 / elapsed.as_secs_f64(),
+            link_bps: args.link_mbps * 1_000_000,
+            elapsed,
+            preempted: o.preempted.clone(),
+            violation: args.violation,
+        }
+    }
 }
 
 /// Prints what traffic will run and what admission granted: per channel, its spec, the
-/// sending host's bound `host` and the deadlines it was admitted with; `refusal`, what
-/// admission said to a request the link cannot carry.
+/// sending host's bound and the deadlines it was admitted with; `refusal`, what admission
+/// said to a request the link cannot carry.
 fn print_header(
-    args: &DemoArgs,
-    link: &LinkInfo,
-    admitted: &[(ChannelSpec, Nanos)],
+    link: &str,
+    duration: Duration,
+    violation: u32,
+    admitted: &[Option<ChannelSpec>],
     refusal: Option<String>,
 ) {
     println!(
-        "rtchan demo: {} real-time channels and a best-effort flood over {} for {:?}",
+        "rtchan demo: {} real-time channels and a best-effort flood over {link} for {duration:?}",
         CHANNELS.len(),
-        link.desc,
-        args.duration
     );
-    for (ch, (s, host)) in CHANNELS.iter().zip(admitted) {
+    for (ch, s) in CHANNELS.iter().zip(admitted) {
+        let Some(s) = s else { continue };
         println!(
             "  admitted {:<16} Mmax {:>5} B  Imin {:>7}  Bmax {}  host bound {:>7} (cpu {}, link {}){}",
             ch.name,
             ch.mmax,
             fmt_ns(ch.imin),
             ch.bmax,
-            fmt_ns(*host),
+            fmt_ns(ch.host_deadline),
             fmt_ns(s.cpu_deadline),
             fmt_ns(s.link_deadline),
             if ch.violator {
-                format!("  <- will send at {}x its rate", args.violation)
+                format!("  <- will send at {violation}x its rate")
             } else {
                 String::new()
             }
@@ -388,14 +491,14 @@ struct Progress {
 }
 
 impl Progress {
-    fn start(args: &DemoArgs, be_bytes: u64) -> Self {
+    fn start(quiet: bool, duration: Duration, be_bytes: u64) -> Self {
         let now = Instant::now();
         Self {
             tty: std::io::stdout().is_terminal(),
-            quiet: args.quiet,
+            quiet,
             started: now,
             last: now,
-            duration: args.duration,
+            duration,
             be_bytes_prev: be_bytes,
         }
     }
