@@ -76,14 +76,30 @@
 //! before the stamp they delay nothing the deadline counts, and a catch-up burst after one gets
 //! logical arrivals `Imin` apart, within the admitted load.
 //!
-//! What the kernel does not see is not measured: host-level preemption of a virtual CPU
-//! (steal time) and softirq work deferred to `ksoftirqd` are not a watched thread's run-queue
-//! wait. A miss they cause is reported unexcused.
+//! Host steal: in a virtual machine the host may take a whole virtual CPU away; no thread of
+//! the guest then waits on a run queue, so `run_delay` does not see it. A *sentinel* thread
+//! pinned to each CPU of the process, at the probe's priority and with a 1 ns timer slack,
+//! sleeps [`SAMPLE_EVERY`] at a time and measures how much later than that it woke, less its
+//! own run-queue wait in between and a [`WAKE_ALLOWANCE`] for the timer's own latency: what is
+//! left is time the CPU was not there to run it. A wait found at a wake-up ended then, so the
+//! probe places it like a run-queue wait (the sentinel publishes it within the few µs of its
+//! two reads after waking). Each sample adds the steal found on the CPU a watched thread last
+//! ran on (`/proc/PID/task/TID/stat`, field 39) to that thread's growth. The sentinels can only
+//! find less than the host took (a steal that ends before a sentinel's timer is not seen), and
+//! what they find is checked against the kernel's own steal account (`/proc/stat`, in 10 ms
+//! ticks): if any CPU's sentinel found more than the kernel counted plus one tick (the error
+//! of a difference of two truncated readings), no steal is credited at all
+//! ([`Preemptions::steal`] says so). What else can make a sentinel late without a run-queue
+//! wait is interrupt work on its CPU, which the same allowance and check bound: less than one
+//! tick of it per CPU and run can pass for steal.
+//!
+//! What the kernel does not see is not measured: softirq work deferred to `ksoftirqd` is not a
+//! watched thread's run-queue wait. A miss it causes is reported unexcused.
 
 use dataplane::time::{monotonic_now, Nanos};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -92,6 +108,18 @@ use std::time::Duration;
 /// ms in the veth tests), coarse enough that reading two or three small /proc files costs the
 /// shared CPUs about 1 %.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(1);
+
+/// How much later than asked a sentinel may wake without the difference counting as host
+/// steal: a timer's latency in a virtual machine (the hrtimer, an idle virtual CPU's exit) is
+/// tens of µs; this leaves room, and what it swallows only takes credit away.
+pub const WAKE_ALLOWANCE: Nanos = 200_000;
+
+/// `/proc/stat`'s unit, USER_HZ (100 on every Linux ABI), in ns.
+const USER_HZ_NS: Nanos = 10_000_000;
+
+/// How long after the sentinels stop the kernel's steal account is read: past the next tick
+/// of every CPU at HZ=100 or more.
+const KERNEL_ACCOUNT_LAG: Duration = Duration::from_millis(20);
 
 /// One watched thread.
 struct Watched {
@@ -103,23 +131,40 @@ struct Watched {
     last: Option<Nanos>,
     /// This thread's cumulative wait at each sample since it was added.
     curve: Curve,
+    /// `/proc/PID/task/TID/stat`: the CPU it last ran on.
+    stat: File,
+    /// The same wait with the host steal found on its CPU added.
+    with_steal: Curve,
 }
 
 #[derive(Default)]
 struct Record {
     curve: Curve,
+    with_steal: Curve,
+}
+
+/// One CPU's sentinel: the steal it has found so far (ns, cumulative), published after each
+/// wake-up.
+struct Sentinel {
+    cpu: usize,
+    found: AtomicU64,
+    /// The kernel's steal account of this CPU (ns) when the sentinel started, `None` when it
+    /// could not start or read `/proc/stat` (then it finds nothing).
+    kernel_at_start: Mutex<Option<Nanos>>,
 }
 
 struct Shared {
     stop: AtomicBool,
     watched: Mutex<Vec<Watched>>,
     record: Mutex<Record>,
+    sentinels: Vec<Sentinel>,
 }
 
-/// The probe thread and what it has sampled so far.
+/// The probe thread, its sentinels and what it has sampled so far.
 pub struct PreemptionProbe {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    sentinels: Vec<JoinHandle<()>>,
 }
 
 /// The calling thread's kernel thread id.
@@ -138,11 +183,29 @@ impl PreemptionProbe {
     /// Starts the probe thread (SCHED_FIFO when allowed, else nice -20 when allowed, so that its
     /// own samples stay regular).
     pub fn start() -> Result<Self, String> {
+        let cpus = core_affinity::get_core_ids().unwrap_or_default();
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             watched: Mutex::new(Vec::new()),
             record: Mutex::new(Record::default()),
+            sentinels: cpus
+                .iter()
+                .map(|c| Sentinel {
+                    cpu: c.id,
+                    found: AtomicU64::new(0),
+                    kernel_at_start: Mutex::new(None),
+                })
+                .collect(),
         });
+        let mut sentinels = Vec::new();
+        for i in 0..shared.sentinels.len() {
+            let s = shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("steal-sentinel{}", shared.sentinels[i].cpu))
+                .spawn(move || sentinel_loop(&s, i))
+                .map_err(|e| format!("cannot start a steal sentinel thread: {e}"))?;
+            sentinels.push(t);
+        }
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("preempt-probe".into())
@@ -151,6 +214,7 @@ impl PreemptionProbe {
         Ok(Self {
             shared,
             thread: Some(thread),
+            sentinels,
         })
     }
 
@@ -191,6 +255,24 @@ impl PreemptionProbe {
     /// Stops the probe and returns what it measured.
     pub fn finish(mut self) -> Preemptions {
         self.stop_thread();
+        // The kernel accounts steal at a CPU's next tick (4 ms at HZ=250): let the last of it
+        // in before reading the account.
+        std::thread::sleep(KERNEL_ACCOUNT_LAG);
+        let steal: Vec<CpuSteal> = self
+            .shared
+            .sentinels
+            .iter()
+            .map(|s| {
+                let start = *s.kernel_at_start.lock().unwrap_or_else(|e| e.into_inner());
+                CpuSteal {
+                    cpu: s.cpu,
+                    found: s.found.load(Ordering::Acquire),
+                    kernel: start.and_then(|a| Some(kernel_steal(s.cpu)?.saturating_sub(a))),
+                }
+            })
+            .collect();
+        // Credited only when every sentinel found no more than its CPU's kernel account.
+        let credited = steal.iter().all(CpuSteal::within_kernel_account);
         let record =
             std::mem::take(&mut *self.shared.record.lock().unwrap_or_else(|e| e.into_inner()));
         let mut watched = self
@@ -198,23 +280,31 @@ impl PreemptionProbe {
             .watched
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let pick = |plain: Curve, with_steal: Curve| if credited { with_steal } else { plain };
         Preemptions {
             backlog: None,
-            combined: record.curve.finished(),
+            combined: pick(record.curve, record.with_steal),
             threads: watched
                 .drain(..)
                 .map(|w| ThreadWait {
                     name: w.name,
                     apart: w.apart,
-                    curve: w.curve.finished(),
+                    curve: pick(w.curve, w.with_steal),
                 })
                 .collect(),
+            steal: Steal {
+                cpus: steal,
+                credited,
+            },
         }
     }
 
     fn stop_thread(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for t in self.sentinels.drain(..) {
             let _ = t.join();
         }
     }
@@ -239,6 +329,8 @@ impl Watcher {
         let mut buf = [0u8; 128];
         let first = read_wait(&file, &mut buf)
             .ok_or_else(|| format!("{path} does not hold a run-queue wait"))?;
+        let stat_path = format!("/proc/{pid}/task/{tid}/stat");
+        let stat = File::open(&stat_path).map_err(|e| format!("cannot open {stat_path}: {e}"))?;
         let mut w = self
             .shared
             .watched
@@ -250,6 +342,8 @@ impl Watcher {
             apart,
             last: Some(first),
             curve: Curve::default(),
+            stat,
+            with_steal: Curve::default(),
         });
         Ok(())
     }
@@ -310,44 +404,166 @@ fn probe_loop(s: &Shared) {
         let _ = dataplane::core::raise_priority();
     }
     let mut buf = [0u8; 128];
-    let mut cumulative: Nanos = 0;
+    let mut stat_buf = [0u8; 512];
+    let (mut cumulative, mut cumulative_with_steal): (Nanos, Nanos) = (0, 0);
+    // Each sentinel's steal found at the previous sample.
+    let mut steal_seen: Vec<Nanos> = vec![0; s.sentinels.len()];
     loop {
         let stop = s.stop.load(Ordering::Acquire);
         // A wait first seen by these reads ended after the previous reads and before these:
         // within (previous `before`, this `after`].
         let before = monotonic_now();
-        let mut largest = 0;
+        // The steal each CPU's sentinel found since the previous sample.
+        let stolen: Vec<(usize, Nanos)> = s
+            .sentinels
+            .iter()
+            .zip(steal_seen.iter_mut())
+            .map(|(sentinel, seen)| {
+                let now = sentinel.found.load(Ordering::Acquire);
+                let grew = now.saturating_sub(*seen);
+                *seen = now;
+                (sentinel.cpu, grew)
+            })
+            .collect();
+        let (mut largest, mut largest_with_steal) = (0, 0);
         {
             let mut watched = s.watched.lock().unwrap_or_else(|e| e.into_inner());
-            let after_reads = |w: &mut Watched, buf: &mut [u8]| {
+            let after_reads = |w: &mut Watched, buf: &mut [u8], stat_buf: &mut [u8]| {
                 // A thread that exited keeps what it had: its file no longer reads.
                 let v = read_wait(&w.file, buf)?;
                 let grew = w.last.map_or(0, |l| v.saturating_sub(l));
                 w.last = Some(v);
-                Some(grew)
+                let cpu = read_cpu(&w.stat, stat_buf);
+                let steal = cpu.map_or(0, |c| {
+                    stolen.iter().find(|(s, _)| *s == c).map_or(0, |(_, g)| *g)
+                });
+                Some((grew, steal))
             };
-            let grown: Vec<Option<Nanos>> = watched
+            let grown: Vec<Option<(Nanos, Nanos)>> = watched
                 .iter_mut()
-                .map(|w| after_reads(w, &mut buf))
+                .map(|w| after_reads(w, &mut buf, &mut stat_buf))
                 .collect();
             let after = monotonic_now();
             for (w, g) in watched.iter_mut().zip(grown) {
-                let grew = g.unwrap_or(0);
+                let (grew, steal) = g.unwrap_or((0, 0));
                 let c = w.curve.last_cumulative() + grew;
                 w.curve.push(before, after, c);
+                let c = w.with_steal.last_cumulative() + grew + steal;
+                w.with_steal.push(before, after, c);
                 if !w.apart {
                     largest = largest.max(grew);
+                    largest_with_steal = largest_with_steal.max(grew + steal);
                 }
             }
             cumulative += largest;
+            cumulative_with_steal += largest_with_steal;
             let mut r = s.record.lock().unwrap_or_else(|e| e.into_inner());
             r.curve.push(before, after, cumulative);
+            r.with_steal.push(before, after, cumulative_with_steal);
         }
         if stop {
             return;
         }
         std::thread::sleep(SAMPLE_EVERY);
     }
+}
+
+/// A sentinel: pinned to its CPU, wakes every [`SAMPLE_EVERY`] and publishes how much later
+/// than that it woke, less its own run-queue wait and [`WAKE_ALLOWANCE`] (module docs, "Host
+/// steal"). It finds nothing when it cannot be pinned or cannot read the kernel's account.
+fn sentinel_loop(s: &Shared, i: usize) {
+    let me = &s.sentinels[i];
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: me.cpu }) {
+        return;
+    }
+    if dataplane::core::set_realtime_priority(PROBE_FIFO_PRIORITY).is_err() {
+        let _ = dataplane::core::raise_priority();
+    }
+    // A 50 µs default slack would be 50 µs of every wake-up the allowance must cover.
+    let _ = crate::sys::unix::set_timer_slack(1);
+    let Ok(own) = File::open("/proc/thread-self/schedstat") else {
+        return;
+    };
+    let Some(kernel) = kernel_steal(me.cpu) else {
+        return;
+    };
+    *me.kernel_at_start.lock().unwrap_or_else(|e| e.into_inner()) = Some(kernel);
+    let mut buf = [0u8; 128];
+    let asked = SAMPLE_EVERY.as_nanos() as Nanos;
+    let (mut found, mut t0, mut r0) = (0, monotonic_now(), read_wait(&own, &mut buf));
+    while !s.stop.load(Ordering::Acquire) {
+        std::thread::sleep(SAMPLE_EVERY);
+        let t1 = monotonic_now();
+        let r1 = read_wait(&own, &mut buf);
+        let queued = match (r0, r1) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            // Its own wait unknown: the whole lateness might be that, so nothing is found.
+            _ => Nanos::MAX,
+        };
+        let late = t1.saturating_sub(t0).saturating_sub(asked);
+        found += late.saturating_sub(queued).saturating_sub(WAKE_ALLOWANCE);
+        me.found.store(found, Ordering::Release);
+        (t0, r0) = (t1, r1);
+    }
+}
+
+/// The kernel's steal account of `cpu` (`/proc/stat`, its eighth value), ns.
+fn kernel_steal(cpu: usize) -> Option<Nanos> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_kernel_steal(&text, cpu)
+}
+
+fn parse_kernel_steal(text: &str, cpu: usize) -> Option<Nanos> {
+    let label = format!("cpu{cpu}");
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(label.as_str()))?;
+    let ticks: Nanos = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(ticks * USER_HZ_NS)
+}
+
+/// The CPU a thread last ran on, from an open `/proc/PID/task/TID/stat` (field 39; the
+/// fields after the command name, which may hold spaces, start at field 3).
+fn read_cpu(file: &File, buf: &mut [u8]) -> Option<usize> {
+    let n = file.read_at(buf, 0).ok()?;
+    parse_cpu(std::str::from_utf8(&buf[..n]).ok()?)
+}
+
+fn parse_cpu(stat: &str) -> Option<usize> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(39 - 3)?.parse().ok()
+}
+
+/// One CPU's host steal over a probe's life: what its sentinel found and what the kernel
+/// accounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuSteal {
+    /// The CPU.
+    pub cpu: usize,
+    /// What its sentinel found, ns.
+    pub found: Nanos,
+    /// The kernel's steal account over the same time, ns (10 ms ticks); `None` if unread.
+    pub kernel: Option<Nanos>,
+}
+
+impl CpuSteal {
+    /// The sentinel found no more than the kernel accounted, give or take one tick: the
+    /// difference of two readings truncated to ticks is less than one tick from the truth.
+    pub fn within_kernel_account(&self) -> bool {
+        match self.kernel {
+            Some(k) => self.found <= k + USER_HZ_NS,
+            None => self.found == 0,
+        }
+    }
+}
+
+/// The host steal of every CPU of the process, and whether it was credited.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Steal {
+    /// Per CPU.
+    pub cpus: Vec<CpuSteal>,
+    /// Added to the watched threads' waits (every sentinel within the kernel's account).
+    pub credited: bool,
 }
 
 /// A cumulative run-queue wait sampled over time: at sample `k` the reads began at `starts[k]`
@@ -374,10 +590,6 @@ impl Curve {
 
     fn last_cumulative(&self) -> Nanos {
         self.cumulative.last().copied().unwrap_or(0)
-    }
-
-    fn finished(self) -> Self {
-        self
     }
 
     /// Builds a curve from `(time, cumulative wait)` samples (reads taking no time).
@@ -479,6 +691,8 @@ pub struct Preemptions {
     /// The admitted load on the messages' path, for the backlog rule (none: a message's own
     /// life only).
     backlog: Option<BusyBound>,
+    /// The host steal found on each CPU (in the curves when credited).
+    pub steal: Steal,
 }
 
 /// Sporadic work on one resource of a message's path, as admission charges it: at most one
@@ -778,6 +992,7 @@ impl Preemptions {
             combined: Curve::from_samples(samples),
             threads: Vec::new(),
             backlog: None,
+            steal: Steal::default(),
         }
     }
 
@@ -966,6 +1181,32 @@ impl std::fmt::Display for Preemptions {
                 b.burst / 1e6
             )?;
         }
+        if !self.steal.cpus.is_empty() {
+            let cpus: Vec<String> = self
+                .steal
+                .cpus
+                .iter()
+                .map(|c| {
+                    format!(
+                        "cpu{} {:.3} ms (the kernel's account {})",
+                        c.cpu,
+                        c.found as f64 / 1e6,
+                        c.kernel
+                            .map_or("unread".into(), |k| format!("{:.0} ms", k as f64 / 1e6))
+                    )
+                })
+                .collect();
+            write!(
+                f,
+                "; host steal found by the sentinels: {} ({})",
+                cpus.join(", "),
+                if self.steal.credited {
+                    "in the waits"
+                } else {
+                    "NOT in the waits: a sentinel found more than the kernel accounted"
+                }
+            )?;
+        }
         for t in &self.threads {
             write!(
                 f,
@@ -986,6 +1227,55 @@ mod tests {
     use super::*;
 
     const MS: Nanos = 1_000_000;
+
+    #[test]
+    fn the_kernels_steal_and_a_threads_cpu_are_read_from_proc() {
+        let stat = "cpu  3306063 652871 814043 11204065 47382 0 16370 323722 0 0\n\
+                    cpu0 1653334 328512 367726 5640778 26475 0 6428 159308 0 0\n\
+                    cpu1 1652729 324358 446317 5563286 20907 0 9941 164413 0 0\n\
+                    intr 1 2 3\n";
+        assert_eq!(parse_kernel_steal(stat, 0), Some(159_308 * USER_HZ_NS));
+        assert_eq!(parse_kernel_steal(stat, 1), Some(164_413 * USER_HZ_NS));
+        assert_eq!(parse_kernel_steal(stat, 2), None);
+        // A command name with spaces and parentheses; field 39 is the CPU (here 1).
+        let task = "4242 (rtchan core) x) S 1 4242 4242 0 -1 4194368 100 0 0 0 5 6 0 0 20 0 3 0 \
+                    12345 1000000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(parse_cpu(task), Some(1));
+        assert_eq!(parse_cpu("4242 (short"), None);
+        // This thread's own line reads.
+        let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        assert!(parse_cpu(&own).is_some(), "{own}");
+    }
+
+    #[test]
+    fn steal_past_the_kernels_account_is_not_credited() {
+        let c = |found, kernel| CpuSteal {
+            cpu: 0,
+            found,
+            kernel,
+        };
+        assert!(c(5 * MS, Some(0)).within_kernel_account());
+        assert!(c(10 * MS, Some(0)).within_kernel_account());
+        assert!(!c(11 * MS, Some(0)).within_kernel_account());
+        assert!(c(110 * MS, Some(100 * MS)).within_kernel_account());
+        assert!(!c(111 * MS, Some(100 * MS)).within_kernel_account());
+        assert!(c(0, None).within_kernel_account());
+        assert!(!c(1, None).within_kernel_account());
+    }
+
+    #[test]
+    fn a_probe_measures_its_sentinels_cpus() {
+        let probe = PreemptionProbe::start().unwrap();
+        probe.watch_current_thread().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let p = probe.finish();
+        let cpus = core_affinity::get_core_ids().unwrap_or_default();
+        assert_eq!(p.steal.cpus.len(), cpus.len());
+        for c in &p.steal.cpus {
+            assert!(c.kernel.is_some(), "cpu{}: /proc/stat unread", c.cpu);
+        }
+        assert!(p.samples() > 5);
+    }
 
     fn miss(submit: Nanos, deadline: Nanos, delivered: Nanos) -> Miss {
         Miss {
