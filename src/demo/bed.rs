@@ -408,17 +408,7 @@ impl DaemonBed {
                 progress.show(delivered, misses, be_bytes(&be_counters(&mut rx_ctl)?));
             }
         }
-        let sent: Vec<Option<SenderReport>> = senders
-            .iter_mut()
-            .map(|s| {
-                s.as_mut()
-                    .map(|s| {
-                        s.line("its report")
-                            .and_then(|l| SenderReport::parse(&l).map_err(DemoError::App))
-                    })
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
+        let sent = read_reports(&mut senders, SenderReport::parse)?;
         let elapsed = started.elapsed();
         let be_end = be_counters(&mut rx_ctl)?;
         progress.end();
@@ -436,17 +426,7 @@ impl DaemonBed {
         for r in receivers.iter_mut().flatten() {
             r.end_input();
         }
-        let got: Vec<Option<ReceiverReport>> = receivers
-            .iter_mut()
-            .map(|r| {
-                r.as_mut()
-                    .map(|r| {
-                        r.line("its report")
-                            .and_then(|l| ReceiverReport::parse(&l).map_err(DemoError::App))
-                    })
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
+        let got = read_reports(&mut receivers, ReceiverReport::parse)?;
         let apps: Vec<Option<(u32, u32)>> = senders
             .iter()
             .zip(&receivers)
@@ -643,6 +623,23 @@ fn plan(sc: &Scenario) -> Result<Vec<Feed>, DemoError> {
                     })
                 }
             }
+        })
+        .collect()
+}
+
+/// Each application's report line, read with `parse` (`None` where a channel has none).
+fn read_reports<T>(
+    apps: &mut [Option<App>],
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Vec<Option<T>>, DemoError> {
+    apps.iter_mut()
+        .map(|a| {
+            a.as_mut()
+                .map(|a| {
+                    a.line("its report")
+                        .and_then(|l| parse(&l).map_err(DemoError::App))
+                })
+                .transpose()
         })
         .collect()
 }
